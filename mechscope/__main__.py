@@ -1,0 +1,5 @@
+"""`python -m mechscope` runs the command line."""
+
+from mechscope.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,27 @@
+"""Errors the engine raises for user mistakes: one clear line each, never a traceback in the UI."""
+
+from __future__ import annotations
+
+
+class MechscopeError(Exception):
+    """Base class: the message is a complete sentence meant for the user."""
+
+
+class LoadError(MechscopeError):
+    """A model could not be loaded (missing path, offline hub id, unsupported or corrupt model)."""
+
+
+class UnsupportedArchitecture(LoadError):
+    """The model's architecture has no adapter."""
+
+
+class InterventionError(MechscopeError):
+    """An intervention does not fit the model or the prompt; the message names the intervention."""
+
+
+class PromptError(MechscopeError):
+    """A prompt or metric token that cannot be used (empty prompt, empty target...)."""
+
+
+class Cancelled(MechscopeError):
+    """A run or sweep was stopped by its `should_stop` callback."""

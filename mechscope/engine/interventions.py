@@ -1,0 +1,288 @@
+"""Interventions as frozen, JSON-serialisable data: what to change, never how."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+AblationMode = Literal["zero", "mean", "resample"]
+Positions = tuple[int, ...] | None
+
+
+def _positions(value: Any) -> Positions:
+    """Normalise a positions argument (None, an int or a sequence of ints) to a tuple."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(p) for p in value)
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Base class. Subclasses name the `layer` they first touch (incremental recompute starts there)."""
+
+    kind: ClassVar[str] = ""
+    registry: ClassVar[dict[str, type[Intervention]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            Intervention.registry[cls.kind] = cls
+
+    @property
+    def start_layer(self) -> int:
+        """First decoder layer whose computation this intervention changes."""
+        return int(getattr(self, "layer"))
+
+    @property
+    def label(self) -> str:
+        """Short human label, e.g. `zero L9.H3`."""
+        return self.kind
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": self.kind}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = list(value) if isinstance(value, tuple) else value
+        return data
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Intervention:
+        """Rebuild an intervention from `to_dict` output; ValueError on anything malformed."""
+        if not isinstance(data, dict):
+            raise ValueError(f"intervention must be a JSON object, got {type(data).__name__}")
+        kind = data.get("kind")
+        cls = Intervention.registry.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            known = ", ".join(sorted(Intervention.registry))
+            raise ValueError(f"unknown intervention kind {kind!r} (known: {known})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names - {"kind"}
+        if unknown:
+            raise ValueError(f"{kind}: unknown field(s) {sorted(unknown)}")
+        try:
+            return cls(**{k: v for k, v in data.items() if k != "kind"})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{kind}: {exc}") from None
+
+    def with_enabled(self, enabled: bool) -> Intervention:
+        return dataclasses.replace(self, enabled=enabled)
+
+
+def _check_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class HeadAblation(Intervention):
+    """Replace a query head's output (its slice of the output projection's input)."""
+
+    kind: ClassVar[str] = "head_ablation"
+    layer: int
+    head: int
+    mode: AblationMode = "zero"
+    positions: Positions = None
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _check_int("layer", self.layer)
+        _check_int("head", self.head)
+        if self.mode not in ("zero", "mean", "resample"):
+            raise ValueError(f"mode must be zero, mean or resample, got {self.mode!r}")
+        object.__setattr__(self, "positions", _positions(self.positions))
+
+    @property
+    def label(self) -> str:
+        return f"{self.mode} L{self.layer}.H{self.head}"
+
+
+@dataclass(frozen=True)
+class HeadScale(Intervention):
+    """Multiply a query head's output by `factor`."""
+
+    kind: ClassVar[str] = "head_scale"
+    layer: int
+    head: int
+    factor: float = 1.0
+    positions: Positions = None
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _check_int("layer", self.layer)
+        _check_int("head", self.head)
+        object.__setattr__(self, "factor", float(self.factor))
+        object.__setattr__(self, "positions", _positions(self.positions))
+
+    @property
+    def label(self) -> str:
+        return f"scale L{self.layer}.H{self.head} x{self.factor:g}"
+
+
+@dataclass(frozen=True)
+class ComponentAblation(Intervention):
+    """Replace the whole attention or MLP output of a layer."""
+
+    kind: ClassVar[str] = "component_ablation"
+    layer: int
+    component: Literal["attn", "mlp"] = "attn"
+    mode: AblationMode = "zero"
+    positions: Positions = None
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _check_int("layer", self.layer)
+        if self.component not in ("attn", "mlp"):
+            raise ValueError(f"component must be attn or mlp, got {self.component!r}")
+        if self.mode not in ("zero", "mean", "resample"):
+            raise ValueError(f"mode must be zero, mean or resample, got {self.mode!r}")
+        object.__setattr__(self, "positions", _positions(self.positions))
+
+    @property
+    def label(self) -> str:
+        return f"{self.mode} L{self.layer}.{self.component}"
+
+
+@dataclass(frozen=True)
+class ActivationPatch(Intervention):
+    """Copy the activation at `address` from a run on `source_prompt` into this run."""
+
+    kind: ClassVar[str] = "activation_patch"
+    address: str
+    source_prompt: str
+    positions: Positions = None
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        from mechscope.engine.addresses import parse_address
+
+        parse_address(self.address)
+        if not isinstance(self.source_prompt, str):
+            raise TypeError("source_prompt must be a string")
+        object.__setattr__(self, "positions", _positions(self.positions))
+
+    @property
+    def start_layer(self) -> int:
+        from mechscope.engine.addresses import parse_address
+
+        return parse_address(self.address).layer
+
+    @property
+    def label(self) -> str:
+        return f"patch {self.address}"
+
+
+@dataclass(frozen=True)
+class SteeringVector(Intervention):
+    """Add `coeff` times a stored vector to the residual stream entering `layer`."""
+
+    kind: ClassVar[str] = "steering_vector"
+    layer: int
+    vector_id: str
+    coeff: float = 1.0
+    positions: Literal["all", "last"] | tuple[int, ...] = "all"
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _check_int("layer", self.layer)
+        object.__setattr__(self, "coeff", float(self.coeff))
+        if self.positions not in ("all", "last"):
+            object.__setattr__(self, "positions", _positions(self.positions))
+
+    @property
+    def label(self) -> str:
+        return f"steer L{self.layer} {self.vector_id} x{self.coeff:g}"
+
+
+@dataclass(frozen=True)
+class AttentionKnockout(Intervention):
+    """Mask one query->key edge of a head before the softmax."""
+
+    kind: ClassVar[str] = "attention_knockout"
+    layer: int
+    head: int
+    query_pos: int
+    key_pos: int
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("layer", "head", "query_pos", "key_pos"):
+            _check_int(name, getattr(self, name))
+
+    @property
+    def label(self) -> str:
+        return f"knockout L{self.layer}.H{self.head} {self.query_pos}->{self.key_pos}"
+
+
+@dataclass(frozen=True)
+class NeuronClamp(Intervention):
+    """Set one MLP hidden neuron (input of the down projection) to `value`."""
+
+    kind: ClassVar[str] = "neuron_clamp"
+    layer: int
+    neuron: int
+    value: float = 0.0
+    positions: Positions = None
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _check_int("layer", self.layer)
+        _check_int("neuron", self.neuron)
+        object.__setattr__(self, "value", float(self.value))
+        object.__setattr__(self, "positions", _positions(self.positions))
+
+    @property
+    def label(self) -> str:
+        return f"clamp L{self.layer}.N{self.neuron}={self.value:g}"
+
+
+INTERVENTION_TYPES: tuple[type[Intervention], ...] = (
+    HeadAblation,
+    HeadScale,
+    ComponentAblation,
+    ActivationPatch,
+    SteeringVector,
+    AttentionKnockout,
+    NeuronClamp,
+)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What a run measures at `position` (default: last token).
+
+    kind:
+      - "logit_diff": logit(target) - logit(foil)
+      - "prob": probability of target
+      - "loss": -log p(target)
+    Target/foil are strings; a multi-token string counts by its first token (see `MetricInfo`).
+    """
+
+    kind: Literal["logit_diff", "prob", "loss"] = "logit_diff"
+    target: str = ""
+    foil: str = ""
+    position: int = -1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("logit_diff", "prob", "loss"):
+            raise ValueError(f"metric kind must be logit_diff, prob or loss, got {self.kind!r}")
+        if self.kind == "logit_diff" and self.target and not self.foil:
+            raise ValueError("logit_diff needs a foil token")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "target": self.target, "foil": self.foil, "position": self.position}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Metric:
+        if not isinstance(data, dict):
+            raise ValueError("metric must be a JSON object")
+        allowed = {"kind", "target", "foil", "position"}
+        unknown = set(data) - allowed
+        if unknown:
+            raise ValueError(f"metric: unknown field(s) {sorted(unknown)}")
+        try:
+            return Metric(**data)
+        except TypeError as exc:
+            raise ValueError(f"metric: {exc}") from None

@@ -1,0 +1,215 @@
+"""Plain-data results that cross out of the engine: numpy arrays and dataclasses, never tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the UI shows about the resident model."""
+
+    source: str
+    name: str
+    architecture: str
+    family: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    vocab_size: int
+    max_context: int
+    device: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class TokenProb:
+    id: int
+    text: str
+    prob: float
+    logit: float
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How the metric's tokens were read: multi-token strings count by their first token."""
+
+    kind: str
+    target_text: str
+    target_ids: tuple[int, ...]
+    target_pieces: tuple[str, ...]
+    foil_text: str
+    foil_ids: tuple[int, ...]
+    foil_pieces: tuple[str, ...]
+    position: int
+
+    @property
+    def target_id(self) -> int:
+        return self.target_ids[0]
+
+    @property
+    def foil_id(self) -> int | None:
+        return self.foil_ids[0] if self.foil_ids else None
+
+    @property
+    def warnings(self) -> list[str]:
+        out = []
+        for label, text, pieces in (
+            ("target", self.target_text, self.target_pieces),
+            ("foil", self.foil_text, self.foil_pieces),
+        ):
+            if len(pieces) > 1:
+                out.append(
+                    f"{label} {text!r} is {len(pieces)} tokens {list(pieces)}; only {pieces[0]!r} counts"
+                )
+        return out
+
+
+@dataclass(frozen=True)
+class LogitLens:
+    """Each layer's residual (after the layer) decoded through the final norm and unembedding.
+
+    `top_ids`/`top_probs` are [n_layers, k]; `target_rank` (0 = top-1) and `target_prob` are
+    [n_layers] when a metric target is set. `critical_layer` is the first layer from which the
+    target stays top-1, or None.
+    """
+
+    position: int
+    top_ids: np.ndarray  # [layer, k]
+    top_tokens: list[list[str]]
+    top_probs: np.ndarray  # [layer, k]
+    target_rank: np.ndarray | None  # [layer]
+    target_prob: np.ndarray | None  # [layer]
+
+    @property
+    def critical_layer(self) -> int | None:
+        if self.target_rank is None:
+            return None
+        top1 = self.target_rank == 0
+        if not top1[-1]:
+            return None
+        layer = len(top1) - 1
+        while layer > 0 and top1[layer - 1]:
+            layer -= 1
+        return int(layer)
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Direct logit attribution to the metric direction at `position`.
+
+    The final norm's scale is frozen from the run (the standard linearisation): each component's
+    write to the residual stream is passed through the norm as if the norm divided by the scale it
+    computed on the full residual. With LayerNorm the mean is removed from each component; the
+    norm's own bias is a separate term. The parts add up to `total`, the metric direction's logit
+    (target - foil, or the target logit) before any final logit soft-capping.
+    """
+
+    position: int
+    direction: str
+    heads: np.ndarray  # [layer, head]
+    attn_bias: np.ndarray  # [layer] output-projection bias (and anything not split into heads)
+    mlp: np.ndarray  # [layer]
+    embed: float
+    final_bias: float  # final-norm bias plus unembedding bias
+    total: float
+
+    def parts_sum(self) -> float:
+        return float(
+            self.heads.sum() + self.attn_bias.sum() + self.mlp.sum() + self.embed + self.final_bias
+        )
+
+    def top_heads(self, k: int = 10) -> list[tuple[int, int, float]]:
+        """The k heads with the largest absolute attribution, as (layer, head, value)."""
+        flat = np.argsort(-np.abs(self.heads), axis=None)[:k]
+        n_heads = self.heads.shape[1]
+        return [(int(i // n_heads), int(i % n_heads), float(self.heads.flat[i])) for i in flat]
+
+
+@dataclass(frozen=True)
+class ActivationStats:
+    """Residual-stream statistics after each layer.
+
+    `resid_norm` is [layer, pos] (L2 norm per token); `top` lists the largest absolute
+    activations as (layer, pos, dim, value), the "massive activations".
+    """
+
+    resid_norm: np.ndarray  # [layer, pos]
+    top: list[tuple[int, int, int, float]]
+    median_abs: float
+
+
+@dataclass(frozen=True)
+class ComputeInfo:
+    seconds: float
+    mode: Literal["full", "incremental", "cached"]
+    start_layer: int
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Next-token prediction at the readout position: top-k and the metric."""
+
+    top: list[TokenProb]
+    logits: np.ndarray  # [vocab] at the readout position, float32
+    metric: float | None
+
+
+@dataclass
+class RunResult:
+    """Everything one `Engine.run` returns. Views not requested are None."""
+
+    prompt: str
+    token_ids: list[int]
+    tokens: list[str]
+    prediction: Prediction
+    baseline: Prediction  # the same prompt with no interventions
+    metric_info: MetricInfo | None
+    interventions: list[dict] = field(default_factory=list)
+    token_logprobs: np.ndarray | None = None  # [pos]; entry 0 is nan
+    attention: dict[str, np.ndarray] = field(default_factory=dict)  # "L9.H3" -> [query, key]
+    sink_scores: np.ndarray | None = None  # [layer, head]
+    logit_lens: LogitLens | None = None
+    attribution: Attribution | None = None
+    stats: ActivationStats | None = None
+    compute: ComputeInfo | None = None
+    truncated_from: int | None = None  # original token count when the prompt was cut to fit
+
+    @property
+    def top(self) -> list[TokenProb]:
+        return self.prediction.top
+
+    @property
+    def metric(self) -> float | None:
+        return self.prediction.metric
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self.prediction.logits
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """A patching sweep: `values` is the metric change per variant (patched - base)."""
+
+    kind: Literal["head", "resid", "atp"]
+    values: np.ndarray  # head/atp: [layer, head]; resid: [layer, pos]
+    base_metric: float
+    source_metric: float
+    row_labels: list[str]
+    col_labels: list[str]
+    complete: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    id: int
+    text: str
+    prob: float
