@@ -34,7 +34,7 @@ class Intervention:
     @property
     def start_layer(self) -> int:
         """First decoder layer whose computation this intervention changes."""
-        return int(getattr(self, "layer"))
+        return int(self.layer)
 
     @property
     def label(self) -> str:

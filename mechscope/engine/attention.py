@@ -1,0 +1,77 @@
+"""A registered attention function: eager where patterns are read or edges knocked out, sdpa elsewhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+ATTN_IMPLEMENTATION = "mechscope"
+
+
+@dataclass
+class AttentionControl:
+    """Per-layer request, attached to an attention module for the duration of one pass.
+
+    record_heads: heads whose full pattern is stored in `patterns[head]` ([batch, query, key]).
+    sinks: store mean attention to the first token per head in `sink` ([batch, head]).
+    knockouts: (head, query_pos, key_pos, rows) edges masked before the softmax; rows None = all rows.
+    """
+
+    record_heads: tuple[int, ...] = ()
+    sinks: bool = False
+    knockouts: list[tuple[int, int, int, list[int] | None]] = field(default_factory=list)
+    patterns: dict[int, torch.Tensor] = field(default_factory=dict)
+    sink: torch.Tensor | None = None
+
+
+def _eager(module, query, key, value, attention_mask, scaling, softcap, control):
+    # query [batch, head, q, d_head]; key/value [batch, kv_head, k, d_head]
+    n_rep = query.shape[1] // key.shape[1]
+    key = repeat_kv(key, n_rep)
+    value = repeat_kv(value, n_rep)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [batch, head, q, k]
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    if control is not None and control.knockouts:
+        scores = scores.clone()
+        neg = torch.finfo(scores.dtype).min
+        for head, q_pos, k_pos, rows in control.knockouts:
+            if rows is None:
+                scores[:, head, q_pos, k_pos] = neg
+            else:
+                scores[rows, head, q_pos, k_pos] = neg
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)  # [batch, head, q, k]
+    if control is not None:
+        for head in control.record_heads:
+            control.patterns[head] = weights[:, head].detach()
+        if control.sinks:
+            if weights.shape[-2] > 1:
+                control.sink = weights[:, :, 1:, 0].mean(dim=-1).detach()  # [batch, head]
+            else:
+                control.sink = torch.zeros(weights.shape[:2], dtype=weights.dtype)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()  # [batch, q, head, d_head]
+    return out, weights
+
+
+def mechscope_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Dispatch one attention call: sdpa unless this layer is observed, edited or soft-capped."""
+    control: AttentionControl | None = getattr(module, "_mechscope_control", None)
+    softcap = kwargs.get("softcap")
+    if control is None and softcap is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    return _eager(module, query, key, value, attention_mask, scaling, softcap, control)
+
+
+def register() -> None:
+    """Register the function and an always-explicit mask (an sdpa mask may be None, i.e. is_causal)."""
+    AttentionInterface.register(ATTN_IMPLEMENTATION, mechscope_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)

@@ -1,0 +1,55 @@
+"""Hooks are global state on the model: install them only inside `installed()`, which always removes them."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from mechscope.engine.attention import AttentionControl
+
+
+@dataclass
+class Hook:
+    """One registration: a forward pre-hook (`pre`, called with (module, args, kwargs)), a forward hook
+    (`fwd`, called with (module, args, output)), or an attention control attached to an attention module."""
+
+    where: Literal["pre", "fwd", "attn"]
+    module: nn.Module
+    fn: Callable | None = None
+    control: AttentionControl | None = None
+
+
+@contextlib.contextmanager
+def installed(hooks: list[Hook]) -> Iterator[None]:
+    """Register `hooks` for the duration of the block; every handle and control is removed in `finally`,
+    whether the block returns, raises or is cancelled."""
+    handles = []
+    controlled: list[nn.Module] = []
+    try:
+        for hook in hooks:
+            if hook.where == "pre":
+                handles.append(hook.module.register_forward_pre_hook(hook.fn, with_kwargs=True))
+            elif hook.where == "fwd":
+                handles.append(hook.module.register_forward_hook(hook.fn))
+            else:
+                hook.module._mechscope_control = hook.control
+                controlled.append(hook.module)
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module in controlled:
+            module._mechscope_control = None
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Forward hooks, pre-hooks and attention controls currently on `model` (0 when nothing leaked)."""
+    total = 0
+    for module in model.modules():
+        total += len(module._forward_hooks) + len(module._forward_pre_hooks)
+        total += int(getattr(module, "_mechscope_control", None) is not None)
+    return total
