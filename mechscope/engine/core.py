@@ -396,7 +396,35 @@ class Engine:
             result.compute = ComputeInfo(time.perf_counter() - started, mode, start)
             return result
 
+    def sweep(self, kind: str, clean: str, corrupt: str, metric: Metric, direction: str = "noising",
+              on_progress=None, should_stop: ShouldStop | None = None):
+        """Head patching [layer, head], residual patching [layer, pos] or AtP; see `sweeps.sweep`."""
+        from mechscope.engine.sweeps import sweep
+
+        return sweep(self, kind, clean, corrupt, metric, direction, on_progress, should_stop)
+
+    def generate(self, prompt: str, interventions: Iterable[Intervention] = (), max_new_tokens: int = 20,
+                 temperature: float = 0.0, seed: int = 0, corrupted: str | None = None, on_token=None,
+                 should_stop: ShouldStop | None = None):
+        """Generate with interventions active, streaming tokens to `on_token`; see `sweeps.generate`."""
+        from mechscope.engine.sweeps import generate
+
+        return generate(self, prompt, interventions, max_new_tokens, temperature, seed, corrupted,
+                        on_token, should_stop)
+
     # ------------------------------------------------------------------ passes
+
+    def _forward(self, ids: torch.Tensor, hooks: list[Hook]) -> torch.Tensor:
+        """A full forward of `ids` with `hooks`; returns the last layer's output [batch, pos, d_model]."""
+        holder: dict[str, torch.Tensor] = {}
+
+        def record_final(module, args, output):
+            holder["final"] = _first(output)
+
+        self._seq_len = ids.shape[1]
+        with installed(hooks + [Hook("fwd", self.adapter.layers[-1], record_final)]):
+            self.adapter.model.base_model(input_ids=ids, use_cache=False)
+        return holder["final"]
 
     def _spec(self, views: Views, readout: int) -> CaptureSpec:
         heads = frozenset((parse_address(a).layer, parse_address(a).head) for a in views.attention)
@@ -696,12 +724,16 @@ class Engine:
                 raise InterventionError(f"{what}: {exc}") from None
         return edits
 
-    def _source(self, prompt: str, n_pos: int, positions, what: str) -> tuple[SourceActs, list[int] | None]:
+    def _source(self, prompt: str, n_pos: int, positions, what: str) -> tuple[SourceActs, list[int]]:
+        """Source activations and the source positions to read (explicit, so generation can grow the
+        sequence past the source's length)."""
         ids, _ = self._prompt_ids(prompt)
         if positions is None and ids.shape[1] != n_pos:
             raise InterventionError(
                 f"{what}: the source prompt has {ids.shape[1]} tokens and this prompt {n_pos}; "
                 "give explicit positions to patch prompts of different lengths")
+        if positions is None:
+            positions = range(n_pos)
         src_positions = self._resolve_positions(positions, ids.shape[1], what + " (source)")
         return self._source_acts(ids), src_positions
 
@@ -717,6 +749,7 @@ class Engine:
                     raise InterventionError(f"{what}: resample ablation needs a corrupted prompt")
                 acts, src_pos = self._source(corrupted, n_pos, iv.positions, what)
                 source = (acts.z[iv.layer], src_pos)
+                positions = positions if positions is not None else list(range(n_pos))
             if dry_run:
                 return
             mean = self._reference_means().z[iv.layer] if isinstance(iv, HeadAblation) and iv.mode == "mean" else None
@@ -733,6 +766,7 @@ class Engine:
                     raise InterventionError(f"{what}: resample ablation needs a corrupted prompt")
                 acts, src_pos = self._source(corrupted, n_pos, iv.positions, what)
                 replacement = getattr(acts, site)[iv.layer]
+                positions = positions if positions is not None else list(range(n_pos))
             if dry_run:
                 return
             if iv.mode == "mean":
@@ -744,6 +778,7 @@ class Engine:
             self._check_head(addr.layer, addr.head, what)
             positions = self._resolve_positions(iv.positions, n_pos, what)
             acts, src_pos = self._source(iv.source_prompt, n_pos, iv.positions, what)
+            positions = positions if positions is not None else list(range(n_pos))
             if dry_run:
                 return
             if addr.site == "head":

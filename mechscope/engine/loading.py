@@ -249,13 +249,21 @@ def _read_folder_config(folder: Path) -> dict:
     return config
 
 
-def check_architecture(config: dict, where: str) -> str:
+def check_architecture(config: dict, where: str, trust_remote_code: bool = False) -> str:
     """Refuse non-causal and unsupported models from their config alone; returns the model type."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise LoadError(f"the config of {where} has no model_type")
+    if model_type not in CONFIG_MAPPING_NAMES:
+        if config.get("auto_map") and not trust_remote_code:
+            raise LoadError(
+                f"{where} needs its own Python code to load (model type {model_type!r}); "
+                "pass trust_remote_code only if you trust it"
+            )
+        family_for(model_type)  # raises UnsupportedArchitecture listing the supported families
     architectures = [a for a in config.get("architectures") or [] if isinstance(a, str)]
     causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     declared_causal = any(a in causal_classes or a.endswith(CAUSAL_CLASS_SUFFIXES) for a in architectures)
@@ -300,7 +308,7 @@ def _load_folder(folder: Path, *, source: str, name: str, weights_digest: str | 
     if not folder.is_dir():
         raise LoadError(f"no such file or folder: {folder}")
     config_dict = _read_folder_config(folder)
-    check_architecture(config_dict, str(folder))
+    check_architecture(config_dict, str(folder), trust_remote_code)
     _safetensors_files(folder)
     if device_map is not None and device == "auto":
         # accelerate places the layers; "auto" only decides the dtype.

@@ -1,0 +1,184 @@
+"""Patching sweeps (heads, residual positions, attribution patching) and generation on a resident Engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+
+from mechscope.engine.errors import Cancelled, PromptError
+from mechscope.engine.hooks import Hook
+from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.results import GeneratedToken, SweepResult
+
+if TYPE_CHECKING:
+    from mechscope.engine.core import Engine
+
+SweepKind = Literal["head", "resid", "atp"]
+ProgressCallback = Callable[[SweepResult], None]
+
+
+def sweep(engine: Engine, kind: SweepKind, clean: str, corrupt: str, metric: Metric,
+          direction: Literal["noising", "denoising"] = "noising",
+          on_progress: ProgressCallback | None = None,
+          should_stop: Callable[[], bool] | None = None) -> SweepResult:
+    """Patch every head (or residual position) from the source run into the base run.
+
+    noising: base = clean, source = corrupt (how much does the metric drop when a component sees
+    the corrupted input?). denoising: the reverse. `values` is metric(patched) - metric(base).
+    "atp" approximates the head sweep with one forward and backward pass (attribution patching).
+    """
+    if kind not in ("head", "resid", "atp"):
+        raise ValueError(f"sweep kind must be head, resid or atp, got {kind!r}")
+    if direction not in ("noising", "denoising"):
+        raise ValueError(f"direction must be noising or denoising, got {direction!r}")
+    if metric is None or not metric.target:
+        raise PromptError("a sweep needs a metric with a target token")
+    started = time.perf_counter()
+    base_prompt, source_prompt = (clean, corrupt) if direction == "noising" else (corrupt, clean)
+    with engine.lock, torch.no_grad():
+        base_ids, _ = engine._prompt_ids(base_prompt)
+        source_ids, _ = engine._prompt_ids(source_prompt)
+        n_pos = base_ids.shape[1]
+        if source_ids.shape[1] != n_pos:
+            raise PromptError(
+                f"clean and corrupted prompts must have the same number of tokens for a sweep "
+                f"({base_ids.shape[1]} vs {source_ids.shape[1]})")
+        info = engine.metric_info(metric, n_pos)
+        readout = info.position
+        base = engine._clean(base_ids, should_stop=should_stop)
+        source = engine._source_acts(source_ids)
+
+        def metric_of(final: torch.Tensor) -> torch.Tensor:  # [batch, pos, d] -> [batch]
+            return engine._metric_tensor(engine._logits(final[:, readout]), info)
+
+        base_metric = float(metric_of(base.final)[0])
+        source_metric = float(metric_of(source.resid_post[-1])[0])
+        a = engine.adapter
+        layer_labels = [f"L{layer}" for layer in range(a.n_layers)]
+        if kind == "resid":
+            col_labels = [f"{p}:{engine.decode_token(t)}" for p, t in enumerate(base_ids[0].tolist())]
+            values = np.full((a.n_layers, n_pos), np.nan, dtype=np.float32)
+        else:
+            col_labels = [f"H{h}" for h in range(a.n_heads)]
+            values = np.full((a.n_layers, a.n_heads), np.nan, dtype=np.float32)
+
+        def result(complete: bool) -> SweepResult:
+            return SweepResult(kind=kind, values=values.copy(), base_metric=base_metric,
+                               source_metric=source_metric, row_labels=layer_labels,
+                               col_labels=col_labels, complete=complete,
+                               seconds=time.perf_counter() - started)
+
+        if kind == "atp":
+            values[:] = _attribution_patching(engine, base, source, metric_of)
+            out = result(True)
+            if on_progress is not None:
+                on_progress(out)
+            return out
+
+        n_heads, d_head = a.n_heads, a.d_head
+        for layer in range(a.n_layers):
+            if should_stop is not None and should_stop():
+                raise Cancelled("sweep stopped")
+            start_hidden = base.calls[layer].hidden  # [1, pos, d_model]
+            if kind == "head":
+                rows = torch.arange(n_heads, device=start_hidden.device)
+                src_z = source.z[layer][0].view(n_pos, n_heads, d_head)  # [pos, head, d_head]
+                hidden = start_hidden.expand(n_heads, -1, -1).contiguous()  # [head, pos, d_model]
+
+                def patch_each_head(module, args, kwargs, rows=rows, src_z=src_z):
+                    x = args[0]  # [row, pos, head*d_head]
+                    z = x.view(*x.shape[:-1], n_heads, d_head).clone()  # [row, pos, head, d_head]
+                    z[rows, :, rows] = src_z[:, rows].transpose(0, 1)  # row r patches head r
+                    return (z.view(x.shape), *args[1:]), kwargs
+
+                hooks = [Hook("pre", a.o_proj(layer), patch_each_head)]
+            else:
+                rows = torch.arange(n_pos, device=start_hidden.device)
+                hidden = start_hidden.expand(n_pos, -1, -1).clone()  # [pos-variant, pos, d_model]
+                hidden[rows, rows] = source.resid_pre[layer][0, rows]  # row p patches position p
+                hooks = []
+            final = engine._run_layers(base.calls, layer, hidden, hooks, should_stop)
+            values[layer] = (metric_of(final) - base_metric).float().cpu().numpy()
+            if on_progress is not None:
+                on_progress(result(False))
+        return result(True)
+
+
+def _attribution_patching(engine: Engine, base, source, metric_of) -> np.ndarray:
+    """AtP: (z_source - z_base) . d metric / d z, summed over positions and each head's dimensions."""
+    a = engine.adapter
+    leaves: dict[int, torch.Tensor] = {}
+
+    def make_leaf(layer: int):
+        def hook(module, args, kwargs):
+            z = args[0].detach().requires_grad_(True)  # [1, pos, head*d_head]
+            leaves[layer] = z
+            return (z, *args[1:]), kwargs
+
+        return hook
+
+    hooks = [Hook("pre", a.o_proj(layer), make_leaf(layer)) for layer in range(a.n_layers)]
+    with torch.enable_grad():
+        final = engine._run_layers(base.calls, 0, base.calls[0].hidden, hooks, None)
+        value = metric_of(final).sum()
+        grads = torch.autograd.grad(value, [leaves[layer] for layer in range(a.n_layers)])
+    out = np.zeros((a.n_layers, a.n_heads), dtype=np.float32)
+    for layer, grad in enumerate(grads):
+        delta = (source.z[layer] - leaves[layer].detach()) * grad  # [1, pos, head*d_head]
+        out[layer] = delta.view(-1, a.n_heads, a.d_head).sum(dim=(0, 2)).float().cpu().numpy()
+    return out
+
+
+def generate(engine: Engine, prompt: str, interventions: Iterable[Intervention] = (),
+             max_new_tokens: int = 20, temperature: float = 0.0, seed: int = 0,
+             corrupted: str | None = None,
+             on_token: Callable[[GeneratedToken], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> list[GeneratedToken]:
+    """Greedy (temperature 0) or seeded sampling with the interventions active at every step.
+
+    Each step re-runs the whole sequence, so interventions see every position exactly as in `run`;
+    patches and resample ablations apply to the prompt's positions.
+    """
+    if max_new_tokens < 0:
+        raise ValueError("max_new_tokens must be >= 0")
+    if temperature < 0:
+        raise ValueError("temperature must be >= 0")
+    active = [iv for iv in interventions if iv.enabled]
+    generator = torch.Generator().manual_seed(int(seed))
+    eos = engine.tokenizer.eos_token_id
+    if eos is None:
+        eos = getattr(engine.model.generation_config, "eos_token_id", None)
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    out: list[GeneratedToken] = []
+    with engine.lock, torch.no_grad():
+        ids, _ = engine._prompt_ids(prompt)
+        edits = engine._edits(active, ids, corrupted)
+        from mechscope.engine.core import Captures, CaptureSpec
+
+        hooks = edits.hooks + engine._capture_hooks(CaptureSpec(readout=0), Captures(), 0, edits.knockouts)
+        for _ in range(max_new_tokens):
+            if should_stop is not None and should_stop():
+                raise Cancelled("generation stopped")
+            if ids.shape[1] >= engine.adapter.max_context:
+                break
+            final = engine._forward(ids, hooks)
+            logits = engine._logits(final[:, -1])[0]  # [vocab]
+            probs = torch.softmax(logits, dim=-1)
+            if temperature == 0:
+                token = int(logits.argmax())
+            else:
+                scaled = torch.softmax(logits / temperature, dim=-1).cpu()
+                token = int(torch.multinomial(scaled, 1, generator=generator))
+            item = GeneratedToken(token, engine.decode_token(token), float(probs[token]))
+            out.append(item)
+            if on_token is not None:
+                on_token(item)
+            if token in eos_ids:
+                break
+            ids = torch.cat([ids, torch.tensor([[token]], device=ids.device)], dim=1)
+    return out
+
