@@ -362,8 +362,8 @@ class Engine:
                 final = clean.final
                 captures = clean.captures
                 mode = "cached" if was_cached else "full"
-            logits = self._logits(final[:, readout])[0]  # [vocab]
-            base_logits = self._logits(clean.final[:, readout])[0]
+            base_logits = self._logits(clean.final[:, readout])[0]  # [vocab]
+            logits = self._logits(final[:, readout])[0] if final is not clean.final else base_logits
             prediction = self._prediction(logits, info, top_k)
             baseline = self._prediction(base_logits, info, top_k)
             result = RunResult(
@@ -440,14 +440,27 @@ class Engine:
     def _clean(self, ids: torch.Tensor, spec: CaptureSpec | None = None,
                should_stop: ShouldStop | None = None) -> CleanPass:
         """The no-intervention pass of `ids`, from the cache when it recorded at least `spec`."""
-        key = tuple(ids[0].tolist())
-        cached = self._clean_cache.get(key)
+        cached = self._cached_clean(ids)
         if cached is not None:
-            self._clean_cache.move_to_end(key)
             if spec is None or spec.empty or (cached.spec is not None and cached.spec.covers(spec)):
                 return cached
             if cached.spec is not None and cached.spec.readout == spec.readout:
                 spec = cached.spec.union(spec)
+        return self._clean_forward(ids, spec, should_stop)[0]
+
+    def _cached_clean(self, ids: torch.Tensor) -> CleanPass | None:
+        key = tuple(ids[0].tolist())
+        cached = self._clean_cache.get(key)
+        if cached is not None:
+            self._clean_cache.move_to_end(key)
+        return cached
+
+    def _clean_forward(self, ids: torch.Tensor, spec: CaptureSpec | None = None,
+                       should_stop: ShouldStop | None = None,
+                       extra_hooks: Sequence[Hook] = ()) -> tuple[CleanPass, torch.Tensor]:
+        """Run the model on `ids` recording every layer's call (cached), plus `extra_hooks`, which must
+        not change the computation. Returns the pass and the last layer's raw output (in the autograd
+        graph when grad is enabled; the cached copy is detached)."""
         calls: list[LayerCall] = []
         captures = Captures()
         holder: dict[str, torch.Tensor] = {}
@@ -455,6 +468,10 @@ class Engine:
         def record_call(module, args, kwargs):
             if should_stop is not None and should_stop():
                 raise Cancelled("stopped")
+            if args:
+                args = (args[0].detach(), *args[1:])
+            else:
+                kwargs = {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
             calls.append(LayerCall(args, dict(kwargs)))
 
         def record_final(module, args, output):
@@ -465,16 +482,17 @@ class Engine:
         hooks.append(Hook("fwd", layers[-1], record_final))
         if spec is not None and not spec.empty:
             hooks += self._capture_hooks(spec, captures, 0)
+        hooks += list(extra_hooks)
         self._seq_len = ids.shape[1]
         with installed(hooks):
             self.adapter.model.base_model(input_ids=ids, use_cache=False)
-        clean = CleanPass(ids=ids, calls=calls, final=holder["final"],
+        clean = CleanPass(ids=ids, calls=calls, final=holder["final"].detach(),
                           spec=spec if spec is not None and not spec.empty else None,
                           captures=captures)
-        self._clean_cache[key] = clean
+        self._clean_cache[tuple(ids[0].tolist())] = clean
         while len(self._clean_cache) > _CLEAN_CACHE_SIZE:
             self._clean_cache.popitem(last=False)
-        return clean
+        return clean, holder["final"]
 
     def _run_layers(self, calls: list[LayerCall], start: int, hidden: torch.Tensor, hooks: list[Hook],
                     should_stop: ShouldStop | None) -> torch.Tensor:
@@ -866,8 +884,11 @@ class Engine:
             hooks.append(Hook("fwd", a.layer_module(layer, "attn_out"), keep(attn_out, layer)))
             hooks.append(Hook("fwd", a.layer_module(layer, "mlp_out"), keep(mlp_out, layer)))
             hooks.append(Hook("fwd", a.layers[layer], keep(resid_post, layer)))
-        clean = self._clean(ids)
-        self._run_layers(clean.calls, 0, clean.calls[0].hidden, hooks, None)
+        clean = self._cached_clean(ids)
+        if clean is not None:
+            self._run_layers(clean.calls, 0, clean.calls[0].hidden, hooks, None)
+        else:
+            clean = self._clean_forward(ids, extra_hooks=hooks)[0]
         acts = SourceActs(ids=ids, z=z, attn_out=attn_out, mlp_out=mlp_out,
                           resid_pre=[c.hidden for c in clean.calls], resid_post=resid_post)
         self._source_cache[key] = acts

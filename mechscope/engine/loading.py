@@ -342,7 +342,7 @@ def _load_folder(folder: Path, *, source: str, name: str, weights_digest: str | 
                     folder, attn_implementation="sdpa", **kwargs
                 )
             except (ValueError, ImportError) as error:
-                if "sdpa" not in str(error).lower():
+                if not any(word in str(error) for word in ("sdpa", "scaled_dot_product_attention")):
                     raise
                 model = transformers.AutoModelForCausalLM.from_pretrained(
                     folder, attn_implementation="eager", **kwargs
@@ -385,8 +385,8 @@ def convert_gguf(gguf_path: Path, target: Path, name: str, progress: Progress | 
         existing = _converted_manifest(target)
         if existing is not None:  # converted meanwhile by another thread
             return existing
-        _report(progress, f"reading {gguf_path.name}", 0.0)
         check_gguf_architecture(gguf_path)
+        _report(progress, f"converting {name} (once): reading {gguf_path.name}", 0.0)
         gguf_digest = _sha256_file(gguf_path).hexdigest()
         folder, filename = gguf_path.parent, gguf_path.name
         with _quiet_transformers(), _gguf_progress(progress, f"converting {name} (once)", 0.05, 0.75):
@@ -456,20 +456,69 @@ def _strip_quantizer(model: Any) -> None:
         model.is_quantized = False
 
 
-def check_gguf_architecture(gguf_path: Path) -> str:
-    """Read a GGUF header's architecture and refuse unsupported ones before de-quantising anything."""
-    try:
-        from gguf import GGUFReader
+_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+_GGUF_TO_MODEL_TYPE = {"gptneox": "gpt_neox", "gemma3": "gemma3_text"}
 
-        reader = GGUFReader(str(gguf_path))
-        field = reader.fields["general.architecture"]
-        architecture = bytes(field.parts[field.data[0]]).decode()
-    except Exception as error:
+
+def read_gguf_architecture(gguf_path: Path) -> str:
+    """`general.architecture` from a GGUF header, reading only the key/value section up to it.
+
+    (gguf.GGUFReader parses every tokenizer array first: seconds for a real model.)
+    """
+    import struct
+
+    with open(gguf_path, "rb") as handle:
+
+        def read(fmt: str) -> Any:
+            size = struct.calcsize(fmt)
+            data = handle.read(size)
+            if len(data) != size:
+                raise ValueError("the file ends inside its header")
+            return struct.unpack(fmt, data)[0]
+
+        def read_string() -> bytes:
+            length = read("<Q")
+            if length > 1 << 24:
+                raise ValueError("implausible string length in the header")
+            return handle.read(length)
+
+        def skip_value(value_type: int) -> None:
+            if value_type == _GGUF_STRING:
+                handle.seek(read("<Q"), os.SEEK_CUR)
+            elif value_type == _GGUF_ARRAY:
+                item_type, count = read("<I"), read("<Q")
+                if item_type in _GGUF_SCALAR_SIZES:
+                    handle.seek(_GGUF_SCALAR_SIZES[item_type] * count, os.SEEK_CUR)
+                else:
+                    for _ in range(count):
+                        skip_value(item_type)
+            elif value_type in _GGUF_SCALAR_SIZES:
+                handle.seek(_GGUF_SCALAR_SIZES[value_type], os.SEEK_CUR)
+            else:
+                raise ValueError(f"unknown value type {value_type} in the header")
+
+        if handle.read(4) != b"GGUF":
+            raise ValueError("it does not start with the GGUF magic bytes")
+        version = read("<I")
+        if version not in (2, 3):
+            raise ValueError(f"GGUF version {version} is not supported")
+        read("<Q")  # tensor count
+        for _ in range(read("<Q")):
+            key, value_type = read_string(), read("<I")
+            if key == b"general.architecture" and value_type == _GGUF_STRING:
+                return read_string().decode("utf-8")
+            skip_value(value_type)
+    raise ValueError("its header has no general.architecture")
+
+
+def check_gguf_architecture(gguf_path: Path) -> str:
+    """Refuse a GGUF of an unsupported architecture before de-quantising anything; returns the model type."""
+    try:
+        architecture = read_gguf_architecture(gguf_path)
+    except (OSError, ValueError, UnicodeDecodeError) as error:
         raise LoadError(f"{gguf_path} is not a readable GGUF file: {_first_line(error)}") from None
-    gguf_to_model_type = {"gemma3": "gemma3_text", "phi3": "phi3", "qwen2": "qwen2", "qwen3": "qwen3",
-                          "gpt2": "gpt2", "gptneox": "gpt_neox", "llama": "llama", "mistral": "mistral",
-                          "gemma": "gemma", "gemma2": "gemma2"}
-    model_type = gguf_to_model_type.get(architecture, architecture)
+    model_type = _GGUF_TO_MODEL_TYPE.get(architecture, architecture)
     family_for(model_type)
     return model_type
 

@@ -49,14 +49,17 @@ def sweep(engine: Engine, kind: SweepKind, clean: str, corrupt: str, metric: Met
                 f"({base_ids.shape[1]} vs {source_ids.shape[1]})")
         info = engine.metric_info(metric, n_pos)
         readout = info.position
-        base = engine._clean(base_ids, should_stop=should_stop)
-        source = engine._source_acts(source_ids)
 
         def metric_of(final: torch.Tensor) -> torch.Tensor:  # [batch, pos, d] -> [batch]
             return engine._metric_tensor(engine._logits(final[:, readout]), info)
 
-        base_metric = float(metric_of(base.final)[0])
+        source = engine._source_acts(source_ids)
         source_metric = float(metric_of(source.resid_post[-1])[0])
+        if kind == "atp":
+            atp_values, base_metric = _attribution_patching(engine, base_ids, source, metric_of)
+        else:
+            base = engine._clean(base_ids, should_stop=should_stop)
+            base_metric = float(metric_of(base.final)[0])
         a = engine.adapter
         layer_labels = [f"L{layer}" for layer in range(a.n_layers)]
         if kind == "resid":
@@ -73,7 +76,7 @@ def sweep(engine: Engine, kind: SweepKind, clean: str, corrupt: str, metric: Met
                                seconds=time.perf_counter() - started)
 
         if kind == "atp":
-            values[:] = _attribution_patching(engine, base, source, metric_of)
+            values[:] = atp_values
             out = result(True)
             if on_progress is not None:
                 on_progress(out)
@@ -108,8 +111,12 @@ def sweep(engine: Engine, kind: SweepKind, clean: str, corrupt: str, metric: Met
         return result(True)
 
 
-def _attribution_patching(engine: Engine, base, source, metric_of) -> np.ndarray:
-    """AtP: (z_source - z_base) . d metric / d z, summed over positions and each head's dimensions."""
+def _attribution_patching(engine: Engine, base_ids: torch.Tensor, source, metric_of) -> tuple[np.ndarray, float]:
+    """AtP: (z_source - z_base) . d metric / d z, summed over positions and each head's dimensions.
+
+    One forward with grad (from the cached clean pass when there is one) and one backward to the
+    head outputs only: weights never need gradients. Returns the [layer, head] estimates and the
+    base metric."""
     a = engine.adapter
     leaves: dict[int, torch.Tensor] = {}
 
@@ -123,14 +130,18 @@ def _attribution_patching(engine: Engine, base, source, metric_of) -> np.ndarray
 
     hooks = [Hook("pre", a.o_proj(layer), make_leaf(layer)) for layer in range(a.n_layers)]
     with torch.enable_grad():
-        final = engine._run_layers(base.calls, 0, base.calls[0].hidden, hooks, None)
+        cached = engine._cached_clean(base_ids)
+        if cached is not None:
+            final = engine._run_layers(cached.calls, 0, cached.calls[0].hidden, hooks, None)
+        else:
+            final = engine._clean_forward(base_ids, extra_hooks=hooks)[1]
         value = metric_of(final).sum()
         grads = torch.autograd.grad(value, [leaves[layer] for layer in range(a.n_layers)])
     out = np.zeros((a.n_layers, a.n_heads), dtype=np.float32)
     for layer, grad in enumerate(grads):
         delta = (source.z[layer] - leaves[layer].detach()) * grad  # [1, pos, head*d_head]
         out[layer] = delta.view(-1, a.n_heads, a.d_head).sum(dim=(0, 2)).float().cpu().numpy()
-    return out
+    return out, float(value.detach())
 
 
 def generate(engine: Engine, prompt: str, interventions: Iterable[Intervention] = (),

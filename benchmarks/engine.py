@@ -1,0 +1,151 @@
+"""Engine speed as ratios against a plain Hugging Face forward measured in the same run (CPU, 2 threads).
+
+    python benchmarks/engine.py            # GPT-2-small-shaped random model and the demo model
+    python benchmarks/engine.py --no-demo  # only the random model
+
+Each figure is a median over repeats; every engine cache is cleared before each timed repeat that
+should not reuse it, so no figure comes from a cached answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import transformers
+
+from mechscope.engine import Engine, HeadAblation, Metric
+from mechscope.engine.testing import tiny_tokenizer
+
+CLEAN = "When Mary and John went to the store, John gave a drink to"
+CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
+METRIC = Metric("logit_diff", target=" Mary", foil=" John")
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, setup: Callable[[], object] | None = None) -> float:
+    times = []
+    for _ in range(repeats):
+        if setup is not None:
+            setup()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def tensor_bytes(tensors) -> int:
+    seen: set[int] = set()
+    total = 0
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in seen:
+                seen.add(ptr)
+                total += t.untyped_storage().nbytes()
+    return total
+
+
+def engine_cache_bytes(engine: Engine) -> int:
+    tensors = []
+    for clean in engine._clean_cache.values():
+        tensors.append(clean.final)
+        for call in clean.calls:
+            tensors += [call.hidden, *call.kwargs.values()]
+            tensors += [v for v in call.kwargs.values() if isinstance(v, tuple) for v in v]
+    for acts in engine._source_cache.values():
+        for group in (acts.z, acts.attn_out, acts.mlp_out, acts.resid_post):
+            tensors += list(group)
+    return tensor_bytes(tensors)
+
+
+def gpt2_small_random() -> tuple[transformers.PreTrainedModel, object]:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    return model, tiny_tokenizer()
+
+
+def bench(name: str, model, tokenizer, clean: str, corrupt: str, repeats: int) -> None:
+    engine = Engine(model, tokenizer, source=name)
+    ids = torch.tensor([tokenizer(clean).input_ids])
+    n_pos = ids.shape[1]
+    plain = transformers.AutoModelForCausalLM.from_config(model.config)
+    plain.load_state_dict(model.state_dict())
+    plain.eval()
+    plain.set_attn_implementation("sdpa")
+
+    def plain_forward():
+        with torch.no_grad():
+            plain(ids)
+
+    plain_forward()
+    base = median_seconds(plain_forward, repeats)
+
+    def clear():
+        engine._clean_cache.clear()
+        engine._source_cache.clear()
+
+    run_plain = median_seconds(lambda: engine.run(clean), repeats, setup=clear)
+
+    mid = engine.adapter.n_layers // 2
+    engine.run(clean, metric=METRIC)  # the clean pass is resident, as in the live UI
+    toggles = iter(range(10**6))
+    incremental = median_seconds(
+        lambda: engine.run(clean, [HeadAblation(mid, next(toggles) % engine.adapter.n_heads)], metric=METRIC),
+        repeats)
+
+    sweep_repeats = max(1, repeats // 5)
+    head_sweep = median_seconds(lambda: engine.sweep("head", clean, corrupt, METRIC), sweep_repeats, setup=clear)
+    atp = median_seconds(lambda: engine.sweep("atp", clean, corrupt, METRIC), sweep_repeats, setup=clear)
+
+    clear()
+    engine.run(clean, metric=METRIC)
+    engine.sweep("head", clean, corrupt, METRIC)
+    extra = engine_cache_bytes(engine)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    n_variants = engine.adapter.n_layers * engine.adapter.n_heads
+    print(f"\n{name}: {engine.adapter.n_layers} layers x {engine.adapter.n_heads} heads, d_model "
+          f"{engine.adapter.d_model}, vocab {engine.adapter.vocab_size}, {n_pos}-token prompt, "
+          f"{torch.get_num_threads()} threads")
+    print(f"  plain HF forward                   {base * 1e3:8.2f} ms   1.00x")
+    rows = [
+        ("run, no interventions (uncached)", run_plain, "target <= 1.0x"),
+        (f"toggle one head ablation at L{mid}", incremental, "target <= 0.45x"),
+        (f"head-patching sweep ({n_variants} heads)", head_sweep, "target <= 25x"),
+        ("AtP over every head", atp, "target <= 4x"),
+    ]
+    for label, seconds, target in rows:
+        print(f"  {label:34} {seconds * 1e3:8.2f} ms {seconds / base:6.2f}x  ({target})")
+    print(f"  extra memory held by the engine's caches: {extra / 2**20:.1f} MiB "
+          f"({extra / weights:.1%} of the {weights / 2**20:.0f} MiB of weights)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-demo", action="store_true", help="skip the demo model")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+    model, tokenizer = gpt2_small_random()
+    # A 20-token prompt for the GPT-2-shaped model, as the issue specifies.
+    clean = "When Mary and John went to the store, John gave a drink to Mary and the cat sat"
+    corrupt = "When Mary and John went to the store, Mary gave a drink to Mary and the cat sat"
+    n_tokens = len(tokenizer(clean).input_ids)
+    if n_tokens != 20:
+        raise SystemExit(f"benchmark prompt has {n_tokens} tokens, expected 20")
+    bench("GPT-2-small-shaped random model", model, tokenizer, clean, corrupt, args.repeats)
+    if not args.no_demo:
+        from mechscope.engine.loading import load_model
+
+        loaded = load_model("demo", device="cpu", dtype="float32")
+        bench("demo (SmolLM2-135M-Instruct)", loaded.model, loaded.tokenizer, CLEAN, CORRUPT, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
