@@ -18,12 +18,15 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mechscope.engine.adapters import SUPPORTED_MODEL_TYPES, family_for, supported_families_text
 from mechscope.engine.errors import LoadError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Progress = Callable[[str, "float | None"], None]
 
@@ -46,8 +49,8 @@ _convert_lock = threading.Lock()
 class LoadedModel:
     """A model ready for the engine: eval mode, no grads, on its device and dtype."""
 
-    model: Any  # transformers.PreTrainedModel
-    tokenizer: Any  # transformers.PreTrainedTokenizerBase
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     source: str
     name: str
     weights_digest: str
@@ -421,6 +424,9 @@ def convert_gguf(gguf_path: Path, target: Path, name: str, progress: Progress | 
                     "transformers": transformers.__version__,
                 }
                 _write_json_atomic(temp / MANIFEST_NAME, manifest)
+                finished_elsewhere = _converted_manifest(target)
+                if finished_elsewhere is not None:  # another process converted it meanwhile
+                    return finished_elsewhere
                 if target.exists() or target.is_symlink():
                     _remove_path(target)  # a stale conversion of an older format
                 try:
@@ -428,6 +434,8 @@ def convert_gguf(gguf_path: Path, target: Path, name: str, progress: Progress | 
                 except OSError:
                     if _converted_manifest(target) is None:  # another process won the race: use its copy
                         raise
+            except OSError as error:  # disk full, permissions: the cache cannot take the folder
+                raise LoadError(f"cannot save the converted {name} to {target}: {_first_line(error)}") from None
             finally:
                 if temp.exists():
                     shutil.rmtree(temp, ignore_errors=True)
