@@ -19,13 +19,23 @@ class AttentionControl:
     record_heads: heads whose full pattern is stored in `patterns[head]` ([batch, query, key]).
     sinks: store mean attention to the first token per head in `sink` ([batch, head]).
     knockouts: (head, query_pos, key_pos, rows) edges masked before the softmax; rows None = all rows.
+    record_kv: store this call's keys and values (after rotary embedding) in `kv`.
+    prefix_kv: keys and values [1, kv_head, prefix, d_head] of earlier positions, prepended to this
+      call's, so a pass can compute only the positions after a shared prefix.
     """
 
     record_heads: tuple[int, ...] = ()
     sinks: bool = False
     knockouts: list[tuple[int, int, int, list[int] | None]] = field(default_factory=list)
+    record_kv: bool = False
+    prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None
     patterns: dict[int, torch.Tensor] = field(default_factory=dict)
     sink: torch.Tensor | None = None
+    kv: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def needs_eager(self) -> bool:
+        return bool(self.record_heads or self.sinks or self.knockouts)
 
 
 def _eager(module, query, key, value, attention_mask, scaling, softcap, control):
@@ -64,8 +74,16 @@ def _eager(module, query, key, value, attention_mask, scaling, softcap, control)
 def mechscope_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Dispatch one attention call: sdpa unless this layer is observed, edited or soft-capped."""
     control: AttentionControl | None = getattr(module, "_mechscope_control", None)
+    if control is not None:
+        if control.record_kv:
+            control.kv = (key.detach(), value.detach())
+        if control.prefix_kv is not None:
+            prefix_key, prefix_value = control.prefix_kv
+            rows = key.shape[0]
+            key = torch.cat([prefix_key.expand(rows, -1, -1, -1), key], dim=2)
+            value = torch.cat([prefix_value.expand(rows, -1, -1, -1), value], dim=2)
     softcap = kwargs.get("softcap")
-    if control is None and softcap is None:
+    if softcap is None and (control is None or not control.needs_eager):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     return _eager(module, query, key, value, attention_mask, scaling, softcap, control)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from mechscope.engine.attention import AttentionControl
+from mechscope.engine.core import LayerCall
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook
 from mechscope.engine.interventions import Intervention, Metric
@@ -83,32 +85,81 @@ def sweep(engine: Engine, kind: SweepKind, clean: str, corrupt: str, metric: Met
             return out
 
         n_heads, d_head = a.n_heads, a.d_head
+        # Positions before the first token where the prompts differ (and before the readout) hold
+        # the same activations in both runs, so every variant shares them: compute only the suffix,
+        # attending to the base run's cached keys and values for the prefix.
+        differs = (base_ids[0] != source_ids[0]).nonzero()
+        prefix = min(int(differs[0]) if len(differs) else n_pos, readout)
+        calls, prefix_kv = _suffix_calls(engine, base, prefix)
+        suffix = n_pos - prefix
         for layer in range(a.n_layers):
             if should_stop is not None and should_stop():
                 raise Cancelled("sweep stopped")
-            start_hidden = base.calls[layer].hidden  # [1, pos, d_model]
+            start_hidden = base.calls[layer].hidden[:, prefix:]  # [1, suffix, d_model]
             if kind == "head":
                 rows = torch.arange(n_heads, device=start_hidden.device)
-                src_z = source.z[layer][0].view(n_pos, n_heads, d_head)  # [pos, head, d_head]
-                hidden = start_hidden.expand(n_heads, -1, -1).contiguous()  # [head, pos, d_model]
+                src_z = source.z[layer][0, prefix:].view(suffix, n_heads, d_head)  # [suffix, head, d_head]
+                hidden = start_hidden.expand(n_heads, -1, -1).contiguous()  # [head, suffix, d_model]
 
                 def patch_each_head(module, args, kwargs, rows=rows, src_z=src_z):
-                    x = args[0]  # [row, pos, head*d_head]
-                    z = x.view(*x.shape[:-1], n_heads, d_head).clone()  # [row, pos, head, d_head]
+                    x = args[0]  # [row, suffix, head*d_head]
+                    z = x.view(*x.shape[:-1], n_heads, d_head).clone()  # [row, suffix, head, d_head]
                     z[rows, :, rows] = src_z[:, rows].transpose(0, 1)  # row r patches head r
                     return (z.view(x.shape), *args[1:]), kwargs
 
                 hooks = [Hook("pre", a.o_proj(layer), patch_each_head)]
             else:
-                rows = torch.arange(n_pos, device=start_hidden.device)
-                hidden = start_hidden.expand(n_pos, -1, -1).clone()  # [pos-variant, pos, d_model]
-                hidden[rows, rows] = source.resid_pre[layer][0, rows]  # row p patches position p
+                # rows patch positions prefix..n_pos-1; earlier positions are identical (effect 0)
+                rows = torch.arange(suffix, device=start_hidden.device)
+                hidden = start_hidden.expand(suffix, -1, -1).clone()  # [variant, suffix, d_model]
+                hidden[rows, rows] = source.resid_pre[layer][0, prefix:]
+                values[layer, :prefix] = 0.0
                 hooks = []
-            final = engine._run_layers(base.calls, layer, hidden, hooks, should_stop)
-            values[layer] = (metric_of(final) - base_metric).float().cpu().numpy()
+            hooks += [Hook("attn", a.layer_module(index, "attn"), control=AttentionControl(prefix_kv=kv))
+                      for index, kv in prefix_kv.items() if index >= layer]
+            final = engine._run_layers(calls, layer, hidden, hooks, should_stop)  # [row, suffix, d]
+            effect = metric_of_rows(engine, final[:, readout - prefix], info) - base_metric
+            if kind == "head":
+                values[layer] = effect.float().cpu().numpy()
+            else:
+                values[layer, prefix:] = effect.float().cpu().numpy()
             if on_progress is not None:
                 on_progress(result(False))
         return result(True)
+
+
+def metric_of_rows(engine: Engine, resid: torch.Tensor, info) -> torch.Tensor:
+    """Metric of final-layer residual rows [row, d_model] -> [row]."""
+    return engine._metric_tensor(engine._logits(resid), info)
+
+
+def _suffix_calls(engine: Engine, base, prefix: int):
+    """Layer calls cut to positions >= prefix, and each layer's keys/values for the prefix."""
+    if prefix == 0:
+        return base.calls, {}
+    n_pos = base.ids.shape[1]
+    a = engine.adapter
+    controls = {layer: AttentionControl(record_kv=True) for layer in range(a.n_layers)}
+    hooks = [Hook("attn", a.layer_module(layer, "attn"), control=control) for layer, control in controls.items()]
+    engine._run_layers(base.calls, 0, base.calls[0].hidden, hooks, None)
+    prefix_kv = {layer: (c.kv[0][:, :, :prefix], c.kv[1][:, :, :prefix]) for layer, c in controls.items()}
+
+    def cut(value):
+        if isinstance(value, torch.Tensor):
+            if value.dim() == 4 and value.shape[-2] == n_pos and value.shape[-1] == n_pos:
+                return value[..., prefix:, :]  # attention mask [batch, 1, query, key]: keep every key
+            if value.dim() >= 2 and value.shape[1] == n_pos:
+                return value[:, prefix:]  # position ids / rotary tables [batch, pos, ...]
+            if value.dim() == 1 and value.shape[0] == n_pos:
+                return value[prefix:]  # cache_position
+            return value
+        if isinstance(value, tuple):
+            return tuple(cut(v) for v in value)
+        return value
+
+    calls = [LayerCall((call.hidden[:, prefix:], *[cut(v) for v in call.args[1:]]) if call.args else (),
+                       {k: cut(v) for k, v in call.kwargs.items()}) for call in base.calls]
+    return calls, prefix_kv
 
 
 def _attribution_patching(engine: Engine, base_ids: torch.Tensor, source, metric_of) -> tuple[np.ndarray, float]:
