@@ -9,6 +9,7 @@ from mechscope.engine.errors import (
     InterventionError,
     LoadError,
     MechscopeError,
+    OutOfMemory,
     PromptError,
     UnsupportedArchitecture,
 )
@@ -43,7 +44,7 @@ __all__ = [
     "INTERVENTION_TYPES", "ActivationPatch", "ActivationStats", "Address", "AttentionKnockout",
     "Attribution", "Cancelled", "ComponentAblation", "ComputeInfo", "Engine", "GeneratedToken",
     "HeadAblation", "HeadScale", "Intervention", "InterventionError", "LoadError", "LogitLens",
-    "MechscopeError", "Metric", "MetricInfo", "ModelInfo", "NeuronClamp", "Prediction",
+    "MechscopeError", "Metric", "OutOfMemory", "MetricInfo", "ModelInfo", "NeuronClamp", "Prediction",
     "PromptError", "RunResult", "SteeringVector", "SweepResult", "TokenProb",
     "UnsupportedArchitecture", "Views", "parse_address",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -15,7 +16,7 @@ from mechscope.engine import attention
 from mechscope.engine.adapters import Adapter
 from mechscope.engine.addresses import parse_address
 from mechscope.engine.attention import AttentionControl
-from mechscope.engine.errors import Cancelled, InterventionError, PromptError
+from mechscope.engine.errors import Cancelled, InterventionError, OutOfMemory, PromptError
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import (
     ActivationPatch,
@@ -242,6 +243,22 @@ class Engine:
         return cls(loaded.model, loaded.tokenizer, source=loaded.source,
                    weights_digest=loaded.weights_digest)
 
+    @contextlib.contextmanager
+    def guard(self):
+        """Model work under the lock; running out of memory drops the caches and becomes OutOfMemory."""
+        with self.lock:
+            try:
+                yield
+            except torch.OutOfMemoryError:
+                self._clean_cache.clear()
+                self._source_cache.clear()
+                self._means = None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise OutOfMemory(
+                    f"out of memory on {self.device}; the engine dropped its caches and is still usable "
+                    "(try a shorter prompt or fewer views)") from None
+
     # ------------------------------------------------------------------ tokens
 
     def tokenize(self, text: str) -> tuple[list[int], list[str]]:
@@ -340,7 +357,7 @@ class Engine:
         views = views or Views()
         started = time.perf_counter()
         active = [iv for iv in interventions if iv.enabled]
-        with self.lock, torch.no_grad():
+        with self.guard(), torch.no_grad():
             ids, truncated_from = self._prompt_ids(prompt)
             n_pos = ids.shape[1]
             info = self.metric_info(metric, n_pos) if metric is not None and metric.target else None

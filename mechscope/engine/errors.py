@@ -25,3 +25,7 @@ class PromptError(MechscopeError):
 
 class Cancelled(MechscopeError):
     """A run or sweep was stopped by its `should_stop` callback."""
+
+
+class OutOfMemory(MechscopeError):
+    """The device ran out of memory; caches were dropped and the engine is still usable."""

@@ -41,7 +41,7 @@ def sweep(engine: Engine, kind: SweepKind, clean: str, corrupt: str, metric: Met
         raise PromptError("a sweep needs a metric with a target token")
     started = time.perf_counter()
     base_prompt, source_prompt = (clean, corrupt) if direction == "noising" else (corrupt, clean)
-    with engine.lock, torch.no_grad():
+    with engine.guard(), torch.no_grad():
         base_ids, _ = engine._prompt_ids(base_prompt)
         source_ids, _ = engine._prompt_ids(source_prompt)
         n_pos = base_ids.shape[1]
@@ -216,7 +216,7 @@ def generate(engine: Engine, prompt: str, interventions: Iterable[Intervention] 
         eos = getattr(engine.model.generation_config, "eos_token_id", None)
     eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
     out: list[GeneratedToken] = []
-    with engine.lock, torch.no_grad():
+    with engine.guard(), torch.no_grad():
         ids, _ = engine._prompt_ids(prompt)
         edits = engine._edits(active, ids, corrupted)
         from mechscope.engine.core import Captures, CaptureSpec

@@ -157,3 +157,22 @@ def test_long_prompt_is_truncated_to_context(engine):
     result = engine.run(long_prompt)
     assert result.truncated_from is not None and result.truncated_from > 256
     assert len(result.token_ids) == engine.info.max_context
+
+
+def test_out_of_memory_is_reported_and_engine_stays_usable():
+    from mechscope.engine import OutOfMemory
+
+    engine = Engine(tiny_model("llama"), tiny_tokenizer())
+    expected = engine.run(PROMPT).top[0].id
+
+    def exhaust(module, args, kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    handle = engine.adapter.layers[1].register_forward_pre_hook(exhaust, with_kwargs=True)
+    try:
+        with pytest.raises(OutOfMemory, match="still usable"):
+            engine.run(PROMPT, [HeadAblation(0, 1)])
+    finally:
+        handle.remove()
+    assert count_hooks(engine.model) == 0
+    assert engine.run(PROMPT).top[0].id == expected

@@ -1,0 +1,43 @@
+"""The engine and sessions are usable without a terminal: importing them loads neither textual nor rich."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+CORE_MODULES = [
+    "mechscope.engine",
+    "mechscope.engine.core",
+    "mechscope.engine.sweeps",
+    "mechscope.engine.loading",
+    "mechscope.sessions",
+]
+
+
+@pytest.mark.parametrize("module", CORE_MODULES)
+def test_core_module_imports_no_ui(module):
+    code = (
+        f"import sys, json, importlib; importlib.import_module({module!r}); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_cli_start_imports_nothing_heavy():
+    """`mechscope --help` answers without importing torch, transformers or textual."""
+    code = (
+        "import sys, json, contextlib, io\n"
+        "from mechscope import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        cli.main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'textual') if m in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
