@@ -189,7 +189,8 @@ class Engine:
     Thread-safe: `lock` serialises model access. `should_stop` callbacks are checked between layers.
     """
 
-    def __init__(self, model, tokenizer, source: str = "<memory>", weights_digest: str = "") -> None:
+    def __init__(self, model, tokenizer, source: str = "<memory>", weights_digest: str = "",
+                 name: str | None = None) -> None:
         model.eval()
         model.requires_grad_(False)
         self.model = model
@@ -210,7 +211,7 @@ class Engine:
         self.device = param.device
         self.dtype = param.dtype
         a = self.adapter
-        name = getattr(model.config, "_name_or_path", "") or source
+        name = name or getattr(model.config, "_name_or_path", "") or source
         self.info = ModelInfo(
             source=source,
             name=str(name),
@@ -241,7 +242,7 @@ class Engine:
         if progress is not None:
             progress("preparing engine", None)
         return cls(loaded.model, loaded.tokenizer, source=loaded.source,
-                   weights_digest=loaded.weights_digest)
+                   weights_digest=loaded.weights_digest, name=loaded.name)
 
     @contextlib.contextmanager
     def guard(self):
