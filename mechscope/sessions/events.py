@@ -1,0 +1,220 @@
+"""Event kinds of the session log and their validation: every field of every line is checked on load."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+TENSOR_FILE = re.compile(r"^tensors/[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$")
+INTERVENTION_ACTIONS = ("added", "changed", "toggled", "removed")
+SWEEP_KINDS = ("head", "resid", "atp")
+SWEEP_DIRECTIONS = ("noising", "denoising")
+RESERVED = ("seq", "time", "kind")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of `events.jsonl`. `line` is its 1-based line number (0 before it is written)."""
+
+    seq: int
+    time: float
+    kind: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    line: int = 0
+
+    def __getitem__(self, key: str) -> Any:
+        return self.payload[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.payload.get(key, default)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "time": self.time, "kind": self.kind, **self.payload}
+
+
+Checker = Callable[[str, Any], None]
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def check_str(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {_type_name(value)}")
+
+
+def check_opt_str(name: str, value: Any) -> None:
+    if value is not None:
+        check_str(name, value)
+
+
+def check_int(name: str, value: Any) -> None:
+    if not _is_int(value):
+        raise ValueError(f"{name} must be an integer, got {_type_name(value)}")
+
+
+def check_count(name: str, value: Any) -> None:
+    check_int(name, value)
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+
+
+def check_number(name: str, value: Any) -> None:
+    if not _is_number(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def check_opt_number(name: str, value: Any) -> None:
+    if value is not None:
+        check_number(name, value)
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {_type_name(value)}")
+
+
+def check_opt_bool(name: str, value: Any) -> None:
+    if value is not None:
+        check_bool(name, value)
+
+
+def list_of(check: Checker) -> Checker:
+    def check_list(name: str, value: Any) -> None:
+        if not isinstance(value, list):
+            raise ValueError(f"{name} must be a list, got {_type_name(value)}")
+        for index, item in enumerate(value):
+            check(f"{name}[{index}]", item)
+
+    return check_list
+
+
+def one_of(*choices: str) -> Checker:
+    def check_choice(name: str, value: Any) -> None:
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+    return check_choice
+
+
+def check_tensor_file(name: str, value: Any) -> None:
+    check_str(name, value)
+    if not TENSOR_FILE.match(value) or ".." in value:
+        raise ValueError(f"{name} must be tensors/<file>.safetensors, got {value!r}")
+
+
+def check_metric(name: str, value: Any) -> None:
+    """None, or a `Metric.to_dict()` object."""
+    if value is None:
+        return
+    from mechscope.engine.interventions import Metric
+
+    Metric.from_dict(value)
+
+
+def check_intervention(name: str, value: Any) -> None:
+    from mechscope.engine.interventions import Intervention
+
+    Intervention.from_dict(value)
+
+
+def check_outcome(name: str, value: Any) -> None:
+    """The recorded result of a run: top-k ids, token texts and probabilities, metric and baseline metric."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be an object, got {_type_name(value)}")
+    fields: dict[str, Checker] = {
+        "top_ids": list_of(check_count),
+        "top_tokens": list_of(check_str),
+        "top_probs": list_of(check_number),
+        "metric": check_opt_number,
+        "baseline_metric": check_opt_number,
+    }
+    _check_fields(name, value, fields)
+    if not len(value["top_ids"]) == len(value["top_tokens"]) == len(value["top_probs"]):
+        raise ValueError(f"{name}: top_ids, top_tokens and top_probs differ in length")
+
+
+def check_generate_params(name: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be an object, got {_type_name(value)}")
+    _check_fields(name, value, {"max_new_tokens": check_count, "temperature": check_number,
+                                "seed": check_int})
+
+
+def check_shape(name: str, value: Any) -> None:
+    list_of(check_count)(name, value)
+
+
+def _check_fields(where: str, data: dict[str, Any], fields: dict[str, Checker]) -> None:
+    for key, check in fields.items():
+        if key not in data:
+            raise ValueError(f"{where}: missing field {key!r}")
+        check(f"{where}.{key}" if where else key, data[key])
+
+
+# Required payload fields per event kind. Extra fields are allowed (written by a newer minor version).
+EVENT_FIELDS: dict[str, dict[str, Checker]] = {
+    "prompt": {"clean": check_str, "corrupted": check_opt_str},
+    "metric": {"metric": check_metric},
+    "intervention": {"action": one_of(*INTERVENTION_ACTIONS), "id": check_count},
+    "vector": {"name": check_str, "file": check_tensor_file, "shape": check_shape},
+    "reference_prompts": {"prompts": list_of(check_str)},
+    "run": {"prompt": check_str, "corrupted": check_opt_str, "metric": check_metric,
+            "interventions": list_of(check_intervention), "top_k": check_count,
+            "outcome": check_outcome},
+    "sweep": {"sweep": one_of(*SWEEP_KINDS), "clean": check_str, "corrupt": check_str,
+              "metric": check_metric, "direction": one_of(*SWEEP_DIRECTIONS),
+              "file": check_tensor_file, "shape": check_shape, "base_metric": check_number,
+              "source_metric": check_opt_number, "complete": check_bool},
+    "generate": {"prompt": check_str, "corrupted": check_opt_str,
+                 "interventions": list_of(check_intervention), "params": check_generate_params,
+                 "token_ids": list_of(check_count), "tokens": list_of(check_str)},
+    "note": {"text": check_str},
+}
+EVENT_KINDS: tuple[str, ...] = tuple(EVENT_FIELDS)
+
+
+def validate_payload(kind: str, payload: dict[str, Any]) -> None:
+    """Raise ValueError with a one-line reason when `payload` is not a valid `kind` event."""
+    fields = EVENT_FIELDS.get(kind)
+    if fields is None:
+        raise ValueError(f"unknown event kind {kind!r} (known: {', '.join(EVENT_KINDS)})")
+    _check_fields("", payload, fields)
+    if kind == "intervention":
+        action = payload["action"]
+        if action in ("added", "changed"):
+            if "intervention" not in payload:
+                raise ValueError(f"intervention {action} needs the 'intervention' field")
+            check_intervention("intervention", payload["intervention"])
+        if action == "toggled":
+            check_bool("enabled", payload.get("enabled"))
+    if kind == "generate" and len(payload["token_ids"]) != len(payload["tokens"]):
+        raise ValueError("token_ids and tokens differ in length")
+
+
+def event_from_json(data: Any, line: int) -> Event:
+    """Validate one decoded JSON line; ValueError with a one-line reason on anything malformed."""
+    if not isinstance(data, dict):
+        raise ValueError(f"an event must be a JSON object, got {_type_name(data)}")
+    for key in RESERVED:
+        if key not in data:
+            raise ValueError(f"missing field {key!r}")
+    seq, time, kind = data["seq"], data["time"], data["kind"]
+    check_count("seq", seq)
+    check_number("time", time)
+    check_str("kind", kind)
+    payload = {k: v for k, v in data.items() if k not in RESERVED}
+    validate_payload(kind, payload)
+    return Event(seq=seq, time=float(time), kind=kind, payload=payload, line=line)
