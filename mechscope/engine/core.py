@@ -408,7 +408,8 @@ class Engine:
             if views.logit_lens:
                 result.logit_lens = self._logit_lens(captures, readout, info, views.lens_k)
             if views.attribution:
-                result.attribution = self._attribution(captures, clean, final, readout, info)
+                result.attribution = self._attribution(captures, clean, final, readout, info,
+                                                       edits.resid_deltas)
             if views.stats:
                 result.stats = self._stats(captures)
             result.compute = ComputeInfo(time.perf_counter() - started, mode, start)
@@ -668,7 +669,7 @@ class Engine:
         return direction, bias_term, label
 
     def _attribution(self, captures: Captures, clean: CleanPass, final: torch.Tensor, readout: int,
-                     info: MetricInfo | None) -> Attribution:
+                     info: MetricInfo | None, resid_deltas: dict[int, list[torch.Tensor]]) -> Attribution:
         a = self.adapter
         if a.post_ln:
             raise InterventionError("direct logit attribution needs a pre-norm model (this one is post-LN)")
@@ -702,11 +703,16 @@ class Engine:
             attn_bias[layer] = float(dla(bias_vec))
             mlp[layer] = float(dla(captures.mlp_out[layer]))
         embed = float(dla(clean.calls[0].hidden[0, readout]))
+        # Steering vectors and residual patches write the stream directly: one part per layer.
+        resid_edits = torch.zeros(a.n_layers)
+        for layer, deltas in resid_deltas.items():
+            for delta in deltas:
+                resid_edits[layer] += float(dla(delta[0, readout]))
         final_bias = float(final_norm.bias_vector() @ direction) + bias_term
         total = float(final_norm(resid) @ direction) + bias_term
         return Attribution(position=readout, direction=label, heads=heads.numpy(),
                            attn_bias=attn_bias.numpy(), mlp=mlp.numpy(), embed=embed,
-                           final_bias=final_bias, total=total)
+                           final_bias=final_bias, total=total, resid_edits=resid_edits.numpy())
 
     def _stats(self, captures: Captures) -> ActivationStats:
         n_layers = self.adapter.n_layers
@@ -828,11 +834,13 @@ class Engine:
                                                          "resample", self._seq_view)))
             elif addr.site in ("resid_pre", "embed"):
                 edits.add(addr.layer, Hook("pre", a.layers[addr.layer],
-                                           _resid_pre_edit(positions, acts.resid_pre[addr.layer], src_pos)))
+                                           _resid_pre_edit(positions, acts.resid_pre[addr.layer], src_pos,
+                                                           edits.resid_delta(addr.layer))))
             else:
                 edits.add(addr.layer, Hook("fwd", a.layers[addr.layer],
                                            _replace_edit(positions, acts.resid_post[addr.layer], src_pos,
-                                                         "resample", self._seq_view)))
+                                                         "resample", self._seq_view,
+                                                         edits.resid_delta(addr.layer))))
         elif isinstance(iv, SteeringVector):
             self._check_head(iv.layer, None, what)
             if iv.vector_id not in self.vectors:
@@ -847,7 +855,8 @@ class Engine:
             if dry_run:
                 return
             delta = torch.as_tensor(vector, device=self.device, dtype=self.dtype) * iv.coeff
-            edits.add(iv.layer, Hook("pre", a.layers[iv.layer], _steer_edit(positions, delta)))
+            edits.add(iv.layer, Hook("pre", a.layers[iv.layer],
+                                     _steer_edit(positions, delta, edits.resid_delta(iv.layer))))
         elif isinstance(iv, AttentionKnockout):
             self._check_head(iv.layer, iv.head, what)
             q, k = self._resolve_positions((iv.query_pos, iv.key_pos), n_pos, what)
@@ -855,8 +864,10 @@ class Engine:
                 raise InterventionError(f"{what}: key position {k} is after query position {q} (causal)")
             if q == 0:
                 raise InterventionError(f"{what}: the first token attends only to itself; it cannot be knocked out")
-            if dry_run:
-                return
+            row = {edge[2] for edge in edits.knockouts.get(iv.layer, []) if edge[:2] == (iv.head, q)} | {k}
+            if len(row) == q + 1:
+                raise InterventionError(
+                    f"{what}: this would knock out every key query {q} can attend to; keep at least one")
             edits.knockouts.setdefault(iv.layer, []).append((iv.head, q, k, None))
             edits.start = min(edits.start, iv.layer)
         elif isinstance(iv, NeuronClamp):
@@ -943,10 +954,16 @@ class _Edits:
     start: int
     hooks: list[Hook] = field(default_factory=list)
     knockouts: dict[int, list] = field(default_factory=dict)
+    resid_deltas: dict[int, list[torch.Tensor]] = field(default_factory=dict)
 
     def add(self, layer: int, hook: Hook) -> None:
         self.start = min(self.start, layer)
         self.hooks.append(hook)
+
+    def resid_delta(self, layer: int) -> list[torch.Tensor]:
+        """Where edits that write the residual stream directly at `layer` record what they added
+        ([batch, pos, d_model] each), so attribution can account for them."""
+        return self.resid_deltas.setdefault(layer, [])
 
 
 def _select(positions: list[int] | None):
@@ -977,7 +994,7 @@ def _head_edit(iv: HeadAblation | HeadScale, n_heads: int, d_head: int, position
 
 
 def _replace_edit(positions: list[int] | None, replacement: torch.Tensor | None,
-                  src_pos: list[int] | None, mode: str, seq_view):
+                  src_pos: list[int] | None, mode: str, seq_view, deltas: list | None = None):
     dst = _select(positions)
 
     def hook(module, args, output):
@@ -989,35 +1006,40 @@ def _replace_edit(positions: list[int] | None, replacement: torch.Tensor | None,
             out[:, dst] = replacement
         else:
             out[:, dst] = replacement[:, _select(src_pos)]
+        if deltas is not None:
+            deltas.append((out - seq_view(original)).detach())
         return _replace_output(output, out.view(original.shape))
 
     return hook
 
 
-def _resid_pre_edit(positions: list[int] | None, replacement: torch.Tensor, src_pos: list[int] | None):
+def _resid_pre_edit(positions: list[int] | None, replacement: torch.Tensor, src_pos: list[int] | None,
+                    deltas: list):
     dst = _select(positions)
 
     def hook(module, args, kwargs):
-        if args:
-            hidden = args[0].clone()
-            hidden[:, dst] = replacement[:, _select(src_pos)]
-            return (hidden, *args[1:]), kwargs
-        hidden = kwargs["hidden_states"].clone()
+        original = args[0] if args else kwargs["hidden_states"]
+        hidden = original.clone()  # [batch, pos, d_model]
         hidden[:, dst] = replacement[:, _select(src_pos)]
+        deltas.append((hidden - original).detach())
+        if args:
+            return (hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}
 
     return hook
 
 
-def _steer_edit(positions, delta: torch.Tensor):
+def _steer_edit(positions, delta: torch.Tensor, deltas: list):
     def hook(module, args, kwargs):
-        hidden = (args[0] if args else kwargs["hidden_states"]).clone()  # [batch, pos, d_model]
+        original = args[0] if args else kwargs["hidden_states"]
+        hidden = original.clone()  # [batch, pos, d_model]
         if positions == "all":
             hidden = hidden + delta
         elif positions == "last":
             hidden[:, -1] = hidden[:, -1] + delta
         else:
             hidden[:, list(positions)] = hidden[:, list(positions)] + delta
+        deltas.append((hidden - original).detach())
         if args:
             return (hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}

@@ -107,7 +107,8 @@ class Attribution:
     The final norm's scale is frozen from the run (the standard linearisation): each component's
     write to the residual stream is passed through the norm as if the norm divided by the scale it
     computed on the full residual. With LayerNorm the mean is removed from each component; the
-    norm's own bias is a separate term. The parts add up to `total`, the metric direction's logit
+    norm's own bias is a separate term; what steering vectors and residual patches write directly
+    is `resid_edits`. The parts add up to `total`, the metric direction's logit
     (target - foil, or the target logit) before any final logit soft-capping.
     """
 
@@ -119,10 +120,13 @@ class Attribution:
     embed: float
     final_bias: float  # final-norm bias plus unembedding bias
     total: float
+    resid_edits: np.ndarray | None = None  # [layer] steering vectors / residual patches written there
 
     def parts_sum(self) -> float:
+        edits = 0.0 if self.resid_edits is None else float(self.resid_edits.sum())
         return float(
             self.heads.sum() + self.attn_bias.sum() + self.mlp.sum() + self.embed + self.final_bias
+            + edits
         )
 
     def top_heads(self, k: int = 10) -> list[tuple[int, int, float]]:
