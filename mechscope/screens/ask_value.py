@@ -1,0 +1,51 @@
+"""A small dialog that asks for one value (the factor of `s`, a note...) and validates it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, Static
+
+
+class AskValueScreen(ModalScreen[str | None]):
+    """Returns the typed text on enter (when `validate` gives no error), None on escape."""
+
+    DEFAULT_CSS = """
+    AskValueScreen { align: center middle; }
+    AskValueScreen Vertical { width: 60; max-width: 100%; height: auto; border: round $accent;
+                              background: $surface; padding: 0 1; }
+    AskValueScreen #ask-error { color: $error; height: auto; }
+    """
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, label: str, initial: str = "",
+                 validate: Callable[[str], str | None] | None = None) -> None:
+        super().__init__()
+        self.title_text = title
+        self.label = label
+        self.initial = initial
+        self.validate = validate
+
+    def compose(self) -> ComposeResult:
+        with Vertical() as box:
+            box.border_title = self.title_text
+            yield Label(self.label)
+            yield Input(self.initial, id="ask-input")
+            yield Static("", id="ask-error")
+            yield Label("enter accepts, esc cancels", classes="dim")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        error = self.validate(event.value) if self.validate else None
+        if error:
+            self.query_one("#ask-error", Static).update(error)
+            return
+        self.dismiss(event.value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,100 @@
+"""Edit any intervention as a form of its fields (enter on the list); returns the new frozen value."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, Static
+
+from mechscope.engine.interventions import Intervention
+
+HIDDEN_FIELDS = ("enabled",)
+
+
+def field_text(value: Any) -> str:
+    """A field value as the user edits it: lists as `1,2,3`, None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def parse_field(text: str, original: Any) -> Any:
+    """Read an edited field back; strings stay strings, numbers and position lists are parsed."""
+    text = text.strip()
+    if isinstance(original, str) and original not in ("all", "last"):
+        return text
+    if text == "":
+        return None
+    if "," in text:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if all(part.lstrip("-").isdigit() for part in parts):
+            return [int(part) for part in parts]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def rebuild(original: Intervention, texts: dict[str, str]) -> Intervention:
+    """A new intervention of the same kind with the edited fields; ValueError says what is wrong."""
+    data = original.to_dict()
+    for name, text in texts.items():
+        data[name] = parse_field(text, getattr(original, name))
+    try:
+        return Intervention.from_dict(data)
+    except TypeError as exc:
+        raise ValueError(f"{original.kind}: {exc}") from None
+
+
+class EditInterventionScreen(ModalScreen[Intervention | None]):
+    """One input per field; enter saves (errors stay in the dialog), esc cancels."""
+
+    DEFAULT_CSS = """
+    EditInterventionScreen { align: center middle; }
+    EditInterventionScreen > Vertical { width: 70; max-width: 100%; height: auto; max-height: 100%;
+                                        border: round $accent; background: $surface; padding: 0 1; }
+    EditInterventionScreen Horizontal { height: 1; }
+    EditInterventionScreen Label { width: 14; color: $text-muted; }
+    EditInterventionScreen Input { width: 1fr; }
+    EditInterventionScreen #edit-error { color: $error; height: auto; }
+    """
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, intervention: Intervention) -> None:
+        super().__init__()
+        self.original = intervention
+        self.field_names = [f.name for f in dataclasses.fields(intervention)
+                            if f.name not in HIDDEN_FIELDS]
+
+    def compose(self) -> ComposeResult:
+        with Vertical() as box:
+            box.border_title = f"edit {self.original.label}"
+            for name in self.field_names:
+                with Horizontal():
+                    yield Label(name)
+                    yield Input(field_text(getattr(self.original, name)), id=f"field-{name}",
+                                compact=True)
+            yield Static("", id="edit-error")
+            yield Static("enter saves, esc cancels; empty positions = all", classes="dim")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        texts = {name: self.query_one(f"#field-{name}", Input).value for name in self.field_names}
+        try:
+            edited = rebuild(self.original, texts)
+        except ValueError as exc:
+            self.query_one("#edit-error", Static).update(str(exc))
+            return
+        self.dismiss(edited)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

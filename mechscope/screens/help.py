@@ -1,0 +1,39 @@
+"""The `?` screen: every key of the workbench and what it does."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+
+class HelpScreen(ModalScreen[None]):
+    """Lists (keys, description) pairs given by the app; any of escape, q, ? closes it."""
+
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen VerticalScroll { width: 72; max-width: 100%; height: auto; max-height: 90%;
+                                border: round $accent; background: $surface; padding: 0 1; }
+    """
+
+    BINDINGS = [Binding("escape,q,question_mark,f1", "close", "Close")]
+
+    def __init__(self, keys: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.keys = keys
+
+    def compose(self) -> ComposeResult:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold cyan", max_width=16)
+        table.add_column()
+        for key, description in self.keys:
+            table.add_row(key, description)
+        with VerticalScroll() as scroll:
+            scroll.border_title = "keys (esc closes)"
+            yield Static(table)
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,77 @@
+"""The layer x head grid: one coloured cell per attention head, a keyboard cursor, intervention marks."""
+
+from __future__ import annotations
+
+import numpy as np
+from textual.binding import Binding
+
+from mechscope.tui.widgets.heatmap import Heatmap
+
+# name -> (title, diverging colour ramp)
+GRID_METRICS: dict[str, tuple[str, bool]] = {
+    "attribution": ("DLA", True),
+    "sink": ("sink", False),
+    "patching": ("patching", True),
+    "atp": ("AtP", True),
+}
+
+
+class HeadGrid(Heatmap, can_focus=True):
+    """Rows are layers, columns are heads; the cursor selects the head that keys act on."""
+
+    DEFAULT_CSS = """
+    HeadGrid { width: auto; min-width: 16; }
+    """
+
+    BINDINGS = [
+        Binding("up,k", "move(-1, 0)", "Up", show=False),
+        Binding("down,j", "move(1, 0)", "Down", show=False),
+        Binding("left,h", "move(0, -1)", "Left", show=False),
+        Binding("right,l", "move(0, 1)", "Right", show=False),
+        Binding("pageup", "move(-8, 0)", "Page up", show=False),
+        Binding("pagedown", "move(8, 0)", "Page down", show=False),
+        Binding("home", "move(-9999, 0)", "First layer", show=False),
+        Binding("end", "move(9999, 0)", "Last layer", show=False),
+    ]
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(cell_width=3, diverging=True, empty_text="loading model…", id=id)
+        self.n_layers = 0
+        self.n_heads = 0
+        self.metric_name = "attribution"
+
+    def configure(self, n_layers: int, n_heads: int) -> None:
+        """Size the grid for a model; values start unknown (NaN)."""
+        self.n_layers, self.n_heads = n_layers, n_heads
+        self.set_data(np.full((n_layers, n_heads), np.nan, dtype=np.float32),
+                      [f"L{layer}" for layer in range(n_layers)],
+                      [str(head) for head in range(n_heads)])
+        if self.cursor is None:
+            self.cursor = (0, 0)
+
+    def show_metric(self, name: str, values: np.ndarray | None) -> None:
+        """Colour the grid by one of GRID_METRICS; None leaves the cells unknown."""
+        if not self.n_layers:
+            return
+        self.metric_name = name
+        title, diverging = GRID_METRICS[name]
+        if values is None:
+            values = np.full((self.n_layers, self.n_heads), np.nan, dtype=np.float32)
+        self.set_data(values, self.row_labels, self.col_labels, diverging=diverging)
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            self.border_subtitle = f"{finite.min():+.2f}…{finite.max():+.2f}"
+        else:
+            self.border_subtitle = "not computed"
+        self.border_title = title
+
+    def get_content_width(self, container, viewport) -> int:
+        return self.virtual_size.width + 1  # room for the one-cell vertical scrollbar
+
+    def action_move(self, d_row: int, d_col: int) -> None:
+        self.move_cursor(d_row, d_col)
+
+    @property
+    def selected(self) -> tuple[int, int] | None:
+        """The (layer, head) under the cursor."""
+        return self.cursor

@@ -1,0 +1,222 @@
+"""A matrix heatmap drawn through the line API: fixed row/column labels, cached strips, precomputed colours."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from rich.segment import Segment
+from rich.style import Style
+from textual.cache import LRUCache
+from textual.color import Color, Gradient
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+BUCKETS = 41  # odd, so a diverging ramp has an exact zero bucket
+
+
+@functools.lru_cache(maxsize=4)
+def bucket_styles(diverging: bool) -> tuple[Style, ...]:
+    """One cell style per colour bucket, computed once per ramp (negative blue, positive red)."""
+    if diverging:
+        gradient = Gradient((0.0, Color.parse("#2f6bff")), (0.5, Color.parse("#262626")),
+                            (1.0, Color.parse("#ff3b30")), quality=BUCKETS)
+    else:
+        gradient = Gradient((0.0, Color.parse("#1c1c1c")), (0.45, Color.parse("#7a2a8a")),
+                            (0.8, Color.parse("#f07d2a")), (1.0, Color.parse("#ffe66b")),
+                            quality=BUCKETS)
+    styles = []
+    for index in range(BUCKETS):
+        background = gradient.get_color(index / (BUCKETS - 1))
+        foreground = "black" if background.brightness > 0.55 else "white"
+        styles.append(Style(bgcolor=background.rich_color, color=foreground, bold=True))
+    return tuple(styles)
+
+
+class Heatmap(ScrollView, can_focus=False):
+    """Values of a [row, col] matrix as coloured cells with a fixed header row and label column.
+
+    Cells may carry a one-character mark; NaN cells (not computed yet) show a dot.
+    """
+
+    DEFAULT_CSS = """
+    Heatmap { background: $surface; }
+    """
+
+    cursor: reactive[tuple[int, int] | None] = reactive(None, init=False)
+    """The highlighted (row, col), or None for a heatmap without a cursor."""
+
+    class CursorMoved(Message):
+        """The cursor moved to (row, col)."""
+
+        def __init__(self, heatmap: Heatmap, row: int, col: int) -> None:
+            super().__init__()
+            self.heatmap = heatmap
+            self.row = row
+            self.col = col
+
+        def can_replace(self, message: Message) -> bool:
+            # A burst of arrow presses only needs the last position.
+            return isinstance(message, Heatmap.CursorMoved) and message.heatmap is self.heatmap
+
+        @property
+        def control(self) -> Heatmap:
+            return self.heatmap
+
+    def __init__(self, *, cell_width: int = 3, diverging: bool = True, empty_text: str = "",
+                 name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.cell_width = cell_width
+        self.diverging = diverging
+        self.empty_text = empty_text
+        self.values: np.ndarray | None = None  # [row, col]
+        self.row_labels: list[str] = []
+        self.col_labels: list[str] = []
+        self.marks: dict[tuple[int, int], str] = {}
+        self.scale = 1.0
+        self._label_width = 0
+        self._version = 0
+        self._strip_cache: LRUCache[tuple, Strip] = LRUCache(1024)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (0, 0) if self.values is None else self.values.shape  # type: ignore[return-value]
+
+    def set_data(self, values: np.ndarray | None, row_labels: list[str], col_labels: list[str],
+                 *, diverging: bool | None = None, scale: float | None = None) -> None:
+        """Show a new matrix; colours scale to `scale` (default: the largest absolute finite value)."""
+        self.values = None if values is None else np.asarray(values, dtype=np.float32)
+        self.row_labels = list(row_labels)
+        self.col_labels = list(col_labels)
+        if diverging is not None:
+            self.diverging = diverging
+        if scale is None and self.values is not None and np.isfinite(self.values).any():
+            scale = float(np.nanmax(np.abs(self.values)))
+        self.scale = scale if scale and math.isfinite(scale) and scale > 0 else 1.0
+        self._label_width = max((len(label) for label in self.row_labels), default=0) + 1
+        rows, cols = self.shape
+        self.virtual_size = Size(self._label_width + cols * self.cell_width, rows + 1)
+        if self.cursor is not None and rows and cols:
+            row, col = self.cursor
+            self.cursor = (min(row, rows - 1), min(col, cols - 1))
+        self.refresh_cells()
+
+    def set_marks(self, marks: dict[tuple[int, int], str]) -> None:
+        if marks != self.marks:
+            self.marks = dict(marks)
+            self.refresh_cells()
+
+    def refresh_cells(self) -> None:
+        self._version += 1
+        self._strip_cache.clear()
+        self.refresh()
+
+    def watch_cursor(self, old: tuple[int, int] | None, new: tuple[int, int] | None) -> None:
+        self.refresh()
+        if new is not None:
+            self.scroll_cursor_visible()
+            self.post_message(self.CursorMoved(self, *new))
+
+    def scroll_cursor_visible(self) -> None:
+        if self.cursor is None:
+            return
+        row, col = self.cursor
+        height = max(self.scrollable_content_region.height - 1, 1)
+        width = max(self.scrollable_content_region.width - self._label_width, self.cell_width)
+        scroll_x, scroll_y = self.scroll_offset
+        if row < scroll_y:
+            scroll_y = row
+        elif row >= scroll_y + height:
+            scroll_y = row - height + 1
+        left, right = col * self.cell_width, (col + 1) * self.cell_width
+        if left < scroll_x:
+            scroll_x = left
+        elif right > scroll_x + width:
+            scroll_x = right - width
+        self.scroll_to(scroll_x, scroll_y, animate=False, immediate=True)
+
+    def move_cursor(self, d_row: int, d_col: int) -> None:
+        rows, cols = self.shape
+        if not rows or not cols:
+            return
+        row, col = self.cursor or (0, 0)
+        self.cursor = (min(max(row + d_row, 0), rows - 1), min(max(col + d_col, 0), cols - 1))
+
+    def _bucket_style(self, value: float) -> Style:
+        styles = bucket_styles(self.diverging)
+        if self.diverging:
+            position = 0.5 + 0.5 * max(-1.0, min(1.0, value / self.scale))
+        else:
+            position = max(0.0, min(1.0, value / self.scale))
+        return styles[round(position * (BUCKETS - 1))]
+
+    def _cells(self, row: int) -> Strip:
+        """The row's cells across the full virtual width (cached by data version and cursor)."""
+        cursor_col = self.cursor[1] if self.cursor is not None and self.cursor[0] == row else None
+        key = (self._version, row, cursor_col)
+        cached = self._strip_cache.get(key)
+        if cached is not None:
+            return cached
+        assert self.values is not None
+        width = self.cell_width
+        segments = []
+        for col, value in enumerate(self.values[row]):
+            mark = self.marks.get((row, col), "")
+            if math.isnan(value):
+                style, mark = self.rich_style, mark or "·"
+            else:
+                style = self._bucket_style(float(value))
+            if col == cursor_col:
+                text = ("[" + (mark or " ") + "]").center(width) if width >= 3 else "[]"[:width]
+                style = style + Style(reverse=not mark and width < 3, underline=True)
+            else:
+                text = (mark or " ").center(width)
+            segments.append(Segment(text[:width], style))
+        strip = Strip(segments, len(self.values[row]) * width)
+        self._strip_cache[key] = strip
+        return strip
+
+    def _header(self) -> Strip:
+        key = (self._version, "header", self.cursor[1] if self.cursor else None)
+        cached = self._strip_cache.get(key)
+        if cached is not None:
+            return cached
+        base = self.rich_style + Style(dim=True)
+        highlight = self.rich_style + Style(bold=True, reverse=True)
+        segments = []
+        for col, label in enumerate(self.col_labels):
+            style = highlight if self.cursor and self.cursor[1] == col else base
+            segments.append(Segment(label[: self.cell_width].center(self.cell_width), style))
+        strip = Strip(segments, len(self.col_labels) * self.cell_width)
+        self._strip_cache[key] = strip
+        return strip
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        rows, cols = self.shape
+        if self.values is None or not rows:
+            if y == 0 and self.empty_text:
+                return Strip([Segment(self.empty_text[:width], self.rich_style + Style(dim=True))]
+                             ).extend_cell_length(width, self.rich_style)
+            return Strip.blank(width, self.rich_style)
+        scroll_x, scroll_y = self.scroll_offset
+        label_width = self._label_width
+        cells_width = max(width - label_width, 0)
+        if y == 0:
+            label = Segment(" " * label_width, self.rich_style)
+            body = self._header()
+        else:
+            row = y - 1 + scroll_y
+            if row >= rows:
+                return Strip.blank(width, self.rich_style)
+            on_cursor = self.cursor is not None and self.cursor[0] == row
+            label_style = self.rich_style + (Style(bold=True, reverse=True) if on_cursor
+                                             else Style(dim=True))
+            label = Segment(self.row_labels[row].rjust(label_width - 1) + " ", label_style)
+            body = self._cells(row)
+        body = body.crop(scroll_x, scroll_x + cells_width)
+        return Strip([label, *body]).extend_cell_length(width, self.rich_style).crop(0, width)

@@ -1,0 +1,88 @@
+"""Interventions pane: one line per intervention with a checkbox; space toggles, enter edits, x deletes."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import OptionList
+from textual.widgets.option_list import Option
+
+from mechscope.tui.state import Entry
+
+
+def entry_line(entry: Entry) -> Text:
+    box = "[x]" if entry.intervention.enabled else "[ ]"
+    line = Text(f"{box} ", style="bold" if entry.intervention.enabled else "dim")
+    line.append(entry.intervention.label, style="" if entry.intervention.enabled else "dim strike")
+    return line
+
+
+class InterventionList(OptionList):
+    """The app owns the list (an InterventionStack); this widget shows it and asks for changes."""
+
+    DEFAULT_CSS = """
+    InterventionList { height: 1fr; border: round $panel; padding: 0; }
+    InterventionList:focus { border: round $accent; }
+    """
+
+    BINDINGS = [
+        Binding("space", "toggle", "Toggle", show=False),
+        Binding("enter", "edit", "Edit", show=False),
+        Binding("x,delete", "delete", "Delete", show=False),
+    ]
+
+    class Requested(Message):
+        """The user asked to toggle, edit or delete entry `entry_id`."""
+
+        def __init__(self, action: str, entry_id: int) -> None:
+            super().__init__()
+            self.action = action
+            self.entry_id = entry_id
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.border_title = "interventions"
+        self.entry_ids: list[int] = []
+
+    def show_entries(self, entries: tuple[Entry, ...]) -> None:
+        ids = [entry.id for entry in entries]
+        if entries and ids == self.entry_ids:
+            # Same entries (a toggle or an edit): new prompts in place, no relayout.
+            for index, entry in enumerate(entries):
+                self.replace_option_prompt_at_index(index, entry_line(entry))
+        else:
+            self._rebuild(entries)
+        enabled = sum(entry.intervention.enabled for entry in entries)
+        self.border_title = f"interventions {enabled}/{len(entries)}" if entries else "interventions"
+
+    def _rebuild(self, entries: tuple[Entry, ...]) -> None:
+        highlighted = self.highlighted
+        self.clear_options()
+        self.entry_ids = [entry.id for entry in entries]
+        if entries:
+            self.add_options([Option(entry_line(entry), id=f"entry-{entry.id}") for entry in entries])
+            self.highlighted = min(highlighted or 0, len(entries) - 1)
+        else:
+            self.add_option(Option(Text("space on a head ablates it", style="dim"),
+                                   disabled=True))
+
+    @property
+    def selected_entry_id(self) -> int | None:
+        if self.highlighted is None or self.highlighted >= len(self.entry_ids):
+            return None
+        return self.entry_ids[self.highlighted]
+
+    def _request(self, action: str) -> None:
+        entry_id = self.selected_entry_id
+        if entry_id is not None:
+            self.post_message(self.Requested(action, entry_id))
+
+    def action_toggle(self) -> None:
+        self._request("toggle")
+
+    def action_edit(self) -> None:
+        self._request("edit")
+
+    def action_delete(self) -> None:
+        self._request("delete")

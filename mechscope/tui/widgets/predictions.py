@@ -1,0 +1,62 @@
+"""Predictions pane: top-k next tokens with probabilities, their change against the baseline, the metric."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.text import Text
+from textual.widgets import Static
+
+from mechscope.engine.results import RunResult
+from mechscope.tui.widgets.prompt_pane import show_token
+
+METRIC_LABELS = {"logit_diff": "logit diff", "prob": "p(target)", "loss": "loss"}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - np.max(logits)  # [vocab]
+    weights = np.exp(shifted)
+    return weights / weights.sum()
+
+
+def predictions_text(result: RunResult, intervened: bool) -> Text:
+    """The pane's text; without interventions there is no change column to show."""
+    text = Text()
+    kind = result.metric_info.kind if result.metric_info is not None else None
+    if result.metric is not None and kind is not None:
+        label = METRIC_LABELS.get(kind, kind)
+        base = result.baseline.metric
+        text.append(f"{label} ", style="bold")
+        if intervened and base is not None:
+            delta = result.metric - base
+            text.append(f"Δ {delta:+.3f}\n", style="green" if delta >= 0 else "red")
+            text.append(f"{base:+.3f} → {result.metric:+.3f}\n")
+        else:
+            text.append(f"{result.metric:+.3f}\n")
+    else:
+        text.append("no metric: set a target\n", style="dim")
+    baseline_probs = softmax(result.baseline.logits) if intervened else None
+    for rank, token in enumerate(result.top, 1):
+        text.append(f"{show_token(token.text)[:10]:<10}", style="bold" if rank == 1 else "")
+        text.append(f" {token.prob * 100:5.1f}%")
+        if baseline_probs is not None:
+            change = (token.prob - float(baseline_probs[token.id])) * 100
+            style = "green" if change > 0.05 else ("red" if change < -0.05 else "dim")
+            text.append(f" {change:+5.1f}", style=style)
+        text.append("\n")
+    text.rstrip()
+    return text
+
+
+class PredictionsPane(Static):
+    """Shows the latest RunResult; the app calls `show` from its RunFinished handler."""
+
+    DEFAULT_CSS = """
+    PredictionsPane { height: 1fr; border: round $panel; padding: 0 1; overflow-y: auto; }
+    """
+
+    def on_mount(self) -> None:
+        self.border_title = "predictions"
+
+    def show(self, result: RunResult, intervened: bool) -> None:
+        self.update(predictions_text(result, intervened), layout=False)  # its size is set by CSS
+        self.border_subtitle = "Δ vs no interventions" if intervened else ""

@@ -1,0 +1,176 @@
+"""The view tabs: attention pattern, logit lens, sweep results, generation, activation stats."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import DataTable, Static
+
+from mechscope.engine.results import ActivationStats, GeneratedToken, LogitLens, SweepResult
+from mechscope.tui.widgets.heatmap import Heatmap
+from mechscope.tui.widgets.prompt_pane import show_token
+
+SWEEP_TITLES = {"head": "head patching", "resid": "residual patching", "atp": "attribution patching"}
+
+
+def position_labels(count: int) -> list[str]:
+    """Column labels two cells wide: every fifth position numbered, the rest dotted."""
+    return [str(pos) if pos % 5 == 0 else "·" for pos in range(count)]
+
+
+class AttentionView(Vertical):
+    """Query x key attention of the selected head, token labels on the rows, positions on top."""
+
+    DEFAULT_CSS = """
+    AttentionView #attention-caption { height: 1; color: $text-muted; }
+    AttentionView Heatmap { height: 1fr; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static("move the grid cursor to a head", id="attention-caption")
+        yield Heatmap(cell_width=2, diverging=False, id="attention-map")
+
+    def show(self, address: str, pattern: np.ndarray, tokens: list[str]) -> None:
+        """pattern: [query, key]."""
+        width = len(str(len(tokens)))
+        rows = [f"{pos:>{width}} {show_token(tok)[:7]:<7}"
+                for pos, tok in enumerate(tokens[: pattern.shape[0]])]
+        self.query_one(Heatmap).set_data(pattern, rows, position_labels(pattern.shape[1]), scale=1.0)
+        query_top = int(np.argmax(pattern[-1])) if pattern.size else 0
+        self.query_one("#attention-caption", Static).update(
+            f"{address} query↓ key→ · last token → {query_top}"
+            f"{show_token(tokens[query_top]) if query_top < len(tokens) else ''}", layout=False)
+
+    def clear(self, reason: str) -> None:
+        self.query_one(Heatmap).set_data(None, [], [])
+        self.query_one("#attention-caption", Static).update(reason)
+
+
+class LensView(Vertical):
+    """Per layer: the top tokens of the decoded residual, and the target's rank and probability."""
+
+    DEFAULT_CSS = """
+    LensView #lens-caption { height: 1; color: $text-muted; }
+    LensView DataTable { height: 1fr; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static("logit lens: waiting for a run", id="lens-caption")
+        table: DataTable = DataTable(id="lens-table", cursor_type="row", zebra_stripes=True)
+        table.add_columns("layer", "target rank", "p(target)", "top tokens")
+        yield table
+
+    def show(self, lens: LogitLens | None) -> None:
+        table = self.query_one(DataTable)
+        table.clear()
+        caption = self.query_one("#lens-caption", Static)
+        if lens is None:
+            caption.update("logit lens: not computed")
+            return
+        critical = lens.critical_layer
+        for layer in range(lens.top_ids.shape[0]):
+            rank = "" if lens.target_rank is None else str(int(lens.target_rank[layer]) + 1)
+            prob = "" if lens.target_prob is None else f"{float(lens.target_prob[layer]):.3f}"
+            tops = " ".join(f"{show_token(tok)[:8]}:{p:.2f}" for tok, p in
+                            zip(lens.top_tokens[layer], lens.top_probs[layer], strict=False))
+            label = f"L{layer}" + (" ◀" if layer == critical else "")
+            table.add_row(label, rank, prob, tops, key=str(layer))
+        where = f"critical layer L{critical}" if critical is not None else "target never stays top-1"
+        caption.update(f"logit lens at position {lens.position}: {where}")
+
+
+class SweepView(Vertical):
+    """A sweep's progress, its strongest components, and its matrix (streamed as rows complete)."""
+
+    DEFAULT_CSS = """
+    SweepView #sweep-summary { height: auto; max-height: 7; }
+    SweepView Heatmap { height: 1fr; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static("no sweep yet: w runs head patching, a runs AtP, r residual patching",
+                     id="sweep-summary")
+        yield Heatmap(cell_width=3, diverging=True, id="sweep-map")
+
+    def show(self, result: SweepResult, running: bool, note: str = "") -> None:
+        values = result.values  # head/atp: [layer, head]; resid: [layer, pos]
+        done_rows = int(np.isfinite(values).all(axis=1).sum()) if values.size else 0
+        state = "running, esc cancels" if running else ("complete" if result.complete else "stopped")
+        text = Text()
+        text.append(f"{SWEEP_TITLES.get(result.kind, result.kind)}", style="bold")
+        text.append(f"  {done_rows}/{values.shape[0]} layers  {state}{note}\n")
+        text.append(f"metric clean {result.base_metric:+.3f}  corrupted {result.source_metric:+.3f}\n",
+                    style="dim")
+        finite = np.where(np.isfinite(values), values, 0.0)
+        order = np.argsort(-np.abs(finite), axis=None)[:4]
+        for flat in order:
+            row, col = divmod(int(flat), values.shape[1])
+            if not np.isfinite(values[row, col]):
+                continue
+            label = (f"L{row}.H{col}" if result.kind != "resid"
+                     else f"{result.row_labels[row]} pos {result.col_labels[col]}")
+            text.append(f"  {label:<14} {values[row, col]:+.3f}\n")
+        text.rstrip()
+        self.query_one("#sweep-summary", Static).update(text)
+        cols = ([str(c) for c in range(values.shape[1])] if result.kind != "resid"
+                else position_labels(values.shape[1]))
+        self.query_one(Heatmap).set_data(values, [f"L{r}" for r in range(values.shape[0])], cols)
+
+
+class GenerationView(Horizontal):
+    """Baseline and intervened continuations side by side, appended token by token."""
+
+    DEFAULT_CSS = """
+    GenerationView VerticalScroll { width: 1fr; border: round $panel; }
+    GenerationView Static { width: 1fr; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="gen-baseline-box"):
+            yield Static("g generates from the clean prompt", id="gen-baseline")
+        with VerticalScroll(id="gen-intervened-box"):
+            yield Static("", id="gen-intervened")
+
+    def on_mount(self) -> None:
+        self.query_one("#gen-baseline-box").border_title = "baseline"
+        self.query_one("#gen-intervened-box").border_title = "with interventions"
+        self.texts = {"baseline": Text(), "intervened": Text()}
+
+    def reset(self, prompt: str) -> None:
+        for lane in ("baseline", "intervened"):
+            self.texts[lane] = Text(prompt, style="dim")
+            self.query_one(f"#gen-{lane}", Static).update(self.texts[lane])
+
+    def append(self, lane: str, token: GeneratedToken) -> None:
+        self.texts[lane].append(token.text, style="bold" if token.prob > 0.5 else "")
+        self.query_one(f"#gen-{lane}", Static).update(self.texts[lane])
+
+
+def stats_text(stats: ActivationStats | None) -> Text:
+    text = Text()
+    if stats is None:
+        return Text("activation stats: not computed", style="dim")
+    norms = stats.resid_norm  # [layer, pos]
+    per_layer = norms.mean(axis=1) if norms.size else np.zeros(0)
+    peak = float(per_layer.max()) if per_layer.size else 1.0
+    text.append("residual norm after each layer (mean over positions, max)\n", style="bold")
+    for layer, value in enumerate(per_layer):
+        bar = "█" * max(1, round(16 * float(value) / peak)) if peak > 0 else ""
+        text.append(f"L{layer:<3}", style="dim")
+        text.append(f"{bar:<16} {float(value):9.2f} {float(norms[layer].max()):9.2f}\n")
+    text.append(f"\nlargest activations (median |x| {stats.median_abs:.3g})\n", style="bold")
+    for layer, pos, dim, value in stats.top[:8]:
+        ratio = abs(value) / stats.median_abs if stats.median_abs else float("inf")
+        text.append(f"L{layer:<3} pos {pos:<4} dim {dim:<5} {value:+10.2f}  ({ratio:,.0f}x median)\n")
+    text.rstrip()
+    return text
+
+
+class StatsView(VerticalScroll):
+    def compose(self) -> ComposeResult:
+        yield Static(stats_text(None), id="stats-text")
+
+    def show(self, stats: ActivationStats | None) -> None:
+        self.query_one("#stats-text", Static).update(stats_text(stats))

@@ -1,0 +1,58 @@
+"""Snapshots of the workbench at 80x24 and 120x40 on a tiny seeded model (no timings on screen)."""
+
+from __future__ import annotations
+
+from mechscope.engine.errors import LoadError
+from mechscope.tui.app import MechscopeApp
+from tests.tui.helpers import make_app, settle
+
+
+def snapshot_app() -> MechscopeApp:
+    return make_app(session_name="snapshot", deterministic=True)
+
+
+async def loaded(pilot) -> None:
+    await settle(pilot)
+
+
+def test_first_screen_80x24(snap_compare):
+    assert snap_compare(snapshot_app(), terminal_size=(80, 24), run_before=loaded)
+
+
+def test_first_screen_120x40(snap_compare):
+    assert snap_compare(snapshot_app(), terminal_size=(120, 40), run_before=loaded)
+
+
+def test_ablations_and_logit_lens_120x40(snap_compare):
+    async def ablate(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("space", "j", "l", "m", "2")
+        await settle(pilot)
+
+    assert snap_compare(snapshot_app(), terminal_size=(120, 40), run_before=ablate)
+
+
+def test_head_patching_sweep_80x24(snap_compare):
+    async def sweep(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("w")
+        await settle(pilot)
+
+    assert snap_compare(snapshot_app(), terminal_size=(80, 24), run_before=sweep)
+
+
+def test_help_80x24(snap_compare):
+    async def help_screen(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause()
+
+    assert snap_compare(snapshot_app(), terminal_size=(80, 24), run_before=help_screen)
+
+
+def test_load_error_80x24(snap_compare):
+    def broken(progress):
+        raise LoadError("no model at /models/missing: not a folder, .gguf file or cached hub id")
+
+    assert snap_compare(MechscopeApp(broken, source="/models/missing"), terminal_size=(80, 24),
+                        run_before=loaded)
