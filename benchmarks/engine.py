@@ -10,6 +10,7 @@ should not reuse it, so no figure comes from a cached answer.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -72,7 +73,7 @@ def bench(name: str, model, tokenizer, clean: str, corrupt: str, repeats: int) -
     engine = Engine(model, tokenizer, source=name)
     ids = torch.tensor([tokenizer(clean).input_ids])
     n_pos = ids.shape[1]
-    plain = transformers.AutoModelForCausalLM.from_config(model.config)
+    plain = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(model.config))
     plain.load_state_dict(model.state_dict())
     plain.eval()
     plain.set_attn_implementation("sdpa")

@@ -248,6 +248,9 @@ class Engine:
     def guard(self):
         """Model work under the lock; running out of memory drops the caches and becomes OutOfMemory."""
         with self.lock:
+            if self.model.config._attn_implementation != attention.ATTN_IMPLEMENTATION:
+                # Someone switched the model's attention; patterns and knockouts need ours back.
+                self.model.set_attn_implementation(attention.ATTN_IMPLEMENTATION)
             try:
                 yield
             except torch.OutOfMemoryError:
