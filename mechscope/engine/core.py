@@ -149,6 +149,9 @@ class CleanPass:
     final: torch.Tensor  # [1, pos, d_model] output of the last layer, before the final norm
     spec: CaptureSpec | None
     captures: Captures
+    readout_logits: dict[int, torch.Tensor] = field(default_factory=dict)  # position -> [vocab]
+    baselines: dict[tuple, Prediction] = field(default_factory=dict)  # (metric info, top_k) -> prediction
+    tokens: list[str] | None = None
 
 
 @dataclass
@@ -383,14 +386,20 @@ class Engine:
                 final = clean.final
                 captures = clean.captures
                 mode = "cached" if was_cached else "full"
-            base_logits = self._logits(clean.final[:, readout])[0]  # [vocab]
+            base_logits = clean.readout_logits.get(readout)
+            if base_logits is None:
+                base_logits = clean.readout_logits[readout] = self._logits(clean.final[:, readout])[0]  # [vocab]
+            if clean.tokens is None:
+                clean.tokens = [self.decode_token(i) for i in ids[0].tolist()]
             logits = self._logits(final[:, readout])[0] if final is not clean.final else base_logits
-            prediction = self._prediction(logits, info, top_k)
-            baseline = self._prediction(base_logits, info, top_k)
+            baseline = clean.baselines.get((info, top_k))
+            if baseline is None:
+                baseline = clean.baselines[(info, top_k)] = self._prediction(base_logits, info, top_k)
+            prediction = baseline if logits is base_logits else self._prediction(logits, info, top_k)
             result = RunResult(
                 prompt=prompt,
                 token_ids=ids[0].tolist(),
-                tokens=[self.decode_token(i) for i in ids[0].tolist()],
+                tokens=list(clean.tokens),
                 prediction=prediction,
                 baseline=baseline,
                 metric_info=info,
