@@ -92,6 +92,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from mechscope.engine import Metric, Views
     from mechscope.engine.errors import MechscopeError
 
+    if not args.prompt.strip():
+        print("error: the prompt is empty", file=sys.stderr)
+        return 2
     engine = load_engine_or_exit(args)
     if engine is None:
         return 2
