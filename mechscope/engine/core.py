@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mechscope.engine import attention
+from mechscope.engine import attention, readouts
 from mechscope.engine.adapters import Adapter
 from mechscope.engine.addresses import parse_address
 from mechscope.engine.attention import AttentionControl
@@ -29,12 +29,8 @@ from mechscope.engine.interventions import (
     NeuronClamp,
     SteeringVector,
 )
-from mechscope.engine.norms import FrozenNorm
 from mechscope.engine.results import (
-    ActivationStats,
-    Attribution,
     ComputeInfo,
-    LogitLens,
     MetricInfo,
     ModelInfo,
     Prediction,
@@ -418,12 +414,12 @@ class Engine:
                     [captures.controls[layer].sink[0].float().cpu().numpy()
                      for layer in range(self.adapter.n_layers)])
             if views.logit_lens:
-                result.logit_lens = self._logit_lens(captures, readout, info, views.lens_k)
+                result.logit_lens = readouts.logit_lens(self, captures, readout, info, views.lens_k)
             if views.attribution:
-                result.attribution = self._attribution(captures, clean, final, readout, info,
+                result.attribution = readouts.attribution(self, captures, clean, final, readout, info,
                                                        edits.resid_deltas)
             if views.stats:
-                result.stats = self._stats(captures)
+                result.stats = readouts.activation_stats(self, captures)
             result.compute = ComputeInfo(time.perf_counter() - started, mode, start)
             return result
 
@@ -640,104 +636,6 @@ class Engine:
                 captures.abs_median[layer] = float(flat.abs().median())
 
         return hook
-
-    # ------------------------------------------------------------------ views
-
-    def _logit_lens(self, captures: Captures, readout: int, info: MetricInfo | None, k: int) -> LogitLens:
-        resid = torch.stack([captures.resid_post[layer] for layer in range(self.adapter.n_layers)])
-        logits = self._logits(resid)  # [layer, vocab]
-        probs = torch.softmax(logits, dim=-1)
-        top_probs, top_ids = probs.topk(k, dim=-1)
-        target_rank = target_prob = None
-        if info is not None:
-            target_logit = logits[:, info.target_id : info.target_id + 1]
-            target_rank = (logits > target_logit).sum(-1).cpu().numpy()
-            target_prob = probs[:, info.target_id].cpu().numpy()
-        return LogitLens(
-            position=readout,
-            top_ids=top_ids.cpu().numpy(),
-            top_tokens=[[self.decode_token(int(i)) for i in row] for row in top_ids],
-            top_probs=top_probs.cpu().numpy(),
-            target_rank=target_rank,
-            target_prob=target_prob,
-        )
-
-    def _direction(self, info: MetricInfo | None, readout_logits: torch.Tensor) -> tuple[torch.Tensor, float, str]:
-        """Metric direction in the unembedding's input space, the unembedding bias term, and a label."""
-        w_u = self.adapter.unembed.weight.float()  # [vocab, d]
-        bias = getattr(self.adapter.unembed, "bias", None)
-        if info is None:
-            target = int(readout_logits.argmax())
-            foil = None
-            label = f"logit({self.decode_token(target)!r}) (top prediction)"
-        else:
-            target, foil = info.target_id, (info.foil_id if info.kind == "logit_diff" else None)
-            label = (f"logit({info.target_pieces[0]!r}) - logit({info.foil_pieces[0]!r})" if foil is not None
-                     else f"logit({info.target_pieces[0]!r})")
-        direction = w_u[target] - (w_u[foil] if foil is not None else 0)
-        bias_term = 0.0
-        if bias is not None:
-            bias_term = float(bias[target] - (bias[foil] if foil is not None else 0))
-        return direction, bias_term, label
-
-    def _attribution(self, captures: Captures, clean: CleanPass, final: torch.Tensor, readout: int,
-                     info: MetricInfo | None, resid_deltas: dict[int, list[torch.Tensor]]) -> Attribution:
-        a = self.adapter
-        if a.post_ln:
-            raise InterventionError("direct logit attribution needs a pre-norm model (this one is post-LN)")
-        resid = final[0, readout].float()  # [d_model]
-        logits = self._logits(final[:, readout])[0]
-        direction, bias_term, label = self._direction(info, logits)
-        # Through modules after the final norm (OPT's project_out is linear without bias).
-        for module in reversed(a.post_final):
-            direction = module.weight.float().T @ direction
-        final_norm = FrozenNorm(a.final_norm, resid)
-
-        def dla(vectors: torch.Tensor) -> torch.Tensor:
-            return final_norm.linear(vectors.float()) @ direction
-
-        n_heads, d_head = a.n_heads, a.d_head
-        heads = torch.zeros(a.n_layers, n_heads)
-        attn_bias = torch.zeros(a.n_layers)
-        mlp = torch.zeros(a.n_layers)
-        for layer in range(a.n_layers):
-            z = captures.z[layer].float().view(n_heads, d_head)  # [head, d_head]
-            w_o = a.o_weight(layer).float().view(a.d_model, n_heads, d_head)  # [d_model, head, d_head]
-            per_head = torch.einsum("hd,mhd->hm", z, w_o)  # [head, d_model]
-            o_bias = a.o_bias(layer)
-            bias_vec = o_bias.float() if o_bias is not None else torch.zeros(a.d_model)
-            post = a.attn_post_norm(layer)
-            if post is not None:
-                post_norm = FrozenNorm(post, captures.attn_raw[layer].float())
-                per_head = post_norm.linear(per_head)
-                bias_vec = post_norm.linear(bias_vec) + post_norm.bias_vector()
-            heads[layer] = dla(per_head).cpu()
-            attn_bias[layer] = float(dla(bias_vec))
-            mlp[layer] = float(dla(captures.mlp_out[layer]))
-        embed = float(dla(clean.calls[0].hidden[0, readout]))
-        # Steering vectors and residual patches write the stream directly: one part per layer.
-        resid_edits = torch.zeros(a.n_layers)
-        for layer, deltas in resid_deltas.items():
-            for delta in deltas:
-                resid_edits[layer] += float(dla(delta[0, readout]))
-        final_bias = float(final_norm.bias_vector() @ direction) + bias_term
-        total = float(final_norm(resid) @ direction) + bias_term
-        return Attribution(position=readout, direction=label, heads=heads.numpy(),
-                           attn_bias=attn_bias.numpy(), mlp=mlp.numpy(), embed=embed,
-                           final_bias=final_bias, total=total, resid_edits=resid_edits.numpy())
-
-    def _stats(self, captures: Captures) -> ActivationStats:
-        n_layers = self.adapter.n_layers
-        norms = torch.stack([captures.norms[layer] for layer in range(n_layers)]).cpu().numpy()
-        d_model = self.adapter.d_model
-        candidates = []
-        for layer in range(n_layers):
-            values, index = captures.top_acts[layer]
-            for value, flat in zip(values.tolist(), index.tolist()):
-                candidates.append((layer, flat // d_model, flat % d_model, float(value)))
-        candidates.sort(key=lambda row: -abs(row[3]))
-        median = float(np.median([captures.abs_median[layer] for layer in range(n_layers)]))
-        return ActivationStats(resid_norm=norms, top=candidates[:20], median_abs=median)
 
     # ------------------------------------------------------------------ interventions
 
