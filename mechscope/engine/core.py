@@ -543,6 +543,21 @@ class Engine:
             out = module(out)
         return out
 
+    def _metric_of_resid(self, hidden: torch.Tensor, info: MetricInfo) -> torch.Tensor:
+        """Metric of final-layer residual rows [row, d_model] -> [row]. A logit difference needs
+        only the target and foil rows of the unembedding, not the whole vocabulary."""
+        if info.kind != "logit_diff":
+            return self._metric_tensor(self._logits(hidden), info)
+        ids = [info.target_id, info.foil_id]
+        unembed = self.adapter.unembed
+        bias = getattr(unembed, "bias", None)
+        logits = torch.nn.functional.linear(self._normed(hidden), unembed.weight[ids],
+                                            bias[ids] if bias is not None else None).float()  # [row, 2]
+        cap = self.adapter.final_softcap
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits[:, 0] - logits[:, 1]
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Unembed residual rows [..., d_model] -> float32 logits [..., vocab]."""
         logits = self.adapter.unembed(self._normed(hidden)).float()

@@ -53,7 +53,7 @@ def sweep(engine: Engine, kind: SweepKind, clean: str, corrupt: str, metric: Met
         readout = info.position
 
         def metric_of(final: torch.Tensor) -> torch.Tensor:  # [batch, pos, d] -> [batch]
-            return engine._metric_tensor(engine._logits(final[:, readout]), info)
+            return engine._metric_of_resid(final[:, readout], info)
 
         source = engine._source_acts(source_ids)
         source_metric = float(metric_of(source.resid_post[-1])[0])
@@ -118,7 +118,7 @@ def sweep(engine: Engine, kind: SweepKind, clean: str, corrupt: str, metric: Met
             hooks += [Hook("attn", a.layer_module(index, "attn"), control=AttentionControl(prefix_kv=kv))
                       for index, kv in prefix_kv.items() if index >= layer]
             final = engine._run_layers(calls, layer, hidden, hooks, should_stop)  # [row, suffix, d]
-            effect = metric_of_rows(engine, final[:, readout - prefix], info) - base_metric
+            effect = engine._metric_of_resid(final[:, readout - prefix], info) - base_metric
             if kind == "head":
                 values[layer] = effect.float().cpu().numpy()
             else:
@@ -126,11 +126,6 @@ def sweep(engine: Engine, kind: SweepKind, clean: str, corrupt: str, metric: Met
             if on_progress is not None:
                 on_progress(result(False))
         return result(True)
-
-
-def metric_of_rows(engine: Engine, resid: torch.Tensor, info) -> torch.Tensor:
-    """Metric of final-layer residual rows [row, d_model] -> [row]."""
-    return engine._metric_tensor(engine._logits(resid), info)
 
 
 def _suffix_calls(engine: Engine, base, prefix: int):
