@@ -203,6 +203,7 @@ class Engine:
         self._clean_cache: OrderedDict[tuple[int, ...], CleanPass] = OrderedDict()
         self._source_cache: OrderedDict[tuple[int, ...], SourceActs] = OrderedDict()
         self._means: tuple[tuple[str, ...], ReferenceMeans] | None = None
+        self._token_cache = _BoundedCache(256)  # tokenised prompts and metrics
         self._seq_len = 0  # tokens in the pass under way (OPT's MLP works on flattened [batch*pos, d])
         attention.register()
         model.set_attn_implementation(attention.ATTN_IMPLEMENTATION)
@@ -276,6 +277,14 @@ class Engine:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def _prompt_ids(self, prompt: str) -> tuple[torch.Tensor, int | None]:
+        """Token ids [1, pos] of a prompt (cut to the context, keeping the end) and the original length
+        when it was cut. Memoised: the live view re-runs the same prompt on every toggle."""
+        cached = self._token_cache.get(("prompt", prompt))
+        if cached is None:
+            cached = self._token_cache[("prompt", prompt)] = self._tokenize_prompt(prompt)
+        return cached
+
+    def _tokenize_prompt(self, prompt: str) -> tuple[torch.Tensor, int | None]:
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptError("the prompt is empty")
         ids = self.tokenizer(prompt).input_ids
@@ -289,6 +298,14 @@ class Engine:
         return torch.tensor([ids], device=self.device), truncated_from
 
     def metric_info(self, metric: Metric, n_pos: int) -> MetricInfo:
+        """How `metric` reads on a prompt of `n_pos` tokens (memoised); PromptError if it cannot."""
+        key = ("metric", metric, n_pos)
+        cached = self._token_cache.get(key)
+        if cached is None:
+            cached = self._token_cache[key] = self._metric_info(metric, n_pos)
+        return cached
+
+    def _metric_info(self, metric: Metric, n_pos: int) -> MetricInfo:
         if not metric.target:
             raise PromptError("the metric needs a target token")
         target = self._continuation_ids(metric.target)
@@ -870,6 +887,19 @@ class Engine:
                                mlp_out=[s / count for s in sums_mlp])
         self._means = (key, means)
         return means
+
+
+class _BoundedCache(OrderedDict):
+    """A dict that forgets its oldest entries beyond `size`."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        if len(self) > self.size:
+            self.popitem(last=False)
 
 
 @dataclass
