@@ -1,4 +1,4 @@
-"""Edit any intervention as a form of its fields (enter on the list); returns the new frozen value."""
+"""Edit any intervention as a form of its fields (enter on the list, or a new one); returns the new value."""
 
 from __future__ import annotations
 
@@ -69,22 +69,25 @@ class EditInterventionScreen(ModalScreen[Intervention | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, intervention: Intervention) -> None:
+    def __init__(self, intervention: Intervention, title: str | None = None,
+                 hint: str = "empty positions = all") -> None:
         super().__init__()
         self.original = intervention
+        self.title_text = title or f"edit {intervention.label}"
+        self.hint = hint
         self.field_names = [f.name for f in dataclasses.fields(intervention)
                             if f.name not in HIDDEN_FIELDS]
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
-            box.border_title = f"edit {self.original.label}"
+            box.border_title = self.title_text
             for name in self.field_names:
                 with Horizontal():
                     yield Label(name)
                     yield Input(field_text(getattr(self.original, name)), id=f"field-{name}",
                                 compact=True)
             yield Static("", id="edit-error")
-            yield Static("enter saves, esc cancels; empty positions = all", classes="dim")
+            yield Static(f"enter saves, esc cancels; {self.hint}", classes="dim")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

@@ -26,9 +26,9 @@ class HelpScreen(ModalScreen[None]):
         self.keys = keys
 
     def compose(self) -> ComposeResult:
-        table = Table.grid(padding=(0, 2))
-        table.add_column(style="bold cyan", max_width=16)
-        table.add_column()
+        table = Table.grid(padding=(0, 2), expand=True)
+        table.add_column(style="bold cyan", width=min(max(len(key) for key, _ in self.keys), 16))
+        table.add_column(ratio=1)
         for key, description in self.keys:
             table.add_row(key, description)
         with VerticalScroll() as scroll:

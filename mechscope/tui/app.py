@@ -11,21 +11,26 @@ from typing import Any
 import numpy as np
 from rich.text import Text
 from textual import on, work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Input, Select, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from mechscope.engine.addresses import parse_address
 from mechscope.engine.errors import Cancelled, MechscopeError
 from mechscope.engine.interventions import (
     ActivationPatch,
+    AttentionKnockout,
+    ComponentAblation,
     HeadAblation,
     HeadScale,
     Intervention,
     Metric,
+    NeuronClamp,
+    SteeringVector,
 )
 from mechscope.engine.results import RunResult, SweepResult
 from mechscope.engine.views import Views
@@ -37,8 +42,10 @@ from mechscope.tui.messages import (
     EngineProgress,
     GenerationDone,
     GenerationToken,
+    InterventionChecked,
     RunFinished,
     SweepUpdate,
+    VectorReady,
 )
 from mechscope.tui.recording import SessionRecorder
 from mechscope.tui.state import Change, Entry, InterventionStack
@@ -48,12 +55,18 @@ from mechscope.tui.widgets.interventions import InterventionList
 from mechscope.tui.widgets.predictions import PredictionsPane
 from mechscope.tui.widgets.prompt_pane import PromptPane, PromptValues
 from mechscope.tui.widgets.views import (
+    AttentionMap,
     AttentionView,
     GenerationView,
     LensView,
     StatsView,
     SweepView,
 )
+
+# How the status bar introduces a failed engine request, by the request's name.
+ERROR_PREFIXES = {"add": "not added", "change": "not changed", "vector": "no steering vector"}
+EXAMPLE_POSITIVE = "I love this. It is wonderful"
+EXAMPLE_NEGATIVE = "I hate this. It is awful"
 
 IOI_PAIR = PromptValues(
     clean="When Mary and John went to the store, John gave a drink to",
@@ -65,6 +78,7 @@ IOI_PAIR = PromptValues(
 TYPING_DEBOUNCE_S = 0.3
 CURSOR_DEBOUNCE_S = 0.12
 BUSY_NOTICE_S = 0.15
+PAINT_HOLD_S = 0.05  # an edit's repaint waits this long for its recompute, so a fast one paints once
 TOP_K = 10
 GENERATE_TOKENS = 24
 TABS = ("tab-attention", "tab-lens", "tab-sweep", "tab-generate", "tab-stats")
@@ -74,25 +88,45 @@ EngineFactory = Callable[[Callable[[str, "float | None"], None]], Any]
 
 @dataclass(frozen=True)
 class Command:
-    """One workbench action: its key, what the help screen and the palette call it."""
+    """One workbench action: its key ("" for palette only), what the help screen, palette and footer call it."""
 
     keys: str
     action: str
     title: str
     help: str
-    show: bool = False
+    show: bool = False  # listed in the footer
+    short: str = ""  # the footer's word for it
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("space", "ablate('zero')", "Zero-ablate head", "toggle zero ablation of the selected head", True),
-    Command("m", "ablate('mean')", "Mean-ablate head", "toggle mean ablation (over reference prompts)", True),
+    Command("space", "ablate('zero')", "Zero-ablate head", "toggle zero ablation of the selected head", True,
+            "zero"),
+    Command("m", "ablate('mean')", "Mean-ablate head", "toggle mean ablation (over reference prompts)", True,
+            "mean"),
     Command("R", "ablate('resample')", "Resample-ablate head", "toggle resample ablation from the corrupted prompt"),
-    Command("s", "scale_head", "Scale head", "multiply the selected head's output by a factor", True),
-    Command("p", "patch_head", "Patch head", "patch the selected head from the corrupted prompt", True),
+    Command("s", "scale_head", "Scale head", "multiply the selected head's output by a factor", True, "scale"),
+    Command("p", "patch_head", "Patch head", "patch the selected head from the corrupted prompt", True, "patch"),
+    Command("K", "knockout", "Knock out attention edge",
+            "arrows pick a query→key cell of the attention map; k / enter toggles it", True,
+            "knockout"),
+    Command("", "knockout_at", "Knock out attention edge by positions…",
+            "asks query,key; toggles that edge of the selected head"),
+    Command("v", "build_vector", "Build steering vector…",
+            "positive minus negative prompts' residuals at a layer; steers with it", True,
+            "steer"),
+    Command("V", "load_vector", "Load steering vector from file…",
+            "a .safetensors or .npy vector [d_model], then steer with it"),
+    Command("A", "ablate_component('attn')", "Ablate attention of layer…",
+            "zero, mean or resample the whole attention output of a layer"),
+    Command("M", "ablate_component('mlp')", "Ablate MLP of layer…", "zero, mean or resample the MLP output of a layer"),
+    Command("N", "clamp_neuron", "Clamp neuron…", "set one MLP neuron of a layer to a value"),
+    Command("plus", "add_intervention", "Add intervention…", "a new intervention of any kind, filled in as a form",
+            True, "add"),
     Command("enter", "edit_head", "Edit intervention", "edit the intervention on the selected head"),
-    Command("u", "undo", "Undo", "undo the last intervention change", True),
-    Command("g", "generate", "Generate", "generate baseline and intervened continuations", True),
-    Command("c", "cycle_grid", "Colour grid by next metric", "attribution, sink score, patching, AtP", True),
+    Command("u", "undo", "Undo", "undo the last intervention change", True, "undo"),
+    Command("g", "generate", "Generate", "generate baseline and intervened continuations", True, "generate"),
+    Command("c", "cycle_grid", "Colour grid by next metric", "attribution, sink score, patching, AtP", True,
+            "grid metric"),
     Command("w", "sweep('head')", "Sweep: head patching", "patch every head from the corrupted prompt"),
     Command("a", "sweep('atp')", "Sweep: attribution patching", "AtP estimate for every head"),
     Command("r", "sweep('resid')", "Sweep: residual patching", "patch the residual stream per layer and position"),
@@ -106,14 +140,30 @@ COMMANDS: tuple[Command, ...] = (
     Command("X", "clear_interventions", "Remove all interventions", "clear the list (undo brings it back)"),
     Command("n", "note", "Add a note", "write a note into the session"),
     Command("S", "sessions", "Sessions", "list, open and replay sessions"),
-    Command("question_mark,f1", "help", "Keys", "show every key", True),
+    Command("question_mark,f1", "help", "Keys", "show every key", True, "keys"),
     Command("q", "quit", "Quit", "leave mechscope"),
+)
+
+# Actions that belong to the workbench: disabled (and hidden from footers) when another screen is on top.
+WORKBENCH_ACTIONS = frozenset(c.action.split("(")[0] for c in COMMANDS) - {"quit"}
+
+# The kinds "Add intervention…" offers: (kind, title, description).
+NEW_INTERVENTION_KINDS: tuple[tuple[str, str, str], ...] = (
+    ("head_ablation", "head ablation", "zero / mean / resample one head"),
+    ("head_scale", "head scale", "multiply one head's output"),
+    ("activation_patch", "activation patch", "copy an activation from another prompt"),
+    ("attention_knockout", "attention knockout", "mask one query→key edge of a head"),
+    ("component_ablation", "component ablation", "ablate a layer's attention or MLP output"),
+    ("neuron_clamp", "neuron clamp", "set one MLP neuron to a value"),
+    ("steering_vector", "steering vector", "steer the residual stream with a vector"),
 )
 
 # Keys that only make sense inside one widget, listed on the help screen.
 WIDGET_KEYS: tuple[tuple[str, str], ...] = (
     ("arrows / h j k l", "move the cursor on the layer x head grid"),
     ("pgup / pgdn / home / end", "jump layers on the grid"),
+    ("arrows (attention)", "move the query x key cell cursor of the attention map"),
+    ("k / enter (attention)", "toggle the knockout of the edge under the cursor; esc back to the grid"),
     ("space (list)", "toggle the highlighted intervention on or off"),
     ("enter (list)", "edit the highlighted intervention"),
     ("x / delete (list)", "delete the highlighted intervention"),
@@ -125,7 +175,9 @@ WIDGET_KEYS: tuple[tuple[str, str], ...] = (
 
 
 def key_label(keys: str) -> str:
-    names = {"question_mark": "?", "slash": "/", "space": "space", "escape": "esc"}
+    if not keys:
+        return "palette"
+    names = {"question_mark": "?", "slash": "/", "space": "space", "escape": "esc", "plus": "+"}
     return " / ".join(names.get(key, key) for key in keys.split(","))
 
 
@@ -135,7 +187,8 @@ class MechscopeApp(App[int]):
     TITLE = "mechscope"
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
-    BINDINGS = [Binding(c.keys, c.action, c.title, show=c.show) for c in COMMANDS]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]  # the footer only where rows are to spare
+    BINDINGS = [Binding(c.keys, c.action, c.short or c.title, show=c.show) for c in COMMANDS if c.keys]
 
     def __init__(self, engine_factory: EngineFactory | None = None, session_name: str | None = None,
                  *, source: str = "demo", record: bool = True, deterministic: bool = False,
@@ -162,6 +215,8 @@ class MechscopeApp(App[int]):
         self._run_timer: Timer | None = None
         self._attention_timer: Timer | None = None
         self._busy_timer: Timer | None = None
+        self._paint_hold: Any = None  # an entered App.batch_update() while an edit waits for its run
+        self._paint_hold_timer: Timer | None = None
         self.stale_views: set[str] = set()  # view tabs not yet showing the latest result
         self.last_run_key: tuple | None = None  # what the latest live run was started with
         self.pending_note: str | None = None  # why the metric is not used, shown under the prompt
@@ -192,7 +247,9 @@ class MechscopeApp(App[int]):
                         yield GenerationView()
                     with TabPane("stats", id="tab-stats"):
                         yield StatsView()
-        yield Static("", id="status-bar")
+        with Vertical(id="bottom-bar"):
+            yield Static("", id="status-bar")
+            yield Footer(id="workbench-footer", show_command_palette=False)
 
     def part(self, selector: Any, expect_type: Any = None) -> Any:
         """A widget of the workbench screen, whichever screen (help, dialog) is on top."""
@@ -310,9 +367,13 @@ class MechscopeApp(App[int]):
             value = grid.values[layer, head] if grid.values is not None else np.nan
             if np.isfinite(value):
                 text.append(f" {grid.metric_name} {value:+.3f}")
-            marks = [e.intervention.label for e in self.stack.on_head(layer, head)]
+            marks = [e.intervention.label for e in (*self.stack.on_head(layer, head), *self.stack.on_layer(layer))
+                     if e.intervention.enabled]
             if marks:
-                text.append(f" [{', '.join(marks)}]", style="yellow")
+                listed = ", ".join(marks)
+                if len(listed) > 40:  # keep room for the message after it
+                    listed = f"{len(marks)} interventions here"
+                text.append(f" [{listed}]", style="yellow")
             text.append(" │ ")
         if self.status_error:
             text.append(self.status_error, style="bold red")
@@ -351,10 +412,12 @@ class MechscopeApp(App[int]):
     def start_run(self) -> None:
         """Start a live run for the current inputs and interventions (stale ones are cancelled)."""
         if self.engine is None or not self.workbench_alive:
+            self.release_paint()
             return
         values = self.prompt_values()
         pane = self.part(PromptPane)
         if not values.clean.strip():
+            self.release_paint()
             self.request += 1  # a result still on its way belongs to the old prompt
             self.last_run_key = None
             self.workers.cancel_group(self, "engine")
@@ -371,6 +434,7 @@ class MechscopeApp(App[int]):
                       stats=True)
         run_key = (values, tuple(self.stack.enabled()), views)
         if run_key == self.last_run_key:
+            self.release_paint()
             return  # e.g. the Changed events of inputs filled in before the model loaded
         self.last_run_key = run_key
         self.request += 1
@@ -410,6 +474,7 @@ class MechscopeApp(App[int]):
     def on_run_finished(self, message: RunFinished) -> None:
         if message.request != self.request or not self.workbench_alive:
             return
+        self.call_next(self.release_paint)  # after this handler's updates: one paint for all
         result = message.result
         self.result = result
         self.stop_busy()
@@ -445,7 +510,7 @@ class MechscopeApp(App[int]):
             if grid.selected is not None:
                 address = f"L{grid.selected[0]}.H{grid.selected[1]}"
                 if address in result.attention:
-                    self.part(AttentionView).show(address, result.attention[address], result.tokens)
+                    self.show_attention(address, result.attention[address], result.tokens)
         elif tab == "tab-lens":
             self.part(LensView).show(result.logit_lens)
         elif tab == "tab-stats":
@@ -487,15 +552,18 @@ class MechscopeApp(App[int]):
         grid.set_marks(self.stack.head_marks())
 
     def on_engine_error(self, message: EngineError) -> None:
-        self.stop_busy()
+        self.release_paint()
         if message.action == "run":
+            self.stop_busy()
             self.last_run_key = None  # the same inputs may be retried
         self.status_info = "error"
-        self.show_error(f"{message.action} failed: {message.text}")
+        prefix = ERROR_PREFIXES.get(message.action, f"{message.action} failed")
+        self.show_error(f"{prefix}: {message.text}")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """Unexpected exceptions in workers land here: show them, keep the app running."""
         if event.state == WorkerState.ERROR:
+            self.release_paint()
             error = event.worker.error
             if event.worker.group == "engine":
                 self.last_run_key = None
@@ -524,8 +592,7 @@ class MechscopeApp(App[int]):
             return
         address = f"L{event.row}.H{event.col}"
         if address in self.result.attention:
-            self.part(AttentionView).show(address, self.result.attention[address],
-                                               self.result.tokens)
+            self.show_attention(address, self.result.attention[address], self.result.tokens)
             return
         if self._attention_timer is not None:
             self._attention_timer.stop()
@@ -564,7 +631,7 @@ class MechscopeApp(App[int]):
         if grid.selected is not None and message.address == f"L{grid.selected[0]}.H{grid.selected[1]}":
             if self.result is not None:
                 self.result.attention[message.address] = message.pattern
-            self.part(AttentionView).show(message.address, message.pattern, message.tokens)
+            self.show_attention(message.address, message.pattern, message.tokens)
 
     # ---------------------------------------------------------------- interventions
 
@@ -576,12 +643,41 @@ class MechscopeApp(App[int]):
                 self.update_status()
             return
         self.recorder.changes(changes)
+        self.hold_paint()
         self.refresh_interventions()
         self.schedule_run(0)
+
+    def hold_paint(self) -> None:
+        """Paint an edit together with its recomputed result when that comes within PAINT_HOLD_S.
+
+        Without this the list repaints at once and the result one or two frames later (Textual
+        paints at most once per frame): two paints where one shows the same thing sooner.
+        """
+        if self._paint_hold is not None or self.engine is None:
+            return
+        self._paint_hold = self.batch_update()
+        self._paint_hold.__enter__()
+        self._paint_hold_timer = self.set_timer(PAINT_HOLD_S, self.release_paint)
+
+    def release_paint(self) -> None:
+        if self._paint_hold is None:
+            return
+        hold, self._paint_hold = self._paint_hold, None
+        if self._paint_hold_timer is not None:
+            self._paint_hold_timer.stop()
+            self._paint_hold_timer = None
+        hold.__exit__(None, None, None)
+        try:
+            self.screen.check_idle()  # the screen skipped its repaint while held: ask again now
+        except ScreenStackError:
+            pass  # the app is closing
 
     def refresh_interventions(self) -> None:
         self.part(InterventionList).show_entries(self.stack.entries)
         self.part(HeadGrid).set_marks(self.stack.head_marks())
+        view = self.part(AttentionView)
+        if view.address is not None:
+            view.set_knockouts(self.knockout_marks(view.address))
         self.update_status()
 
     def selected_head(self) -> tuple[int, int] | None:
@@ -657,8 +753,8 @@ class MechscopeApp(App[int]):
             return
 
         def done(edited: Intervention | None) -> None:
-            if edited is not None:
-                self.apply_changes(self.stack.replace(entry_id, edited))
+            if edited is not None and edited != entry.intervention:
+                self.add_checked(edited, replace_id=entry_id)
 
         self.push_screen(EditInterventionScreen(entry.intervention), done)
 
@@ -684,6 +780,255 @@ class MechscopeApp(App[int]):
 
     def action_clear_interventions(self) -> None:
         self.apply_changes(self.stack.clear(), "no interventions to remove")
+
+    # ---------------------------------------------------------------- checked additions
+
+    def add_checked(self, intervention: Intervention, replace_id: int | None = None,
+                    toggle: bool = False) -> None:
+        """Add (or replace `replace_id` with) an intervention once the engine's dry run accepts it.
+
+        A bad one (layer out of range, unknown vector, an edge that leaves a query no key...) never
+        enters the list: the reason goes to the status bar.
+        """
+        if self.engine is None:
+            self.show_error("the model is still loading")
+            return
+        others = [e.intervention for e in self.stack.entries
+                  if e.intervention.enabled and e.id != replace_id]
+        self.check_intervention(intervention, replace_id, toggle, self.prompt_values(), others)
+
+    def dry_run(self, intervention: Intervention, values: PromptValues,
+                others: list[Intervention]) -> str | None:
+        """The engine's objection to running `others` plus `intervention`, or None (worker threads only)."""
+        validate = getattr(self.engine, "validate", None)
+        if validate is None or not values.clean.strip() or not intervention.enabled:
+            return None
+        try:
+            validate([*others, intervention], values.clean, values.corrupted or None)
+        except (MechscopeError, ValueError) as exc:
+            return str(exc)
+        return None
+
+    @work(thread=True, exit_on_error=False, group="check")
+    def check_intervention(self, intervention: Intervention, replace_id: int | None, toggle: bool,
+                           values: PromptValues, others: list[Intervention]) -> None:
+        error = self.dry_run(intervention, values, others)
+        if error is not None:
+            self.post_message(EngineError("add" if replace_id is None else "change", error))
+            return
+        self.post_message(InterventionChecked(intervention, replace_id, toggle))
+
+    def on_intervention_checked(self, message: InterventionChecked) -> None:
+        if message.replace_id is not None:
+            if self.stack.get(message.replace_id) is None:
+                return  # deleted while it was being checked
+            changes = self.stack.replace(message.replace_id, message.intervention)
+        elif message.toggle:
+            changes = self.stack.toggle_head(message.intervention)
+        else:
+            changes = self.stack.add(message.intervention)
+        self.status_error = None
+        self.apply_changes(changes)
+
+    # ---------------------------------------------------------------- new interventions as forms
+
+    def selected_layer(self) -> int:
+        grid = self.part(HeadGrid)
+        return grid.selected[0] if grid.selected is not None else 0
+
+    def open_new_form(self, template: Intervention, title: str, hint: str) -> None:
+        """The edit form filled with `template`; what the user saves is added after a dry run."""
+        from mechscope.screens.edit_intervention import EditInterventionScreen
+
+        def done(made: Intervention | None) -> None:
+            if made is not None:
+                self.add_checked(made)
+
+        self.push_screen(EditInterventionScreen(template, title=title, hint=hint), done)
+
+    def action_ablate_component(self, component: str) -> None:
+        if self.selected_head() is None:
+            return
+        name = "attention" if component == "attn" else "MLP"
+        self.open_new_form(ComponentAblation(self.selected_layer(), component, "zero"),  # type: ignore[arg-type]
+                           f"ablate the {name} output of a layer",
+                           "mode zero, mean or resample; empty positions = all")
+
+    def action_clamp_neuron(self) -> None:
+        if self.selected_head() is None:
+            return
+        d_mlp = self.engine.info.d_mlp
+        self.open_new_form(NeuronClamp(self.selected_layer(), 0, 0.0), "clamp an MLP neuron",
+                           f"neuron 0..{d_mlp - 1}; empty positions = all")
+
+    def new_intervention(self, kind: str) -> Intervention:
+        """A sensible new intervention of `kind` on the selected head or layer, to edit in the form."""
+        layer, head = self.part(HeadGrid).selected or (0, 0)
+        values = self.prompt_values()
+        last = max(len(self.result.tokens) - 1, 0) if self.result is not None else 0
+        vectors = sorted(getattr(self.engine, "vectors", {}) or {})
+        templates: dict[str, Intervention] = {
+            "head_ablation": HeadAblation(layer, head),
+            "head_scale": HeadScale(layer, head, 2.0),
+            "activation_patch": ActivationPatch(f"L{layer}.H{head}", values.corrupted or values.clean),
+            "attention_knockout": AttentionKnockout(layer, head, last, 0),
+            "component_ablation": ComponentAblation(layer, "attn", "zero"),
+            "neuron_clamp": NeuronClamp(layer, 0, 0.0),
+            "steering_vector": SteeringVector(layer, vectors[-1] if vectors else "", 4.0),
+        }
+        return templates[kind]
+
+    def action_add_intervention(self) -> None:
+        from mechscope.screens.choose import ChooseScreen
+
+        if self.selected_head() is None:
+            return
+
+        def chosen(kind: str | None) -> None:
+            if kind is None:
+                return
+            if kind == "steering_vector" and not getattr(self.engine, "vectors", None):
+                self.status_info = "no steering vector yet: build one first"
+                self.update_status()
+                self.action_build_vector()
+                return
+            hints = {"component_ablation": "component attn or mlp; mode zero, mean or resample",
+                     "steering_vector": f"vectors: {', '.join(sorted(getattr(self.engine, 'vectors', {})))}; "
+                                        "positions all, last or 3,4",
+                     "activation_patch": "address like L3.H1, L3.attn, L3.mlp, L3.resid_pre"}
+            self.open_new_form(self.new_intervention(kind), f"add {kind.replace('_', ' ')}",
+                               hints.get(kind, "empty positions = all"))
+
+        self.push_screen(ChooseScreen("add an intervention", list(NEW_INTERVENTION_KINDS)), chosen)
+
+    # ---------------------------------------------------------------- attention knockouts
+
+    def knockout_marks(self, address: str) -> dict[tuple[int, int], str]:
+        """(query, key) -> mark for the enabled knockouts on the head at `address`."""
+        parsed = parse_address(address)
+        return {(iv.query_pos, iv.key_pos): "×" for iv in self.stack.enabled()
+                if isinstance(iv, AttentionKnockout) and (iv.layer, iv.head) == (parsed.layer, parsed.head)}
+
+    def show_attention(self, address: str, pattern: np.ndarray, tokens: list[str]) -> None:
+        self.part(AttentionView).show(address, pattern, tokens, self.knockout_marks(address))
+
+    def action_knockout(self) -> None:
+        """Focus the attention map to pick an edge; with the map focused, toggle the edge under its cursor."""
+        if self.selected_head() is None:
+            return
+        attention_map = self.part(AttentionMap)
+        view = self.part(AttentionView)
+        if not attention_map.has_focus:
+            self.part(TabbedContent).active = "tab-attention"
+            self.call_after_refresh(attention_map.focus)
+            self.status_info = "pick an edge: arrows move query / key, k or enter knocks it out, esc returns"
+            self.update_status()
+            return
+        if view.address is None or attention_map.cursor is None:
+            self.show_error("no attention pattern to pick an edge from yet")
+            return
+        self.toggle_knockout(view.address, *attention_map.cursor)
+
+    def toggle_knockout(self, address: str, query: int, key: int) -> None:
+        parsed = parse_address(address)
+        knockout = AttentionKnockout(parsed.layer, int(parsed.head), query, key)  # type: ignore[arg-type]
+        if knockout in self.stack.enabled():
+            self.apply_changes(self.stack.toggle_head(knockout))  # switching it off needs no check
+        else:
+            self.add_checked(knockout, toggle=True)
+
+    def action_knockout_at(self) -> None:
+        from mechscope.screens.ask_value import AskValueScreen
+
+        head = self.selected_head()
+        if head is None:
+            return
+        attention_map = self.part(AttentionMap)
+        n_tokens = len(self.result.tokens) if self.result is not None else 1
+        query, key = attention_map.cursor or (n_tokens - 1, 0)
+
+        def parse(text: str) -> tuple[int, int] | None:
+            parts = [part.strip() for part in text.replace("->", ",").split(",")]
+            if len(parts) != 2 or not all(part.isdigit() for part in parts):
+                return None
+            return int(parts[0]), int(parts[1])
+
+        def validate(text: str) -> str | None:
+            return None if parse(text) is not None else "two positions, query,key (e.g. 13,0)"
+
+        def done(text: str | None) -> None:
+            edge = parse(text) if text else None
+            if edge is not None:
+                self.toggle_knockout(f"L{head[0]}.H{head[1]}", *edge)
+
+        self.push_screen(AskValueScreen(f"knock out an edge of L{head[0]}.H{head[1]}",
+                                        f"query,key positions (0..{n_tokens - 1}; key ≤ query)",
+                                        f"{query},{key}", validate), done)
+
+    # ---------------------------------------------------------------- steering vectors
+
+    def action_build_vector(self) -> None:
+        self.open_steering("build")
+
+    def action_load_vector(self) -> None:
+        self.open_steering("load")
+
+    def open_steering(self, mode: str) -> None:
+        from mechscope.screens.steering import SteeringRequest, SteeringScreen
+
+        if self.selected_head() is None:
+            return
+        first = not getattr(self.engine, "vectors", None)
+        screen = SteeringScreen(mode, self.engine.info.n_layers, self.selected_layer(),
+                                name="love-hate" if first and mode == "build" else "",
+                                positive=EXAMPLE_POSITIVE if first else "",
+                                negative=EXAMPLE_NEGATIVE if first else "")
+
+        def done(request: SteeringRequest | None) -> None:
+            if request is None:
+                return
+            verb = "building" if request.path is None else "loading"
+            self.status_info = f"{verb} steering vector {request.name}…"
+            self.update_status()
+            others = [e.intervention for e in self.stack.entries if e.intervention.enabled]
+            self.engine_calls += 1
+            self.make_vector(request, self.prompt_values(), others)
+
+        self.push_screen(screen, done)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="vector")
+    def make_vector(self, request: Any, values: PromptValues, others: list[Intervention]) -> None:
+        from mechscope.tui.vector_files import read_vector_file
+
+        try:
+            if request.path is None:
+                vector = self.engine.build_steering_vector(request.name, request.layer,
+                                                           list(request.positive), list(request.negative))
+            else:
+                self.engine.add_vector(request.name, read_vector_file(request.path, request.name))
+                vector = self.engine.vectors[request.name]
+        except (MechscopeError, ValueError) as exc:
+            self.post_message(EngineError("vector", str(exc)))
+            return
+        steer = SteeringVector(request.layer, request.name, request.coeff, request.positions)
+        error = self.dry_run(steer, values, others)
+        self.post_message(VectorReady(request.name, np.array(vector, dtype=np.float32), steer, error))
+
+    def on_vector_ready(self, message: VectorReady) -> None:
+        self.recorder.vector(message.name, message.vector)
+        self.last_run_key = None  # a vector of this name may already steer: its values changed
+        self.update_title()
+        norm = float(np.linalg.norm(message.vector))
+        if message.error is not None:
+            self.show_error(f"vector {message.name} stored (norm {norm:.3g}) but not steering: {message.error}")
+            return
+        self.status_error = None
+        self.status_info = f"vector {message.name} (norm {norm:.3g}): {message.steer.label}"
+        if message.steer in self.stack.enabled():
+            self.update_status()
+            self.schedule_run(0)
+        else:
+            self.apply_changes(self.stack.add(message.steer))
 
     # ---------------------------------------------------------------- grid colouring
 
@@ -757,7 +1102,7 @@ class MechscopeApp(App[int]):
             self.update_status()
 
     def action_cancel(self) -> None:
-        if isinstance(self.focused, Input):
+        if isinstance(self.focused, (Input, AttentionMap)):
             self.part(HeadGrid).focus()
             return
         running = [w for w in self.workers if w.group in ("sweep", "generate") and w.is_running]
@@ -859,15 +1204,42 @@ class MechscopeApp(App[int]):
         if screen_class is None:
             self.show_error("the sessions screen is not available")
             return
-        self.push_screen(screen_class())
+        self.push_screen(screen_class(current=self.recorder.name), self.switch_session)
+
+    def switch_session(self, name: str | None) -> None:
+        """The sessions screen chose a session to open: record into it and put its state back."""
+        if name is None or self.engine is None or name == self.recorder.name:
+            return
+        recorder, state = SessionRecorder.start(name, self.engine)
+        if recorder.session is None:
+            self.show_error(recorder.error or f"cannot open session {name}")
+            return
+        self.recorder = recorder
+        if state is not None:
+            self.restore(state)
+        self.status_error = None
+        self.status_info = f"opened session {name}"
+        self.last_run_key = None
+        self.update_title()
+        self.refresh_interventions()
+        self.schedule_run(0)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Workbench keys do nothing (and leave footers) while another full screen, e.g. sessions, is on top."""
+        workbench = getattr(self, "workbench", None)
+        if action in WORKBENCH_ACTIONS and workbench is not None and self.screen is not workbench:
+            return False
+        return True
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        if screen is not getattr(self, "workbench", screen):
+            return
         for command in COMMANDS:
             if command.action in ("help", "quit"):
                 continue
-            yield SystemCommand(f"{command.title} ({key_label(command.keys)})", command.help,
-                                lambda action=command.action: self.run_action(action))
+            title = f"{command.title} ({key_label(command.keys)})" if command.keys else command.title
+            yield SystemCommand(title, command.help, lambda action=command.action: self.run_action(action))
         yield SystemCommand("Keys (?)", "show every key", self.action_help)
 
 

@@ -71,3 +71,22 @@ class GenerationToken(Message):
 @dataclass
 class GenerationDone(Message):
     cancelled: bool = False
+
+
+@dataclass
+class InterventionChecked(Message):
+    """A new or edited intervention passed the engine's dry run; `replace_id` None means add it."""
+
+    intervention: Any
+    replace_id: int | None = None
+    toggle: bool = False  # add through InterventionStack.toggle_head (grid-style on/off)
+
+
+@dataclass
+class VectorReady(Message):
+    """A steering vector was built or loaded into the engine; `steer` uses it (None: it did not fit)."""
+
+    name: str
+    vector: np.ndarray  # [d_model]
+    steer: Any
+    error: str | None = None

@@ -108,3 +108,6 @@ class SessionRecorder:
     def note(self, text: str) -> None:
         self.session.record_note(text)
 
+    @_guarded
+    def vector(self, name: str, array: Any) -> None:
+        self.session.save_vector(name, array)

@@ -69,6 +69,16 @@ def head_mark(intervention: Intervention) -> str:
     return {"activation_patch": "p", "attention_knockout": "k"}.get(intervention.kind, "*")
 
 
+def layer_of(intervention: Intervention) -> int | None:
+    """The layer of an intervention that acts on a whole layer (attn, mlp, neuron, residual), else None."""
+    if head_of(intervention) is not None:
+        return None
+    try:
+        return int(intervention.start_layer)
+    except (AttributeError, ValueError):
+        return None
+
+
 class InterventionStack:
     """The current interventions plus every earlier version of the list, for undo."""
 
@@ -122,6 +132,10 @@ class InterventionStack:
 
     def on_head(self, layer: int, head: int) -> list[Entry]:
         return [e for e in self.entries if head_of(e.intervention) == (layer, head)]
+
+    def on_layer(self, layer: int) -> list[Entry]:
+        """Interventions on layer `layer` as a whole (not on one of its heads)."""
+        return [e for e in self.entries if layer_of(e.intervention) == layer]
 
     def toggle_head(self, make: Intervention) -> list[Change]:
         """Space/m on the grid: remove an identical intervention on the head, else add it enabled.

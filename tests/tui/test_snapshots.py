@@ -56,3 +56,23 @@ def test_load_error_80x24(snap_compare):
 
     assert snap_compare(MechscopeApp(broken, source="/models/missing"), terminal_size=(80, 24),
                         run_before=loaded)
+
+
+def test_attention_knockout_120x40(snap_compare):
+    async def knockout(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("K")
+        await settle(pilot)
+        await pilot.press("up", "right", "right", "k")
+        await settle(pilot)
+
+    assert snap_compare(snapshot_app(), terminal_size=(120, 40), run_before=knockout)
+
+
+def test_build_steering_vector_dialog_80x24(snap_compare):
+    async def dialog(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("v")
+        await pilot.pause()
+
+    assert snap_compare(snapshot_app(), terminal_size=(80, 24), run_before=dialog)

@@ -10,7 +10,7 @@ from rich.segment import Segment
 from rich.style import Style
 from textual.cache import LRUCache
 from textual.color import Color, Gradient
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
@@ -81,6 +81,7 @@ class Heatmap(ScrollView, can_focus=False):
         self._label_width = 0
         self._version = 0
         self._strip_cache: LRUCache[tuple, Strip] = LRUCache(1024)
+        self._base_style: Style | None = None  # rich_style for the paint in progress
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -88,15 +89,25 @@ class Heatmap(ScrollView, can_focus=False):
 
     def set_data(self, values: np.ndarray | None, row_labels: list[str], col_labels: list[str],
                  *, diverging: bool | None = None, scale: float | None = None) -> None:
-        """Show a new matrix; colours scale to `scale` (default: the largest absolute finite value)."""
-        self.values = None if values is None else np.asarray(values, dtype=np.float32)
+        """Show a new matrix; colours scale to `scale` (default: the largest absolute finite value).
+
+        The same matrix again (an edit that did not touch it) keeps every cached row: no repaint.
+        """
+        values = None if values is None else np.asarray(values, dtype=np.float32)
+        if scale is None and values is not None and np.isfinite(values).any():
+            scale = float(np.nanmax(np.abs(values)))
+        scale = scale if scale and math.isfinite(scale) and scale > 0 else 1.0
+        diverging = self.diverging if diverging is None else diverging
+        if (values is not None and self.values is not None and values.shape == self.values.shape
+                and np.array_equal(values, self.values, equal_nan=True) and scale == self.scale
+                and diverging == self.diverging and list(row_labels) == self.row_labels
+                and list(col_labels) == self.col_labels):
+            return
+        self.values = values
         self.row_labels = list(row_labels)
         self.col_labels = list(col_labels)
-        if diverging is not None:
-            self.diverging = diverging
-        if scale is None and self.values is not None and np.isfinite(self.values).any():
-            scale = float(np.nanmax(np.abs(self.values)))
-        self.scale = scale if scale and math.isfinite(scale) and scale > 0 else 1.0
+        self.diverging = diverging
+        self.scale = scale
         self._label_width = max((len(label) for label in self.row_labels), default=0) + 1
         rows, cols = self.shape
         self.virtual_size = Size(self._label_width + cols * self.cell_width, rows + 1)
@@ -109,6 +120,11 @@ class Heatmap(ScrollView, can_focus=False):
         if marks != self.marks:
             self.marks = dict(marks)
             self.refresh_cells()
+
+    @property
+    def cursor_shown(self) -> bool:
+        """Whether the cursor is drawn (subclasses may draw it only while focused)."""
+        return self.cursor is not None
 
     def refresh_cells(self) -> None:
         self._version += 1
@@ -156,7 +172,8 @@ class Heatmap(ScrollView, can_focus=False):
 
     def _cells(self, row: int) -> Strip:
         """The row's cells across the full virtual width (cached by data version and cursor)."""
-        cursor_col = self.cursor[1] if self.cursor is not None and self.cursor[0] == row else None
+        shown = self.cursor_shown and self.cursor is not None
+        cursor_col = self.cursor[1] if shown and self.cursor[0] == row else None
         key = (self._version, row, cursor_col)
         cached = self._strip_cache.get(key)
         if cached is not None:
@@ -167,12 +184,15 @@ class Heatmap(ScrollView, can_focus=False):
         for col, value in enumerate(self.values[row]):
             mark = self.marks.get((row, col), "")
             if math.isnan(value):
-                style, mark = self.rich_style, mark or "·"
+                style, mark = self.base_style, mark or "·"
             else:
                 style = self._bucket_style(float(value))
             if col == cursor_col:
-                text = ("[" + (mark or " ") + "]").center(width) if width >= 3 else "[]"[:width]
-                style = style + Style(reverse=not mark and width < 3, underline=True)
+                if width >= 3:
+                    text = ("[" + (mark or " ") + "]").center(width)
+                else:
+                    text = (mark or "[]").center(width)
+                style = style + Style(reverse=width < 3, underline=True)
             else:
                 text = (mark or " ").center(width)
             segments.append(Segment(text[:width], style))
@@ -181,42 +201,54 @@ class Heatmap(ScrollView, can_focus=False):
         return strip
 
     def _header(self) -> Strip:
-        key = (self._version, "header", self.cursor[1] if self.cursor else None)
+        cursor_col = self.cursor[1] if self.cursor_shown and self.cursor else None
+        key = (self._version, "header", cursor_col)
         cached = self._strip_cache.get(key)
         if cached is not None:
             return cached
-        base = self.rich_style + Style(dim=True)
-        highlight = self.rich_style + Style(bold=True, reverse=True)
+        base = self.base_style + Style(dim=True)
+        highlight = self.base_style + Style(bold=True, reverse=True)
         segments = []
         for col, label in enumerate(self.col_labels):
-            style = highlight if self.cursor and self.cursor[1] == col else base
+            style = highlight if cursor_col == col else base
             segments.append(Segment(label[: self.cell_width].center(self.cell_width), style))
         strip = Strip(segments, len(self.col_labels) * self.cell_width)
         self._strip_cache[key] = strip
         return strip
+
+    @property
+    def base_style(self) -> Style:
+        """The widget's own style, computed once per paint: rich_style walks every ancestor."""
+        if self._base_style is None:
+            self._base_style = self.rich_style
+        return self._base_style
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        self._base_style = None  # styles may have changed since the last paint (focus, theme)
+        return super().render_lines(crop)
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
         rows, cols = self.shape
         if self.values is None or not rows:
             if y == 0 and self.empty_text:
-                return Strip([Segment(self.empty_text[:width], self.rich_style + Style(dim=True))]
-                             ).extend_cell_length(width, self.rich_style)
-            return Strip.blank(width, self.rich_style)
+                return Strip([Segment(self.empty_text[:width], self.base_style + Style(dim=True))]
+                             ).extend_cell_length(width, self.base_style)
+            return Strip.blank(width, self.base_style)
         scroll_x, scroll_y = self.scroll_offset
         label_width = self._label_width
         cells_width = max(width - label_width, 0)
         if y == 0:
-            label = Segment(" " * label_width, self.rich_style)
+            label = Segment(" " * label_width, self.base_style)
             body = self._header()
         else:
             row = y - 1 + scroll_y
             if row >= rows:
-                return Strip.blank(width, self.rich_style)
-            on_cursor = self.cursor is not None and self.cursor[0] == row
-            label_style = self.rich_style + (Style(bold=True, reverse=True) if on_cursor
+                return Strip.blank(width, self.base_style)
+            on_cursor = self.cursor_shown and self.cursor is not None and self.cursor[0] == row
+            label_style = self.base_style + (Style(bold=True, reverse=True) if on_cursor
                                              else Style(dim=True))
             label = Segment(self.row_labels[row].rjust(label_width - 1) + " ", label_style)
             body = self._cells(row)
         body = body.crop(scroll_x, scroll_x + cells_width)
-        return Strip([label, *body]).extend_cell_length(width, self.rich_style).crop(0, width)
+        return Strip([label, *body]).extend_cell_length(width, self.base_style).crop(0, width)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 from rich.text import Text
+from textual import events, on
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
@@ -20,6 +22,45 @@ def position_labels(count: int) -> list[str]:
     return [str(pos) if pos % 5 == 0 else "·" for pos in range(count)]
 
 
+class AttentionMap(Heatmap, can_focus=True):
+    """The attention heatmap with a (query, key) cell cursor, drawn while it has the focus."""
+
+    DEFAULT_CSS = """
+    AttentionMap:focus { background-tint: $accent 8%; }
+    """
+
+    BINDINGS = [
+        Binding("up", "move(-1, 0)", "Query up", show=False),
+        Binding("down", "move(1, 0)", "Query down", show=False),
+        Binding("left", "move(0, -1)", "Key left", show=False),
+        Binding("right", "move(0, 1)", "Key right", show=False),
+        Binding("pageup", "move(-8, 0)", "Page up", show=False),
+        Binding("pagedown", "move(8, 0)", "Page down", show=False),
+        Binding("k,enter", "app.knockout", "knock out"),
+    ]
+
+    @property
+    def cursor_shown(self) -> bool:
+        return self.has_focus and self.cursor is not None
+
+    def watch_cursor(self, old: tuple[int, int] | None, new: tuple[int, int] | None) -> None:
+        self.refresh()
+        if new is not None:
+            if self.has_focus:  # unfocused, the view stays scrolled where the user left it
+                self.scroll_cursor_visible()
+            self.post_message(self.CursorMoved(self, *new))
+
+    def on_focus(self) -> None:
+        self.scroll_cursor_visible()
+        self.refresh_cells()
+
+    def on_blur(self) -> None:
+        self.refresh_cells()
+
+    def action_move(self, d_row: int, d_col: int) -> None:
+        self.move_cursor(d_row, d_col)
+
+
 class AttentionView(Vertical):
     """Query x key attention of the selected head, token labels on the rows, positions on top."""
 
@@ -28,23 +69,67 @@ class AttentionView(Vertical):
     AttentionView Heatmap { height: 1fr; }
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.address: str | None = None  # the head whose pattern is shown
+        self.pattern: np.ndarray | None = None  # [query, key]
+        self.tokens: list[str] = []
+        self.caption_text = ""
+
     def compose(self) -> ComposeResult:
         yield Static("move the grid cursor to a head", id="attention-caption")
-        yield Heatmap(cell_width=2, diverging=False, id="attention-map")
+        yield AttentionMap(cell_width=2, diverging=False, id="attention-map")
 
-    def show(self, address: str, pattern: np.ndarray, tokens: list[str]) -> None:
-        """pattern: [query, key]."""
+    def show(self, address: str, pattern: np.ndarray, tokens: list[str],
+             knocked_out: dict[tuple[int, int], str] | None = None) -> None:
+        """pattern: [query, key]; `knocked_out` marks the (query, key) cells of knocked-out edges."""
+        self.address, self.pattern, self.tokens = address, pattern, tokens
         width = len(str(len(tokens)))
         rows = [f"{pos:>{width}} {show_token(tok)[:7]:<7}"
                 for pos, tok in enumerate(tokens[: pattern.shape[0]])]
-        self.query_one(Heatmap).set_data(pattern, rows, position_labels(pattern.shape[1]), scale=1.0)
-        query_top = int(np.argmax(pattern[-1])) if pattern.size else 0
-        self.query_one("#attention-caption", Static).update(
-            f"{address} query↓ key→ · last token → {query_top}"
-            f"{show_token(tokens[query_top]) if query_top < len(tokens) else ''}", layout=False)
+        heatmap = self.query_one(AttentionMap)
+        heatmap.marks = dict(knocked_out or {})
+        heatmap.set_data(pattern, rows, position_labels(pattern.shape[1]), scale=1.0)
+        if heatmap.cursor is None and pattern.size:
+            heatmap.set_reactive(AttentionMap.cursor, (pattern.shape[0] - 1, 0))  # last query, first key
+        self.show_caption()
+
+    def set_knockouts(self, knocked_out: dict[tuple[int, int], str]) -> None:
+        self.query_one(AttentionMap).set_marks(knocked_out)
+
+    def show_caption(self) -> None:
+        """The head and, while the map has the focus, the cell under the cursor."""
+        pattern, tokens, address = self.pattern, self.tokens, self.address
+        if pattern is None or address is None:
+            return
+        heatmap = self.query_one(AttentionMap)
+        caption = self.query_one("#attention-caption", Static)
+        if heatmap.has_focus and heatmap.cursor is not None:
+            query, key = heatmap.cursor
+            text = (f"{address} query {query}{show_token(tokens[query]) if query < len(tokens) else ''}"
+                    f" → key {key}{show_token(tokens[key]) if key < len(tokens) else ''}"
+                    f" = {float(pattern[query, key]):.3f} · k knocks out, esc back")
+        else:
+            query_top = int(np.argmax(pattern[-1])) if pattern.size else 0
+            text = (f"{address} query↓ key→ · last token → {query_top}"
+                    f"{show_token(tokens[query_top]) if query_top < len(tokens) else ''}")
+        if text != self.caption_text:  # most recomputes leave it as it is: no repaint
+            self.caption_text = text
+            caption.update(text, layout=False)
+
+    @on(Heatmap.CursorMoved, "#attention-map")
+    def cursor_moved(self, event: Heatmap.CursorMoved) -> None:
+        event.stop()
+        self.show_caption()
+
+    @on(events.DescendantFocus)
+    @on(events.DescendantBlur)
+    def focus_changed(self) -> None:
+        self.show_caption()
 
     def clear(self, reason: str) -> None:
-        self.query_one(Heatmap).set_data(None, [], [])
+        self.address, self.pattern, self.caption_text = None, None, reason
+        self.query_one(AttentionMap).set_data(None, [], [])
         self.query_one("#attention-caption", Static).update(reason)
 
 

@@ -1,0 +1,47 @@
+"""A small dialog that picks one item from a list (e.g. the kind of a new intervention)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import OptionList, Static
+from textual.widgets.option_list import Option
+
+
+class ChooseScreen(ModalScreen[str | None]):
+    """Returns the id of the chosen (id, title, description) item on enter, None on escape."""
+
+    DEFAULT_CSS = """
+    ChooseScreen { align: center middle; }
+    ChooseScreen > Vertical { width: 74; max-width: 100%; height: auto; max-height: 100%;
+                              border: round $accent; background: $surface; padding: 0 1; }
+    ChooseScreen OptionList { height: auto; max-height: 16; border: none; padding: 0; }
+    """
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, items: list[tuple[str, str, str]]) -> None:
+        super().__init__()
+        self.title_text = title
+        self.items = items
+
+    def compose(self) -> ComposeResult:
+        options = []
+        for item_id, title, description in self.items:
+            prompt = Text(f"{title:<22}", style="bold")
+            prompt.append(description, style="dim")
+            options.append(Option(prompt, id=item_id))
+        with Vertical() as box:
+            box.border_title = self.title_text
+            yield OptionList(*options, id="choose-list")
+            yield Static("enter chooses, esc cancels", classes="dim")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.dismiss(event.option.id)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,157 @@
+"""Dialogs that make a steering vector: built from contrastive prompts, or loaded from a file."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, Static, TextArea
+
+VECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+VECTOR_SUFFIXES = (".safetensors", ".npy")
+
+
+@dataclass(frozen=True)
+class SteeringRequest:
+    """What the dialog asks for: where the vector comes from and how to steer with it."""
+
+    name: str
+    layer: int
+    coeff: float
+    positions: str | tuple[int, ...]  # "all" | "last" | explicit positions
+    positive: tuple[str, ...] = ()  # build: one prompt per line
+    negative: tuple[str, ...] = ()
+    path: str | None = None  # load: a .safetensors or .npy file
+
+
+def parse_positions(text: str) -> str | tuple[int, ...]:
+    """`all`, `last` or comma-separated positions; ValueError says what is wrong."""
+    text = text.strip().lower() or "all"
+    if text in ("all", "last"):
+        return text
+    try:
+        positions = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"positions: 'all', 'last' or numbers like 3,4 — not {text!r}") from None
+    if not positions:
+        raise ValueError("positions: 'all', 'last' or numbers like 3,4")
+    return positions
+
+
+def prompt_lines(text: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+class SteeringScreen(ModalScreen[SteeringRequest | None]):
+    """Build (`mode="build"`) or load (`mode="load"`) a vector and steer with it; esc cancels."""
+
+    DEFAULT_CSS = """
+    SteeringScreen { align: center middle; }
+    SteeringScreen > Vertical { width: 76; max-width: 100%; height: auto; max-height: 100%;
+                                border: round $accent; background: $surface; padding: 0 1; }
+    SteeringScreen Horizontal { height: 1; }
+    SteeringScreen Label { width: 12; color: $text-muted; }
+    SteeringScreen Input { width: 1fr; }
+    SteeringScreen TextArea { height: 3; background: $boost; }
+    SteeringScreen .prompts-label { width: 100%; }
+    SteeringScreen #steer-error { color: $error; height: auto; }
+    """
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "submit", "Done")]
+
+    def __init__(self, mode: str, n_layers: int, layer: int = 0, name: str = "",
+                 positive: str = "", negative: str = "") -> None:
+        super().__init__()
+        self.mode = mode
+        self.n_layers = n_layers
+        self.initial = {"layer": str(layer), "name": name, "coeff": "4.0", "positions": "all",
+                        "path": "", "positive": positive, "negative": negative}
+
+    def field(self, name: str, label: str) -> ComposeResult:
+        with Horizontal():
+            yield Label(label)
+            yield Input(self.initial[name], id=f"steer-{name}", compact=True)
+
+    def compose(self) -> ComposeResult:
+        with Vertical() as box:
+            if self.mode == "build":
+                box.border_title = "build steering vector (mean difference of residuals)"
+                yield from self.field("name", "name")
+            else:
+                box.border_title = "load steering vector from a file"
+                yield from self.field("path", "file")
+                yield from self.field("name", "name")
+            yield from self.field("layer", f"layer 0..{self.n_layers - 1}")
+            yield from self.field("coeff", "coefficient")
+            yield from self.field("positions", "positions")
+            if self.mode == "build":
+                yield Label("positive prompts, one per line", classes="prompts-label")
+                yield TextArea(self.initial["positive"], id="steer-positive", soft_wrap=True, compact=True)
+                yield Label("negative prompts, one per line", classes="prompts-label")
+                yield TextArea(self.initial["negative"], id="steer-negative", soft_wrap=True, compact=True)
+            yield Static("", id="steer-error")
+            hint = "builds" if self.mode == "build" else "loads"
+            yield Static(f"enter in a field or ctrl+s {hint} and steers; tab moves; esc cancels",
+                         classes="dim")
+
+    def text(self, name: str) -> str:
+        if name in ("positive", "negative"):
+            return self.query_one(f"#steer-{name}", TextArea).text
+        return self.query_one(f"#steer-{name}", Input).value
+
+    def request(self) -> SteeringRequest:
+        """The typed request; ValueError names the first field that is wrong."""
+        path = None
+        if self.mode == "load":
+            path = self.text("path").strip()
+            if not path:
+                raise ValueError("file: type the path of a .safetensors or .npy file")
+            file = Path(path).expanduser()
+            if file.suffix.lower() not in VECTOR_SUFFIXES:
+                raise ValueError(f"file: {file.name} is not a .safetensors or .npy file")
+            if not file.is_file():
+                raise ValueError(f"file: no such file {file}")
+            path = str(file)
+        name = self.text("name").strip() or (Path(path).stem if path else "")
+        if not VECTOR_NAME.match(name):
+            raise ValueError("name: letters, digits, _ . - (up to 64), e.g. love-hate")
+        try:
+            layer = int(self.text("layer"))
+        except ValueError:
+            raise ValueError(f"layer: not a whole number: {self.text('layer')!r}") from None
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer: {layer} is out of range 0..{self.n_layers - 1}")
+        try:
+            coeff = float(self.text("coeff"))
+        except ValueError:
+            raise ValueError(f"coefficient: not a number: {self.text('coeff')!r}") from None
+        if not math.isfinite(coeff):
+            raise ValueError("coefficient: must be finite")
+        positions = parse_positions(self.text("positions"))
+        positive = negative = ()
+        if self.mode == "build":
+            positive, negative = prompt_lines(self.text("positive")), prompt_lines(self.text("negative"))
+            if not positive or not negative:
+                raise ValueError("type at least one positive and one negative prompt")
+        return SteeringRequest(name, layer, coeff, positions, positive, negative, path)
+
+    def action_submit(self) -> None:
+        try:
+            request = self.request()
+        except ValueError as exc:
+            self.query_one("#steer-error", Static).update(str(exc))
+            return
+        self.dismiss(request)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_submit()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
