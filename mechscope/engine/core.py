@@ -691,10 +691,12 @@ class Engine:
 
     def validate(self, interventions: Iterable[Intervention], prompt: str,
                  corrupted: str | None = None) -> None:
-        """Raise InterventionError naming the first intervention that does not fit."""
-        with self.lock, torch.no_grad():
-            ids, _ = self._prompt_ids(prompt)
-            self._edits([iv for iv in interventions if iv.enabled], ids, corrupted, dry_run=True)
+        """Raise InterventionError naming the first intervention that does not fit.
+
+        Checks ranges, shapes, prompt lengths and vector names only (no forward pass), so it does not
+        wait for the model lock: the UI can check an edit while a sweep runs."""
+        ids, _ = self._prompt_ids(prompt)
+        self._edits([iv for iv in interventions if iv.enabled], ids, corrupted, dry_run=True)
 
     def _edits(self, interventions: list[Intervention], ids: torch.Tensor, corrupted: str | None,
                dry_run: bool = False) -> _Edits:
@@ -708,9 +710,10 @@ class Engine:
                 raise InterventionError(f"{what}: {exc}") from None
         return edits
 
-    def _source(self, prompt: str, n_pos: int, positions, what: str) -> tuple[SourceActs, list[int]]:
-        """Source activations and the source positions to read (explicit, so generation can grow the
-        sequence past the source's length)."""
+    def _source(self, prompt: str, n_pos: int, positions, what: str,
+                dry_run: bool = False) -> tuple[SourceActs | None, list[int]]:
+        """Source activations (None in a dry run) and the source positions to read (explicit, so
+        generation can grow the sequence past the source's length)."""
         ids, _ = self._prompt_ids(prompt)
         if positions is None and ids.shape[1] != n_pos:
             raise InterventionError(
@@ -719,7 +722,7 @@ class Engine:
         if positions is None:
             positions = range(n_pos)
         src_positions = self._resolve_positions(positions, ids.shape[1], what + " (source)")
-        return self._source_acts(ids), src_positions
+        return (None if dry_run else self._source_acts(ids)), src_positions
 
     def _add_edit(self, edits: _Edits, iv: Intervention, ids: torch.Tensor, n_pos: int,
                   corrupted: str | None, what: str, dry_run: bool) -> None:
@@ -731,8 +734,8 @@ class Engine:
             if isinstance(iv, HeadAblation) and iv.mode == "resample":
                 if not corrupted:
                     raise InterventionError(f"{what}: resample ablation needs a corrupted prompt")
-                acts, src_pos = self._source(corrupted, n_pos, iv.positions, what)
-                source = (acts.z[iv.layer], src_pos)
+                acts, src_pos = self._source(corrupted, n_pos, iv.positions, what, dry_run)
+                source = (acts.z[iv.layer], src_pos) if acts is not None else None
                 positions = positions if positions is not None else list(range(n_pos))
             if dry_run:
                 return
@@ -748,8 +751,8 @@ class Engine:
             if iv.mode == "resample":
                 if not corrupted:
                     raise InterventionError(f"{what}: resample ablation needs a corrupted prompt")
-                acts, src_pos = self._source(corrupted, n_pos, iv.positions, what)
-                replacement = getattr(acts, site)[iv.layer]
+                acts, src_pos = self._source(corrupted, n_pos, iv.positions, what, dry_run)
+                replacement = getattr(acts, site)[iv.layer] if acts is not None else None
                 positions = positions if positions is not None else list(range(n_pos))
             if dry_run:
                 return
@@ -761,7 +764,7 @@ class Engine:
             addr = parse_address(iv.address)
             self._check_head(addr.layer, addr.head, what)
             positions = self._resolve_positions(iv.positions, n_pos, what)
-            acts, src_pos = self._source(iv.source_prompt, n_pos, iv.positions, what)
+            acts, src_pos = self._source(iv.source_prompt, n_pos, iv.positions, what, dry_run)
             positions = positions if positions is not None else list(range(n_pos))
             if dry_run:
                 return

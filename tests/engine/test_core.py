@@ -176,3 +176,28 @@ def test_out_of_memory_is_reported_and_engine_stays_usable():
         handle.remove()
     assert count_hooks(engine.model) == 0
     assert engine.run(PROMPT).top[0].id == expected
+
+
+def test_validate_needs_no_model_lock_and_no_forward():
+    from mechscope.engine import ActivationPatch, InterventionError
+
+    engine = Engine(tiny_model("llama"), tiny_tokenizer())
+    other = PROMPT.replace("John gave", "Mary gave")
+    with engine.lock:  # another thread would block here; validate must not
+        import threading
+
+        errors: list[Exception] = []
+
+        def check():
+            engine.validate([ActivationPatch("L1.H2", other)], PROMPT)
+            try:
+                engine.validate([HeadAblation(9, 0)], PROMPT)
+            except InterventionError as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=check)
+        worker.start()
+        worker.join(timeout=10)
+        assert not worker.is_alive()
+    assert errors and "layer 9" in str(errors[0])
+    assert not engine._source_cache and not engine._clean_cache
