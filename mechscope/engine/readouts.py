@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mechscope.engine.errors import InterventionError
+from mechscope.engine.errors import MechscopeError
 from mechscope.engine.norms import FrozenNorm
 from mechscope.engine.results import ActivationStats, Attribution, LogitLens, MetricInfo
 
@@ -60,7 +60,7 @@ def attribution(engine: Engine, captures: Captures, clean: CleanPass, final: tor
     (see `Attribution` for the frozen-norm convention)."""
     a = engine.adapter
     if a.post_ln:
-        raise InterventionError("direct logit attribution needs a pre-norm model (this one is post-LN)")
+        raise MechscopeError("direct logit attribution needs a pre-norm model (this one is post-LN)")
     resid = final[0, readout].float()  # [d_model]
     logits = engine._logits(final[:, readout])[0]
     direction, bias_term, label = metric_direction(engine, info, logits)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from mechscope.engine.attention import AttentionControl
-from mechscope.engine.core import LayerCall
+from mechscope.engine.core import Captures, CaptureSpec, LayerCall
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook
 from mechscope.engine.interventions import Intervention, Metric
@@ -214,8 +214,6 @@ def generate(engine: Engine, prompt: str, interventions: Iterable[Intervention] 
     with engine.guard(), torch.no_grad():
         ids, _ = engine._prompt_ids(prompt)
         edits = engine._edits(active, ids, corrupted)
-        from mechscope.engine.core import Captures, CaptureSpec
-
         hooks = edits.hooks + engine._capture_hooks(CaptureSpec(readout=0), Captures(), 0, edits.knockouts)
         for _ in range(max_new_tokens):
             if should_stop is not None and should_stop():
