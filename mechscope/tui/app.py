@@ -1214,6 +1214,8 @@ class MechscopeApp(App[int]):
         if recorder.session is None:
             self.show_error(recorder.error or f"cannot open session {name}")
             return
+        if self.recorder.session is not None:
+            self.recorder.session.close()  # release its write lock now, not whenever it is collected
         self.recorder = recorder
         if state is not None:
             self.restore(state)
