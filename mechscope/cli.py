@@ -70,20 +70,28 @@ def load_engine_or_exit(args: argparse.Namespace):
     from mechscope.engine import Engine
     from mechscope.engine.errors import MechscopeError
 
+    quiet = bool(os.environ.get("MECHSCOPE_QUIET"))
+    live = sys.stderr.isatty()  # redraw one line in a terminal; plain lines in a log file or pipe
+    last_message: list[str] = []
+
     def progress(message: str, fraction: float | None = None) -> None:
-        if os.environ.get("MECHSCOPE_QUIET"):
+        if quiet:
             return
-        suffix = f" {fraction:4.0%}" if fraction is not None else ""
-        print(f"\r{message}{suffix}\033[K", end="", file=sys.stderr, flush=True)
+        if live:
+            suffix = f" {fraction:4.0%}" if fraction is not None else ""
+            print(f"\r{message}{suffix}\033[K", end="", file=sys.stderr, flush=True)
+        elif last_message[-1:] != [message]:
+            last_message.append(message)
+            print(message, file=sys.stderr, flush=True)
 
     try:
         engine = Engine.load(args.model, device=args.device, dtype=args.dtype,
                              trust_remote_code=args.trust_remote_code, progress=progress)
     except MechscopeError as exc:
-        print(f"\rerror: {exc}\033[K", file=sys.stderr)
+        print(f"\rerror: {exc}\033[K" if live else f"error: {exc}", file=sys.stderr)
         return None
     finally:
-        if not os.environ.get("MECHSCOPE_QUIET"):
+        if live and not quiet:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
     return engine
 

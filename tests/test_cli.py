@@ -47,3 +47,14 @@ def test_inspect_errors_are_one_line(model_dir, capsys):
     assert cli.main(["inspect", "--model", "/no/such/folder", PROMPT]) == 2
     err = capsys.readouterr().err
     assert "no such file or folder" in err and "Traceback" not in err
+
+
+def test_progress_in_a_pipe_is_plain_lines(model_dir, capsys, monkeypatch):
+    monkeypatch.delenv("MECHSCOPE_QUIET", raising=False)
+    assert cli.main(["inspect", "--model", str(model_dir), PROMPT]) == 0
+    err = capsys.readouterr().err
+    assert err and "\r" not in err and "\033[" not in err  # no terminal redraws in a log file
+    lines = err.splitlines()
+    assert len(lines) == len(set(lines))  # each stage once, not once per percent
+    assert cli.main(["inspect", "--model", "/no/such/folder", PROMPT]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,6 +148,7 @@ class CleanPass:
     captures: Captures
     readout_logits: dict[int, torch.Tensor] = field(default_factory=dict)  # position -> [vocab]
     baselines: dict[tuple, Prediction] = field(default_factory=dict)  # (metric info, top_k) -> prediction
+    views: dict[tuple, Any] = field(default_factory=dict)  # (view, readout, ...) -> that view without edits
     tokens: list[str] | None = None
 
 
@@ -430,13 +432,31 @@ class Engine:
                 result.sink_scores = np.stack(
                     [captures.controls[layer].sink[0].float().cpu().numpy()
                      for layer in range(self.adapter.n_layers)])
+            edited = final is not clean.final
             if views.logit_lens:
-                result.logit_lens = readouts.logit_lens(self, captures, readout, info, views.lens_k)
+                key = ("lens", readout, info, views.lens_k)
+                clean_lens = clean.views.get(key)
+                if clean_lens is None and (not edited or start > 0):
+                    clean_lens = clean.views[key] = readouts.logit_lens(
+                        self, clean.captures, readout, info, views.lens_k)
+                result.logit_lens = (clean_lens if not edited else readouts.logit_lens(
+                    self, captures, readout, info, views.lens_k, clean_lens, start))
             if views.attribution:
-                result.attribution = readouts.attribution(self, captures, clean, final, readout, info,
+                key = ("attribution", readout, info)
+                attribution = None if edited else clean.views.get(key)
+                if attribution is None:
+                    attribution = readouts.attribution(self, captures, clean, final, readout, info,
                                                        edits.resid_deltas)
+                    if not edited:
+                        clean.views[key] = attribution
+                result.attribution = attribution
             if views.stats:
-                result.stats = readouts.activation_stats(self, captures)
+                stats = None if edited else clean.views.get(("stats",))
+                if stats is None:
+                    stats = readouts.activation_stats(self, captures)
+                    if not edited:
+                        clean.views[("stats",)] = stats
+                result.stats = stats
             result.compute = ComputeInfo(time.perf_counter() - started, mode, start)
             return result
 

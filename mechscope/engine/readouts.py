@@ -15,8 +15,14 @@ if TYPE_CHECKING:
     from mechscope.engine.core import Captures, CleanPass, Engine
 
 
-def logit_lens(engine: Engine, captures: Captures, readout: int, info: MetricInfo | None, k: int) -> LogitLens:
-    resid = torch.stack([captures.resid_post[layer] for layer in range(engine.adapter.n_layers)])
+def logit_lens(engine: Engine, captures: Captures, readout: int, info: MetricInfo | None, k: int,
+               clean_rows: LogitLens | None = None, first_layer: int = 0) -> LogitLens:
+    """Decode every layer's residual at `readout`; rows below `first_layer` are taken from
+    `clean_rows` (the same prompt's lens without interventions), whose residuals are unchanged."""
+    n_layers = engine.adapter.n_layers
+    if clean_rows is None:
+        first_layer = 0
+    resid = torch.stack([captures.resid_post[layer] for layer in range(first_layer, n_layers)])
     logits = engine._logits(resid)  # [layer, vocab]
     probs = torch.softmax(logits, dim=-1)
     top_probs, top_ids = probs.topk(k, dim=-1)
@@ -25,13 +31,28 @@ def logit_lens(engine: Engine, captures: Captures, readout: int, info: MetricInf
         target_logit = logits[:, info.target_id : info.target_id + 1]
         target_rank = (logits > target_logit).sum(-1).cpu().numpy()
         target_prob = probs[:, info.target_id].cpu().numpy()
-    return LogitLens(
+    lens = LogitLens(
         position=readout,
         top_ids=top_ids.cpu().numpy(),
         top_tokens=[[engine.decode_token(int(i)) for i in row] for row in top_ids],
         top_probs=top_probs.cpu().numpy(),
         target_rank=target_rank,
         target_prob=target_prob,
+    )
+    if first_layer == 0:
+        return lens
+    assert clean_rows is not None
+
+    def splice(below, above):
+        return None if above is None else np.concatenate([below[:first_layer], above])
+
+    return LogitLens(
+        position=readout,
+        top_ids=splice(clean_rows.top_ids, lens.top_ids),
+        top_tokens=clean_rows.top_tokens[:first_layer] + lens.top_tokens,
+        top_probs=splice(clean_rows.top_probs, lens.top_probs),
+        target_rank=splice(clean_rows.target_rank, lens.target_rank),
+        target_prob=splice(clean_rows.target_prob, lens.target_prob),
     )
 
 

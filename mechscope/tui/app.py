@@ -206,6 +206,10 @@ class MechscopeApp(App[int]):
         self.result: RunResult | None = None
         self.request = 0
         self.sweeps: dict[str, SweepResult] = {}
+        # the (clean, corrupted, metric) each sweep was computed for: the grid hides a sweep
+        # whose inputs no longer match the prompt pane instead of colouring heads with stale values
+        self.sweep_inputs: dict[str, tuple[str, str, Metric]] = {}
+        self.running_sweep_inputs: tuple[str, str, Metric] | None = None
         self.last_sweep: SweepResult | None = None  # the latest partial or final sweep shown
         self.sweep_cancelled = False
         self.grid_metric = "attribution"
@@ -543,12 +547,21 @@ class MechscopeApp(App[int]):
             return None if result is None or result.attribution is None else result.attribution.heads
         if name == "sink":
             return None if result is None else result.sink_scores
-        sweep = self.sweeps.get("head" if name == "patching" else "atp")
-        return None if sweep is None else sweep.values
+        kind = "head" if name == "patching" else "atp"
+        sweep = self.sweeps.get(kind)
+        if sweep is None or self.sweep_inputs.get(kind) != self.current_sweep_inputs():
+            return None
+        return sweep.values
+
+    def current_sweep_inputs(self) -> tuple[str, str, Metric | None]:
+        values = self.prompt_values()
+        return values.clean, values.corrupted, self.build_metric(values)[0]
 
     def show_grid(self) -> None:
         grid = self.part(HeadGrid)
-        grid.show_metric(self.grid_metric, self.grid_values(self.grid_metric))
+        kind = {"patching": "head", "atp": "atp"}.get(self.grid_metric)
+        note = "prompts changed: rerun the sweep" if kind in self.sweeps else "not computed"
+        grid.show_metric(self.grid_metric, self.grid_values(self.grid_metric), note)
         grid.set_marks(self.stack.head_marks())
 
     def on_engine_error(self, message: EngineError) -> None:
@@ -1038,7 +1051,9 @@ class MechscopeApp(App[int]):
         self.show_grid()
         if self.grid_values(self.grid_metric) is None and self.grid_metric in ("patching", "atp"):
             key = "w" if self.grid_metric == "patching" else "a"
-            self.status_info = f"grid: {self.grid_metric} (press {key} to run the sweep)"
+            kind = "head" if self.grid_metric == "patching" else "atp"
+            why = "the prompts or metric changed since the sweep: " if kind in self.sweeps else ""
+            self.status_info = f"grid: {self.grid_metric} ({why}press {key} to run the sweep)"
         else:
             self.status_info = f"grid: {self.grid_metric}"
         self.update_status()
@@ -1062,6 +1077,7 @@ class MechscopeApp(App[int]):
         self.update_status()
         self.engine_calls += 1
         self.sweep_cancelled = False
+        self.running_sweep_inputs = (values.clean, values.corrupted, metric)
         self.run_sweep(kind, values, metric)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="sweep")
@@ -1086,8 +1102,9 @@ class MechscopeApp(App[int]):
         running = not message.done and not result.complete
         self.last_sweep = result
         self.part(SweepView).show(result, running)
-        if result.kind in ("head", "atp"):
+        if result.kind in ("head", "atp") and self.running_sweep_inputs is not None:
             self.sweeps[result.kind] = result
+            self.sweep_inputs[result.kind] = self.running_sweep_inputs
             grid_name = "patching" if result.kind == "head" else "atp"
             if self.grid_metric == grid_name or message.done:
                 self.grid_metric = grid_name
@@ -1217,6 +1234,8 @@ class MechscopeApp(App[int]):
         if self.recorder.session is not None:
             self.recorder.session.close()  # release its write lock now, not whenever it is collected
         self.recorder = recorder
+        self.sweeps.clear()
+        self.sweep_inputs.clear()
         if state is not None:
             self.restore(state)
         self.status_error = None

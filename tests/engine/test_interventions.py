@@ -514,6 +514,41 @@ def test_attention_views_under_random_stacks_equal_a_full_forward(engine, plain)
         assert count_hooks(engine.model) == 0
 
 
+def test_logit_lens_under_random_stacks_equals_decoding_each_layer(engine, plain):
+    """Each lens row equals the model's own final norm and unembedding applied to that layer's output
+    in the intervened run; rows below the first intervened layer are reused from the clean run."""
+    rng = random.Random(f"lens-{plain.family}")
+    n_pos = token_ids(PROMPT).shape[1]
+    metric = Metric("logit_diff", target=" Mary", foil=" John")
+    engine.run(PROMPT, metric=metric, views=Views(logit_lens=True, lens_k=4))  # the clean rows, memoised
+    for _ in range(4):
+        stack = random_stack(rng, plain.n_layers, plain.n_heads, plain.d_mlp, n_pos)
+        lens = engine.run(PROMPT, stack, metric=metric, views=Views(logit_lens=True, lens_k=4),
+                          corrupted=CORRUPT).logit_lens
+        hooks, knockouts = plain._edits(stack, n_pos, CORRUPT, engine.vectors, REFERENCE_SET)
+        outputs: list[torch.Tensor] = [None] * plain.n_layers
+
+        def keep(layer: int, outputs=outputs):
+            def hook(module, args, output):
+                outputs[layer] = _tensor_of(output).clone()
+            return hook
+
+        plain.logits(PROMPT, hooks + [(plain.layers[layer], "fwd", keep(layer)) for layer in range(plain.n_layers)],
+                     knockouts)
+        target = tiny_tokenizer()(" Mary", add_special_tokens=False).input_ids[0]
+        for layer in range(plain.n_layers):
+            def swap(module, args, output, replacement=outputs[layer]):
+                return _with_tensor(output, replacement)
+
+            probs = torch.softmax(plain.logits(PROMPT, [(plain.layers[-1], "fwd", swap)])[-1], -1)
+            label = f"L{layer} {[iv.label for iv in stack]}"
+            np.testing.assert_allclose(lens.top_probs[layer], probs.topk(4).values.numpy(), atol=TOL, err_msg=label)
+            np.testing.assert_allclose(probs[lens.top_ids[layer]].numpy(), lens.top_probs[layer], atol=TOL,
+                                       err_msg=label)
+            np.testing.assert_allclose(lens.target_prob[layer], float(probs[target]), atol=TOL, err_msg=label)
+            assert lens.target_rank[layer] == int((probs > probs[target]).sum()), label
+
+
 @pytest.mark.parametrize("site", SITES)
 def test_patching_a_run_with_itself_changes_nothing(engine, plain, site):
     clean = engine.run(PROMPT, views=Views(logprobs=True))

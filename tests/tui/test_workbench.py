@@ -8,7 +8,7 @@ from mechscope.engine.errors import InterventionError, LoadError
 from mechscope.engine.interventions import ActivationPatch, HeadAblation, HeadScale
 from mechscope.screens.help import HelpScreen
 from mechscope.screens.load_error import LoadErrorScreen
-from mechscope.tui.app import COMMANDS, IOI_PAIR, MechscopeApp, key_label
+from mechscope.tui.app import COMMANDS, IOI_PAIR, TYPING_DEBOUNCE_S, MechscopeApp, key_label
 from mechscope.tui.widgets.head_grid import HeadGrid
 from mechscope.tui.widgets.interventions import InterventionList
 from tests.tui.helpers import CountingEngine, make_app, screen_text, settle
@@ -318,6 +318,7 @@ async def test_patch_needs_a_corrupted_prompt():
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         app.query_one("#corrupted").value = ""
+        await pilot.pause(TYPING_DEBOUNCE_S + 0.2)  # let the run the edit schedules finish first
         await settle(pilot)
         await pilot.press("p")
         await settle(pilot)
@@ -349,6 +350,27 @@ async def test_head_patching_sweep_streams_into_grid_and_sweep_tab():
         summary = text_of(app, "#sweep-summary")
         assert "head patching  3/3 layers  complete" in summary
         assert app.query_one("#views").active == "tab-sweep"
+
+
+async def test_grid_hides_a_sweep_once_the_prompt_changes():
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("w")
+        await settle(pilot)
+        grid = app.query_one(HeadGrid)
+        assert np.isfinite(grid.values).all()
+        app.query_one("#clean").value = IOI_PAIR.clean.replace("drink", "book")
+        app.query_one("#clean").focus()
+        await pilot.press("enter")
+        await settle(pilot)
+        assert grid.metric_name == "patching"
+        assert np.isnan(grid.values).all()  # the sweep was for the other prompt
+        assert grid.border_subtitle == "prompts changed: rerun the sweep"
+        app.query_one("#clean").value = IOI_PAIR.clean
+        await pilot.press("enter")
+        await settle(pilot)
+        np.testing.assert_array_equal(grid.values, app.sweeps["head"].values)  # back to its inputs
 
 
 async def test_generation_side_by_side():

@@ -49,8 +49,8 @@ class HeadGrid(Heatmap, can_focus=True):
         if self.cursor is None:
             self.cursor = (0, 0)
 
-    def show_metric(self, name: str, values: np.ndarray | None) -> None:
-        """Colour the grid by one of GRID_METRICS; None leaves the cells unknown."""
+    def show_metric(self, name: str, values: np.ndarray | None, empty_note: str = "not computed") -> None:
+        """Colour the grid by one of GRID_METRICS; None leaves the cells unknown (empty_note says why)."""
         if not self.n_layers:
             return
         self.metric_name = name
@@ -62,7 +62,7 @@ class HeadGrid(Heatmap, can_focus=True):
         if finite.size:
             self.border_subtitle = f"{finite.min():+.2f}…{finite.max():+.2f}"
         else:
-            self.border_subtitle = "not computed"
+            self.border_subtitle = empty_note
         self.border_title = title
 
     def get_content_width(self, container, viewport) -> int:
