@@ -41,3 +41,19 @@ def test_cli_start_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_workbench_paints_before_torch_is_imported():
+    """`mechscope` starts the app before importing torch (a cold import takes seconds); the loader
+    thread imports it, so the first screen appears at once."""
+    code = (
+        "import sys, json\n"
+        "import mechscope.tui.app as app_module\n"
+        "seen = []\n"
+        "app_module.MechscopeApp.run = lambda self: seen.append('torch' in sys.modules) or 0\n"
+        "from mechscope import cli\n"
+        "code = cli.main([])\n"
+        "print(json.dumps({'code': code, 'torch_before_run': seen}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"code": 0, "torch_before_run": [False]}

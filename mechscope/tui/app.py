@@ -1266,9 +1266,11 @@ class MechscopeApp(App[int]):
 
 def run_app(args: argparse.Namespace) -> int:
     """Entry point of `mechscope` with no sub-command; returns the exit code."""
-    from mechscope.engine import Engine
-
     def factory(progress: Callable[[str, float | None], None]) -> Any:
+        # torch and transformers load here, in the loader thread, after the first paint
+        progress("importing PyTorch and transformers", None)
+        from mechscope.engine import Engine
+
         return Engine.load(args.model, device=args.device, dtype=args.dtype,
                            trust_remote_code=args.trust_remote_code, progress=progress)
 
