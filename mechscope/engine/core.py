@@ -446,7 +446,7 @@ class Engine:
                 attribution = None if edited else clean.views.get(key)
                 if attribution is None:
                     attribution = readouts.attribution(self, captures, clean, final, readout, info,
-                                                       edits.resid_deltas)
+                                                       edits.resid_deltas, logits)
                     if not edited:
                         clean.views[key] = attribution
                 result.attribution = attribution

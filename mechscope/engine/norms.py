@@ -42,6 +42,14 @@ class FrozenNorm:
             c = c - c.mean(-1, keepdim=True)
         return c * self.gain / self.scale
 
+    def adjoint(self, u: torch.Tensor) -> torch.Tensor:
+        """The vector w with c @ w == linear(c) @ u for every component c: reading a direction `u`
+        after the norm as a direction before it (centring and the diagonal gain are symmetric)."""
+        w = u.float() * self.gain / self.scale
+        if self.is_layer_norm:
+            w = w - w.mean(-1, keepdim=True)
+        return w
+
     def bias_vector(self) -> torch.Tensor:
         return self.bias
 

@@ -76,22 +76,25 @@ def metric_direction(engine: Engine, info: MetricInfo | None, readout_logits: to
 
 
 def attribution(engine: Engine, captures: Captures, clean: CleanPass, final: torch.Tensor, readout: int,
-                info: MetricInfo | None, resid_deltas: dict[int, list[torch.Tensor]]) -> Attribution:
+                info: MetricInfo | None, resid_deltas: dict[int, list[torch.Tensor]],
+                logits: torch.Tensor) -> Attribution:
     """Direct logit attribution of every head, attention bias, MLP, the embeddings and residual edits
-    (see `Attribution` for the frozen-norm convention)."""
+    (see `Attribution` for the frozen-norm convention). `logits` [vocab] are the run's at `readout`."""
     a = engine.adapter
     if a.post_ln:
         raise MechscopeError("direct logit attribution needs a pre-norm model (this one is post-LN)")
     resid = final[0, readout].float()  # [d_model]
-    logits = engine._logits(final[:, readout])[0]
     direction, bias_term, label = metric_direction(engine, info, logits)
     # Through modules after the final norm (OPT's project_out is linear without bias).
     for module in reversed(a.post_final):
         direction = module.weight.float().T @ direction
     final_norm = FrozenNorm(a.final_norm, resid)
+    # Every part is read through the frozen norm along one vector: dla(c) = linear(c) @ direction
+    # = c @ read, so each head costs a dot product instead of a [head, d_model] image.
+    read = final_norm.adjoint(direction)  # [d_model]
 
     def dla(vectors: torch.Tensor) -> torch.Tensor:
-        return final_norm.linear(vectors.float()) @ direction
+        return vectors.float() @ read
 
     n_heads, d_head = a.n_heads, a.d_head
     heads = torch.zeros(a.n_layers, n_heads)
@@ -99,18 +102,19 @@ def attribution(engine: Engine, captures: Captures, clean: CleanPass, final: tor
     mlp = torch.zeros(a.n_layers)
     for layer in range(a.n_layers):
         z = captures.z[layer].float().view(n_heads, d_head)  # [head, d_head]
-        w_o = a.o_weight(layer).float().view(a.d_model, n_heads, d_head)  # [d_model, head, d_head]
-        per_head = torch.einsum("hd,mhd->hm", z, w_o)  # [head, d_model]
         o_bias = a.o_bias(layer)
-        bias_vec = o_bias.float() if o_bias is not None else torch.zeros(a.d_model)
         post = a.attn_post_norm(layer)
-        if post is not None:
+        layer_read, bias_part = read, 0.0  # [d_model]
+        if post is not None:  # Gemma2/3 norm the attention output before the residual add
             post_norm = FrozenNorm(post, captures.attn_raw[layer].float())
-            per_head = post_norm.linear(per_head)
-            bias_vec = post_norm.linear(bias_vec) + post_norm.bias_vector()
-        heads[layer] = dla(per_head).cpu()
-        attn_bias[layer] = float(dla(bias_vec))
-        mlp[layer] = float(dla(captures.mlp_out[layer]))
+            layer_read = post_norm.adjoint(read)
+            bias_part = float(post_norm.bias_vector() @ read)
+        if o_bias is not None:
+            bias_part += float(o_bias.float() @ layer_read)
+        head_read = (a.o_weight(layer).float().T @ layer_read).view(n_heads, d_head)  # [head, d_head]
+        heads[layer] = (z * head_read).sum(-1)
+        attn_bias[layer] = bias_part
+        mlp[layer] = captures.mlp_out[layer].float() @ read
     embed = float(dla(clean.calls[0].hidden[0, readout]))
     # Steering vectors and residual patches write the stream directly: one part per layer.
     resid_edits = torch.zeros(a.n_layers)
