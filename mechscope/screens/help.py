@@ -9,6 +9,12 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+GRID_LEGEND = (
+    "\nGrid marks: x zero, m mean, r resample, s scale, p patch, k knockout on a head; "
+    "a * after a layer label: an edit of the whole layer (attention or MLP ablation, neuron clamp, "
+    "steering, residual patch)."
+)
+
 
 class HelpScreen(ModalScreen[None]):
     """Lists (keys, description) pairs given by the app; any of escape, q, ? closes it."""
@@ -34,6 +40,7 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll() as scroll:
             scroll.border_title = "keys (esc closes)"
             yield Static(table)
+            yield Static(GRID_LEGEND, id="grid-legend")
 
     def action_close(self) -> None:
         self.dismiss(None)

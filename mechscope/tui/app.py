@@ -563,6 +563,7 @@ class MechscopeApp(App[int]):
         note = "prompts changed: rerun the sweep" if kind in self.sweeps else "not computed"
         grid.show_metric(self.grid_metric, self.grid_values(self.grid_metric), note)
         grid.set_marks(self.stack.head_marks())
+        grid.set_row_marks(self.stack.layer_marks())
 
     def on_engine_error(self, message: EngineError) -> None:
         self.release_paint()
@@ -687,7 +688,9 @@ class MechscopeApp(App[int]):
 
     def refresh_interventions(self) -> None:
         self.part(InterventionList).show_entries(self.stack.entries)
-        self.part(HeadGrid).set_marks(self.stack.head_marks())
+        grid = self.part(HeadGrid)
+        grid.set_marks(self.stack.head_marks())
+        grid.set_row_marks(self.stack.layer_marks())
         view = self.part(AttentionView)
         if view.address is not None:
             view.set_knockouts(self.knockout_marks(view.address))

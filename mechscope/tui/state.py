@@ -158,6 +158,11 @@ class InterventionStack:
                 return self.replace(entry.id, make.with_enabled(True))
         return self.add(make)
 
+    def layer_marks(self) -> set[int]:
+        """Layers with an enabled intervention on the layer as a whole (attn, mlp, neuron, residual)."""
+        return {layer for e in self.entries if e.intervention.enabled
+                and (layer := layer_of(e.intervention)) is not None}
+
     def head_marks(self) -> dict[tuple[int, int], str]:
         """(layer, head) -> mark character for every enabled head intervention (later ones win)."""
         marks: dict[tuple[int, int], str] = {}

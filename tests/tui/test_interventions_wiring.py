@@ -277,6 +277,13 @@ async def test_component_ablation_and_neuron_clamp_forms_change_the_metric():
         assert app.result.metric != direct_run(engine, stack[:2]).metric
         assert list_lines(app) == ["[x] mean L1.attn", "[x] resample L2.mlp", "[x] clamp L2.N5=8"]
         assert "[resample L2.mlp, clamp L2.N5=8]" in status(app)  # the selected layer's edits
+        grid = app.query_one(HeadGrid)
+        assert grid.row_marks == {1, 2}  # layers with a whole-layer edit are flagged on the grid
+        assert [grid.render_line(y).text[:3] for y in (1, 2, 3)] == ["L0 ", "L1*", "L2*"]
+        await pilot.press("X")  # remove them all
+        await settle(pilot)
+        assert grid.row_marks == set()
+        assert grid.render_line(2).text[:3] == "L1 "
 
 
 async def test_resample_key_ablates_from_the_corrupted_prompt():

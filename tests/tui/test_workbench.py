@@ -309,6 +309,7 @@ async def test_help_lists_every_key():
         listed = [key for key, _ in app.screen.keys]
         for command in COMMANDS:
             assert key_label(command.keys) in listed
+        assert "a * after a layer label" in screen_text(app)  # the grid's marks are explained
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
 

@@ -77,6 +77,7 @@ class Heatmap(ScrollView, can_focus=False):
         self.row_labels: list[str] = []
         self.col_labels: list[str] = []
         self.marks: dict[tuple[int, int], str] = {}
+        self.row_marks: set[int] = set()  # rows flagged after their label, e.g. layers with an edit
         self.scale = 1.0
         self._label_width = 0
         self._version = 0
@@ -120,6 +121,11 @@ class Heatmap(ScrollView, can_focus=False):
         if marks != self.marks:
             self.marks = dict(marks)
             self.refresh_cells()
+
+    def set_row_marks(self, rows: set[int]) -> None:
+        if rows != self.row_marks:
+            self.row_marks = set(rows)
+            self.refresh()
 
     @property
     def cursor_shown(self) -> bool:
@@ -246,9 +252,11 @@ class Heatmap(ScrollView, can_focus=False):
             if row >= rows:
                 return Strip.blank(width, self.base_style)
             on_cursor = self.cursor_shown and self.cursor is not None and self.cursor[0] == row
+            marked = row in self.row_marks
             label_style = self.base_style + (Style(bold=True, reverse=True) if on_cursor
-                                             else Style(dim=True))
-            label = Segment(self.row_labels[row].rjust(label_width - 1) + " ", label_style)
+                                             else Style(bold=True) if marked else Style(dim=True))
+            label = Segment(self.row_labels[row].rjust(label_width - 1) + ("*" if marked else " "),
+                            label_style)
             body = self._cells(row)
         body = body.crop(scroll_x, scroll_x + cells_width)
         return Strip([label, *body]).extend_cell_length(width, self.base_style).crop(0, width)
