@@ -3,8 +3,10 @@
     python benchmarks/engine.py            # GPT-2-small-shaped random model and the demo model
     python benchmarks/engine.py --no-demo  # only the random model
 
-Each figure is a median over repeats; every engine cache is cleared before each timed repeat that
-should not reuse it, so no figure comes from a cached answer.
+Each figure is a median over repeats, timed alternately with a plain forward so that both see the
+same machine load: a ratio is the median of the engine's times over the median of the plain
+forwards timed beside them. Every engine cache is cleared before each timed repeat that should not
+reuse it, so no figure comes from a cached answer.
 """
 
 from __future__ import annotations
@@ -26,15 +28,20 @@ CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
 METRIC = Metric("logit_diff", target=" Mary", foil=" John")
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, setup: Callable[[], object] | None = None) -> float:
-    times = []
+def paired_medians(plain: Callable[[], object], fn: Callable[[], object], repeats: int,
+                   setup: Callable[[], object] | None = None) -> tuple[float, float]:
+    """Medians of `fn` and of `plain`, timed alternately (slow drifts in machine load cancel)."""
+    fn_times, plain_times = [], []
     for _ in range(repeats):
+        start = time.perf_counter()
+        plain()
+        plain_times.append(time.perf_counter() - start)
         if setup is not None:
             setup()
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        fn_times.append(time.perf_counter() - start)
+    return statistics.median(fn_times), statistics.median(plain_times)
 
 
 def tensor_bytes(tensors) -> int:
@@ -83,24 +90,26 @@ def bench(name: str, model, tokenizer, clean: str, corrupt: str, repeats: int) -
             plain(ids)
 
     plain_forward()
-    base = median_seconds(plain_forward, repeats)
 
     def clear():
         engine._clean_cache.clear()
         engine._source_cache.clear()
 
-    run_plain = median_seconds(lambda: engine.run(clean), repeats, setup=clear)
+    run_plain = paired_medians(plain_forward, lambda: engine.run(clean), repeats, setup=clear)
 
     mid = engine.adapter.n_layers // 2
     engine.run(clean, metric=METRIC)  # the clean pass is resident, as in the live UI
     toggles = iter(range(10**6))
-    incremental = median_seconds(
+    incremental = paired_medians(
+        plain_forward,
         lambda: engine.run(clean, [HeadAblation(mid, next(toggles) % engine.adapter.n_heads)], metric=METRIC),
         repeats)
 
     sweep_repeats = max(1, repeats // 5)
-    head_sweep = median_seconds(lambda: engine.sweep("head", clean, corrupt, METRIC), sweep_repeats, setup=clear)
-    atp = median_seconds(lambda: engine.sweep("atp", clean, corrupt, METRIC), sweep_repeats, setup=clear)
+    head_sweep = paired_medians(plain_forward, lambda: engine.sweep("head", clean, corrupt, METRIC),
+                                sweep_repeats, setup=clear)
+    atp = paired_medians(plain_forward, lambda: engine.sweep("atp", clean, corrupt, METRIC), sweep_repeats,
+                         setup=clear)
 
     clear()
     engine.run(clean, metric=METRIC)
@@ -112,6 +121,7 @@ def bench(name: str, model, tokenizer, clean: str, corrupt: str, repeats: int) -
     print(f"\n{name}: {engine.adapter.n_layers} layers x {engine.adapter.n_heads} heads, d_model "
           f"{engine.adapter.d_model}, vocab {engine.adapter.vocab_size}, {n_pos}-token prompt, "
           f"{torch.get_num_threads()} threads")
+    base = statistics.median([plain_median for _, plain_median in (run_plain, incremental)])
     print(f"  plain HF forward                   {base * 1e3:8.2f} ms   1.00x")
     rows = [
         ("run, no interventions (uncached)", run_plain, "target <= 1.0x"),
@@ -119,8 +129,8 @@ def bench(name: str, model, tokenizer, clean: str, corrupt: str, repeats: int) -
         (f"head-patching sweep ({n_variants} heads)", head_sweep, "target <= 25x"),
         ("AtP over every head", atp, "target <= 4x"),
     ]
-    for label, seconds, target in rows:
-        print(f"  {label:34} {seconds * 1e3:8.2f} ms {seconds / base:6.2f}x  ({target})")
+    for label, (seconds, plain_seconds), target in rows:
+        print(f"  {label:34} {seconds * 1e3:8.2f} ms {seconds / plain_seconds:6.2f}x  ({target})")
     print(f"  extra memory held by the engine's caches: {extra / 2**20:.1f} MiB "
           f"({extra / weights:.1%} of the {weights / 2**20:.0f} MiB of weights)")
 
