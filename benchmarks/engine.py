@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -95,21 +96,19 @@ def bench(name: str, model, tokenizer, clean: str, corrupt: str, repeats: int) -
         engine._clean_cache.clear()
         engine._source_cache.clear()
 
-    run_plain = paired_medians(plain_forward, lambda: engine.run(clean), repeats, setup=clear)
+    beside_plain = functools.partial(paired_medians, plain_forward)  # every figure timed next to it
+    run_plain = beside_plain(lambda: engine.run(clean), repeats, setup=clear)
 
     mid = engine.adapter.n_layers // 2
     engine.run(clean, metric=METRIC)  # the clean pass is resident, as in the live UI
     toggles = iter(range(10**6))
-    incremental = paired_medians(
-        plain_forward,
+    incremental = beside_plain(
         lambda: engine.run(clean, [HeadAblation(mid, next(toggles) % engine.adapter.n_heads)], metric=METRIC),
         repeats)
 
     sweep_repeats = max(1, repeats // 5)
-    head_sweep = paired_medians(plain_forward, lambda: engine.sweep("head", clean, corrupt, METRIC),
-                                sweep_repeats, setup=clear)
-    atp = paired_medians(plain_forward, lambda: engine.sweep("atp", clean, corrupt, METRIC), sweep_repeats,
-                         setup=clear)
+    head_sweep = beside_plain(lambda: engine.sweep("head", clean, corrupt, METRIC), sweep_repeats, setup=clear)
+    atp = beside_plain(lambda: engine.sweep("atp", clean, corrupt, METRIC), sweep_repeats, setup=clear)
 
     clear()
     engine.run(clean, metric=METRIC)

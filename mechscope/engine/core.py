@@ -433,30 +433,37 @@ class Engine:
                     [captures.controls[layer].sink[0].float().cpu().numpy()
                      for layer in range(self.adapter.n_layers)])
             edited = final is not clean.final
+
+            def clean_view(key: tuple, compute: Callable[[], Any]) -> Any:
+                """A view of the run without edits, computed once per clean pass."""
+                if key not in clean.views:
+                    clean.views[key] = compute()
+                return clean.views[key]
+
             if views.logit_lens:
                 key = ("lens", readout, info, views.lens_k)
-                clean_lens = clean.views.get(key)
-                if clean_lens is None and (not edited or start > 0):
-                    clean_lens = clean.views[key] = readouts.logit_lens(
-                        self, clean.captures, readout, info, views.lens_k)
-                result.logit_lens = (clean_lens if not edited else readouts.logit_lens(
-                    self, captures, readout, info, views.lens_k, clean_lens, start))
+
+                def clean_lens():
+                    return readouts.logit_lens(self, clean.captures, readout, info, views.lens_k)
+
+                if not edited:
+                    result.logit_lens = clean_view(key, clean_lens)
+                else:  # rows below the first edited layer are the clean run's
+                    below = clean_view(key, clean_lens) if start > 0 else None
+                    result.logit_lens = readouts.logit_lens(self, captures, readout, info, views.lens_k,
+                                                            below, start)
             if views.attribution:
-                key = ("attribution", readout, info)
-                attribution = None if edited else clean.views.get(key)
-                if attribution is None:
-                    attribution = readouts.attribution(self, captures, clean, final, readout, info,
-                                                       edits.resid_deltas, logits)
-                    if not edited:
-                        clean.views[key] = attribution
-                result.attribution = attribution
+                def attribution():
+                    return readouts.attribution(self, captures, clean, final, readout, info,
+                                                edits.resid_deltas, logits)
+
+                result.attribution = (attribution() if edited
+                                      else clean_view(("attribution", readout, info), attribution))
             if views.stats:
-                stats = None if edited else clean.views.get(("stats",))
-                if stats is None:
-                    stats = readouts.activation_stats(self, captures)
-                    if not edited:
-                        clean.views[("stats",)] = stats
-                result.stats = stats
+                def stats():
+                    return readouts.activation_stats(self, captures)
+
+                result.stats = stats() if edited else clean_view(("stats",), stats)
             result.compute = ComputeInfo(time.perf_counter() - started, mode, start)
             return result
 

@@ -19,10 +19,8 @@ def logit_lens(engine: Engine, captures: Captures, readout: int, info: MetricInf
                clean_rows: LogitLens | None = None, first_layer: int = 0) -> LogitLens:
     """Decode every layer's residual at `readout`; rows below `first_layer` are taken from
     `clean_rows` (the same prompt's lens without interventions), whose residuals are unchanged."""
-    n_layers = engine.adapter.n_layers
-    if clean_rows is None:
-        first_layer = 0
-    resid = torch.stack([captures.resid_post[layer] for layer in range(first_layer, n_layers)])
+    first_layer = first_layer if clean_rows is not None else 0
+    resid = torch.stack([captures.resid_post[layer] for layer in range(first_layer, engine.adapter.n_layers)])
     logits = engine._logits(resid)  # [layer, vocab]
     probs = torch.softmax(logits, dim=-1)
     top_probs, top_ids = probs.topk(k, dim=-1)
@@ -39,9 +37,8 @@ def logit_lens(engine: Engine, captures: Captures, readout: int, info: MetricInf
         target_rank=target_rank,
         target_prob=target_prob,
     )
-    if first_layer == 0:
+    if clean_rows is None or first_layer == 0:
         return lens
-    assert clean_rows is not None
 
     def splice(below, above):
         return None if above is None else np.concatenate([below[:first_layer], above])

@@ -82,6 +82,7 @@ PAINT_HOLD_S = 0.05  # an edit's repaint waits this long for its recompute, so a
 TOP_K = 10
 GENERATE_TOKENS = 24
 TABS = ("tab-attention", "tab-lens", "tab-sweep", "tab-generate", "tab-stats")
+SWEEP_OF_GRID = {"patching": "head", "atp": "atp"}  # grid metric -> the sweep kind that computes it
 
 EngineFactory = Callable[[Callable[[str, "float | None"], None]], Any]
 
@@ -209,7 +210,6 @@ class MechscopeApp(App[int]):
         # the (clean, corrupted, metric) each sweep was computed for: the grid hides a sweep
         # whose inputs no longer match the prompt pane instead of colouring heads with stale values
         self.sweep_inputs: dict[str, tuple[str, str, Metric]] = {}
-        self.running_sweep_inputs: tuple[str, str, Metric] | None = None
         self.last_sweep: SweepResult | None = None  # the latest partial or final sweep shown
         self.sweep_cancelled = False
         self.grid_metric = "attribution"
@@ -547,7 +547,7 @@ class MechscopeApp(App[int]):
             return None if result is None or result.attribution is None else result.attribution.heads
         if name == "sink":
             return None if result is None else result.sink_scores
-        kind = "head" if name == "patching" else "atp"
+        kind = SWEEP_OF_GRID[name]
         sweep = self.sweeps.get(kind)
         if sweep is None or self.sweep_inputs.get(kind) != self.current_sweep_inputs():
             return None
@@ -558,10 +558,18 @@ class MechscopeApp(App[int]):
         return values.clean, values.corrupted, self.build_metric(values)[0]
 
     def show_grid(self) -> None:
+        values = self.grid_values(self.grid_metric)
+        stale = values is None and self.grid_sweep_ran()
+        note = "prompts changed: rerun the sweep" if stale else "not computed"
+        self.part(HeadGrid).show_metric(self.grid_metric, values, note)
+        self.show_marks()
+
+    def grid_sweep_ran(self) -> bool:
+        """A sweep for the grid's metric has run (for these prompts or earlier ones)."""
+        return SWEEP_OF_GRID.get(self.grid_metric) in self.sweeps
+
+    def show_marks(self) -> None:
         grid = self.part(HeadGrid)
-        kind = {"patching": "head", "atp": "atp"}.get(self.grid_metric)
-        note = "prompts changed: rerun the sweep" if kind in self.sweeps else "not computed"
-        grid.show_metric(self.grid_metric, self.grid_values(self.grid_metric), note)
         grid.set_marks(self.stack.head_marks())
         grid.set_row_marks(self.stack.layer_marks())
 
@@ -688,9 +696,7 @@ class MechscopeApp(App[int]):
 
     def refresh_interventions(self) -> None:
         self.part(InterventionList).show_entries(self.stack.entries)
-        grid = self.part(HeadGrid)
-        grid.set_marks(self.stack.head_marks())
-        grid.set_row_marks(self.stack.layer_marks())
+        self.show_marks()
         view = self.part(AttentionView)
         if view.address is not None:
             view.set_knockouts(self.knockout_marks(view.address))
@@ -1052,10 +1058,9 @@ class MechscopeApp(App[int]):
         names = list(GRID_METRICS)
         self.grid_metric = names[(names.index(self.grid_metric) + 1) % len(names)]
         self.show_grid()
-        if self.grid_values(self.grid_metric) is None and self.grid_metric in ("patching", "atp"):
+        if self.grid_values(self.grid_metric) is None and self.grid_metric in SWEEP_OF_GRID:
             key = "w" if self.grid_metric == "patching" else "a"
-            kind = "head" if self.grid_metric == "patching" else "atp"
-            why = "the prompts or metric changed since the sweep: " if kind in self.sweeps else ""
+            why = "the prompts or metric changed since the sweep: " if self.grid_sweep_ran() else ""
             self.status_info = f"grid: {self.grid_metric} ({why}press {key} to run the sweep)"
         else:
             self.status_info = f"grid: {self.grid_metric}"
@@ -1080,23 +1085,23 @@ class MechscopeApp(App[int]):
         self.update_status()
         self.engine_calls += 1
         self.sweep_cancelled = False
-        self.running_sweep_inputs = (values.clean, values.corrupted, metric)
         self.run_sweep(kind, values, metric)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="sweep")
     def run_sweep(self, kind: str, values: PromptValues, metric: Metric) -> None:
         worker = get_current_worker()
+        inputs = (values.clean, values.corrupted, metric)
         try:
             result = self.engine.sweep(
                 kind, values.clean, values.corrupted, metric, direction="noising",
-                on_progress=lambda partial: self.post_message(SweepUpdate(partial)),
+                on_progress=lambda partial: self.post_message(SweepUpdate(partial, inputs)),
                 should_stop=lambda: worker.is_cancelled)
         except Cancelled:
             return
         except (MechscopeError, ValueError) as exc:
             self.post_message(EngineError("sweep", str(exc)))
             return
-        self.post_message(SweepUpdate(result, done=True))
+        self.post_message(SweepUpdate(result, inputs, done=True))
 
     def on_sweep_update(self, message: SweepUpdate) -> None:
         result = message.result
@@ -1105,19 +1110,18 @@ class MechscopeApp(App[int]):
         running = not message.done and not result.complete
         self.last_sweep = result
         self.part(SweepView).show(result, running)
-        if result.kind in ("head", "atp") and self.running_sweep_inputs is not None:
+        if result.kind in SWEEP_OF_GRID.values():
             self.sweeps[result.kind] = result
-            self.sweep_inputs[result.kind] = self.running_sweep_inputs
+            self.sweep_inputs[result.kind] = message.inputs
             grid_name = "patching" if result.kind == "head" else "atp"
             if self.grid_metric == grid_name or message.done:
                 self.grid_metric = grid_name
                 self.show_grid()
         if message.done:
-            values = self.prompt_values()
-            metric, _ = self.build_metric(values)
+            clean, corrupted, metric = message.inputs  # what it ran on, even if edited since
             timing = "" if self.deterministic else f" in {result.seconds:.1f} s"
             self.status_info = f"{result.kind} sweep complete{timing}"
-            self.recorder.sweep(result, values.clean, values.corrupted, metric, "noising")
+            self.recorder.sweep(result, clean, corrupted, metric, "noising")
             self.update_title()
             self.update_status()
 

@@ -56,9 +56,11 @@ class AttentionReady(Message):
 
 @dataclass
 class SweepUpdate(Message):
-    """A partial or final sweep result (final when `result.complete` or `done`)."""
+    """A partial or final sweep result (final when `result.complete` or `done`) and the
+    (clean, corrupted, metric) it was computed for."""
 
     result: SweepResult
+    inputs: tuple[str, str, Any]
     done: bool = False
 
 
