@@ -1,0 +1,184 @@
+"""Every piece of engine work as a frozen request carrying all its inputs, and its outcome.
+
+A request holds everything the engine needs (prompts, metric, interventions, views, options), so
+what a session records from an outcome's request is exactly what ran. Requests and outcomes are
+JSON-serialisable (`request_to_dict` / `request_from_dict`) so they can travel to a server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.views import Views
+
+SweepKind = Literal["head", "resid", "atp"]
+Direction = Literal["noising", "denoising"]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One forward with interventions and views (`Engine.run`)."""
+
+    kind: ClassVar[str] = "run"
+    prompt: str
+    corrupted: str | None = None
+    metric: Metric | None = None
+    interventions: tuple[Intervention, ...] = ()
+    views: Views = field(default_factory=Views)
+    top_k: int = 10
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """A patching sweep (`Engine.sweep`): every cell patched from the source run into the base run."""
+
+    kind: ClassVar[str] = "sweep"
+    sweep_kind: SweepKind
+    clean: str
+    corrupt: str
+    metric: Metric
+    direction: Direction = "noising"
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """Generation with interventions active at every step (`Engine.generate`)."""
+
+    kind: ClassVar[str] = "generate"
+    prompt: str
+    corrupted: str | None = None
+    interventions: tuple[Intervention, ...] = ()
+    max_new_tokens: int = 20
+    temperature: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BuildVectorRequest:
+    """A steering vector from contrastive prompts (`Engine.build_steering_vector`)."""
+
+    kind: ClassVar[str] = "build_vector"
+    name: str
+    layer: int
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class AddVectorRequest:
+    """A named steering vector given as values (loaded from a file, or re-sent to a server)."""
+
+    kind: ClassVar[str] = "add_vector"
+    name: str
+    vector: np.ndarray  # [d_model] float32
+
+
+@dataclass(frozen=True)
+class ValidateRequest:
+    """Check interventions against a prompt without a forward pass (`Engine.validate`)."""
+
+    kind: ClassVar[str] = "validate"
+    prompt: str
+    corrupted: str | None = None
+    interventions: tuple[Intervention, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReferencePromptsRequest:
+    """Set the prompts mean ablation averages over (`Engine.set_reference_prompts`)."""
+
+    kind: ClassVar[str] = "reference_prompts"
+    prompts: tuple[str, ...]
+
+
+Request = (RunRequest | SweepRequest | GenerateRequest | BuildVectorRequest | AddVectorRequest
+           | ValidateRequest | ReferencePromptsRequest)
+
+REQUEST_TYPES: dict[str, type] = {
+    cls.kind: cls for cls in (RunRequest, SweepRequest, GenerateRequest, BuildVectorRequest,
+                              AddVectorRequest, ValidateRequest, ReferencePromptsRequest)
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Outcome:
+    """What a request produced: `result` (RunResult, SweepResult, list[GeneratedToken], an array or
+    None) or a one-line `error`; `cancelled` when it was stopped. Always carries its request."""
+
+    request: Request
+    result: Any = None
+    error: str | None = None
+    cancelled: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.cancelled
+
+
+def request_to_dict(request: Request) -> dict[str, Any]:
+    """A JSON-ready dict with a `kind` field; interventions, metric and views as their own dicts."""
+    data: dict[str, Any] = {"kind": request.kind}
+    for f in dataclasses.fields(request):
+        value = getattr(request, f.name)
+        if isinstance(value, Metric):
+            value = value.to_dict()
+        elif isinstance(value, Views):
+            value = dataclasses.asdict(value)
+            value["attention"] = list(value["attention"])
+        elif isinstance(value, np.ndarray):
+            value = [float(v) for v in value.reshape(-1)]
+        elif isinstance(value, tuple):
+            value = [v.to_dict() if isinstance(v, Intervention) else v for v in value]
+        data[f.name] = value
+    return data
+
+
+def request_from_dict(data: Any) -> Request:
+    """Rebuild a request from `request_to_dict` output; ValueError naming the field on bad input."""
+    if not isinstance(data, dict):
+        raise ValueError(f"request must be a JSON object, got {type(data).__name__}")
+    kind = data.get("kind")
+    cls = REQUEST_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown request kind {kind!r} (known: {', '.join(sorted(REQUEST_TYPES))})")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields) - {"kind"}
+    if unknown:
+        raise ValueError(f"{kind}: unknown field(s) {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name == "kind":
+            continue
+        if name == "metric" and value is not None:
+            value = Metric.from_dict(value)
+        elif name == "views":
+            if not isinstance(value, dict):
+                raise ValueError(f"{kind}: views must be a JSON object")
+            try:
+                value = Views(**value)
+            except TypeError as exc:
+                raise ValueError(f"{kind}: views: {exc}") from None
+        elif name == "interventions":
+            if not isinstance(value, list):
+                raise ValueError(f"{kind}: interventions must be a list")
+            value = tuple(Intervention.from_dict(v) for v in value)
+        elif name == "vector":
+            if not isinstance(value, list) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"{kind}: vector must be a list of numbers")
+            value = np.asarray(value, dtype=np.float32)
+        elif name in ("positive", "negative", "prompts"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{kind}: {name} must be a list of strings")
+            value = tuple(value)
+        values[name] = value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{kind}: {exc}") from None
