@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
+
+from mechscope.engine.errors import InvalidIntervention
 
 AblationMode = Literal["zero", "mean", "resample"]
 Positions = tuple[int, ...] | None
@@ -71,6 +74,19 @@ class Intervention:
         return dataclasses.replace(self, enabled=enabled)
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # no supported model computes in a wider type
+
+
+def _finite(iv: Intervention, name: str, value: Any) -> float:
+    """`value` as a float that fits a float32 activation; InvalidIntervention naming `iv` otherwise."""
+    number = float(value)
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        object.__setattr__(iv, name, number)  # so the label shows what was given
+        raise InvalidIntervention(f"{iv.label}: {name} must be a finite number within float32 range, "
+                                  f"got {value!r}")
+    return number
+
+
 def _check_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer, got {value!r}")
@@ -113,7 +129,7 @@ class HeadScale(Intervention):
     def __post_init__(self) -> None:
         _check_int("layer", self.layer)
         _check_int("head", self.head)
-        object.__setattr__(self, "factor", float(self.factor))
+        object.__setattr__(self, "factor", _finite(self, "factor", self.factor))
         object.__setattr__(self, "positions", _positions(self.positions))
 
     @property
@@ -187,7 +203,7 @@ class SteeringVector(Intervention):
 
     def __post_init__(self) -> None:
         _check_int("layer", self.layer)
-        object.__setattr__(self, "coeff", float(self.coeff))
+        object.__setattr__(self, "coeff", _finite(self, "coeff", self.coeff))
         if self.positions not in ("all", "last"):
             object.__setattr__(self, "positions", _positions(self.positions))
 
@@ -230,7 +246,7 @@ class NeuronClamp(Intervention):
     def __post_init__(self) -> None:
         _check_int("layer", self.layer)
         _check_int("neuron", self.neuron)
-        object.__setattr__(self, "value", float(self.value))
+        object.__setattr__(self, "value", _finite(self, "value", self.value))
         object.__setattr__(self, "positions", _positions(self.positions))
 
     @property
