@@ -13,11 +13,12 @@ import torch
 from mechscope.engine import attention, readouts
 from mechscope.engine.adapters import Adapter
 from mechscope.engine.addresses import parse_address
+from mechscope.engine.captures import Captures, CaptureSpec
 from mechscope.engine.edits import compile_edits
 from mechscope.engine.errors import InterventionError, OutOfMemory, PromptError
 from mechscope.engine.generation import generate
 from mechscope.engine.interventions import Intervention, Metric
-from mechscope.engine.passes import Captures, CaptureSpec, Passes, check_text
+from mechscope.engine.passes import Passes, check_text
 from mechscope.engine.results import (
     ComputeInfo,
     GeneratedToken,

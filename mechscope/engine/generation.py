@@ -8,10 +8,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from mechscope.engine.captures import Captures, CaptureSpec
 from mechscope.engine.edits import compile_edits
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.interventions import Intervention
-from mechscope.engine.passes import Captures, CaptureSpec, Passes
+from mechscope.engine.passes import Passes
 from mechscope.engine.results import GeneratedToken
 
 

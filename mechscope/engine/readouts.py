@@ -12,8 +12,9 @@ from mechscope.engine.norms import FrozenNorm
 from mechscope.engine.results import ActivationStats, Attribution, LogitLens, MetricInfo
 
 if TYPE_CHECKING:
+    from mechscope.engine.captures import Captures
     from mechscope.engine.edits import Edits
-    from mechscope.engine.passes import Captures, CleanPass, Passes
+    from mechscope.engine.passes import CleanPass, Passes
 
 
 def logit_lens(passes: Passes, captures: Captures, readout: int, info: MetricInfo | None, k: int,
