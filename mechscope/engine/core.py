@@ -207,7 +207,7 @@ class Engine:
         with self.guard(), torch.no_grad():
             ids, truncated_from = passes.prompt_ids(prompt)
             n_pos = ids.shape[1]
-            info = passes.metric_info(metric, n_pos) if metric is not None and metric.target else None
+            info = passes.metric_info(metric, n_pos) if metric is not None and metric.measurable else None
             readout = info.position if info is not None else n_pos - 1
             spec = self._spec(views, readout)
             was_cached = passes.is_cached(ids, spec)
@@ -234,8 +234,10 @@ class Engine:
             logits = passes.logits(final[:, readout])[0] if edited else base_logits
             baseline = clean.baselines.get((info, top_k))
             if baseline is None:
-                baseline = clean.baselines[(info, top_k)] = passes.prediction(base_logits, info, top_k)
-            prediction = baseline if logits is base_logits else passes.prediction(logits, info, top_k)
+                baseline = clean.baselines[(info, top_k)] = passes.prediction(base_logits, info, top_k,
+                                                                              base_logits)
+            prediction = (baseline if logits is base_logits
+                          else passes.prediction(logits, info, top_k, base_logits))
             result = RunResult(
                 prompt=prompt,
                 token_ids=ids[0].tolist(),
@@ -297,11 +299,27 @@ class Engine:
 
     def sweep(self, kind: str, clean: str, corrupt: str, metric: Metric, direction: str = "noising",
               on_progress: Callable[[SweepResult], None] | None = None,
-              should_stop: ShouldStop | None = None) -> SweepResult:
-        """Head patching [layer, head], residual patching [layer, pos] or AtP; see `sweeps.sweep`."""
+              should_stop: ShouldStop | None = None,
+              interventions: Iterable[Intervention] = ()) -> SweepResult:
+        """Head patching [layer, head], residual / attention / MLP patching [layer, pos] or AtP; see
+        `sweeps.sweep`. With `interventions`, every pass of the sweep runs on the edited model
+        (resample ablations take the corrupted prompt as their source)."""
+        active = [iv for iv in interventions if iv.enabled]
+        passes = self.passes
         with self.guard():
-            return sweep(self.passes, kind, clean, corrupt, metric, direction,  # type: ignore[arg-type]
-                         on_progress, should_stop)
+            edit_hooks = None
+            if active:
+                n_pos = passes.prompt_ids(clean)[0].shape[1]
+
+                def edit_hooks() -> list:
+                    edits = compile_edits(passes, active, n_pos, corrupt, self.vectors, self.reference_prompts)
+                    return edits.hooks + passes.capture_hooks(CaptureSpec(readout=0), Captures(), 0,
+                                                              edits.knockouts)
+
+                with torch.no_grad():
+                    edit_hooks()  # a misfit intervention is an error before any pass
+            return sweep(passes, kind, clean, corrupt, metric, direction,  # type: ignore[arg-type]
+                         on_progress, should_stop, edit_hooks)
 
     def generate(self, prompt: str, interventions: Iterable[Intervention] = (), max_new_tokens: int = 20,
                  temperature: float = 0.0, seed: int = 0, corrupted: str | None = None,

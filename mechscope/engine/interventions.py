@@ -265,6 +265,10 @@ INTERVENTION_TYPES: tuple[type[Intervention], ...] = (
 )
 
 
+MetricKind = Literal["logit_diff", "prob", "loss", "kl"]
+METRIC_KINDS: tuple[str, ...] = ("logit_diff", "prob", "loss", "kl")
+
+
 @dataclass(frozen=True)
 class Metric:
     """What a run measures at `position` (default: last token).
@@ -273,19 +277,26 @@ class Metric:
       - "logit_diff": logit(target) - logit(foil)
       - "prob": probability of target
       - "loss": -log p(target)
+      - "kl": KL(clean || run), the divergence of the run's next-token distribution from the same
+        prompt's run without interventions (0 for the clean run; needs no target)
     Target/foil are strings; a multi-token string counts by its first token (see `MetricInfo`).
     """
 
-    kind: Literal["logit_diff", "prob", "loss"] = "logit_diff"
+    kind: MetricKind = "logit_diff"
     target: str = ""
     foil: str = ""
     position: int = -1
 
     def __post_init__(self) -> None:
-        if self.kind not in ("logit_diff", "prob", "loss"):
-            raise ValueError(f"metric kind must be logit_diff, prob or loss, got {self.kind!r}")
+        if self.kind not in METRIC_KINDS:
+            raise ValueError(f"metric kind must be one of {', '.join(METRIC_KINDS)}, got {self.kind!r}")
         if self.kind == "logit_diff" and self.target and not self.foil:
             raise ValueError("logit_diff needs a foil token")
+
+    @property
+    def measurable(self) -> bool:
+        """Whether there is something to measure: a target, or a kind that needs none."""
+        return bool(self.target) or self.kind == "kl"
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "target": self.target, "foil": self.foil, "position": self.position}

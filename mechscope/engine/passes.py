@@ -203,10 +203,10 @@ class Passes:
         return cached
 
     def _metric_info(self, metric: Metric, n_pos: int) -> MetricInfo:
-        if not metric.target:
+        if not metric.measurable:
             raise PromptError("the metric needs a target token")
-        target = self.continuation_ids(metric.target, "the target")
-        if not target:
+        target = self.continuation_ids(metric.target, "the target") if metric.target else []
+        if metric.target and not target:
             raise PromptError(f"target {metric.target!r} has no tokens")
         foil: list[int] = []
         if metric.foil:
@@ -259,10 +259,12 @@ class Passes:
 
     def clean_forward(self, ids: torch.Tensor, spec: CaptureSpec | None = None,
                       should_stop: ShouldStop | None = None,
-                      extra_hooks: Sequence[Hook] = ()) -> tuple[CleanPass, torch.Tensor]:
-        """Run the model on `ids` recording every layer's call (cached), plus `extra_hooks`, which must
-        not change the computation. Returns the pass and the last layer's raw output (in the autograd
-        graph when grad is enabled; the cached copy is detached)."""
+                      extra_hooks: Sequence[Hook] = (), cache: bool = True) -> tuple[CleanPass, torch.Tensor]:
+        """Run the model on `ids` recording every layer's call, plus `extra_hooks`. Cached unless
+        `cache` is False, which `extra_hooks` that change the computation need (the pass is then an
+        edited one; each recorded layer input is what the layer received before its own pre-hooks).
+        Returns the pass and the last layer's raw output (in the autograd graph when grad is
+        enabled; the stored copy is detached)."""
         calls: list[LayerCall] = []
         captures = Captures()
         holder: dict[str, torch.Tensor] = {}
@@ -290,7 +292,8 @@ class Passes:
         clean = CleanPass(ids=ids, calls=calls, final=holder["final"].detach(),
                           spec=spec if spec is not None and not spec.empty else None,
                           captures=captures)
-        self.clean_cache.put(tuple(ids[0].tolist()), clean)
+        if cache:
+            self.clean_cache.put(tuple(ids[0].tolist()), clean)
         return clean, holder["final"]
 
     def run_layers(self, calls: list[LayerCall], start: int, hidden: torch.Tensor, hooks: list[Hook],
@@ -304,10 +307,11 @@ class Passes:
                 hidden = calls[index].call(layers[index], hidden)
         return hidden
 
-    def source_acts(self, ids: torch.Tensor) -> SourceActs:
-        """Full-sequence activations of `ids` at every site, cached."""
+    def source_acts(self, ids: torch.Tensor, edit_hooks: Sequence[Hook] | None = None) -> SourceActs:
+        """Full-sequence activations of `ids` at every site: cached, or, under `edit_hooks`, of a
+        fresh edited pass (not cached)."""
         key = tuple(ids[0].tolist())
-        cached = self.source_cache.get(key)
+        cached = self.source_cache.get(key) if edit_hooks is None else None
         if cached is not None:
             return cached
         a = self.adapter
@@ -324,14 +328,15 @@ class Passes:
         for layer in range(n):
             for kind, store in stores.items():
                 hooks += Site(kind, layer).observe(a, keep(store, layer))  # type: ignore[arg-type]
-        clean = self.cached_clean(ids)
-        if clean is not None:
+        if edit_hooks is not None:  # edits first: the observers see edited values
+            clean = self.clean_forward(ids, extra_hooks=[*edit_hooks, *hooks], cache=False)[0]
+        elif (clean := self.cached_clean(ids)) is not None:
             self.run_layers(clean.calls, 0, clean.calls[0].hidden, hooks, None)
         else:
             clean = self.clean_forward(ids, extra_hooks=hooks)[0]
         acts = SourceActs(ids=ids, z=stores["heads"], attn_out=stores["attn"], mlp_out=stores["mlp"],
                           resid_pre=[c.hidden for c in clean.calls], resid_post=stores["resid_post"])
-        return self.source_cache.put(key, acts)
+        return acts if edit_hooks is not None else self.source_cache.put(key, acts)
 
     def reference_means(self, prompts: Sequence[str]) -> ReferenceMeans:
         key = tuple(prompts)
@@ -370,11 +375,13 @@ class Passes:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def metric_of_resid(self, hidden: torch.Tensor, info: MetricInfo) -> torch.Tensor:
-        """Metric of final-layer residual rows [row, d_model] -> [row]. A logit difference needs
-        only the target and foil rows of the unembedding, not the whole vocabulary."""
+    def metric_of_resid(self, hidden: torch.Tensor, info: MetricInfo,
+                        reference: torch.Tensor | None = None) -> torch.Tensor:
+        """Metric of final-layer residual rows [row, d_model] -> [row] (`reference`: see
+        `metric_tensor`). A logit difference needs only the target and foil rows of the
+        unembedding, not the whole vocabulary."""
         if info.kind != "logit_diff":
-            return metric_tensor(self.logits(hidden), info)
+            return metric_tensor(self.logits(hidden), info, reference)
         ids = [info.target_id, info.foil_id]
         unembed = self.adapter.unembed
         bias = getattr(unembed, "bias", None)
@@ -385,13 +392,14 @@ class Passes:
             logits = torch.tanh(logits / cap) * cap
         return logits[:, 0] - logits[:, 1]
 
-    def prediction(self, logits: torch.Tensor, info: MetricInfo | None, top_k: int) -> Prediction:
+    def prediction(self, logits: torch.Tensor, info: MetricInfo | None, top_k: int,
+                   reference: torch.Tensor | None = None) -> Prediction:
         log_probs = torch.log_softmax(logits, dim=-1)
         k = max(1, min(top_k, logits.shape[-1]))
         top_lp, top_ids = log_probs.topk(k)
         top = [TokenProb(int(i), self.decode_token(int(i)), float(lp.exp()), float(logits[i]))
                for lp, i in zip(top_lp, top_ids)]
-        return Prediction(top=top, logits=logits.cpu().numpy(), metric=metric_value(logits, info))
+        return Prediction(top=top, logits=logits.cpu().numpy(), metric=metric_value(logits, info, reference))
 
     def capture_hooks(self, spec: CaptureSpec, captures: Captures, start: int,
                       knockouts: dict[int, list] | None = None) -> list[Hook]:
@@ -408,15 +416,23 @@ class Passes:
         return out
 
 
-def metric_value(logits: torch.Tensor, info: MetricInfo | None) -> float | None:
+def metric_value(logits: torch.Tensor, info: MetricInfo | None,
+                 reference: torch.Tensor | None = None) -> float | None:
     """Metric of float logits [vocab]."""
     if info is None:
         return None
-    return float(metric_tensor(logits[None], info)[0])
+    return float(metric_tensor(logits[None], info, reference)[0])
 
 
-def metric_tensor(logits: torch.Tensor, info: MetricInfo) -> torch.Tensor:
-    """[batch, vocab] float logits -> [batch] metric values."""
+def metric_tensor(logits: torch.Tensor, info: MetricInfo, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """[batch, vocab] float logits -> [batch] metric values. `reference` [vocab] is the clean run's
+    logits, which "kl" measures the divergence from."""
+    if info.kind == "kl":
+        if reference is None:
+            raise ValueError("the kl metric needs the clean run's logits")
+        log_p = torch.log_softmax(reference.float(), dim=-1)  # [vocab]
+        log_q = torch.log_softmax(logits, dim=-1)  # [batch, vocab]
+        return (log_p.exp() * (log_p - log_q)).sum(-1)
     target = logits[:, info.target_id]
     if info.kind == "logit_diff":
         return target - logits[:, info.foil_id]

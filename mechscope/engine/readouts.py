@@ -27,7 +27,7 @@ def logit_lens(passes: Passes, captures: Captures, readout: int, info: MetricInf
     probs = torch.softmax(logits, dim=-1)
     top_probs, top_ids = probs.topk(k, dim=-1)
     target_rank = target_prob = None
-    if info is not None:
+    if info is not None and info.target_ids:
         target_logit = logits[:, info.target_id : info.target_id + 1]
         target_rank = (logits > target_logit).sum(-1).cpu().numpy()
         target_prob = probs[:, info.target_id].cpu().numpy()
@@ -59,7 +59,7 @@ def metric_direction(passes: Passes, info: MetricInfo | None, readout_logits: to
     """Metric direction in the unembedding's input space, the unembedding bias term, and a label."""
     w_u = passes.adapter.unembed.weight.float()  # [vocab, d]
     bias = getattr(passes.adapter.unembed, "bias", None)
-    if info is None:
+    if info is None or not info.target_ids:  # no target (or a kl metric without one): the top prediction
         target = int(readout_logits.argmax())
         foil = None
         label = f"logit({passes.decode_token(target)!r}) (top prediction)"

@@ -17,25 +17,32 @@ from mechscope.engine.passes import CleanPass, LayerCall, Passes, SourceActs
 from mechscope.engine.results import SweepResult
 from mechscope.engine.sites import Site
 
-SweepKind = Literal["head", "resid", "atp"]
+SweepKind = Literal["head", "resid", "attn", "mlp", "atp"]
+SWEEP_KINDS: tuple[str, ...] = ("head", "resid", "attn", "mlp", "atp")
 ProgressCallback = Callable[[SweepResult], None]
+EditHooks = Callable[[], list[Hook]]
 
 
 def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Metric,
           direction: Literal["noising", "denoising"] = "noising",
           on_progress: ProgressCallback | None = None,
-          should_stop: Callable[[], bool] | None = None) -> SweepResult:
-    """Patch every head (or residual position) from the source run into the base run.
+          should_stop: Callable[[], bool] | None = None,
+          edit_hooks: EditHooks | None = None) -> SweepResult:
+    """Patch every head (or residual position, or attention / MLP output per position) from the
+    source run into the base run.
 
     noising: base = clean, source = corrupt (how much does the metric drop when a component sees
-    the corrupted input?). denoising: the reverse. `values` is metric(patched) - metric(base).
-    "atp" approximates the head sweep with one forward and backward pass (attribution patching).
+    the corrupted input?). denoising: the reverse. `values` is metric(patched) - metric(base):
+    [layer, head] for "head", [layer, pos] for "resid", "attn" and "mlp". "atp" approximates the
+    head sweep with one forward and backward pass (attribution patching). `edit_hooks`, when
+    given, makes a fresh set of intervention hooks that every pass (base, source, variants) runs
+    under: the sweep is then one of the edited model.
     """
-    if kind not in ("head", "resid", "atp"):
-        raise ValueError(f"sweep kind must be head, resid or atp, got {kind!r}")
+    if kind not in SWEEP_KINDS:
+        raise ValueError(f"sweep kind must be one of {', '.join(SWEEP_KINDS)}, got {kind!r}")
     if direction not in ("noising", "denoising"):
         raise ValueError(f"direction must be noising or denoising, got {direction!r}")
-    if metric is None or not metric.target:
+    if metric is None or not metric.measurable:
         raise PromptError("a sweep needs a metric with a target token")
     started = time.perf_counter()
     base_prompt, source_prompt = (clean, corrupt) if direction == "noising" else (corrupt, clean)
@@ -49,25 +56,33 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
                 f"({base_ids.shape[1]} vs {source_ids.shape[1]})")
         info = passes.metric_info(metric, n_pos)
         readout = info.position
+        reference = None
+        if info.kind == "kl":  # divergence from the clean prompt's own run, without interventions
+            clean_ids = base_ids if direction == "noising" else source_ids
+            reference = passes.logits(passes.clean(clean_ids, should_stop=should_stop).final[:, readout])[0]
 
         def metric_of(final: torch.Tensor) -> torch.Tensor:  # [batch, pos, d] -> [batch]
-            return passes.metric_of_resid(final[:, readout], info)
+            return passes.metric_of_resid(final[:, readout], info, reference)
 
-        source = passes.source_acts(source_ids)
+        source = passes.source_acts(source_ids, edit_hooks() if edit_hooks is not None else None)
         source_metric = float(metric_of(source.resid_post[-1])[0])
         if kind == "atp":
-            atp_values, base_metric = _attribution_patching(passes, base_ids, source, metric_of)
+            atp_values, base_metric = _attribution_patching(passes, base_ids, source, metric_of, edit_hooks)
+        elif edit_hooks is not None:
+            base = passes.clean_forward(base_ids, should_stop=should_stop, extra_hooks=edit_hooks(),
+                                        cache=False)[0]
+            base_metric = float(metric_of(base.final)[0])
         else:
             base = passes.clean(base_ids, should_stop=should_stop)
             base_metric = float(metric_of(base.final)[0])
         a = passes.adapter
         layer_labels = [f"L{layer}" for layer in range(a.n_layers)]
-        if kind == "resid":
-            col_labels = [f"{p}:{passes.decode_token(t)}" for p, t in enumerate(base_ids[0].tolist())]
-            values = np.full((a.n_layers, n_pos), np.nan, dtype=np.float32)
-        else:
+        if kind in ("head", "atp"):
             col_labels = [f"H{h}" for h in range(a.n_heads)]
             values = np.full((a.n_layers, a.n_heads), np.nan, dtype=np.float32)
+        else:
+            col_labels = [f"{p}:{passes.decode_token(t)}" for p, t in enumerate(base_ids[0].tolist())]
+            values = np.full((a.n_layers, n_pos), np.nan, dtype=np.float32)
 
         def result(complete: bool) -> SweepResult:
             return SweepResult(kind=kind, values=values.copy(), base_metric=base_metric,
@@ -85,15 +100,17 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
         n_heads = a.n_heads
         # Positions before the first token where the prompts differ (and before the readout) hold
         # the same activations in both runs, so every variant shares them: compute only the suffix,
-        # attending to the base run's cached keys and values for the prefix.
+        # attending to the base run's cached keys and values for the prefix. Under interventions
+        # (which may knock out attention edges into the prefix) every position is computed.
         differs = (base_ids[0] != source_ids[0]).nonzero()
-        prefix = min(int(differs[0]) if len(differs) else n_pos, readout)
+        prefix = 0 if edit_hooks is not None else min(int(differs[0]) if len(differs) else n_pos, readout)
         calls, prefix_kv = _suffix_calls(passes, base, prefix)
         suffix = n_pos - prefix
         for layer in range(a.n_layers):
             if should_stop is not None and should_stop():
                 raise Cancelled("sweep stopped")
             start_hidden = base.calls[layer].hidden[:, prefix:]  # [1, suffix, d_model]
+            hooks = edit_hooks() if edit_hooks is not None else []  # before the patch: the patch wins
             if kind == "head":
                 rows = torch.arange(n_heads, device=start_hidden.device)
                 src_z = source.z[layer][0, prefix:]  # [suffix, head, d_head]
@@ -103,21 +120,30 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
                     z[rows, :, rows] = src_z[:, rows].transpose(0, 1)  # z [row, suffix, head, d_head]: row r patches head r
                     return z
 
-                hooks = Site("heads", layer).edit(a, patch_each_head)
-            else:
+                hooks += Site("heads", layer).edit(a, patch_each_head)
+            elif kind == "resid":
                 # rows patch positions prefix..n_pos-1; earlier positions are identical (effect 0)
                 rows = torch.arange(suffix, device=start_hidden.device)
                 hidden = start_hidden.expand(suffix, -1, -1).clone()  # [variant, suffix, d_model]
                 hidden[rows, rows] = source.resid_pre[layer][0, prefix:]
-                values[layer, :prefix] = 0.0
-                hooks = []
+            else:
+                rows = torch.arange(suffix, device=start_hidden.device)
+                hidden = start_hidden.expand(suffix, -1, -1).contiguous()  # [variant, suffix, d_model]
+                src_out = (source.attn_out if kind == "attn" else source.mlp_out)[layer][0, prefix:]
+
+                def patch_each_position(x: torch.Tensor, rows=rows, src_out=src_out) -> torch.Tensor:
+                    x[rows, rows] = src_out  # x [row, suffix, d_model]: row r patches position prefix + r
+                    return x
+
+                hooks += Site(kind, layer).edit(a, patch_each_position)
             hooks += [Hook("attn", a.layer_module(index, "attn"), control=AttentionControl(prefix_kv=kv))
                       for index, kv in prefix_kv.items() if index >= layer]
             final = passes.run_layers(calls, layer, hidden, hooks, should_stop)  # [row, suffix, d]
-            effect = passes.metric_of_resid(final[:, readout - prefix], info) - base_metric
+            effect = passes.metric_of_resid(final[:, readout - prefix], info, reference) - base_metric
             if kind == "head":
                 values[layer] = effect.float().cpu().numpy()
             else:
+                values[layer, :prefix] = 0.0
                 values[layer, prefix:] = effect.float().cpu().numpy()
             if on_progress is not None:
                 on_progress(result(False))
@@ -153,7 +179,8 @@ def _suffix_calls(passes: Passes, base: CleanPass, prefix: int):
     return calls, prefix_kv
 
 
-def _attribution_patching(passes: Passes, base_ids: torch.Tensor, source: SourceActs, metric_of) -> tuple[np.ndarray, float]:
+def _attribution_patching(passes: Passes, base_ids: torch.Tensor, source: SourceActs, metric_of,
+                          edit_hooks: EditHooks | None = None) -> tuple[np.ndarray, float]:
     """AtP: (z_source - z_base) . d metric / d z, summed over positions and each head's dimensions.
 
     One forward with grad (from the cached clean pass when there is one) and one backward to the
@@ -173,7 +200,9 @@ def _attribution_patching(passes: Passes, base_ids: torch.Tensor, source: Source
     hooks = [Hook("pre", a.o_proj(layer), make_leaf(layer)) for layer in range(a.n_layers)]
     with torch.enable_grad():
         cached = passes.cached_clean(base_ids)
-        if cached is not None:
+        if edit_hooks is not None:  # the leaves are the edited head outputs
+            final = passes.clean_forward(base_ids, extra_hooks=[*edit_hooks(), *hooks], cache=False)[1]
+        elif cached is not None:
             final = passes.run_layers(cached.calls, 0, cached.calls[0].hidden, hooks, None)
         else:
             final = passes.clean_forward(base_ids, extra_hooks=hooks)[1]
