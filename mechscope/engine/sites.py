@@ -71,49 +71,73 @@ class Site:
         return self._hooks(adapter, fn, edits=False)
 
     def _hooks(self, adapter: Adapter, fn: Callable, edits: bool) -> list[Hook]:
-        module = self.module(adapter)
         hooks: list[Hook] = []
         # Modules inside a layer may see flattened tokens [batch*pos, d] (OPT's MLP): the layer's own
         # input, read by a pre-hook on the same pass, says how to unflatten them.
         shape: list[torch.Size] = []
         if self.kind not in ("resid_pre", "resid_post"):
-            def record_shape(module, args, kwargs) -> None:
-                hidden = args[0] if args else kwargs["hidden_states"]
-                shape[:] = [hidden.shape[:2]]
-
-            hooks.append(Hook("pre", adapter.layers[self.layer], record_shape))
-        n_heads, d_head = adapter.n_heads, adapter.d_head
-
-        def to_plain(x: torch.Tensor) -> torch.Tensor:
-            if x.dim() == 2:  # [batch*pos, d]
-                x = x.view(*shape[0], x.shape[-1])
-            if self.kind == "heads":
-                x = x.view(*x.shape[:-1], n_heads, d_head)  # [batch, pos, head, d_head]
-            return x
-
-        def edited(original: torch.Tensor) -> torch.Tensor:
-            new = fn(to_plain(original).clone())
-            return new.reshape(original.shape)
-
+            hooks.append(Hook("pre", adapter.layers[self.layer], _record_shape(shape)))
+        view = _plain_view(shape, adapter.n_heads if self.kind == "heads" else 0, adapter.d_head)
+        apply = _editing(fn, view) if edits else _observing(fn, view)
         if self.reads_input:
-            def pre(module, args, kwargs):
-                if args:
-                    if not edits:
-                        fn(to_plain(args[0]))
-                        return None
-                    return (edited(args[0]), *args[1:]), kwargs
-                if not edits:
-                    fn(to_plain(kwargs["hidden_states"]))
-                    return None
-                return args, {**kwargs, "hidden_states": edited(kwargs["hidden_states"])}
-
-            hooks.append(Hook("pre", module, pre))
+            hooks.append(Hook("pre", self.module(adapter), _on_input(apply)))
         else:
-            def fwd(module, args, output):
-                if not edits:
-                    fn(to_plain(first(output)))
-                    return None
-                return replace_output(output, edited(first(output)))
-
-            hooks.append(Hook("fwd", module, fwd))
+            hooks.append(Hook("fwd", self.module(adapter), _on_output(apply)))
         return hooks
+
+
+Apply = Callable[[torch.Tensor], "torch.Tensor | None"]  # module tensor -> its replacement, or None
+
+
+def _record_shape(shape: list[torch.Size]):
+    def hook(module, args, kwargs) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        shape[:] = [hidden.shape[:2]]  # [batch, pos]
+
+    return hook
+
+
+def _plain_view(shape: list[torch.Size], n_heads: int, d_head: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The module's tensor as [batch, pos, ...]: unflattened tokens, heads split when `n_heads`."""
+    def view(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # [batch*pos, d]
+            x = x.view(*shape[0], x.shape[-1])
+        if n_heads:
+            x = x.view(*x.shape[:-1], n_heads, d_head)  # [batch, pos, head, d_head]
+        return x
+
+    return view
+
+
+def _editing(fn: Edit, view: Callable[[torch.Tensor], torch.Tensor]) -> Apply:
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return fn(view(x).clone()).reshape(x.shape)
+
+    return apply
+
+
+def _observing(fn: Observe, view: Callable[[torch.Tensor], torch.Tensor]) -> Apply:
+    def apply(x: torch.Tensor) -> None:
+        fn(view(x))
+
+    return apply
+
+
+def _on_input(apply: Apply):
+    def pre(module, args, kwargs):
+        new = apply(args[0] if args else kwargs["hidden_states"])
+        if new is None:
+            return None
+        if args:
+            return (new, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": new}
+
+    return pre
+
+
+def _on_output(apply: Apply):
+    def fwd(module, args, output):
+        new = apply(first(output))
+        return None if new is None else replace_output(output, new)
+
+    return fwd

@@ -56,10 +56,10 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
                 f"({base_ids.shape[1]} vs {source_ids.shape[1]})")
         info = passes.metric_info(metric, n_pos)
         readout = info.position
-        reference = None
-        if info.kind == "kl":  # divergence from the clean prompt's own run, without interventions
-            clean_ids = base_ids if direction == "noising" else source_ids
-            reference = passes.logits(passes.clean(clean_ids, should_stop=should_stop).final[:, readout])[0]
+        reference = None  # kl: divergence from the clean prompt's own run, without interventions
+        if info.kind == "kl":
+            clean_pass = passes.clean(base_ids if direction == "noising" else source_ids, should_stop=should_stop)
+            reference = passes.logits(clean_pass.final[:, readout])[0]  # [vocab]
 
         def metric_of(final: torch.Tensor) -> torch.Tensor:  # [batch, pos, d] -> [batch]
             return passes.metric_of_resid(final[:, readout], info, reference)
@@ -68,12 +68,8 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
         source_metric = float(metric_of(source.resid_post[-1])[0])
         if kind == "atp":
             atp_values, base_metric = _attribution_patching(passes, base_ids, source, metric_of, edit_hooks)
-        elif edit_hooks is not None:
-            base = passes.clean_forward(base_ids, should_stop=should_stop, extra_hooks=edit_hooks(),
-                                        cache=False)[0]
-            base_metric = float(metric_of(base.final)[0])
         else:
-            base = passes.clean(base_ids, should_stop=should_stop)
+            base = _base_pass(passes, base_ids, edit_hooks, should_stop)
             base_metric = float(metric_of(base.final)[0])
         a = passes.adapter
         layer_labels = [f"L{layer}" for layer in range(a.n_layers)]
@@ -97,7 +93,6 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
                 on_progress(out)
             return out
 
-        n_heads = a.n_heads
         # Positions before the first token where the prompts differ (and before the readout) hold
         # the same activations in both runs, so every variant shares them: compute only the suffix,
         # attending to the base run's cached keys and values for the prefix. Under interventions
@@ -105,37 +100,12 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
         differs = (base_ids[0] != source_ids[0]).nonzero()
         prefix = 0 if edit_hooks is not None else min(int(differs[0]) if len(differs) else n_pos, readout)
         calls, prefix_kv = _suffix_calls(passes, base, prefix)
-        suffix = n_pos - prefix
         for layer in range(a.n_layers):
             if should_stop is not None and should_stop():
                 raise Cancelled("sweep stopped")
-            start_hidden = base.calls[layer].hidden[:, prefix:]  # [1, suffix, d_model]
             hooks = edit_hooks() if edit_hooks is not None else []  # before the patch: the patch wins
-            if kind == "head":
-                rows = torch.arange(n_heads, device=start_hidden.device)
-                src_z = source.z[layer][0, prefix:]  # [suffix, head, d_head]
-                hidden = start_hidden.expand(n_heads, -1, -1).contiguous()  # [head, suffix, d_model]
-
-                def patch_each_head(z: torch.Tensor, rows=rows, src_z=src_z) -> torch.Tensor:
-                    z[rows, :, rows] = src_z[:, rows].transpose(0, 1)  # z [row, suffix, head, d_head]: row r patches head r
-                    return z
-
-                hooks += Site("heads", layer).edit(a, patch_each_head)
-            elif kind == "resid":
-                # rows patch positions prefix..n_pos-1; earlier positions are identical (effect 0)
-                rows = torch.arange(suffix, device=start_hidden.device)
-                hidden = start_hidden.expand(suffix, -1, -1).clone()  # [variant, suffix, d_model]
-                hidden[rows, rows] = source.resid_pre[layer][0, prefix:]
-            else:
-                rows = torch.arange(suffix, device=start_hidden.device)
-                hidden = start_hidden.expand(suffix, -1, -1).contiguous()  # [variant, suffix, d_model]
-                src_out = (source.attn_out if kind == "attn" else source.mlp_out)[layer][0, prefix:]
-
-                def patch_each_position(x: torch.Tensor, rows=rows, src_out=src_out) -> torch.Tensor:
-                    x[rows, rows] = src_out  # x [row, suffix, d_model]: row r patches position prefix + r
-                    return x
-
-                hooks += Site(kind, layer).edit(a, patch_each_position)
+            hidden, patch = _variants(passes, kind, layer, base.calls[layer].hidden[:, prefix:], source, prefix)
+            hooks += patch
             hooks += [Hook("attn", a.layer_module(index, "attn"), control=AttentionControl(prefix_kv=kv))
                       for index, kv in prefix_kv.items() if index >= layer]
             final = passes.run_layers(calls, layer, hidden, hooks, should_stop)  # [row, suffix, d]
@@ -148,6 +118,45 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
             if on_progress is not None:
                 on_progress(result(False))
         return result(True)
+
+
+def _base_pass(passes: Passes, ids: torch.Tensor, edit_hooks: EditHooks | None,
+               should_stop: Callable[[], bool] | None) -> CleanPass:
+    """The base run: the cached clean pass, or a fresh one under the interventions' hooks."""
+    if edit_hooks is None:
+        return passes.clean(ids, should_stop=should_stop)
+    return passes.clean_forward(ids, should_stop=should_stop, extra_hooks=edit_hooks(), cache=False)[0]
+
+
+def _variants(passes: Passes, kind: str, layer: int, start_hidden: torch.Tensor, source: SourceActs,
+              prefix: int) -> tuple[torch.Tensor, list[Hook]]:
+    """One batch row per cell of `layer`'s row of the matrix: the rows' input [row, suffix, d_model]
+    and the hooks patching row r's component (head r, or position prefix + r) from `source`."""
+    a = passes.adapter
+    suffix = start_hidden.shape[1]  # start_hidden [1, suffix, d_model]
+    if kind == "head":
+        rows = torch.arange(a.n_heads, device=start_hidden.device)
+        src_z = source.z[layer][0, prefix:]  # [suffix, head, d_head]
+
+        def patch_each_head(z: torch.Tensor) -> torch.Tensor:  # [row, suffix, head, d_head]
+            z[rows, :, rows] = src_z[:, rows].transpose(0, 1)
+            return z
+
+        hidden = start_hidden.expand(a.n_heads, -1, -1).contiguous()  # [head, suffix, d_model]
+        return hidden, Site("heads", layer).edit(a, patch_each_head)
+    rows = torch.arange(suffix, device=start_hidden.device)
+    if kind == "resid":
+        hidden = start_hidden.expand(suffix, -1, -1).clone()  # [variant, suffix, d_model]
+        hidden[rows, rows] = source.resid_pre[layer][0, prefix:]
+        return hidden, []
+    src_out = (source.attn_out if kind == "attn" else source.mlp_out)[layer][0, prefix:]  # [suffix, d_model]
+
+    def patch_each_position(x: torch.Tensor) -> torch.Tensor:  # [row, suffix, d_model]
+        x[rows, rows] = src_out
+        return x
+
+    hidden = start_hidden.expand(suffix, -1, -1).contiguous()  # [variant, suffix, d_model]
+    return hidden, Site(kind, layer).edit(a, patch_each_position)  # type: ignore[arg-type]
 
 
 def _suffix_calls(passes: Passes, base: CleanPass, prefix: int):
