@@ -254,15 +254,8 @@ class NeuronClamp(Intervention):
         return f"clamp L{self.layer}.N{self.neuron}={self.value:g}"
 
 
-INTERVENTION_TYPES: tuple[type[Intervention], ...] = (
-    HeadAblation,
-    HeadScale,
-    ComponentAblation,
-    ActivationPatch,
-    SteeringVector,
-    AttentionKnockout,
-    NeuronClamp,
-)
+# Every type defined above, in definition order (a new type registers itself by its `kind`).
+INTERVENTION_TYPES: tuple[type[Intervention], ...] = tuple(Intervention.registry.values())
 
 
 MetricKind = Literal["logit_diff", "prob", "loss", "kl"]

@@ -867,6 +867,12 @@ def _one_of_each() -> list[Intervention]:
     ]
 
 
+def test_every_intervention_type_has_one_compile_function():
+    from mechscope.engine.edits import COMPILERS
+
+    assert set(COMPILERS) == set(INTERVENTION_TYPES)
+
+
 def test_every_intervention_type_round_trips_through_json():
     interventions = _one_of_each()
     assert {type(iv) for iv in interventions} == set(INTERVENTION_TYPES)
