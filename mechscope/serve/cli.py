@@ -105,20 +105,23 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_list() -> int:
-    import httpx
-
+    from mechscope.serve.client import TRANSPORT_ERRORS, Http
+    from mechscope.serve.codec import loads
     from mechscope.serve.runtime import all_places, read_card
     from mechscope.serve.wire import PROTOCOL_HEADER, PROTOCOL_VERSION
 
     rows = []
     for where in all_places():
         card = read_card(where) or {}
+        http = Http(where.socket, 3.0, {PROTOCOL_HEADER: str(PROTOCOL_VERSION)})
         try:
-            with httpx.Client(transport=httpx.HTTPTransport(uds=str(where.socket)),
-                              base_url="http://mechscope", timeout=3.0,
-                              headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)}) as http:
-                status = http.get("/v1/status").json()
-        except (httpx.HTTPError, ValueError):
+            code, body = http.request("GET", "/v1/status")
+            status = loads(body) if code == 200 else None
+        except (*TRANSPORT_ERRORS, ValueError):
+            status = None
+        finally:
+            http.close()
+        if not isinstance(status, dict):
             rows.append((where.name, card.get("model", "?"), "-", "-", "-", "not running (stale socket)"))
             continue
         current = status.get("current")

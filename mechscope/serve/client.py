@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import itertools
+import json
 import os
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import httpx
+import httpcore
 import numpy as np
 
 from mechscope.engine.errors import Cancelled, EngineUnreachable, MechscopeError
@@ -66,7 +68,7 @@ class RemoteEngine:
         self.on_wait: OnWait | None = None
         self._timeout = timeout
         self._tags = itertools.count(1)
-        self._http: httpx.Client | None = None
+        self._http: Http | None = None
         self._hello: dict[str, Any] = {}
         self.reconnect()
 
@@ -75,12 +77,9 @@ class RemoteEngine:
     def reconnect(self) -> None:
         """Open a fresh connection and handshake; EngineUnreachable if the server is not there."""
         self.close(say_bye=False)
-        transport = httpx.HTTPTransport(uds=str(self.place.socket))
-        self._http = httpx.Client(
-            transport=transport, base_url="http://mechscope",
-            timeout=httpx.Timeout(self._timeout, read=None),
-            headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION), CLIENT_HEADER: self.client_id,
-                     CLIENT_NAME_HEADER: self.client_name})
+        self._http = Http(self.place.socket, self._timeout, {
+            PROTOCOL_HEADER: str(PROTOCOL_VERSION), CLIENT_HEADER: self.client_id,
+            CLIENT_NAME_HEADER: self.client_name})
         hello = self._call("GET", "/v1/hello", retry=False)
         if hello.get("protocol") != PROTOCOL_VERSION:
             raise ServeError(f"server {self.place.name!r} speaks mechscope protocol "
@@ -94,8 +93,8 @@ class RemoteEngine:
             return
         if say_bye:
             try:
-                self._http.post("/v1/bye", json={})
-            except httpx.HTTPError:
+                self._http.request("POST", "/v1/bye", {})
+            except TRANSPORT_ERRORS:
                 pass
         self._http.close()
         self._http = None
@@ -115,23 +114,23 @@ class RemoteEngine:
             f"engine server {self.place.name!r} is unreachable at {self.place.socket} ({reason}); "
             f"start it with `mechscope serve --name {self.place.name}` and try again")
 
-    def _client(self) -> httpx.Client:
+    def _client(self) -> Http:
         if self._http is None:
             self.reconnect()
         assert self._http is not None
         return self._http
 
-    def _call(self, method: str, path: str, json: Any = None, retry: bool = True) -> Any:
+    def _call(self, method: str, path: str, payload: Any = None, retry: bool = True) -> Any:
         """One JSON call; a stale pooled connection is retried once on a fresh one."""
         for attempt in (0, 1):
             try:
-                response = self._client().request(method, path, json=json)
+                status, body = self._client().request(method, path, payload)
                 break
-            except httpx.TransportError as exc:
+            except TRANSPORT_ERRORS as exc:
                 failure = self._unreachable(exc)
                 if not retry or attempt:
                     raise failure from None
-        return _checked(response, lambda: response.json())
+        return _checked(status, body)
 
     # ---------------------------------------------------------------- jobs
 
@@ -143,15 +142,16 @@ class RemoteEngine:
         for attempt in (0, 1):
             streamed = False
             try:
-                with self._client().stream("POST", "/v1/execute", json=body) as response:
-                    if response.status_code != 200:
-                        response.read()
-                        _checked(response, lambda: None)
-                    for line in response.iter_lines():
+                with self._client().stream("/v1/execute", body) as (status, lines):
+                    if status != 200:
+                        _checked(status, b"".join(lines))
+                    for line in lines:
                         streamed = True
                         frame = codec.loads(line)
                         kind = frame.get("type") if isinstance(frame, dict) else None
                         if kind == "outcome":
+                            for _ in lines:  # read to the end so the connection is reused
+                                pass
                             return codec.outcome_from_dict(request, frame["outcome"])
                         if kind == "error":
                             raise MechscopeError(str(frame.get("error")))
@@ -164,7 +164,7 @@ class RemoteEngine:
                             should_stop = None
                 raise EngineUnreachable(
                     f"engine server {self.place.name!r} closed the stream before the outcome")
-            except httpx.TransportError as exc:
+            except TRANSPORT_ERRORS as exc:
                 failure = self._unreachable(exc)
                 if streamed or attempt:
                     raise failure from None
@@ -174,14 +174,14 @@ class RemoteEngine:
 
     def cancel(self, tag: str) -> bool:
         """Cancel this client's job `tag` (other clients' jobs are out of reach)."""
-        return bool(self._call("POST", "/v1/cancel", json={"job": tag}).get("cancelled"))
+        return bool(self._call("POST", "/v1/cancel", {"job": tag}).get("cancelled"))
 
     def status(self) -> dict[str, Any]:
         """The server's status: model, memory, clients, the current job and the queue."""
         return self._call("GET", "/v1/status")
 
     def shutdown(self) -> None:
-        self._call("POST", "/v1/shutdown", json={}, retry=False)
+        self._call("POST", "/v1/shutdown", {}, retry=False)
 
     def _result(self, request: Request, on_partial: Callable[[Any], None] | None = None,
                 should_stop: ShouldStop | None = None) -> Any:
@@ -216,11 +216,11 @@ class RemoteEngine:
         return list(self._call("GET", "/v1/state")["reference_prompts"])
 
     def tokenize(self, text: str) -> tuple[list[int], list[str]]:
-        data = self._call("POST", "/v1/tokenize", json={"text": text})
+        data = self._call("POST", "/v1/tokenize", {"text": text})
         return list(data["ids"]), list(data["pieces"])
 
     def decode_token(self, token_id: int) -> str:
-        return str(self._call("POST", "/v1/decode", json={"id": int(token_id)})["text"])
+        return str(self._call("POST", "/v1/decode", {"id": int(token_id)})["text"])
 
     def run(self, prompt: str, interventions: Iterable[Intervention] = (), views: Views | None = None,
             metric: Metric | None = None, corrupted: str | None = None, top_k: int = 10,
@@ -259,18 +259,60 @@ class RemoteEngine:
         self._result(ReferencePromptsRequest(tuple(prompts)))
 
 
-def _checked(response: httpx.Response, value: Callable[[], Any]) -> Any:
-    """The response's value, or the server's one-line error as a MechscopeError."""
-    if response.status_code == 200:
-        try:
-            return value()
-        except ValueError as exc:
-            raise MechscopeError(f"bad answer from the server: {exc}") from None
+TRANSPORT_ERRORS = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException,
+                    httpcore.ConnectionNotAvailable)
+
+
+class Http:
+    """HTTP/1.1 over the Unix socket with httpcore (httpx's transport, without its CLI imports)."""
+
+    def __init__(self, socket_path: os.PathLike | str, timeout: float, headers: dict[str, str]) -> None:
+        self._pool = httpcore.ConnectionPool(uds=str(socket_path), max_connections=4)
+        self._headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+        self._headers.append((b"content-type", b"application/json"))
+        self._timeouts = {"connect": timeout, "read": None, "write": timeout, "pool": timeout}
+
+    def _args(self, payload: Any) -> dict[str, Any]:
+        content = b"" if payload is None else json.dumps(payload).encode("utf-8")
+        return {"headers": self._headers, "content": content,
+                "extensions": {"timeout": self._timeouts}}
+
+    def request(self, method: str, path: str, payload: Any = None) -> tuple[int, bytes]:
+        response = self._pool.request(method, f"http://mechscope{path}", **self._args(payload))
+        return response.status, response.content
+
+    @contextlib.contextmanager
+    def stream(self, path: str, payload: Any) -> Iterator[tuple[int, Iterator[bytes]]]:
+        """(status, lines): the response body split into lines as it arrives."""
+        with self._pool.stream("POST", f"http://mechscope{path}", **self._args(payload)) as response:
+            yield response.status, _lines(response.iter_stream())
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        yield from (line for line in complete if line)
+    if pending:
+        yield pending
+
+
+def _checked(status: int, body: bytes) -> Any:
+    """The response's JSON value, or the server's one-line error as a MechscopeError."""
     try:
-        message = response.json().get("error")
-    except ValueError:
-        message = None
-    raise MechscopeError(message or f"server answered HTTP {response.status_code}")
+        value = codec.loads(body) if body else None
+    except ValueError as exc:
+        if status == 200:
+            raise MechscopeError(f"bad answer from the server: {exc}") from None
+        value = None
+    if status == 200:
+        return value
+    message = value.get("error") if isinstance(value, dict) else None
+    raise MechscopeError(message or f"server answered HTTP {status}")
 
 
 def _user() -> str:
