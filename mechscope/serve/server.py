@@ -251,8 +251,9 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-async def read_json(request: Request) -> Any:
-    """The JSON body, bounded by MAX_REQUEST_BYTES; HTTPException 400/413 otherwise."""
+async def read_json(request: Request, allowed: frozenset[str] | set[str]) -> dict[str, Any]:
+    """The JSON object body with no field outside `allowed`, bounded by MAX_REQUEST_BYTES;
+    HTTPException 400/413 otherwise."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > MAX_REQUEST_BYTES):
         raise HTTPException(413, f"request body over {MAX_REQUEST_BYTES} bytes")
@@ -270,6 +271,8 @@ async def read_json(request: Request) -> Any:
         raise HTTPException(400, str(exc)) from None
     if not isinstance(data, dict):
         raise HTTPException(400, "the request body must be a JSON object")
+    if set(data) - set(allowed):
+        raise HTTPException(400, f"unknown field(s) {sorted(set(data) - set(allowed))}")
     return data
 
 
@@ -298,7 +301,7 @@ def build_app(hub: Hub) -> Starlette:
         })
 
     async def tokenize(request: Request) -> Response:
-        data = await read_json(request)
+        data = await read_json(request, {"text"})
         text = data.get("text")
         if not isinstance(text, str):
             return error(400, "tokenize needs {\"text\": string}")
@@ -306,7 +309,7 @@ def build_app(hub: Hub) -> Starlette:
         return JSONResponse({"ids": [int(i) for i in ids], "pieces": list(pieces)})
 
     async def decode(request: Request) -> Response:
-        data = await read_json(request)
+        data = await read_json(request, {"id"})
         token_id = data.get("id")
         if isinstance(token_id, bool) or not isinstance(token_id, int) or not (
                 0 <= token_id < hub.engine.info.vocab_size):
@@ -314,7 +317,7 @@ def build_app(hub: Hub) -> Starlette:
         return JSONResponse({"text": hub.engine.decode_token(token_id)})
 
     async def cancel(request: Request) -> Response:
-        data = await read_json(request)
+        data = await read_json(request, {"job"})
         tag = data.get("job")
         if not isinstance(tag, str):
             return error(400, "cancel needs {\"job\": string}")
@@ -359,9 +362,7 @@ class ExecuteEndpoint:
         request = Request(scope, receive)
         client_id, name = client_of(request.headers)
         try:
-            data = await read_json(request)
-            if set(data) - {"request", "job"}:
-                raise HTTPException(400, f"unknown field(s) {sorted(set(data) - {'request', 'job'})}")
+            data = await read_json(request, {"request", "job"})
             tag = data.get("job", "")
             if not isinstance(tag, str) or len(tag) > 64:
                 raise HTTPException(400, "job must be a string of at most 64 characters")

@@ -102,10 +102,10 @@ def test_every_request_kind_matches_in_process(pair):
         got = execute(remote, request, on_partial=partials_remote.append)
         # again, straight through the client (the second run may hit the engines' caches)
         expected_again, direct = execute(local, request), remote.execute(request)
-        for expected, outcome in ((expected, got), (expected_again, direct)):
+        for reference, outcome in ((expected, got), (expected_again, direct)):
             assert outcome.request is request
-            assert (outcome.error, outcome.cancelled) == (expected.error, expected.cancelled), request
-            assert_same(expected.result, outcome.result, f"{request.kind}")
+            assert (outcome.error, outcome.cancelled) == (reference.error, reference.cancelled), request
+            assert_same(reference.result, outcome.result, f"{request.kind}")
         assert_same(partials_local, partials_remote, f"{request.kind} partials")
         errors += expected.error is not None
     assert errors == 7
