@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,8 +50,12 @@ def start_server(folder: Path, runtime: Path, *where: str, log: Path | None = No
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited {proc.returncode}: {log.read_text()[-2000:]}")
-        if socket_path.exists():
-            return proc
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(socket_path))
+                return proc
+            except OSError:  # not there yet, or a stale socket of a dead server
+                pass
         time.sleep(0.05)
     proc.kill()
     raise AssertionError(f"server did not start: {log.read_text()[-2000:]}")
