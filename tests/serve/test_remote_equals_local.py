@@ -5,6 +5,7 @@ The client side imports neither torch nor transformers."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -150,3 +151,30 @@ def test_engine_connect_classmethod_returns_a_protocol_client(pair):
     with Engine.connect(str(runtime / "eq.sock")) as engine:
         assert isinstance(engine, EngineProtocol)
         assert engine.info.n_layers == 3
+
+
+def test_inspect_attaches_to_a_server(pair):
+    local, _, runtime = pair
+    code = (
+        "import sys\n"
+        "from mechscope import cli\n"
+        f"code = cli.main(['inspect', '--attach', {str(runtime / 'eq.sock')!r}])\n"
+        "print('heavy', sorted(m for m in ('torch', 'transformers') if m in sys.modules), code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "heavy [] 0", out.stderr
+    assert f"model {local.info.name} (" in out.stdout and "direct logit attribution" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "mechscope", "inspect", "--attach", "nobody-here"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env={**os.environ, "MECHSCOPE_RUNTIME_DIR": str(runtime)})
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and "unreachable" in out.stderr
+
+
+def test_serve_benchmark_runs_on_a_tiny_model():
+    out = subprocess.run([sys.executable, "benchmarks/serve.py", "--tiny", "--repeats", "2"],
+                         capture_output=True, text=True, cwd=REPO, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    for figure in ("toggle via server", "attach -> first prediction", "head sweep first cell via server"):
+        assert figure in out.stdout
