@@ -141,8 +141,21 @@ class Hub:
             job = self.jobs.get((client_id, tag))
         if job is None:
             return False
-        job.cancel.set()
+        self.cancel_job(job)
         return True
+
+    def cancel_job(self, job: Job) -> None:
+        """Stop `job`: a running one at its next `should_stop` check, a queued one at once."""
+        job.cancel.set()
+        with self.lock:
+            if job.state != "queued":
+                return
+            job.state = "cancelled"
+            self.jobs.pop((job.client_id, job.tag), None)
+            self.recent.append(job.summary())
+        log(f"job {job.id} {job.client_name}: {describe(job.request)} cancelled while queued")
+        job.push({"type": "outcome", "outcome": codec.outcome_to_dict(Outcome(job.request, cancelled=True))})
+        job.push(None)
 
     def waiting(self, job: Job) -> dict[str, Any]:
         """A heartbeat frame for `job`'s stream: its progress, or what it is waiting behind."""
@@ -176,11 +189,13 @@ class Hub:
 
     def _run(self, job: Job) -> None:
         waited = time.monotonic() - job.created
+        with self.lock:
+            if job.state != "queued":  # cancelled while it waited, and already answered
+                return
+            job.state, job.started, self.current = "running", time.monotonic(), job
         if job.cancel.is_set():
             outcome = Outcome(job.request, cancelled=True)
         else:
-            with self.lock:
-                job.state, job.started, self.current = "running", time.monotonic(), job
             try:
                 outcome = execute(self.engine, job.request, on_partial=self._on_partial(job),
                                   should_stop=job.cancel.is_set)
@@ -224,7 +239,7 @@ class Hub:
         with self.lock:
             jobs = list(self.jobs.values())
         for job in jobs:
-            job.cancel.set()
+            self.cancel_job(job)
         self.queue.put(None)
 
 
@@ -394,7 +409,7 @@ class ExecuteEndpoint:
         finally:
             gone.cancel()
             if not finished:
-                job.cancel.set()
+                self.hub.cancel_job(job)
                 log(f"job {job.id} {job.client_name}: client went away; cancelling")
 
 

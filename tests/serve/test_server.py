@@ -109,6 +109,7 @@ def test_two_clients_queue_and_a_cancel_reaches_only_its_own_job(server):
     with pytest.raises(Cancelled):
         bob.sweep("head", PROMPT, PROMPT.replace("John gave", "Mary gave"), METRIC, should_stop=stop_after_wait)
     assert seen and seen[0].startswith("alice's resid sweep running")
+    assert "alice" not in results  # a queued job's cancel answers at once, not after alice's sweep
     worker.join(120)
     assert results["alice"].complete
     recent = {(j["client"], j["kind"]): j["state"] for j in bob.status()["recent"]}
