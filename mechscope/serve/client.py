@@ -147,16 +147,15 @@ class RemoteEngine:
                         _checked(status, b"".join(lines))
                     for line in lines:
                         streamed = True
-                        frame = codec.loads(line)
-                        kind = frame.get("type") if isinstance(frame, dict) else None
+                        kind, frame = _frame(line)
                         if kind == "outcome":
                             for _ in lines:  # read to the end so the connection is reused
                                 pass
-                            return codec.outcome_from_dict(request, frame["outcome"])
+                            return _wire(codec.outcome_from_dict, request, frame.get("outcome"))
                         if kind == "error":
                             raise MechscopeError(str(frame.get("error")))
                         if kind == "partial" and on_partial is not None:
-                            on_partial(codec.decode(frame["data"]))
+                            on_partial(_wire(codec.decode, frame.get("data")))
                         elif kind == "waiting" and self.on_wait is not None:
                             self.on_wait(frame)
                         if should_stop is not None and should_stop():
@@ -168,8 +167,6 @@ class RemoteEngine:
                 failure = self._unreachable(exc)
                 if streamed or attempt:
                     raise failure from None
-            except ValueError as exc:
-                raise MechscopeError(f"bad frame from the server: {exc}") from None
         raise AssertionError("unreachable")
 
     def cancel(self, tag: str) -> bool:
@@ -299,6 +296,21 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield from (line for line in complete if line)
     if pending:
         yield pending
+
+
+def _wire(decode: Callable[..., Any], *args: Any) -> Any:
+    """`decode(*args)`, its failure worded as a bad frame."""
+    try:
+        return decode(*args)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MechscopeError(f"bad frame from the server: {exc}") from None
+
+
+def _frame(line: bytes) -> tuple[str | None, dict]:
+    frame = _wire(codec.loads, line)
+    if not isinstance(frame, dict):
+        raise MechscopeError("bad frame from the server: not a JSON object")
+    return frame.get("type"), frame
 
 
 def _checked(status: int, body: bytes) -> Any:
