@@ -212,6 +212,10 @@ class RemoteEngine:
     def reference_prompts(self) -> Sequence[str]:
         return list(self._call("GET", "/v1/state")["reference_prompts"])
 
+    @reference_prompts.setter
+    def reference_prompts(self, prompts: Sequence[str]) -> None:
+        self.set_reference_prompts(prompts)
+
     def tokenize(self, text: str) -> tuple[list[int], list[str]]:
         data = self._call("POST", "/v1/tokenize", {"text": text})
         return list(data["ids"]), list(data["pieces"])

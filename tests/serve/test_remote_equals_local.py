@@ -178,3 +178,19 @@ def test_serve_benchmark_runs_on_a_tiny_model():
     assert out.returncode == 0, out.stderr[-2000:]
     for figure in ("toggle via server", "attach -> first prediction", "head sweep first cell via server"):
         assert figure in out.stdout
+
+
+def test_a_session_recorded_through_the_server_replays_locally_and_attached(pair, isolated_mechscope_dirs):
+    from mechscope.sessions import Session, replay
+    from tests.sessions.helpers import record_ioi_session
+
+    local, remote, runtime = pair
+    record_ioi_session(remote, "attached")
+    session = Session.open("attached")
+    for engine in (local, remote):
+        steps = replay(session, engine)
+        assert len(steps) == 7 and all(s.matches for s in steps), [s.detail for s in steps if not s.matches]
+    out = subprocess.run([sys.executable, "-m", "mechscope", "replay", "attached", "--check", "--attach",
+                          str(runtime / "eq.sock")], capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stdout + out.stderr
