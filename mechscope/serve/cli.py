@@ -57,6 +57,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mechscope.serve.runtime import ServeError, check_private, place, read_card
 
     where = place(args.socket or args.name)
+    if len(os.fsencode(where.socket)) > 100:  # sun_path holds 104-108 bytes depending on the system
+        raise ServeError(f"the socket path {where.socket} is too long for a Unix socket; use a "
+                         "shorter --socket or set MECHSCOPE_RUNTIME_DIR to a shorter directory")
     where.socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     check_private(where.socket.parent)
     lock_fd = os.open(where.lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -78,7 +81,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from mechscope.serve.server import bind, serve
 
-    serve(engine, where, bind(where))
+    try:
+        sock = bind(where)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {where.socket}: {exc.strerror or exc}") from None
+    serve(engine, where, sock)
     return 0
 
 

@@ -293,13 +293,17 @@ class Http:
 
 
 def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    pending = b""
+    parts: list[bytes] = []  # a long line arrives in many chunks: join it once, when it ends
     for chunk in chunks:
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        yield from (line for line in complete if line)
-    if pending:
-        yield pending
+        if b"\n" not in chunk:
+            parts.append(chunk)
+            continue
+        first, *middle, last = chunk.split(b"\n")
+        head = b"".join([*parts, first])
+        yield from (line for line in (head, *middle) if line)
+        parts = [last] if last else []
+    if tail := b"".join(parts):
+        yield tail
 
 
 def _wire(decode: Callable[..., Any], *args: Any) -> Any:

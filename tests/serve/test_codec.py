@@ -104,3 +104,11 @@ def test_decode_rejects_deep_nesting_and_encode_rejects_foreign_objects():
         codec.encode(np.array([object()]))
     with pytest.raises(ValueError):
         codec.loads(pickle.dumps({"a": 1}))
+
+
+@pytest.mark.parametrize("chunks", [[b"ab", b"c\nde", b"f\n\ng", b"h"], [b"\n"], [b"x\n"], [b"a", b"b", b"c"],
+                                    [b""], [b"abc\ndef\n"], [b"a" * 70000, b"b" * 70000 + b"\n"]])
+def test_stream_lines_are_split_as_they_arrive(chunks):
+    from mechscope.serve.client import _lines
+
+    assert list(_lines(iter(chunks))) == [line for line in b"".join(chunks).split(b"\n") if line]
