@@ -20,6 +20,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default: auto)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow model code from the model folder (off by default)")
+    parser.add_argument("--attach", metavar="NAME|PATH",
+                        help="use a running `mechscope serve` (name or socket path) instead of loading a model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mechscope.sessions import cli as sessions_cli
 
     sessions_cli.add_parsers(sub, _add_model_args)
+    from mechscope.serve import cli as serve_cli
+
+    serve_cli.add_parsers(sub)
     return parser
 
 
@@ -57,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_app(args)
         if args.command == "inspect":
             return cmd_inspect(args)
+        if args.command in ("serve", "stop"):
+            from mechscope.serve import cli as serve_cli
+
+            return serve_cli.dispatch(args)
         from mechscope.sessions import cli as sessions_cli
 
         return sessions_cli.dispatch(args)
@@ -67,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def load_engine_or_exit(args: argparse.Namespace):
     """Load the engine for a headless command, printing progress to stderr; None on failure."""
+    if getattr(args, "attach", None):
+        from mechscope.serve.cli import attach_or_exit
+
+        return attach_or_exit(args.attach, client_name=f"mechscope {args.command}")
     from mechscope.engine import Engine
     from mechscope.engine.errors import MechscopeError
 

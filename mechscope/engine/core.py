@@ -104,6 +104,13 @@ class Engine:
         return cls(loaded.model, loaded.tokenizer, source=loaded.source,
                    weights_digest=loaded.weights_digest, name=loaded.name)
 
+    @classmethod
+    def connect(cls, name_or_path: str | None = None):
+        """A client of a running `mechscope serve` (`mechscope.serve.client.RemoteEngine`)."""
+        from mechscope.serve.client import connect
+
+        return connect(name_or_path)
+
     @contextlib.contextmanager
     def guard(self):
         """Model work under the lock; running out of memory drops the caches and becomes OutOfMemory."""

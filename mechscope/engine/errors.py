@@ -35,3 +35,7 @@ class Cancelled(MechscopeError):
 
 class OutOfMemory(MechscopeError):
     """The device ran out of memory; caches were dropped and the engine is still usable."""
+
+
+class EngineUnreachable(MechscopeError):
+    """The engine server cannot be reached (not running, or the connection dropped)."""
