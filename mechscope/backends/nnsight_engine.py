@@ -63,6 +63,13 @@ class Capabilities:
         extra = "" if self.attribution else ", no attribution view"
         return f"{self.backend} ({self.execution}): full recompute on every change{extra}"
 
+    def to_dict(self) -> dict[str, Any]:
+        """What a session records about the backend (replays elsewhere compare within 1e-4)."""
+        from importlib.metadata import version
+
+        return {"backend": self.backend, "execution": self.execution,
+                "incremental_recompute": self.incremental_recompute, "nnsight": version("nnsight")}
+
 
 def _module_path(model: torch.nn.Module, module: torch.nn.Module) -> str:
     for name, candidate in model.named_modules():

@@ -172,3 +172,32 @@ def test_attribution_needs_weights_here(monkeypatch, service):
         engine.run(PROMPT, views=Views(attribution=True))
     assert "weights" in _one_line(error)
     assert "no attribution" in engine.capabilities.status
+
+
+def test_capabilities_record_the_backend(remote_engine):
+    record = remote_engine.capabilities.to_dict()
+    assert record == {"backend": "ndif", "execution": "NDIF", "incremental_recompute": False,
+                      "nnsight": nnsight.__version__}
+
+
+def test_backends_import_nnsight_only_when_used():
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys, json, mechscope.backends, mechscope.backends.nnsight_engine; "
+            "print(json.dumps('nnsight' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) is False
+
+
+def test_missing_nnsight_is_a_one_line_load_error(monkeypatch):
+    import mechscope.backends as backends
+    from mechscope.engine.errors import LoadError
+
+    monkeypatch.setattr(backends, "nnsight_available", lambda: False)
+    for backend in ("nnsight", "ndif"):
+        with pytest.raises(LoadError, match=r"pip install 'mechscope\[nnsight\]'"):
+            backends.load_backend("demo", backend=backend)
+    with pytest.raises(LoadError, match="unknown backend"):
+        backends.load_backend("demo", backend="vllm")
