@@ -201,3 +201,26 @@ def test_missing_nnsight_is_a_one_line_load_error(monkeypatch):
             backends.load_backend("demo", backend=backend)
     with pytest.raises(LoadError, match="unknown backend"):
         backends.load_backend("demo", backend="vllm")
+
+
+def test_check_ndif_compares_both_sides(capsys):
+    from mechscope.backends import check_ndif
+
+    engines = []
+
+    def load(source, backend, **kwargs):
+        engines.append(backend)
+        return NNsightEngine(tiny_model("llama"), tiny_tokenizer(), source=source)
+
+    assert check_ndif.main(["tiny/llama"], load=load) == 0
+    assert engines == ["ndif", "nnsight"]
+    assert "OK" in capsys.readouterr().out
+
+
+def test_check_ndif_reports_a_refusal_in_one_line(monkeypatch, capsys):
+    from mechscope.backends import check_ndif
+
+    _no_key(monkeypatch)
+    assert check_ndif.main(["tiny/llama", "--no-local"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: NDIF needs an API key") and err.count("\n") == 1
