@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -130,7 +129,7 @@ class NNsightEngine:
             "mlp_down": family.mlp_down, "final_norm": family.final_norm,
             "post_final": [p for p in family.post_final if get_path(model, p) is not None],
             "unembed": _module_path(model, a.unembed), "softcap": a.final_softcap,
-            "attn_call": "attention_interface_1",
+            "attn_call": None,  # resolved on first use (see `_attention_call`)
         }
         name = name or getattr(model.config, "_name_or_path", "") or source
         self.info = ModelInfo(
@@ -226,10 +225,12 @@ class NNsightEngine:
 
     # ------------------------------------------------------------------ traces
 
-    @contextlib.contextmanager
-    def _attention(self, eager: bool):
-        """Eager attention while patterns are read or edges knocked out (sdpa returns no weights);
-        the implementation travels with remote requests, so NDIF runs the same one."""
+    def _set_attention(self, eager: bool) -> None:
+        """Eager attention for a request that reads patterns or knocks out edges (sdpa returns no
+        weights), sdpa otherwise; the implementation travels with remote requests, so NDIF runs the
+        same one."""
+        if eager and self.paths["attn_call"] is None:
+            self.paths["attn_call"] = self._attention_call()
         wanted = "eager" if eager or not self._sdpa else "sdpa"
         if self.model.config._attn_implementation != wanted:
             try:
@@ -237,7 +238,18 @@ class NNsightEngine:
             except ValueError:  # an architecture without sdpa (Gemma2) runs eager throughout
                 self._sdpa = False
                 self.model.set_attn_implementation("eager")
-        yield
+
+    def _attention_call(self) -> str:
+        """nnsight's name for the attention-function call inside the attention module's forward,
+        whose mask input knockouts edit and whose weights output patterns read."""
+        envoy = self._traces.at(self._traces.at(self.lm, self.paths["layers"])[0], self.paths["attn"])
+        source = envoy.source
+        for name in source.names:
+            line = source.compiled.source.splitlines()[source.compiled.lines[name] - 1]
+            if name.startswith("attention_interface_") and "= attention_interface(" in line:
+                return name
+        raise MechscopeError(f"attention patterns and knockouts are not supported on the nnsight backend "
+                             f"for {type(self.model).__name__}")
 
     def _send(self, size: RequestSize, should_stop: ShouldStop | None = None) -> None:
         """Checks before a trace leaves: the stop button, and NDIF's preflight for remote runs."""
@@ -254,8 +266,8 @@ class NNsightEngine:
             self._acts_cache.move_to_end(key)
             return cached
         self._send(RequestSize(1, ids.shape[1]))
-        with self._attention(False):
-            acts = self._traces.acts_trace(self.lm, self.paths, ids, self.remote)
+        self._set_attention(False)
+        acts = self._traces.acts_trace(self.lm, self.paths, ids, self.remote)
         self._acts_cache[key] = acts
         while len(self._acts_cache) > _ACTS_CACHE_SIZE:
             self._acts_cache.popitem(last=False)
@@ -326,9 +338,9 @@ class NNsightEngine:
                     "dla": views.attribution, "stats": views.stats, "logprobs": views.logprobs,
                     "heads": heads, "sinks": views.sinks}
             self._send(RequestSize(rows, n_pos), should_stop)
-            with self._attention(bool(heads or views.sinks or plan.knockouts)):
-                out = self._traces.run_trace(self.lm, self.paths, ids.expand(rows, -1), plan.for_row(rows - 1),
-                                             want, self.remote)
+            self._set_attention(bool(heads or views.sinks or plan.knockouts))
+            out = self._traces.run_trace(self.lm, self.paths, ids.expand(rows, -1),
+                                         plan.for_row(rows - 1), want, self.remote)
             logits = out["logits"]  # [row, vocab]
             baseline = self._prediction(logits[0], info, top_k)
             prediction = baseline if rows == 1 else self._prediction(logits[-1], info, top_k)
@@ -385,116 +397,25 @@ class NNsightEngine:
         return readouts.attribution(self, captures, clean, at_readout(dla["final"]), readout,  # type: ignore[arg-type]
                                     info, deltas, logits.float().cpu())
 
-    # ------------------------------------------------------------------ sweeps
+    # ------------------------------------------------------------------ sweeps and generation
 
     def sweep(self, kind: str, clean: str, corrupt: str, metric: Metric, direction: str = "noising",
               on_progress: Callable[[SweepResult], None] | None = None,
               should_stop: ShouldStop | None = None) -> SweepResult:
         """Head or residual patching as batched traces (one row per variant), or AtP in one trace."""
-        if kind not in ("head", "resid", "atp"):
-            raise ValueError(f"sweep kind must be head, resid or atp, got {kind!r}")
-        if direction not in ("noising", "denoising"):
-            raise ValueError(f"direction must be noising or denoising, got {direction!r}")
-        if metric is None or not metric.target:
-            raise PromptError("a sweep needs a metric with a target token")
-        started = time.perf_counter()
-        base_prompt, source_prompt = (clean, corrupt) if direction == "noising" else (corrupt, clean)
-        a = self.adapter
-        with self.lock:
-            base_ids, _ = self._prompt_ids(base_prompt)
-            source_ids, _ = self._prompt_ids(source_prompt)
-            n_pos = base_ids.shape[1]
-            if source_ids.shape[1] != n_pos:
-                raise PromptError(
-                    f"clean and corrupted prompts must have the same number of tokens for a sweep "
-                    f"({base_ids.shape[1]} vs {source_ids.shape[1]})")
-            info = self.metric_info(metric, n_pos)
-            key = self._metric_key(info)
-            pair = torch.cat([base_ids, source_ids])  # [2, pos]
-            if kind == "resid":
-                col_labels = [f"{p}:{self.decode_token(t)}" for p, t in enumerate(base_ids[0].tolist())]
-            else:
-                col_labels = [f"H{h}" for h in range(a.n_heads)]
-            width = n_pos if kind == "resid" else a.n_heads
-            values = np.full((a.n_layers, width), np.nan, dtype=np.float32)
-            if kind == "atp":
-                self._send(RequestSize(2, n_pos, backward=True), should_stop)
-                with self._attention(False), torch.enable_grad():
-                    out = self._traces.atp_trace(self.lm, self.paths, pair, info.position, key, self.remote)
-                values[:] = out["scores"].float().cpu().numpy()
-                base_metric, source_metric = (float(v) for v in out["metrics"])
-            else:
-                per_trace = max(1, (self.max_rows - 2) // width)
-                base_metric = source_metric = float("nan")
-                for first in range(0, a.n_layers, per_trace):
-                    layers = list(range(first, min(a.n_layers, first + per_trace)))
-                    batch = torch.cat([pair, base_ids.expand(len(layers) * width, -1)])
-                    self._send(RequestSize(batch.shape[0], n_pos), should_stop)
-                    with self._attention(False), torch.no_grad():
-                        metrics = self._traces.sweep_trace(self.lm, self.paths, batch, kind, layers,
-                                                           info.position, key, self.remote)
-                    metrics = metrics.float().cpu()
-                    base_metric, source_metric = float(metrics[0]), float(metrics[1])
-                    values[layers] = (metrics[2:] - base_metric).view(len(layers), width).numpy()
-                    if on_progress is not None and layers[-1] < a.n_layers - 1:
-                        on_progress(self._sweep_result(kind, values, base_metric, source_metric,
-                                                       col_labels, False, started))
-            result = self._sweep_result(kind, values, base_metric, source_metric, col_labels, True, started)
-            if on_progress is not None:
-                on_progress(result)
-            return result
+        from mechscope.backends.nnsight_sweeps import sweep
 
-    def _sweep_result(self, kind: str, values: np.ndarray, base_metric: float, source_metric: float,
-                      col_labels: list[str], complete: bool, started: float) -> SweepResult:
-        return SweepResult(kind=kind, values=values.copy(), base_metric=base_metric,  # type: ignore[arg-type]
-                           source_metric=source_metric,
-                           row_labels=[f"L{layer}" for layer in range(self.adapter.n_layers)],
-                           col_labels=col_labels, complete=complete, seconds=time.perf_counter() - started)
-
-    # ------------------------------------------------------------------ generation
+        return sweep(self, kind, clean, corrupt, metric, direction, on_progress, should_stop)
 
     def generate(self, prompt: str, interventions: Iterable[Intervention] = (), max_new_tokens: int = 20,
                  temperature: float = 0.0, seed: int = 0, corrupted: str | None = None,
                  on_token: Callable[[GeneratedToken], None] | None = None,
                  should_stop: ShouldStop | None = None) -> list[GeneratedToken]:
         """Greedy or seeded sampling, one trace per token re-running the whole sequence with the edits."""
-        if max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
-        if temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        active = [iv for iv in interventions if iv.enabled]
-        generator = torch.Generator().manual_seed(int(seed))
-        eos = self.tokenizer.eos_token_id
-        if eos is None:
-            eos = getattr(self.model.generation_config, "eos_token_id", None)
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-        out: list[GeneratedToken] = []
-        with self.lock, torch.no_grad():
-            ids, _ = self._prompt_ids(prompt)
-            plan = plans.compile_plan(self, active, ids.shape[1], corrupted)
-            want = {"readout": -1, "lens_k": 0, "lens_target": -1, "dla": False, "stats": False,
-                    "logprobs": False, "heads": {}, "sinks": False}
-            for _ in range(max_new_tokens):
-                if ids.shape[1] >= self.adapter.max_context:
-                    break
-                self._send(RequestSize(1, ids.shape[1]), should_stop)
-                with self._attention(plan.knockouts):
-                    logits = self._traces.run_trace(self.lm, self.paths, ids, plan.for_row(0), want,
-                                                    self.remote)["logits"][0].float().cpu()
-                probs = torch.softmax(logits, dim=-1)
-                if temperature == 0:
-                    token = int(logits.argmax())
-                else:
-                    token = int(torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1,
-                                                  generator=generator))
-                item = GeneratedToken(token, self.decode_token(token), float(probs[token]))
-                out.append(item)
-                if on_token is not None:
-                    on_token(item)
-                if token in eos_ids:
-                    break
-                ids = torch.cat([ids, torch.tensor([[token]], device=ids.device)], dim=1)
-        return out
+        from mechscope.backends.nnsight_sweeps import generate
+
+        return generate(self, prompt, interventions, max_new_tokens, temperature, seed, corrupted,
+                        on_token, should_stop)
 
 
 __all__ = ["Capabilities", "NNsightEngine", "NdifError"]
