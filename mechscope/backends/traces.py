@@ -93,10 +93,13 @@ def run_trace(lm: Any, paths: dict, ids: torch.Tensor, plan: dict, want: dict, r
     heads ({layer: [head, ...]} patterns), sinks.
     """
     n_layers, n_heads, n_pos = paths["n_layers"], paths["n_heads"], ids.shape[1]
-    row, p = plan["row"], want["readout"]
+    row, p = plan["row"], want["readout"] % n_pos
     edits_by_layer = plan["layers"]
     out: dict = {}
-    with lm.trace(ids, remote=remote):
+    # Unembed only from the readout on (every position for per-token log-probs): the vocabulary
+    # projection of every row and position is most of a wide-vocabulary model's cost.
+    keep = 0 if want["logprobs"] else n_pos - p
+    with lm.trace(ids, remote=remote, logits_to_keep=keep):
         layers = at(lm, paths["layers"])
         resid: list = []
         z_read: list = []
@@ -189,8 +192,8 @@ def run_trace(lm: Any, paths: dict, ids: torch.Tensor, plan: dict, want: dict, r
                     values, index = flat.abs().flatten().topk(min(8, flat.numel()))
                     tops.append((flat.flatten()[index], index))
                     medians.append(flat.abs().median())
-        logits = at(lm, paths["unembed"]).output  # [batch, pos, vocab]
-        out["logits"] = nnsight.save(_capped(logits[:, p], paths["softcap"]))
+        logits = at(lm, paths["unembed"]).output  # [batch, kept pos, vocab]
+        out["logits"] = nnsight.save(_capped(logits[:, p - n_pos], paths["softcap"]))
         if want["logprobs"]:
             log_probs = torch.log_softmax(_capped(logits[row], paths["softcap"]), dim=-1)
             out["logprobs"] = nnsight.save(log_probs[:-1].gather(-1, ids[row, 1:, None].to(
@@ -222,7 +225,7 @@ def acts_trace(lm: Any, paths: dict, ids: torch.Tensor, remote: Any) -> dict:
     """Every layer's head outputs, attention and MLP writes and residuals over the whole sequence
     of `ids` [1, pos] (patch and resample sources, reference means, steering vectors)."""
     n_layers, n_pos = paths["n_layers"], ids.shape[1]
-    with lm.trace(ids, remote=remote):
+    with lm.trace(ids, remote=remote, logits_to_keep=1):
         layers = at(lm, paths["layers"])
         acts: dict = {"z": [], "attn_out": [], "mlp_out": [], "resid_pre": [], "resid_post": []}
         for layer in range(n_layers):
@@ -252,7 +255,7 @@ def sweep_trace(lm: Any, paths: dict, ids: torch.Tensor, kind: str, layers_: lis
     position (kind "resid": the residual entering the layer). Returns metric per row [row]."""
     n_heads, n_pos = paths["n_heads"], ids.shape[1]
     width = n_heads if kind == "head" else n_pos
-    with lm.trace(ids, remote=remote):
+    with lm.trace(ids, remote=remote, logits_to_keep=n_pos - readout):
         blocks = at(lm, paths["layers"])
         for index, layer in enumerate(layers_):
             first = 2 + index * width
@@ -266,7 +269,7 @@ def sweep_trace(lm: Any, paths: dict, ids: torch.Tensor, kind: str, layers_: lis
                 hidden = blocks[layer].input.clone()  # [row, pos, d_model]
                 hidden[rows, variants] = hidden[1, variants]  # row r patches position r
                 blocks[layer].input = hidden
-        logits = _capped(at(lm, paths["unembed"]).output[:, readout], paths["softcap"])
+        logits = _capped(at(lm, paths["unembed"]).output[:, 0], paths["softcap"])  # the readout
         values = nnsight.save(_metric(logits, metric))
     return values
 
@@ -276,7 +279,7 @@ def atp_trace(lm: Any, paths: dict, ids: torch.Tensor, readout: int, metric: tup
     """Attribution patching on rows [base, source]: (z_source - z_base) . d metric(base) / d z_base,
     summed over positions and each head's dimensions, per layer and head; and both rows' metrics."""
     n_layers, n_heads, n_pos = paths["n_layers"], paths["n_heads"], ids.shape[1]
-    with lm.trace(ids, remote=remote):
+    with lm.trace(ids, remote=remote, logits_to_keep=n_pos - readout):
         blocks = at(lm, paths["layers"])
         leaves = []
         for layer in range(n_layers):
@@ -284,7 +287,7 @@ def atp_trace(lm: Any, paths: dict, ids: torch.Tensor, readout: int, metric: tup
             leaf = o_proj.input.detach().requires_grad_(True)  # [row, pos, head*d_head]
             leaves.append(leaf)
             o_proj.input = leaf
-        logits = _capped(at(lm, paths["unembed"]).output[:, readout], paths["softcap"])
+        logits = _capped(at(lm, paths["unembed"]).output[:, 0], paths["softcap"])  # the readout
         metrics = _metric(logits, metric)  # [row]
         grads = torch.autograd.grad(metrics[0], leaves)
         scores = []
