@@ -95,7 +95,7 @@ def run_trace(lm: Any, paths: dict, ids: torch.Tensor, plan: dict, want: dict, r
     n_layers, n_heads, n_pos = paths["n_layers"], paths["n_heads"], ids.shape[1]
     row, p = plan["row"], want["readout"] % n_pos
     edits_by_layer = plan["layers"]
-    out: dict = {}
+    out: dict = {}  # filled inside the trace, then saved
     # Unembed only from the readout on (every position for per-token log-probs): the vocabulary
     # projection of every row and position is most of a wide-vocabulary model's cost.
     keep = 0 if want["logprobs"] else n_pos - p
@@ -193,31 +193,32 @@ def run_trace(lm: Any, paths: dict, ids: torch.Tensor, plan: dict, want: dict, r
                     tops.append((flat.flatten()[index], index))
                     medians.append(flat.abs().median())
         logits = at(lm, paths["unembed"]).output  # [batch, kept pos, vocab]
-        out["logits"] = nnsight.save(_capped(logits[:, p - n_pos], paths["softcap"]))
+        out["logits"] = _capped(logits[:, p - n_pos], paths["softcap"])
         if want["logprobs"]:
             log_probs = torch.log_softmax(_capped(logits[row], paths["softcap"]), dim=-1)
-            out["logprobs"] = nnsight.save(log_probs[:-1].gather(-1, ids[row, 1:, None].to(
-                log_probs.device))[:, 0])
+            out["logprobs"] = log_probs[:-1].gather(-1, ids[row, 1:, None].to(log_probs.device))[:, 0]
         if want["lens_k"]:
             lens = _decode(lm, paths, torch.stack(resid[:n_layers]))  # [layer, vocab]
             probs = torch.softmax(lens, dim=-1)
             top_probs, top_ids = probs.topk(want["lens_k"], dim=-1)
-            out["lens_ids"] = nnsight.save(top_ids)
-            out["lens_probs"] = nnsight.save(top_probs)
+            out["lens_ids"] = top_ids
+            out["lens_probs"] = top_probs
             target = want["lens_target"]
             if target >= 0:
-                out["lens_rank"] = nnsight.save((lens > lens[:, target : target + 1]).sum(-1))
-                out["lens_target_prob"] = nnsight.save(probs[:, target])
+                out["lens_rank"] = (lens > lens[:, target : target + 1]).sum(-1)
+                out["lens_target_prob"] = probs[:, target]
         if want["dla"]:
-            out["dla"] = nnsight.save({"z": z_read, "attn_raw": attn_raw, "attn_out": attn_read,
-                                       "mlp_out": mlp_read, "final": resid[-1], "embed": embed,
-                                       "deltas": deltas})
+            out["dla"] = {"z": z_read, "attn_raw": attn_raw, "attn_out": attn_read,
+                          "mlp_out": mlp_read, "final": resid[-1], "embed": embed, "deltas": deltas}
         if want["stats"]:
-            out["stats"] = nnsight.save({"norms": norms, "tops": tops, "medians": medians})
+            out["stats"] = {"norms": norms, "tops": tops, "medians": medians}
         if patterns:
-            out["patterns"] = nnsight.save(patterns)
+            out["patterns"] = patterns
         if want["sinks"]:
-            out["sinks"] = nnsight.save(sinks)
+            out["sinks"] = sinks
+        # Only variables bound to saved values come back from a remote run (the server fills its
+        # own copy of `out`), so the filled dict is saved and rebound.
+        out = nnsight.save(dict(out))
     return out
 
 

@@ -22,6 +22,7 @@ from mechscope.engine.interventions import (  # noqa: E402
 from mechscope.engine.protocol import EngineProtocol  # noqa: E402
 from mechscope.engine.testing import FAMILIES, tiny_engine, tiny_model, tiny_tokenizer  # noqa: E402
 from mechscope.engine.views import Views  # noqa: E402
+from tests.backends import server_like  # noqa: E402
 
 TOL = 1e-4
 CLEAN = "When Mary and John went to the store, John gave a drink to"
@@ -57,9 +58,14 @@ def _pair(family: str, remote: bool | str = False):
     return native, backend
 
 
-@pytest.fixture(scope="module", params=[False, "local"], ids=["local", "remote-local"])
+@pytest.fixture(scope="module", params=[False, "local", "server-like"],
+                ids=["local", "remote-local", "server-like"])
 def llama_pair(request):
-    return _pair("llama", request.param)
+    if request.param != "server-like":
+        return _pair("llama", request.param)
+    native, backend = _pair("llama", "local")
+    server_like.install(backend)
+    return native, backend
 
 
 def _assert_same_prediction(a, b) -> None:
