@@ -386,7 +386,7 @@ class NNsightEngine:
                      logits: torch.Tensor):
         """The native engine's direct logit attribution over this trace's readout-position records."""
         def at_readout(vector: torch.Tensor) -> torch.Tensor:  # [d] -> [1, pos, d], zero elsewhere
-            full = torch.zeros(1, n_pos, vector.shape[-1], dtype=vector.dtype)
+            full = torch.zeros(1, n_pos, vector.shape[-1], dtype=vector.dtype, device=vector.device)
             full[0, readout] = vector
             return full
 

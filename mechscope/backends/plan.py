@@ -162,8 +162,8 @@ def _add(engine: NNsightEngine, plan: Plan, iv: Intervention, n_pos: int, corrup
         if positions not in ("all", "last"):
             positions = resolve_positions(positions, n_pos, what)
         if not dry_run:
-            delta = torch.as_tensor(vector, dtype=engine.dtype) * iv.coeff  # [d_model]
-            plan.add(iv.layer, "pre", ("add", positions, delta.to(engine.device)))
+            delta = torch.as_tensor(vector, dtype=engine.dtype) * iv.coeff  # [d_model], moved by the trace
+            plan.add(iv.layer, "pre", ("add", positions, delta))
     elif isinstance(iv, AttentionKnockout):
         check_head(engine, iv.layer, iv.head, what)
         q, k = resolve_positions((iv.query_pos, iv.key_pos), n_pos, what)

@@ -36,8 +36,14 @@ def _first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+def _on(value: Any, ref: torch.Tensor) -> Any:
+    """A plan's tensor on `ref`'s device and dtype (plans are built on the client, often the CPU)."""
+    return value.to(ref.device, ref.dtype) if isinstance(value, torch.Tensor) else value
+
+
 def _set(value: torch.Tensor, row: int, positions: list[int] | None, replacement: Any) -> None:
     """value[row, positions] = replacement, in place ([batch, pos, d] views)."""
+    replacement = _on(replacement, value)
     if positions is None:
         value[row] = replacement
     else:
@@ -49,6 +55,7 @@ def _head_edits(x: torch.Tensor, edits: list, row: int, n_heads: int, n_pos: int
     z = z.view(*z.shape[:-1], n_heads, -1)  # [batch, pos, head, d_head]
     for kind, head, positions, value in edits:
         dst = _dst(positions)
+        value = _on(value, z)
         if kind == "scale":
             z[row, dst, head] = z[row, dst, head] * value
         else:
@@ -59,6 +66,7 @@ def _resid_edit(hidden: torch.Tensor, edits: list, row: int) -> torch.Tensor:
     """A copy of `hidden` [batch, pos, d_model] with steering and residual patches applied to `row`."""
     new = hidden.clone()
     for kind, positions, value in edits:
+        value = _on(value, new)
         if kind == "add":
             if positions == "all":
                 new[row] = new[row] + value
