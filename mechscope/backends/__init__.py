@@ -35,6 +35,9 @@ def load_backend(source: str = "demo", backend: str = "nnsight", device: str = "
     """
     if backend not in ("nnsight", "ndif"):
         raise LoadError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "nnsight" and remote not in (None, False, "local"):
+        raise LoadError("the nnsight backend runs here (remote=False or \"local\"); use backend=\"ndif\" "
+                        "to run on NDIF")
     _require_nnsight(backend)
     from mechscope.backends.nnsight_engine import NNsightEngine
 

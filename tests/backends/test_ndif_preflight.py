@@ -201,6 +201,8 @@ def test_missing_nnsight_is_a_one_line_load_error(monkeypatch):
             backends.load_backend("demo", backend=backend)
     with pytest.raises(LoadError, match="unknown backend"):
         backends.load_backend("demo", backend="vllm")
+    with pytest.raises(LoadError, match='use backend="ndif"'):
+        backends.load_backend("demo", backend="nnsight", remote=True)
 
 
 def test_check_ndif_compares_both_sides(capsys):
