@@ -1,0 +1,967 @@
+"""The workbench screen: lays out the panes, turns keys into Workbench commands, runs the requests they
+return in thread workers and repaints from the Workbench when each outcome comes back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult, ScreenStackError
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from mechscope.engine.addresses import parse_address
+from mechscope.engine.interventions import (
+    ActivationPatch,
+    AttentionKnockout,
+    ComponentAblation,
+    HeadAblation,
+    HeadScale,
+    Intervention,
+    NeuronClamp,
+    SteeringVector,
+)
+from mechscope.engine.results import RunResult
+from mechscope.tui.commands import COMMANDS, NEW_INTERVENTION_KINDS, WIDGET_KEYS, key_label
+from mechscope.tui.messages import Finished, GenerationToken, SweepPartial
+from mechscope.tui.widgets.head_grid import GRID_METRICS, HeadGrid
+from mechscope.tui.widgets.heatmap import Heatmap
+from mechscope.tui.widgets.interventions import InterventionList
+from mechscope.tui.widgets.predictions import PredictionsPane
+from mechscope.tui.widgets.prompt_pane import PromptPane
+from mechscope.tui.widgets.views import (
+    AttentionMap,
+    AttentionView,
+    GenerationView,
+    LensView,
+    StatsView,
+    SweepView,
+)
+from mechscope.workbench.controller import Inputs, Workbench
+from mechscope.workbench.executor import execute
+from mechscope.workbench.requests import (
+    AddVectorRequest,
+    BuildVectorRequest,
+    GenerateRequest,
+    Outcome,
+    Request,
+    RunRequest,
+    SweepRequest,
+    ValidateRequest,
+)
+
+if TYPE_CHECKING:
+    from mechscope.screens.steering import SteeringRequest
+
+EXAMPLE_POSITIVE = "I love this. It is wonderful"
+EXAMPLE_NEGATIVE = "I hate this. It is awful"
+TYPING_DEBOUNCE_S = 0.3
+CURSOR_DEBOUNCE_S = 0.12
+BUSY_NOTICE_S = 0.15
+PAINT_HOLD_S = 0.05  # an edit's repaint waits this long for its recompute, so a fast one paints once
+SWEEP_OF_GRID = {"patching": "head", "atp": "atp"}  # grid metric -> the sweep kind that computes it
+GRID_OF_SWEEP = {kind: name for name, kind in SWEEP_OF_GRID.items()}
+VIEW_TABS = ("tab-attention", "tab-lens", "tab-stats")  # filled from the latest run
+
+
+class WorkbenchScreen(Screen[None]):
+    """Renders a `Workbench`; every engine call is a request from it, run by `submit`."""
+
+    BINDINGS = [Binding(c.keys, c.action, c.short or c.title, show=c.show)
+                for c in COMMANDS if c.keys and c.action != "quit"]
+
+    def __init__(self, bench: Workbench, *, source: str, deterministic: bool = False) -> None:
+        super().__init__()
+        self.bench = bench
+        self.source = source
+        self.deterministic = deterministic  # snapshot mode: no timings on screen
+        self.engine: Any = None
+        self.grid_metric = "attribution"
+        self.engine_calls = 0  # how many engine requests the UI started (tests read it)
+        self.stale_views: set[str] = set()  # view tabs not yet showing the latest result
+        self._run_timer: Timer | None = None
+        self._attention_timer: Timer | None = None
+        self._busy_timer: Timer | None = None
+        self._paint_hold: Any = None  # an entered App.batch_update() while an edit waits for its run
+        self._paint_hold_timer: Timer | None = None
+        self._steer_after: tuple[Request, SteeringVector] | None = None
+        self._mounted = False
+
+    # ---------------------------------------------------------------- typed parts
+
+    @property
+    def grid(self) -> HeadGrid:
+        return self.query_one(HeadGrid)
+
+    @property
+    def prompt_pane(self) -> PromptPane:
+        return self.query_one(PromptPane)
+
+    @property
+    def tabs(self) -> TabbedContent:
+        return self.query_one(TabbedContent)
+
+    @property
+    def attention_view(self) -> AttentionView:
+        return self.query_one(AttentionView)
+
+    @property
+    def attention_map(self) -> AttentionMap:
+        return self.query_one(AttentionMap)
+
+    @property
+    def alive(self) -> bool:
+        """False while the app shuts down and the widgets are already gone (late timers, messages)."""
+        return self.is_attached and bool(self.query(PromptPane))
+
+    # ---------------------------------------------------------------- layout
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="title-bar"):
+            yield Static(f"mechscope · loading {self.source}…", id="title-model")
+            yield Static("", id="title-session")
+        yield PromptPane(self.bench.inputs, id="prompt-pane")
+        with Horizontal(id="body"):
+            yield HeadGrid(id="grid")
+            with Vertical(id="side"):
+                with Horizontal(id="top-right"):
+                    yield PredictionsPane("waiting for the model…", id="predictions")
+                    yield InterventionList(id="interventions")
+                with TabbedContent(id="views", initial="tab-attention"):
+                    with TabPane("attention", id="tab-attention"):
+                        yield AttentionView()
+                    with TabPane("lens", id="tab-lens"):
+                        yield LensView()
+                    with TabPane("sweep", id="tab-sweep"):
+                        yield SweepView()
+                    with TabPane("generate", id="tab-generate"):
+                        yield GenerationView()
+                    with TabPane("stats", id="tab-stats"):
+                        yield StatsView()
+        with Vertical(id="bottom-bar"):
+            yield Static("", id="status-bar")
+            yield Footer(id="workbench-footer", show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self.query_one(InterventionList).show_entries((), ())
+        self.grid.focus()
+        self.update_status()
+        self._mounted = True
+        if self.engine is not None:
+            self.engine_ready(self.engine)  # it loaded before the panes were composed
+
+    # ---------------------------------------------------------------- the engine arrives
+
+    def engine_ready(self, engine: Any) -> None:
+        """The model is loaded (and a resumed session's state is in the Workbench): show it and run."""
+        self.engine = engine
+        if not self._mounted:
+            return
+        info = engine.info
+        self.grid.configure(info.n_layers, info.n_heads)
+        self.bench.select(*(self.grid.selected or (0, 0)))
+        self.bench.info = "ready"
+        self.refresh_all()
+
+    def refresh_all(self) -> None:
+        """Repaint everything from the Workbench (after loading or switching sessions), then run."""
+        self.prompt_pane.set_values(self.bench.inputs)
+        self.update_title()
+        self.refresh_interventions()
+        self.show_grid()
+        self.submit(self.bench.next_run())
+
+    def update_title(self) -> None:
+        if self.engine is None:
+            return
+        info = self.engine.info
+        title = Text()
+        title.append(info.name, style="bold")
+        title.append(f" │ {info.device} {info.dtype} │ {info.n_layers} layers × {info.n_heads} heads")
+        self.query_one("#title-model", Static).update(title, layout=False)
+        recorder = self.bench.recorder
+        line = recorder.describe()
+        session = Text()
+        if recorder.session is None:
+            session.append(line, style="yellow")
+        elif recorder.saved:
+            session.append(f"session {recorder.name} ")
+            session.append("saved", style="green")
+            if recorder.warning:
+                session.append(f" ({recorder.warning})", style="yellow")
+        else:
+            session.append(line, style="bold red")
+        widget = self.query_one("#title-session", Static)
+        if session.plain != getattr(widget, "shown_plain", None):
+            widget.shown_plain = session.plain  # type: ignore[attr-defined]
+            widget.update(session)
+
+    def show_progress(self, text: str) -> None:
+        self.query_one("#title-model", Static).update(f"mechscope · {text}")
+        self.bench.info = f"{text} (you can type a prompt or press ? meanwhile)"
+        self.update_status()
+
+    # ---------------------------------------------------------------- status
+
+    def update_status(self) -> None:
+        text = Text()
+        grid = self.grid
+        if grid.selected is not None and self.engine is not None:
+            layer, head = grid.selected
+            text.append(f"L{layer}.H{head}", style="bold")
+            value = grid.values[layer, head] if grid.values is not None else np.nan
+            if np.isfinite(value):
+                text.append(f" {grid.metric_name} {value:+.3f}")
+            stack = self.bench.stack
+            marks = [self.bench.label(e) for e in (*stack.on_head(layer, head), *stack.on_layer(layer))
+                     if e.intervention.enabled]
+            if marks:
+                listed = ", ".join(marks)
+                if len(listed) > 40:  # keep room for the message after it
+                    listed = f"{len(marks)} interventions here"
+                text.append(f" [{listed}]", style="yellow")
+            text.append(" │ ")
+        if self.bench.error:
+            text.append(self.bench.error, style="bold red")
+        else:
+            text.append(self.bench.info)
+        text.append(" │ ? keys  ctrl+p commands", style="dim")
+        self.query_one("#status-bar", Static).update(text, layout=False)  # fixed size: no relayout
+
+    def show_error(self, text: str) -> None:
+        self.bench.error = text
+        self.update_status()
+
+    def say(self, text: str) -> None:
+        self.bench.info = text
+        self.update_status()
+
+    # ---------------------------------------------------------------- running requests
+
+    def submit(self, request: Request | None) -> None:
+        """Run a request the Workbench returned, in the worker of its kind (None: nothing to run)."""
+        if request is None:
+            self.release_paint()
+            self.update_status()
+            return
+        if self.engine is None:
+            self.bench.invalidate()  # loading: engine_ready runs the current inputs
+            return
+        self.engine_calls += 1
+        if isinstance(request, RunRequest):
+            if self.bench.is_attention_request(request):
+                self.run_attention(request)
+                return
+            if self._busy_timer is None:
+                # Say "running" only for runs slow enough to notice; a repaint now would delay fast ones.
+                self._busy_timer = self.set_timer(BUSY_NOTICE_S, self.show_busy)
+            self.run_live(request)
+        elif isinstance(request, SweepRequest):
+            self.tabs.active = "tab-sweep"
+            self.say(f"{request.sweep_kind} sweep running (esc cancels)")
+            self.run_sweep(request)
+        elif isinstance(request, GenerateRequest):
+            self.tabs.active = "tab-generate"
+            self.query_one(GenerationView).reset(request.prompt)
+            self.say("generating (esc cancels)")
+            generation = self.bench.generation
+            self.run_generate(request if generation is None else generation.baseline, request)
+        elif isinstance(request, ValidateRequest):
+            self.run_check(request)
+        else:
+            self.run_vector(request)
+
+    def _execute(self, request: Request, on_partial: Callable[[Any], None] | None = None) -> Outcome:
+        worker = get_current_worker()
+        return execute(self.engine, request, on_partial, lambda: worker.is_cancelled)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
+    def run_live(self, request: RunRequest) -> None:
+        self.post_message(Finished(self._execute(request)))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="attention")
+    def run_attention(self, request: RunRequest) -> None:
+        self.post_message(Finished(self._execute(request)))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="sweep")
+    def run_sweep(self, request: SweepRequest) -> None:
+        self.post_message(Finished(self._execute(
+            request, lambda partial: self.post_message(SweepPartial(request, partial)))))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
+    def run_generate(self, baseline: GenerateRequest, request: GenerateRequest) -> None:
+        """Both lanes: the same request without interventions, then the request itself."""
+        for lane in (baseline, request) if baseline is not request else (request,):
+            outcome = self._execute(lane, lambda token, lane=lane: self.post_message(GenerationToken(lane, token)))
+            self.post_message(Finished(outcome))
+            if not outcome.ok:
+                return
+
+    @work(thread=True, exit_on_error=False, group="check")
+    def run_check(self, request: ValidateRequest) -> None:
+        self.post_message(Finished(self._execute(request)))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="vector")
+    def run_vector(self, request: Request) -> None:
+        self.post_message(Finished(self._execute(request)))
+
+    def on_finished(self, message: Finished) -> None:
+        """One outcome back: the Workbench stores (and records) it; repaint what it changed."""
+        if not self.alive:
+            return
+        outcome = message.outcome
+        request = outcome.request
+        shown_run = self.bench.run
+        follow_up = self.bench.accept(outcome)
+        if isinstance(request, RunRequest):
+            if self.bench.is_attention_request(request):
+                self.show_selected_attention()
+            else:
+                self.stop_busy()
+                self.call_next(self.release_paint)  # after this handler's updates: one paint for all
+                if self.bench.run is not shown_run:
+                    self.show_result()
+                elif outcome.error:
+                    self.query_one(PredictionsPane).mark_stale("stale: the last run failed")
+        elif isinstance(request, SweepRequest):
+            self.sweep_finished(outcome)
+        elif isinstance(request, GenerateRequest):
+            self.generation_finished(outcome)
+        elif isinstance(request, ValidateRequest):
+            if follow_up is not None:
+                self.hold_paint()
+                self.refresh_interventions()
+        elif isinstance(request, (BuildVectorRequest, AddVectorRequest)):
+            self.vector_finished(outcome)
+        self.update_title()
+        self.update_status()
+        self.submit(follow_up)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Unexpected exceptions in workers land here: show them, keep the app running."""
+        if event.state == WorkerState.ERROR:
+            self.release_paint()
+            self.stop_busy()
+            error = event.worker.error
+            if event.worker.group == "engine":
+                self.bench.invalidate()  # the same inputs may be retried
+            self.show_error(f"{event.worker.group} failed: {type(error).__name__}: {error}")
+
+    def show_busy(self) -> None:
+        self._busy_timer = None
+        if self.alive:
+            self.say("running…")
+
+    def stop_busy(self) -> None:
+        if self._busy_timer is not None:
+            self._busy_timer.stop()
+            self._busy_timer = None
+
+    def hold_paint(self) -> None:
+        """Paint an edit together with its recomputed result when that comes within PAINT_HOLD_S.
+
+        Without this the list repaints at once and the result one or two frames later (Textual
+        paints at most once per frame): two paints where one shows the same thing sooner.
+        """
+        if self._paint_hold is not None or self.engine is None:
+            return
+        self._paint_hold = self.app.batch_update()
+        self._paint_hold.__enter__()
+        self._paint_hold_timer = self.set_timer(PAINT_HOLD_S, self.release_paint)
+
+    def release_paint(self) -> None:
+        if self._paint_hold is None:
+            return
+        hold, self._paint_hold = self._paint_hold, None
+        if self._paint_hold_timer is not None:
+            self._paint_hold_timer.stop()
+            self._paint_hold_timer = None
+        hold.__exit__(None, None, None)
+        try:
+            self.app.screen.check_idle()  # the screen skipped its repaint while held: ask again now
+        except ScreenStackError:
+            pass  # the app is closing
+
+    # ---------------------------------------------------------------- live runs
+
+    def schedule_run(self, delay: float = TYPING_DEBOUNCE_S) -> None:
+        if self._run_timer is not None:
+            self._run_timer.stop()
+            self._run_timer = None
+        if delay > 0:
+            self._run_timer = self.set_timer(delay, self.start_run)
+        else:
+            self.start_run()
+
+    def start_run(self) -> None:
+        if not self.alive or self.engine is None:
+            return
+        request = self.bench.next_run()
+        if request is None and not self.bench.inputs.clean.strip():
+            self.workers.cancel_group(self, "engine")
+            self.prompt_pane.show_tokens([])
+            self.prompt_pane.show_notes(["empty prompt: type a prompt to run the model"])
+            self.query_one(PredictionsPane).mark_stale("stale: the prompt is empty")
+            self.say("waiting for a prompt")
+        self.submit(request)
+
+    def apply(self, request: Request | None) -> None:
+        """After a command that may have edited the list: redraw the list and marks, run what it returned."""
+        if isinstance(request, RunRequest):
+            self.hold_paint()
+        self.refresh_interventions()
+        self.submit(request)
+
+    def show_result(self) -> None:
+        result = self.bench.result
+        if result is None:
+            return
+        self.query_one(PredictionsPane).show(result, bool(self.bench.run.request.interventions))
+        self.show_prompt_info(result)
+        self.show_grid()
+        self.stale_views = set(VIEW_TABS)
+        self.show_view(self.tabs.active)
+        compute = result.compute
+        if compute is not None:
+            mode = compute.mode + (f" from L{compute.start_layer}" if compute.mode == "incremental" else "")
+            timing = "" if self.deterministic else f" in {compute.seconds * 1000:.0f} ms"
+            self.bench.info = f"{mode}{timing}"
+        else:
+            self.bench.info = "done"
+        if self.bench.generation is not None and not self.bench.generation_is_current():
+            self.query_one(GenerationView).mark_stale()
+
+    def show_view(self, tab: str) -> None:
+        """Fill a view tab from the latest result; hidden tabs wait until they are opened."""
+        result = self.bench.result
+        if result is None or tab not in self.stale_views:
+            return
+        self.stale_views.discard(tab)
+        if tab == "tab-attention":
+            self.show_selected_attention()
+        elif tab == "tab-lens":
+            self.query_one(LensView).show(result.logit_lens)
+        elif tab == "tab-stats":
+            self.query_one(StatsView).show(result.stats)
+
+    @on(TabbedContent.TabActivated)
+    def tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane is not None and event.pane.id:
+            self.show_view(event.pane.id)
+
+    def show_prompt_info(self, result: RunResult) -> None:
+        notes: list[str] = []
+        readout = len(result.tokens) - 1
+        if result.metric_info is not None:
+            readout = result.metric_info.position % max(len(result.tokens), 1)
+            notes.extend(result.metric_info.warnings)
+        if result.truncated_from:
+            context = self.engine.info.max_context
+            notes.insert(0, f"prompt truncated: {result.truncated_from} tokens cut to "
+                            f"{len(result.token_ids)} (model context {context})")
+        metric_note = self.bench.inputs.metric()[1]
+        if metric_note:
+            notes.append(metric_note)
+        self.prompt_pane.show_tokens(result.tokens, readout)
+        self.prompt_pane.show_notes(notes)
+
+    # ---------------------------------------------------------------- grid
+
+    def grid_values(self, name: str) -> np.ndarray | None:
+        result = self.bench.result
+        if name == "attribution":
+            return None if result is None or result.attribution is None else result.attribution.heads
+        if name == "sink":
+            return None if result is None else result.sink_scores
+        return self.bench.sweep_values(SWEEP_OF_GRID[name])
+
+    def show_grid(self) -> None:
+        values = self.grid_values(self.grid_metric)
+        stale = self.bench.sweep_staleness(SWEEP_OF_GRID.get(self.grid_metric, ""))
+        note = f"{stale}: rerun the sweep" if stale else "not computed"
+        self.grid.show_metric(self.grid_metric, values, note)
+        self.show_marks()
+
+    def show_marks(self) -> None:
+        grid = self.grid
+        grid.set_marks(self.bench.stack.head_marks())
+        grid.set_row_marks(self.bench.stack.layer_marks())
+
+    def action_cycle_grid(self) -> None:
+        names = list(GRID_METRICS)
+        self.grid_metric = names[(names.index(self.grid_metric) + 1) % len(names)]
+        self.show_grid()
+        if self.grid_values(self.grid_metric) is None and self.grid_metric in SWEEP_OF_GRID:
+            key = "w" if self.grid_metric == "patching" else "a"
+            stale = self.bench.sweep_staleness(SWEEP_OF_GRID[self.grid_metric])
+            why = f"{stale} since the sweep: " if stale else ""
+            self.say(f"grid: {self.grid_metric} ({why}press {key} to run the sweep)")
+        else:
+            self.say(f"grid: {self.grid_metric}")
+
+    @on(Heatmap.CursorMoved, "#grid")
+    def grid_cursor_moved(self, event: Heatmap.CursorMoved) -> None:
+        self.bench.select(event.row, event.col)
+        self.update_status()
+        if self.engine is None or self.bench.result is None:
+            return
+        if self.show_selected_attention():
+            return
+        if self._attention_timer is not None:
+            self._attention_timer.stop()
+        self._attention_timer = self.set_timer(CURSOR_DEBOUNCE_S, self.start_attention)
+
+    def start_attention(self) -> None:
+        if self.alive and self.engine is not None:
+            self.submit(self.bench.attention_request())
+
+    def selected_pattern(self) -> tuple[str, np.ndarray, list[str]] | None:
+        """The selected head's attention pattern: from the latest run or a light run after it."""
+        result, selected = self.bench.result, self.bench.selected
+        if result is None or selected is None:
+            return None
+        address = f"L{selected[0]}.H{selected[1]}"
+        if address in result.attention and self.bench.result_is_current:
+            return address, result.attention[address], result.tokens
+        if address in self.bench.attention:
+            pattern, tokens = self.bench.attention[address]
+            return address, pattern, tokens
+        if address in result.attention:
+            return address, result.attention[address], result.tokens
+        return None
+
+    def show_selected_attention(self) -> bool:
+        shown = self.selected_pattern()
+        if shown is None:
+            return False
+        address, pattern, tokens = shown
+        parsed = parse_address(address)
+        self.attention_view.show(address, pattern, tokens,
+                                 self.bench.knockout_marks(parsed.layer, int(parsed.head)))  # type: ignore[arg-type]
+        return True
+
+    # ---------------------------------------------------------------- typing
+
+    @on(Input.Changed, "#prompt-pane Input")
+    def prompt_typed(self, event: Input.Changed) -> None:
+        self.bench.inputs = self.prompt_pane.values()  # runs of the old text are superseded now
+        self.schedule_run(TYPING_DEBOUNCE_S)
+
+    @on(Input.Submitted, "#prompt-pane Input")
+    def prompt_submitted(self, event: Input.Submitted) -> None:
+        self.bench.inputs = self.prompt_pane.values()
+        self.schedule_run(0)
+
+    @on(Select.Changed, "#metric-kind")
+    def metric_kind_changed(self, event: Select.Changed) -> None:
+        self.bench.inputs = self.prompt_pane.values()
+        self.schedule_run(0)
+
+    # ---------------------------------------------------------------- interventions
+
+    def refresh_interventions(self) -> None:
+        entries = self.bench.stack.entries
+        self.query_one(InterventionList).show_entries(entries, tuple(self.bench.label(e) for e in entries))
+        self.show_marks()
+        view = self.attention_view
+        if view.address is not None:
+            parsed = parse_address(view.address)
+            view.set_knockouts(self.bench.knockout_marks(parsed.layer, int(parsed.head)))  # type: ignore[arg-type]
+        self.update_status()
+
+    def selected_head(self) -> tuple[int, int] | None:
+        if self.engine is None:
+            self.show_error("the model is still loading")
+            return None
+        return self.grid.selected
+
+    def selected_layer(self) -> int:
+        selected = self.grid.selected
+        return selected[0] if selected is not None else 0
+
+    def action_ablate(self, mode: str) -> None:
+        if self.selected_head() is not None:
+            self.apply(self.bench.ablate(mode))
+
+    def action_patch_head(self) -> None:
+        if self.selected_head() is not None:
+            self.apply(self.bench.patch_selected())
+
+    def action_scale_head(self) -> None:
+        from mechscope.screens.ask_value import AskValueScreen
+
+        head = self.selected_head()
+        if head is None:
+            return
+        existing = [e for e in self.bench.stack.on_head(*head) if isinstance(e.intervention, HeadScale)]
+
+        def validate(text: str) -> str | None:
+            try:
+                float(text)
+            except ValueError:
+                return f"not a number: {text!r}"
+            return None
+
+        def done(text: str | None) -> None:
+            if text is None:
+                return
+            scale = HeadScale(head[0], head[1], factor=float(text))
+            if existing:
+                self.apply(self.bench.replace(existing[-1].id, scale))
+            else:
+                self.apply(self.bench.add(scale))
+
+        initial = f"{existing[-1].intervention.factor:g}" if existing else "2"  # type: ignore[attr-defined]
+        self.app.push_screen(AskValueScreen(f"scale L{head[0]}.H{head[1]}",
+                                            "factor (0 removes the head, 1 leaves it, 2 doubles it)",
+                                            initial, validate), done)
+
+    def action_edit_head(self) -> None:
+        head = self.selected_head()
+        if head is None:
+            return
+        entries = self.bench.stack.on_head(*head)
+        if not entries:
+            self.show_error(f"no intervention on L{head[0]}.H{head[1]} (space ablates it)")
+            return
+        self.edit_entry(entries[-1].id)
+
+    def edit_entry(self, entry_id: int) -> None:
+        from mechscope.screens.edit_intervention import EditInterventionScreen
+
+        entry = self.bench.stack.get(entry_id)
+        if entry is None:
+            return
+        shown = self.bench.resolved(entry)
+
+        def done(edited: Intervention | None) -> None:
+            if edited is not None and edited != shown:
+                self.apply(self.bench.propose(edited, replace_id=entry_id))
+
+        hint = "source_prompt follows the corrupted prompt until you change it" \
+            if entry_id in self.bench.follows else ""
+        self.app.push_screen(EditInterventionScreen(shown, hint=hint) if hint else EditInterventionScreen(shown),
+                             done)
+
+    @on(InterventionList.Requested)
+    def list_requested(self, event: InterventionList.Requested) -> None:
+        if event.action == "toggle":
+            self.apply(self.bench.toggle(event.entry_id))
+        elif event.action == "delete":
+            self.apply(self.bench.remove(event.entry_id))
+        elif event.action == "edit":
+            self.edit_entry(event.entry_id)
+
+    def action_undo(self) -> None:
+        self.apply(self.bench.undo())
+
+    def action_clear_interventions(self) -> None:
+        self.apply(self.bench.clear())
+
+    def propose(self, intervention: Intervention, replace_id: int | None = None, toggle: bool = False) -> None:
+        if self.engine is None:
+            self.show_error("the model is still loading")
+            return
+        self.apply(self.bench.propose(intervention, replace_id=replace_id, toggle=toggle))
+
+    def open_new_form(self, template: Intervention, title: str, hint: str) -> None:
+        """The edit form filled with `template`; what the user saves is added after a dry run."""
+        from mechscope.screens.edit_intervention import EditInterventionScreen
+
+        def done(made: Intervention | None) -> None:
+            if made is not None:
+                self.propose(made)
+
+        self.app.push_screen(EditInterventionScreen(template, title=title, hint=hint), done)
+
+    def action_ablate_component(self, component: str) -> None:
+        if self.selected_head() is None:
+            return
+        name = "attention" if component == "attn" else "MLP"
+        self.open_new_form(ComponentAblation(self.selected_layer(), component, "zero"),  # type: ignore[arg-type]
+                           f"ablate the {name} output of a layer",
+                           "mode zero, mean or resample; empty positions = all")
+
+    def action_clamp_neuron(self) -> None:
+        if self.selected_head() is None:
+            return
+        d_mlp = self.engine.info.d_mlp
+        self.open_new_form(NeuronClamp(self.selected_layer(), 0, 0.0), "clamp an MLP neuron",
+                           f"neuron 0..{d_mlp - 1}; empty positions = all")
+
+    def new_intervention(self, kind: str) -> Intervention:
+        """A sensible new intervention of `kind` on the selected head or layer, to edit in the form."""
+        layer, head = self.grid.selected or (0, 0)
+        inputs = self.bench.inputs
+        result = self.bench.result
+        last = max(len(result.tokens) - 1, 0) if result is not None else 0
+        vectors = sorted(getattr(self.engine, "vectors", {}) or {})
+        templates: dict[str, Intervention] = {
+            "head_ablation": HeadAblation(layer, head),
+            "head_scale": HeadScale(layer, head, 2.0),
+            "activation_patch": ActivationPatch(f"L{layer}.H{head}", inputs.corrupted or inputs.clean),
+            "attention_knockout": AttentionKnockout(layer, head, last, 0),
+            "component_ablation": ComponentAblation(layer, "attn", "zero"),
+            "neuron_clamp": NeuronClamp(layer, 0, 0.0),
+            "steering_vector": SteeringVector(layer, vectors[-1] if vectors else "", 4.0),
+        }
+        return templates[kind]
+
+    def action_add_intervention(self) -> None:
+        from mechscope.screens.choose import ChooseScreen
+
+        if self.selected_head() is None:
+            return
+
+        def chosen(kind: str | None) -> None:
+            if kind is None:
+                return
+            if kind == "steering_vector" and not getattr(self.engine, "vectors", None):
+                self.say("no steering vector yet: build one first")
+                self.action_build_vector()
+                return
+            hints = {"component_ablation": "component attn or mlp; mode zero, mean or resample",
+                     "steering_vector": f"vectors: {', '.join(sorted(getattr(self.engine, 'vectors', {})))}; "
+                                        "positions all, last or 3,4",
+                     "activation_patch": "address like L3.H1, L3.attn, L3.mlp, L3.resid_pre"}
+            self.open_new_form(self.new_intervention(kind), f"add {kind.replace('_', ' ')}",
+                               hints.get(kind, "empty positions = all"))
+
+        self.app.push_screen(ChooseScreen("add an intervention", list(NEW_INTERVENTION_KINDS)), chosen)
+
+    # ---------------------------------------------------------------- attention knockouts
+
+    def action_knockout(self) -> None:
+        """Focus the attention map to pick an edge; with the map focused, toggle the edge under its cursor."""
+        if self.selected_head() is None:
+            return
+        attention_map = self.attention_map
+        view = self.attention_view
+        if not attention_map.has_focus:
+            self.tabs.active = "tab-attention"
+            self.call_after_refresh(attention_map.focus)
+            self.say("pick an edge: arrows move query / key, k or enter knocks it out, esc returns")
+            return
+        if view.address is None or attention_map.cursor is None:
+            self.show_error("no attention pattern to pick an edge from yet")
+            return
+        self.toggle_knockout(view.address, *attention_map.cursor)
+
+    def toggle_knockout(self, address: str, query: int, key: int) -> None:
+        parsed = parse_address(address)
+        self.apply(self.bench.toggle_knockout(parsed.layer, int(parsed.head), query, key))  # type: ignore[arg-type]
+
+    def action_knockout_at(self) -> None:
+        from mechscope.screens.ask_value import AskValueScreen
+
+        head = self.selected_head()
+        if head is None:
+            return
+        result = self.bench.result
+        n_tokens = len(result.tokens) if result is not None else 1
+        query, key = self.attention_map.cursor or (n_tokens - 1, 0)
+
+        def parse(text: str) -> tuple[int, int] | None:
+            parts = [part.strip() for part in text.replace("->", ",").split(",")]
+            if len(parts) != 2 or not all(part.isdigit() for part in parts):
+                return None
+            return int(parts[0]), int(parts[1])
+
+        def validate(text: str) -> str | None:
+            return None if parse(text) is not None else "two positions, query,key (e.g. 13,0)"
+
+        def done(text: str | None) -> None:
+            edge = parse(text) if text else None
+            if edge is not None:
+                self.toggle_knockout(f"L{head[0]}.H{head[1]}", *edge)
+
+        self.app.push_screen(AskValueScreen(f"knock out an edge of L{head[0]}.H{head[1]}",
+                                            f"query,key positions (0..{n_tokens - 1}; key ≤ query)",
+                                            f"{query},{key}", validate), done)
+
+    # ---------------------------------------------------------------- steering vectors
+
+    def action_build_vector(self) -> None:
+        self.open_steering("build")
+
+    def action_load_vector(self) -> None:
+        self.open_steering("load")
+
+    def open_steering(self, mode: str) -> None:
+        from mechscope.screens.steering import SteeringScreen
+
+        if self.selected_head() is None:
+            return
+        first = not getattr(self.engine, "vectors", None)
+        screen = SteeringScreen(mode, self.engine.info.n_layers, self.selected_layer(),
+                                name="love-hate" if first and mode == "build" else "",
+                                positive=EXAMPLE_POSITIVE if first else "",
+                                negative=EXAMPLE_NEGATIVE if first else "")
+
+        def done(asked: SteeringRequest | None) -> None:
+            if asked is None:
+                return
+            verb = "building" if asked.path is None else "loading"
+            self.say(f"{verb} steering vector {asked.name}…")
+            steer = SteeringVector(asked.layer, asked.name, asked.coeff, asked.positions)
+            if asked.path is None:
+                request: Request = self.bench.vector_request(asked.name, asked.layer, asked.positive,
+                                                             asked.negative)
+                self._steer_after = (request, steer)
+                self.submit(request)
+            else:
+                self.engine_calls += 1
+                self.load_vector_file(asked.path, asked.name, steer)
+
+        self.app.push_screen(screen, done)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="vector")
+    def load_vector_file(self, path: str, name: str, steer: SteeringVector) -> None:
+        """Read the file here (disk I/O off the UI thread), then add the vector as a request."""
+        from mechscope.tui.vector_files import read_vector_file
+
+        try:
+            vector = read_vector_file(path, name)
+        except ValueError as exc:
+            outcome = Outcome(AddVectorRequest(name, np.zeros(0, dtype=np.float32)), error=str(exc))
+            self.post_message(Finished(outcome))
+            return
+        request = AddVectorRequest(name, vector)
+        self._steer_after = (request, steer)  # set before the message that reads it is posted
+        self.post_message(Finished(self._execute(request)))
+
+    def vector_finished(self, outcome: Outcome) -> None:
+        pending, self._steer_after = self._steer_after, None
+        if not outcome.ok or pending is None or pending[0] is not outcome.request:
+            return
+        steer = pending[1]
+        norm = float(np.linalg.norm(outcome.result))
+        self.bench.info = f"vector {steer.vector_id} (norm {norm:.3g}): {steer.label}"
+        if steer in self.bench.interventions():
+            self.submit(self.bench.next_run())  # already steering: its values changed
+        else:
+            self.apply(self.bench.propose(steer))
+
+    # ---------------------------------------------------------------- sweeps
+
+    def action_sweep(self, kind: str) -> None:
+        if self.engine is None:
+            self.show_error("the model is still loading")
+            return
+        self.submit(self.bench.sweep(kind))  # type: ignore[arg-type]
+        self.update_status()
+
+    def on_sweep_partial(self, message: SweepPartial) -> None:
+        state = self.bench.sweep_partial(message.request, message.result)
+        if state is None or not self.alive:
+            return
+        self.query_one(SweepView).show(message.result, running=not message.result.complete)
+        if self.grid_metric == GRID_OF_SWEEP.get(message.request.sweep_kind):
+            self.show_grid()
+
+    def sweep_finished(self, outcome: Outcome) -> None:
+        request = outcome.request
+        assert isinstance(request, SweepRequest)
+        state = self.bench.sweeps.get(request.sweep_kind)
+        if state is None or state.request is not request or not outcome.ok:
+            return
+        result = outcome.result
+        self.query_one(SweepView).show(result, running=False)
+        if request.sweep_kind in GRID_OF_SWEEP:
+            self.grid_metric = GRID_OF_SWEEP[request.sweep_kind]
+            self.show_grid()
+        timing = "" if self.deterministic else f" in {result.seconds:.1f} s"
+        self.bench.info = f"{result.kind} sweep complete{timing}"
+
+    def action_cancel(self) -> None:
+        if isinstance(self.app.focused, (Input, AttentionMap)):
+            self.grid.focus()
+            return
+        running = [w for w in self.workers if w.group in ("sweep", "generate") and w.is_running]
+        for worker in running:
+            worker.cancel()
+        if any(worker.group == "sweep" for worker in running):
+            state = self.bench.cancel_sweep()
+            if state is not None and state.result is not None:
+                self.query_one(SweepView).show(state.result, running=False, note=" (cancelled)")
+        if running:
+            self.say("cancelled")
+
+    # ---------------------------------------------------------------- generation
+
+    def action_generate(self) -> None:
+        if self.engine is None:
+            self.show_error("the model is still loading")
+            return
+        self.submit(self.bench.generate())
+        self.update_status()
+
+    def on_generation_token(self, message: GenerationToken) -> None:
+        lane = self.bench.generation_token(message.request, message.token)
+        if lane is not None and self.alive:
+            self.query_one(GenerationView).append(lane, message.token)
+
+    def generation_finished(self, outcome: Outcome) -> None:
+        generation = self.bench.generation
+        if generation is None or outcome.request is not generation.request:
+            return
+        self.bench.info = "generation cancelled" if outcome.cancelled else "generated"
+
+    # ---------------------------------------------------------------- misc actions
+
+    def action_show_tab(self, tab: str) -> None:
+        self.tabs.active = tab
+
+    def action_focus_prompt(self) -> None:
+        self.query_one("#clean", Input).focus()
+
+    def action_help(self) -> None:
+        from mechscope.screens.help import HelpScreen
+
+        keys = [(key_label(c.keys), c.help if c.title in c.help else f"{c.title}: {c.help}")
+                for c in COMMANDS]
+        self.app.push_screen(HelpScreen(keys + list(WIDGET_KEYS)))
+
+    def action_note(self) -> None:
+        from mechscope.screens.ask_value import AskValueScreen
+
+        def done(text: str | None) -> None:
+            if text:
+                recorder = self.bench.recorder
+                recorder.note(text)
+                self.say("note saved" if recorder.saved else
+                         "note not saved: no session" if recorder.session is None else "note not saved")
+                self.update_title()
+
+        self.app.push_screen(AskValueScreen("note", "a note for the session log"), done)
+
+    def action_retry_saving(self) -> None:
+        recorder = self.bench.recorder
+        if not recorder.unsaved:
+            self.say("nothing waits to be saved")
+            return
+        left = recorder.retry_unsaved()
+        self.say(f"{left} still not saved" if left else "saved everything that was waiting")
+        self.update_title()
+
+    def action_sessions(self) -> None:
+        open_sessions = getattr(self.app, "open_sessions", None)
+        if open_sessions is not None:
+            open_sessions()
+
+    def restored(self, name: str) -> None:
+        """The App switched sessions: the Workbench holds the new state; show it and run."""
+        self.bench.error = None
+        self.bench.info = f"opened session {name}"
+        self.stale_views.clear()
+        self.refresh_all()
+
+    def current_inputs(self) -> Inputs:
+        return self.bench.inputs
