@@ -192,10 +192,10 @@ class WorkbenchScreen(Screen[None]):
         if recorder.session is None:
             session.append(line, style="yellow")
         elif recorder.saved:
-            session.append(f"session {recorder.name} ")
+            head = f"session {recorder.name} "
+            session.append(head)
             session.append("saved", style="green")
-            if recorder.warning:
-                session.append(f" ({recorder.warning})", style="yellow")
+            session.append(line[len(head) + len("saved"):], style="yellow")
         else:
             session.append(line, style="bold red")
         widget = self.query_one("#title-session", Static)

@@ -51,11 +51,14 @@ class SessionRecorder:
         """One line for the header; never says saved and not saved at once."""
         if self.session is None:
             return self.reason or "not recording"
+        lost = ""
+        if self.unsaved:
+            shown = ", ".join(u.what for u in self.unsaved[:3])
+            more = f" and {len(self.unsaved) - 3} more" if len(self.unsaved) > 3 else ""
+            lost = f" · unwritten: {shown}{more} (Retry saving)"
         if self.status == "saved":
-            return f"session {self.name} saved" + (f" ({self.warning})" if self.warning else "")
-        pending = f"; {len(self.unsaved)} not saved: {', '.join(u.what for u in self.unsaved[-3:])}" \
-            if self.unsaved else ""
-        return f"session {self.name} NOT SAVED: {self.reason}{pending}"
+            return f"session {self.name} saved" + (f" ({self.warning})" if self.warning else "") + lost
+        return f"session {self.name} NOT SAVED: {self.reason}{lost}"
 
     @classmethod
     def start(cls, name: str | None, engine: Any) -> tuple[SessionRecorder, Any]:
