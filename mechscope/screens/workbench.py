@@ -551,17 +551,17 @@ class WorkbenchScreen(Screen[None]):
 
     @on(Input.Changed, "#prompt-pane Input")
     def prompt_typed(self, event: Input.Changed) -> None:
-        self.bench.inputs = self.prompt_pane.values()  # runs of the old text are superseded now
+        self.bench.edit(self.prompt_pane.values())  # runs of the old text are superseded now
         self.schedule_run(TYPING_DEBOUNCE_S)
 
     @on(Input.Submitted, "#prompt-pane Input")
     def prompt_submitted(self, event: Input.Submitted) -> None:
-        self.bench.inputs = self.prompt_pane.values()
+        self.bench.edit(self.prompt_pane.values())
         self.schedule_run(0)
 
     @on(Select.Changed, "#metric-kind")
     def metric_kind_changed(self, event: Select.Changed) -> None:
-        self.bench.inputs = self.prompt_pane.values()
+        self.bench.edit(self.prompt_pane.values())
         self.schedule_run(0)
 
     # ---------------------------------------------------------------- interventions

@@ -201,9 +201,14 @@ class Workbench:
 
     # -- inputs ---------------------------------------------------------------------------------
 
-    def set_inputs(self, inputs: Inputs) -> RunRequest | None:
-        """The user edited an input: from now on runs of the old inputs are superseded."""
+    def edit(self, inputs: Inputs) -> None:
+        """The user is typing: from now on runs of the old inputs are superseded; `next_run` runs
+        the new ones once the typing pauses."""
         self.inputs = inputs
+
+    def set_inputs(self, inputs: Inputs) -> RunRequest | None:
+        """The user edited an input and it should run now."""
+        self.edit(inputs)
         return self.next_run()
 
     def select(self, layer: int, head: int) -> None:
