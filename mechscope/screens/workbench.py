@@ -46,6 +46,7 @@ from mechscope.tui.widgets.views import (
 )
 from mechscope.workbench.controller import Inputs, Workbench
 from mechscope.workbench.executor import execute
+from mechscope.workbench.numbers import parse_number
 from mechscope.workbench.requests import (
     AddVectorRequest,
     BuildVectorRequest,
@@ -156,6 +157,11 @@ class WorkbenchScreen(Screen[None]):
         self._mounted = True
         if self.engine is not None:
             self.engine_ready(self.engine)  # it loaded before the panes were composed
+
+    def on_screen_resume(self) -> None:
+        """Back from a dialog or another screen: keys act on the grid again, never type into a field."""
+        if self._mounted:
+            self.grid.focus()
 
     # ---------------------------------------------------------------- the engine arrives
 
@@ -604,9 +610,9 @@ class WorkbenchScreen(Screen[None]):
 
         def validate(text: str) -> str | None:
             try:
-                float(text)
-            except ValueError:
-                return f"not a number: {text!r}"
+                parse_number("factor", text)
+            except ValueError as exc:
+                return str(exc)
             return None
 
         def done(text: str | None) -> None:
