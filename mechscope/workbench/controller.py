@@ -110,6 +110,7 @@ class Workbench:
                  generation: GenerationSettings | None = None) -> None:
         self.inputs = inputs
         self.recorder = recorder or SessionRecorder()
+        self.recorder.current = self.resolved_entries
         self.stack = InterventionStack()
         self.follows: set[int] = set()  # ids of patches whose source is the corrupted prompt
         self.top_k = top_k
@@ -142,6 +143,9 @@ class Workbench:
         if entry.id in self.follows and isinstance(intervention, ActivationPatch):
             return dataclasses.replace(intervention, source_prompt=self.inputs.corrupted)
         return intervention
+
+    def resolved_entries(self) -> tuple[Entry, ...]:
+        return tuple(Entry(e.id, self.resolved(e)) for e in self.stack.entries)
 
     def interventions(self) -> tuple[Intervention, ...]:
         """The enabled interventions, resolved, in list order: what the next request carries."""
@@ -571,3 +575,4 @@ class Workbench:
     def switch_recorder(self, recorder: SessionRecorder) -> None:
         self.recorder.close()
         self.recorder = recorder
+        recorder.current = self.resolved_entries

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from mechscope.engine.interventions import Intervention, Metric
 from mechscope.workbench.requests import GenerateRequest, RunRequest, SweepRequest
-from mechscope.workbench.stack import Change
+from mechscope.workbench.stack import Change, Entry, diff_entries
 
 Status = Literal["saved", "not saved", "not recording"]
 
@@ -38,6 +38,7 @@ class SessionRecorder:
         self._last_prompt: tuple[str, str | None] | None = None
         self._last_metric: Metric | None = None
         self._recorded: dict[int, Intervention | None] = {}  # id -> as the log holds it
+        self.current: Callable[[], tuple[Entry, ...]] | None = None  # the list as it is now
 
     @property
     def name(self) -> str | None:
@@ -143,20 +144,37 @@ class SessionRecorder:
             self._write("metric", metric_event, keep=False)
 
     def changes(self, changes: list[Change]) -> None:
+        """Record edits of the list. After a failed one the log's list is out of step: from then on
+        each call (and Retry saving) writes the difference between the log's list and `current()`."""
+        if self.session is None:
+            return
+        if any(u.what == "intervention list" for u in self.unsaved):
+            self._write("intervention list", self._resync, keep=False)
+            if self.saved:
+                self.unsaved = [u for u in self.unsaved if u.what != "intervention list"]
+            return
         for change in changes:
-            def write(change: Change = change) -> None:
-                self.session.record_intervention(change.action, change.id,
-                                                 intervention=change.intervention,
-                                                 enabled=change.enabled)
-                if change.action == "removed":
-                    self._recorded.pop(change.id, None)
-                elif change.intervention is not None:
-                    self._recorded[change.id] = change.intervention
-                elif change.id in self._recorded and change.enabled is not None:
-                    before = self._recorded[change.id]
-                    self._recorded[change.id] = None if before is None else before.with_enabled(change.enabled)
+            if not self._write(f"intervention {change.action}", lambda c=change: self._change(c), keep=False):
+                self.unsaved.append(Unsaved("intervention list", self._resync))
+                return
 
-            self._write(f"intervention {change.action}", write, keep=True)
+    def _change(self, change: Change) -> None:
+        self.session.record_intervention(change.action, change.id, intervention=change.intervention,
+                                         enabled=change.enabled)
+        if change.action == "removed":
+            self._recorded.pop(change.id, None)
+        elif change.intervention is not None:
+            self._recorded[change.id] = change.intervention
+        elif (before := self._recorded.get(change.id)) is not None and change.enabled is not None:
+            self._recorded[change.id] = before.with_enabled(change.enabled)
+
+    def _resync(self) -> None:
+        """Write what turns the log's intervention list into the current one."""
+        if self.current is None:
+            return
+        logged = tuple(Entry(i, iv) for i, iv in self._recorded.items() if iv is not None)
+        for change in diff_entries(logged, self.current()):
+            self._change(change)
 
     def recorded_intervention(self, entry_id: int) -> Intervention | None:
         """The intervention the log holds under `entry_id` (None if unknown)."""

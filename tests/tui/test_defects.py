@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from textual.widgets import Input
 
-from mechscope.engine.interventions import HeadScale
+from mechscope.engine.interventions import HeadAblation, HeadScale
 from mechscope.screens.ask_value import AskValueScreen
 from mechscope.screens.edit_intervention import EditInterventionScreen
+from mechscope.sessions import Session
 from mechscope.tui.app import IOI_PAIR
 from mechscope.tui.widgets.head_grid import HeadGrid
 from tests.tui.helpers import make_app, screen_text, settle
@@ -52,3 +53,55 @@ async def test_non_finite_or_huge_numbers_keep_the_dialog_open_with_the_reason()
         await pilot.pause()
         assert isinstance(app.screen, EditInterventionScreen)
         assert "factor: must be a finite number" in screen_text(app)
+
+
+async def test_stale_predictions_are_marked_stale():
+    from mechscope.engine.errors import InterventionError
+    from tests.tui.helpers import CountingEngine
+
+    engine = CountingEngine()
+    app = make_app(engine, record=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        predictions = app.query_one("#predictions")
+        assert predictions.border_title == "predictions"
+        engine.fail_with = InterventionError("zero L0.H0: something went wrong")
+        await pilot.press("space")
+        await settle(pilot)
+        assert predictions.border_title == "predictions (stale: the last run failed)"
+        engine.fail_with = None
+        await pilot.press("u")
+        await settle(pilot)
+        assert predictions.border_title == "predictions"
+        await pilot.press("slash")
+        app.query_one("#clean", Input).value = ""
+        await pilot.press("enter")
+        await settle(pilot)
+        assert predictions.border_title == "predictions (stale: the prompt is empty)"
+
+
+async def test_header_says_not_saved_until_a_write_works_and_lost_writes_can_be_retried():
+    from tests.workbench.test_controller import FlakySession
+
+    app = make_app(session_name="study")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        recorder = app.bench.recorder
+        recorder.session = flaky = FlakySession(recorder.session)
+        flaky.failing = True
+        await pilot.press("space")
+        await settle(pilot)
+        header = str(app.query_one("#title-session").render())
+        assert header.startswith("session study NOT SAVED: [Errno 28] No space left on device")
+        assert "unwritten: intervention list" in header and " saved" not in header
+        await pilot.press("j", "space", "u")  # more edits while the disk is full
+        await settle(pilot)
+        flaky.failing = False
+        await app.run_action("retry_saving", app.workbench)
+        await pilot.pause()
+        assert str(app.query_one("#title-session").render()) == "session study saved"
+        await pilot.press("l", "space")  # and recording goes on as before
+        await settle(pilot)
+        app.bench.recorder.close()
+    state = Session.open("study").state()
+    assert state.interventions == [(1, HeadAblation(0, 0)), (3, HeadAblation(1, 1))]
