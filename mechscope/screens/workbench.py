@@ -4,7 +4,7 @@ return in thread workers and repaints from the Workbench when each outcome comes
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from rich.text import Text
@@ -14,6 +14,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
+from textual.widget import Widget
 from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
@@ -58,6 +59,7 @@ TYPING_DEBOUNCE_S = 0.3
 CURSOR_DEBOUNCE_S = 0.12
 BUSY_NOTICE_S = 0.15
 PAINT_HOLD_S = 0.05  # an edit's repaint waits this long for its recompute, so a fast one paints once
+W = TypeVar("W", bound=Widget)
 SWEEP_OF_GRID = {"patching": "head", "atp": "atp"}  # grid metric -> the sweep kind that computes it
 GRID_OF_SWEEP = {kind: name for name, kind in SWEEP_OF_GRID.items()}
 VIEW_TABS = ("tab-attention", "tab-lens", "tab-stats")  # filled from the latest run
@@ -85,33 +87,45 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         self._paint_hold_timer: Timer | None = None
         self._steer_after: tuple[Request, SteeringVector] | None = None
         self._mounted = False
+        self._prompt_pane: PromptPane | None = None
+        self._parts: dict[tuple[Any, type], Widget] = {}
 
     # ---------------------------------------------------------------- typed parts
 
+    def part(self, selector: str | type[W], expect: type[W]) -> W:
+        """A widget of this screen, looked up once (the layout never changes after compose)."""
+        key = (selector, expect)
+        widget = self._parts.get(key)
+        if widget is None:
+            widget = self.query_one(selector, expect)  # type: ignore[arg-type]
+            self._parts[key] = widget
+        return widget  # type: ignore[return-value]
+
     @property
     def grid(self) -> HeadGrid:
-        return self.query_one(HeadGrid)
+        return self.part(HeadGrid, HeadGrid)
 
     @property
     def prompt_pane(self) -> PromptPane:
-        return self.query_one(PromptPane)
+        return self.part(PromptPane, PromptPane)
 
     @property
     def tabs(self) -> TabbedContent:
-        return self.query_one(TabbedContent)
+        return self.part(TabbedContent, TabbedContent)
 
     @property
     def attention_view(self) -> AttentionView:
-        return self.query_one(AttentionView)
+        return self.part(AttentionView, AttentionView)
 
     @property
     def attention_map(self) -> AttentionMap:
-        return self.query_one(AttentionMap)
+        return self.part(AttentionMap, AttentionMap)
 
     @property
     def alive(self) -> bool:
         """False while the app shuts down and the widgets are already gone (late timers, messages)."""
-        return self.is_attached and bool(self.query(PromptPane))
+        pane = self._prompt_pane  # kept from mount: querying the DOM here costs ms per message
+        return pane is not None and pane.is_attached
 
     # ---------------------------------------------------------------- layout
 
@@ -142,9 +156,10 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
             yield Footer(id="workbench-footer", show_command_palette=False)
 
     def on_mount(self) -> None:
-        self.query_one(InterventionList).show_entries((), ())
+        self.part(InterventionList, InterventionList).show_entries((), ())
         self.grid.focus()
         self.update_status()
+        self._prompt_pane = self.query_one(PromptPane)
         self._mounted = True
         if self.engine is not None:
             self.engine_ready(self.engine)  # it loaded before the panes were composed
@@ -182,7 +197,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         title = Text()
         title.append(info.name, style="bold")
         title.append(f" │ {info.device} {info.dtype} │ {info.n_layers} layers × {info.n_heads} heads")
-        self.query_one("#title-model", Static).update(title, layout=False)
+        self.part("#title-model", Static).update(title, layout=False)
         recorder = self.bench.recorder
         line = recorder.describe()
         session = Text()
@@ -195,13 +210,13 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
             session.append(line[len(head) + len("saved"):], style="yellow")
         else:
             session.append(line, style="bold red")
-        widget = self.query_one("#title-session", Static)
+        widget = self.part("#title-session", Static)
         if session.plain != getattr(widget, "shown_plain", None):
             widget.shown_plain = session.plain  # type: ignore[attr-defined]
             widget.update(session)
 
     def show_progress(self, text: str) -> None:
-        self.query_one("#title-model", Static).update(f"mechscope · {text}")
+        self.part("#title-model", Static).update(f"mechscope · {text}")
         self.bench.info = f"{text} (you can type a prompt or press ? meanwhile)"
         self.update_status()
 
@@ -230,7 +245,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         else:
             text.append(self.bench.info)
         text.append(" │ ? keys  ctrl+p commands", style="dim")
-        self.query_one("#status-bar", Static).update(text, layout=False)  # fixed size: no relayout
+        self.part("#status-bar", Static).update(text, layout=False)  # fixed size: no relayout
 
     def show_error(self, text: str) -> None:
         self.bench.error = text
@@ -266,7 +281,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
             self.run_sweep(request)
         elif isinstance(request, GenerateRequest):
             self.tabs.active = "tab-generate"
-            self.query_one(GenerationView).reset(request.prompt)
+            self.part(GenerationView, GenerationView).reset(request.prompt)
             self.say("generating (esc cancels)")
             generation = self.bench.generation
             self.run_generate(request if generation is None else generation.baseline, request)
@@ -326,7 +341,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
                 if self.bench.run is not shown_run:
                     self.show_result()
                 elif outcome.error:
-                    self.query_one(PredictionsPane).mark_stale("stale: the last run failed")
+                    self.part(PredictionsPane, PredictionsPane).mark_stale("stale: the last run failed")
         elif isinstance(request, SweepRequest):
             self.sweep_finished(outcome)
         elif isinstance(request, GenerateRequest):
@@ -405,7 +420,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
             self.workers.cancel_group(self, "engine")
             self.prompt_pane.show_tokens([])
             self.prompt_pane.show_notes(["empty prompt: type a prompt to run the model"])
-            self.query_one(PredictionsPane).mark_stale("stale: the prompt is empty")
+            self.part(PredictionsPane, PredictionsPane).mark_stale("stale: the prompt is empty")
             self.say("waiting for a prompt")
         self.submit(request)
 
@@ -420,7 +435,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         result = self.bench.result
         if result is None:
             return
-        self.query_one(PredictionsPane).show(result, bool(self.bench.run.request.interventions))
+        self.part(PredictionsPane, PredictionsPane).show(result, bool(self.bench.run.request.interventions))
         self.show_prompt_info(result)
         self.show_grid()
         self.stale_views = set(VIEW_TABS)
@@ -433,7 +448,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         else:
             self.bench.info = "done"
         if self.bench.generation is not None and not self.bench.generation_is_current():
-            self.query_one(GenerationView).mark_stale()
+            self.part(GenerationView, GenerationView).mark_stale()
 
     def show_view(self, tab: str) -> None:
         """Fill a view tab from the latest result; hidden tabs wait until they are opened."""
@@ -565,7 +580,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
 
     def refresh_interventions(self) -> None:
         entries = self.bench.stack.entries
-        self.query_one(InterventionList).show_entries(entries, tuple(self.bench.label(e) for e in entries))
+        self.part(InterventionList, InterventionList).show_entries(entries, tuple(self.bench.label(e) for e in entries))
         self.show_marks()
         view = self.attention_view
         if view.address is not None:
@@ -619,7 +634,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         state = self.bench.sweep_partial(message.request, message.result)
         if state is None or not self.alive:
             return
-        self.query_one(SweepView).show(message.result, running=not message.result.complete)
+        self.part(SweepView, SweepView).show(message.result, running=not message.result.complete)
         if self.grid_metric == GRID_OF_SWEEP.get(message.request.sweep_kind):
             self.show_grid()
 
@@ -630,7 +645,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         if state is None or state.request is not request or not outcome.ok:
             return
         result = outcome.result
-        self.query_one(SweepView).show(result, running=False)
+        self.part(SweepView, SweepView).show(result, running=False)
         if request.sweep_kind in GRID_OF_SWEEP:
             self.grid_metric = GRID_OF_SWEEP[request.sweep_kind]
             self.show_grid()
@@ -647,7 +662,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         if any(worker.group == "sweep" for worker in running):
             state = self.bench.cancel_sweep()
             if state is not None and state.result is not None:
-                self.query_one(SweepView).show(state.result, running=False, note=" (cancelled)")
+                self.part(SweepView, SweepView).show(state.result, running=False, note=" (cancelled)")
         if running:
             self.say("cancelled")
 
@@ -663,7 +678,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
     def on_generation_token(self, message: GenerationToken) -> None:
         lane = self.bench.generation_token(message.request, message.token)
         if lane is not None and self.alive:
-            self.query_one(GenerationView).append(lane, message.token)
+            self.part(GenerationView, GenerationView).append(lane, message.token)
 
     def generation_finished(self, outcome: Outcome) -> None:
         generation = self.bench.generation
