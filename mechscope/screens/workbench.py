@@ -3,6 +3,7 @@ return in thread workers and repaints from the Workbench when each outcome comes
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -304,17 +305,22 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="sweep")
     def run_sweep(self, request: SweepRequest) -> None:
-        self.post_message(Finished(self._execute(
-            request, lambda partial: self.post_message(SweepPartial(request, partial)))))
+        def partial(result: Any) -> None:
+            self.post_message(SweepPartial(request, result))
+
+        self.post_message(Finished(self._execute(request, partial)))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
     def run_generate(self, baseline: GenerateRequest, request: GenerateRequest) -> None:
         """Both lanes: the same request without interventions, then the request itself."""
         for lane in (baseline, request) if baseline is not request else (request,):
-            outcome = self._execute(lane, lambda token, lane=lane: self.post_message(GenerationToken(lane, token)))
+            outcome = self._execute(lane, functools.partial(self.post_token, lane))
             self.post_message(Finished(outcome))
             if not outcome.ok:
                 return
+
+    def post_token(self, lane: GenerateRequest, token: Any) -> None:
+        self.post_message(GenerationToken(lane, token))
 
     @work(thread=True, exit_on_error=False, group="check")
     def run_check(self, request: ValidateRequest) -> None:
@@ -432,10 +438,11 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         self.submit(request)
 
     def show_result(self) -> None:
-        result = self.bench.result
-        if result is None:
+        run = self.bench.run
+        if run is None or not isinstance(run.request, RunRequest):
             return
-        self.part(PredictionsPane, PredictionsPane).show(result, bool(self.bench.run.request.interventions))
+        result = run.result
+        self.part(PredictionsPane, PredictionsPane).show(result, bool(run.request.interventions))
         self.show_prompt_info(result)
         self.show_grid()
         self.stale_views = set(VIEW_TABS)

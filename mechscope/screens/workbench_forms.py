@@ -45,10 +45,14 @@ class InterventionForms:
         engine_calls: int
         _steer_after: tuple[Request, SteeringVector] | None
         app: Any
-        grid: HeadGrid
-        tabs: TabbedContent
-        attention_view: AttentionView
-        attention_map: AttentionMap
+        @property
+        def grid(self) -> HeadGrid: ...
+        @property
+        def tabs(self) -> TabbedContent: ...
+        @property
+        def attention_view(self) -> AttentionView: ...
+        @property
+        def attention_map(self) -> AttentionMap: ...
 
         def apply(self, request: Request | None) -> None: ...
         def submit(self, request: Request | None) -> None: ...
@@ -261,7 +265,7 @@ class InterventionForms:
                 return
             verb = "building" if asked.path is None else "loading"
             self.say(f"{verb} steering vector {asked.name}…")
-            steer = SteeringVector(asked.layer, asked.name, asked.coeff, asked.positions)
+            steer = SteeringVector(asked.layer, asked.name, asked.coeff, asked.positions)  # type: ignore[arg-type]
             if asked.path is None:
                 request: Request = self.bench.vector_request(asked.name, asked.layer, asked.positive,
                                                              asked.negative)

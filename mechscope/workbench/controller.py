@@ -442,9 +442,11 @@ class Workbench:
         if isinstance(request, RunRequest):
             return self._accept_run(outcome, request)
         if isinstance(request, SweepRequest):
-            return self._accept_sweep(outcome, request)
+            self._accept_sweep(outcome, request)
+            return None
         if isinstance(request, GenerateRequest):
-            return self._accept_generate(outcome, request)
+            self._accept_generate(outcome, request)
+            return None
         if isinstance(request, ValidateRequest):
             return self._accept_check(outcome, request)
         if isinstance(request, (BuildVectorRequest, AddVectorRequest)):

@@ -7,6 +7,7 @@ failed so they can be retried once the disk works again.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -154,7 +155,8 @@ class SessionRecorder:
                 self.unsaved = [u for u in self.unsaved if u.what != "intervention list"]
             return
         for change in changes:
-            if not self._write(f"intervention {change.action}", lambda c=change: self._change(c), keep=False):
+            if not self._write(f"intervention {change.action}", functools.partial(self._change, change),
+                               keep=False):
                 self.unsaved.append(Unsaved("intervention list", self._resync))
                 return
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from textual.widgets import Input
 
 from mechscope.engine.interventions import HeadAblation, HeadScale
@@ -105,3 +106,28 @@ async def test_header_says_not_saved_until_a_write_works_and_lost_writes_can_be_
         app.bench.recorder.close()
     state = Session.open("study").state()
     assert state.interventions == [(1, HeadAblation(0, 0)), (3, HeadAblation(1, 1))]
+
+
+async def test_a_patch_follows_the_corrupted_prompt_and_the_list_says_so():
+    from tests.tui.helpers import CountingEngine
+
+    engine = CountingEngine()
+    app = make_app(engine, record=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("j", "l", "p")
+        await settle(pilot)
+        lines = app.query_one("#interventions")
+        assert "[x] patch L1.H1 ← corrupted" in str(lines.get_option_at_index(0).prompt)
+        before = app.bench.result.metric
+        swapped = IOI_PAIR.corrupted.replace("Mary and John", "John and Mary")
+        app.query_one("#corrupted", Input).value = swapped
+        app.query_one("#corrupted", Input).focus()
+        await pilot.press("enter")
+        await settle(pilot)
+        request = app.bench.run.request
+        assert request.interventions[0].source_prompt == swapped  # the run used the new source
+        expected = engine.inner.run(IOI_PAIR.clean, request.interventions, metric=request.metric,
+                                    corrupted=swapped)
+        assert app.bench.result.metric == pytest.approx(expected.metric, abs=1e-5)
+        assert abs(expected.metric - before) > 1e-3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mechscope.engine.errors import InterventionError, LoadError
-from mechscope.engine.interventions import ActivationPatch, HeadAblation, HeadScale
+from mechscope.engine.interventions import HeadAblation, HeadScale
 from mechscope.screens.help import HelpScreen
 from mechscope.screens.load_error import LoadErrorScreen
 from mechscope.tui.app import COMMANDS, IOI_PAIR, TYPING_DEBOUNCE_S, MechscopeApp, key_label
@@ -77,28 +77,6 @@ async def test_toggling_an_ablation_changes_predictions_and_off_restores_baselin
         await settle(pilot)
         assert app.bench.stack.entries == ()
         np.testing.assert_array_equal(app.bench.result.prediction.logits, baseline.logits)
-
-
-async def test_undo_steps_back_through_changes():
-    app = make_app()
-    async with app.run_test(size=(120, 40)) as pilot:
-        await settle(pilot)
-        baseline = app.bench.result.prediction
-        await pilot.press("space", "l", "m", "j", "p")
-        await settle(pilot)
-        kinds = [e.intervention for e in app.bench.stack.entries]
-        assert kinds == [HeadAblation(0, 0), HeadAblation(0, 1, mode="mean"),
-                         ActivationPatch("L1.H1", IOI_PAIR.corrupted)]
-        await pilot.press("u")
-        await settle(pilot)
-        assert [e.intervention for e in app.bench.stack.entries] == kinds[:2]
-        await pilot.press("u", "u")
-        await settle(pilot)
-        assert app.bench.stack.entries == ()
-        np.testing.assert_array_equal(app.bench.result.prediction.logits, baseline.logits)
-        await pilot.press("u")
-        await settle(pilot)
-        assert "nothing to undo" in text_of(app, "#status-bar")
 
 
 async def test_grid_cursor_moves_with_arrows_and_hjkl_and_stays_inside():
