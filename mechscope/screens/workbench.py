@@ -261,8 +261,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
     def submit(self, request: Request | None) -> None:
         """Run a request the Workbench returned, in the worker of its kind (None: nothing to run)."""
         if request is None:
-            self.release_paint()
-            self.update_status()
+            self.release_paint()  # callers have shown why nothing runs
             return
         if self.engine is None:
             self.bench.invalidate()  # loading: engine_ready runs the current inputs
