@@ -27,6 +27,7 @@ WORKBENCH_MODULES = [
     "mechscope.workbench.requests",
     "mechscope.workbench.stack",
     "mechscope.workbench.numbers",
+    "mechscope.workbench.state",
 ]
 
 

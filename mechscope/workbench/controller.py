@@ -8,8 +8,7 @@ inputs (the user typed while it ran) is not shown as current and not recorded.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,61 +35,9 @@ from mechscope.workbench.requests import (
     ValidateRequest,
 )
 from mechscope.workbench.stack import Change, Entry, InterventionStack
+from mechscope.workbench.state import Generation, GenerationSettings, Inputs, Lane, SweepState
 
-Lane = Literal["baseline", "intervened"]
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """What the user typed, as plain strings (the prompt pane shows these)."""
-
-    clean: str
-    corrupted: str
-    target: str
-    foil: str
-    metric_kind: str = "logit_diff"
-
-    def metric(self) -> tuple[Metric | None, str | None]:
-        """The metric the inputs describe, or None with the reason to show under the prompt."""
-        if not self.target:
-            return None, "no metric: type a target token (e.g. ' Mary')"
-        try:
-            if self.metric_kind == "logit_diff":
-                return Metric("logit_diff", self.target, self.foil), None
-            return Metric(self.metric_kind, self.target), None  # type: ignore[arg-type]
-        except ValueError as exc:
-            return None, f"metric not used: {exc}"
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int = 24
-    temperature: float = 0.0
-    seed: int = 0
-
-
-@dataclass
-class SweepState:
-    """One sweep kind: the request it ran, its latest (partial or final) result, how it ended."""
-
-    request: SweepRequest
-    result: SweepResult | None = None
-    done: bool = False
-    cancelled: bool = False
-    error: str | None = None
-
-
-@dataclass
-class Generation:
-    """The latest generation: the request of each lane and the tokens streamed so far."""
-
-    request: GenerateRequest
-    baseline: GenerateRequest
-    tokens: dict[str, list[GeneratedToken]] = field(
-        default_factory=lambda: {"baseline": [], "intervened": []})
-    done: bool = False
-    cancelled: bool = False
-
+__all__ = ["Generation", "GenerationSettings", "Inputs", "Lane", "SweepState", "Workbench"]
 
 @dataclass(frozen=True)
 class _Check:
