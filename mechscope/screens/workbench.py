@@ -359,7 +359,8 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
             self.vector_finished(outcome)
         self.update_title()
         self.update_status()
-        self.submit(follow_up)
+        if follow_up is not None:
+            self.submit(follow_up)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """Unexpected exceptions in workers land here: show them, keep the app running."""
