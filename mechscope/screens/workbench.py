@@ -40,7 +40,7 @@ from mechscope.tui.widgets.views import (
     StatsView,
     SweepView,
 )
-from mechscope.workbench.controller import Inputs, Workbench
+from mechscope.workbench.controller import Workbench
 from mechscope.workbench.executor import execute
 from mechscope.workbench.requests import (
     AddVectorRequest,
@@ -741,6 +741,3 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         self.bench.info = f"opened session {name}"
         self.stale_views.clear()
         self.refresh_all()
-
-    def current_inputs(self) -> Inputs:
-        return self.bench.inputs
