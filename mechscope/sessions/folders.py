@@ -33,6 +33,7 @@ from mechscope.sessions.reading import (
     MAX_MANIFEST_BYTES,
     check_depth,
     check_values,
+    loads,
     read_regular,
     shown,
 )
@@ -198,7 +199,11 @@ def summarise(path: Path) -> SessionSummary:
 
 
 def _scan_log(path: Path) -> tuple[int, str]:
-    """Count complete lines and find the last prompt, reading at most MAX_LOG_BYTES a line at a time."""
+    """Count the events and find the last prompt, a line at a time and at most MAX_LOG_BYTES.
+
+    Each line is parsed (bounded) and must look like an event; full validation needs the engine's
+    intervention types and is left to `Session.open`. SessionError names the first bad line.
+    """
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, flags)
@@ -210,22 +215,31 @@ def _scan_log(path: Path) -> tuple[int, str]:
     with open(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
             raise SessionError(f"{path}: not a regular file")
-        while total < MAX_LOG_BYTES:
+        while True:
             raw = handle.readline(MAX_LINE_BYTES + 1)
             total += len(raw)
-            if not raw.endswith(b"\n"):
-                if len(raw) > MAX_LINE_BYTES:
-                    raise SessionError(f"{path}:{n_events + 1}: a line longer than {MAX_LINE_BYTES} bytes")
+            if not raw:
                 break
-            n_events += 1
-            if b'"prompt"' not in raw and b'"clean"' not in raw:
-                continue
+            where = f"{path}:{n_events + 1}"
+            if total > MAX_LOG_BYTES:
+                raise SessionError(f"{path}: larger than the {MAX_LOG_BYTES} bytes a log may hold")
+            if len(raw) > MAX_LINE_BYTES:
+                raise SessionError(f"{where}: a line longer than {MAX_LINE_BYTES} bytes")
+            if not raw.endswith(b"\n"):
+                if not raw.startswith(b'{"seq":'[:len(raw)]) and not raw.startswith(b'{"seq":'):
+                    raise SessionError(f"{where}: the last line is not an event")
+                break  # an interrupted write: `Session.open` drops it with a warning
             try:
-                check_depth(raw)
-                data = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(data, dict) and data.get("kind") in ("prompt", "run"):
+                data = loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+                raise SessionError(f"{where}: {_clip(reason, 200)}") from None
+            seq = data.get("seq") if isinstance(data, dict) else None
+            if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= 2**53 \
+                    or not isinstance(data.get("kind"), str):
+                raise SessionError(f"{where}: not an event (an object with seq and kind)")
+            n_events += 1
+            if data["kind"] in ("prompt", "run"):
                 prompt = data.get("clean", data.get("prompt"))
                 last_prompt = _clip(prompt) if isinstance(prompt, str) else last_prompt
     return n_events, last_prompt
