@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mechscope.sessions.errors import SessionError
-from mechscope.sessions.events import Event, event_from_json, validate_payload
+from mechscope.sessions.events import Event, validate_payload
 from mechscope.sessions.folders import (
     FILE_MODE,
     SessionSummary,
@@ -45,6 +45,7 @@ from mechscope.sessions.folders import (
     summarise,
     write_lock_info,
 )
+from mechscope.sessions.log import Log, read_log, reason, stamp
 from mechscope.sessions.outcomes import outcome_from_result
 from mechscope.sessions.paths import (
     EVENTS_FILE,
@@ -56,14 +57,10 @@ from mechscope.sessions.paths import (
     sessions_root,
 )
 from mechscope.sessions.reading import (
-    MAX_LOG_BYTES,
     check_values,
-    load_tensor,
-    loads,
-    read_regular,
     shown,
 )
-from mechscope.sessions.state import SessionState, StateBuilder, copy_builder
+from mechscope.sessions.state import SessionState, copy_builder
 
 if TYPE_CHECKING:
     from mechscope.engine.interventions import Intervention, Metric
@@ -123,13 +120,13 @@ class Session:
     from a stale state. Readers (`mechscope replay`, the sessions screen) take no lock.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], log: _Log) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], log: Log) -> None:
         self.path = path
         self.manifest = manifest
         self._fd: int | None = None
         self._adopt(log)
 
-    def _adopt(self, log: _Log) -> None:
+    def _adopt(self, log: Log) -> None:
         self.events = log.events
         self.warnings = log.warnings
         self._valid_size = log.valid_size  # bytes of events.jsonl holding complete events
@@ -178,8 +175,8 @@ class Session:
         except OSError as exc:
             raise SessionError(f"{path}: cannot write ({exc.strerror})") from None
         fsync_dir(path)
-        log = _Log.empty()
-        log.stamp = _stamp(os.stat(path / EVENTS_FILE))
+        log = Log.empty()
+        log.stamp = stamp(os.stat(path / EVENTS_FILE))
         return cls(path, manifest, log)
 
     @classmethod
@@ -211,7 +208,7 @@ class Session:
             raise SessionError(f"no session named {shown(str(name_or_path))} ({shown(str(path))} does "
                                "not exist); `mechscope sessions` lists them")
         manifest = load_manifest(path / MANIFEST_FILE)
-        return cls(path, manifest, _read_log(path))
+        return cls(path, manifest, read_log(path))
 
     @staticmethod
     def list(root: str | Path | None = None) -> list[SessionSummary]:
@@ -292,7 +289,7 @@ class Session:
             line = json.dumps(event.to_json(), ensure_ascii=False, allow_nan=False,
                               separators=(",", ":")) + "\n"
         except (TypeError, ValueError) as exc:
-            raise SessionError(f"cannot record {_article(kind)} {kind} event: {_reason(exc)}") from None
+            raise SessionError(f"cannot record {_article(kind)} {kind} event: {reason(exc)}") from None
         self._append(line.encode("utf-8"))
         self._builder.apply(event)
         self.events.append(event)
@@ -415,9 +412,9 @@ class Session:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise SessionError(f"{self.events_path}: not a regular file")
-            if _stamp(info) != self._stamp:
+            if stamp(info) != self._stamp:
                 # Another process wrote (or a crash left a partial line) since this log was read.
-                log = _read_log(self.path)
+                log = read_log(self.path)
                 if log.stamp[2] != info.st_ino:
                     raise SessionError(f"{self.events_path}: replaced while opening it; reopen the session")
                 self._adopt(log)
@@ -470,7 +467,7 @@ class Session:
                 self._stamp = (-1, -1, -1)
             raise SessionError(lost) from None
         self._valid_size += len(data)
-        self._stamp = _stamp(os.fstat(fd))
+        self._stamp = stamp(os.fstat(fd))
 
     def _save_tensor(self, prefix: str, key: str, array: np.ndarray) -> str:
         """Write `array` to tensors/<prefix>-<next seq>.safetensors (before its event) and cache it."""
@@ -498,81 +495,6 @@ class Session:
         return file
 
 
-class _Log:
-    """What reading events.jsonl yields: the events, their folded state and where appends go."""
-
-    def __init__(self, events: list[Event], warnings: list[str], valid_size: int,
-                 needs_newline: bool, tensors: dict[str, np.ndarray], builder: StateBuilder,
-                 stamp: tuple[int, int, int]) -> None:
-        self.events, self.warnings, self.valid_size = events, warnings, valid_size
-        self.needs_newline, self.tensors, self.builder, self.stamp = (needs_newline, tensors, builder,
-                                                                      stamp)
-
-    @classmethod
-    def empty(cls) -> _Log:
-        return cls([], [], 0, False, {}, StateBuilder(), (0, 0, 0))
-
-
-def _stamp(info: os.stat_result) -> tuple[int, int, int]:
-    return info.st_size, info.st_mtime_ns, info.st_ino
-
-
-def _read_log(path: Path) -> _Log:
-    events_path = path / EVENTS_FILE
-    try:
-        info = os.stat(events_path, follow_symlinks=False)
-    except OSError:
-        info = None
-    data = read_regular(events_path, MAX_LOG_BYTES)
-    log = _parse_log(path, data)
-    if info is not None and info.st_size == len(data):
-        log.stamp = _stamp(info)
-    return log
-
-
-def _parse_log(path: Path, data: bytes) -> _Log:
-    events_path = path / EVENTS_FILE
-    lines = data.split(b"\n")
-    complete, tail = lines[:-1], lines[-1]  # tail: bytes after the last newline
-    events: list[Event] = []
-    warnings: list[str] = []
-    tensors: dict[str, np.ndarray] = {}
-    builder = StateBuilder()
-    valid_size, needs_newline = len(data) - len(tail), False
-
-    def accept(raw: bytes, number: int, is_tail: bool) -> bool:
-        """Validate one line and fold it in; False for an unparseable unterminated last line."""
-        where = f"{events_path}:{number}"
-        try:
-            event = _parse_line(raw, number)
-        except Exception as exc:  # untrusted bytes: any failure to read this line is the line's fault
-            if is_tail and _looks_interrupted(raw):
-                message = (f"{where}: last line is incomplete (the session was interrupted while "
-                           f"writing it) and was dropped ({_reason(exc)})")
-                warnings.append(message)
-                logger.warning(message)
-                return False
-            raise SessionError(f"{where}: {_reason(exc)}") from None
-        if event.kind in ("vector", "sweep"):
-            key = "vector" if event.kind == "vector" else "values"
-            tensors[event["file"]] = load_tensor(path, event["file"], key, event["shape"], where,
-                                                 finite=event.kind == "vector")
-        try:
-            if events and event.seq <= events[-1].seq:
-                raise ValueError(f"seq {event.seq} does not follow seq {events[-1].seq}")
-            builder.apply(event)
-        except Exception as exc:
-            raise SessionError(f"{where}: {_reason(exc)}") from None
-        events.append(event)
-        return True
-
-    for number, raw in enumerate(complete, 1):
-        accept(raw, number, is_tail=False)
-    if tail and accept(tail, len(complete) + 1, is_tail=True):
-        needs_newline, valid_size = True, len(data)
-    return _Log(events, warnings, valid_size, needs_newline, tensors, builder, (-1, -1, -1))
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -588,36 +510,6 @@ def _intervention_dicts(interventions: Sequence[Any]) -> list[dict[str, Any]]:
             item = item[1]
         out.append(item if isinstance(item, dict) else item.to_dict())
     return out
-
-
-def _parse_line(raw: bytes, number: int) -> Event:
-    if not raw.strip():
-        raise ValueError("empty line")
-    return event_from_json(loads(raw), number)
-
-
-def _looks_interrupted(raw: bytes) -> bool:
-    """Whether an unterminated last line is the start of an event line as `record` writes it."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.end != len(raw):  # bad bytes in the middle, not a character cut at the end
-            return False
-        text = raw[:exc.start].decode("utf-8", errors="replace")
-    start = '{"seq":'
-    return text.startswith(start) or start.startswith(text)
-
-
-def _reason(exc: BaseException) -> str:
-    """The first line of an error's message, cut short: a crafted file can hold megabyte values."""
-    if isinstance(exc, UnicodeDecodeError):
-        return "not UTF-8 text"
-    if isinstance(exc, RecursionError):
-        return "JSON nested too deeply"
-    text = str(exc) or type(exc).__name__
-    line = text.splitlines()[0] if text.strip() else type(exc).__name__
-    line = line.encode("utf-8", errors="backslashreplace").decode("utf-8")
-    return line if len(line) <= 300 else line[:299] + "…"
 
 
 def _article(kind: str) -> str:
