@@ -366,9 +366,7 @@ def _clip(text: str, width: int = 28) -> str:
 
 
 def _delete_folder(path: Path) -> None:
-    """Delete a session folder even when its log is unreadable (the manifest check still applies)."""
-    import shutil
+    """Delete a session folder even when its log is unreadable; refused while another process records it."""
+    from mechscope.sessions.folders import remove_folder
 
-    if not (path / "session.json").is_file():
-        raise SessionError(f"{path} does not look like a session; not deleting it")
-    shutil.rmtree(path)
+    remove_folder(path)

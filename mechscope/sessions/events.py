@@ -149,12 +149,41 @@ def check_outcome(name: str, value: Any) -> None:
 def check_generate_params(name: str, value: Any) -> None:
     if not isinstance(value, dict):
         raise ValueError(f"{name} must be an object, got {_type_name(value)}")
-    _check_fields(name, value, {"max_new_tokens": check_count, "temperature": check_number,
-                                "seed": check_int})
+    _check_fields(name, value, {"max_new_tokens": at_most(MAX_NEW_TOKENS),
+                                "temperature": check_number, "seed": check_int})
+    if value["temperature"] < 0:
+        raise ValueError(f"{name}.temperature must not be negative, got {value['temperature']}")
+
+
+MAX_DIM = 1 << 20  # one axis of a recorded tensor
+MAX_TOP_K = 10_000
+MAX_NEW_TOKENS = 100_000
 
 
 def check_shape(name: str, value: Any) -> None:
     list_of(check_count)(name, value)
+    for size in value:
+        if size > MAX_DIM:
+            raise ValueError(f"{name}: axis of {size} is larger than {MAX_DIM}")
+
+
+def rank(expected: int) -> Checker:
+    def check_rank(name: str, value: Any) -> None:
+        check_shape(name, value)
+        if len(value) != expected:
+            raise ValueError(f"{name} must have {expected} axis{'es' if expected > 1 else ''}, "
+                             f"got {len(value)} ({value[:8]})")
+
+    return check_rank
+
+
+def at_most(limit: int, check: Checker = check_count) -> Checker:
+    def check_bounded(name: str, value: Any) -> None:
+        check(name, value)
+        if value > limit:
+            raise ValueError(f"{name} must be at most {limit}, got {value}")
+
+    return check_bounded
 
 
 def _check_fields(where: str, data: dict[str, Any], fields: dict[str, Checker]) -> None:
@@ -169,14 +198,14 @@ EVENT_FIELDS: dict[str, dict[str, Checker]] = {
     "prompt": {"clean": check_str, "corrupted": check_opt_str},
     "metric": {"metric": check_metric},
     "intervention": {"action": one_of(*INTERVENTION_ACTIONS), "id": check_count},
-    "vector": {"name": check_str, "file": check_tensor_file, "shape": check_shape},
+    "vector": {"name": check_str, "file": check_tensor_file, "shape": rank(1)},
     "reference_prompts": {"prompts": list_of(check_str)},
     "run": {"prompt": check_str, "corrupted": check_opt_str, "metric": check_metric,
-            "interventions": list_of(check_intervention), "top_k": check_count,
+            "interventions": list_of(check_intervention), "top_k": at_most(MAX_TOP_K),
             "outcome": check_outcome},
     "sweep": {"sweep": one_of(*SWEEP_KINDS), "clean": check_str, "corrupt": check_str,
               "metric": check_metric, "direction": one_of(*SWEEP_DIRECTIONS),
-              "file": check_tensor_file, "shape": check_shape, "base_metric": check_number,
+              "file": check_tensor_file, "shape": rank(2), "base_metric": check_number,
               "source_metric": check_opt_number, "complete": check_bool},
     "generate": {"prompt": check_str, "corrupted": check_opt_str,
                  "interventions": list_of(check_intervention), "params": check_generate_params,
@@ -202,6 +231,23 @@ def validate_payload(kind: str, payload: dict[str, Any]) -> None:
             check_bool("enabled", payload.get("enabled"))
     if kind == "generate" and len(payload["token_ids"]) != len(payload["tokens"]):
         raise ValueError("token_ids and tokens differ in length")
+    if kind == "generate" and len(payload["token_ids"]) > payload["params"]["max_new_tokens"]:
+        raise ValueError("more tokens recorded than params.max_new_tokens allows")
+    if kind == "vector" and payload["shape"][0] == 0:
+        raise ValueError("shape: a steering vector needs at least one value")
+    if kind == "sweep":
+        _check_sweep_labels(payload)
+
+
+def _check_sweep_labels(payload: dict[str, Any]) -> None:
+    """Row and column labels, when present, name each row and column of the matrix."""
+    for key, axis in (("row_labels", 0), ("col_labels", 1)):
+        if key not in payload:
+            continue
+        list_of(check_str)(key, payload[key])
+        if len(payload[key]) != payload["shape"][axis]:
+            raise ValueError(f"{key} has {len(payload[key])} labels for {payload['shape'][axis]} "
+                             f"{'rows' if axis == 0 else 'columns'}")
 
 
 def event_from_json(data: Any, line: int) -> Event:
@@ -212,7 +258,7 @@ def event_from_json(data: Any, line: int) -> Event:
         if key not in data:
             raise ValueError(f"missing field {key!r}")
     seq, time, kind = data["seq"], data["time"], data["kind"]
-    check_count("seq", seq)
+    at_most(2**53)("seq", seq)
     check_number("time", time)
     check_str("kind", kind)
     payload = {k: v for k, v in data.items() if k not in RESERVED}

@@ -1,45 +1,90 @@
-"""Export a session as a standalone Python script that reproduces its runs through `mechscope.engine`."""
+"""Export a session as a standalone Python script that reproduces its runs through `mechscope.engine`.
+
+Safe by construction: the script is a fixed template. Every value taken from the session (names,
+prompts, tokens, numbers, vectors) enters it only as a Python literal built by `literal` from plain
+JSON types, and comments are escaped to printable text, so a hostile session cannot add code: the
+script's calls, imports and names are the template's whatever the session holds (a test checks the
+AST). Interventions and metrics are rebuilt through their classes first, so keyword names come from
+the dataclass fields, never from the file.
+"""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import inspect
+import math
+import re
+import textwrap
 from typing import Any
 
 import numpy as np
 
 from mechscope.sessions import outcomes
+from mechscope.sessions.errors import SessionError
 from mechscope.sessions.events import Event
 from mechscope.sessions.store import Session
 
+_SAFE_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
 
-def _call(name: str, data: dict[str, Any], skip: tuple[str, ...] = ("kind",)) -> str:
-    """`HeadAblation(layer=1, head=2)` from a to_dict() dict, leaving out `skip` and enabled=True."""
-    args = ", ".join(f"{key}={value!r}" for key, value in data.items()
-                     if key not in skip and not (key == "enabled" and value is True))
-    return f"{name}({args})"
+
+def literal(value: Any) -> str:
+    """Python source for a plain value (None, bool, int, finite float, str, list, tuple, dict).
+
+    ValueError for anything else, non-finite floats included (the script would not run them back).
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return repr(value)
+    if isinstance(value, (int, np.integer)):
+        return repr(int(value))
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            raise ValueError(f"the number {float(value)!r} is not finite")
+        return repr(float(value))
+    if isinstance(value, list):
+        return "[" + ", ".join(literal(item) for item in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + "".join(literal(item) + ", " for item in value) + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()
+                               if isinstance(k, str)) + "}"
+    raise ValueError(f"a value of type {type(value).__name__} cannot be exported")
+
+
+def _comment(text: str) -> str:
+    """Text safe inside a `#` comment: one line, printable characters only."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)[:300]
+
+
+def _call(obj: Any, used: set[str]) -> str:
+    """`HeadAblation(layer=1, head=2)` from a validated dataclass; keyword names are its fields."""
+    name = type(obj).__name__
+    if not name.isidentifier():
+        raise ValueError(f"cannot export a {name!r}")
+    used.add(name)
+    args = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name == "enabled" and value is True:
+            continue
+        args.append(f"{f.name}={literal(value)}")
+    return f"{name}({', '.join(args)})"
 
 
 def _interventions_code(dicts: list[dict[str, Any]], used: set[str]) -> str:
     from mechscope.engine.interventions import Intervention
 
-    calls = []
-    for data in dicts:
-        if not data.get("enabled", True):
-            continue
-        cls_name = type(Intervention.from_dict(data)).__name__
-        used.add(cls_name)
-        calls.append(_call(cls_name, data))
+    calls = [_call(iv, used) for iv in (Intervention.from_dict(d) for d in dicts) if iv.enabled]
     if not calls:
         return "[]"
-    return "[\n        " + ",\n        ".join(calls) + ",\n    ]"
+    return "[\n    " + ",\n    ".join(calls) + ",\n]"
 
 
 def _metric_code(data: dict[str, Any] | None, used: set[str]) -> str:
-    if data is None:
-        return "None"
-    used.add("Metric")
-    return _call("Metric", data, skip=())
+    from mechscope.engine.interventions import Metric
+
+    return "None" if data is None else _call(Metric.from_dict(data), used)
 
 
 def _vector_literal(array: np.ndarray) -> str:
@@ -52,70 +97,85 @@ def _vector_literal(array: np.ndarray) -> str:
 def _event_code(session: Session, event: Event, used: set[str]) -> str | None:
     seq = event.seq
     if event.kind == "vector":
-        return (f"# seq {seq}: steering vector {event['name']!r} [{event['shape'][0]}]\n"
-                f"engine.add_vector({event['name']!r}, vector{_vector_literal(session.tensor(event))})")
+        return (f"# seq {seq}: steering vector {_comment(repr(event['name']))} [{event['shape'][0]}]\n"
+                f"engine.add_vector({literal(event['name'])}, "
+                f"vector{_vector_literal(session.tensor(event))})")
     if event.kind == "reference_prompts":
-        return f"# seq {seq}: reference prompts for mean ablation\nengine.set_reference_prompts({event['prompts']!r})"
+        return (f"# seq {seq}: reference prompts for mean ablation\n"
+                f"engine.set_reference_prompts({literal(list(event['prompts']))})")
     if event.kind == "run":
         recorded = outcomes.format_outcome(event["outcome"])
         return (
-            f"# seq {seq}: recorded {recorded}\n"
+            f"# seq {seq}: recorded {_comment(recorded)}\n"
             "result = engine.run(\n"
-            f"    {event['prompt']!r},\n"
+            f"    {literal(event['prompt'])},\n"
             f"    interventions={_interventions_code(event['interventions'], used)},\n"
             f"    metric={_metric_code(event['metric'], used)},\n"
-            f"    corrupted={event['corrupted']!r},\n"
-            f"    top_k={event['top_k']!r},\n"
+            f"    corrupted={literal(event['corrupted'])},\n"
+            f"    top_k={literal(event['top_k'])},\n"
             ")\n"
-            f"print({f'seq {seq} run:'!r}, format_outcome(outcome_from_result(result)))"
+            f"print({literal(f'seq {seq} run:')}, format_outcome(outcome_from_result(result)))"
         )
     if event.kind == "sweep":
         recorded = outcomes.format_sweep(session.tensor(event), event["base_metric"])
         return (
-            f"# seq {seq}: recorded {recorded}\n"
-            f"sweep = engine.sweep({event['sweep']!r}, {event['clean']!r}, {event['corrupt']!r},\n"
-            f"                     {_metric_code(event['metric'], used)}, direction={event['direction']!r})\n"
-            f"print({f'seq {seq} sweep:'!r}, format_sweep(sweep.values, sweep.base_metric))"
+            f"# seq {seq}: recorded {_comment(recorded)}\n"
+            f"sweep = engine.sweep({literal(event['sweep'])}, {literal(event['clean'])}, "
+            f"{literal(event['corrupt'])},\n"
+            f"                     {_metric_code(event['metric'], used)}, "
+            f"direction={literal(event['direction'])})\n"
+            f"print({literal(f'seq {seq} sweep:')}, format_sweep(sweep.values, sweep.base_metric))"
         )
     if event.kind == "generate":
         params = event["params"]
         recorded = outcomes.format_generation(event["token_ids"], event["tokens"])
+        # What was recorded is all that is compared: never ask for more tokens than it holds.
+        max_new_tokens = min(params["max_new_tokens"], len(event["token_ids"]))
         return (
-            f"# seq {seq}: recorded {recorded}\n"
+            f"# seq {seq}: recorded {_comment(recorded)}\n"
             "tokens = engine.generate(\n"
-            f"    {event['prompt']!r},\n"
+            f"    {literal(event['prompt'])},\n"
             f"    interventions={_interventions_code(event['interventions'], used)},\n"
-            f"    max_new_tokens={params['max_new_tokens']!r}, temperature={params['temperature']!r}, "
-            f"seed={params['seed']!r},\n"
-            f"    corrupted={event['corrupted']!r},\n"
+            f"    max_new_tokens={literal(max_new_tokens)}, "
+            f"temperature={literal(params['temperature'])}, seed={literal(params['seed'])},\n"
+            f"    corrupted={literal(event['corrupted'])},\n"
             ")\n"
-            f"print({f'seq {seq} generate:'!r}, format_generation([t.id for t in tokens], "
+            f"print({literal(f'seq {seq} generate:')}, format_generation([t.id for t in tokens], "
             "[t.text for t in tokens]))"
         )
     if event.kind == "note":
-        return "\n".join(f"# note (seq {seq}): {line}" for line in event["text"].splitlines() or [""])
+        return "\n".join(f"# note (seq {seq}): {_comment(line)}"
+                         for line in event["text"].splitlines()[:50] or [""])
     return None
 
 
-def export_script(session: Session) -> str:
+def export_script(session: Session, filename: str | None = None) -> str:
     """The text of a script that loads the recorded model and re-runs the session's runs in order.
 
     Each run prints `seq N run: <top-3 tokens and probabilities; metric>`, the same summary that
-    `mechscope replay` shows, so the two can be compared line by line.
+    `mechscope replay` shows, so the two can be compared line by line. `filename` is the name the
+    script is saved under, for its usage line. SessionError for a session that cannot be exported.
     """
     used: set[str] = set()
-    blocks = [code for event in session.events
-              if (code := _event_code(session, event, used)) is not None]
-    source = session.model_source or "demo"
+    blocks = []
+    for event in session.events:
+        try:
+            code = _event_code(session, event, used)
+        except (TypeError, ValueError) as exc:
+            raise SessionError(f"{session.events_path}:{event.line}: cannot export this "
+                               f"{event.kind} event ({str(exc)[:200]})") from None
+        if code is not None:
+            blocks.append(code)
     helpers = "\n\n\n".join(inspect.getsource(fn).strip() for fn in (
         outcomes.outcome_from_result, outcomes.format_outcome, outcomes.format_generation,
         outcomes.format_sweep))
     imports = ", ".join(sorted({"Engine", *used}))
-    created = session.manifest.get("created", "")
-    header = f'''#!/usr/bin/env python
-"""Reproduce the runs of mechscope session {session.name!r} (recorded {created} on {source!r}).
+    shown_name = filename if filename and _SAFE_FILENAME.fullmatch(filename) else "SCRIPT"
+    body = textwrap.indent("\n\n".join(blocks), "    ") if blocks else "    pass"
+    return f'''#!/usr/bin/env python
+"""Reproduce the runs of a recorded mechscope session (named in SESSION below).
 
-Usage: python {session.name}.py [MODEL]    MODEL defaults to the recorded {source!r}.
+Usage: python {shown_name} [MODEL]    MODEL defaults to RECORDED_MODEL, the model it was recorded on.
 Exported by `mechscope export`; each run prints its top tokens and metric like `mechscope replay`.
 """
 
@@ -123,12 +183,16 @@ from __future__ import annotations
 
 import base64
 import sys
+from typing import Any
 
 import numpy as np
 
 from mechscope.engine import {imports}
+from mechscope.engine.errors import MechscopeError
 
-MODEL = sys.argv[1] if len(sys.argv) > 1 else {source!r}
+SESSION = {literal(session.name)}
+RECORDED_AT = {literal(str(session.manifest.get("created", "")))}
+RECORDED_MODEL = {literal(session.model_source or "demo")}
 
 
 def vector(*chunks: str) -> np.ndarray:
@@ -138,6 +202,15 @@ def vector(*chunks: str) -> np.ndarray:
 {helpers}
 
 
-engine = Engine.load(MODEL)
+def main(model: str) -> None:
+    engine = Engine.load(model)
+{body}
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1] if len(sys.argv) > 1 else RECORDED_MODEL)
+    except MechscopeError as exc:
+        print(f"error: {{exc}}", file=sys.stderr)
+        sys.exit(2)
 '''
-    return header + "\n" + "\n\n".join(blocks) + ("\n" if blocks else "")

@@ -8,7 +8,12 @@ import random
 import re
 from pathlib import Path
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "session.json"
+EVENTS_FILE = "events.jsonl"
+TENSORS_DIR = "tensors"
+LOCK_INFO_FILE = ".writer.json"  # who holds the write lock: pid, host, since (while it is held)
 
 _ADJECTIVES = ("amber", "brisk", "calm", "deft", "eager", "fleet", "gentle", "hidden", "ivory", "jolly",
                "keen", "lucid", "mellow", "nimble", "opal", "quiet", "rapid", "sly", "tidy", "vivid")
@@ -27,10 +32,15 @@ def sessions_root() -> Path:
 
 
 def check_name(name: str) -> str:
-    """Return `name` if it can be a folder name on every platform, else raise ValueError."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in (".", ".."):
+    """Return `name` if it can be a folder name on every platform, else raise ValueError.
+
+    The one name rule, applied wherever a name enters (create, open by name, rename, rm, --session,
+    the sessions screen): printable ASCII letters, digits, '.', '_' and '-', at most 80, no separators.
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+        text = repr(name) if len(str(name)) <= 60 else repr(str(name)[:57]) + "…"
         raise ValueError(
-            f"bad session name {name!r}: use letters, digits, '.', '_' and '-' (at most 80, "
+            f"bad session name {text}: use letters, digits, '.', '_' and '-' (at most 80, "
             "starting with a letter or digit)"
         )
     return name

@@ -254,8 +254,16 @@ def _replay_sweep(session: Session, engine: Any, event: Event, tolerance: Tolera
 def _replay_generate(session: Session, engine: Any, event: Event, tolerance: Tolerance,
                      should_stop: Callable[[], bool] | None) -> StepResult:
     params = event["params"]
+    # Only the recorded tokens are compared, so never generate more than were recorded (a crafted
+    # max_new_tokens would otherwise run for hours); a request past the model's context is refused.
+    max_new_tokens = min(params["max_new_tokens"], len(event["token_ids"]))
+    context = int(engine.info.max_context)
+    prompt_tokens = min(len(engine.tokenize(event["prompt"])[0]), context)
+    if prompt_tokens + max_new_tokens > context:
+        raise ValueError(f"{max_new_tokens} new tokens after a {prompt_tokens}-token prompt do not fit "
+                         f"the model's context of {context} tokens")
     tokens = engine.generate(event["prompt"], interventions=_interventions(event["interventions"]),
-                             max_new_tokens=params["max_new_tokens"],
+                             max_new_tokens=max_new_tokens,
                              temperature=params["temperature"], seed=params["seed"],
                              corrupted=event["corrupted"], should_stop=should_stop)
     ids, texts = [int(t.id) for t in tokens], [str(t.text) for t in tokens]

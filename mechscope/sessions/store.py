@@ -18,164 +18,60 @@ import logging
 import math
 import os
 import platform
-import shutil
+import stat
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mechscope.sessions.errors import SessionError
-from mechscope.sessions.events import Event, event_from_json, validate_payload
+from mechscope.sessions.events import Event, validate_payload
+from mechscope.sessions.folders import (
+    FILE_MODE,
+    SessionSummary,
+    atomic_write,
+    clear_lock_info,
+    fsync_dir,
+    list_sessions,
+    load_manifest,
+    make_dir,
+    remove_folder,
+    remove_session,
+    rename_folder,
+    rename_session,
+    session_folder,
+    summarise,
+    write_lock_info,
+)
+from mechscope.sessions.log import Log, read_log, reason, stamp
 from mechscope.sessions.outcomes import outcome_from_result
-from mechscope.sessions.paths import check_name, generate_name, sessions_root
+from mechscope.sessions.paths import (
+    EVENTS_FILE,
+    MANIFEST_FILE,
+    SCHEMA_VERSION,
+    TENSORS_DIR,
+    check_name,
+    generate_name,
+    sessions_root,
+)
+from mechscope.sessions.reading import (
+    check_values,
+    shown,
+)
+from mechscope.sessions.state import SessionState, copy_builder
 
 if TYPE_CHECKING:
     from mechscope.engine.interventions import Intervention, Metric
 
-SCHEMA_VERSION = 1
-MANIFEST_FILE = "session.json"
-EVENTS_FILE = "events.jsonl"
-TENSORS_DIR = "tensors"
-
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class SessionState:
-    """What resuming a session restores: the folded result of its events."""
-
-    clean: str = ""
-    corrupted: str | None = None
-    metric: Metric | None = None
-    interventions: list[tuple[int, Intervention]] = field(default_factory=list)
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)
-    reference_prompts: list[str] | None = None
-    last_run: Event | None = None
-    last_sweep: Event | None = None
-    last_generate: Event | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def last_outcome(self) -> dict[str, Any] | None:
-        """The last run's recorded outcome (top_ids, top_tokens, top_probs, metric, baseline_metric)."""
-        return None if self.last_run is None else self.last_run["outcome"]
-
-    @property
-    def next_intervention_id(self) -> int:
-        return max((ident for ident, _ in self.interventions), default=0) + 1
-
-
-@dataclass(frozen=True)
-class SessionSummary:
-    """One row of `Session.list`. `error` is set (and the rest partial) for a session that won't load."""
-
-    name: str
-    path: Path
-    model: str
-    created: str
-    n_events: int
-    last_prompt: str
-    error: str = ""
-
-
-class _StateBuilder:
-    """Folds events into a SessionState; raises ValueError (before changing anything) on a bad event."""
-
-    def __init__(self) -> None:
-        self.clean = ""
-        self.corrupted: str | None = None
-        self.metric: dict | None = None
-        self.interventions: dict[int, Intervention] = {}
-        self.vector_files: dict[str, str] = {}
-        self.reference_prompts: list[str] | None = None
-        self.last: dict[str, Event] = {}
-        self.notes: list[str] = []
-
-    def apply(self, event: Event) -> None:
-        kind, payload = event.kind, event.payload
-        if kind == "prompt":
-            self.clean, self.corrupted = payload["clean"], payload["corrupted"]
-        elif kind == "metric":
-            self.metric = payload["metric"]
-        elif kind == "intervention":
-            self._apply_intervention(payload)
-        elif kind == "vector":
-            self.vector_files[payload["name"]] = payload["file"]
-        elif kind == "reference_prompts":
-            self.reference_prompts = list(payload["prompts"])
-        elif kind == "note":
-            self.notes.append(payload["text"])
-        if kind == "run":
-            self.clean, self.corrupted, self.metric = (payload["prompt"], payload["corrupted"],
-                                                       payload["metric"])
-        if kind in ("run", "sweep", "generate"):
-            self.last[kind] = event
-
-    def _apply_intervention(self, payload: dict[str, Any]) -> None:
-        from mechscope.engine.interventions import Intervention
-
-        action, ident = payload["action"], payload["id"]
-        if action == "added":
-            if ident in self.interventions:
-                raise ValueError(f"intervention id {ident} is added twice")
-            self.interventions[ident] = Intervention.from_dict(payload["intervention"])
-            return
-        if ident not in self.interventions:
-            raise ValueError(f"intervention id {ident} is {action} but was never added (or was removed)")
-        if action == "changed":
-            self.interventions[ident] = Intervention.from_dict(payload["intervention"])
-        elif action == "toggled":
-            self.interventions[ident] = self.interventions[ident].with_enabled(payload["enabled"])
-        else:
-            del self.interventions[ident]
-
-    def state(self, tensors: dict[str, np.ndarray]) -> SessionState:
-        from mechscope.engine.interventions import Metric
-
-        return SessionState(
-            clean=self.clean,
-            corrupted=self.corrupted,
-            metric=None if self.metric is None else Metric.from_dict(self.metric),
-            interventions=list(self.interventions.items()),
-            vectors={name: tensors[file].copy() for name, file in self.vector_files.items()},
-            reference_prompts=None if self.reference_prompts is None else list(self.reference_prompts),
-            last_run=self.last.get("run"),
-            last_sweep=self.last.get("sweep"),
-            last_generate=self.last.get("generate"),
-            notes=list(self.notes),
-        )
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in `path` durable (a no-op where directories can't be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file, fsync it, then `os.replace` it over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+__all__ = [
+    "EVENTS_FILE", "MANIFEST_FILE", "SCHEMA_VERSION", "TENSORS_DIR", "Session", "SessionState",
+    "SessionSummary", "atomic_write", "remove_folder", "remove_session", "rename_session",
+    "session_folder", "summarise",
+]
 
 
 def _jsonable(value: Any) -> Any:
@@ -191,10 +87,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _package_version(name: str) -> str | None:
@@ -220,99 +112,40 @@ def _model_manifest(engine: Any) -> dict[str, Any]:
     }
 
 
-def _line_of(text: str, needle: str) -> int:
-    index = text.find(needle)
-    return 1 if index < 0 else text.count("\n", 0, index) + 1
-
-
-def _load_manifest(path: Path) -> dict[str, Any]:
-    """Read and validate session.json; SessionError as `path:line: reason`."""
-    if not path.is_file():
-        raise SessionError(f"{path}: missing (not a mechscope session folder)")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SessionError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise SessionError(f"{path}:{line}: not UTF-8 text (not a mechscope session file)") from None
-    try:
-        manifest = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise SessionError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    except (ValueError, RecursionError) as exc:
-        raise SessionError(f"{path}:1: invalid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise SessionError(f"{path}:1: the manifest must be a JSON object")
-    version = manifest.get("schema_version")
-    line = _line_of(text, '"schema_version"')
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise SessionError(f"{path}:{line}: schema_version must be a positive integer, got {version!r}")
-    if version > SCHEMA_VERSION:
-        raise SessionError(
-            f"{path}:{line}: schema version {version} is newer than this mechscope supports "
-            f"({SCHEMA_VERSION}); upgrade mechscope to open this session"
-        )
-    for key, kind in (("name", str), ("created", str)):
-        if not isinstance(manifest.get(key), kind):
-            raise SessionError(f"{path}:{_line_of(text, repr(key)[1:-1])}: {key} must be a string")
-    model = manifest.get("model")
-    if model is not None and not (isinstance(model, dict) and isinstance(model.get("source"), str)):
-        line = _line_of(text, '"model"')
-        raise SessionError(f"{path}:{line}: model must be null or an object with a source string")
-    return manifest
-
-
-def _load_tensor(session_path: Path, file: str, key: str, shape: list[int], where: str) -> np.ndarray:
-    """Load one named tensor, checking it exists, parses as safetensors and has the recorded shape."""
-    path = session_path / file
-    if not path.is_file():
-        raise SessionError(f"{where}: tensor file {file} is missing")
-    from safetensors.numpy import load_file
-
-    try:
-        arrays = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for any malformed file
-        raise SessionError(f"{where}: {path} is not a valid safetensors file ({exc})") from None
-    array = arrays.get(key)
-    if array is None or array.dtype.kind != "f":
-        raise SessionError(f"{where}: {path} has no float tensor named {key!r}")
-    if list(array.shape) != list(shape):
-        raise SessionError(f"{where}: {path} holds shape {list(array.shape)}, the event says {shape}")
-    return array.astype(np.float32)
-
-
 class Session:
     """A recorded exploration: create, open, record events, fold them into a state, rename, delete.
 
     Writers hold an exclusive lock on the event log (POSIX) so two processes never interleave events;
-    readers (`mechscope replay`, the sessions screen) take no lock.
+    a writer that gets the lock re-reads the log if it changed since it was read, so it never writes
+    from a stale state. Readers (`mechscope replay`, the sessions screen) take no lock.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], events: list[Event],
-                 warnings: list[str], valid_size: int, needs_newline: bool,
-                 tensors: dict[str, np.ndarray], builder: _StateBuilder) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], log: Log) -> None:
         self.path = path
         self.manifest = manifest
-        self.events = events
-        self.warnings = warnings
-        self._valid_size = valid_size  # bytes of events.jsonl holding complete events
-        self._needs_newline = needs_newline
-        self._tensors = tensors  # file -> array, every tensor the events reference
-        self._builder = builder
         self._fd: int | None = None
+        self._adopt(log)
+
+    def _adopt(self, log: Log) -> None:
+        self.events = log.events
+        self.warnings = log.warnings
+        self._valid_size = log.valid_size  # bytes of events.jsonl holding complete events
+        self._needs_newline = log.needs_newline
+        self._tensors = log.tensors  # file -> array, every tensor the events reference
+        self._builder = log.builder
+        self._stamp = log.stamp  # (size, mtime_ns, inode) of the log when it was read
 
     # -- opening ------------------------------------------------------------------------------
 
     @classmethod
     def create(cls, name: str | None = None, engine: Any = None, root: str | Path | None = None,
                hint: str = "") -> Session:
-        """Start a new session folder; refuses an existing name. `hint` seeds a generated name."""
+        """Start a new session folder (user-only); refuses an existing name. `hint` seeds a generated name."""
         root_path = Path(root) if root is not None else sessions_root()
         try:
-            root_path.mkdir(parents=True, exist_ok=True)
+            if not root_path.is_dir():
+                root_path.parent.mkdir(parents=True, exist_ok=True)
+                make_dir(root_path, exist_ok=True)
             name = check_name(name) if name is not None else generate_name(root_path, hint)
         except ValueError as exc:
             raise SessionError(str(exc)) from None
@@ -320,7 +153,7 @@ class Session:
             raise SessionError(f"{root_path}: cannot create the sessions folder ({exc.strerror})") from None
         path = root_path / name
         try:
-            path.mkdir()
+            make_dir(path)
         except FileExistsError:
             raise SessionError(f"a session named {name!r} already exists ({path})") from None
         except OSError as exc:
@@ -336,18 +169,30 @@ class Session:
                          "transformers": _package_version("transformers"),
                          "python": platform.python_version()},
         }
-        atomic_write(path / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
-        (path / EVENTS_FILE).touch()
-        _fsync_dir(path)
-        return cls(path, manifest, [], [], 0, False, {}, _StateBuilder())
+        try:
+            atomic_write(path / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+            os.close(os.open(path / EVENTS_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+        except OSError as exc:
+            raise SessionError(f"{path}: cannot write ({exc.strerror})") from None
+        fsync_dir(path)
+        log = Log.empty()
+        log.stamp = stamp(os.stat(path / EVENTS_FILE))
+        return cls(path, manifest, log)
 
     @classmethod
     def resolve(cls, name_or_path: str | Path, root: str | Path | None = None) -> Path:
-        """The folder of a session given its name (under the sessions root) or a path to it."""
+        """The folder of a session given its name (under the sessions root) or a path to it.
+
+        A name must follow the name rule (`paths.check_name`); anything with a separator is a path.
+        """
         text = str(name_or_path)
-        candidate = Path(text).expanduser()
-        if os.sep in text or (os.altsep and os.altsep in text) or text in (".", ".."):
-            return candidate
+        if isinstance(name_or_path, Path) or os.sep in text or (os.altsep and os.altsep in text) \
+                or text in (".", ".."):
+            return Path(text).expanduser()
+        try:
+            check_name(text)
+        except ValueError as exc:
+            raise SessionError(str(exc)) from None
         root_path = Path(root) if root is not None else sessions_root()
         return root_path / text
 
@@ -355,70 +200,23 @@ class Session:
     def open(cls, name_or_path: str | Path, root: str | Path | None = None) -> Session:
         """Load and validate a session. SessionError (with file and line) if it cannot be used."""
         path = cls.resolve(name_or_path, root)
-        if not path.is_dir():
-            raise SessionError(f"no session named {str(name_or_path)!r} ({path} does not exist); "
-                               "`mechscope sessions` lists them")
-        manifest = _load_manifest(path / MANIFEST_FILE)
-        events_path = path / EVENTS_FILE
-        if not events_path.is_file():
-            raise SessionError(f"{events_path}: missing")
         try:
-            data = events_path.read_bytes()
+            is_dir = path.is_dir()
         except OSError as exc:
-            raise SessionError(f"{events_path}: cannot read ({exc.strerror})") from None
-        return cls._from_log(path, manifest, data)
-
-    @classmethod
-    def _from_log(cls, path: Path, manifest: dict[str, Any], data: bytes) -> Session:
-        events_path = path / EVENTS_FILE
-        lines = data.split(b"\n")
-        complete, tail = lines[:-1], lines[-1]  # tail: bytes after the last newline
-        events: list[Event] = []
-        warnings: list[str] = []
-        tensors: dict[str, np.ndarray] = {}
-        builder = _StateBuilder()
-        valid_size, needs_newline = len(data) - len(tail), False
-
-        def accept(raw: bytes, number: int, is_tail: bool) -> bool:
-            """Validate one line and fold it in; False for an unparseable unterminated last line."""
-            where = f"{events_path}:{number}"
-            try:
-                event = _parse_line(raw, number)
-            except Exception as exc:  # untrusted bytes: any failure to read this line is the line's fault
-                if is_tail and _looks_interrupted(raw):
-                    message = (f"{where}: last line is incomplete (the session was interrupted while "
-                               f"writing it) and was dropped ({_reason(exc)})")
-                    warnings.append(message)
-                    logger.warning(message)
-                    return False
-                raise SessionError(f"{where}: {_reason(exc)}") from None
-            if event.kind in ("vector", "sweep"):
-                key = "vector" if event.kind == "vector" else "values"
-                tensors[event["file"]] = _load_tensor(path, event["file"], key, event["shape"], where)
-            try:
-                if events and event.seq <= events[-1].seq:
-                    raise ValueError(f"seq {event.seq} does not follow seq {events[-1].seq}")
-                builder.apply(event)
-            except Exception as exc:
-                raise SessionError(f"{where}: {_reason(exc)}") from None
-            events.append(event)
-            return True
-
-        for number, raw in enumerate(complete, 1):
-            accept(raw, number, is_tail=False)
-        if tail and accept(tail, len(complete) + 1, is_tail=True):
-            needs_newline, valid_size = True, len(data)
-        return cls(path, manifest, events, warnings, valid_size, needs_newline, tensors, builder)
+            raise SessionError(f"{shown(str(path))}: cannot open ({exc.strerror})") from None
+        if not is_dir:
+            raise SessionError(f"no session named {shown(str(name_or_path))} ({shown(str(path))} does "
+                               "not exist); `mechscope sessions` lists them")
+        manifest = load_manifest(path / MANIFEST_FILE)
+        return cls(path, manifest, read_log(path))
 
     @staticmethod
     def list(root: str | Path | None = None) -> list[SessionSummary]:
-        """Every session under `root`, newest first, read quickly (no full validation, no engine import)."""
-        root_path = Path(root) if root is not None else sessions_root()
-        if not root_path.is_dir():
-            return []
-        summaries = [_summarise(entry) for entry in root_path.iterdir()
-                     if entry.is_dir() and not entry.name.startswith(".")]
-        return sorted(summaries, key=lambda s: (s.created, s.name), reverse=True)
+        """Every session under `root`, newest first, read quickly and in bounded memory.
+
+        Sessions that cannot be read are listed with `error` set; no engine import.
+        """
+        return list_sessions(Path(root) if root is not None else sessions_root())
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -467,25 +265,31 @@ class Session:
             self._write_manifest()
         elif (recorded.get("source"), recorded.get("weights_digest")) != (
                 current["source"], current["weights_digest"]):
-            self.warnings.append(f"session {self.name!r} was recorded on {recorded.get('source')!r}; "
+            self.warnings.append(f"session {self.name!r} was recorded on {shown(recorded.get('source'))}; "
                                  f"now running {current['source']!r}")
 
     def record(self, kind: str, **payload: Any) -> Event:
-        """Validate and append one event (one write + fsync). SessionError if it is invalid."""
+        """Validate and append one event (one write + fsync). SessionError if it is invalid.
+
+        Takes the write lock first (re-reading the log if another process changed it), so the
+        event's `seq` and its validation follow what is on disk.
+        """
         payload = _jsonable(payload)
+        self._open_for_append()
         seq = self.events[-1].seq + 1 if self.events else 1
         event = Event(seq=seq, time=round(time.time(), 3), kind=kind, payload=payload,
                       line=len(self.events) + 1)
         try:
+            check_values(payload)
             validate_payload(kind, payload)
             if kind in ("vector", "sweep") and payload["file"] not in self._tensors:
                 raise ValueError(f"{payload['file']} was not saved by this session "
                                  "(use save_vector / record_sweep)")
-            _copy_builder(self._builder).apply(event)
+            copy_builder(self._builder).apply(event)
             line = json.dumps(event.to_json(), ensure_ascii=False, allow_nan=False,
                               separators=(",", ":")) + "\n"
         except (TypeError, ValueError) as exc:
-            raise SessionError(f"cannot record a {kind} event: {_reason(exc)}") from None
+            raise SessionError(f"cannot record {_article(kind)} {kind} event: {reason(exc)}") from None
         self._append(line.encode("utf-8"))
         self._builder.apply(event)
         self.events.append(event)
@@ -547,7 +351,7 @@ class Session:
     def save_vector(self, name: str, array: Any) -> Event:
         """Save a steering vector [d_model] under tensors/ and record it by name."""
         vector = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
-        if vector.ndim != 1 or not np.isfinite(vector).all():
+        if vector.ndim != 1 or vector.size == 0 or not np.isfinite(vector).all():
             raise SessionError(f"steering vector {name!r} must be a finite 1-D array, "
                                f"got shape {list(vector.shape)}")
         file = self._save_tensor("vector", "vector", vector)
@@ -557,33 +361,21 @@ class Session:
         return self.record("note", text=text)
 
     def rename(self, new_name: str) -> None:
-        """Rename the folder and the manifest's name; refuses a name in use."""
-        try:
-            check_name(new_name)
-        except ValueError as exc:
-            raise SessionError(str(exc)) from None
-        target = self.path.parent / new_name
-        if target.exists():
-            raise SessionError(f"a session named {new_name!r} already exists ({target})")
-        try:
-            os.rename(self.path, target)
-        except OSError as exc:
-            raise SessionError(f"cannot rename {self.path} to {target} ({exc.strerror})") from None
-        _fsync_dir(target.parent)
-        self.path = target
+        """Rename the folder and the manifest's name; refuses a name in use or a session being recorded."""
+        if self._fd is not None:
+            raise SessionError(f"cannot rename session {self.name!r} while recording into it")
+        self.path = rename_folder(self.path, new_name)
         self.manifest["name"] = new_name
-        self._write_manifest()
 
     def delete(self) -> None:
-        """Remove the session folder (only if it really is a session: it holds a session.json)."""
+        """Remove the session folder (refused when it is not a session or another process records into it)."""
         self.close()
-        if not (self.path / MANIFEST_FILE).is_file():
-            raise SessionError(f"{self.path} does not look like a session; not deleting it")
-        shutil.rmtree(self.path)
+        remove_folder(self.path)
 
     def close(self) -> None:
         """Release the write lock (events are already on disk)."""
         if self._fd is not None:
+            clear_lock_info(self.path)
             os.close(self._fd)
             self._fd = None
 
@@ -601,61 +393,104 @@ class Session:
     # -- internals ----------------------------------------------------------------------------
 
     def _write_manifest(self) -> None:
-        atomic_write(self.path / MANIFEST_FILE, (json.dumps(self.manifest, indent=2) + "\n").encode())
+        try:
+            atomic_write(self.path / MANIFEST_FILE, (json.dumps(self.manifest, indent=2) + "\n").encode())
+        except OSError as exc:
+            raise SessionError(f"{self.path / MANIFEST_FILE}: cannot write ({exc.strerror})") from None
 
     def _open_for_append(self) -> int:
-        """Open the log for appending, lock it, and cut off a truncated last line first."""
+        """Open and lock the log; re-read it if it changed since it was read; cut an interrupted last line."""
         if self._fd is not None:
             return self._fd
         try:
-            fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0))
         except OSError as exc:
-            raise SessionError(f"{self.events_path}: cannot open for writing ({exc.strerror})") from None
+            raise SessionError(f"{self.events_path}: cannot open for writing ({exc.strerror}); "
+                               "recording stopped") from None
         try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; a single writer is the user's job
-            fcntl = None
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                raise SessionError(f"session {self.name!r} is being recorded by another mechscope "
-                                   "process") from None
-        if os.fstat(fd).st_size != self._valid_size:
-            os.ftruncate(fd, self._valid_size)
-        if self._needs_newline:
-            _write_all(fd, b"\n")
-            self._needs_newline = False
+            self._lock(fd)
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise SessionError(f"{self.events_path}: not a regular file")
+            if stamp(info) != self._stamp:
+                # Another process wrote (or a crash left a partial line) since this log was read.
+                log = read_log(self.path)
+                if log.stamp[2] != info.st_ino:
+                    raise SessionError(f"{self.events_path}: replaced while opening it; reopen the session")
+                self._adopt(log)
+            if info.st_size != self._valid_size:
+                os.ftruncate(fd, self._valid_size)
+            if self._needs_newline:
+                _write_all(fd, b"\n")
+                os.fsync(fd)
+                self._valid_size += 1
+                self._needs_newline = False
+        except OSError as exc:
+            os.close(fd)
+            raise SessionError(f"{self.events_path}: cannot write ({exc.strerror}); "
+                               "recording stopped") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        write_lock_info(self.path)
         self._fd = fd
         return fd
 
+    def _lock(self, fd: int) -> None:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; a single writer is the user's job
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            from mechscope.sessions.folders import lock_holder
+
+            raise SessionError(f"session {self.name!r} is being recorded by "
+                               f"{lock_holder(self.path)}") from None
+
     def _append(self, data: bytes) -> None:
+        """Write one line and fsync it; on any failure cut the log back to its last good size."""
         fd = self._open_for_append()
         try:
             _write_all(fd, data)
             os.fsync(fd)
         except OSError as exc:
-            raise SessionError(f"{self.events_path}: cannot write ({exc.strerror})") from None
+            lost = f"{self.events_path}: cannot write ({exc.strerror}); the event was not saved"
+            try:
+                os.ftruncate(fd, self._valid_size)
+                os.fsync(fd)
+            except OSError:
+                # The log may end in a partial line: stop writing through this handle; the next
+                # append reopens, re-reads and cuts the partial line before writing.
+                self.close()
+                self._stamp = (-1, -1, -1)
+            raise SessionError(lost) from None
         self._valid_size += len(data)
+        self._stamp = stamp(os.fstat(fd))
 
     def _save_tensor(self, prefix: str, key: str, array: np.ndarray) -> str:
         """Write `array` to tensors/<prefix>-<next seq>.safetensors (before its event) and cache it."""
         from safetensors.numpy import save_file
 
+        self._open_for_append()  # the lock first: the file name takes the next seq on disk
         seq = self.events[-1].seq + 1 if self.events else 1
         file = f"{TENSORS_DIR}/{prefix}-{seq:06d}.safetensors"
         path = self.path / file
         tmp = path.with_name(f".{path.name}.tmp")
         try:
-            path.parent.mkdir(exist_ok=True)
+            if not path.parent.is_dir():
+                make_dir(path.parent)
             save_file({key: array}, str(tmp))
+            os.chmod(tmp, FILE_MODE)
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
-            raise SessionError(f"{path}: cannot write ({exc.strerror})") from None
+            if tmp.exists():
+                tmp.unlink()
+            raise SessionError(f"{path}: cannot write ({exc.strerror}); recording stopped") from None
         self._tensors[file] = array.copy()
         return file
 
@@ -665,14 +500,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _copy_builder(builder: _StateBuilder) -> _StateBuilder:
-    """A shallow copy to dry-run an event against (apply mutates only top-level containers)."""
-    copy = _StateBuilder()
-    copy.__dict__.update({k: (v.copy() if isinstance(v, (dict, list)) else v)
-                          for k, v in builder.__dict__.items()})
-    return copy
 
 
 def _intervention_dicts(interventions: Sequence[Any]) -> list[dict[str, Any]]:
@@ -685,62 +512,5 @@ def _intervention_dicts(interventions: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _parse_line(raw: bytes, number: int) -> Event:
-    if not raw.strip():
-        raise ValueError("empty line")
-    text = raw.decode("utf-8")
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-    return event_from_json(data, number)
-
-
-def _looks_interrupted(raw: bytes) -> bool:
-    """Whether an unterminated last line is the start of an event line as `record` writes it."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.end != len(raw):  # bad bytes in the middle, not a character cut at the end
-            return False
-        text = raw[:exc.start].decode("utf-8", errors="replace")
-    start = '{"seq":'
-    return text.startswith(start) or start.startswith(text)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return "not UTF-8 text"
-    if isinstance(exc, RecursionError):
-        return "JSON nested too deeply"
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _summarise(path: Path) -> SessionSummary:
-    """A list row from the manifest and a quick scan of the log (no validation of events)."""
-    name = path.name
-    try:
-        manifest = _load_manifest(path / MANIFEST_FILE)
-    except SessionError as exc:
-        return SessionSummary(name, path, "?", "", 0, "", error=str(exc))
-    model = manifest.get("model") or {}
-    model_label = str(model.get("name") or model.get("source") or "-")
-    n_events, last_prompt = 0, ""
-    try:
-        with open(path / EVENTS_FILE, "rb") as handle:
-            for raw in handle:
-                if not raw.endswith(b"\n"):
-                    break
-                try:
-                    data = json.loads(raw)
-                except (ValueError, RecursionError):
-                    continue
-                n_events += 1
-                if isinstance(data, dict) and data.get("kind") in ("prompt", "run"):
-                    prompt = data.get("clean", data.get("prompt"))
-                    last_prompt = prompt if isinstance(prompt, str) else last_prompt
-    except OSError as exc:
-        return SessionSummary(name, path, model_label, str(manifest["created"]), 0, "",
-                              error=f"{path / EVENTS_FILE}: cannot read ({exc.strerror})")
-    return SessionSummary(name, path, model_label, str(manifest["created"]), n_events, last_prompt)
+def _article(kind: str) -> str:
+    return "an" if kind[:1] in "aeiou" else "a"

@@ -55,6 +55,7 @@ class MechscopeApp(App[int]):
         self.record = record
         self.engine: Any = None
         self.load_failed = False
+        self.load_error: str | None = None  # printed by `run_app` after the screen closes
         self.bench = Workbench(initial, top_k=TOP_K,
                                generation=GenerationSettings(max_new_tokens=GENERATE_TOKENS))
         self.bench.info = "loading model…"
@@ -101,6 +102,7 @@ class MechscopeApp(App[int]):
         from mechscope.screens.load_error import LoadErrorScreen
 
         self.load_failed = True
+        self.load_error = message.reason
         self.push_screen(LoadErrorScreen(self.source, message.reason))
 
     def on_engine_loaded(self, message: EngineLoaded) -> None:
@@ -164,8 +166,17 @@ class MechscopeApp(App[int]):
 
 
 def run_app(args: argparse.Namespace) -> int:
-    """Entry point of `mechscope` with no sub-command; returns the exit code."""
+    """Entry point of `mechscope` with no sub-command; returns the exit code (2 when the model failed
+    to load, after printing why once the screen is gone)."""
+    attach = getattr(args, "attach", None)
+
     def factory(progress: Callable[[str, float | None], None]) -> Any:
+        if attach:
+            # An attached workbench never imports torch: the model lives in the server.
+            progress(f"connecting to the server {attach}", None)
+            from mechscope.serve import connect
+
+            return connect(attach, client_name="workbench")
         # torch and transformers load here, in the loader thread, after the first paint
         progress("importing PyTorch and transformers", None)
         from mechscope.engine import Engine
@@ -173,6 +184,12 @@ def run_app(args: argparse.Namespace) -> int:
         return Engine.load(args.model, device=args.device, dtype=args.dtype,
                            trust_remote_code=args.trust_remote_code, progress=progress)
 
-    app = MechscopeApp(factory, session_name=getattr(args, "session", None), source=args.model)
+    source = f"attached: {attach}" if attach else args.model
+    app = MechscopeApp(factory, session_name=getattr(args, "session", None), source=source)
     return_code = app.run()
+    if app.load_error is not None:
+        import sys
+
+        print(f"error: {app.load_error}", file=sys.stderr)
+        return 2
     return int(return_code or 0)

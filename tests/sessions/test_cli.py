@@ -27,7 +27,9 @@ def quiet_loading(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def ioi(folder_engine) -> Session:
-    return record_ioi_session(folder_engine, "ioi")
+    session = record_ioi_session(folder_engine, "ioi")
+    session.close()  # a writer holds the lock; rename and rm are refused while it does
+    return session
 
 
 def _one_error_line(err: str) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SESSION_MODULES = ("mechscope.sessions", "mechscope.sessions.store", "mechscope.sessions.replay",
-                   "mechscope.sessions.export", "mechscope.sessions.cli")
+                   "mechscope.sessions.export")
 
 
 def _loaded_after(statement: str) -> set[str]:

@@ -9,25 +9,23 @@ import os
 import sys
 import time
 
+from mechscope.cli.common import add_model_args, model_settings
 from mechscope.engine.errors import MechscopeError
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="keep a model loaded and serve it to workbenches and notebooks",
                            description="Load a model once and serve it on a private Unix socket; "
                            "attach with `mechscope --attach NAME` or `Engine.connect(NAME)`.")
-    serve.add_argument("--model", default="demo",
-                       help="'demo', a local HF folder, a .gguf file or a hub id in the local cache")
-    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
-    serve.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default: auto)")
-    serve.add_argument("--trust-remote-code", action="store_true",
-                       help="allow model code from the model folder (off by default)")
+    add_model_args(serve)
     where = serve.add_mutually_exclusive_group()
     where.add_argument("--name", help="server name (default 'default'); its socket lives in the runtime directory")
     where.add_argument("--socket", help="serve on this socket path instead of a named one")
     serve.add_argument("--list", action="store_true", help="list the running servers and exit")
+    serve.set_defaults(run=dispatch, uses_model=True)
     stop = sub.add_parser("stop", help="stop a running server cleanly")
     stop.add_argument("server", nargs="?", default=None, help="server name or socket path (default 'default')")
+    stop.set_defaults(run=dispatch)
 
 
 def attach_or_exit(target: str, client_name: str | None = None):
@@ -102,8 +100,7 @@ def _load(args: argparse.Namespace):
 
     started = time.perf_counter()
     try:
-        engine = Engine.load(args.model, device=args.device, dtype=args.dtype,
-                             trust_remote_code=args.trust_remote_code, progress=progress)
+        engine = Engine.load(progress=progress, **model_settings(args))
     except MechscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None

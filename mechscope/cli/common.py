@@ -1,0 +1,174 @@
+"""Options shared by sub-commands, their checks (done before anything heavy is imported) and output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
+IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
+
+# The spellings `mechscope.engine.loading` accepts; repeated here so a bad value is refused
+# without importing torch.
+DTYPES = ("auto", "float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+MODEL_OPTIONS = ("model", "device", "dtype", "trust_remote_code", "attach")
+
+
+class UsageError(Exception):
+    """A bad command-line option: printed as one line, exit code 2."""
+
+
+def add_model_args(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
+    """--model/--device/--dtype/--trust-remote-code, accepted before or after the sub-command.
+
+    The top-level parser holds the defaults (None: not given); a sub-parser only sets what the user
+    typed after the sub-command, so an option given before it is never overwritten by a default.
+    """
+    default: Any = None if top_level else argparse.SUPPRESS
+    parser.add_argument("--model", default=default,
+                        help="'demo' (SmolLM2-135M-Instruct, the default), a local HF folder, a .gguf "
+                        "file or a hub id in the local cache")
+    parser.add_argument("--device", default=default, help="auto, cpu, cuda, cuda:N, mps (default: auto)")
+    parser.add_argument("--dtype", default=default,
+                        help="auto, float32, bfloat16, float16 (default: auto)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        default=False if top_level else argparse.SUPPRESS,
+                        help="allow model code from the model folder (off by default)")
+    parser.add_argument("--attach", metavar="NAME|PATH", default=default,
+                        help="use a running `mechscope serve` (name or socket path) instead of "
+                        "loading a model")
+
+
+def add_session_arg(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
+    parser.add_argument("--session", default=None if top_level else argparse.SUPPRESS,
+                        help="record into (or resume) the session with this name")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_common_options(args: argparse.Namespace) -> None:
+    """Refuse model and session options that cannot work, before torch is imported.
+
+    A sub-command that loads a model sets `uses_model=True`; the workbench (no sub-command) does too.
+    """
+    command = getattr(args, "command", None)
+    uses_model = command is None or getattr(args, "uses_model", False)
+    given = [name for name in MODEL_OPTIONS if getattr(args, name, None) not in (None, False)]
+    if given and not uses_model:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"{flags} does not apply to `mechscope {command}` (it loads no model)")
+    if getattr(args, "session", None) is not None:
+        if command is not None:
+            raise UsageError(f"--session applies to the workbench only, not to `mechscope {command}`")
+        from mechscope.sessions.paths import check_name
+
+        try:
+            check_name(args.session)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if args.dtype is not None and args.dtype.lower().removeprefix("torch.") not in DTYPES:
+        raise UsageError(f"unknown dtype {args.dtype!r}; use auto, float32, bfloat16 or float16")
+    if args.device is not None and not _DEVICE.match(args.device):
+        raise UsageError(f"unknown device {args.device!r}; use auto, cpu, cuda, cuda:N or mps")
+    if args.model is not None:
+        check_model_source(args.model)
+
+
+def check_model_source(source: str) -> None:
+    """Refuse a local model path that does not exist or cannot be a model (no torch import)."""
+    if source == "demo":
+        return
+    if not source.strip():
+        raise UsageError("--model is empty")
+    path = Path(source).expanduser()
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as exc:  # a name too long, a permission problem on a parent folder...
+        raise UsageError(f"cannot use model path {_clip(source, 80)!r} ({exc.strerror})") from None
+    if is_dir:
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{source} is a folder without config.json: not a Hugging Face model folder")
+        return
+    if is_file:
+        if path.suffix.lower() != ".gguf":
+            raise UsageError(f"{source} is a file but not a .gguf; pass a model folder, a .gguf file "
+                             "or a hub id")
+        return
+    if _HUB_ID.match(source) and not source.startswith((".", "~")) and not source.endswith(".gguf"):
+        return  # a hub id: resolved from the local cache when the model loads
+    raise UsageError(f"no such file or folder: {_clip(source, 200)}")
+
+
+def model_settings(args: argparse.Namespace, default_model: str | None = "demo") -> dict[str, Any]:
+    """The keyword arguments of `Engine.load` the options ask for."""
+    return {"source": args.model if args.model is not None else default_model,
+            "device": args.device or "auto", "dtype": args.dtype or "auto",
+            "trust_remote_code": bool(args.trust_remote_code)}
+
+
+def load_engine_or_exit(args: argparse.Namespace, source: str | None = None) -> Any:
+    """Load the engine for a headless command, printing progress to stderr; None on failure.
+
+    With `--attach`, a client of a running `mechscope serve` instead (no torch import)."""
+    if getattr(args, "attach", None):
+        from mechscope.cli.serve import attach_or_exit
+
+        return attach_or_exit(args.attach, client_name=f"mechscope {args.command or 'workbench'}")
+    from mechscope.engine import Engine
+    from mechscope.engine.errors import MechscopeError
+
+    settings = model_settings(args)
+    if source is not None:
+        settings["source"] = source
+    quiet = bool(os.environ.get("MECHSCOPE_QUIET"))
+    live = sys.stderr.isatty()  # redraw one line in a terminal; plain lines in a log file or pipe
+    last_message: list[str] = []
+
+    def progress(message: str, fraction: float | None = None) -> None:
+        if quiet:
+            return
+        if live:
+            suffix = f" {fraction:4.0%}" if fraction is not None else ""
+            print(f"\r{message}{suffix}\033[K", end="", file=sys.stderr, flush=True)
+        elif last_message[-1:] != [message]:
+            last_message.append(message)
+            print(message, file=sys.stderr, flush=True)
+
+    try:
+        return Engine.load(progress=progress, **settings)
+    except MechscopeError as exc:
+        print(f"\rerror: {exc}\033[K" if live else f"error: {exc}", file=sys.stderr)
+        return None
+    finally:
+        if live and not quiet:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+clip = _clip
+
+
+def print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], last_width: int) -> None:
+    rows = [row[:-1] + (_clip(row[-1], last_width),) for row in rows]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -1,0 +1,114 @@
+"""What resuming a session restores: the state its events fold into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mechscope.sessions.events import Event
+
+if TYPE_CHECKING:
+    from mechscope.engine.interventions import Intervention, Metric
+
+
+@dataclass
+class SessionState:
+    """What resuming a session restores: the folded result of its events."""
+
+    clean: str = ""
+    corrupted: str | None = None
+    metric: Metric | None = None
+    interventions: list[tuple[int, Intervention]] = field(default_factory=list)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    reference_prompts: list[str] | None = None
+    last_run: Event | None = None
+    last_sweep: Event | None = None
+    last_generate: Event | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def last_outcome(self) -> dict[str, Any] | None:
+        """The last run's recorded outcome (top_ids, top_tokens, top_probs, metric, baseline_metric)."""
+        return None if self.last_run is None else self.last_run["outcome"]
+
+    @property
+    def next_intervention_id(self) -> int:
+        return max((ident for ident, _ in self.interventions), default=0) + 1
+
+
+class StateBuilder:
+    """Folds events into a SessionState; raises ValueError (before changing anything) on a bad event."""
+
+    def __init__(self) -> None:
+        self.clean = ""
+        self.corrupted: str | None = None
+        self.metric: dict | None = None
+        self.interventions: dict[int, Intervention] = {}
+        self.vector_files: dict[str, str] = {}
+        self.reference_prompts: list[str] | None = None
+        self.last: dict[str, Event] = {}
+        self.notes: list[str] = []
+
+    def apply(self, event: Event) -> None:
+        kind, payload = event.kind, event.payload
+        if kind == "prompt":
+            self.clean, self.corrupted = payload["clean"], payload["corrupted"]
+        elif kind == "metric":
+            self.metric = payload["metric"]
+        elif kind == "intervention":
+            self._apply_intervention(payload)
+        elif kind == "vector":
+            self.vector_files[payload["name"]] = payload["file"]
+        elif kind == "reference_prompts":
+            self.reference_prompts = list(payload["prompts"])
+        elif kind == "note":
+            self.notes.append(payload["text"])
+        if kind == "run":
+            self.clean, self.corrupted, self.metric = (payload["prompt"], payload["corrupted"],
+                                                       payload["metric"])
+        if kind in ("run", "sweep", "generate"):
+            self.last[kind] = event
+
+    def _apply_intervention(self, payload: dict[str, Any]) -> None:
+        from mechscope.engine.interventions import Intervention
+
+        action, ident = payload["action"], payload["id"]
+        if action == "added":
+            if ident in self.interventions:
+                raise ValueError(f"intervention id {ident} is added twice")
+            self.interventions[ident] = Intervention.from_dict(payload["intervention"])
+            return
+        if ident not in self.interventions:
+            raise ValueError(f"intervention id {ident} is {action} but was never added (or was removed)")
+        if action == "changed":
+            self.interventions[ident] = Intervention.from_dict(payload["intervention"])
+        elif action == "toggled":
+            self.interventions[ident] = self.interventions[ident].with_enabled(payload["enabled"])
+        else:
+            del self.interventions[ident]
+
+    def state(self, tensors: dict[str, np.ndarray]) -> SessionState:
+        from mechscope.engine.interventions import Metric
+
+        return SessionState(
+            clean=self.clean,
+            corrupted=self.corrupted,
+            metric=None if self.metric is None else Metric.from_dict(self.metric),
+            interventions=list(self.interventions.items()),
+            vectors={name: tensors[file].copy() for name, file in self.vector_files.items()},
+            reference_prompts=None if self.reference_prompts is None else list(self.reference_prompts),
+            last_run=self.last.get("run"),
+            last_sweep=self.last.get("sweep"),
+            last_generate=self.last.get("generate"),
+            notes=list(self.notes),
+        )
+
+
+def copy_builder(builder: StateBuilder) -> StateBuilder:
+    """A shallow copy to dry-run an event against (apply mutates only top-level containers)."""
+    copy = StateBuilder()
+    copy.__dict__.update({k: (v.copy() if isinstance(v, (dict, list)) else v)
+                          for k, v in builder.__dict__.items()})
+    return copy
