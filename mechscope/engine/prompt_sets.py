@@ -269,7 +269,20 @@ _WORDS = ("apple", "river", "stone", "cloud", "green", "table", "music", "horse"
 
 
 def _word_pool(tokenizer) -> list[str]:
-    return single_token_words(tokenizer, _WORDS)
+    """Common words that are one token after a space, then any other vocabulary entries that are
+    " " + letters and tokenize back to themselves (small tokenizers have few common words)."""
+    pool = single_token_words(tokenizer, _WORDS)
+    if len(pool) >= 64:
+        return pool
+    seen = set(pool)
+    for token_id in range(min(len(tokenizer), 50_000)):
+        text = tokenizer.decode([token_id])
+        word = text[1:]
+        if (text.startswith(" ") and len(word) >= 2 and word.isalpha() and word not in seen
+                and tokenizer(text, add_special_tokens=False).input_ids == [token_id]):
+            pool.append(word)
+            seen.add(word)
+    return pool
 
 
 def template_set(kind: str, tokenizer, n: int = 20, seed: int = 0) -> PromptSet:
