@@ -452,24 +452,38 @@ def sweep_set(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff",
               direction: str = "noising", padding: Padding = "left",
               on_progress: Callable[[SetSweepResult], None] | None = None,
               should_stop: Callable[[], bool] | None = None,
-              max_batch: int = MAX_BATCH_ROWS) -> SetSweepResult:
+              max_batch: int = MAX_BATCH_ROWS, source: Literal["prompts", "mean"] = "prompts") -> SetSweepResult:
     """Patch each head's output from the source rows into the base rows, every row at once: for each
-    layer, rows x heads variants resume from the base run's residual at that layer."""
+    layer, rows x heads variants resume from the base run's residual at that layer.
+
+    source "mean": a mean-ablation sweep instead: each head's output is replaced by its mean over
+    every real position of the set's clean rows (the base rows are the clean prompts; `direction`
+    is ignored and source_metric is NaN)."""
     started = time.perf_counter()
     a = engine.adapter
     n_heads, d_head = a.n_heads, a.d_head
+    if source not in ("prompts", "mean"):
+        raise ValueError(f"source must be prompts or mean, got {source!r}")
     with engine.guard(), torch.no_grad():
         metric = SetMetric.of(engine, pset, kind)
-        base_batch, source_batch = paired_batches(engine, pset, direction, padding)
-        rows = base_batch.rows
-        source_z = head_outputs(engine, source_batch)
-        source_metric = metric.value(engine, forward(engine, source_batch, []).normed)
+        if source == "mean":
+            base_batch = encode(engine, pset.column("clean"), padding)
+            rows = base_batch.rows
+            real = base_batch.mask.bool()
+            source_z = [z[real].mean(0).expand(*base_batch.ids.shape, -1)
+                        for z in head_outputs(engine, base_batch)]  # [row, pos, head*d_head] per layer
+            source_metric = torch.full((rows,), float("nan"))
+        else:
+            base_batch, source_batch = paired_batches(engine, pset, direction, padding)
+            rows = base_batch.rows
+            source_z = head_outputs(engine, source_batch)
+            source_metric = metric.value(engine, forward(engine, source_batch, []).normed)
         base = forward(engine, base_batch, [], record_calls=True)
         base_metric = metric.value(engine, base.normed)
         per_row = np.full((rows, a.n_layers, n_heads), np.nan)
 
         def result(complete: bool) -> SetSweepResult:
-            return SetSweepResult(pset.name, direction, per_row.copy(), base_metric.cpu().numpy().astype(np.float64),
+            return SetSweepResult(pset.name, direction if source == "prompts" else "mean", per_row.copy(), base_metric.cpu().numpy().astype(np.float64),
                                   source_metric.cpu().numpy().astype(np.float64), complete,
                                   time.perf_counter() - started)
 
@@ -481,7 +495,7 @@ def sweep_set(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff",
                 part = variants[start:start + chunk]
                 index = part % rows
                 heads = part // rows
-                src = source_z[layer].view(rows, -1, n_heads, d_head)[index, :, heads]  # [n, pos, d_head]
+                src = source_z[layer].reshape(rows, -1, n_heads, d_head)[index, :, heads]  # [n, pos, d_head]
 
                 def patch(module, args, kwargs, heads=heads, src=src):
                     x = args[0]  # [n, pos, head*d_head]

@@ -64,3 +64,12 @@ def test_prob_and_loss_metrics_match_single_rows(engine):
         for r, row in enumerate(ROWS.rows):
             single = engine.run(row.clean, metric=Metric(kind, row.target)).prediction.metric
             assert result.values[r] == pytest.approx(single, abs=1e-5, rel=1e-5)
+
+
+def test_mean_ablation_sweep_equals_run_set_with_each_head_mean_ablated(engine):
+    sweep = sweep_set(engine, ROWS, source="mean", max_batch=7)
+    a = engine.adapter
+    for layer in range(a.n_layers):
+        for head in range(a.n_heads):
+            run = run_set(engine, ROWS, interventions=[HeadAblation(layer, head, "mean")])
+            np.testing.assert_allclose(sweep.per_row[:, layer, head], run.effect, atol=1e-5)
