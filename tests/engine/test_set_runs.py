@@ -73,3 +73,29 @@ def test_mean_ablation_sweep_equals_run_set_with_each_head_mean_ablated(engine):
         for head in range(a.n_heads):
             run = run_set(engine, ROWS, interventions=[HeadAblation(layer, head, "mean")])
             np.testing.assert_allclose(sweep.per_row[:, layer, head], run.effect, atol=1e-5)
+
+
+def test_sweep_reports_progress_and_stops_when_asked():
+    from mechscope.engine.errors import Cancelled
+
+    engine = tiny_engine("llama")
+    seen = []
+    result = sweep_set(engine, ROWS, on_progress=lambda partial: seen.append(partial.complete))
+    assert result.complete and seen == [False] * engine.adapter.n_layers
+    with pytest.raises(Cancelled):
+        sweep_set(engine, ROWS, should_stop=lambda: True)
+
+
+def test_set_errors_name_the_row():
+    from mechscope.engine.errors import InterventionError, PromptError
+    from mechscope.engine.interventions import SteeringVector
+
+    engine = tiny_engine("llama")
+    uneven = PromptSet("uneven", (ROWS.rows[0], PromptRow("The capital of France is", "The capital of Paris is",
+                                                          " Paris", " the")))
+    with pytest.raises(PromptError, match="row 2: clean and corrupted prompts must have the same number"):
+        sweep_set(engine, uneven)
+    with pytest.raises(PromptError, match="row 1: logit_diff needs a foil"):
+        run_set(engine, PromptSet("x", (PromptRow("One two", target=" three"),)))
+    with pytest.raises(InterventionError, match="not supported over a prompt set"):
+        run_set(engine, ROWS, interventions=[SteeringVector(0, "v")])
