@@ -23,8 +23,9 @@ class MassiveLayer:
     A dimension d is massive in a prompt when max over positions |h[t, d]| > ratio x the median |h|
     over every position and dimension of that layer in that prompt. dims: massive in at least one
     prompt; counts[i]: in how many prompts dims[i] is; peak[i][p]: the signed value of largest
-    magnitude of dims[i] in prompt p; position[i][p]: where it is; spread[i]: std / |mean| of peak[i]
-    over the prompts. constant: the same dims are massive in every prompt and each spread < tol.
+    magnitude of dims[i] in prompt p (NaN where it is not massive); position[i][p]: where it is (-1
+    where it is not massive); spread[i]: std / |mean| of peak[i] over the prompts where it is massive;
+    median[p]: the layer's median |h| in prompt p. constant: the same dims are massive in every prompt and each spread < tol.
     """
 
     layer: int
