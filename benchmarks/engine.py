@@ -2,6 +2,7 @@
 
     python benchmarks/engine.py            # GPT-2-small-shaped random model and the demo model
     python benchmarks/engine.py --no-demo  # only the random model
+    python benchmarks/engine.py --only-set --set-rows 100  # head sweep over 100 IOI prompts (demo)
 
 Each figure is a median over repeats, timed alternately with a plain forward so that both see the
 same machine load: a ratio is the median of the engine's times over the median of the plain
@@ -133,14 +134,59 @@ def bench(name: str, model, tokenizer, clean: str, corrupt: str, repeats: int) -
           f"({extra / weights:.1%} of the {weights / 2**20:.0f} MiB of weights)")
 
 
+def bench_set(name: str, model, tokenizer, rows: int, repeats: int) -> None:
+    """Mean-metric head-patching sweep over `rows` IOI prompts, against one plain forward of the
+    same padded batch (attention mask and position ids as the sweep uses them)."""
+    from mechscope.engine.prompt_sets import ioi_set
+    from mechscope.engine.set_runs import encode, sweep_set
+
+    engine = Engine(model, tokenizer, source=name)
+    pset = ioi_set(tokenizer, n=rows)
+    batch = encode(engine, pset.column("clean"))
+    plain = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(model.config))
+    plain.load_state_dict(model.state_dict())
+    plain.eval()
+    plain.set_attn_implementation("sdpa")
+
+    def plain_forward():
+        with torch.no_grad():
+            plain(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.position_ids)
+
+    plain_forward()
+    result = {}
+
+    def sweep():
+        result["sweep"] = sweep_set(engine, pset)
+
+    seconds, plain_seconds = paired_medians(plain_forward, sweep, max(1, repeats))
+    a = engine.adapter
+    mean = result["sweep"].base_metric.mean()
+    print(f"\n{name}: {rows} IOI prompts ({min(batch.lengths)}-{max(batch.lengths)} tokens), "
+          f"{a.n_layers * a.n_heads} heads, {torch.get_num_threads()} threads")
+    print(f"  plain HF forward over the set      {plain_seconds * 1e3:8.1f} ms   1.00x")
+    print(f"  mean-metric head-patching sweep    {seconds * 1e3:8.1f} ms {seconds / plain_seconds:6.2f}x"
+          f"  (mean logit diff IO - S {mean:.3f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-demo", action="store_true", help="skip the demo model")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set-rows", type=int, default=0,
+                        help="also time a head-patching sweep over this many IOI prompts (demo model)")
+    parser.add_argument("--only-set", action="store_true", help="only the prompt-set figure")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
+    if args.set_rows or args.only_set:
+        from mechscope.engine.loading import load_model
+
+        loaded = load_model("demo", device="cpu", dtype="float32")
+        bench_set("demo (SmolLM2-135M-Instruct)", loaded.model, loaded.tokenizer, args.set_rows or 100,
+                  max(1, args.repeats // 10))
+        if args.only_set:
+            return
     model, tokenizer = gpt2_small_random()
     # A 20-token prompt for the GPT-2-shaped model, as the issue specifies.
     clean = "When Mary and John went to the store, John gave a drink to Mary and the cat sat"

@@ -1,0 +1,101 @@
+"""A batched prompt set equals its rows run one at a time, on every family, rows of different lengths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mechscope.engine import HeadAblation, HeadScale, Metric
+from mechscope.engine.interventions import ComponentAblation
+from mechscope.engine.prompt_sets import PromptRow, PromptSet
+from mechscope.engine.set_runs import run_set, sweep_set
+from mechscope.engine.testing import FAMILIES, tiny_engine
+
+ROWS = PromptSet("mixed", (
+    PromptRow("When Mary and John went to the store, John gave a drink to",
+              "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),
+    PromptRow("The capital of France is", "The capital of Eiffel is", " Paris", " the"),
+    PromptRow("Alice and Bob walked to the park, and Bob handed a book to",
+              "Alice and Bob walked to the park, and Alice handed a book to", " Alice", " Bob"),
+    PromptRow("One two three", "One two four", " four", " five"),
+))
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def engine(request):
+    return tiny_engine(request.param)
+
+
+def test_rows_have_different_lengths(engine):
+    lengths = {len(engine.tokenize(row.clean)[0]) for row in ROWS.rows}
+    assert len(lengths) >= 3
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_batched_run_equals_rows_one_at_a_time(engine, padding):
+    edits = [HeadAblation(1, 2, "zero"), HeadScale(0, 1, 3.0, positions=(0, -1)),
+             ComponentAblation(2, "mlp", "zero"), HeadAblation(2, 0, "resample")]
+    result = run_set(engine, ROWS, interventions=edits, padding=padding)
+    for r, row in enumerate(ROWS.rows):
+        metric = Metric("logit_diff", row.target, row.foil)
+        base = engine.run(row.clean, metric=metric).prediction.metric
+        edited = engine.run(row.clean, edits, metric=metric, corrupted=row.corrupted).prediction.metric
+        assert result.baseline[r] == pytest.approx(base, abs=1e-5)
+        assert result.values[r] == pytest.approx(edited, abs=1e-5)
+    assert result.mean == pytest.approx(float(np.mean(result.values)))
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_batched_head_sweep_equals_rows_one_at_a_time(engine, padding):
+    result = sweep_set(engine, ROWS, padding=padding, max_batch=5)
+    assert result.per_row.shape == (len(ROWS), engine.adapter.n_layers, engine.adapter.n_heads)
+    for r, row in enumerate(ROWS.rows):
+        single = engine.sweep("head", row.clean, row.corrupted, Metric("logit_diff", row.target, row.foil))
+        np.testing.assert_allclose(result.per_row[r], single.values, atol=1e-5)
+        assert result.base_metric[r] == pytest.approx(single.base_metric, abs=1e-5)
+        assert result.source_metric[r] == pytest.approx(single.source_metric, abs=1e-5)
+    np.testing.assert_allclose(result.mean, result.per_row.mean(0))
+    np.testing.assert_allclose(result.std, result.per_row.std(0))
+
+
+def test_prob_and_loss_metrics_match_single_rows(engine):
+    for kind in ("prob", "loss"):
+        result = run_set(engine, ROWS, kind=kind)
+        for r, row in enumerate(ROWS.rows):
+            single = engine.run(row.clean, metric=Metric(kind, row.target)).prediction.metric
+            assert result.values[r] == pytest.approx(single, abs=1e-5, rel=1e-5)
+
+
+def test_mean_ablation_sweep_equals_run_set_with_each_head_mean_ablated(engine):
+    sweep = sweep_set(engine, ROWS, source="mean", max_batch=7)
+    a = engine.adapter
+    for layer in range(a.n_layers):
+        for head in range(a.n_heads):
+            run = run_set(engine, ROWS, interventions=[HeadAblation(layer, head, "mean")])
+            np.testing.assert_allclose(sweep.per_row[:, layer, head], run.effect, atol=1e-5)
+
+
+def test_sweep_reports_progress_and_stops_when_asked():
+    from mechscope.engine.errors import Cancelled
+
+    engine = tiny_engine("llama")
+    seen = []
+    result = sweep_set(engine, ROWS, on_progress=lambda partial: seen.append(partial.complete))
+    assert result.complete and seen == [False] * engine.adapter.n_layers
+    with pytest.raises(Cancelled):
+        sweep_set(engine, ROWS, should_stop=lambda: True)
+
+
+def test_set_errors_name_the_row():
+    from mechscope.engine.errors import InterventionError, PromptError
+    from mechscope.engine.interventions import SteeringVector
+
+    engine = tiny_engine("llama")
+    uneven = PromptSet("uneven", (ROWS.rows[0], PromptRow("The capital of France is", "The capital of Paris is",
+                                                          " Paris", " the")))
+    with pytest.raises(PromptError, match="row 2: clean and corrupted prompts must have the same number"):
+        sweep_set(engine, uneven)
+    with pytest.raises(PromptError, match="row 1: logit_diff needs a foil"):
+        run_set(engine, PromptSet("x", (PromptRow("One two", target=" three"),)))
+    with pytest.raises(InterventionError, match="not supported over a prompt set"):
+        run_set(engine, ROWS, interventions=[SteeringVector(0, "v")])
