@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         if source == recorded_source:
             print("hint: replay on another model with --model", file=sys.stderr)
         return 2
-    from mechscope.sessions.replay import count_steps, replay, session_tolerance
+    from mechscope.sessions.replaying import count_steps, replay, session_tolerance
 
     tolerance = session_tolerance(session, engine)
     print(f"session {session.name}: {count_steps(session)} steps on {printable(source, 200)} "

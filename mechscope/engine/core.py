@@ -336,3 +336,36 @@ class Engine:
         with self.guard():
             return generate(self.passes, prompt, interventions, max_new_tokens, temperature, seed, corrupted,
                             self.vectors, self.reference_prompts, on_token, should_stop)
+
+    # Prompt sets, attribution estimators, head detectors and massive activations live in their own
+    # modules (imported on first use); these are the notebook-facing entry points.
+
+    def run_set(self, pset, kind="logit_diff", interventions=(), prompt="clean", padding="left"):
+        """The metric on every row of a `PromptSet`, batched; see `set_runs.run_set`."""
+        from mechscope.engine import set_runs
+
+        return set_runs.run_set(self, pset, kind, interventions, prompt, padding)
+
+    def sweep_set(self, pset, **options):
+        """Head patching over every row of a `PromptSet` (mean and spread per cell); see `set_runs.sweep_set`."""
+        from mechscope.engine import set_runs
+
+        return set_runs.sweep_set(self, pset, **options)
+
+    def estimate(self, pset, method, steps=5, **options):
+        """An attribution estimate ("atp", "atp*", "graddrop", "eap-ig") of head patching over a set."""
+        from mechscope.engine import estimators
+
+        return estimators.estimate(self, pset, method, steps, **options)
+
+    def detect_heads(self):
+        """Head-detector grids (previous-token, duplicate-token, induction, sink, copy suppression)."""
+        from mechscope.engine import detectors
+
+        return detectors.head_scores(self)
+
+    def massive_activations(self, prompts, ratio: float = 100.0):
+        """Per layer, the residual dimensions whose magnitude dwarfs the rest; see `massive`."""
+        from mechscope.engine import massive
+
+        return massive.massive_activations(self, prompts, ratio)

@@ -301,7 +301,7 @@ class SessionsScreen(Screen[str | None]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="replay")
     def replay_worker(self, name: str, path: Path, engine: Any) -> None:
         from mechscope.engine.errors import Cancelled, MechscopeError
-        from mechscope.sessions.replay import count_steps, replay
+        from mechscope.sessions.replaying import count_steps, replay
 
         worker = get_current_worker()
         try:

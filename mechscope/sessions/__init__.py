@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from mechscope.sessions.errors import SessionError
     from mechscope.sessions.events import Event
     from mechscope.sessions.export import export_script
-    from mechscope.sessions.replay import StepResult, Tolerance, replay, tolerance_for
+    from mechscope.sessions.replaying import StepResult, Tolerance, replay, tolerance_for
     from mechscope.sessions.store import Session, SessionState, SessionSummary
 
 _EXPORTS = {
@@ -21,10 +21,10 @@ _EXPORTS = {
     "Session": "mechscope.sessions.store",
     "SessionState": "mechscope.sessions.store",
     "SessionSummary": "mechscope.sessions.store",
-    "StepResult": "mechscope.sessions.replay",
-    "Tolerance": "mechscope.sessions.replay",
-    "replay": "mechscope.sessions.replay",
-    "tolerance_for": "mechscope.sessions.replay",
+    "StepResult": "mechscope.sessions.replaying",
+    "Tolerance": "mechscope.sessions.replaying",
+    "replay": "mechscope.sessions.replaying",
+    "tolerance_for": "mechscope.sessions.replaying",
     "export_script": "mechscope.sessions.export",
 }
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SESSION_MODULES = ("mechscope.sessions", "mechscope.sessions.store", "mechscope.sessions.replay",
+SESSION_MODULES = ("mechscope.sessions", "mechscope.sessions.store", "mechscope.sessions.replaying",
                    "mechscope.sessions.export")
 
 

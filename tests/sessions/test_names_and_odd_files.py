@@ -106,7 +106,7 @@ def test_listing_and_replay_never_hang_on_odd_files(odd: str, tmp_path: Path, ti
 
 def test_a_crafted_generate_step_runs_only_what_was_recorded(folder_engine, tiny_folder: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from mechscope.sessions.replay import replay
+    from mechscope.sessions.replaying import replay
 
     session = record_ioi_session(folder_engine, "gen")
     session.close()

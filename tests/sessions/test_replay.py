@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mechscope.sessions import Session, replay, tolerance_for
-from mechscope.sessions.replay import Tolerance, compare_outcomes, count_steps
+from mechscope.sessions.replaying import Tolerance, compare_outcomes, count_steps
 from tests.sessions.helpers import record_ioi_session
 
 

@@ -7,7 +7,7 @@ import threading
 
 from mechscope.engine.interventions import HeadAblation
 from mechscope.sessions import Session
-from mechscope.sessions.replay import replay
+from mechscope.sessions.replaying import replay
 from tests.tui.helpers import make_app, settle
 from tests.workbench.helpers import LoggingEngine
 

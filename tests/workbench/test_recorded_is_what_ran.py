@@ -8,7 +8,7 @@ import dataclasses
 
 from mechscope.engine.interventions import ActivationPatch, HeadAblation
 from mechscope.sessions import Session
-from mechscope.sessions.replay import replay
+from mechscope.sessions.replaying import replay
 from tests.workbench.helpers import IOI, LoggingEngine, drive, events, recorded_bench, run
 
 SWAPPED = IOI.corrupted.replace("Mary and John", "John and Mary")  # same length in tokens
