@@ -464,71 +464,16 @@ def _strip_quantizer(model: Any) -> None:
         model.is_quantized = False
 
 
-_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-_GGUF_TO_MODEL_TYPE = {"gptneox": "gpt_neox", "gemma3": "gemma3_text"}
-
-
-def read_gguf_architecture(gguf_path: Path) -> str:
-    """`general.architecture` from a GGUF header, reading only the key/value section up to it.
-
-    (gguf.GGUFReader parses every tokenizer array first: seconds for a real model.)
-    """
-    import struct
-
-    with open(gguf_path, "rb") as handle:
-
-        def read(fmt: str) -> Any:
-            size = struct.calcsize(fmt)
-            data = handle.read(size)
-            if len(data) != size:
-                raise ValueError("the file ends inside its header")
-            return struct.unpack(fmt, data)[0]
-
-        def read_string() -> bytes:
-            length = read("<Q")
-            if length > 1 << 24:
-                raise ValueError("implausible string length in the header")
-            return handle.read(length)
-
-        def skip_value(value_type: int) -> None:
-            if value_type == _GGUF_STRING:
-                handle.seek(read("<Q"), os.SEEK_CUR)
-            elif value_type == _GGUF_ARRAY:
-                item_type, count = read("<I"), read("<Q")
-                if item_type in _GGUF_SCALAR_SIZES:
-                    handle.seek(_GGUF_SCALAR_SIZES[item_type] * count, os.SEEK_CUR)
-                else:
-                    for _ in range(count):
-                        skip_value(item_type)
-            elif value_type in _GGUF_SCALAR_SIZES:
-                handle.seek(_GGUF_SCALAR_SIZES[value_type], os.SEEK_CUR)
-            else:
-                raise ValueError(f"unknown value type {value_type} in the header")
-
-        if handle.read(4) != b"GGUF":
-            raise ValueError("it does not start with the GGUF magic bytes")
-        version = read("<I")
-        if version not in (2, 3):
-            raise ValueError(f"GGUF version {version} is not supported")
-        read("<Q")  # tensor count
-        for _ in range(read("<Q")):
-            key, value_type = read_string(), read("<I")
-            if key == b"general.architecture" and value_type == _GGUF_STRING:
-                return read_string().decode("utf-8")
-            skip_value(value_type)
-    raise ValueError("its header has no general.architecture")
-
-
 def check_gguf_architecture(gguf_path: Path) -> str:
-    """Refuse a GGUF of an unsupported architecture before de-quantising anything; returns the model type."""
-    try:
-        architecture = read_gguf_architecture(gguf_path)
-    except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise LoadError(f"{gguf_path} is not a readable GGUF file: {_first_line(error)}") from None
-    model_type = _GGUF_TO_MODEL_TYPE.get(architecture, architecture)
-    family_for(model_type)
-    return model_type
+    """Refuse a GGUF of an unsupported architecture, or whose header does not hold together (sizes
+    past the end of the file, a config bigger than its tensors), before de-quantising anything;
+    returns the model type."""
+    from mechscope.engine.gguf_check import check_gguf_model, read_gguf_header
+
+    header = read_gguf_header(gguf_path)
+    family_for(header.model_type)
+    check_gguf_model(header)
+    return header.model_type
 
 
 def _gguf_cache_dir(gguf_path: Path) -> Path:
