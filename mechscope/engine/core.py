@@ -30,6 +30,7 @@ from mechscope.engine.interventions import (
     NeuronClamp,
     SteeringVector,
 )
+from mechscope.engine.placement import align_hooks, execution_device, loaded, placement_summary
 from mechscope.engine.results import (
     ComputeInfo,
     MetricInfo,
@@ -210,7 +211,7 @@ class Engine:
         attention.register()
         model.set_attn_implementation(attention.ATTN_IMPLEMENTATION)
         param = next(model.parameters())
-        self.device = param.device
+        self.device = execution_device(model.get_input_embeddings())  # params may be on meta under offload
         self.dtype = param.dtype
         a = self.adapter
         name = name or getattr(model.config, "_name_or_path", "") or source
@@ -229,22 +230,25 @@ class Engine:
             max_context=a.max_context,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
+            placement=placement_summary(model, a.family.layers, a.n_layers),
         )
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
     def load(cls, source: str = "demo", device: str = "auto", dtype: str = "auto",
-             device_map=None, trust_remote_code: bool = False, progress=None) -> Engine:
+             device_map=None, trust_remote_code: bool = False, progress=None, max_memory=None,
+             offload_folder=None) -> Engine:
         """Load `source` ("demo", a HF folder, a .gguf file or a cached hub id); LoadError on failure."""
         from mechscope.engine.loading import load_model
 
-        loaded = load_model(source, device=device, dtype=dtype, device_map=device_map,
-                            trust_remote_code=trust_remote_code, progress=progress)
+        model = load_model(source, device=device, dtype=dtype, device_map=device_map,
+                           trust_remote_code=trust_remote_code, progress=progress,
+                           max_memory=max_memory, offload_folder=offload_folder)
         if progress is not None:
             progress("preparing engine", None)
-        return cls(loaded.model, loaded.tokenizer, source=loaded.source,
-                   weights_digest=loaded.weights_digest, name=loaded.name)
+        return cls(model.model, model.tokenizer, source=model.source,
+                   weights_digest=model.weights_digest, name=model.name)
 
     @contextlib.contextmanager
     def guard(self):
@@ -493,7 +497,7 @@ class Engine:
             holder["final"] = _first(output)
 
         self._seq_len = ids.shape[1]
-        with installed(hooks + [Hook("fwd", self.adapter.layers[-1], record_final)]):
+        with installed(self._align_hooks() + hooks + [Hook("fwd", self.adapter.layers[-1], record_final)]):
             self.adapter.model.base_model(input_ids=ids, use_cache=False)
         return holder["final"]
 
@@ -555,7 +559,7 @@ class Engine:
             hooks += self._capture_hooks(spec, captures, 0)
         hooks += list(extra_hooks)
         self._seq_len = ids.shape[1]
-        with installed(hooks):
+        with installed(self._align_hooks() + hooks):
             self.adapter.model.base_model(input_ids=ids, use_cache=False)
         clean = CleanPass(ids=ids, calls=calls, final=holder["final"].detach(),
                           spec=spec if spec is not None and not spec.empty else None,
@@ -570,12 +574,16 @@ class Engine:
         """Re-run decoder layers start..N-1 from `hidden` with the cached per-layer arguments."""
         layers = self.adapter.layers
         self._seq_len = hidden.shape[1]
-        with installed(hooks):
+        with installed(self._align_hooks() + hooks):
             for index in range(start, len(layers)):
                 if should_stop is not None and should_stop():
                     raise Cancelled("stopped")
                 hidden = calls[index].call(layers[index], hidden)
         return hidden
+
+    def _align_hooks(self) -> list[Hook]:
+        """Layers split over devices: move each layer's inputs to its device before any edit sees them."""
+        return align_hooks(self.model.get_input_embeddings(), self.adapter.layers)
 
     def _seq_view(self, x: torch.Tensor) -> torch.Tensor:
         """[batch*pos, d] -> [batch, pos, d] for modules that see flattened tokens; 3-d input unchanged."""
@@ -594,8 +602,9 @@ class Engine:
             return self._metric_tensor(self._logits(hidden), info)
         ids = [info.target_id, info.foil_id]
         unembed = self.adapter.unembed
-        bias = getattr(unembed, "bias", None)
-        logits = torch.nn.functional.linear(self._normed(hidden), unembed.weight[ids],
+        weight, bias = loaded(unembed, "weight"), loaded(unembed, "bias")
+        normed = self._normed(hidden).to(weight.device)
+        logits = torch.nn.functional.linear(normed, weight[ids],
                                             bias[ids] if bias is not None else None).float()  # [row, 2]
         cap = self.adapter.final_softcap
         if cap:

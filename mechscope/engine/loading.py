@@ -303,9 +303,16 @@ def _first_line(error: BaseException) -> str:
 
 # ---------------------------------------------------------------- loading a folder
 
+def _offload_dir(folder: Path) -> Path:
+    """Where accelerate may write the weights it offloads to disk: one folder per model folder."""
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / "offload" / key
+
+
 def _load_folder(folder: Path, *, source: str, name: str, weights_digest: str | None, device: str,
                  dtype: str, device_map: Any, trust_remote_code: bool,
-                 progress: Progress | None) -> LoadedModel:
+                 progress: Progress | None, max_memory: Any = None,
+                 offload_folder: str | Path | None = None) -> LoadedModel:
     import transformers
 
     if not folder.is_dir():
@@ -313,6 +320,12 @@ def _load_folder(folder: Path, *, source: str, name: str, weights_digest: str | 
     config_dict = _read_folder_config(folder)
     check_architecture(config_dict, str(folder), trust_remote_code)
     _safetensors_files(folder)
+    from mechscope.engine.placement import parse_device_map, parse_max_memory
+
+    device_map = parse_device_map(device_map)
+    max_memory = parse_max_memory(max_memory)
+    if max_memory is not None and device_map is None:
+        device_map = "auto"  # a memory budget means accelerate places the layers
     if device_map is not None and device == "auto":
         # accelerate places the layers; "auto" only decides the dtype.
         target = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -339,6 +352,12 @@ def _load_folder(folder: Path, *, source: str, name: str, weights_digest: str | 
         )
         kwargs = dict(config=config, dtype=torch_dtype, use_safetensors=True, local_files_only=True,
                       trust_remote_code=trust_remote_code, device_map=placement)
+        if device_map is not None:
+            if max_memory is not None:
+                kwargs["max_memory"] = max_memory
+            offload = Path(offload_folder) if offload_folder is not None else _offload_dir(folder)
+            offload.mkdir(parents=True, exist_ok=True)
+            kwargs["offload_folder"] = str(offload)
         try:
             try:
                 model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -624,13 +643,18 @@ def hub_model_dir(repo_id: str, progress: Progress | None = None) -> Path:
 # ---------------------------------------------------------------- entry point
 
 def load_model(source: str = "demo", device: str = "auto", dtype: str = "auto", device_map: Any = None,
-               trust_remote_code: bool = False, progress: Progress | None = None) -> LoadedModel:
+               trust_remote_code: bool = False, progress: Progress | None = None,
+               max_memory: Any = None, offload_folder: str | Path | None = None) -> LoadedModel:
     """Load `source`: "demo", a Hugging Face folder, a .gguf file, or a hub id (local cache first).
 
+    `device_map` (None, "auto", "balanced", "sequential", a dict or a path to a JSON file) and
+    `max_memory` ({0: "20GiB", "cpu": "64GiB"} or "0=20GiB,cpu=64GiB") go to accelerate; layers it
+    puts on "disk" are read from `offload_folder` (default: a folder in the mechscope cache).
     Raises LoadError (UnsupportedArchitecture for unknown families) with a one-line message.
     """
     common = dict(device=device, dtype=dtype, device_map=device_map,
-                  trust_remote_code=trust_remote_code, progress=progress)
+                  trust_remote_code=trust_remote_code, progress=progress, max_memory=max_memory,
+                  offload_folder=offload_folder)
     if source == "demo":
         folder = demo_model_dir(progress)
         manifest = _converted_manifest(folder) or {}

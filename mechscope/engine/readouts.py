@@ -9,6 +9,7 @@ import torch
 
 from mechscope.engine.errors import MechscopeError
 from mechscope.engine.norms import FrozenNorm
+from mechscope.engine.placement import loaded
 from mechscope.engine.results import ActivationStats, Attribution, LogitLens, MetricInfo
 
 if TYPE_CHECKING:
@@ -55,8 +56,8 @@ def logit_lens(engine: Engine, captures: Captures, readout: int, info: MetricInf
 
 def metric_direction(engine: Engine, info: MetricInfo | None, readout_logits: torch.Tensor) -> tuple[torch.Tensor, float, str]:
     """Metric direction in the unembedding's input space, the unembedding bias term, and a label."""
-    w_u = engine.adapter.unembed.weight.float()  # [vocab, d]
-    bias = getattr(engine.adapter.unembed, "bias", None)
+    w_u = loaded(engine.adapter.unembed, "weight").float()  # [vocab, d]
+    bias = loaded(engine.adapter.unembed, "bias")
     if info is None:
         target = int(readout_logits.argmax())
         foil = None
@@ -84,7 +85,7 @@ def attribution(engine: Engine, captures: Captures, clean: CleanPass, final: tor
     direction, bias_term, label = metric_direction(engine, info, logits)
     # Through modules after the final norm (OPT's project_out is linear without bias).
     for module in reversed(a.post_final):
-        direction = module.weight.float().T @ direction
+        direction = loaded(module, "weight").float().T @ direction
     final_norm = FrozenNorm(a.final_norm, resid)
     # Every part is read through the frozen norm along one vector: dla(c) = linear(c) @ direction
     # = c @ read, so each head costs a dot product instead of a [head, d_model] image.
