@@ -20,6 +20,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default: auto)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow model code from the model folder (off by default)")
+    from mechscope.cli_plan import add_placement_args
+
+    add_placement_args(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mechscope.sessions import cli as sessions_cli
 
     sessions_cli.add_parsers(sub, _add_model_args)
+    from mechscope import cli_plan
+
+    cli_plan.add_parsers(sub)
     return parser
 
 
@@ -57,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_app(args)
         if args.command == "inspect":
             return cmd_inspect(args)
+        if args.command == "plan":
+            from mechscope import cli_plan
+
+            return cli_plan.dispatch(args)
         from mechscope.sessions import cli as sessions_cli
 
         return sessions_cli.dispatch(args)
@@ -86,7 +96,9 @@ def load_engine_or_exit(args: argparse.Namespace):
 
     try:
         engine = Engine.load(args.model, device=args.device, dtype=args.dtype,
-                             trust_remote_code=args.trust_remote_code, progress=progress)
+                             trust_remote_code=args.trust_remote_code, progress=progress,
+                             device_map=getattr(args, "device_map", None),
+                             max_memory=getattr(args, "max_memory", None))
     except MechscopeError as exc:
         print(f"\rerror: {exc}\033[K" if live else f"error: {exc}", file=sys.stderr)
         return None
