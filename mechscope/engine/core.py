@@ -648,7 +648,7 @@ class Engine:
         log_probs = torch.log_softmax(logits, dim=-1)
         out = np.full(ids.shape[1], np.nan, dtype=np.float32)
         if ids.shape[1] > 1:
-            picked = log_probs[:-1].gather(-1, ids[0, 1:, None])[:, 0]
+            picked = log_probs[:-1].gather(-1, ids[0, 1:, None].to(log_probs.device))[:, 0]
             out[1:] = picked.cpu().numpy()
         return out
 
@@ -835,7 +835,8 @@ class Engine:
                 self._resolve_positions(positions, n_pos, what)
             if dry_run:
                 return
-            delta = torch.as_tensor(vector, device=self.device, dtype=self.dtype) * iv.coeff
+            delta = torch.as_tensor(vector, device=execution_device(a.layers[iv.layer]),
+                                    dtype=self.dtype) * iv.coeff
             edits.add(iv.layer, Hook("pre", a.layers[iv.layer],
                                      _steer_edit(positions, delta, edits.resid_delta(iv.layer))))
         elif isinstance(iv, AttentionKnockout):

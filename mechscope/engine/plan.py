@@ -133,23 +133,43 @@ def meta_model(config: Any, dtype: torch.dtype) -> torch.nn.Module:
 def resolve_map(model: torch.nn.Module, device_map: Any, max_memory: dict | None,
                 dtype: torch.dtype) -> dict[str, Any]:
     """The device map accelerate would use: `device_map` as given, or inferred for a strategy."""
-    from accelerate.utils import check_device_map, get_balanced_memory, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory, infer_auto_device_map
 
     if isinstance(device_map, dict):
-        try:
-            check_device_map(model, device_map)
-        except ValueError as error:
-            raise LoadError(f"the device map does not fit the model: {str(error).splitlines()[0]}") from None
         names = {name for name, _ in model.named_modules()}
         unknown = [key for key in device_map if key and key not in names]
         if unknown:
             raise LoadError(f"the device map names {unknown[0]!r}, which is not a module of the model")
+        missing = [name for name, _ in model.named_parameters(remove_duplicate=False)
+                   if _place_of(device_map, name) is None]
+        if missing:
+            raise LoadError(f"the device map does not fit the model: it gives no device to {len(missing)} "
+                            f"parameters (the first is {missing[0]})")
+        _check_tied(model, device_map)
         return device_map
     no_split = list(getattr(model, "_no_split_modules", None) or [])
     if device_map in ("auto", "balanced", "balanced_low_0"):
         max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
                                          dtype=dtype, low_zero=device_map == "balanced_low_0")
     return infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype)
+
+
+def _place_of(device_map: dict[str, Any], name: str) -> Any:
+    best = max((k for k in device_map if k == "" or name == k or name.startswith(k + ".")), key=len,
+               default=None)
+    return device_map.get(best) if best is not None else None
+
+
+def _check_tied(model: torch.nn.Module, device_map: dict[str, Any]) -> None:
+    """Tied weights (a shared embedding and unembedding) have one copy: accelerate cannot put them
+    in two places, and fails only at the first forward if asked to."""
+    from accelerate.utils import find_tied_parameters
+
+    for group in find_tied_parameters(model):
+        places = {_device_name(_place_of(device_map, name)) for name in group}
+        if len(places) > 1:
+            raise LoadError(f"{' and '.join(sorted(group))} are one tied weight; the device map puts them on "
+                            f"{' and '.join(sorted(places))}: give their modules the same device")
 
 
 def _device_name(value: Any) -> str:

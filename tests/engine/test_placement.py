@@ -203,17 +203,22 @@ def test_device_map_and_max_memory_arguments(tmp_path):
 
 
 def test_bad_device_map_is_a_one_line_load_error(tmp_path):
-    folder = _save(tmp_path / "tiny", "llama")
-    with pytest.raises(LoadError) as error:
-        Engine.load(str(folder), device="cpu", device_map={"model.nope": "cpu"})
-    assert "\n" not in str(error.value)
+    folder = _save(tmp_path / "tiny", "gpt2")  # GPT-2 ties its unembedding to the embedding
+    engine = Engine.load(str(folder), device="cpu")
+    good = _first_layer_on_cpu(engine)
+    for device_map, phrase in [({"transformer.nope": "cpu"}, "not a module"),
+                               ({k: v for k, v in good.items() if k != "lm_head"}, "does not fit"),
+                               ({**good, "lm_head": "disk"}, "one tied weight")]:
+        with pytest.raises(LoadError, match=phrase) as error:
+            Engine.load(str(folder), device="cpu", device_map=device_map)
+        assert "\n" not in str(error.value)
 
 
 @pytest.mark.demo
 def test_demo_offloaded_equals_the_single_device_demo(demo_engine, demo_model_folder, tmp_path):
     layers = demo_engine.adapter.family.layers
     device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "disk",
-                  "lm_head": "disk"}
+                  "lm_head": "cpu"}  # tied to the embedding
     for index in range(demo_engine.adapter.n_layers):
         device_map[f"{layers}.{index}"] = "cpu" if index < 15 else "disk"
     split = _prepare(Engine.load(str(demo_model_folder), device="cpu", device_map=device_map,
