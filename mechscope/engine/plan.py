@@ -231,12 +231,18 @@ def plan(source: str, device_map: Any = None, max_memory: Any = None, dtype: str
     # hidden activations and (eager where patterns are read) the attention scores.
     rows = adapter.n_heads
     sweep_bytes = rows * pos * (6 * adapter.d_model + 3 * adapter.d_mlp + adapter.n_heads * pos) * width
+    staged: dict[str, int] = {}
     for layer, place in enumerate(places):
         # an offloaded layer (disk, or CPU beside a GPU) runs on the main device: its activations live there
         offloaded = place == "disk" or (place == "cpu" and _execution_label(resolved) != "cpu")
         where = entry(_execution_label(resolved) if offloaded else place)
         where.layers.append(layer)
         where.caches += CLEAN_PASSES * per_layer_clean + SOURCE_PASSES * per_layer_source
+        if offloaded:  # its weights are copied in for its forward, one layer at a time
+            copy = sizes.get(f"{adapter.family.layers}.{layer}", 0)
+            staged[where.device] = max(staged.get(where.device, 0), copy)
+    for label, copy in staged.items():
+        devices[label].weights += copy
     for plan_entry in devices.values():
         if plan_entry.layers:
             plan_entry.caches += (CLEAN_PASSES + SOURCE_PASSES) * shared
@@ -270,6 +276,10 @@ def format_plan(result: Plan) -> str:
         lines.append(f"{d.device:<8} {len(d.layers):>6} {_human(d.weights):>11} {_human(d.caches):>11} "
                      f"{_human(d.sweep):>11} {_human(d.total):>11} {_human(d.budget):>11}  "
                      f"{'yes' if d.fits else 'NO'}")
+    absent = [d.device for d in result.devices if d.device.startswith("cuda") and
+              int(d.device.partition(":")[2] or 0) >= torch.cuda.device_count()]
+    if absent:
+        lines.append(f"(planned for a machine with {', '.join(absent)}; not present on this one)")
     lines.append("")
     lines.append("fits" if result.fits else
                  "does not fit: give --max-memory, a device map that offloads (--device-map auto), "
