@@ -1279,7 +1279,9 @@ def run_app(args: argparse.Namespace) -> int:
         from mechscope.engine import Engine
 
         return Engine.load(args.model, device=args.device, dtype=args.dtype,
-                           trust_remote_code=args.trust_remote_code, progress=progress)
+                           trust_remote_code=args.trust_remote_code, progress=progress,
+                           device_map=getattr(args, "device_map", None),
+                           max_memory=getattr(args, "max_memory", None))
 
     app = MechscopeApp(factory, session_name=getattr(args, "session", None), source=args.model)
     return_code = app.run()
