@@ -161,6 +161,19 @@ def test_strategy_with_a_memory_budget_offloads_to_disk(tmp_path, strategy, budg
     _assert_same(single.sweep("head", PROMPT, CORRUPT, IOI), split.sweep("head", PROMPT, CORRUPT, IOI))
 
 
+def test_session_records_the_placement_and_replays_on_another(pair):
+    from mechscope.sessions import Session
+    from mechscope.sessions.replay import replay
+    from tests.sessions.helpers import record_ioi_session
+
+    single, split = pair
+    session = record_ioi_session(split)
+    manifest = json.loads((session.path / "session.json").read_text())
+    assert manifest["model"]["placement"] == split.info.placement == "cpu L0 · disk L1–2"
+    steps = replay(Session.open(session.path), single)
+    assert steps and all(step.matches for step in steps), [s.detail for s in steps if not s.matches]
+
+
 # ---------------------------------------------------------------- the pieces
 
 def test_placement_summary_groups_runs_of_layers():
