@@ -59,12 +59,12 @@ def tensor_bytes(tensors) -> int:
 
 def engine_cache_bytes(engine: Engine) -> int:
     tensors = []
-    for clean in engine._clean_cache.values():
+    for clean in engine.passes.clean_cache.values():
         tensors.append(clean.final)
         for call in clean.calls:
             tensors += [call.hidden, *call.kwargs.values()]
             tensors += [v for v in call.kwargs.values() if isinstance(v, tuple) for v in v]
-    for acts in engine._source_cache.values():
+    for acts in engine.passes.source_cache.values():
         for group in (acts.z, acts.attn_out, acts.mlp_out, acts.resid_post):
             tensors += list(group)
     return tensor_bytes(tensors)
@@ -93,8 +93,7 @@ def bench(name: str, model, tokenizer, clean: str, corrupt: str, repeats: int) -
     plain_forward()
 
     def clear():
-        engine._clean_cache.clear()
-        engine._source_cache.clear()
+        engine.clear_caches()
 
     beside_plain = functools.partial(paired_medians, plain_forward)  # every figure timed next to it
     run_plain = beside_plain(lambda: engine.run(clean), repeats, setup=clear)

@@ -67,8 +67,7 @@ def device_maps(engine: Engine) -> dict[str, dict[str, str] | None]:
 
 def _figures(engine: Engine, middle: int) -> list[tuple[str, Callable[[], object], Callable[[], object] | None]]:
     def clear() -> None:
-        engine._clean_cache.clear()
-        engine._source_cache.clear()
+        engine.passes.clear()
 
     n_heads = engine.adapter.n_layers * engine.adapter.n_heads
     return [

@@ -23,6 +23,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     from mechscope.cli_plan import add_placement_args
 
     add_placement_args(parser)
+    parser.add_argument("--attach", metavar="NAME|PATH",
+                        help="use a running `mechscope serve` (name or socket path) instead of loading a model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mechscope.sessions import cli as sessions_cli
 
     sessions_cli.add_parsers(sub, _add_model_args)
+    from mechscope.serve import cli as serve_cli
+
+    serve_cli.add_parsers(sub)
     from mechscope import cli_plan
 
     cli_plan.add_parsers(sub)
@@ -67,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mechscope import cli_plan
 
             return cli_plan.dispatch(args)
+        if args.command in ("serve", "stop"):
+            from mechscope.serve import cli as serve_cli
+
+            return serve_cli.dispatch(args)
         from mechscope.sessions import cli as sessions_cli
 
         return sessions_cli.dispatch(args)
@@ -77,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def load_engine_or_exit(args: argparse.Namespace):
     """Load the engine for a headless command, printing progress to stderr; None on failure."""
+    if getattr(args, "attach", None):
+        from mechscope.serve.cli import attach_or_exit
+
+        return attach_or_exit(args.attach, client_name=f"mechscope {args.command}")
     from mechscope.engine import Engine
     from mechscope.engine.errors import MechscopeError
 

@@ -82,11 +82,19 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
+    if module is None and name in _intervention_names():
+        module = "interventions"  # an intervention type added without touching this table
     if module is None:
         raise AttributeError(f"module 'mechscope.engine' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"mechscope.engine.{module}"), name)
     globals()[name] = value
     return value
+
+
+def _intervention_names() -> set[str]:
+    from mechscope.engine.interventions import INTERVENTION_TYPES
+
+    return {cls.__name__ for cls in INTERVENTION_TYPES}
 
 
 if TYPE_CHECKING:

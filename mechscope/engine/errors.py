@@ -19,6 +19,12 @@ class InterventionError(MechscopeError):
     """An intervention does not fit the model or the prompt; the message names the intervention."""
 
 
+class InvalidIntervention(InterventionError, ValueError):
+    """An intervention's own fields are wrong (e.g. a non-finite scale), whatever the model; raised when
+    it is built, so dialogs, session loading and the engine share one rule. Also a ValueError, as
+    every other malformed field is."""
+
+
 class PromptError(MechscopeError):
     """A prompt or metric token that cannot be used (empty prompt, empty target...)."""
 
@@ -29,3 +35,7 @@ class Cancelled(MechscopeError):
 
 class OutOfMemory(MechscopeError):
     """The device ran out of memory; caches were dropped and the engine is still usable."""
+
+
+class EngineUnreachable(MechscopeError):
+    """The engine server cannot be reached (not running, or the connection dropped)."""

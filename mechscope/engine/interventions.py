@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
+
+from mechscope.engine.errors import InvalidIntervention
 
 AblationMode = Literal["zero", "mean", "resample"]
 Positions = tuple[int, ...] | None
@@ -71,6 +74,19 @@ class Intervention:
         return dataclasses.replace(self, enabled=enabled)
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # no supported model computes in a wider type
+
+
+def _finite(iv: Intervention, name: str, value: Any) -> float:
+    """`value` as a float that fits a float32 activation; InvalidIntervention naming `iv` otherwise."""
+    number = float(value)
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        object.__setattr__(iv, name, number)  # so the label shows what was given
+        raise InvalidIntervention(f"{iv.label}: {name} must be a finite number within float32 range, "
+                                  f"got {value!r}")
+    return number
+
+
 def _check_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer, got {value!r}")
@@ -113,7 +129,7 @@ class HeadScale(Intervention):
     def __post_init__(self) -> None:
         _check_int("layer", self.layer)
         _check_int("head", self.head)
-        object.__setattr__(self, "factor", float(self.factor))
+        object.__setattr__(self, "factor", _finite(self, "factor", self.factor))
         object.__setattr__(self, "positions", _positions(self.positions))
 
     @property
@@ -187,7 +203,7 @@ class SteeringVector(Intervention):
 
     def __post_init__(self) -> None:
         _check_int("layer", self.layer)
-        object.__setattr__(self, "coeff", float(self.coeff))
+        object.__setattr__(self, "coeff", _finite(self, "coeff", self.coeff))
         if self.positions not in ("all", "last"):
             object.__setattr__(self, "positions", _positions(self.positions))
 
@@ -230,7 +246,7 @@ class NeuronClamp(Intervention):
     def __post_init__(self) -> None:
         _check_int("layer", self.layer)
         _check_int("neuron", self.neuron)
-        object.__setattr__(self, "value", float(self.value))
+        object.__setattr__(self, "value", _finite(self, "value", self.value))
         object.__setattr__(self, "positions", _positions(self.positions))
 
     @property
@@ -238,15 +254,12 @@ class NeuronClamp(Intervention):
         return f"clamp L{self.layer}.N{self.neuron}={self.value:g}"
 
 
-INTERVENTION_TYPES: tuple[type[Intervention], ...] = (
-    HeadAblation,
-    HeadScale,
-    ComponentAblation,
-    ActivationPatch,
-    SteeringVector,
-    AttentionKnockout,
-    NeuronClamp,
-)
+# Every type defined above, in definition order (a new type registers itself by its `kind`).
+INTERVENTION_TYPES: tuple[type[Intervention], ...] = tuple(Intervention.registry.values())
+
+
+MetricKind = Literal["logit_diff", "prob", "loss", "kl"]
+METRIC_KINDS: tuple[str, ...] = ("logit_diff", "prob", "loss", "kl")
 
 
 @dataclass(frozen=True)
@@ -257,19 +270,26 @@ class Metric:
       - "logit_diff": logit(target) - logit(foil)
       - "prob": probability of target
       - "loss": -log p(target)
+      - "kl": KL(clean || run), the divergence of the run's next-token distribution from the same
+        prompt's run without interventions (0 for the clean run; needs no target)
     Target/foil are strings; a multi-token string counts by its first token (see `MetricInfo`).
     """
 
-    kind: Literal["logit_diff", "prob", "loss"] = "logit_diff"
+    kind: MetricKind = "logit_diff"
     target: str = ""
     foil: str = ""
     position: int = -1
 
     def __post_init__(self) -> None:
-        if self.kind not in ("logit_diff", "prob", "loss"):
-            raise ValueError(f"metric kind must be logit_diff, prob or loss, got {self.kind!r}")
+        if self.kind not in METRIC_KINDS:
+            raise ValueError(f"metric kind must be one of {', '.join(METRIC_KINDS)}, got {self.kind!r}")
         if self.kind == "logit_diff" and self.target and not self.foil:
             raise ValueError("logit_diff needs a foil token")
+
+    @property
+    def measurable(self) -> bool:
+        """Whether there is something to measure: a target, or a kind that needs none."""
+        return bool(self.target) or self.kind == "kl"
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "target": self.target, "foil": self.foil, "position": self.position}

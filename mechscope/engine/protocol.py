@@ -48,7 +48,8 @@ class EngineProtocol(Protocol):
 
     def sweep(self, kind: str, clean: str, corrupt: str, metric: Metric, direction: str = "noising",
               on_progress: Callable[[SweepResult], None] | None = None,
-              should_stop: ShouldStop | None = None) -> SweepResult: ...
+              should_stop: ShouldStop | None = None,
+              interventions: Iterable[Intervention] = ()) -> SweepResult: ...
 
     def generate(self, prompt: str, interventions: Iterable[Intervention] = (), max_new_tokens: int = 20,
                  temperature: float = 0.0, seed: int = 0, corrupted: str | None = None,

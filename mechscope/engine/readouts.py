@@ -13,28 +13,30 @@ from mechscope.engine.placement import execution_device, loaded
 from mechscope.engine.results import ActivationStats, Attribution, LogitLens, MetricInfo
 
 if TYPE_CHECKING:
-    from mechscope.engine.core import Captures, CleanPass, Engine
+    from mechscope.engine.captures import Captures
+    from mechscope.engine.edits import Edits
+    from mechscope.engine.passes import CleanPass, Passes
 
 
-def logit_lens(engine: Engine, captures: Captures, readout: int, info: MetricInfo | None, k: int,
+def logit_lens(passes: Passes, captures: Captures, readout: int, info: MetricInfo | None, k: int,
                clean_rows: LogitLens | None = None, first_layer: int = 0) -> LogitLens:
     """Decode every layer's residual at `readout`; rows below `first_layer` are taken from
     `clean_rows` (the same prompt's lens without interventions), whose residuals are unchanged."""
     first_layer = first_layer if clean_rows is not None else 0
-    resid = torch.stack([captures.resid_post[layer].to(engine.device)
-                         for layer in range(first_layer, engine.adapter.n_layers)])  # [layer, d_model]
-    logits = engine._logits(resid)  # [layer, vocab]
+    resid = torch.stack([captures.resid_post[layer].to(passes.device)
+                         for layer in range(first_layer, passes.adapter.n_layers)])  # [layer, d_model]
+    logits = passes.logits(resid)  # [layer, vocab]
     probs = torch.softmax(logits, dim=-1)
     top_probs, top_ids = probs.topk(k, dim=-1)
     target_rank = target_prob = None
-    if info is not None:
+    if info is not None and info.target_ids:
         target_logit = logits[:, info.target_id : info.target_id + 1]
         target_rank = (logits > target_logit).sum(-1).cpu().numpy()
         target_prob = probs[:, info.target_id].cpu().numpy()
     lens = LogitLens(
         position=readout,
         top_ids=top_ids.cpu().numpy(),
-        top_tokens=[[engine.decode_token(int(i)) for i in row] for row in top_ids],
+        top_tokens=[[passes.decode_token(int(i)) for i in row] for row in top_ids],
         top_probs=top_probs.cpu().numpy(),
         target_rank=target_rank,
         target_prob=target_prob,
@@ -55,14 +57,14 @@ def logit_lens(engine: Engine, captures: Captures, readout: int, info: MetricInf
     )
 
 
-def metric_direction(engine: Engine, info: MetricInfo | None, readout_logits: torch.Tensor) -> tuple[torch.Tensor, float, str]:
+def metric_direction(passes: Passes, info: MetricInfo | None, readout_logits: torch.Tensor) -> tuple[torch.Tensor, float, str]:
     """Metric direction in the unembedding's input space, the unembedding bias term, and a label."""
-    w_u = loaded(engine.adapter.unembed, "weight").float()  # [vocab, d]
-    bias = loaded(engine.adapter.unembed, "bias")
-    if info is None:
+    w_u = loaded(passes.adapter.unembed, "weight").float()  # [vocab, d]
+    bias = loaded(passes.adapter.unembed, "bias")
+    if info is None or not info.target_ids:  # no target (or a kl metric without one): the top prediction
         target = int(readout_logits.argmax())
         foil = None
-        label = f"logit({engine.decode_token(target)!r}) (top prediction)"
+        label = f"logit({passes.decode_token(target)!r}) (top prediction)"
     else:
         target, foil = info.target_id, (info.foil_id if info.kind == "logit_diff" else None)
         label = (f"logit({info.target_pieces[0]!r}) - logit({info.foil_pieces[0]!r})" if foil is not None
@@ -74,16 +76,18 @@ def metric_direction(engine: Engine, info: MetricInfo | None, readout_logits: to
     return direction, bias_term, label
 
 
-def attribution(engine: Engine, captures: Captures, clean: CleanPass, final: torch.Tensor, readout: int,
-                info: MetricInfo | None, resid_deltas: dict[int, list[torch.Tensor]],
-                logits: torch.Tensor) -> Attribution:
+def attribution(passes: Passes, captures: Captures, clean: CleanPass, final: torch.Tensor, readout: int,
+                info: MetricInfo | None, edits: Edits | None, logits: torch.Tensor) -> Attribution:
     """Direct logit attribution of every head, attention bias, MLP, the embeddings and residual edits
-    (see `Attribution` for the frozen-norm convention). `logits` [vocab] are the run's at `readout`."""
-    a = engine.adapter
+    (see `Attribution` for the frozen-norm convention). `logits` [vocab] are the run's at `readout`.
+
+    A layer whose attention output an edit replaced as a whole at `readout` wrote something no head
+    computed: its heads get 0 and its actual write is the layer's non-head term (`attn_bias`)."""
+    a = passes.adapter
     if a.post_ln:
         raise MechscopeError("direct logit attribution needs a pre-norm model (this one is post-LN)")
     resid = final[0, readout].float().to(execution_device(a.final_norm))  # [d_model]
-    direction, bias_term, label = metric_direction(engine, info, logits)
+    direction, bias_term, label = metric_direction(passes, info, logits)
     # Through modules after the final norm (OPT's project_out is linear without bias).
     for module in reversed(a.post_final):
         weight = loaded(module, "weight").float()
@@ -102,10 +106,14 @@ def attribution(engine: Engine, captures: Captures, clean: CleanPass, final: tor
     attn_bias = torch.zeros(a.n_layers)
     mlp = torch.zeros(a.n_layers)
     for layer in range(a.n_layers):
+        read_here = read.to(captures.mlp_out[layer].device)  # layers may sit on other devices
+        mlp[layer] = captures.mlp_out[layer].float() @ read_here  # the MLP's actual write, edited or not
+        if edits is not None and edits.whole_layer_replaced(layer, "attn", readout):
+            attn_bias[layer] = float(captures.attn_out[layer].float() @ read_here)
+            continue
         z = captures.z[layer].float().view(n_heads, d_head)  # [head, d_head]
         o_bias = a.o_bias(layer)
         post = a.attn_post_norm(layer)
-        read_here = read.to(z.device)  # layers may sit on other devices than the final norm
         layer_read, bias_part = read_here, 0.0  # [d_model]
         if post is not None:  # Gemma2/3 norm the attention output before the residual add
             post_norm = FrozenNorm(post, captures.attn_raw[layer].float())
@@ -116,11 +124,10 @@ def attribution(engine: Engine, captures: Captures, clean: CleanPass, final: tor
         head_read = (a.o_weight(layer).float().T @ layer_read).view(n_heads, d_head)  # [head, d_head]
         heads[layer] = (z * head_read).sum(-1).cpu()
         attn_bias[layer] = bias_part
-        mlp[layer] = captures.mlp_out[layer].float() @ read_here
     embed = float(dla(clean.calls[0].hidden[0, readout]))
     # Steering vectors and residual patches write the stream directly: one part per layer.
     resid_edits = torch.zeros(a.n_layers)
-    for layer, deltas in resid_deltas.items():
+    for layer, deltas in (edits.resid_deltas if edits is not None else {}).items():
         for delta in deltas:
             resid_edits[layer] += float(dla(delta[0, readout]))
     final_bias = float(final_norm.bias_vector() @ direction) + bias_term
@@ -130,10 +137,10 @@ def attribution(engine: Engine, captures: Captures, clean: CleanPass, final: tor
                        final_bias=final_bias, total=total, resid_edits=resid_edits.numpy())
 
 
-def activation_stats(engine: Engine, captures: Captures) -> ActivationStats:
-    n_layers = engine.adapter.n_layers
+def activation_stats(passes: Passes, captures: Captures) -> ActivationStats:
+    n_layers = passes.adapter.n_layers
     norms = torch.stack([captures.norms[layer].cpu() for layer in range(n_layers)]).numpy()
-    d_model = engine.adapter.d_model
+    d_model = passes.adapter.d_model
     candidates = []
     for layer in range(n_layers):
         values, index = captures.top_acts[layer]

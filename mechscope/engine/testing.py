@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import transformers
@@ -43,9 +44,10 @@ def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
 
 def tiny_config(family: str, vocab_size: int = 400, **overrides) -> transformers.PretrainedConfig:
     """A 3-layer, 4-head, d_model 32 config of `family` (grouped-query attention where the family has it)."""
-    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    gqa = dict(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+    common: dict[str, Any] = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    gqa: dict[str, Any] = dict(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
                intermediate_size=64, max_position_embeddings=256)
+    cfg: transformers.PretrainedConfig
     if family == "gpt2":
         cfg = transformers.GPT2Config(n_layer=3, n_head=4, n_embd=32, n_positions=256, **common)
     elif family == "gpt_neox":

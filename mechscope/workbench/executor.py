@@ -40,9 +40,10 @@ def _call(engine: EngineProtocol, request: Request, on_partial: OnPartial | None
                           metric=request.metric, corrupted=request.corrupted, top_k=request.top_k,
                           should_stop=should_stop)
     if isinstance(request, SweepRequest):
+        on_top = {"interventions": request.interventions} if request.interventions else {}
         return engine.sweep(request.sweep_kind, request.clean, request.corrupt, request.metric,
                             direction=request.direction, on_progress=on_partial,
-                            should_stop=should_stop)
+                            should_stop=should_stop, **on_top)
     if isinstance(request, GenerateRequest):
         return engine.generate(request.prompt, request.interventions,
                                max_new_tokens=request.max_new_tokens,

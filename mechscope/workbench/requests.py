@@ -16,7 +16,7 @@ import numpy as np
 from mechscope.engine.interventions import Intervention, Metric
 from mechscope.engine.views import Views
 
-SweepKind = Literal["head", "resid", "atp"]
+SweepKind = Literal["head", "resid", "attn", "mlp", "atp"]
 Direction = Literal["noising", "denoising"]
 
 
@@ -43,6 +43,7 @@ class SweepRequest:
     corrupt: str
     metric: Metric
     direction: Direction = "noising"
+    interventions: tuple[Intervention, ...] = ()  # the sweep runs on the model with these applied
 
 
 @dataclass(frozen=True)

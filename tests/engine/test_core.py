@@ -118,7 +118,7 @@ def test_no_hook_survives_run_exception_or_cancel(engine):
         raise RuntimeError("boom")
 
     # an exception raised inside a layer during a run
-    engine._clean_cache.clear()
+    engine.clear_caches()
     handle = engine.adapter.layers[1].register_forward_pre_hook(fail_in_layer, with_kwargs=True)
     try:
         with pytest.raises(RuntimeError, match="boom"):
@@ -200,4 +200,4 @@ def test_validate_needs_no_model_lock_and_no_forward():
         worker.join(timeout=10)
         assert not worker.is_alive()
     assert errors and "layer 9" in str(errors[0])
-    assert not engine._source_cache and not engine._clean_cache
+    assert not engine.passes.source_cache and not engine.passes.clean_cache

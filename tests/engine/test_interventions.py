@@ -28,6 +28,7 @@ from mechscope.engine import (
     NeuronClamp,
     SteeringVector,
     Views,
+    parse_address,
 )
 from mechscope.engine.hooks import count_hooks
 from mechscope.engine.testing import FAMILIES, tiny_model, tiny_tokenizer
@@ -729,6 +730,56 @@ def test_attribution_parts_still_add_up_under_residual_edits(engine, stack):
     assert abs(attribution.parts_sum() - attribution.total) < 1e-4, (attribution.parts_sum(), attribution.total)
 
 
+@pytest.mark.parametrize("stack", [
+    [ComponentAblation(1, "attn", "zero")],
+    [ComponentAblation(2, "attn", "mean"), HeadAblation(2, 1)],
+    [ActivationPatch("L1.attn", CORRUPT)],
+    [ActivationPatch("L2.attn", CORRUPT, positions=[-1]), HeadScale(2, 0, 3.0)],
+    [ComponentAblation(0, "attn", "resample", positions=[3, 5])],  # not at the readout: heads keep their share
+    [ComponentAblation(1, "mlp", "zero")],
+    [ActivationPatch("L2.mlp", CORRUPT), NeuronClamp(2, 3, 5.0)],
+], ids=["zero-attn", "mean-attn+head", "patch-attn", "patch-attn-last+scale", "attn-elsewhere", "zero-mlp",
+        "patch-mlp+clamp"])
+def test_attribution_under_whole_layer_edits(engine, stack):
+    """An attention output replaced as a whole: its heads get 0 and the layer's actual write is its
+    non-head term, so the parts still add up to the metric."""
+    if engine.adapter.post_ln:
+        pytest.skip("attribution needs pre-norm")
+    metric = Metric("logit_diff", target=" Mary", foil=" John")
+    result = engine.run(PROMPT, stack, metric=metric, views=Views(attribution=True), corrupted=CORRUPT)
+    attribution = result.attribution
+    assert abs(attribution.parts_sum() - attribution.total) < 1e-4, (attribution.parts_sum(), attribution.total)
+    if not engine.adapter.final_softcap:
+        assert abs(attribution.total - result.metric) < 1e-4
+    whole = stack[0]
+    layer = whole.layer if isinstance(whole, ComponentAblation) else parse_address(whole.address).layer
+    covers_readout = whole.positions is None or -1 in whole.positions
+    if "attn" in whole.label and covers_readout:
+        assert np.all(attribution.heads[layer] == 0.0)
+    elif "attn" in whole.label:
+        assert np.any(attribution.heads[layer] != 0.0)
+
+
+def test_attribution_adds_up_under_random_stacks_of_every_kind(engine, plain):
+    if engine.adapter.post_ln:
+        pytest.skip("attribution needs pre-norm")
+    rng = random.Random(f"attribution-{plain.family}")
+    n_pos = token_ids(PROMPT).shape[1]
+    metric = Metric("logit_diff", target=" Mary", foil=" John")
+    kinds = set()
+    for _ in range(24):
+        stack = random_stack(rng, plain.n_layers, plain.n_heads, plain.d_mlp, n_pos)
+        kinds.update(type(iv) for iv in stack if iv.enabled)
+        result = engine.run(PROMPT, stack, metric=metric, views=Views(attribution=True), corrupted=CORRUPT)
+        attribution = result.attribution
+        labels = [iv.label for iv in stack]
+        assert abs(attribution.parts_sum() - attribution.total) < 1e-4, (labels, attribution.parts_sum(),
+                                                                         attribution.total)
+        if not engine.adapter.final_softcap:  # soft-capping: parts add up to the logit diff before the cap
+            assert abs(attribution.total - result.metric) < 1e-4, (labels, attribution.total, result.metric)
+    assert kinds == set(INTERVENTION_TYPES)
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -814,6 +865,12 @@ def _one_of_each() -> list[Intervention]:
         AttentionKnockout(1, 2, 9, 1), AttentionKnockout(0, 0, 3, 3, enabled=False),
         NeuronClamp(2, 17, -3.5), NeuronClamp(0, 1, 0, positions=[1]),
     ]
+
+
+def test_every_intervention_type_has_one_compile_function():
+    from mechscope.engine.edits import COMPILERS
+
+    assert set(COMPILERS) == set(INTERVENTION_TYPES)
 
 
 def test_every_intervention_type_round_trips_through_json():

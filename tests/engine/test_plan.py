@@ -31,7 +31,7 @@ def test_single_device_weights_equal_the_loaded_model(folder):
     assert result.parameters == sum(p.numel() for p in engine.model.parameters())
     # the clean-pass estimate covers what the engine really caches for a prompt of that length
     engine.run("When Mary and John went to the store, John gave a drink to")
-    clean = next(iter(engine._clean_cache.values()))
+    clean = engine.passes.clean_cache.values()[0]
     cached = sum(call.hidden.numel() * call.hidden.element_size() for call in clean.calls)
     assert 8 * cached <= cpu.caches
 

@@ -1,0 +1,347 @@
+"""`RemoteEngine`: the engine Protocol over a `mechscope serve` socket. Imports neither torch nor transformers."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import itertools
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import httpcore
+import numpy as np
+
+from mechscope.engine.errors import Cancelled, EngineUnreachable, MechscopeError
+from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.results import GeneratedToken, ModelInfo, RunResult, SweepResult
+from mechscope.engine.views import Views
+from mechscope.serve import codec
+from mechscope.serve.runtime import Place, ServeError, place
+from mechscope.serve.wire import (
+    CLIENT_HEADER,
+    CLIENT_NAME_HEADER,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+)
+from mechscope.workbench.requests import (
+    AddVectorRequest,
+    BuildVectorRequest,
+    GenerateRequest,
+    Outcome,
+    ReferencePromptsRequest,
+    Request,
+    RunRequest,
+    SweepRequest,
+    ValidateRequest,
+    request_to_dict,
+)
+
+ShouldStop = Callable[[], bool]
+OnWait = Callable[[dict], None]
+
+
+def describe_wait(frame: dict) -> str:
+    """A status-bar line for a waiting frame: "alice's head sweep running 40%"."""
+    running = frame.get("running")
+    if not running:
+        return "waiting for the engine"
+    progress = running.get("progress")
+    share = f" {progress:.0%}" if isinstance(progress, (int, float)) else ""
+    return f"{running.get('client', '?')}'s {running.get('kind', 'job')} running{share}"
+
+
+class RemoteEngine:
+    """A client of one server. Satisfies `EngineProtocol` and returns the same result dataclasses.
+
+    Each call is one HTTP request; a dropped connection raises `EngineUnreachable` and the next
+    call reconnects (or `reconnect()` does it now). `on_wait` receives a frame each heartbeat while
+    this client's job waits behind another client's (see `describe_wait`).
+    """
+
+    def __init__(self, target: Place, client_name: str | None = None, timeout: float = 10.0) -> None:
+        self.place = target
+        self.client_id = uuid.uuid4().hex
+        self.client_name = client_name or f"{_user()}:{os.getpid()}"
+        self.on_wait: OnWait | None = None
+        self._timeout = timeout
+        self._tags = itertools.count(1)
+        self._http: Http | None = None
+        self._hello: dict[str, Any] = {}
+        self.reconnect()
+
+    # ---------------------------------------------------------------- connection
+
+    def reconnect(self) -> None:
+        """Open a fresh connection and handshake; EngineUnreachable if the server is not there."""
+        self.close(say_bye=False)
+        self._http = Http(self.place.socket, self._timeout, {
+            PROTOCOL_HEADER: str(PROTOCOL_VERSION), CLIENT_HEADER: self.client_id,
+            CLIENT_NAME_HEADER: self.client_name})
+        hello = self._call("GET", "/v1/hello", retry=False)
+        if hello.get("protocol") != PROTOCOL_VERSION:
+            raise ServeError(f"server {self.place.name!r} speaks mechscope protocol "
+                             f"{hello.get('protocol')}, this client {PROTOCOL_VERSION}; "
+                             "use the same mechscope version on both sides")
+        self._hello = hello
+        self._info = codec.decode(hello["info"])
+
+    def close(self, say_bye: bool = True) -> None:
+        if self._http is None:
+            return
+        if say_bye:
+            try:
+                self._http.request("POST", "/v1/bye", {})
+            except TRANSPORT_ERRORS:
+                pass
+        self._http.close()
+        self._http = None
+
+    def __enter__(self) -> RemoteEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _unreachable(self, exc: BaseException) -> EngineUnreachable:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return EngineUnreachable(
+            f"engine server {self.place.name!r} is unreachable at {self.place.socket} ({reason}); "
+            f"start it with `mechscope serve --name {self.place.name}` and try again")
+
+    def _client(self) -> Http:
+        if self._http is None:
+            self.reconnect()
+        assert self._http is not None
+        return self._http
+
+    def _call(self, method: str, path: str, payload: Any = None, retry: bool = True) -> Any:
+        """One JSON call; a stale pooled connection is retried once on a fresh one."""
+        for attempt in (0, 1):
+            try:
+                status, body = self._client().request(method, path, payload)
+                break
+            except TRANSPORT_ERRORS as exc:
+                failure = self._unreachable(exc)
+                if not retry or attempt:
+                    raise failure from None
+        return _checked(status, body)
+
+    # ---------------------------------------------------------------- jobs
+
+    def execute(self, request: Request, on_partial: Callable[[Any], None] | None = None,
+                should_stop: ShouldStop | None = None) -> Outcome:
+        """Run `request` on the server and return its outcome (with this `request` in it)."""
+        tag = f"t{next(self._tags)}"
+        body = {"request": request_to_dict(request), "job": tag}
+        for attempt in (0, 1):
+            streamed = False
+            try:
+                with self._client().stream("/v1/execute", body) as (status, lines):
+                    if status != 200:
+                        _checked(status, b"".join(lines))
+                    for line in lines:
+                        streamed = True
+                        kind, frame = _frame(line)
+                        if kind == "outcome":
+                            for _ in lines:  # read to the end so the connection is reused
+                                pass
+                            return _wire(codec.outcome_from_dict, request, frame.get("outcome"))
+                        if kind == "error":
+                            raise MechscopeError(str(frame.get("error")))
+                        if kind == "partial" and on_partial is not None:
+                            on_partial(_wire(codec.decode, frame.get("data")))
+                        elif kind == "waiting" and self.on_wait is not None:
+                            self.on_wait(frame)
+                        if should_stop is not None and should_stop():
+                            self.cancel(tag)
+                            should_stop = None
+                raise EngineUnreachable(
+                    f"engine server {self.place.name!r} closed the stream before the outcome")
+            except TRANSPORT_ERRORS as exc:
+                failure = self._unreachable(exc)
+                if streamed or attempt:
+                    raise failure from None
+        raise AssertionError("unreachable")
+
+    def cancel(self, tag: str) -> bool:
+        """Cancel this client's job `tag` (other clients' jobs are out of reach)."""
+        return bool(self._call("POST", "/v1/cancel", {"job": tag}).get("cancelled"))
+
+    def status(self) -> dict[str, Any]:
+        """The server's status: model, memory, clients, the current job and the queue."""
+        return self._call("GET", "/v1/status")
+
+    def shutdown(self) -> None:
+        self._call("POST", "/v1/shutdown", {}, retry=False)
+
+    def _result(self, request: Request, on_partial: Callable[[Any], None] | None = None,
+                should_stop: ShouldStop | None = None) -> Any:
+        outcome = self.execute(request, on_partial, should_stop)
+        if outcome.cancelled:
+            raise Cancelled(f"{request.kind} stopped")
+        if outcome.error is not None:
+            raise MechscopeError(outcome.error)
+        return outcome.result
+
+    # ---------------------------------------------------------------- EngineProtocol
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def source(self) -> str:
+        return str(self._hello.get("source", ""))
+
+    @property
+    def weights_digest(self) -> str:
+        return str(self._hello.get("weights_digest", ""))
+
+    @property
+    def vectors(self) -> Mapping[str, np.ndarray]:
+        state = self._call("GET", "/v1/state")
+        return {name: codec.decode(v) for name, v in state["vectors"].items()}
+
+    @property
+    def reference_prompts(self) -> Sequence[str]:
+        return list(self._call("GET", "/v1/state")["reference_prompts"])
+
+    @reference_prompts.setter
+    def reference_prompts(self, prompts: Sequence[str]) -> None:
+        self.set_reference_prompts(prompts)
+
+    def tokenize(self, text: str) -> tuple[list[int], list[str]]:
+        data = self._call("POST", "/v1/tokenize", {"text": text})
+        return list(data["ids"]), list(data["pieces"])
+
+    def decode_token(self, token_id: int) -> str:
+        return str(self._call("POST", "/v1/decode", {"id": int(token_id)})["text"])
+
+    def run(self, prompt: str, interventions: Iterable[Intervention] = (), views: Views | None = None,
+            metric: Metric | None = None, corrupted: str | None = None, top_k: int = 10,
+            should_stop: ShouldStop | None = None) -> RunResult:
+        request = RunRequest(prompt, corrupted=corrupted, metric=metric,
+                             interventions=tuple(interventions), views=views or Views(), top_k=top_k)
+        return self._result(request, should_stop=should_stop)
+
+    def sweep(self, kind: str, clean: str, corrupt: str, metric: Metric, direction: str = "noising",
+              on_progress: Callable[[SweepResult], None] | None = None,
+              should_stop: ShouldStop | None = None) -> SweepResult:
+        request = SweepRequest(kind, clean, corrupt, metric, direction)  # type: ignore[arg-type]
+        return self._result(request, on_progress, should_stop)
+
+    def generate(self, prompt: str, interventions: Iterable[Intervention] = (), max_new_tokens: int = 20,
+                 temperature: float = 0.0, seed: int = 0, corrupted: str | None = None,
+                 on_token: Callable[[GeneratedToken], None] | None = None,
+                 should_stop: ShouldStop | None = None) -> list[GeneratedToken]:
+        request = GenerateRequest(prompt, corrupted=corrupted, interventions=tuple(interventions),
+                                  max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        return self._result(request, on_token, should_stop)
+
+    def validate(self, interventions: Iterable[Intervention], prompt: str,
+                 corrupted: str | None = None) -> None:
+        self._result(ValidateRequest(prompt, corrupted, tuple(interventions)))
+
+    def add_vector(self, name: str, array: np.ndarray) -> None:
+        vector = np.asarray(array, dtype=np.float32).reshape(-1)
+        self._result(AddVectorRequest(name, vector))
+
+    def build_steering_vector(self, name: str, layer: int, positive: Sequence[str],
+                              negative: Sequence[str]) -> np.ndarray:
+        return self._result(BuildVectorRequest(name, layer, tuple(positive), tuple(negative)))
+
+    def set_reference_prompts(self, prompts: Sequence[str]) -> None:
+        self._result(ReferencePromptsRequest(tuple(prompts)))
+
+
+TRANSPORT_ERRORS = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException,
+                    httpcore.ConnectionNotAvailable)
+
+
+class Http:
+    """HTTP/1.1 over the Unix socket with httpcore (httpx's transport, without its CLI imports)."""
+
+    def __init__(self, socket_path: os.PathLike | str, timeout: float, headers: dict[str, str]) -> None:
+        self._pool = httpcore.ConnectionPool(uds=str(socket_path), max_connections=4)
+        self._headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+        self._headers.append((b"content-type", b"application/json"))
+        self._timeouts = {"connect": timeout, "read": None, "write": timeout, "pool": timeout}
+
+    def _args(self, payload: Any) -> dict[str, Any]:
+        content = b"" if payload is None else json.dumps(payload).encode("utf-8")
+        return {"headers": self._headers, "content": content,
+                "extensions": {"timeout": self._timeouts}}
+
+    def request(self, method: str, path: str, payload: Any = None) -> tuple[int, bytes]:
+        response = self._pool.request(method, f"http://mechscope{path}", **self._args(payload))
+        return response.status, response.content
+
+    @contextlib.contextmanager
+    def stream(self, path: str, payload: Any) -> Iterator[tuple[int, Iterator[bytes]]]:
+        """(status, lines): the response body split into lines as it arrives."""
+        with self._pool.stream("POST", f"http://mechscope{path}", **self._args(payload)) as response:
+            yield response.status, _lines(response.iter_stream())
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    parts: list[bytes] = []  # a long line arrives in many chunks: join it once, when it ends
+    for chunk in chunks:
+        if b"\n" not in chunk:
+            parts.append(chunk)
+            continue
+        first, *middle, last = chunk.split(b"\n")
+        head = b"".join([*parts, first])
+        yield from (line for line in (head, *middle) if line)
+        parts = [last] if last else []
+    if tail := b"".join(parts):
+        yield tail
+
+
+def _wire(decode: Callable[..., Any], *args: Any) -> Any:
+    """`decode(*args)`, its failure worded as a bad frame."""
+    try:
+        return decode(*args)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MechscopeError(f"bad frame from the server: {exc}") from None
+
+
+def _frame(line: bytes) -> tuple[str | None, dict]:
+    frame = _wire(codec.loads, line)
+    if not isinstance(frame, dict):
+        raise MechscopeError("bad frame from the server: not a JSON object")
+    return frame.get("type"), frame
+
+
+def _checked(status: int, body: bytes) -> Any:
+    """The response's JSON value, or the server's one-line error as a MechscopeError."""
+    try:
+        value = codec.loads(body) if body else None
+    except ValueError as exc:
+        if status == 200:
+            raise MechscopeError(f"bad answer from the server: {exc}") from None
+        value = None
+    if status == 200:
+        return value
+    message = value.get("error") if isinstance(value, dict) else None
+    raise MechscopeError(message or f"server answered HTTP {status}")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "user"
+
+
+def connect(name_or_path: str | os.PathLike | None = None, client_name: str | None = None) -> RemoteEngine:
+    """A `RemoteEngine` attached to the server with this name (or socket path); default 'default'."""
+    return RemoteEngine(place(name_or_path, create=False), client_name=client_name)
