@@ -66,18 +66,12 @@ def bench(name: str, model, tokenizer, clean: str, corrupt: str, repeats: int) -
 
     plain_forward()
     native = Engine(model, tokenizer, source=name)
-
-    def clear_native():
-        native._clean_cache.clear()
-        native._source_cache.clear()
-
-    results = {"native": _figures(native, clean, corrupt, repeats, plain_forward, clear_native)}
+    results = {"native": _figures(native, clean, corrupt, repeats, plain_forward, native.clear_caches)}
     for column, remote in (("nnsight", False), ("nnsight remote=local", "local")):
         copy_model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(model.config))
         copy_model.load_state_dict(model.state_dict())
         backend = NNsightEngine(copy_model.eval(), tokenizer, source=name, remote=remote)
-        results[column] = _figures(backend, clean, corrupt, repeats, plain_forward,
-                                   backend._acts_cache.clear)
+        results[column] = _figures(backend, clean, corrupt, repeats, plain_forward, backend.clear_caches)
 
     a = native.adapter
     print(f"\n{name}: {a.n_layers} layers x {a.n_heads} heads, d_model {a.d_model}, vocab "

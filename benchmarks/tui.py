@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from textual import events  # noqa: E402
 
+from mechscope.screens.workbench import WorkbenchScreen  # noqa: E402
 from mechscope.tui.app import MechscopeApp  # noqa: E402
 
 
@@ -45,11 +46,20 @@ class InstantEngine:
         return self.memo[key]
 
 
+class TimedScreen(WorkbenchScreen):
+    """Stamps when an outcome has been applied (accepted by the Workbench and repainted)."""
+
+    def on_finished(self, message) -> None:
+        super().on_finished(message)
+        self.app.result_at = time.perf_counter()
+
+
 class TimedApp(MechscopeApp):
     """Stamps when a key reaches the app, when a run result has been applied, and every repaint."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.workbench = TimedScreen(self.bench, source=self.source, deterministic=kwargs.get("deterministic", False))
         self.key_at = 0.0
         self.result_at = 0.0
         self.paints: list[float] = []
@@ -59,10 +69,6 @@ class TimedApp(MechscopeApp):
         if isinstance(event, events.Key):
             self.key_at = time.perf_counter()
         await super().on_event(event)
-
-    def on_run_finished(self, message) -> None:
-        super().on_run_finished(message)
-        self.result_at = time.perf_counter()
 
     def _display(self, screen, renderable) -> None:
         super()._display(screen, renderable)
@@ -92,14 +98,15 @@ async def measure(app: TimedApp, size: tuple[int, int], repeats: int, warm: bool
 
 async def toggle(pilot, app: TimedApp) -> float:
     """Press space, wait for the new result on screen; seconds from key to repaint minus compute."""
-    before = app.result
+    before = app.bench.result
     app.paints.clear()
     await pilot.press("space")
-    while app.result is before:
+    while app.bench.result is before:
         await app.workers.wait_for_complete()
         await pilot.pause()
     await pilot.pause()
-    compute = app.result.compute.seconds if app.subtract_compute and app.result.compute else 0.0
+    result = app.bench.result
+    compute = result.compute.seconds if app.subtract_compute and result.compute else 0.0
     return app.first_paint_after(app.result_at) - app.key_at - compute
 
 

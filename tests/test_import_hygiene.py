@@ -14,6 +14,20 @@ CORE_MODULES = [
     "mechscope.engine.sweeps",
     "mechscope.engine.loading",
     "mechscope.sessions",
+    "mechscope.workbench",
+    "mechscope.workbench.controller",
+    "mechscope.workbench.recorder",
+    "mechscope.workbench.executor",
+]
+WORKBENCH_MODULES = [
+    "mechscope.workbench",
+    "mechscope.workbench.controller",
+    "mechscope.workbench.recorder",
+    "mechscope.workbench.executor",
+    "mechscope.workbench.requests",
+    "mechscope.workbench.stack",
+    "mechscope.workbench.numbers",
+    "mechscope.workbench.state",
 ]
 
 
@@ -22,6 +36,18 @@ def test_core_module_imports_no_ui(module):
     code = (
         f"import sys, json, importlib; importlib.import_module({module!r}); "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize("module", WORKBENCH_MODULES)
+def test_workbench_imports_neither_textual_nor_torch(module):
+    """The workbench core runs on any engine (in-process, served, remote): no UI, no torch."""
+    code = (
+        f"import sys, json, importlib; importlib.import_module({module!r}); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('textual', 'rich', 'torch', 'transformers'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

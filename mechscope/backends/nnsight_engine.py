@@ -7,7 +7,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,9 +17,12 @@ from mechscope.backends.ndif import NdifError, Preflight, RequestSize
 from mechscope.engine import readouts
 from mechscope.engine.adapters import Adapter, get_path
 from mechscope.engine.addresses import parse_address
+from mechscope.engine.captures import Captures
+from mechscope.engine.edits import Edits
 from mechscope.engine.errors import Cancelled, InterventionError, MechscopeError, PromptError
 from mechscope.engine.interventions import Intervention, Metric
 from mechscope.engine.results import (
+    Attribution,
     ComputeInfo,
     GeneratedToken,
     LogitLens,
@@ -139,6 +141,12 @@ class NNsightEngine:
             device="NDIF" if remote is True else str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
         )
+
+    def clear_caches(self) -> None:
+        """Forget cached source activations and reference means (the next request traces them again)."""
+        with self.lock:
+            self._acts_cache.clear()
+            self._means_cache = None
 
     # ------------------------------------------------------------------ tokens
 
@@ -349,12 +357,12 @@ class NNsightEngine:
                                prediction=prediction, baseline=baseline, metric_info=info,
                                interventions=[iv.to_dict() for iv in active],
                                truncated_from=truncated_from)
-            self._fill_views(result, out, views, info, readout, n_pos, logits[-1])
+            self._fill_views(result, out, views, info, readout, n_pos, logits[-1], plan)
             result.compute = ComputeInfo(time.perf_counter() - started, "full", 0)
             return result
 
     def _fill_views(self, result: RunResult, out: dict, views: Views, info: MetricInfo | None,
-                    readout: int, n_pos: int, logits: torch.Tensor) -> None:
+                    readout: int, n_pos: int, logits: torch.Tensor, plan: plans.Plan) -> None:
         if views.logprobs:
             logprobs = np.full(n_pos, np.nan, dtype=np.float32)
             logprobs[1:] = out["logprobs"].float().cpu().numpy()
@@ -373,38 +381,42 @@ class NNsightEngine:
                 target_rank=out["lens_rank"].cpu().numpy() if info is not None else None,
                 target_prob=out["lens_target_prob"].float().cpu().numpy() if info is not None else None)
         if views.attribution:
-            result.attribution = self._attribution(out["dla"], info, readout, n_pos, logits)
+            result.attribution = self._attribution(out["dla"], info, readout, n_pos, logits, plan)
         if views.stats:
             stats = out["stats"]
             n = self.adapter.n_layers
-            captures = SimpleNamespace(norms=dict(enumerate(stats["norms"])),
-                                       top_acts=dict(enumerate(stats["tops"])),
-                                       abs_median={i: float(stats["medians"][i]) for i in range(n)})
-            result.stats = readouts.activation_stats(self, captures)  # type: ignore[arg-type]
+            captures = Captures(norms=dict(enumerate(stats["norms"])), top_acts=dict(enumerate(stats["tops"])),
+                                abs_median={i: float(stats["medians"][i]) for i in range(n)})
+            result.stats = readouts.activation_stats(self, captures)
 
     def _attribution(self, dla: dict, info: MetricInfo | None, readout: int, n_pos: int,
-                     logits: torch.Tensor):
+                     logits: torch.Tensor, plan: plans.Plan) -> Attribution:
         """The native engine's direct logit attribution over this trace's readout-position records."""
         def at_readout(vector: torch.Tensor) -> torch.Tensor:  # [d] -> [1, pos, d], zero elsewhere
             full = torch.zeros(1, n_pos, vector.shape[-1], dtype=vector.dtype, device=vector.device)
             full[0, readout] = vector
             return full
 
-        captures = SimpleNamespace(z=dict(enumerate(dla["z"])), attn_raw=dict(enumerate(dla["attn_raw"])),
-                                   mlp_out=dict(enumerate(dla["mlp_out"])))
-        clean = SimpleNamespace(calls=[SimpleNamespace(hidden=at_readout(dla["embed"]))])
-        deltas = {layer: [at_readout(d) for d in items] for layer, items in dla["deltas"].items()}
-        return readouts.attribution(self, captures, clean, at_readout(dla["final"]), readout,  # type: ignore[arg-type]
-                                    info, deltas, logits.float().cpu())
+        captures = Captures(z=dict(enumerate(dla["z"])), attn_raw=dict(enumerate(dla["attn_raw"])),
+                            attn_out=dict(enumerate(dla["attn_out"])), mlp_out=dict(enumerate(dla["mlp_out"])))
+        edits = Edits(start=0, replaced=plan.whole.replaced,
+                      resid_deltas={layer: [at_readout(d) for d in items] for layer, items in dla["deltas"].items()})
+        return readouts.direct_attribution(self, captures, dla["embed"], dla["final"], readout, info, edits,
+                                           logits.float().cpu())
 
     # ------------------------------------------------------------------ sweeps and generation
 
     def sweep(self, kind: str, clean: str, corrupt: str, metric: Metric, direction: str = "noising",
               on_progress: Callable[[SweepResult], None] | None = None,
-              should_stop: ShouldStop | None = None) -> SweepResult:
-        """Head or residual patching as batched traces (one row per variant), or AtP in one trace."""
+              should_stop: ShouldStop | None = None,
+              interventions: Iterable[Intervention] = ()) -> SweepResult:
+        """Head or residual patching as batched traces (one row per variant), or AtP in one trace.
+        Sweeps over an edited model run on the native engine only."""
         from mechscope.backends.nnsight_sweeps import sweep
 
+        if any(iv.enabled for iv in interventions):
+            raise MechscopeError("sweeps with interventions active need the native engine "
+                                 "(the nnsight backend sweeps the unedited model)")
         return sweep(self, kind, clean, corrupt, metric, direction, on_progress, should_stop)
 
     def generate(self, prompt: str, interventions: Iterable[Intervention] = (), max_new_tokens: int = 20,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mechscope.engine.addresses import parse_address
+from mechscope.engine.edits import Edits
 from mechscope.engine.errors import InterventionError, PromptError
 from mechscope.engine.interventions import (
     ActivationPatch,
@@ -48,6 +49,9 @@ class Plan:
 
     def __init__(self) -> None:
         self.layers: dict[int, dict[str, list]] = {}
+        # Which attention / MLP outputs an edit replaced as a whole, as the native engine records them
+        # for attribution (`Edits.whole_layer_replaced`).
+        self.whole = Edits(start=0)
 
     def add(self, layer: int, site: str, edit: tuple) -> None:
         self.layers.setdefault(layer, {}).setdefault(site, []).append(edit)
@@ -129,9 +133,11 @@ def _add(engine: NNsightEngine, plan: Plan, iv: Intervention, n_pos: int, corrup
                 return
             positions = positions if positions is not None else list(range(n_pos))
             plan.add(iv.layer, key, (positions, acts[site][iv.layer][0, src_pos]))
+            plan.whole.replace_whole(iv.layer, key, positions)
         elif not dry_run:
             value = engine._means()[site][iv.layer] if iv.mode == "mean" else 0.0
             plan.add(iv.layer, key, (positions, value))
+            plan.whole.replace_whole(iv.layer, key, positions)
     elif isinstance(iv, ActivationPatch):
         addr = parse_address(iv.address)
         check_head(engine, addr.layer, addr.head, what)
@@ -146,6 +152,7 @@ def _add(engine: NNsightEngine, plan: Plan, iv: Intervention, n_pos: int, corrup
         elif addr.site in ("attn", "mlp"):
             site = "attn_out" if addr.site == "attn" else "mlp_out"
             plan.add(addr.layer, addr.site, (positions, acts[site][addr.layer][0, src_pos]))
+            plan.whole.replace_whole(addr.layer, addr.site, positions)
         elif addr.site in ("resid_pre", "embed"):
             plan.add(addr.layer, "pre", ("set", positions, acts["resid_pre"][addr.layer][0, src_pos]))
         else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -13,9 +13,19 @@ from mechscope.engine.placement import execution_device, loaded
 from mechscope.engine.results import ActivationStats, Attribution, LogitLens, MetricInfo
 
 if TYPE_CHECKING:
+    from mechscope.engine.adapters import Adapter
     from mechscope.engine.captures import Captures
     from mechscope.engine.edits import Edits
     from mechscope.engine.passes import CleanPass, Passes
+
+
+class TokenModel(Protocol):
+    """What attribution and statistics read besides captures: the model's adapter and its tokens
+    (`Passes`, or another backend running the same model)."""
+
+    adapter: Adapter
+
+    def decode_token(self, token_id: int) -> str: ...
 
 
 def logit_lens(passes: Passes, captures: Captures, readout: int, info: MetricInfo | None, k: int,
@@ -57,7 +67,7 @@ def logit_lens(passes: Passes, captures: Captures, readout: int, info: MetricInf
     )
 
 
-def metric_direction(passes: Passes, info: MetricInfo | None, readout_logits: torch.Tensor) -> tuple[torch.Tensor, float, str]:
+def metric_direction(passes: TokenModel, info: MetricInfo | None, readout_logits: torch.Tensor) -> tuple[torch.Tensor, float, str]:
     """Metric direction in the unembedding's input space, the unembedding bias term, and a label."""
     w_u = loaded(passes.adapter.unembed, "weight").float()  # [vocab, d]
     bias = loaded(passes.adapter.unembed, "bias")
@@ -78,15 +88,26 @@ def metric_direction(passes: Passes, info: MetricInfo | None, readout_logits: to
 
 def attribution(passes: Passes, captures: Captures, clean: CleanPass, final: torch.Tensor, readout: int,
                 info: MetricInfo | None, edits: Edits | None, logits: torch.Tensor) -> Attribution:
+    """Direct logit attribution of a pass: `final` [batch, pos, d_model] is its last residual,
+    `clean` the prompt's clean pass (for the embeddings); see `direct_attribution`."""
+    return direct_attribution(passes, captures, clean.calls[0].hidden[0, readout], final[0, readout],
+                              readout, info, edits, logits)
+
+
+def direct_attribution(passes: TokenModel, captures: Captures, embed: torch.Tensor, resid: torch.Tensor,
+                       readout: int, info: MetricInfo | None, edits: Edits | None,
+                       logits: torch.Tensor) -> Attribution:
     """Direct logit attribution of every head, attention bias, MLP, the embeddings and residual edits
-    (see `Attribution` for the frozen-norm convention). `logits` [vocab] are the run's at `readout`.
+    (see `Attribution` for the frozen-norm convention), from readout-position records: `embed`
+    [d_model] the residual entering layer 0, `resid` [d_model] the last layer's output, `logits`
+    [vocab] the run's, `captures` z / attn_raw / attn_out / mlp_out at `readout`.
 
     A layer whose attention output an edit replaced as a whole at `readout` wrote something no head
     computed: its heads get 0 and its actual write is the layer's non-head term (`attn_bias`)."""
     a = passes.adapter
     if a.post_ln:
         raise MechscopeError("direct logit attribution needs a pre-norm model (this one is post-LN)")
-    resid = final[0, readout].float().to(execution_device(a.final_norm))  # [d_model]
+    resid = resid.float().to(execution_device(a.final_norm))  # [d_model]
     direction, bias_term, label = metric_direction(passes, info, logits)
     # Through modules after the final norm (OPT's project_out is linear without bias).
     for module in reversed(a.post_final):
@@ -124,7 +145,7 @@ def attribution(passes: Passes, captures: Captures, clean: CleanPass, final: tor
         head_read = (a.o_weight(layer).float().T @ layer_read).view(n_heads, d_head)  # [head, d_head]
         heads[layer] = (z * head_read).sum(-1).cpu()
         attn_bias[layer] = bias_part
-    embed = float(dla(clean.calls[0].hidden[0, readout]))
+    embed_part = float(dla(embed))
     # Steering vectors and residual patches write the stream directly: one part per layer.
     resid_edits = torch.zeros(a.n_layers)
     for layer, deltas in (edits.resid_deltas if edits is not None else {}).items():
@@ -133,11 +154,11 @@ def attribution(passes: Passes, captures: Captures, clean: CleanPass, final: tor
     final_bias = float(final_norm.bias_vector() @ direction) + bias_term
     total = float(final_norm(resid) @ direction) + bias_term
     return Attribution(position=readout, direction=label, heads=heads.numpy(),
-                       attn_bias=attn_bias.numpy(), mlp=mlp.numpy(), embed=embed,
+                       attn_bias=attn_bias.numpy(), mlp=mlp.numpy(), embed=embed_part,
                        final_bias=final_bias, total=total, resid_edits=resid_edits.numpy())
 
 
-def activation_stats(passes: Passes, captures: Captures) -> ActivationStats:
+def activation_stats(passes: TokenModel, captures: Captures) -> ActivationStats:
     n_layers = passes.adapter.n_layers
     norms = torch.stack([captures.norms[layer].cpu() for layer in range(n_layers)]).numpy()
     d_model = passes.adapter.d_model

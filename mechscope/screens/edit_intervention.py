@@ -13,6 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from mechscope.engine.interventions import Intervention
+from mechscope.workbench.numbers import number_problem
 
 HIDDEN_FIELDS = ("enabled",)
 
@@ -48,6 +49,8 @@ def rebuild(original: Intervention, texts: dict[str, str]) -> Intervention:
     data = original.to_dict()
     for name, text in texts.items():
         data[name] = parse_field(text, getattr(original, name))
+        if isinstance(data[name], float) and (problem := number_problem(name, data[name])):
+            raise ValueError(problem)
     try:
         return Intervention.from_dict(data)
     except TypeError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static, TextArea
+
+from mechscope.workbench.numbers import number_problem
 
 VECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 VECTOR_SUFFIXES = (".safetensors", ".npy")
@@ -131,8 +132,9 @@ class SteeringScreen(ModalScreen[SteeringRequest | None]):
             coeff = float(self.text("coeff"))
         except ValueError:
             raise ValueError(f"coefficient: not a number: {self.text('coeff')!r}") from None
-        if not math.isfinite(coeff):
-            raise ValueError("coefficient: must be finite")
+        problem = number_problem("coefficient", coeff)
+        if problem is not None:
+            raise ValueError(problem)
         positions = parse_positions(self.text("positions"))
         positive = negative = ()
         if self.mode == "build":

@@ -1,14 +1,14 @@
-"""App-wide messages: engine workers post these with plain-data results; the app's handlers own state."""
+"""Messages workers post: model loading for the App, one `Finished(outcome)` per request for the workbench."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from textual.message import Message
 
-from mechscope.engine.results import GeneratedToken, RunResult, SweepResult
+from mechscope.engine.results import GeneratedToken, SweepResult
+from mechscope.workbench.requests import GenerateRequest, Outcome, SweepRequest
 
 
 @dataclass
@@ -32,63 +32,23 @@ class EngineFailed(Message):
 
 
 @dataclass
-class RunFinished(Message):
-    """A live run finished; `request` is the counter value it was started with (stale ones are dropped)."""
+class Finished(Message):
+    """A request ran (or failed, or was cancelled): the outcome carries the request it ran."""
 
-    request: int
-    result: RunResult
-
-
-@dataclass
-class EngineError(Message):
-    """An engine call failed with a user-facing message."""
-
-    action: str
-    text: str
+    outcome: Outcome
 
 
 @dataclass
-class AttentionReady(Message):
-    address: str
-    pattern: np.ndarray  # [query, key]
-    tokens: list[str]
+class SweepPartial(Message):
+    """A partial sweep result streamed while `request` runs."""
 
-
-@dataclass
-class SweepUpdate(Message):
-    """A partial or final sweep result (final when `result.complete` or `done`) and the
-    (clean, corrupted, metric) it was computed for."""
-
+    request: SweepRequest
     result: SweepResult
-    inputs: tuple[str, str, Any]
-    done: bool = False
 
 
 @dataclass
 class GenerationToken(Message):
-    lane: str  # "baseline" | "intervened"
+    """A token streamed while `request` (one lane of a generation) runs."""
+
+    request: GenerateRequest
     token: GeneratedToken
-
-
-@dataclass
-class GenerationDone(Message):
-    cancelled: bool = False
-
-
-@dataclass
-class InterventionChecked(Message):
-    """A new or edited intervention passed the engine's dry run; `replace_id` None means add it."""
-
-    intervention: Any
-    replace_id: int | None = None
-    toggle: bool = False  # add through InterventionStack.toggle_head (grid-style on/off)
-
-
-@dataclass
-class VectorReady(Message):
-    """A steering vector was built or loaded into the engine; `steer` uses it (None: it did not fit)."""
-
-    name: str
-    vector: np.ndarray  # [d_model]
-    steer: Any
-    error: str | None = None

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("nnsight", reason="the nnsight backend needs the optional nnsight extra")
 
 from mechscope.backends.nnsight_engine import NNsightEngine  # noqa: E402
-from mechscope.engine.errors import InterventionError  # noqa: E402
+from mechscope.engine.errors import InterventionError, MechscopeError  # noqa: E402
 from mechscope.engine.interventions import (  # noqa: E402
     ActivationPatch,
     AttentionKnockout,
@@ -159,6 +159,44 @@ def test_sweep_splits_into_traces_that_fit_max_rows():
     b = backend.sweep("head", CLEAN, CORRUPT, METRIC, on_progress=progress.append)
     assert np.abs(a.values - b.values).max() < TOL
     assert [p.complete for p in progress] == [False, False, True]
+
+
+@pytest.mark.parametrize("stack", [
+    [ComponentAblation(1, "attn", "zero")],
+    [ComponentAblation(2, "attn", "mean"), HeadAblation(2, 1)],
+    [ActivationPatch("L1.attn", CORRUPT)],
+    [ActivationPatch("L2.attn", CORRUPT, positions=(-1,)), HeadScale(2, 0, 3.0)],
+    [ComponentAblation(0, "attn", "resample", positions=(3, 5))],  # not at the readout
+    [ComponentAblation(1, "mlp", "zero")],
+    [ActivationPatch("L2.mlp", CORRUPT), NeuronClamp(2, 3, 5.0)],
+], ids=["zero-attn", "mean-attn+head", "patch-attn", "patch-attn-last+scale", "attn-elsewhere", "zero-mlp",
+        "patch-mlp+clamp"])
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_attribution_under_whole_layer_edits_adds_up_to_the_metric(family, stack):
+    """A replaced attention output gives its heads 0 and its write to the layer's non-head term, on
+    both engines alike, and the parts add up to the metric (the total where soft-capping bends it)."""
+    native, backend = _pair(family)
+    views = Views(attribution=True)
+    a = native.run(CLEAN, stack, views, METRIC, corrupted=CORRUPT)
+    b = backend.run(CLEAN, stack, views, METRIC, corrupted=CORRUPT)
+    for result in (a, b):
+        assert abs(result.attribution.parts_sum() - result.attribution.total) < TOL
+        if not native.adapter.final_softcap:
+            assert abs(result.attribution.total - result.metric) < TOL
+    for name in ("heads", "attn_bias", "mlp"):
+        assert np.abs(getattr(a.attribution, name) - getattr(b.attribution, name)).max() < TOL, name
+    whole = stack[0]
+    layer = whole.layer if isinstance(whole, ComponentAblation) else int(whole.address[1])
+    if "attn" in whole.label and (whole.positions is None or -1 in whole.positions):
+        assert np.all(b.attribution.heads[layer] == 0.0)
+    elif "attn" in whole.label:
+        assert np.any(b.attribution.heads[layer] != 0.0)
+
+
+def test_sweeps_over_an_edited_model_say_they_need_the_native_engine():
+    _, backend = _pair("llama")
+    with pytest.raises(MechscopeError, match="native engine"):
+        backend.sweep("head", CLEAN, CORRUPT, METRIC, interventions=[HeadAblation(0, 1)])
 
 
 def test_generation_matches_native(llama_pair):

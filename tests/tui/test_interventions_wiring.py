@@ -59,7 +59,7 @@ async def test_build_steering_vector_steers_toggles_off_exactly_and_is_saved():
     app = make_app(engine, session_name="steer-study")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        baseline = app.result.prediction
+        baseline = app.bench.result.prediction
         await pilot.press("j", "v")  # layer 1 is selected: the dialog proposes it
         await pilot.pause()
         assert isinstance(app.screen, SteeringScreen)
@@ -72,8 +72,8 @@ async def test_build_steering_vector_steers_toggles_off_exactly_and_is_saved():
         expected = tiny_engine("llama").build_steering_vector("check", 1, [POSITIVE], [NEGATIVE])
         np.testing.assert_allclose(engine.vectors["love-hate"], expected, rtol=1e-6)
         steer = SteeringVector(1, "love-hate", 6.0, "all")
-        assert [e.intervention for e in app.stack.entries] == [steer]
-        steered = app.result
+        assert [e.intervention for e in app.bench.stack.entries] == [steer]
+        steered = app.bench.result
         assert not np.array_equal(steered.prediction.logits, baseline.logits)
         np.testing.assert_allclose(steered.prediction.logits,
                                    direct_run(engine, [steer]).prediction.logits, atol=1e-5)
@@ -83,8 +83,8 @@ async def test_build_steering_vector_steers_toggles_off_exactly_and_is_saved():
         app.query_one(InterventionList).focus()
         await pilot.press("space")  # off: the baseline comes back bit for bit
         await settle(pilot)
-        np.testing.assert_array_equal(app.result.prediction.logits, baseline.logits)
-        assert app.result.metric == app.result.baseline.metric
+        np.testing.assert_array_equal(app.bench.result.prediction.logits, baseline.logits)
+        assert app.bench.result.metric == app.bench.result.baseline.metric
 
     state = Session.open("steer-study").state()
     np.testing.assert_array_equal(state.vectors["love-hate"], engine.vectors["love-hate"])
@@ -111,8 +111,8 @@ async def test_steering_dialog_refuses_bad_fields_and_positions_last_steers_only
         await pilot.press("enter")
         await settle(pilot)
         steer = SteeringVector(2, "love-hate", -3.0, "last")
-        assert [e.intervention for e in app.stack.entries] == [steer]
-        result = app.result
+        assert [e.intervention for e in app.bench.stack.entries] == [steer]
+        result = app.bench.result
         np.testing.assert_allclose(result.prediction.logits,
                                    direct_run(engine, [steer]).prediction.logits, atol=1e-5)
         # Only the last position is steered: the residual norms of every earlier position are unchanged.
@@ -148,19 +148,19 @@ async def test_load_vector_from_files_and_bad_files_go_to_the_status_bar(tmp_pat
 
         await load(str(tmp_path / "good.npy"))  # the name defaults to the file's stem
         np.testing.assert_array_equal(engine.vectors["good"], good)
-        assert [e.intervention for e in app.stack.entries] == [SteeringVector(0, "good", 4.0)]
-        assert app.result.metric != app.result.baseline.metric
+        assert [e.intervention for e in app.bench.stack.entries] == [SteeringVector(0, "good", 4.0)]
+        assert app.bench.result.metric != app.bench.result.baseline.metric
 
         await load(str(tmp_path / "honest.safetensors"), coeff="1")
         np.testing.assert_array_equal(engine.vectors["honest"], 2 * good)
-        assert len(app.stack.entries) == 2
+        assert len(app.bench.stack.entries) == 2
 
         for file, message in (("narrow.npy", "steering vector 'narrow' has width 3, the model needs 32"),
                               ("pickled.npy", "pickled.npy is not a readable .npy array"),
                               ("broken.safetensors", "broken.safetensors is not a readable .safetensors")):
             await load(str(tmp_path / file))
             assert message in status(app), status(app)
-            assert len(app.stack.entries) == 2 and app.is_running
+            assert len(app.bench.stack.entries) == 2 and app.is_running
         assert "narrow" not in engine.vectors and "pickled" not in engine.vectors
 
         await pilot.press("V")
@@ -171,7 +171,7 @@ async def test_load_vector_from_files_and_bad_files_go_to_the_status_bar(tmp_pat
         assert "file: no such file" in screen_text(app)
         await pilot.press("escape")
         await settle(pilot)
-        assert len(app.stack.entries) == 2
+        assert len(app.bench.stack.entries) == 2
 
 
 async def test_knockout_from_the_attention_map_zeroes_the_cell_and_rows_still_sum_to_one():
@@ -179,7 +179,7 @@ async def test_knockout_from_the_attention_map_zeroes_the_cell_and_rows_still_su
     app = make_app(engine, record=False)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        baseline_pattern = app.result.attention["L0.H0"].copy()
+        baseline_pattern = app.bench.result.attention["L0.H0"].copy()
         await pilot.press("K")  # focuses the attention map; its cursor starts on the last query
         await settle(pilot)
         attention_map = app.query_one(AttentionMap)
@@ -188,24 +188,24 @@ async def test_knockout_from_the_attention_map_zeroes_the_cell_and_rows_still_su
         await pilot.press("up", "right", "right", "k")  # edge 12 -> 2 of L0.H0
         await settle(pilot)
         knockout = AttentionKnockout(0, 0, 12, 2)
-        assert [e.intervention for e in app.stack.entries] == [knockout]
-        pattern = app.result.attention["L0.H0"]
+        assert [e.intervention for e in app.bench.stack.entries] == [knockout]
+        pattern = app.bench.result.attention["L0.H0"]
         assert baseline_pattern[12, 2] > 0 and pattern[12, 2] == 0.0
         np.testing.assert_allclose(pattern.sum(axis=1), 1.0, atol=1e-5)
         np.testing.assert_array_equal(pattern[:12], baseline_pattern[:12])  # other queries untouched
         assert attention_map.values[12, 2] == 0.0 and attention_map.marks == {(12, 2): "×"}
         assert app.query_one(HeadGrid).marks == {(0, 0): "k"}
-        assert app.result.metric == pytest.approx(direct_run(engine, [knockout]).metric, abs=1e-5)
+        assert app.bench.result.metric == pytest.approx(direct_run(engine, [knockout]).metric, abs=1e-5)
 
         await pilot.press("enter")  # the same edge again: the knockout goes, the pattern comes back
         await settle(pilot)
-        assert app.stack.entries == ()
-        np.testing.assert_array_equal(app.result.attention["L0.H0"], baseline_pattern)
+        assert app.bench.stack.entries == ()
+        np.testing.assert_array_equal(app.bench.result.attention["L0.H0"], baseline_pattern)
 
         await pilot.press("home", "pageup", "pageup", "left", "left", "left", "k")  # edge 0 -> 0
         await settle(pilot)
         assert attention_map.cursor == (0, 0)
-        assert app.stack.entries == ()
+        assert app.bench.stack.entries == ()
         assert "not added: knockout L0.H0 0->0: the first token attends only to itself" in status(app)
         await pilot.press("escape")
         assert app.query_one(HeadGrid).has_focus
@@ -225,8 +225,8 @@ async def test_knockout_by_positions_from_the_palette():
         app.screen.query_one("#ask-input", Input).value = "9,3"
         await pilot.press("enter")
         await settle(pilot)
-        assert [e.intervention for e in app.stack.entries] == [AttentionKnockout(1, 1, 9, 3)]
-        assert app.result.attention["L1.H1"][9, 3] == 0.0
+        assert [e.intervention for e in app.bench.stack.entries] == [AttentionKnockout(1, 1, 9, 3)]
+        assert app.bench.result.attention["L1.H1"][9, 3] == 0.0
 
 
 async def test_component_ablation_and_neuron_clamp_forms_change_the_metric():
@@ -234,7 +234,7 @@ async def test_component_ablation_and_neuron_clamp_forms_change_the_metric():
     app = make_app(engine, record=False)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        base_metric = app.result.baseline.metric
+        base_metric = app.bench.result.baseline.metric
         await pilot.press("j", "A")  # attention of layer 1
         await pilot.pause()
         assert isinstance(app.screen, EditInterventionScreen)
@@ -243,9 +243,9 @@ async def test_component_ablation_and_neuron_clamp_forms_change_the_metric():
         await pilot.press("enter")
         await settle(pilot)
         attn = ComponentAblation(1, "attn", "mean")
-        assert [e.intervention for e in app.stack.entries] == [attn]
-        assert app.result.metric != base_metric
-        assert app.result.metric == pytest.approx(direct_run(engine, [attn]).metric, abs=1e-5)
+        assert [e.intervention for e in app.bench.stack.entries] == [attn]
+        assert app.bench.result.metric != base_metric
+        assert app.bench.result.metric == pytest.approx(direct_run(engine, [attn]).metric, abs=1e-5)
 
         await pilot.press("j", "M")  # MLP of layer 2, resampled from the corrupted prompt
         await pilot.pause()
@@ -262,7 +262,7 @@ async def test_component_ablation_and_neuron_clamp_forms_change_the_metric():
         await pilot.press("enter")
         await settle(pilot)
         assert "not added: clamp L2.N999=8: neuron 999 is out of range 0..63" in status(app)
-        assert [e.intervention for e in app.stack.entries] == [attn, mlp]
+        assert [e.intervention for e in app.bench.stack.entries] == [attn, mlp]
 
         await pilot.press("N")
         await pilot.pause()
@@ -272,9 +272,9 @@ async def test_component_ablation_and_neuron_clamp_forms_change_the_metric():
         await settle(pilot)
         clamp = NeuronClamp(2, 5, 8.0)
         stack = [attn, mlp, clamp]
-        assert [e.intervention for e in app.stack.entries] == stack
-        assert app.result.metric == pytest.approx(direct_run(engine, stack).metric, abs=1e-5)
-        assert app.result.metric != direct_run(engine, stack[:2]).metric
+        assert [e.intervention for e in app.bench.stack.entries] == stack
+        assert app.bench.result.metric == pytest.approx(direct_run(engine, stack).metric, abs=1e-5)
+        assert app.bench.result.metric != direct_run(engine, stack[:2]).metric
         assert list_lines(app) == ["[x] mean L1.attn", "[x] resample L2.mlp", "[x] clamp L2.N5=8"]
         assert "[resample L2.mlp, clamp L2.N5=8]" in status(app)  # the selected layer's edits
         grid = app.query_one(HeadGrid)
@@ -294,10 +294,10 @@ async def test_resample_key_ablates_from_the_corrupted_prompt():
         await pilot.press("j", "j", "l", "R")
         await settle(pilot)
         ablation = HeadAblation(2, 1, mode="resample")
-        assert [e.intervention for e in app.stack.entries] == [ablation]
+        assert [e.intervention for e in app.bench.stack.entries] == [ablation]
         assert app.query_one(HeadGrid).marks == {(2, 1): "r"}
-        assert app.result.metric == pytest.approx(direct_run(engine, [ablation]).metric, abs=1e-5)
-        assert app.result.metric != app.result.baseline.metric
+        assert app.bench.result.metric == pytest.approx(direct_run(engine, [ablation]).metric, abs=1e-5)
+        assert app.bench.result.metric != app.bench.result.baseline.metric
 
 
 async def test_add_intervention_chooses_a_kind_and_fills_its_form():
@@ -316,7 +316,7 @@ async def test_add_intervention_chooses_a_kind_and_fills_its_form():
         app.screen.query_one("#field-value", Input).focus()
         await pilot.press("enter")
         await settle(pilot)
-        assert [e.intervention for e in app.stack.entries] == [NeuronClamp(0, 0, -4.0)]
+        assert [e.intervention for e in app.bench.stack.entries] == [NeuronClamp(0, 0, -4.0)]
 
         await pilot.press("plus")  # a steering vector with none built yet: the build dialog opens
         await pilot.pause()
@@ -325,7 +325,7 @@ async def test_add_intervention_chooses_a_kind_and_fills_its_form():
         assert isinstance(app.screen, SteeringScreen)
         await pilot.press("escape")
         await settle(pilot)
-        assert len(app.stack.entries) == 1
+        assert len(app.bench.stack.entries) == 1
 
 
 async def test_editing_to_an_impossible_value_is_refused():
@@ -338,7 +338,7 @@ async def test_editing_to_an_impossible_value_is_refused():
         app.screen.query_one("#field-head", Input).focus()
         await pilot.press("enter")
         await settle(pilot)
-        assert [e.intervention for e in app.stack.entries] == [HeadAblation(0, 0)]
+        assert [e.intervention for e in app.bench.stack.entries] == [HeadAblation(0, 0)]
         assert "not changed: zero L0.H99: head 99 is out of range 0..3" in status(app)
 
 
@@ -358,7 +358,7 @@ async def test_workbench_keys_are_inert_and_hidden_under_the_sessions_screen():
         assert not any("Zero-ablate" in title or "steering" in title for title in titles)
         await pilot.press("v", "g", "K")
         await settle(pilot)
-        assert app.stack.entries == () and app.screen is not app.workbench
+        assert app.bench.stack.entries == () and app.screen is not app.workbench
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is app.workbench

@@ -88,7 +88,7 @@ async def test_opening_a_session_restores_its_state_and_records_into_it(engine):
     app = make_app(engine, session_name=B_NAME)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        assert app.prompt_values() == IOI_PAIR
+        assert app.bench.inputs == IOI_PAIR
         assert header(app).startswith(f"session {B_NAME} saved")
         b_events = event_lines(B_NAME)
         a_events = event_lines(A_NAME)
@@ -97,10 +97,10 @@ async def test_opening_a_session_restores_its_state_and_records_into_it(engine):
         await open_from_sessions_screen(pilot, A_NAME)
 
         assert app.screen is app.workbench
-        assert app.recorder.name == A_NAME
+        assert app.bench.recorder.name == A_NAME
         assert header(app).startswith(f"session {A_NAME} saved")
-        assert app.prompt_values() == A_VALUES
-        assert [(e.id, e.intervention) for e in app.stack.entries] == A_INTERVENTIONS
+        assert app.bench.inputs == A_VALUES
+        assert [(e.id, e.intervention) for e in app.bench.stack.entries] == A_INTERVENTIONS
         assert app.query_one(InterventionList).border_title == "interventions 2/3"
         assert app.query_one(HeadGrid).marks == {(1, 2): "x"}  # the disabled scale leaves no mark
         np.testing.assert_array_equal(engine.vectors["toward-park"], A_VECTOR)
@@ -109,7 +109,7 @@ async def test_opening_a_session_restores_its_state_and_records_into_it(engine):
         enabled = [iv for _, iv in A_INTERVENTIONS if iv.enabled]
         expected = engine.run(A_VALUES.clean, interventions=enabled, metric=A_METRIC,
                               corrupted=A_VALUES.corrupted, top_k=TOP_K)
-        result = app.result
+        result = app.bench.result
         assert result.tokens == expected.tokens
         assert [t.id for t in result.top] == [t.id for t in expected.top]
         np.testing.assert_allclose([t.prob for t in result.top], [t.prob for t in expected.top],
@@ -133,7 +133,7 @@ async def test_opening_a_session_restores_its_state_and_records_into_it(engine):
         assert app.query_one(InterventionList).selected_entry_id == 2
         await pilot.press("space")
         await settle(pilot)
-        assert app.stack.get(2).intervention.enabled
+        assert app.bench.stack.get(2).intervention.enabled
         toggles = [e for e in event_lines(A_NAME) if e["kind"] == "intervention" and e["id"] == 2]
         assert toggles[-1]["action"] == "toggled" and toggles[-1]["enabled"] is True
         assert event_lines(B_NAME) == b_events
@@ -154,7 +154,7 @@ async def test_new_intervention_after_opening_continues_a_ids(engine):
         app.query_one(HeadGrid).focus()
         await pilot.press("space")  # ablate the head under the cursor
         await settle(pilot)
-        assert [e.id for e in app.stack.entries] == [1, 2, 3, 4]
+        assert [e.id for e in app.bench.stack.entries] == [1, 2, 3, 4]
         added = [e for e in event_lines(A_NAME) if e["kind"] == "intervention"][-1]
         assert (added["action"], added["id"]) == ("added", 4)
         assert not [e for e in event_lines(B_NAME) if e["kind"] == "intervention"]
@@ -166,8 +166,8 @@ async def test_opening_the_session_being_recorded_changes_nothing(engine):
         await settle(pilot)
         await pilot.press("space")  # one ablation, so there is state to keep
         await settle(pilot)
-        before_entries = app.stack.entries
-        before_result, before_calls = app.result, app.engine_calls
+        before_entries = app.bench.stack.entries
+        before_result, before_calls = app.bench.result, app.workbench.engine_calls
         b_events = event_lines(B_NAME)
 
         await pilot.press("S")
@@ -180,11 +180,11 @@ async def test_opening_the_session_being_recorded_changes_nothing(engine):
         await settle(pilot)
 
         assert app.screen is app.workbench
-        assert app.recorder.name == B_NAME
-        assert app.stack.entries == before_entries
-        assert app.result is before_result and app.engine_calls == before_calls
-        assert app.prompt_values() == IOI_PAIR
-        assert "opened session" not in app.status_info
+        assert app.bench.recorder.name == B_NAME
+        assert app.bench.stack.entries == before_entries
+        assert app.bench.result is before_result and app.workbench.engine_calls == before_calls
+        assert app.bench.inputs == IOI_PAIR
+        assert "opened session" not in app.bench.info
         assert event_lines(B_NAME) == b_events
 
 
@@ -192,7 +192,7 @@ async def test_escape_leaves_the_sessions_screen_with_nothing_changed(engine):
     app = make_app(engine, session_name=B_NAME)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        before_result, before_calls = app.result, app.engine_calls
+        before_result, before_calls = app.bench.result, app.workbench.engine_calls
         a_events, b_events = event_lines(A_NAME), event_lines(B_NAME)
 
         await pilot.press("S")
@@ -202,11 +202,11 @@ async def test_escape_leaves_the_sessions_screen_with_nothing_changed(engine):
         await settle(pilot)
 
         assert app.screen is app.workbench
-        assert app.recorder.name == B_NAME
+        assert app.bench.recorder.name == B_NAME
         assert header(app).startswith(f"session {B_NAME} saved")
-        assert app.prompt_values() == IOI_PAIR
-        assert app.stack.entries == ()
-        assert app.result is before_result and app.engine_calls == before_calls
+        assert app.bench.inputs == IOI_PAIR
+        assert app.bench.stack.entries == ()
+        assert app.bench.result is before_result and app.workbench.engine_calls == before_calls
         assert "toward-park" not in engine.vectors
         assert event_lines(A_NAME) == a_events and event_lines(B_NAME) == b_events
 
@@ -215,16 +215,16 @@ async def test_switching_back_and_forth_keeps_recording_both(engine):
     app = make_app(engine, session_name=B_NAME)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        first_b = app.recorder.session
+        first_b = app.bench.recorder.session
         await open_from_sessions_screen(pilot, A_NAME)
         await open_from_sessions_screen(pilot, B_NAME, key="o")
-        assert app.recorder.name == B_NAME
+        assert app.bench.recorder.name == B_NAME
         assert header(app).startswith(f"session {B_NAME} saved")
-        assert app.prompt_values() == IOI_PAIR
-        assert app.stack.entries == ()
+        assert app.bench.inputs == IOI_PAIR
+        assert app.bench.stack.entries == ()
         app.query_one(HeadGrid).focus()
         await pilot.press("space")
         await settle(pilot)
-        assert app.recorder.saved and app.recorder.error is None
+        assert app.bench.recorder.saved and app.bench.recorder.reason is None
         assert event_lines(B_NAME)[-2]["kind"] == "intervention"
-        assert first_b is not app.recorder.session  # B was re-opened, its old writer let go
+        assert first_b is not app.bench.recorder.session  # B was re-opened, its old writer let go

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mechscope.engine.errors import InterventionError, LoadError
-from mechscope.engine.interventions import ActivationPatch, HeadAblation, HeadScale
+from mechscope.engine.interventions import HeadAblation, HeadScale
 from mechscope.screens.help import HelpScreen
 from mechscope.screens.load_error import LoadErrorScreen
 from mechscope.tui.app import COMMANDS, IOI_PAIR, TYPING_DEBOUNCE_S, MechscopeApp, key_label
@@ -23,9 +23,9 @@ async def test_first_start_runs_the_ioi_pair():
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        values = app.prompt_values()
+        values = app.bench.inputs
         assert values == IOI_PAIR
-        result = app.result
+        result = app.bench.result
         assert result is not None
         assert result.tokens[1] == " Mary" and len(result.tokens) == 14
         assert result.metric_info.target_pieces == (" Mary",)
@@ -44,11 +44,11 @@ async def test_toggling_an_ablation_changes_predictions_and_off_restores_baselin
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        baseline = app.result.prediction
+        baseline = app.bench.result.prediction
         await pilot.press("down", "right", "space")  # zero-ablate L1.H1
         await settle(pilot)
-        assert [e.intervention for e in app.stack.entries] == [HeadAblation(1, 1, mode="zero")]
-        ablated = app.result
+        assert [e.intervention for e in app.bench.stack.entries] == [HeadAblation(1, 1, mode="zero")]
+        ablated = app.bench.result
         assert not np.array_equal(ablated.prediction.logits, baseline.logits)
         assert ablated.metric != baseline.metric
         np.testing.assert_array_equal(ablated.baseline.logits, baseline.logits)
@@ -60,10 +60,10 @@ async def test_toggling_an_ablation_changes_predictions_and_off_restores_baselin
         app.query_one(InterventionList).focus()
         await pilot.press("space")
         await settle(pilot)
-        assert app.stack.entries[0].intervention.enabled is False
-        np.testing.assert_array_equal(app.result.prediction.logits, baseline.logits)
-        assert app.result.metric == baseline.metric
-        assert [t.id for t in app.result.top] == [t.id for t in baseline.top]
+        assert app.bench.stack.entries[0].intervention.enabled is False
+        np.testing.assert_array_equal(app.bench.result.prediction.logits, baseline.logits)
+        assert app.bench.result.metric == baseline.metric
+        assert [t.id for t in app.bench.result.top] == [t.id for t in baseline.top]
         assert app.query_one(HeadGrid).marks == {}
         assert "[ ] zero L1.H1" in str(app.query_one(InterventionList).get_option_at_index(0).prompt)
 
@@ -71,34 +71,12 @@ async def test_toggling_an_ablation_changes_predictions_and_off_restores_baselin
         app.query_one(HeadGrid).focus()
         await pilot.press("space")
         await settle(pilot)
-        assert len(app.stack.entries) == 1 and app.stack.entries[0].intervention.enabled
-        np.testing.assert_array_equal(app.result.prediction.logits, ablated.prediction.logits)
+        assert len(app.bench.stack.entries) == 1 and app.bench.stack.entries[0].intervention.enabled
+        np.testing.assert_array_equal(app.bench.result.prediction.logits, ablated.prediction.logits)
         await pilot.press("space")
         await settle(pilot)
-        assert app.stack.entries == ()
-        np.testing.assert_array_equal(app.result.prediction.logits, baseline.logits)
-
-
-async def test_undo_steps_back_through_changes():
-    app = make_app()
-    async with app.run_test(size=(120, 40)) as pilot:
-        await settle(pilot)
-        baseline = app.result.prediction
-        await pilot.press("space", "l", "m", "j", "p")
-        await settle(pilot)
-        kinds = [e.intervention for e in app.stack.entries]
-        assert kinds == [HeadAblation(0, 0), HeadAblation(0, 1, mode="mean"),
-                         ActivationPatch("L1.H1", IOI_PAIR.corrupted)]
-        await pilot.press("u")
-        await settle(pilot)
-        assert [e.intervention for e in app.stack.entries] == kinds[:2]
-        await pilot.press("u", "u")
-        await settle(pilot)
-        assert app.stack.entries == ()
-        np.testing.assert_array_equal(app.result.prediction.logits, baseline.logits)
-        await pilot.press("u")
-        await settle(pilot)
-        assert "nothing to undo" in text_of(app, "#status-bar")
+        assert app.bench.stack.entries == ()
+        np.testing.assert_array_equal(app.bench.result.prediction.logits, baseline.logits)
 
 
 async def test_grid_cursor_moves_with_arrows_and_hjkl_and_stays_inside():
@@ -126,8 +104,8 @@ async def test_palette_runs_an_action():
         await pilot.pause(0.3)  # the palette searches asynchronously
         await pilot.press("enter")
         await settle(pilot)
-        assert [e.intervention for e in app.stack.entries] == [HeadAblation(0, 0)]
-        assert app.result.metric != app.result.baseline.metric
+        assert [e.intervention for e in app.bench.stack.entries] == [HeadAblation(0, 0)]
+        assert app.bench.result.metric != app.bench.result.baseline.metric
 
 
 async def test_palette_offers_every_action():
@@ -151,12 +129,12 @@ async def test_scale_asks_the_factor():
         assert "not a number" in screen_text(app)
         await pilot.press("backspace", "0", ".", "5", "enter")
         await settle(pilot)
-        assert [e.intervention for e in app.stack.entries] == [HeadScale(1, 0, factor=0.5)]
+        assert [e.intervention for e in app.bench.stack.entries] == [HeadScale(1, 0, factor=0.5)]
         await pilot.press("s")  # again on the same head: the factor is changed, not duplicated
         await pilot.pause()
         await pilot.press("3", "enter")
         await settle(pilot)
-        assert [e.intervention for e in app.stack.entries] == [HeadScale(1, 0, factor=3.0)]
+        assert [e.intervention for e in app.bench.stack.entries] == [HeadScale(1, 0, factor=3.0)]
         assert app.query_one(HeadGrid).marks == {(1, 0): "s"}
 
 
@@ -170,7 +148,7 @@ async def test_enter_edits_the_selected_heads_intervention():
         app.screen.query_one("#field-mode").focus()
         await pilot.press("enter")
         await settle(pilot)
-        assert [e.intervention for e in app.stack.entries] == [HeadAblation(0, 0, mode="mean")]
+        assert [e.intervention for e in app.bench.stack.entries] == [HeadAblation(0, 0, mode="mean")]
 
 
 async def test_engine_error_shows_in_status_bar_and_app_keeps_running():
@@ -178,7 +156,7 @@ async def test_engine_error_shows_in_status_bar_and_app_keeps_running():
     app = make_app(engine)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        good_metric = app.result.metric
+        good_metric = app.bench.result.metric
         engine.fail_with = InterventionError("zero L1.H99: head 99 is out of range 0..3")
         await pilot.press("space")
         await settle(pilot)
@@ -188,7 +166,7 @@ async def test_engine_error_shows_in_status_bar_and_app_keeps_running():
         await pilot.press("u")
         await settle(pilot)
         assert "failed" not in text_of(app, "#status-bar")
-        assert app.result.metric == good_metric
+        assert app.bench.result.metric == good_metric
 
 
 async def test_unexpected_worker_exception_is_reported_not_fatal():
@@ -228,7 +206,7 @@ async def test_overlong_prompt_shows_truncation():
         app.query_one("#clean").focus()
         await pilot.press("enter")
         await settle(pilot)
-        assert app.result.truncated_from == 401
+        assert app.bench.result.truncated_from == 401
         assert "prompt truncated: 401 tokens cut to 256 (model context 256)" in text_of(app, "#prompt-notes")
 
 
@@ -255,7 +233,7 @@ async def test_typing_is_debounced():
         await pilot.pause(0.5)
         await settle(pilot)
         assert len(engine.calls) == calls + 1
-        assert app.result.prompt == IOI_PAIR.clean + " Mary"
+        assert app.bench.result.prompt == IOI_PAIR.clean + " Mary"
 
 
 async def test_model_that_fails_to_load_shows_error_screen():
@@ -296,7 +274,7 @@ async def test_ui_is_usable_while_loading():
         assert app.query_one("#clean").value.endswith("to!")
         release.set()
         await settle(pilot)
-        assert app.result is not None and app.result.prompt.endswith("to!")
+        assert app.bench.result is not None and app.bench.result.prompt.endswith("to!")
 
 
 async def test_help_lists_every_key():
@@ -323,7 +301,7 @@ async def test_patch_needs_a_corrupted_prompt():
         await settle(pilot)
         await pilot.press("p")
         await settle(pilot)
-        assert app.stack.entries == ()
+        assert app.bench.stack.entries == ()
         assert "corrupted prompt" in text_of(app, "#status-bar")
 
 
@@ -334,7 +312,7 @@ async def test_cycle_grid_metric_shows_sink_scores():
         await pilot.press("c")
         grid = app.query_one(HeadGrid)
         assert grid.metric_name == "sink"
-        np.testing.assert_array_equal(grid.values, app.result.sink_scores)
+        np.testing.assert_array_equal(grid.values, app.bench.result.sink_scores)
 
 
 async def test_head_patching_sweep_streams_into_grid_and_sweep_tab():
@@ -343,7 +321,7 @@ async def test_head_patching_sweep_streams_into_grid_and_sweep_tab():
         await settle(pilot)
         await pilot.press("w")
         await settle(pilot)
-        sweep = app.sweeps["head"]
+        sweep = app.bench.sweeps["head"].result
         assert sweep.complete and sweep.values.shape == (3, 4)
         grid = app.query_one(HeadGrid)
         assert grid.metric_name == "patching"
@@ -371,7 +349,7 @@ async def test_grid_hides_a_sweep_once_the_prompt_changes():
         app.query_one("#clean").value = IOI_PAIR.clean
         await pilot.press("enter")
         await settle(pilot)
-        np.testing.assert_array_equal(grid.values, app.sweeps["head"].values)  # back to its inputs
+        np.testing.assert_array_equal(grid.values, app.bench.sweeps["head"].result.values)  # back to its inputs
 
 
 async def test_generation_side_by_side():
@@ -380,7 +358,7 @@ async def test_generation_side_by_side():
         await settle(pilot)
         await pilot.press("g")
         await settle(pilot)
-        baseline, intervened = app.generated["baseline"], app.generated["intervened"]
+        baseline, intervened = app.bench.generation.tokens["baseline"], app.bench.generation.tokens["intervened"]
         assert len(baseline) == len(intervened) > 0
         assert [t.id for t in baseline] == [t.id for t in intervened]  # no interventions yet
         shown = text_of(app, "#gen-baseline")
@@ -396,6 +374,6 @@ async def test_attention_view_follows_the_cursor():
         await pilot.pause(0.3)  # the cursor debounce
         await settle(pilot)
         assert text_of(app, "#attention-caption").startswith("L1.H1")
-        pattern = app.result.attention["L1.H1"]
+        pattern, _ = app.bench.attention["L1.H1"]
         assert pattern.shape == (14, 14)
         np.testing.assert_allclose(pattern.sum(axis=1), 1.0, atol=1e-5)

@@ -8,18 +8,18 @@ from textual.message import Message
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
-from mechscope.tui.state import Entry
+from mechscope.workbench.stack import Entry
 
 
-def entry_line(entry: Entry) -> Text:
+def entry_line(entry: Entry, label: str) -> Text:
     box = "[x]" if entry.intervention.enabled else "[ ]"
     line = Text(f"{box} ", style="bold" if entry.intervention.enabled else "dim")
-    line.append(entry.intervention.label, style="" if entry.intervention.enabled else "dim strike")
+    line.append(label, style="" if entry.intervention.enabled else "dim strike")
     return line
 
 
 class InterventionList(OptionList):
-    """The app owns the list (an InterventionStack); this widget shows it and asks for changes."""
+    """The Workbench owns the list (an InterventionStack); this widget shows it and asks for changes."""
 
     DEFAULT_CSS = """
     InterventionList { height: 1fr; border: round $panel; padding: 0; }
@@ -45,23 +45,25 @@ class InterventionList(OptionList):
         self.border_title = "interventions"
         self.entry_ids: list[int] = []
 
-    def show_entries(self, entries: tuple[Entry, ...]) -> None:
+    def show_entries(self, entries: tuple[Entry, ...], labels: tuple[str, ...]) -> None:
+        """One line per entry; `labels` says what each does (a patch names its source)."""
         ids = [entry.id for entry in entries]
         if entries and ids == self.entry_ids:
             # Same entries (a toggle or an edit): new prompts in place, no relayout.
-            for index, entry in enumerate(entries):
-                self.replace_option_prompt_at_index(index, entry_line(entry))
+            for index, (entry, label) in enumerate(zip(entries, labels)):
+                self.replace_option_prompt_at_index(index, entry_line(entry, label))
         else:
-            self._rebuild(entries)
+            self._rebuild(entries, labels)
         enabled = sum(entry.intervention.enabled for entry in entries)
         self.border_title = f"interventions {enabled}/{len(entries)}" if entries else "interventions"
 
-    def _rebuild(self, entries: tuple[Entry, ...]) -> None:
+    def _rebuild(self, entries: tuple[Entry, ...], labels: tuple[str, ...]) -> None:
         highlighted = self.highlighted
         self.clear_options()
         self.entry_ids = [entry.id for entry in entries]
         if entries:
-            self.add_options([Option(entry_line(entry), id=f"entry-{entry.id}") for entry in entries])
+            self.add_options([Option(entry_line(entry, label), id=f"entry-{entry.id}")
+                              for entry, label in zip(entries, labels)])
             self.highlighted = min(highlighted or 0, len(entries) - 1)
         else:
             self.add_option(Option(Text("space on a head ablates it", style="dim"),

@@ -60,3 +60,8 @@ class PredictionsPane(Static):
     def show(self, result: RunResult, intervened: bool) -> None:
         self.update(predictions_text(result, intervened), layout=False)  # its size is set by CSS
         self.border_subtitle = "Δ vs no interventions" if intervened else ""
+        self.border_title = "predictions"
+
+    def mark_stale(self, why: str) -> None:
+        """The numbers shown are not for the current inputs (a failed run, an empty prompt)."""
+        self.border_title = f"predictions ({why})"

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, Select, Static
 
+from mechscope.workbench.controller import Inputs
+
 METRIC_KINDS = (("logit diff", "logit_diff"), ("prob", "prob"), ("loss", "loss"))
-
-
-@dataclass(frozen=True)
-class PromptValues:
-    """What the user typed, as plain strings."""
-
-    clean: str
-    corrupted: str
-    target: str
-    foil: str
-    metric_kind: str
+PromptValues = Inputs  # what the pane shows and returns: the Workbench's inputs
 
 
 def show_token(text: str) -> str:

@@ -36,7 +36,7 @@ class AttentionMap(Heatmap, can_focus=True):
         Binding("right", "move(0, 1)", "Key right", show=False),
         Binding("pageup", "move(-8, 0)", "Page up", show=False),
         Binding("pagedown", "move(8, 0)", "Page down", show=False),
-        Binding("k,enter", "app.knockout", "knock out"),
+        Binding("k,enter", "screen.knockout", "knock out"),
     ]
 
     @property
@@ -224,9 +224,14 @@ class GenerationView(Horizontal):
         self.texts = {"baseline": Text(), "intervened": Text()}
 
     def reset(self, prompt: str) -> None:
+        self.query_one("#gen-intervened-box").border_subtitle = ""
         for lane in ("baseline", "intervened"):
             self.texts[lane] = Text(prompt, style="dim")
             self.query_one(f"#gen-{lane}", Static).update(self.texts[lane])
+
+    def mark_stale(self) -> None:
+        """The interventions or prompt changed since this generation: say so, g reruns it."""
+        self.query_one("#gen-intervened-box").border_subtitle = "stale: g to rerun"
 
     def append(self, lane: str, token: GeneratedToken) -> None:
         self.texts[lane].append(token.text, style="bold" if token.prob > 0.5 else "")

@@ -6,7 +6,7 @@ import pytest
 
 from mechscope.engine.interventions import ActivationPatch, HeadAblation, HeadScale, SteeringVector
 from mechscope.screens.edit_intervention import field_text, parse_field, rebuild
-from mechscope.tui.state import Change, InterventionStack, head_of
+from mechscope.workbench.stack import Change, InterventionStack, head_of
 
 
 def test_toggle_head_adds_removes_and_replaces_mode():

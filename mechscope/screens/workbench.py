@@ -1,0 +1,743 @@
+"""The workbench screen: lays out the panes, turns keys into Workbench commands, runs the requests they
+return in thread workers and repaints from the Workbench when each outcome comes back."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult, ScreenStackError
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widget import Widget
+from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from mechscope.engine.addresses import parse_address
+from mechscope.engine.interventions import (
+    SteeringVector,
+)
+from mechscope.engine.results import RunResult
+from mechscope.screens.workbench_forms import InterventionForms
+from mechscope.tui.commands import COMMANDS, WIDGET_KEYS, key_label
+from mechscope.tui.messages import Finished, GenerationToken, SweepPartial
+from mechscope.tui.widgets.head_grid import GRID_METRICS, HeadGrid
+from mechscope.tui.widgets.heatmap import Heatmap
+from mechscope.tui.widgets.interventions import InterventionList
+from mechscope.tui.widgets.predictions import PredictionsPane
+from mechscope.tui.widgets.prompt_pane import PromptPane
+from mechscope.tui.widgets.views import (
+    AttentionMap,
+    AttentionView,
+    GenerationView,
+    LensView,
+    StatsView,
+    SweepView,
+)
+from mechscope.workbench.controller import Workbench
+from mechscope.workbench.executor import execute
+from mechscope.workbench.requests import (
+    AddVectorRequest,
+    BuildVectorRequest,
+    GenerateRequest,
+    Outcome,
+    Request,
+    RunRequest,
+    SweepRequest,
+    ValidateRequest,
+)
+
+if TYPE_CHECKING:
+    pass
+
+TYPING_DEBOUNCE_S = 0.3
+CURSOR_DEBOUNCE_S = 0.12
+BUSY_NOTICE_S = 0.15
+PAINT_HOLD_S = 0.05  # an edit's repaint waits this long for its recompute, so a fast one paints once
+W = TypeVar("W", bound=Widget)
+SWEEP_OF_GRID = {"patching": "head", "atp": "atp"}  # grid metric -> the sweep kind that computes it
+GRID_OF_SWEEP = {kind: name for name, kind in SWEEP_OF_GRID.items()}
+VIEW_TABS = ("tab-attention", "tab-lens", "tab-stats")  # filled from the latest run
+
+
+class WorkbenchScreen(InterventionForms, Screen[None]):
+    """Renders a `Workbench`; every engine call is a request from it, run by `submit`."""
+
+    BINDINGS = [Binding(c.keys, c.action, c.short or c.title, show=c.show)
+                for c in COMMANDS if c.keys and c.action != "quit"]
+
+    def __init__(self, bench: Workbench, *, source: str, deterministic: bool = False) -> None:
+        super().__init__()
+        self.bench = bench
+        self.source = source
+        self.deterministic = deterministic  # snapshot mode: no timings on screen
+        self.engine: Any = None
+        self.grid_metric = "attribution"
+        self.engine_calls = 0  # how many engine requests the UI started (tests read it)
+        self.stale_views: set[str] = set()  # view tabs not yet showing the latest result
+        self._run_timer: Timer | None = None
+        self._attention_timer: Timer | None = None
+        self._busy_timer: Timer | None = None
+        self._paint_hold: Any = None  # an entered App.batch_update() while an edit waits for its run
+        self._paint_hold_timer: Timer | None = None
+        self._steer_after: tuple[Request, SteeringVector] | None = None
+        self._mounted = False
+        self._prompt_pane: PromptPane | None = None
+        self._parts: dict[tuple[Any, type], Widget] = {}
+
+    # ---------------------------------------------------------------- typed parts
+
+    def part(self, selector: str | type[W], expect: type[W]) -> W:
+        """A widget of this screen, looked up once (the layout never changes after compose)."""
+        key = (selector, expect)
+        widget = self._parts.get(key)
+        if widget is None:
+            widget = self.query_one(selector, expect)  # type: ignore[arg-type]
+            self._parts[key] = widget
+        return widget  # type: ignore[return-value]
+
+    @property
+    def grid(self) -> HeadGrid:
+        return self.part(HeadGrid, HeadGrid)
+
+    @property
+    def prompt_pane(self) -> PromptPane:
+        return self.part(PromptPane, PromptPane)
+
+    @property
+    def tabs(self) -> TabbedContent:
+        return self.part(TabbedContent, TabbedContent)
+
+    @property
+    def attention_view(self) -> AttentionView:
+        return self.part(AttentionView, AttentionView)
+
+    @property
+    def attention_map(self) -> AttentionMap:
+        return self.part(AttentionMap, AttentionMap)
+
+    @property
+    def alive(self) -> bool:
+        """False while the app shuts down and the widgets are already gone (late timers, messages)."""
+        pane = self._prompt_pane  # kept from mount: querying the DOM here costs ms per message
+        return pane is not None and pane.is_attached
+
+    # ---------------------------------------------------------------- layout
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="title-bar"):
+            yield Static(f"mechscope · loading {self.source}…", id="title-model")
+            yield Static("", id="title-session")
+        yield PromptPane(self.bench.inputs, id="prompt-pane")
+        with Horizontal(id="body"):
+            yield HeadGrid(id="grid")
+            with Vertical(id="side"):
+                with Horizontal(id="top-right"):
+                    yield PredictionsPane("waiting for the model…", id="predictions")
+                    yield InterventionList(id="interventions")
+                with TabbedContent(id="views", initial="tab-attention"):
+                    with TabPane("attention", id="tab-attention"):
+                        yield AttentionView()
+                    with TabPane("lens", id="tab-lens"):
+                        yield LensView()
+                    with TabPane("sweep", id="tab-sweep"):
+                        yield SweepView()
+                    with TabPane("generate", id="tab-generate"):
+                        yield GenerationView()
+                    with TabPane("stats", id="tab-stats"):
+                        yield StatsView()
+        with Vertical(id="bottom-bar"):
+            yield Static("", id="status-bar")
+            yield Footer(id="workbench-footer", show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self.part(InterventionList, InterventionList).show_entries((), ())
+        self.grid.focus()
+        self.update_status()
+        self._prompt_pane = self.query_one(PromptPane)
+        self._mounted = True
+        if self.engine is not None:
+            self.engine_ready(self.engine)  # it loaded before the panes were composed
+
+    def on_screen_resume(self) -> None:
+        """Back from a dialog or another screen: keys act on the grid again, never type into a field."""
+        if self._mounted:
+            self.grid.focus()
+
+    # ---------------------------------------------------------------- the engine arrives
+
+    def engine_ready(self, engine: Any) -> None:
+        """The model is loaded (and a resumed session's state is in the Workbench): show it and run."""
+        self.engine = engine
+        if not self._mounted:
+            return
+        info = engine.info
+        self.grid.configure(info.n_layers, info.n_heads)
+        self.bench.select(*(self.grid.selected or (0, 0)))
+        self.bench.info = "ready"
+        self.refresh_all()
+
+    def refresh_all(self) -> None:
+        """Repaint everything from the Workbench (after loading or switching sessions), then run."""
+        self.prompt_pane.set_values(self.bench.inputs)
+        self.update_title()
+        self.refresh_interventions()
+        self.show_grid()
+        self.submit(self.bench.next_run())
+
+    def update_title(self) -> None:
+        if self.engine is None:
+            return
+        info = self.engine.info
+        title = Text()
+        title.append(info.name, style="bold")
+        title.append(f" │ {info.device} {info.dtype} │ {info.n_layers} layers × {info.n_heads} heads")
+        self.part("#title-model", Static).update(title, layout=False)
+        recorder = self.bench.recorder
+        line = recorder.describe()
+        session = Text()
+        if recorder.session is None:
+            session.append(line, style="yellow")
+        elif recorder.saved:
+            head = f"session {recorder.name} "
+            session.append(head)
+            session.append("saved", style="green")
+            session.append(line[len(head) + len("saved"):], style="yellow")
+        else:
+            session.append(line, style="bold red")
+        widget = self.part("#title-session", Static)
+        if session.plain != getattr(widget, "shown_plain", None):
+            widget.shown_plain = session.plain  # type: ignore[attr-defined]
+            widget.update(session)
+
+    def show_progress(self, text: str) -> None:
+        self.part("#title-model", Static).update(f"mechscope · {text}")
+        self.bench.info = f"{text} (you can type a prompt or press ? meanwhile)"
+        self.update_status()
+
+    # ---------------------------------------------------------------- status
+
+    def update_status(self) -> None:
+        text = Text()
+        grid = self.grid
+        if grid.selected is not None and self.engine is not None:
+            layer, head = grid.selected
+            text.append(f"L{layer}.H{head}", style="bold")
+            value = grid.values[layer, head] if grid.values is not None else np.nan
+            if np.isfinite(value):
+                text.append(f" {grid.metric_name} {value:+.3f}")
+            stack = self.bench.stack
+            marks = [self.bench.label(e) for e in (*stack.on_head(layer, head), *stack.on_layer(layer))
+                     if e.intervention.enabled]
+            if marks:
+                listed = ", ".join(marks)
+                if len(listed) > 40:  # keep room for the message after it
+                    listed = f"{len(marks)} interventions here"
+                text.append(f" [{listed}]", style="yellow")
+            text.append(" │ ")
+        if self.bench.error:
+            text.append(self.bench.error, style="bold red")
+        else:
+            text.append(self.bench.info)
+        text.append(" │ ? keys  ctrl+p commands", style="dim")
+        self.part("#status-bar", Static).update(text, layout=False)  # fixed size: no relayout
+
+    def show_error(self, text: str) -> None:
+        self.bench.error = text
+        self.update_status()
+
+    def say(self, text: str) -> None:
+        self.bench.info = text
+        self.update_status()
+
+    # ---------------------------------------------------------------- running requests
+
+    def submit(self, request: Request | None) -> None:
+        """Run a request the Workbench returned, in the worker of its kind (None: nothing to run)."""
+        if request is None:
+            self.release_paint()  # callers have shown why nothing runs
+            return
+        if self.engine is None:
+            self.bench.invalidate()  # loading: engine_ready runs the current inputs
+            return
+        self.engine_calls += 1
+        if isinstance(request, RunRequest):
+            if self.bench.is_attention_request(request):
+                self.run_attention(request)
+                return
+            if self._busy_timer is None:
+                # Say "running" only for runs slow enough to notice; a repaint now would delay fast ones.
+                self._busy_timer = self.set_timer(BUSY_NOTICE_S, self.show_busy)
+            self.run_live(request)
+        elif isinstance(request, SweepRequest):
+            self.tabs.active = "tab-sweep"
+            self.say(f"{request.sweep_kind} sweep running (esc cancels)")
+            self.run_sweep(request)
+        elif isinstance(request, GenerateRequest):
+            self.tabs.active = "tab-generate"
+            self.part(GenerationView, GenerationView).reset(request.prompt)
+            self.say("generating (esc cancels)")
+            generation = self.bench.generation
+            self.run_generate(request if generation is None else generation.baseline, request)
+        elif isinstance(request, ValidateRequest):
+            self.run_check(request)
+        else:
+            self.run_vector(request)
+
+    def _execute(self, request: Request, on_partial: Callable[[Any], None] | None = None) -> Outcome:
+        worker = get_current_worker()
+        return execute(self.engine, request, on_partial, lambda: worker.is_cancelled)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
+    def run_live(self, request: RunRequest) -> None:
+        self.post_message(Finished(self._execute(request)))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="attention")
+    def run_attention(self, request: RunRequest) -> None:
+        self.post_message(Finished(self._execute(request)))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="sweep")
+    def run_sweep(self, request: SweepRequest) -> None:
+        def partial(result: Any) -> None:
+            self.post_message(SweepPartial(request, result))
+
+        self.post_message(Finished(self._execute(request, partial)))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
+    def run_generate(self, baseline: GenerateRequest, request: GenerateRequest) -> None:
+        """Both lanes: the same request without interventions, then the request itself."""
+        for lane in (baseline, request) if baseline is not request else (request,):
+            outcome = self._execute(lane, functools.partial(self.post_token, lane))
+            self.post_message(Finished(outcome))
+            if not outcome.ok:
+                return
+
+    def post_token(self, lane: GenerateRequest, token: Any) -> None:
+        self.post_message(GenerationToken(lane, token))
+
+    @work(thread=True, exit_on_error=False, group="check")
+    def run_check(self, request: ValidateRequest) -> None:
+        self.post_message(Finished(self._execute(request)))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="vector")
+    def run_vector(self, request: Request) -> None:
+        self.post_message(Finished(self._execute(request)))
+
+    def on_finished(self, message: Finished) -> None:
+        """One outcome back: the Workbench stores (and records) it; repaint what it changed."""
+        if not self.alive:
+            return
+        outcome = message.outcome
+        request = outcome.request
+        shown_run = self.bench.run
+        follow_up = self.bench.accept(outcome)
+        if isinstance(request, RunRequest):
+            if self.bench.is_attention_request(request):
+                self.show_selected_attention()
+            else:
+                self.stop_busy()
+                self.call_next(self.release_paint)  # after this handler's updates: one paint for all
+                if self.bench.run is not shown_run:
+                    self.show_result()
+                elif outcome.error:
+                    self.part(PredictionsPane, PredictionsPane).mark_stale("stale: the last run failed")
+        elif isinstance(request, SweepRequest):
+            self.sweep_finished(outcome)
+        elif isinstance(request, GenerateRequest):
+            self.generation_finished(outcome)
+        elif isinstance(request, ValidateRequest):
+            if follow_up is not None:
+                self.hold_paint()
+                self.refresh_interventions()
+        elif isinstance(request, (BuildVectorRequest, AddVectorRequest)):
+            self.vector_finished(outcome)
+        self.update_title()
+        self.update_status()
+        if follow_up is not None:
+            self.submit(follow_up)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Unexpected exceptions in workers land here: show them, keep the app running."""
+        if event.state == WorkerState.ERROR:
+            self.release_paint()
+            self.stop_busy()
+            error = event.worker.error
+            if event.worker.group == "engine":
+                self.bench.invalidate()  # the same inputs may be retried
+            self.show_error(f"{event.worker.group} failed: {type(error).__name__}: {error}")
+
+    def show_busy(self) -> None:
+        self._busy_timer = None
+        if self.alive:
+            self.say("running…")
+
+    def stop_busy(self) -> None:
+        if self._busy_timer is not None:
+            self._busy_timer.stop()
+            self._busy_timer = None
+
+    def hold_paint(self) -> None:
+        """Paint an edit together with its recomputed result when that comes within PAINT_HOLD_S.
+
+        Without this the list repaints at once and the result one or two frames later (Textual
+        paints at most once per frame): two paints where one shows the same thing sooner.
+        """
+        if self._paint_hold is not None or self.engine is None:
+            return
+        self._paint_hold = self.app.batch_update()
+        self._paint_hold.__enter__()
+        self._paint_hold_timer = self.set_timer(PAINT_HOLD_S, self.release_paint)
+
+    def release_paint(self) -> None:
+        if self._paint_hold is None:
+            return
+        hold, self._paint_hold = self._paint_hold, None
+        if self._paint_hold_timer is not None:
+            self._paint_hold_timer.stop()
+            self._paint_hold_timer = None
+        hold.__exit__(None, None, None)
+        try:
+            self.app.screen.check_idle()  # the screen skipped its repaint while held: ask again now
+        except ScreenStackError:
+            pass  # the app is closing
+
+    # ---------------------------------------------------------------- live runs
+
+    def schedule_run(self, delay: float = TYPING_DEBOUNCE_S) -> None:
+        if self._run_timer is not None:
+            self._run_timer.stop()
+            self._run_timer = None
+        if delay > 0:
+            self._run_timer = self.set_timer(delay, self.start_run)
+        else:
+            self.start_run()
+
+    def start_run(self) -> None:
+        if not self.alive or self.engine is None:
+            return
+        request = self.bench.next_run()
+        if request is None and not self.bench.inputs.clean.strip():
+            self.workers.cancel_group(self, "engine")
+            self.prompt_pane.show_tokens([])
+            self.prompt_pane.show_notes(["empty prompt: type a prompt to run the model"])
+            self.part(PredictionsPane, PredictionsPane).mark_stale("stale: the prompt is empty")
+            self.say("waiting for a prompt")
+        self.submit(request)
+
+    def apply(self, request: Request | None) -> None:
+        """After a command that may have edited the list: redraw the list and marks, run what it returned."""
+        if isinstance(request, RunRequest):
+            self.hold_paint()
+        self.refresh_interventions()
+        self.submit(request)
+
+    def show_result(self) -> None:
+        run = self.bench.run
+        if run is None or not isinstance(run.request, RunRequest):
+            return
+        result = run.result
+        self.part(PredictionsPane, PredictionsPane).show(result, bool(run.request.interventions))
+        self.show_prompt_info(result)
+        self.show_grid()
+        self.stale_views = set(VIEW_TABS)
+        self.show_view(self.tabs.active)
+        compute = result.compute
+        if compute is not None:
+            mode = compute.mode + (f" from L{compute.start_layer}" if compute.mode == "incremental" else "")
+            timing = "" if self.deterministic else f" in {compute.seconds * 1000:.0f} ms"
+            self.bench.info = f"{mode}{timing}"
+        else:
+            self.bench.info = "done"
+        if self.bench.generation is not None and not self.bench.generation_is_current():
+            self.part(GenerationView, GenerationView).mark_stale()
+
+    def show_view(self, tab: str) -> None:
+        """Fill a view tab from the latest result; hidden tabs wait until they are opened."""
+        result = self.bench.result
+        if result is None or tab not in self.stale_views:
+            return
+        self.stale_views.discard(tab)
+        if tab == "tab-attention":
+            self.show_selected_attention()
+        elif tab == "tab-lens":
+            self.query_one(LensView).show(result.logit_lens)
+        elif tab == "tab-stats":
+            self.query_one(StatsView).show(result.stats)
+
+    @on(TabbedContent.TabActivated)
+    def tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane is not None and event.pane.id:
+            self.show_view(event.pane.id)
+
+    def show_prompt_info(self, result: RunResult) -> None:
+        notes: list[str] = []
+        readout = len(result.tokens) - 1
+        if result.metric_info is not None:
+            readout = result.metric_info.position % max(len(result.tokens), 1)
+            notes.extend(result.metric_info.warnings)
+        if result.truncated_from:
+            context = self.engine.info.max_context
+            notes.insert(0, f"prompt truncated: {result.truncated_from} tokens cut to "
+                            f"{len(result.token_ids)} (model context {context})")
+        metric_note = self.bench.inputs.metric()[1]
+        if metric_note:
+            notes.append(metric_note)
+        self.prompt_pane.show_tokens(result.tokens, readout)
+        self.prompt_pane.show_notes(notes)
+
+    # ---------------------------------------------------------------- grid
+
+    def grid_values(self, name: str) -> np.ndarray | None:
+        result = self.bench.result
+        if name == "attribution":
+            return None if result is None or result.attribution is None else result.attribution.heads
+        if name == "sink":
+            return None if result is None else result.sink_scores
+        return self.bench.sweep_values(SWEEP_OF_GRID[name])
+
+    def show_grid(self) -> None:
+        values = self.grid_values(self.grid_metric)
+        stale = self.bench.sweep_staleness(SWEEP_OF_GRID.get(self.grid_metric, ""))
+        note = f"{stale}: rerun the sweep" if stale else "not computed"
+        self.grid.show_metric(self.grid_metric, values, note)
+        self.show_marks()
+
+    def show_marks(self) -> None:
+        grid = self.grid
+        grid.set_marks(self.bench.stack.head_marks())
+        grid.set_row_marks(self.bench.stack.layer_marks())
+
+    def action_cycle_grid(self) -> None:
+        names = list(GRID_METRICS)
+        self.grid_metric = names[(names.index(self.grid_metric) + 1) % len(names)]
+        self.show_grid()
+        if self.grid_values(self.grid_metric) is None and self.grid_metric in SWEEP_OF_GRID:
+            key = "w" if self.grid_metric == "patching" else "a"
+            stale = self.bench.sweep_staleness(SWEEP_OF_GRID[self.grid_metric])
+            why = f"{stale} since the sweep: " if stale else ""
+            self.say(f"grid: {self.grid_metric} ({why}press {key} to run the sweep)")
+        else:
+            self.say(f"grid: {self.grid_metric}")
+
+    @on(Heatmap.CursorMoved, "#grid")
+    def grid_cursor_moved(self, event: Heatmap.CursorMoved) -> None:
+        self.bench.select(event.row, event.col)
+        self.update_status()
+        if self.engine is None or self.bench.result is None:
+            return
+        if self.show_selected_attention():
+            return
+        if self._attention_timer is not None:
+            self._attention_timer.stop()
+        self._attention_timer = self.set_timer(CURSOR_DEBOUNCE_S, self.start_attention)
+
+    def start_attention(self) -> None:
+        if self.alive and self.engine is not None:
+            self.submit(self.bench.attention_request())
+
+    def selected_pattern(self) -> tuple[str, np.ndarray, list[str]] | None:
+        """The selected head's attention pattern: from the latest run or a light run after it."""
+        result, selected = self.bench.result, self.bench.selected
+        if result is None or selected is None:
+            return None
+        address = f"L{selected[0]}.H{selected[1]}"
+        if address in result.attention and self.bench.result_is_current:
+            return address, result.attention[address], result.tokens
+        if address in self.bench.attention:
+            pattern, tokens = self.bench.attention[address]
+            return address, pattern, tokens
+        if address in result.attention:
+            return address, result.attention[address], result.tokens
+        return None
+
+    def show_selected_attention(self) -> bool:
+        shown = self.selected_pattern()
+        if shown is None:
+            return False
+        address, pattern, tokens = shown
+        parsed = parse_address(address)
+        self.attention_view.show(address, pattern, tokens,
+                                 self.bench.knockout_marks(parsed.layer, int(parsed.head)))  # type: ignore[arg-type]
+        return True
+
+    # ---------------------------------------------------------------- typing
+
+    @on(Input.Changed, "#prompt-pane Input")
+    def prompt_typed(self, event: Input.Changed) -> None:
+        self.bench.edit(self.prompt_pane.values())  # runs of the old text are superseded now
+        self.schedule_run(TYPING_DEBOUNCE_S)
+
+    @on(Input.Submitted, "#prompt-pane Input")
+    def prompt_submitted(self, event: Input.Submitted) -> None:
+        self.bench.edit(self.prompt_pane.values())
+        self.schedule_run(0)
+
+    @on(Select.Changed, "#metric-kind")
+    def metric_kind_changed(self, event: Select.Changed) -> None:
+        self.bench.edit(self.prompt_pane.values())
+        self.schedule_run(0)
+
+    # ---------------------------------------------------------------- interventions
+
+    def refresh_interventions(self) -> None:
+        entries = self.bench.stack.entries
+        self.part(InterventionList, InterventionList).show_entries(entries, tuple(self.bench.label(e) for e in entries))
+        self.show_marks()
+        view = self.attention_view
+        if view.address is not None:
+            parsed = parse_address(view.address)
+            view.set_knockouts(self.bench.knockout_marks(parsed.layer, int(parsed.head)))  # type: ignore[arg-type]
+        self.update_status()
+
+    def selected_head(self) -> tuple[int, int] | None:
+        if self.engine is None:
+            self.show_error("the model is still loading")
+            return None
+        return self.grid.selected
+
+    def selected_layer(self) -> int:
+        selected = self.grid.selected
+        return selected[0] if selected is not None else 0
+
+    def action_ablate(self, mode: str) -> None:
+        if self.selected_head() is not None:
+            self.apply(self.bench.ablate(mode))
+
+    def action_patch_head(self) -> None:
+        if self.selected_head() is not None:
+            self.apply(self.bench.patch_selected())
+
+    @on(InterventionList.Requested)
+    def list_requested(self, event: InterventionList.Requested) -> None:
+        if event.action == "toggle":
+            self.apply(self.bench.toggle(event.entry_id))
+        elif event.action == "delete":
+            self.apply(self.bench.remove(event.entry_id))
+        elif event.action == "edit":
+            self.edit_entry(event.entry_id)
+
+    def action_undo(self) -> None:
+        self.apply(self.bench.undo())
+
+    def action_clear_interventions(self) -> None:
+        self.apply(self.bench.clear())
+
+    # ---------------------------------------------------------------- sweeps
+
+    def action_sweep(self, kind: str) -> None:
+        if self.engine is None:
+            self.show_error("the model is still loading")
+            return
+        self.submit(self.bench.sweep(kind))  # type: ignore[arg-type]
+        self.update_status()
+
+    def on_sweep_partial(self, message: SweepPartial) -> None:
+        state = self.bench.sweep_partial(message.request, message.result)
+        if state is None or not self.alive:
+            return
+        self.part(SweepView, SweepView).show(message.result, running=not message.result.complete)
+        if self.grid_metric == GRID_OF_SWEEP.get(message.request.sweep_kind):
+            self.show_grid()
+
+    def sweep_finished(self, outcome: Outcome) -> None:
+        request = outcome.request
+        assert isinstance(request, SweepRequest)
+        state = self.bench.sweeps.get(request.sweep_kind)
+        if state is None or state.request is not request or not outcome.ok:
+            return
+        result = outcome.result
+        self.part(SweepView, SweepView).show(result, running=False)
+        if request.sweep_kind in GRID_OF_SWEEP:
+            self.grid_metric = GRID_OF_SWEEP[request.sweep_kind]
+            self.show_grid()
+        timing = "" if self.deterministic else f" in {result.seconds:.1f} s"
+        self.bench.info = f"{result.kind} sweep complete{timing}"
+
+    def action_cancel(self) -> None:
+        if isinstance(self.app.focused, (Input, AttentionMap)):
+            self.grid.focus()
+            return
+        running = [w for w in self.workers if w.group in ("sweep", "generate") and w.is_running]
+        for worker in running:
+            worker.cancel()
+        if any(worker.group == "sweep" for worker in running):
+            state = self.bench.cancel_sweep()
+            if state is not None and state.result is not None:
+                self.part(SweepView, SweepView).show(state.result, running=False, note=" (cancelled)")
+        if running:
+            self.say("cancelled")
+
+    # ---------------------------------------------------------------- generation
+
+    def action_generate(self) -> None:
+        if self.engine is None:
+            self.show_error("the model is still loading")
+            return
+        self.submit(self.bench.generate())
+        self.update_status()
+
+    def on_generation_token(self, message: GenerationToken) -> None:
+        lane = self.bench.generation_token(message.request, message.token)
+        if lane is not None and self.alive:
+            self.part(GenerationView, GenerationView).append(lane, message.token)
+
+    def generation_finished(self, outcome: Outcome) -> None:
+        generation = self.bench.generation
+        if generation is None or outcome.request is not generation.request:
+            return
+        self.bench.info = "generation cancelled" if outcome.cancelled else "generated"
+
+    # ---------------------------------------------------------------- misc actions
+
+    def action_show_tab(self, tab: str) -> None:
+        self.tabs.active = tab
+
+    def action_focus_prompt(self) -> None:
+        self.query_one("#clean", Input).focus()
+
+    def action_help(self) -> None:
+        from mechscope.screens.help import HelpScreen
+
+        keys = [(key_label(c.keys), c.help if c.title in c.help else f"{c.title}: {c.help}")
+                for c in COMMANDS]
+        self.app.push_screen(HelpScreen(keys + list(WIDGET_KEYS)))
+
+    def action_note(self) -> None:
+        from mechscope.screens.ask_value import AskValueScreen
+
+        def done(text: str | None) -> None:
+            if text:
+                recorder = self.bench.recorder
+                recorder.note(text)
+                self.say("note saved" if recorder.saved else
+                         "note not saved: no session" if recorder.session is None else "note not saved")
+                self.update_title()
+
+        self.app.push_screen(AskValueScreen("note", "a note for the session log"), done)
+
+    def action_retry_saving(self) -> None:
+        recorder = self.bench.recorder
+        if not recorder.unsaved:
+            self.say("nothing waits to be saved")
+            return
+        left = recorder.retry_unsaved()
+        self.say(f"{left} still not saved" if left else "saved everything that was waiting")
+        self.update_title()
+
+    def action_sessions(self) -> None:
+        open_sessions = getattr(self.app, "open_sessions", None)
+        if open_sessions is not None:
+            open_sessions()
+
+    def restored(self, name: str) -> None:
+        """The App switched sessions: the Workbench holds the new state; show it and run."""
+        self.bench.error = None
+        self.bench.info = f"opened session {name}"
+        self.stale_views.clear()
+        self.refresh_all()

@@ -1,0 +1,98 @@
+"""The workbench's commands in one table: keys, palette titles, help lines and footer words."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    """One workbench action: its key ("" for palette only), what the help screen, palette and footer call it."""
+
+    keys: str
+    action: str
+    title: str
+    help: str
+    show: bool = False  # listed in the footer
+    short: str = ""  # the footer's word for it
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("space", "ablate('zero')", "Zero-ablate head", "toggle zero ablation of the selected head", True,
+            "zero"),
+    Command("m", "ablate('mean')", "Mean-ablate head", "toggle mean ablation (over reference prompts)", True,
+            "mean"),
+    Command("R", "ablate('resample')", "Resample-ablate head", "toggle resample ablation from the corrupted prompt"),
+    Command("s", "scale_head", "Scale head", "multiply the selected head's output by a factor", True, "scale"),
+    Command("p", "patch_head", "Patch head", "patch the selected head from the corrupted prompt", True, "patch"),
+    Command("K", "knockout", "Knock out attention edge",
+            "arrows pick a query→key cell of the attention map; k / enter toggles it", True,
+            "knockout"),
+    Command("", "knockout_at", "Knock out attention edge by positions…",
+            "asks query,key; toggles that edge of the selected head"),
+    Command("v", "build_vector", "Build steering vector…",
+            "positive minus negative prompts' residuals at a layer; steers with it", True,
+            "steer"),
+    Command("V", "load_vector", "Load steering vector from file…",
+            "a .safetensors or .npy vector [d_model], then steer with it"),
+    Command("A", "ablate_component('attn')", "Ablate attention of layer…",
+            "zero, mean or resample the whole attention output of a layer"),
+    Command("M", "ablate_component('mlp')", "Ablate MLP of layer…", "zero, mean or resample the MLP output of a layer"),
+    Command("N", "clamp_neuron", "Clamp neuron…", "set one MLP neuron of a layer to a value"),
+    Command("plus", "add_intervention", "Add intervention…", "a new intervention of any kind, filled in as a form",
+            True, "add"),
+    Command("enter", "edit_head", "Edit intervention", "edit the intervention on the selected head"),
+    Command("u", "undo", "Undo", "undo the last intervention change", True, "undo"),
+    Command("g", "generate", "Generate", "generate baseline and intervened continuations", True, "generate"),
+    Command("c", "cycle_grid", "Colour grid by next metric", "attribution, sink score, patching, AtP", True,
+            "grid metric"),
+    Command("w", "sweep('head')", "Sweep: head patching", "patch every head from the corrupted prompt"),
+    Command("a", "sweep('atp')", "Sweep: attribution patching", "AtP estimate for every head"),
+    Command("r", "sweep('resid')", "Sweep: residual patching", "patch the residual stream per layer and position"),
+    Command("escape", "cancel", "Cancel", "stop a running sweep or generation; leave a text field"),
+    Command("slash,i", "focus_prompt", "Edit prompt", "move the focus to the clean prompt"),
+    Command("1", "show_tab('tab-attention')", "View: attention", "attention pattern of the selected head"),
+    Command("2", "show_tab('tab-lens')", "View: logit lens", "per-layer decoding of the residual"),
+    Command("3", "show_tab('tab-sweep')", "View: sweeps", "sweep progress and results"),
+    Command("4", "show_tab('tab-generate')", "View: generation", "baseline and intervened generation"),
+    Command("5", "show_tab('tab-stats')", "View: activation stats", "residual norms, massive activations"),
+    Command("X", "clear_interventions", "Remove all interventions", "clear the list (undo brings it back)"),
+    Command("n", "note", "Add a note", "write a note into the session"),
+    Command("", "retry_saving", "Retry saving", "write again what the session could not save"),
+    Command("S", "sessions", "Sessions", "list, open and replay sessions"),
+    Command("question_mark,f1", "help", "Keys", "show every key", True, "keys"),
+    Command("q", "quit", "Quit", "leave mechscope"),
+)
+
+# The kinds "Add intervention…" offers: (kind, title, description).
+NEW_INTERVENTION_KINDS: tuple[tuple[str, str, str], ...] = (
+    ("head_ablation", "head ablation", "zero / mean / resample one head"),
+    ("head_scale", "head scale", "multiply one head's output"),
+    ("activation_patch", "activation patch", "copy an activation from another prompt"),
+    ("attention_knockout", "attention knockout", "mask one query→key edge of a head"),
+    ("component_ablation", "component ablation", "ablate a layer's attention or MLP output"),
+    ("neuron_clamp", "neuron clamp", "set one MLP neuron to a value"),
+    ("steering_vector", "steering vector", "steer the residual stream with a vector"),
+)
+
+# Keys that only make sense inside one widget, listed on the help screen.
+WIDGET_KEYS: tuple[tuple[str, str], ...] = (
+    ("arrows / h j k l", "move the cursor on the layer x head grid"),
+    ("pgup / pgdn / home / end", "jump layers on the grid"),
+    ("arrows (attention)", "move the query x key cell cursor of the attention map"),
+    ("k / enter (attention)", "toggle the knockout of the edge under the cursor; esc back to the grid"),
+    ("space (list)", "toggle the highlighted intervention on or off"),
+    ("enter (list)", "edit the highlighted intervention"),
+    ("x / delete (list)", "delete the highlighted intervention"),
+    ("enter (prompt)", "run now instead of waiting for typing to pause"),
+    ("tab / shift+tab", "move between prompt, grid, list and views"),
+    ("ctrl+p", "command palette: every action by name"),
+    ("ctrl+q", "quit"),
+)
+
+
+def key_label(keys: str) -> str:
+    if not keys:
+        return "palette"
+    names = {"question_mark": "?", "slash": "/", "space": "space", "escape": "esc", "plus": "+"}
+    return " / ".join(names.get(key, key) for key in keys.split(","))

@@ -1,0 +1,527 @@
+"""The Workbench controller: owns the inputs, the intervention stack, the latest outcomes and the sweeps.
+
+Commands update state and return the request to run next (or None). `accept(outcome)` stores an
+outcome and records exactly the request it carries; an outcome whose request no longer matches the
+inputs (the user typed while it ran) is not shown as current and not recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from mechscope.engine.interventions import (
+    ActivationPatch,
+    AttentionKnockout,
+    HeadAblation,
+    Intervention,
+    Metric,
+)
+from mechscope.engine.results import GeneratedToken, RunResult, SweepResult
+from mechscope.engine.views import Views
+from mechscope.workbench.recorder import SessionRecorder
+from mechscope.workbench.requests import (
+    AddVectorRequest,
+    BuildVectorRequest,
+    Direction,
+    GenerateRequest,
+    Outcome,
+    Request,
+    RunRequest,
+    SweepKind,
+    SweepRequest,
+    ValidateRequest,
+)
+from mechscope.workbench.stack import Change, Entry, InterventionStack
+from mechscope.workbench.state import Generation, GenerationSettings, Inputs, Lane, SweepState
+
+__all__ = ["Generation", "GenerationSettings", "Inputs", "Lane", "SweepState", "Workbench"]
+
+@dataclass(frozen=True)
+class _Check:
+    """An intervention waiting for the engine's dry run, and what to do with it once accepted."""
+
+    request: ValidateRequest
+    intervention: Intervention
+    replace_id: int | None
+    toggle: bool
+    follows: bool
+
+
+class Workbench:
+    """The UI-free state of one workbench; the TUI renders it and runs the requests it returns."""
+
+    def __init__(self, inputs: Inputs, recorder: SessionRecorder | None = None, *, top_k: int = 10,
+                 generation: GenerationSettings | None = None) -> None:
+        self.inputs = inputs
+        self.recorder = recorder or SessionRecorder()
+        self.recorder.current = self.resolved_entries
+        self.stack = InterventionStack()
+        self.follows: set[int] = set()  # ids of patches whose source is the corrupted prompt
+        self.top_k = top_k
+        self.generation_settings = generation or GenerationSettings()
+        self.selected: tuple[int, int] | None = None
+        self.run: Outcome | None = None  # the latest shown run (its request and result)
+        self.run_error: str | None = None  # the latest run failed: `run` is the last good one
+        self.attention: dict[str, tuple[np.ndarray, list[str]]] = {}  # address -> ([query, key], tokens)
+        self.sweeps: dict[str, SweepState] = {}
+        self.last_sweep: SweepState | None = None
+        self.generation: Generation | None = None
+        self.error: str | None = None  # one line for the status bar, cleared by the next success
+        self.info = ""
+        self._issued_run: RunRequest | None = None
+        self._issued_attention: RunRequest | None = None
+        self._checks: list[_Check] = []
+
+    # -- derived state --------------------------------------------------------------------------
+
+    @property
+    def result(self) -> RunResult | None:
+        return None if self.run is None else self.run.result
+
+    def metric(self) -> Metric | None:
+        return self.inputs.metric()[0]
+
+    def resolved(self, entry: Entry) -> Intervention:
+        """The intervention an entry runs as: a following patch takes the corrupted prompt now."""
+        intervention = entry.intervention
+        if entry.id in self.follows and isinstance(intervention, ActivationPatch):
+            return dataclasses.replace(intervention, source_prompt=self.inputs.corrupted)
+        return intervention
+
+    def resolved_entries(self) -> tuple[Entry, ...]:
+        return tuple(Entry(e.id, self.resolved(e)) for e in self.stack.entries)
+
+    def interventions(self) -> tuple[Intervention, ...]:
+        """The enabled interventions, resolved, in list order: what the next request carries."""
+        return tuple(iv for e in self.stack.entries if (iv := self.resolved(e)).enabled)
+
+    def is_current(self, request: RunRequest) -> bool:
+        """The request was built from the inputs and interventions as they are now."""
+        return (request.prompt == self.inputs.clean
+                and request.corrupted == (self.inputs.corrupted or None)
+                and request.metric == self.metric()
+                and request.interventions == self.interventions()
+                and request.top_k == self.top_k)
+
+    @property
+    def result_is_current(self) -> bool:
+        return self.run is not None and self.run_error is None and isinstance(self.run.request, RunRequest) \
+            and self.is_current(self.run.request)
+
+    def sweep_staleness(self, kind: str) -> str | None:
+        """None when the sweep of `kind` ran on the current inputs, else what changed since."""
+        state = self.sweeps.get(kind)
+        if state is None:
+            return None
+        request = state.request
+        prompts = (request.clean, request.corrupt) != (self.inputs.clean, self.inputs.corrupted)
+        metric = request.metric != self.metric()
+        if prompts and metric:
+            return "prompts and metric changed"
+        if prompts:
+            return "prompts changed"
+        if metric:
+            return "metric changed"
+        return None
+
+    def sweep_values(self, kind: str) -> np.ndarray | None:
+        """The sweep's values when it ran on the current inputs (stale ones are not shown as current)."""
+        state = self.sweeps.get(kind)
+        if state is None or state.result is None or self.sweep_staleness(kind) is not None:
+            return None
+        return state.result.values
+
+    def generation_is_current(self) -> bool:
+        gen = self.generation
+        return gen is not None and gen.request.prompt == self.inputs.clean \
+            and gen.request.interventions == self.interventions() \
+            and gen.request.corrupted == (self.inputs.corrupted or None)
+
+    def label(self, entry: Entry) -> str:
+        """An entry as the list shows it: a patch says where its source comes from."""
+        intervention = self.resolved(entry)
+        if isinstance(intervention, ActivationPatch):
+            if entry.id in self.follows:
+                return f"{intervention.label} ← corrupted"
+            source = intervention.source_prompt
+            return f"{intervention.label} ← pinned {source[:24]!r}" + ("…" if len(source) > 24 else "")
+        return intervention.label
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def edit(self, inputs: Inputs) -> None:
+        """The user is typing: from now on runs of the old inputs are superseded; `next_run` runs
+        the new ones once the typing pauses."""
+        self.inputs = inputs
+
+    def set_inputs(self, inputs: Inputs) -> RunRequest | None:
+        """The user edited an input and it should run now."""
+        self.edit(inputs)
+        return self.next_run()
+
+    def select(self, layer: int, head: int) -> None:
+        self.selected = (layer, head)
+
+    def views(self) -> Views:
+        attention = () if self.selected is None else (f"L{self.selected[0]}.H{self.selected[1]}",)
+        return Views(attention=attention, sinks=True, logit_lens=True,
+                     attribution=self.metric() is not None, stats=True)
+
+    def run_request(self) -> RunRequest:
+        return RunRequest(prompt=self.inputs.clean, corrupted=self.inputs.corrupted or None,
+                          metric=self.metric(), interventions=self.interventions(),
+                          views=self.views(), top_k=self.top_k)
+
+    def next_run(self) -> RunRequest | None:
+        """The live run for the current state; None for an empty prompt or one already issued."""
+        if not self.inputs.clean.strip():
+            self._issued_run = None
+            return None
+        request = self.run_request()
+        if request == self._issued_run:
+            return None
+        self._issued_run = request
+        return request
+
+    def invalidate(self) -> None:
+        """Inputs the requests do not show changed (a vector's values): the next run is issued anew."""
+        self._issued_run = None
+
+    def attention_request(self) -> RunRequest | None:
+        """A light run for the selected head's pattern (the cursor moved to a head not in the result)."""
+        if self.selected is None or not self.inputs.clean.strip():
+            return None
+        address = f"L{self.selected[0]}.H{self.selected[1]}"
+        self._issued_attention = RunRequest(prompt=self.inputs.clean, corrupted=self.inputs.corrupted or None,
+                                            interventions=self.interventions(),
+                                            views=Views(attention=(address,)), top_k=1)
+        return self._issued_attention
+
+    # -- interventions --------------------------------------------------------------------------
+
+    def _changed(self, changes: list[Change] | None) -> RunRequest | None:
+        if not changes:
+            return None
+        self.recorder.changes(changes)
+        return self.next_run()
+
+    def toggle_head(self, make: Intervention, follows: bool = False) -> RunRequest | None:
+        before = {e.id for e in self.stack.entries}
+        changes = self.stack.toggle_head(make)
+        for change in changes:
+            if follows and change.action == "added" and change.id not in before:
+                self.follows.add(change.id)
+        return self._changed(changes)
+
+    def ablate(self, mode: str) -> RunRequest | None:
+        if self.selected is None:
+            return None
+        if mode == "resample" and not self.inputs.corrupted.strip():
+            self.error = "resample ablation needs a corrupted prompt"
+            return None
+        return self.toggle_head(HeadAblation(*self.selected, mode=mode))  # type: ignore[arg-type]
+
+    def patch_selected(self) -> RunRequest | None:
+        """`p`: patch the selected head from the corrupted prompt, following later edits of it."""
+        if self.selected is None:
+            return None
+        if not self.inputs.corrupted.strip():
+            self.error = "p patches from the corrupted prompt: type one first"
+            return None
+        layer, head = self.selected
+        patch = ActivationPatch(f"L{layer}.H{head}", self.inputs.corrupted)
+        for entry in self.stack.on_head(layer, head):
+            # The following twin of this patch, whatever source it was created with.
+            if entry.id in self.follows and isinstance(entry.intervention, ActivationPatch) \
+                    and entry.intervention.address == patch.address and entry.intervention.positions is None:
+                if entry.intervention.enabled:
+                    return self._changed(self.stack.remove(entry.id))
+                return self._changed(self.stack.set_enabled(entry.id, True))
+        return self.toggle_head(patch, follows=True)
+
+    def add(self, intervention: Intervention) -> RunRequest | None:
+        return self._changed(self.stack.add(intervention))
+
+    def replace(self, entry_id: int, intervention: Intervention, follows: bool | None = None) -> RunRequest | None:
+        """Replace an entry; an edited patch source pins it unless `follows` says otherwise."""
+        entry = self.stack.get(entry_id)
+        if entry is None:
+            return None
+        if follows is None:
+            follows = entry_id in self.follows and isinstance(intervention, ActivationPatch) \
+                and intervention.source_prompt == self.inputs.corrupted
+        if follows:
+            self.follows.add(entry_id)
+        else:
+            self.follows.discard(entry_id)
+        return self._changed(self.stack.replace(entry_id, intervention))
+
+    def set_enabled(self, entry_id: int, enabled: bool) -> RunRequest | None:
+        return self._changed(self.stack.set_enabled(entry_id, enabled))
+
+    def toggle(self, entry_id: int) -> RunRequest | None:
+        entry = self.stack.get(entry_id)
+        return None if entry is None else self.set_enabled(entry_id, not entry.intervention.enabled)
+
+    def remove(self, entry_id: int) -> RunRequest | None:
+        return self._changed(self.stack.remove(entry_id))
+
+    def clear(self) -> RunRequest | None:
+        changes = self.stack.clear()
+        if not changes:
+            self.info = "no interventions to remove"
+        return self._changed(changes)
+
+    def undo(self) -> RunRequest | None:
+        changes = self.stack.undo()
+        if changes is None:
+            self.error = "nothing to undo"
+            return None
+        self.error = None
+        self.info = "undone"
+        return self._changed(changes)
+
+    def propose(self, intervention: Intervention, replace_id: int | None = None, toggle: bool = False,
+                follows: bool = False) -> Request | None:
+        """Add (or replace `replace_id` with) an intervention once the engine's dry run accepts it.
+
+        Returns the ValidateRequest to run (its accepted outcome applies the change), or, when there
+        is nothing to check against (no prompt, a disabled intervention), applies it at once.
+        """
+        if not self.inputs.clean.strip() or not intervention.enabled:
+            return self._apply(intervention, replace_id, toggle, follows)
+        others = tuple(self.resolved(e) for e in self.stack.entries
+                       if e.intervention.enabled and e.id != replace_id)
+        request = ValidateRequest(self.inputs.clean, self.inputs.corrupted or None, (*others, intervention))
+        self._checks.append(_Check(request, intervention, replace_id, toggle, follows))
+        return request
+
+    def _apply(self, intervention: Intervention, replace_id: int | None, toggle: bool,
+               follows: bool) -> RunRequest | None:
+        if replace_id is not None:
+            return self.replace(replace_id, intervention, follows or None)
+        if toggle:
+            return self.toggle_head(intervention)
+        return self.add(intervention)
+
+    def knockout_marks(self, layer: int, head: int) -> dict[tuple[int, int], str]:
+        """(query, key) -> mark for the enabled knockouts on one head."""
+        return {(iv.query_pos, iv.key_pos): "×" for iv in self.interventions()
+                if isinstance(iv, AttentionKnockout) and (iv.layer, iv.head) == (layer, head)}
+
+    def toggle_knockout(self, layer: int, head: int, query: int, key: int) -> Request | None:
+        knockout = AttentionKnockout(layer, head, query, key)
+        if knockout in self.interventions():
+            return self.toggle_head(knockout)  # switching it off needs no check
+        return self.propose(knockout, toggle=True)
+
+    # -- sweeps, generation, vectors --------------------------------------------------------------
+
+    def sweep(self, kind: SweepKind, direction: Direction = "noising") -> SweepRequest | None:
+        if not self.inputs.clean.strip() or not self.inputs.corrupted.strip():
+            self.error = "a sweep needs both a clean and a corrupted prompt"
+            return None
+        metric, note = self.inputs.metric()
+        if metric is None:
+            self.error = note or "a sweep needs a metric"
+            return None
+        request = SweepRequest(kind, self.inputs.clean, self.inputs.corrupted, metric, direction)
+        self.sweeps[kind] = self.last_sweep = SweepState(request)
+        self.error = None
+        return request
+
+    def sweep_partial(self, request: SweepRequest, result: SweepResult) -> SweepState | None:
+        """A streamed partial result; None when it belongs to a sweep that was replaced or cancelled."""
+        state = self.sweeps.get(request.sweep_kind)
+        if state is None or state.request is not request or state.done or state.cancelled:
+            return None
+        state.result = result
+        return state
+
+    def cancel_sweep(self) -> SweepState | None:
+        state = self.last_sweep
+        if state is None or state.done:
+            return None
+        state.cancelled = True
+        return state
+
+    def generate(self) -> GenerateRequest | None:
+        """The intervened lane's request; `generation.baseline` runs the same without interventions."""
+        if not self.inputs.clean.strip():
+            self.error = "empty prompt: nothing to generate from"
+            return None
+        settings = self.generation_settings
+        request = GenerateRequest(self.inputs.clean, self.inputs.corrupted or None, self.interventions(),
+                                  settings.max_new_tokens, settings.temperature, settings.seed)
+        self.generation = Generation(request, dataclasses.replace(request, interventions=()))
+        self.error = None
+        return request
+
+    def generation_token(self, request: GenerateRequest, token: GeneratedToken) -> Lane | None:
+        """A streamed token; the lane it belongs to, or None for a superseded generation."""
+        lane = self._lane(request)
+        if lane is not None and self.generation is not None:
+            self.generation.tokens[lane].append(token)
+        return lane
+
+    def _lane(self, request: Request) -> Lane | None:
+        gen = self.generation
+        if gen is None:
+            return None
+        if request is gen.request:
+            return "intervened"
+        if request is gen.baseline:
+            return "baseline"
+        return None
+
+    def vector_request(self, name: str, layer: int, positive: tuple[str, ...],
+                       negative: tuple[str, ...]) -> BuildVectorRequest:
+        return BuildVectorRequest(name, layer, positive, negative)
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def accept(self, outcome: Outcome) -> Request | None:
+        """Store an outcome and record exactly its request; returns the request to run next, if any."""
+        request = outcome.request
+        if isinstance(request, RunRequest):
+            return self._accept_run(outcome, request)
+        if isinstance(request, SweepRequest):
+            self._accept_sweep(outcome, request)
+            return None
+        if isinstance(request, GenerateRequest):
+            self._accept_generate(outcome, request)
+            return None
+        if isinstance(request, ValidateRequest):
+            return self._accept_check(outcome, request)
+        if isinstance(request, (BuildVectorRequest, AddVectorRequest)):
+            if outcome.ok:
+                self.recorder.vector(request.name, np.asarray(outcome.result, dtype=np.float32))
+                self.invalidate()  # a vector of this name may already steer: its values changed
+            else:
+                self.error = None if outcome.cancelled else f"no steering vector: {outcome.error}"
+            return None
+        return None
+
+    def is_attention_request(self, request: Request) -> bool:
+        """The light run `attention_request` made (its outcome fills `attention`, never `run`)."""
+        return request is self._issued_attention or (
+            isinstance(request, RunRequest) and request.top_k == 1 and not request.views.logit_lens
+            and len(request.views.attention) == 1)
+
+    def _accept_run(self, outcome: Outcome, request: RunRequest) -> RunRequest | None:
+        if self.is_attention_request(request):
+            if outcome.ok and self.is_attention_current(request):
+                address = request.views.attention[0]
+                result = outcome.result
+                if address in result.attention:
+                    self.attention[address] = (result.attention[address], result.tokens)
+            elif outcome.error:
+                self.error = f"attention failed: {outcome.error}"
+            return None
+        if outcome.cancelled or not self.is_current(request):
+            return None  # superseded: the inputs changed while it ran
+        if not outcome.ok:
+            self.run_error = outcome.error
+            self.error = f"run failed: {outcome.error}"
+            self._issued_run = None  # the same inputs may be retried
+            return None
+        self.run = outcome
+        self.run_error = None
+        self.error = None
+        self.attention = {}
+        self._sync_followers()
+        self.recorder.run(request, outcome.result)
+        return None
+
+    def is_attention_current(self, request: RunRequest) -> bool:
+        return request.prompt == self.inputs.clean and request.interventions == self.interventions() \
+            and request.corrupted == (self.inputs.corrupted or None)
+
+    def _sync_followers(self) -> None:
+        """Record a following patch's new source before a run that used it, so the log's list is what ran."""
+        changes = []
+        for entry in self.stack.entries:
+            if entry.id not in self.follows:
+                continue
+            resolved = self.resolved(entry)
+            if self.recorder.recorded_intervention(entry.id) not in (None, resolved):
+                changes.append(Change("changed", entry.id, resolved))
+        if changes:
+            self.recorder.changes(changes)
+
+    def _accept_sweep(self, outcome: Outcome, request: SweepRequest) -> None:
+        state = self.sweeps.get(request.sweep_kind)
+        if state is None or state.request is not request:
+            return None  # a newer sweep of this kind replaced it
+        if outcome.cancelled:
+            state.cancelled = True
+            return None
+        state.done = True
+        if not outcome.ok:
+            state.error = outcome.error
+            self.error = f"sweep failed: {outcome.error}"
+            return None
+        state.result = outcome.result
+        self.recorder.sweep(request, outcome.result)
+        return None
+
+    def _accept_generate(self, outcome: Outcome, request: GenerateRequest) -> None:
+        lane = self._lane(request)
+        gen = self.generation
+        if lane is None or gen is None:
+            return None
+        if outcome.cancelled:
+            gen.cancelled = True
+            return None
+        if not outcome.ok:
+            self.error = f"generate failed: {outcome.error}"
+            return None
+        gen.tokens[lane] = list(outcome.result)
+        if lane == "intervened":
+            gen.done = True
+            self.recorder.generate(request, gen.tokens["intervened"])
+        return None
+
+    def _accept_check(self, outcome: Outcome, request: ValidateRequest) -> RunRequest | None:
+        check = next((c for c in self._checks if c.request is request), None)
+        if check is None:
+            return None
+        self._checks.remove(check)
+        if not outcome.ok:
+            if outcome.error:
+                prefix = "not added" if check.replace_id is None else "not changed"
+                self.error = f"{prefix}: {outcome.error}"
+            return None
+        if check.replace_id is not None and self.stack.get(check.replace_id) is None:
+            return None  # deleted while it was being checked
+        self.error = None
+        return self._apply(check.intervention, check.replace_id, check.toggle, check.follows)
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    def restore(self, clean: str, corrupted: str | None, metric: Metric | None,
+                interventions: list[tuple[int, Intervention]]) -> None:
+        """Put a resumed session's prompts, metric and interventions back (recorded already)."""
+        self.inputs = Inputs(clean, corrupted or "", metric.target if metric is not None else "",
+                             (metric.foil or "") if metric is not None else "",
+                             metric.kind if metric is not None else "logit_diff")
+        self.stack = InterventionStack(Entry(int(i), iv) for i, iv in interventions)
+        self.stack.next_id = max(self.stack.next_id, self.recorder.used_intervention_ids() + 1)
+        # A head patch from the corrupted prompt follows it, as `p` made it.
+        self.follows = {i for i, iv in interventions if isinstance(iv, ActivationPatch)
+                        and iv.source_prompt == (corrupted or "") and iv.positions is None}
+        self.recorder.remember_state(clean, corrupted, metric, interventions)
+        self.run = None
+        self.run_error = None
+        self.sweeps.clear()
+        self.last_sweep = None
+        self.generation = None
+        self._issued_run = None
+
+    def switch_recorder(self, recorder: SessionRecorder) -> None:
+        self.recorder.close()
+        self.recorder = recorder
+        recorder.current = self.resolved_entries

@@ -1,0 +1,216 @@
+"""The Workbench without a terminal: commands return requests, accept() stores and records outcomes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from mechscope.engine.interventions import ActivationPatch, HeadAblation, HeadScale, Metric
+from mechscope.engine.testing import tiny_engine
+from mechscope.sessions import Session
+from mechscope.workbench.controller import Workbench
+from mechscope.workbench.executor import execute
+from mechscope.workbench.recorder import SessionRecorder
+from mechscope.workbench.requests import GenerateRequest, RunRequest, SweepRequest, ValidateRequest
+from tests.workbench.helpers import IOI, drive, events, recorded_bench
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return tiny_engine("llama")
+
+
+def test_toggle_runs_the_stack_and_off_restores_the_baseline_exactly(engine):
+    bench = Workbench(IOI)
+    bench.select(1, 1)
+    drive(bench, engine, bench.next_run())
+    baseline = bench.result
+    request = bench.ablate("zero")
+    assert isinstance(request, RunRequest) and request.interventions == (HeadAblation(1, 1),)
+    assert request.metric == Metric("logit_diff", " Mary", " John")
+    drive(bench, engine, request)
+    assert bench.result.metric != baseline.metric
+    expected = engine.run(IOI.clean, [HeadAblation(1, 1)], metric=request.metric, corrupted=IOI.corrupted)
+    assert bench.result.metric == pytest.approx(expected.metric, abs=1e-6)
+    drive(bench, engine, bench.toggle(bench.stack.entries[0].id))
+    np.testing.assert_array_equal(bench.result.prediction.logits, baseline.prediction.logits)
+    assert bench.next_run() is None  # nothing changed: no second request for the same state
+
+
+def test_undo_steps_back_and_says_when_there_is_nothing(engine):
+    bench = Workbench(IOI)
+    bench.select(0, 0)
+    bench.ablate("zero")
+    bench.select(0, 1)
+    bench.ablate("mean")
+    bench.select(1, 1)
+    bench.patch_selected()
+    assert [e.intervention for e in bench.stack.entries] == [
+        HeadAblation(0, 0), HeadAblation(0, 1, mode="mean"), ActivationPatch("L1.H1", IOI.corrupted)]
+    request = bench.undo()
+    assert request.interventions == (HeadAblation(0, 0), HeadAblation(0, 1, mode="mean"))
+    bench.undo()
+    assert bench.undo().interventions == ()
+    assert bench.undo() is None and bench.error == "nothing to undo"
+
+
+def test_superseded_run_is_neither_shown_nor_recorded(engine):
+    bench = recorded_bench(engine)
+    drive(bench, engine, bench.next_run())
+    first = bench.run
+    in_flight = bench.ablate("zero")
+    outcome = execute(engine, in_flight)
+    bench.set_inputs(dataclasses.replace(IOI, clean=IOI.clean + " her"))  # typed while it ran
+    assert bench.accept(outcome) is None
+    assert bench.run is first and not bench.result_is_current
+    runs = [e for e in events() if e.kind == "run"]
+    assert len(runs) == 1 and runs[0]["interventions"] == []
+
+
+def test_failed_run_keeps_the_last_result_but_not_as_current(engine):
+    bench = Workbench(IOI)
+    drive(bench, engine, bench.next_run())
+    shown = bench.run
+    bench.select(0, 99)  # a head the model does not have
+    drive(bench, engine, bench.ablate("zero"))
+    assert bench.run is shown and not bench.result_is_current
+    assert bench.error.startswith("run failed: ") and "99" in bench.error
+    bench.select(0, 0)
+    drive(bench, engine, bench.undo())  # back to the inputs that ran before: they run again
+    assert bench.run is not shown and bench.result_is_current and bench.error is None
+
+
+def test_sweeps_go_stale_and_say_what_changed(engine):
+    bench = Workbench(IOI)
+    request = bench.sweep("head")
+    assert isinstance(request, SweepRequest) and request.metric == bench.metric()
+    drive(bench, engine, request)
+    values = bench.sweeps["head"].result.values
+    np.testing.assert_array_equal(bench.sweep_values("head"), values)
+    assert bench.sweep_staleness("head") is None
+    bench.set_inputs(dataclasses.replace(IOI, target=" John", foil=" Mary"))
+    assert bench.sweep_staleness("head") == "metric changed" and bench.sweep_values("head") is None
+    bench.set_inputs(dataclasses.replace(IOI, clean=IOI.clean.replace("drink", "book")))
+    assert bench.sweep_staleness("head") == "prompts changed"
+    bench.set_inputs(dataclasses.replace(IOI, corrupted="x", foil=" Bob"))
+    assert bench.sweep_staleness("head") == "prompts and metric changed"
+    bench.set_inputs(IOI)
+    np.testing.assert_array_equal(bench.sweep_values("head"), values)  # back to its inputs
+
+
+def test_sweep_needs_both_prompts_and_a_metric():
+    bench = Workbench(dataclasses.replace(IOI, corrupted=""))
+    assert bench.sweep("head") is None and "corrupted" in bench.error
+    bench = Workbench(dataclasses.replace(IOI, target=""))
+    assert bench.sweep("head") is None and "target" in bench.error
+
+
+def test_proposed_intervention_is_checked_before_it_enters_the_list(engine):
+    bench = Workbench(IOI)
+    request = bench.propose(HeadScale(0, 9, 2.0))
+    assert isinstance(request, ValidateRequest)
+    drive(bench, engine, request)
+    assert bench.stack.entries == () and bench.error.startswith("not added: ")
+    request = bench.propose(HeadScale(0, 1, 2.0))
+    follow_up = bench.accept(execute(engine, request))
+    assert [e.intervention for e in bench.stack.entries] == [HeadScale(0, 1, 2.0)]
+    assert isinstance(follow_up, RunRequest) and follow_up.interventions == (HeadScale(0, 1, 2.0),)
+
+
+def test_patch_follows_the_corrupted_prompt_until_pinned(engine):
+    bench = Workbench(IOI)
+    bench.select(1, 1)
+    bench.patch_selected()
+    entry = bench.stack.entries[0]
+    assert bench.label(entry) == "patch L1.H1 ← corrupted"
+    edited = dataclasses.replace(IOI, corrupted=IOI.corrupted.replace("Mary and John", "John and Mary"))
+    request = bench.set_inputs(edited)
+    assert request.interventions == (ActivationPatch("L1.H1", edited.corrupted),)
+    drive(bench, engine, bench.replace(entry.id, ActivationPatch("L1.H1", "Pinned source")))
+    assert bench.label(bench.stack.entries[0]) == "patch L1.H1 ← pinned 'Pinned source'"
+    request = bench.set_inputs(IOI)
+    assert request.interventions == (ActivationPatch("L1.H1", "Pinned source"),)
+
+
+def test_generation_records_the_interventions_it_ran_with(engine):
+    bench = recorded_bench(engine)
+    bench.ablate("zero")
+    request = bench.generate()
+    assert isinstance(request, GenerateRequest) and request.interventions == (HeadAblation(0, 0),)
+    baseline = bench.generation.baseline
+    assert baseline.interventions == () and baseline.prompt == request.prompt
+    bench.accept(execute(engine, baseline))
+    bench.undo()  # while the intervened lane runs
+    bench.accept(execute(engine, request))
+    assert bench.generation.done and not bench.generation_is_current()
+    generated = [e for e in events() if e.kind == "generate"]
+    assert len(generated) == 1 and generated[0]["interventions"] == [HeadAblation(0, 0).to_dict()]
+    assert generated[0]["params"]["max_new_tokens"] == request.max_new_tokens
+
+
+class FlakySession:
+    """A session whose writes fail while `failing` is set (a full or read-only disk)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.failing = False
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self.session, name)
+        if name.startswith(("record", "save_")) and callable(attribute):
+            def write(*args, **kwargs):
+                if self.failing:
+                    raise OSError(28, "No space left on device")
+                return attribute(*args, **kwargs)
+            return write
+        return attribute
+
+
+def test_recorder_status_never_contradicts_itself_and_lost_sweeps_can_be_retried(engine):
+    flaky = FlakySession(Session.create(name="study", engine=engine))
+    bench = Workbench(IOI, SessionRecorder(flaky))
+    drive(bench, engine, bench.next_run())
+    assert bench.recorder.status == "saved" and bench.recorder.describe() == "session study saved"
+    flaky.failing = True
+    drive(bench, engine, bench.sweep("head"))
+    recorder = bench.recorder
+    assert recorder.status == "not saved" and "No space left" in recorder.reason
+    assert [u.what for u in recorder.unsaved] == ["head sweep"]
+    line = recorder.describe()
+    assert line == "session study NOT SAVED: [Errno 28] No space left on device · unwritten: head sweep " \
+                   "(Retry saving)"
+    assert recorder.retry_unsaved() == 1  # still failing: kept
+    flaky.failing = False
+    bench.select(0, 0)
+    drive(bench, engine, bench.ablate("zero"))  # a later write works: the status clears
+    assert recorder.status == "saved" and recorder.reason is None
+    assert [u.what for u in recorder.unsaved] == ["head sweep"]  # but the lost sweep is still listed
+    assert recorder.describe() == "session study saved · unwritten: head sweep (Retry saving)"
+    assert recorder.retry_unsaved() == 0 and recorder.unsaved == []
+    kinds = [e.kind for e in events()]
+    assert kinds.count("sweep") == 1 and kinds[-1] == "sweep"
+
+
+def test_without_a_session_nothing_is_recorded_and_it_says_so():
+    recorder = SessionRecorder(None, "session not recorded: read-only file system")
+    assert recorder.status == "not recording"
+    assert recorder.describe() == "session not recorded: read-only file system"
+    recorder.note("hello")
+    assert recorder.unsaved == [] and recorder.status == "not recording"
+
+
+def test_restore_puts_a_session_back_and_following_patches_follow(engine):
+    bench = recorded_bench(engine)
+    bench.select(1, 1)
+    drive(bench, engine, bench.patch_selected())
+    edited = dataclasses.replace(IOI, corrupted=IOI.corrupted.replace("Mary and John", "John and Mary"))
+    drive(bench, engine, bench.set_inputs(edited))
+    bench.recorder.close()
+    state = Session.open("study").state()
+    assert state.interventions == [(1, ActivationPatch("L1.H1", edited.corrupted))]  # what ran last
+    resumed = Workbench(IOI, SessionRecorder(Session.open("study")))
+    resumed.restore(state.clean, state.corrupted, state.metric, state.interventions)
+    assert resumed.inputs == edited and resumed.follows == {1}
+    assert resumed.stack.next_id == 2
