@@ -25,6 +25,7 @@ COMMANDS: list[str] = [
     "mechscope.cli.replay",
     "mechscope.cli.export",
     "mechscope.cli.serve",
+    "mechscope.cli.plan",
 ]
 
 

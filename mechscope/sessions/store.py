@@ -107,6 +107,7 @@ def _model_manifest(engine: Any) -> dict[str, Any]:
         "weights_digest": str(getattr(engine, "weights_digest", "") or ""),
         "dtype": str(getattr(info, "dtype", "")),
         "device": str(getattr(info, "device", "")),
+        "placement": str(getattr(info, "placement", "")),
         "n_layers": int(getattr(info, "n_layers", 0)),
         "n_heads": int(getattr(info, "n_heads", 0)),
     }

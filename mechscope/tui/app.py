@@ -182,7 +182,9 @@ def run_app(args: argparse.Namespace) -> int:
         from mechscope.engine import Engine
 
         return Engine.load(args.model, device=args.device, dtype=args.dtype,
-                           trust_remote_code=args.trust_remote_code, progress=progress)
+                           trust_remote_code=args.trust_remote_code, progress=progress,
+                           device_map=getattr(args, "device_map", None),
+                           max_memory=getattr(args, "max_memory", None))
 
     source = f"attached: {attach}" if attach else args.model
     app = MechscopeApp(factory, session_name=getattr(args, "session", None), source=source)
