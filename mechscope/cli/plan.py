@@ -7,6 +7,7 @@ import sys
 
 from mechscope.cli.common import add_model_args, model_settings
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Register `plan`: it reads the model's options like every command that loads a model."""
     parser = subparsers.add_parser(
