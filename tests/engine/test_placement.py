@@ -162,9 +162,8 @@ def test_strategy_with_a_memory_budget_offloads_to_disk(tmp_path, strategy, budg
 
 
 def test_session_records_the_placement_and_replays_on_another(pair):
-    from mechscope.sessions.replay import replay
-
     from mechscope.sessions import Session
+    from mechscope.sessions.replaying import replay
     from tests.sessions.helpers import record_ioi_session
 
     single, split = pair
