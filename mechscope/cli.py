@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mechscope.serve import cli as serve_cli
 
     serve_cli.add_parsers(sub)
+    from mechscope.workbench import exports
+
+    exports.add_parser(sub)
     return parser
 
 
@@ -62,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_app(args)
         if args.command == "inspect":
             return cmd_inspect(args)
+        if args.command == "export-sweep":
+            from mechscope.workbench.exports import cmd_export_sweep
+
+            return cmd_export_sweep(args)
         if args.command in ("serve", "stop"):
             from mechscope.serve import cli as serve_cli
 
