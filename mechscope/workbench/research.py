@@ -79,6 +79,12 @@ def parse_reference_prompts(text: str) -> tuple[str, ...]:
     return prompts
 
 
+def parse_generation(max_new_tokens: str, temperature: str, seed: str) -> GenerationSettings:
+    """Generation settings from typed text: bounded ints and a finite temperature ≥ 0 (ValueError otherwise)."""
+    return GenerationSettings(parse_int("max new tokens", max_new_tokens, 1, MAX_NEW_TOKENS),
+                              parse_temperature(temperature), parse_int("seed", seed, 0, MAX_SEED))
+
+
 @dataclass(frozen=True)
 class PinDeltas:
     """The current run against the pinned one: the metric change and each top token's probability change."""
@@ -265,9 +271,7 @@ class ResearchCommands:
     def set_generation(self, max_new_tokens: str, temperature: str, seed: str) -> str | None:
         """Validate and store the settings `generate` uses; returns the error, or None when stored."""
         try:
-            settings = GenerationSettings(parse_int("max new tokens", max_new_tokens, 1, MAX_NEW_TOKENS),
-                                          parse_temperature(temperature),
-                                          parse_int("seed", seed, 0, MAX_SEED))
+            settings = parse_generation(max_new_tokens, temperature, seed)
         except ValueError as exc:
             return str(exc)
         self.generation_settings = settings
