@@ -526,6 +526,7 @@ class Workbench(ResearchCommands):
         self.recorder.remember_state(clean, corrupted, metric, interventions)
         self.run = None
         self.run_error = None
+        self.pinned = None
         self.sweeps.clear()
         self.last_sweep = None
         self.generation = None

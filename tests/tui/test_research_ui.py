@@ -10,6 +10,7 @@ import pytest
 from textual.widgets import Input, Select, TextArea
 
 from mechscope.engine.interventions import HeadAblation, Metric
+from mechscope.engine.testing import tiny_engine
 from mechscope.screens.generation_options import GenerationOptionsScreen
 from mechscope.screens.sweep_options import SweepOptionsScreen
 from mechscope.tui.app import IOI_PAIR
@@ -177,3 +178,20 @@ async def test_export_sweep_csv_from_the_ui(tmp_path):
         assert rows[5]["label"] == f"L{5 // values.shape[1]}.H{5 % values.shape[1]}"
         assert float(rows[5]["delta_metric"]) == pytest.approx(values.reshape(-1)[5])
         assert "exported sweep csv" in screen_text(app)
+
+
+async def test_resuming_a_session_brings_its_reference_prompts_back():
+    app = make_app(session_name="refs")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("F")
+        await settle(pilot)
+        app.screen.query_one("#ref-text", TextArea).text = "One two three\nFour five six"
+        await pilot.press("ctrl+s")
+        await settle(pilot)
+    engine = tiny_engine("llama")
+    resumed = make_app(engine, session_name="refs")
+    async with resumed.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert list(engine.reference_prompts) == ["One two three", "Four five six"]
+        assert resumed.bench.reference_prompts == ("One two three", "Four five six")
