@@ -588,7 +588,7 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
 
     def refresh_interventions(self) -> None:
         entries = self.bench.stack.entries
-        self.part(InterventionList, InterventionList).show_entries(entries, tuple(self.bench.label(e) for e in entries))
+        self.part(InterventionList, InterventionList).show_entries(entries, tuple(self.bench.list_label(e) for e in entries))
         self.show_marks()
         view = self.attention_view
         if view.address is not None:

@@ -152,9 +152,13 @@ class Workbench(ResearchCommands):
                 return f"{intervention.label} ← corrupted"
             source = intervention.source_prompt
             return f"{intervention.label} ← pinned {source[:24]!r}" + ("…" if len(source) > 24 else "")
-        if isinstance(intervention, SteeringVector):
-            return intervention.label + self.steering_note(intervention)
         return intervention.label
+
+    def list_label(self, entry: Entry) -> str:
+        """An entry as the interventions list shows it: a steering vector adds its norm beside the residual's."""
+        intervention = self.resolved(entry)
+        note = self.steering_note(intervention) if isinstance(intervention, SteeringVector) else ""
+        return self.label(entry) + note
 
     # -- inputs ---------------------------------------------------------------------------------
 

@@ -140,7 +140,7 @@ def test_steering_norm_beside_residual_norm(engine):
     added, resid = bench.steering_norm(steer)
     assert added == pytest.approx(2.0 * float(np.linalg.norm(engine.inner.vectors["v"])), rel=1e-5)
     assert resid == pytest.approx(float(np.mean(bench.result.stats.resid_norm[0])), rel=1e-6)
-    assert f"|Δ| {added:.3g} vs resid {resid:.3g}" in bench.label(bench.stack.entries[-1])
+    assert f"|Δ| {added:.3g} vs resid {resid:.3g}" in bench.list_label(bench.stack.entries[-1])
 
 
 def test_exports_hold_the_values_and_labels(engine, tmp_path):
