@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mechscope.serve import cli as serve_cli
 
     serve_cli.add_parsers(sub)
-    from mechscope.workbench import exports
+    from mechscope.workbench import export_cli
 
-    exports.add_parser(sub)
+    export_cli.add_parser(sub)
     return parser
 
 
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "inspect":
             return cmd_inspect(args)
         if args.command == "export-sweep":
-            from mechscope.workbench.exports import cmd_export_sweep
+            from mechscope.workbench.export_cli import cmd_export_sweep
 
             return cmd_export_sweep(args)
         if args.command in ("serve", "stop"):
