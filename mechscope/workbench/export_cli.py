@@ -17,7 +17,6 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--sweep", type=int, default=-1, metavar="N",
                         help="which sweep of the session, 0 = first, -1 = last (default)")
     parser.add_argument("-o", "--output", help="output file ('-' for stdout, csv only; default ./sweep-KIND-DIRECTION.FORMAT)")
-    parser.set_defaults(handler=cmd_export_sweep)
 
 
 def cmd_export_sweep(args: argparse.Namespace) -> int:

@@ -15,9 +15,6 @@ import numpy as np
 if TYPE_CHECKING:
     from mechscope.engine.results import Attribution, LogitLens, SweepResult
 
-FORMATS = ("csv", "safetensors")
-
-
 def _number(value: float) -> str:
     """A cell: full float32 precision, empty for a cell the sweep did not reach."""
     return "" if not math.isfinite(value) else repr(float(value))
