@@ -14,7 +14,10 @@ from safetensors.numpy import load_file
 
 from mechscope.engine.interventions import HeadAblation, HeadScale, Metric, SteeringVector
 from mechscope.engine.testing import tiny_engine
-from mechscope.sessions import Session, replay
+from mechscope.sessions import Session
+from mechscope.sessions.replay import (
+    replay,  # the function: the package attribute may be the submodule
+)
 from mechscope.workbench.exports import (
     attribution_to_csv,
     lens_to_csv,
