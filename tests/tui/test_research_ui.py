@@ -195,3 +195,17 @@ async def test_resuming_a_session_brings_its_reference_prompts_back():
         await settle(pilot)
         assert list(engine.reference_prompts) == ["One two three", "Four five six"]
         assert resumed.bench.reference_prompts == ("One two three", "Four five six")
+
+
+async def test_palette_sweep_entries_run_their_kind_and_direction():
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        titles = {c.title for c in app.get_system_commands(app.workbench)}
+        assert {"Sweep: head denoising", "Sweep: MLP output per layer", "Pin baseline / unpin (b)",
+                "Export… (E)"} <= titles
+        await app.run_action("sweep_with('head','denoising')", app.workbench)
+        await settle(pilot)
+        request = app.bench.sweeps["head"].request
+        assert (request.sweep_kind, request.direction, request.interventions) == ("head", "denoising", ())
+        assert "head denoising · on the" in screen_text(app)
