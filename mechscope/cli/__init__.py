@@ -24,6 +24,7 @@ COMMANDS: list[str] = [
     "mechscope.cli.sessions",
     "mechscope.cli.replay",
     "mechscope.cli.export",
+    "mechscope.cli.export_sweep",
     "mechscope.cli.serve",
     "mechscope.cli.plan",
 ]
