@@ -1,5 +1,5 @@
 """Sweeps, attributions and logit-lens tables as CSV, the sweep matrix as safetensors: pure functions
-over the engine's plain results (the `export-sweep` command is `export_cli.py`)."""
+over the engine's plain results (the `export-sweep` command is `mechscope/cli/export_sweep.py`)."""
 
 from __future__ import annotations
 
