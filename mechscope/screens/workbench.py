@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult, ScreenStackError
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -31,6 +31,7 @@ from mechscope.tui.widgets.head_grid import GRID_METRICS, HeadGrid
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.interventions import InterventionList
 from mechscope.tui.widgets.predictions import PredictionsPane
+from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.tui.widgets.prompt_pane import PromptPane
 from mechscope.tui.widgets.views import (
     AttentionMap,
@@ -697,9 +698,23 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
 
     def action_show_tab(self, tab: str) -> None:
         self.tabs.active = tab
+        self.call_after_refresh(self.focus_grid_if_lost)
+
+    def focus_grid_if_lost(self) -> None:
+        """A tab switch hid the focused view: keys go to the grid, never to whatever Tab reaches next."""
+        if self.alive and self.app.screen is self and self.app.focused is None:
+            self.grid.focus()
 
     def action_focus_prompt(self) -> None:
-        self.query_one("#clean", Input).focus()
+        field = self.query_one("#clean", PromptInput)
+        field.arm()  # a deliberate entry: letters type from now until the field is left
+        field.focus()
+
+    @on(events.DescendantFocus)
+    def prompt_field_focused(self, event: events.DescendantFocus) -> None:
+        field = event.widget
+        if isinstance(field, PromptInput) and not field.armed:
+            self.say(f"{field.id} field: enter or click to edit it; letter keys stay hotkeys until then")
 
     def action_help(self) -> None:
         from mechscope.screens.help import HelpScreen
