@@ -299,6 +299,15 @@ class Workbench:
         self._checks.append(_Check(request, intervention, replace_id, toggle, follows))
         return request
 
+    def dry_run_request(self, intervention: Intervention, replace_id: int | None = None) -> ValidateRequest | None:
+        """The check `propose` would run for this edit, without queueing it (a dialog asks it first, so a
+        value the engine refuses keeps the dialog open); None when there is nothing to check against."""
+        if not self.inputs.clean.strip() or not intervention.enabled:
+            return None
+        others = tuple(self.resolved(e) for e in self.stack.entries
+                       if e.intervention.enabled and e.id != replace_id)
+        return ValidateRequest(self.inputs.clean, self.inputs.corrupted or None, (*others, intervention))
+
     def _apply(self, intervention: Intervention, replace_id: int | None, toggle: bool,
                follows: bool) -> RunRequest | None:
         if replace_id is not None:

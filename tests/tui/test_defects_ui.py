@@ -59,3 +59,71 @@ async def test_every_focusable_pane_shows_a_focus_cue():
                 assert looks(focused) != focused_look, f"{focused!r} looks the same focused and not"
                 seen += 1
         assert seen >= 8
+
+
+async def test_a_too_small_terminal_says_so_and_acts_on_nothing():
+    from mechscope.screens.too_small import TooSmallScreen
+
+    app = make_app(record=False)
+    async with app.run_test(size=(60, 20)) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, TooSmallScreen)
+        assert "terminal too small: 80×24 needed" in screen_text(app)
+        await press_each(pilot, "space", "g", "w", "slash", "x", "ctrl+p")
+        await settle(pilot)
+        assert isinstance(app.screen, TooSmallScreen)
+        assert app.bench.stack.entries == () and app.bench.generation is None and not app.bench.sweeps
+        await pilot.resize_terminal(80, 24)
+        await settle(pilot)
+        assert not isinstance(app.screen, TooSmallScreen)
+        await press_each(pilot, "space")
+        await settle(pilot)
+        assert len(app.bench.stack.entries) == 1
+        await pilot.resize_terminal(40, 12)
+        await settle(pilot)
+        assert "terminal too small: 80×24 needed (now 40×12)" in screen_text(app)
+
+
+async def test_a_form_stays_open_on_a_value_the_engine_refuses_with_the_error_beside_the_field():
+    from mechscope.screens.edit_intervention import EditInterventionScreen
+
+    app = make_app(record=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await press_each(pilot, "plus", "enter")  # add a head ablation (the first kind offered)
+        assert isinstance(app.screen, EditInterventionScreen)
+        for field, typed, reason in (("head", "-1", "head -1 is out of range 0..3"),
+                                     ("layer", "99", "layer 99 is out of range 0..2"),
+                                     ("head", "abc", "head must be an integer, got 'abc'"),
+                                     ("positions", "x", "positions: 'x' is not a whole number")):
+            for name, value in (("layer", "0"), ("head", "1"), ("positions", "")):
+                app.screen.query_one(f"#field-{name}", Input).value = value
+            app.screen.query_one(f"#field-{field}", Input).value = typed
+            app.screen.query_one(f"#field-{field}", Input).focus()
+            await pilot.press("enter")
+            await settle(pilot)
+            assert isinstance(app.screen, EditInterventionScreen), typed
+            beside = str(app.screen.query_one(f"#error-{field}").render())
+            assert reason in beside, (typed, beside)
+            assert app.screen.query_one(f"#field-{field}", Input).has_class("-invalid")
+        assert app.bench.stack.entries == ()
+        app.screen.query_one("#field-positions", Input).value = ""
+        await pilot.press("enter")
+        await settle(pilot)
+        assert not isinstance(app.screen, EditInterventionScreen)
+        assert [e.intervention.label for e in app.bench.stack.entries] == ["zero L0.H1"]
+
+
+async def test_an_edge_out_of_range_keeps_the_knockout_dialog_open():
+    from mechscope.screens.ask_value import AskValueScreen
+
+    app = make_app(record=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await app.run_action("knockout_at", app.workbench)
+        await pilot.pause()
+        app.screen.query_one("#ask-input", Input).value = "99,0"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, AskValueScreen)
+        assert "position 99 is outside the prompt (14 tokens)" in screen_text(app)
