@@ -65,6 +65,8 @@ class InterventionForms:
         def post_message(self, message: Any) -> bool: ...
         def _execute(self, request: Request, on_partial: Any = None) -> Outcome: ...
 
+    steering_typed: dict[str, dict[str, str]] = {}  # mode -> the steering dialog's fields as last closed
+
     def action_scale_head(self) -> None:
         from mechscope.screens.ask_value import AskValueScreen
 
@@ -276,9 +278,11 @@ class InterventionForms:
         screen = SteeringScreen(mode, self.engine.info.n_layers, self.selected_layer(),
                                 name="love-hate" if first and mode == "build" else "",
                                 positive=EXAMPLE_POSITIVE if first else "",
-                                negative=EXAMPLE_NEGATIVE if first else "")
+                                negative=EXAMPLE_NEGATIVE if first else "",
+                                previous=self.steering_typed.get(mode))
 
         def done(asked: SteeringRequest | None) -> None:
+            self.steering_typed = {**self.steering_typed, mode: screen.typed}
             if asked is None:
                 return
             verb = "building" if asked.path is None else "loading"

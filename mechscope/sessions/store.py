@@ -485,7 +485,8 @@ class Session:
             line = json.dumps(event.to_json(), ensure_ascii=False, allow_nan=False,
                               separators=(",", ":")) + "\n"
         except (TypeError, ValueError) as exc:
-            raise SessionError(f"cannot record a {kind} event: {_reason(exc)}") from None
+            article = "an" if kind[:1] in "aeiou" else "a"
+            raise SessionError(f"cannot record {article} {kind} event: {_reason(exc)}") from None
         self._append(line.encode("utf-8"))
         self._builder.apply(event)
         self.events.append(event)

@@ -174,9 +174,11 @@ class MechscopeApp(App[int]):
     # ---------------------------------------------------------------- palette
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
         if screen is not self.workbench:
+            yield from super().get_system_commands(screen)
             return
+        # Textual's own "Keys" would list the keys a second time next to ours (help screen, ?)
+        yield from (command for command in super().get_system_commands(screen) if command.title != "Keys")
         for command in COMMANDS:
             if command.action in ("help", "quit"):
                 continue

@@ -127,3 +127,35 @@ async def test_an_edge_out_of_range_keeps_the_knockout_dialog_open():
         await settle(pilot)
         assert isinstance(app.screen, AskValueScreen)
         assert "position 99 is outside the prompt (14 tokens)" in screen_text(app)
+
+
+async def test_the_steering_dialog_keeps_what_was_typed_and_the_palette_lists_keys_once():
+    from textual.command import CommandPalette
+    from textual.widgets import TextArea
+
+    app = make_app(record=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await press_each(pilot, "v")
+        app.screen.query_one("#steer-name", Input).value = "calm"
+        app.screen.query_one("#steer-coeff", Input).value = "2.5"
+        app.screen.query_one("#steer-positive", TextArea).text = "I am calm"
+        await press_each(pilot, "escape", "v")
+        assert app.screen.query_one("#steer-name", Input).value == "calm"
+        assert app.screen.query_one("#steer-coeff", Input).value == "2.5"
+        assert app.screen.query_one("#steer-positive", TextArea).text == "I am calm"
+        await press_each(pilot, "escape")
+        titles = [command.title for command in app.get_system_commands(app.workbench)]
+        assert sum(title.startswith("Keys") for title in titles) == 1
+        assert not isinstance(app.screen, CommandPalette)
+
+
+def test_a_session_error_uses_an_before_a_vowel():
+    import pytest
+
+    from mechscope.sessions import Session
+    from mechscope.sessions.store import SessionError
+
+    session = Session.create("grammar")
+    with pytest.raises(SessionError, match="cannot record an intervention event"):
+        session.record("intervention", bogus=float("nan"))
