@@ -79,6 +79,8 @@ NEW_INTERVENTION_KINDS: tuple[tuple[str, str, str], ...] = (
 WIDGET_KEYS: tuple[tuple[str, str], ...] = (
     ("arrows / h j k l", "move the cursor on the layer x head grid"),
     ("pgup / pgdn / home / end", "jump layers on the grid"),
+    ("grid marks", "x zero, m mean, r resample, s scale, p patch, k knockout, * other; one letter per "
+                   "edit on the head (ms = mean + scale), + = more (the list shows all); L3* = a layer edit"),
     ("arrows (attention)", "move the query x key cell cursor of the attention map"),
     ("k / enter (attention)", "toggle the knockout of the edge under the cursor; esc back to the grid"),
     ("space (list)", "toggle the highlighted intervention on or off"),

@@ -50,6 +50,16 @@ class _Check:
     follows: bool
 
 
+def positions_note(intervention: Intervention) -> str:
+    """` @3,4` or ` @last` when an intervention acts on some positions only ("" for all of them)."""
+    positions = getattr(intervention, "positions", None)
+    if positions is None or positions == "all":
+        return ""
+    if isinstance(positions, str):
+        return f" @{positions}"
+    return " @" + ",".join(str(p) for p in positions)
+
+
 class Workbench:
     """The UI-free state of one workbench; the TUI renders it and runs the requests it returns."""
 
@@ -143,12 +153,13 @@ class Workbench:
     def label(self, entry: Entry) -> str:
         """An entry as the list shows it: a patch says where its source comes from."""
         intervention = self.resolved(entry)
+        label = intervention.label + positions_note(intervention)
         if isinstance(intervention, ActivationPatch):
             if entry.id in self.follows:
-                return f"{intervention.label} ← corrupted"
+                return f"{label} ← corrupted"
             source = intervention.source_prompt
-            return f"{intervention.label} ← pinned {source[:24]!r}" + ("…" if len(source) > 24 else "")
-        return intervention.label
+            return f"{label} ← pinned {source[:24]!r}" + ("…" if len(source) > 24 else "")
+        return label
 
     # -- inputs ---------------------------------------------------------------------------------
 

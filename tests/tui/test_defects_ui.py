@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.widgets import Input
 
 from mechscope.tui.app import IOI_PAIR
+from mechscope.tui.widgets.head_grid import HeadGrid
 from tests.tui.helpers import make_app, screen_text, settle
 
 
@@ -159,3 +160,30 @@ def test_a_session_error_uses_an_before_a_vowel():
     session = Session.create("grammar")
     with pytest.raises(SessionError, match="cannot record an intervention event"):
         session.record("intervention", bogus=float("nan"))
+
+
+async def test_the_list_shows_positions_and_the_grid_every_mark_of_a_head():
+    from mechscope.engine.interventions import HeadAblation, HeadScale
+
+    app = make_app(record=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await press_each(pilot, "m", "s")
+        app.screen.query_one("#ask-input", Input).value = "3"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert [e.intervention for e in app.bench.stack.entries] == [HeadAblation(0, 0, "mean"),
+                                                                     HeadScale(0, 0, 3.0)]
+        assert app.query_one(HeadGrid).marks[(0, 0)] == "ms"
+        await press_each(pilot, "enter")  # edit the scale: positions 12,13 only
+        app.screen.query_one("#field-positions", Input).value = "12,13"
+        app.screen.query_one("#field-positions", Input).focus()
+        await pilot.press("enter")
+        await settle(pilot)
+        lines = app.query_one("#interventions")
+        shown = [str(lines.get_option_at_index(i).prompt) for i in range(2)]
+        assert shown == ["[x] mean L0.H0", "[x] scale L0.H0 x3 @12,13"]
+        await press_each(pilot, "p")
+        await settle(pilot)
+        assert app.query_one(HeadGrid).marks[(0, 0)] == "m+"
+        assert "patch L0.H0 ← corrupted" in str(lines.get_option_at_index(2).prompt)

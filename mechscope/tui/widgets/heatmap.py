@@ -194,11 +194,11 @@ class Heatmap(ScrollView, can_focus=False):
             else:
                 style = self._bucket_style(float(value))
             if col == cursor_col:
-                if width >= 3:
+                if width >= 3 and len(mark) <= width - 2:
                     text = ("[" + (mark or " ") + "]").center(width)
                 else:
                     text = (mark or "[]").center(width)
-                style = style + Style(reverse=width < 3, underline=True)
+                style = style + Style(reverse=width < 3 or len(mark) > width - 2, underline=True)
             else:
                 text = (mark or " ").center(width)
             segments.append(Segment(text[:width], style))
