@@ -53,6 +53,7 @@ from mechscope.workbench.requests import (
     SweepRequest,
     ValidateRequest,
 )
+from mechscope.workbench.spacing import SpacingHint, first_ids, spacing_hints, with_spaces
 
 if TYPE_CHECKING:
     pass
@@ -91,6 +92,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         self._mounted = False
         self._prompt_pane: PromptPane | None = None
         self._parts: dict[tuple[Any, type], Widget] = {}
+        self.spacing: list[SpacingHint] = []  # metric tokens typed without the space the model predicts
 
     # ---------------------------------------------------------------- typed parts
 
@@ -489,6 +491,8 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         metric_note = self.bench.inputs.metric()[1]
         if metric_note:
             notes.append(metric_note)
+        self.spacing = spacing_hints(self.bench.inputs, result.baseline.logits, first_ids(self.engine.tokenize))
+        notes.extend(hint.note for hint in self.spacing)
         self.prompt_pane.show_tokens(result.tokens, readout)
         self.prompt_pane.show_notes(notes)
 
@@ -704,6 +708,17 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         """A tab switch hid the focused view: keys go to the grid, never to whatever Tab reaches next."""
         if self.alive and self.app.screen is self and self.app.focused is None:
             self.grid.focus()
+
+    def action_use_spaced_tokens(self) -> None:
+        """T: the target / foil the model predicts with their leading space (see the prompt notes)."""
+        if not self.spacing:
+            self.say("target and foil already match what the model predicts")
+            return
+        inputs = with_spaces(self.bench.inputs, self.spacing)
+        self.spacing = []
+        self.prompt_pane.set_values(inputs)
+        self.bench.edit(inputs)
+        self.schedule_run(0)
 
     def action_focus_prompt(self) -> None:
         field = self.query_one("#clean", PromptInput)

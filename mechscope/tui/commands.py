@@ -50,6 +50,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("a", "sweep('atp')", "Sweep: attribution patching", "AtP estimate for every head"),
     Command("r", "sweep('resid')", "Sweep: residual patching", "patch the residual stream per layer and position"),
     Command("escape", "cancel", "Cancel", "stop a running sweep or generation; leave a text field"),
+    Command("T", "use_spaced_tokens", "Use the spaced target / foil",
+            "replace a target typed without its leading space by the token the model predicts"),
     Command("slash,i", "focus_prompt", "Edit prompt", "move the focus to the clean prompt"),
     Command("1", "show_tab('tab-attention')", "View: attention", "attention pattern of the selected head"),
     Command("2", "show_tab('tab-lens')", "View: logit lens", "per-layer decoding of the residual"),

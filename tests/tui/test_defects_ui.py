@@ -187,3 +187,30 @@ async def test_the_list_shows_positions_and_the_grid_every_mark_of_a_head():
         await settle(pilot)
         assert app.query_one(HeadGrid).marks[(0, 0)] == "m+"
         assert "patch L0.H0 ← corrupted" in str(lines.get_option_at_index(2).prompt)
+
+
+async def test_a_target_without_its_leading_space_is_named_and_T_uses_the_spaced_token():
+    import dataclasses
+
+    import numpy as np
+
+    from mechscope.engine.testing import tiny_engine
+    from mechscope.workbench.spacing import first_ids
+
+    engine = tiny_engine("llama")
+    ids = first_ids(engine.tokenize)
+    logits = engine.run(IOI_PAIR.clean).baseline.logits  # [vocab]
+    word = next(w for w in ("Mary", "John", "store", "drink", "went", "the", "and", "When", "gave", "to")
+                if (pair := ids(w)) is not None and logits[pair[1]] > logits[pair[0]])
+    app = make_app(engine, record=False, initial=dataclasses.replace(IOI_PAIR, target=word))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        notes = str(app.query_one("#prompt-notes").render())
+        assert f"target {word!r} has no leading space; the model predicts {' ' + word!r}" in notes
+        before = app.bench.result.metric
+        await press_each(pilot, "T")
+        await settle(pilot)
+        assert app.query_one("#target", Input).value == " " + word
+        assert app.bench.run.request.metric.target == " " + word
+        assert "no leading space" not in str(app.query_one("#prompt-notes").render())
+        assert not np.isclose(app.bench.result.metric, before)
