@@ -248,7 +248,8 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
             text.append(self.bench.error, style="bold red")
         else:
             text.append(self.bench.info)
-        text.append(" │ ? keys  ctrl+p commands", style="dim")
+        text.append(" │ E full message  ? keys  ctrl+p commands" if self.bench.error else
+                    " │ ? keys  ctrl+p commands", style="dim")
         self.part("#status-bar", Static).update(text, layout=False)  # fixed size: no relayout
 
     def show_error(self, text: str) -> None:
@@ -719,6 +720,18 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         self.prompt_pane.set_values(inputs)
         self.bench.edit(inputs)
         self.schedule_run(0)
+
+    def action_show_message(self) -> None:
+        """E (or a click on the status line): the whole message, never cut."""
+        from mechscope.screens.message import MessageScreen
+
+        error = self.bench.error
+        self.app.push_screen(MessageScreen("error" if error else "message", error or self.bench.info,
+                                           error=bool(error)))
+
+    def on_click(self, event: events.Click) -> None:
+        if event.widget is not None and event.widget.id == "status-bar":
+            self.action_show_message()
 
     def action_focus_prompt(self) -> None:
         field = self.query_one("#clean", PromptInput)

@@ -52,6 +52,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("escape", "cancel", "Cancel", "stop a running sweep or generation; leave a text field"),
     Command("T", "use_spaced_tokens", "Use the spaced target / foil",
             "replace a target typed without its leading space by the token the model predicts"),
+    Command("E", "show_message", "Show the full message", "the whole status line (an error in full)"),
     Command("slash,i", "focus_prompt", "Edit prompt", "move the focus to the clean prompt"),
     Command("1", "show_tab('tab-attention')", "View: attention", "attention pattern of the selected head"),
     Command("2", "show_tab('tab-lens')", "View: logit lens", "per-layer decoding of the residual"),
@@ -81,8 +82,6 @@ NEW_INTERVENTION_KINDS: tuple[tuple[str, str, str], ...] = (
 WIDGET_KEYS: tuple[tuple[str, str], ...] = (
     ("arrows / h j k l", "move the cursor on the layer x head grid"),
     ("pgup / pgdn / home / end", "jump layers on the grid"),
-    ("grid marks", "x zero, m mean, r resample, s scale, p patch, k knockout, * other; one letter per "
-                   "edit on the head (ms = mean + scale), + = more (the list shows all); L3* = a layer edit"),
     ("arrows (attention)", "move the query x key cell cursor of the attention map"),
     ("k / enter (attention)", "toggle the knockout of the edge under the cursor; esc back to the grid"),
     ("space (list)", "toggle the highlighted intervention on or off"),

@@ -214,3 +214,28 @@ async def test_a_target_without_its_leading_space_is_named_and_T_uses_the_spaced
         assert app.bench.run.request.metric.target == " " + word
         assert "no leading space" not in str(app.query_one("#prompt-notes").render())
         assert not np.isclose(app.bench.result.metric, before)
+
+
+async def test_the_full_error_is_one_key_away_when_the_status_line_cuts_it():
+    from mechscope.engine.errors import InterventionError
+    from mechscope.screens.message import MessageScreen
+    from tests.tui.helpers import CountingEngine
+
+    engine = CountingEngine()
+    app = make_app(engine, record=False)
+    long = "zero L0.H0: " + "a very long reason " * 12 + "END"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        engine.fail_with = InterventionError(long)
+        await press_each(pilot, "space")
+        await settle(pilot)
+        assert "E full message" in str(app.query_one("#status-bar").render())
+        assert app.query_one("#predictions").border_title == "predictions (stale: the last run failed)"
+        await press_each(pilot, "E")
+        assert isinstance(app.screen, MessageScreen)
+        assert long in app.screen.text and app.screen.error
+        await press_each(pilot, "escape")
+        assert not isinstance(app.screen, MessageScreen)
+        await pilot.click("#status-bar")
+        await pilot.pause()
+        assert isinstance(app.screen, MessageScreen)
