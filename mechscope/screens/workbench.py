@@ -16,7 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Input, Select, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from mechscope.engine.addresses import parse_address
@@ -72,7 +72,9 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
     """Renders a `Workbench`; every engine call is a request from it, run by `submit`."""
 
     BINDINGS = [Binding(c.keys, c.action, c.short or c.title, show=c.show)
-                for c in COMMANDS if c.keys and c.action != "quit"]
+                for c in COMMANDS if c.keys and c.action != "quit"] + [
+        Binding(f"shift+{key}", f"scroll_view('{key}')", show=False)
+        for key in ("pageup", "pagedown", "home", "end")]
 
     def __init__(self, bench: Workbench, *, source: str, deterministic: bool = False) -> None:
         super().__init__()
@@ -245,6 +247,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
                 text.append(f" [{listed}]", style="yellow")
             text.append(" │ ")
         if self.bench.error:
+            text.append("E:", style="dim")  # before the error: the line may cut its end
             text.append(self.bench.error, style="bold red")
         else:
             text.append(self.bench.info)
@@ -720,6 +723,26 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         self.prompt_pane.set_values(inputs)
         self.bench.edit(inputs)
         self.schedule_run(0)
+
+    def action_toggle_numbers(self) -> None:
+        shown = not self.grid.show_numbers
+        for heatmap in self.query(Heatmap):
+            heatmap.toggle_numbers(shown)
+        self.say("numbers in heatmaps" if shown else "heatmaps: colours only (0 shows numbers)")
+
+    def action_scroll_view(self, key: str) -> None:
+        """shift+pgup/pgdn/home/end: scroll the open view tab, wherever the focus is."""
+        pane = self.tabs.get_pane(self.tabs.active)
+        target = next((w for w in pane.query("DataTable, Heatmap, VerticalScroll") if w.display), None)
+        if target is None:
+            return
+        if target is self.attention_map and target.cursor is not None:
+            moves = {"pageup": (-8, 0), "pagedown": (8, 0), "home": (-9999, 0), "end": (9999, 0)}
+            target.move_cursor(*moves[key])  # the query cursor follows, so the caption says where
+            return
+        ends = ("scroll_top", "scroll_bottom") if isinstance(target, DataTable) else ("scroll_home", "scroll_end")
+        action = {"pageup": "page_up", "pagedown": "page_down", "home": ends[0], "end": ends[1]}[key]
+        getattr(target, f"action_{action}")()
 
     def action_show_message(self) -> None:
         """E (or a click on the status line): the whole message, never cut."""

@@ -52,6 +52,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("escape", "cancel", "Cancel", "stop a running sweep or generation; leave a text field"),
     Command("T", "use_spaced_tokens", "Use the spaced target / foil",
             "replace a target typed without its leading space by the token the model predicts"),
+    Command("0", "toggle_numbers", "Numbers in heatmaps", "print every heatmap cell's value (again: colours only)"),
     Command("E", "show_message", "Show the full message", "the whole status line (an error in full)"),
     Command("slash,i", "focus_prompt", "Edit prompt", "move the focus to the clean prompt"),
     Command("1", "show_tab('tab-attention')", "View: attention", "attention pattern of the selected head"),
@@ -82,6 +83,7 @@ NEW_INTERVENTION_KINDS: tuple[tuple[str, str, str], ...] = (
 WIDGET_KEYS: tuple[tuple[str, str], ...] = (
     ("arrows / h j k l", "move the cursor on the layer x head grid"),
     ("pgup / pgdn / home / end", "jump layers on the grid"),
+    ("shift+pgup / pgdn / home / end", "scroll the open view (attention, lens, sweep...) wherever the focus is"),
     ("arrows (attention)", "move the query x key cell cursor of the attention map"),
     ("k / enter (attention)", "toggle the knockout of the edge under the cursor; esc back to the grid"),
     ("space (list)", "toggle the highlighted intervention on or off"),

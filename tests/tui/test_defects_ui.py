@@ -239,3 +239,39 @@ async def test_the_full_error_is_one_key_away_when_the_status_line_cuts_it():
         await pilot.click("#status-bar")
         await pilot.pause()
         assert isinstance(app.screen, MessageScreen)
+
+
+async def test_views_open_on_what_matters_and_scroll_without_focus():
+    from textual.widgets import DataTable
+
+    from mechscope.tui.widgets.heatmap import Heatmap
+    from mechscope.tui.widgets.views import AttentionMap
+
+    long_prompt = " ".join(["When Mary and John went to the store, John gave a drink to Mary."] * 3) + \
+        " Then John gave a drink to"
+    import dataclasses
+    app = make_app(record=False, initial=dataclasses.replace(IOI_PAIR, clean=long_prompt,
+                                                             corrupted=long_prompt.replace("Then John", "Then Mary")))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        attention = app.query_one(AttentionMap)
+        n_tokens = len(app.bench.result.tokens)
+        assert attention.cursor == (n_tokens - 1, 0)
+        assert attention.scroll_offset.y > 0  # opened on the last query, not on query 0
+        lens = app.bench.result.logit_lens
+        await press_each(pilot, "2")
+        await settle(pilot)
+        table = app.query_one("#lens-table", DataTable)
+        expected = lens.critical_layer if lens.critical_layer is not None else table.row_count - 1
+        assert table.cursor_row == expected
+        assert app.query_one(HeadGrid).has_focus
+        await press_each(pilot, "shift+home")
+        assert table.cursor_row == 0 and app.query_one(HeadGrid).cursor == (0, 0)
+        await press_each(pilot, "shift+end")
+        assert table.cursor_row == table.row_count - 1
+        await press_each(pilot, "1", "shift+home")
+        assert attention.cursor == (0, 0)
+        await press_each(pilot, "0")
+        await pilot.pause()
+        assert all(h.show_numbers for h in app.query(Heatmap))
+        assert "█" in str(app.query_one(HeadGrid).border_subtitle)  # the colour legend
