@@ -192,6 +192,11 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         """Repaint everything from the Workbench (after loading or switching sessions), then run."""
         self.prompt_pane.set_values(self.bench.inputs)
         self.update_title()
+        for kind, state in self.bench.sweeps.items():  # a resumed session's sweeps
+            if state.done and state.result is not None:
+                self.part(SweepView, SweepView).show(state.result, running=False, note=" (from the session)")
+                if kind in GRID_OF_SWEEP and self.bench.sweep_values(kind) is not None:
+                    self.grid_metric = GRID_OF_SWEEP[kind]
         self.refresh_interventions()
         self.show_grid()
         self.submit(self.bench.next_run())

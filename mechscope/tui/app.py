@@ -137,7 +137,10 @@ class MechscopeApp(App[int]):
 
     def restore(self, state: Any) -> None:
         """Put a resumed session's prompts, metric, interventions and vectors back."""
+        from mechscope.workbench.resume import recorded_sweeps
+
         self.bench.restore(state.clean or "", state.corrupted, state.metric, list(state.interventions))
+        self.bench.sweeps.update(recorded_sweeps(self.bench.recorder.session))  # back on the grid
         for name, array in (state.vectors or {}).items():
             self.engine.add_vector(name, np.asarray(array))
 

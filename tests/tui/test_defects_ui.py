@@ -275,3 +275,23 @@ async def test_views_open_on_what_matters_and_scroll_without_focus():
         await pilot.pause()
         assert all(h.show_numbers for h in app.query(Heatmap))
         assert "█" in str(app.query_one(HeadGrid).border_subtitle)  # the colour legend
+
+
+async def test_resuming_a_session_brings_its_sweep_back_to_the_grid():
+    import numpy as np
+
+    app = make_app(session_name="sweeps")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await press_each(pilot, "w")
+        await settle(pilot)
+        swept = app.bench.sweeps["head"].result.values.copy()
+        app.bench.recorder.close()
+    again = make_app(session_name="sweeps")
+    async with again.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        grid = again.query_one(HeadGrid)
+        assert grid.metric_name == "patching"
+        np.testing.assert_allclose(grid.values, swept, atol=1e-6)
+        assert "(from the session)" in str(again.query_one("#sweep-summary").render())
+        again.bench.recorder.close()
