@@ -27,6 +27,7 @@ from mechscope.engine.results import RunResult
 from mechscope.screens.workbench_forms import InterventionForms
 from mechscope.tui.commands import COMMANDS, WIDGET_KEYS, key_label
 from mechscope.tui.messages import Finished, GenerationToken, SweepPartial
+from mechscope.tui.token_labels import token_labels
 from mechscope.tui.widgets.head_grid import GRID_METRICS, HeadGrid
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.interventions import InterventionList
@@ -454,7 +455,10 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         if run is None or not isinstance(run.request, RunRequest):
             return
         result = run.result
-        self.part(PredictionsPane, PredictionsPane).show(result, bool(run.request.interventions))
+        top_ids = [token.id for token in result.top]
+        labels = dict(zip(top_ids, token_labels(self.engine, top_ids, [token.text for token in result.top]),
+                          strict=True))
+        self.part(PredictionsPane, PredictionsPane).show(result, bool(run.request.interventions), labels)
         self.show_prompt_info(result)
         self.show_grid()
         self.stale_views = set(VIEW_TABS)
@@ -502,7 +506,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
             notes.append(metric_note)
         self.spacing = spacing_hints(self.bench.inputs, result.baseline.logits, first_ids(self.engine.tokenize))
         notes.extend(hint.note for hint in self.spacing)
-        self.prompt_pane.show_tokens(result.tokens, readout)
+        self.prompt_pane.show_tokens(token_labels(self.engine, result.token_ids, result.tokens), readout)
         self.prompt_pane.show_notes(notes)
 
     # ---------------------------------------------------------------- grid

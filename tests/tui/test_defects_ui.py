@@ -295,3 +295,19 @@ async def test_resuming_a_session_brings_its_sweep_back_to_the_grid():
         np.testing.assert_allclose(grid.values, swept, atol=1e-6)
         assert "(from the session)" in str(again.query_one("#sweep-summary").render())
         again.bench.recorder.close()
+
+
+async def test_byte_tokens_show_their_byte_not_a_replacement_character():
+    import dataclasses
+
+    from mechscope.tui.token_labels import byte_label, piece_bytes
+
+    assert piece_bytes("<0xE2>") == b"\xe2" and piece_bytes("Ã") == b"\xc3" and piece_bytes("Ġc") == b" c"
+    assert byte_label(b"\xe2\x80") == "<0xE2><0x80>" and byte_label("é".encode()) == "é"
+    app = make_app(record=False, initial=dataclasses.replace(IOI_PAIR, clean="naïve — café ✓ and then"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        strip = str(app.query_one("#tokens").render())
+        assert "\ufffd" not in strip
+        assert "<0xC3>" in strip and "<0xE2>" in strip
+        assert "\ufffd" in "".join(app.bench.result.tokens)  # what the engine decodes is unchanged
