@@ -61,9 +61,12 @@ def rebuild(original: Intervention, texts: dict[str, str]) -> Intervention:
 
 def plain(message: str, field: str) -> str:
     """A parse error in words a user reads: `positions: 'x' is not a whole number`."""
-    raw = re.search(r"invalid literal for int\(\) with base 10: (.+)$", message)
+    raw = re.search(r"invalid literal for int\(\) with base 10: (.+)$", message) or \
+        re.search(r"must be an integer, got ('.*'|[-\d.e+]+)$", message)
     if raw:
         return f"{field}: {raw.group(1)} is not a whole number"
+    if re.search(r"must be (an integer|a number), got None$", message):
+        return f"{field}: empty: type a value"
     return message
 
 

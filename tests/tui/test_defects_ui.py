@@ -95,7 +95,8 @@ async def test_a_form_stays_open_on_a_value_the_engine_refuses_with_the_error_be
         assert isinstance(app.screen, EditInterventionScreen)
         for field, typed, reason in (("head", "-1", "head -1 is out of range 0..3"),
                                      ("layer", "99", "layer 99 is out of range 0..2"),
-                                     ("head", "abc", "head must be an integer, got 'abc'"),
+                                     ("head", "abc", "head: 'abc' is not a whole number"),
+                                     ("head", "", "head: empty: type a value"),
                                      ("positions", "x", "positions: 'x' is not a whole number")):
             for name, value in (("layer", "0"), ("head", "1"), ("positions", "")):
                 app.screen.query_one(f"#field-{name}", Input).value = value
