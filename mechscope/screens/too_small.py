@@ -19,7 +19,8 @@ class TooSmallScreen(ModalScreen[None]):
 
     DEFAULT_CSS = """
     TooSmallScreen { align: center middle; background: $background; }
-    TooSmallScreen Static { width: auto; height: auto; color: $warning; text-style: bold; }
+    TooSmallScreen Static { width: 100%; height: auto; color: $warning; text-style: bold;
+                            text-align: center; }
     """
 
     def __init__(self, width: int, height: int) -> None:

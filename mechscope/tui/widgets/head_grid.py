@@ -60,7 +60,8 @@ class HeadGrid(Heatmap, can_focus=True):
         self.set_data(values, self.row_labels, self.col_labels, diverging=diverging)
         finite = values[np.isfinite(values)]
         if finite.size:
-            self.border_subtitle = legend_markup(float(finite.min()), float(finite.max()), diverging)
+            swatches = 5 if self.n_heads >= 7 else 2  # a narrow grid has room for a short legend only
+            self.border_subtitle = legend_markup(float(finite.min()), float(finite.max()), diverging, swatches)
         else:
             self.border_subtitle = empty_note
         self.border_title = title

@@ -54,7 +54,9 @@ def legend_markup(low: float, high: float, diverging: bool, swatches: int = 5) -
     styles = bucket_styles(diverging)
     picks = [styles[round(i * (BUCKETS - 1) / (swatches - 1))] for i in range(swatches)]
     ramp = "".join(f"[{style.bgcolor.get_truecolor().hex}]█[/]" for style in picks if style.bgcolor)
-    return f"{low:+.2f} {ramp} {high:+.2f}"
+    if swatches >= 5:
+        return f"{low:+.2f} {ramp} {high:+.2f}"
+    return f"{low:+.2f}".replace("0.", ".", 1) + f" {ramp} " + f"{high:+.2f}".replace("0.", ".", 1)
 
 
 class Heatmap(ScrollView, can_focus=False):
