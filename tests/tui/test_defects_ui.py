@@ -312,3 +312,11 @@ async def test_byte_tokens_show_their_byte_not_a_replacement_character():
         assert "\ufffd" not in strip
         assert "<0xC3>" in strip and "<0xE2>" in strip
         assert "\ufffd" in "".join(app.bench.result.tokens)  # what the engine decodes is unchanged
+
+
+def test_cell_numbers_fit_their_cell_and_never_read_as_minus_zero():
+    from mechscope.tui.widgets.heatmap import cell_number
+
+    assert [cell_number(v, 3) for v in (0.47, -0.47, 3.14, -7.1, 12.6, 123.4, -0.004, 1234.0)] == \
+        [".47", "-.5", "3.1", "-7", "13", "123", "0", "###"]
+    assert [cell_number(v, 2) for v in (0.47, 1.0, 0.0)] == [".5", "1", "0"]

@@ -42,8 +42,8 @@ def cell_number(value: float, width: int) -> str:
     for digits in (2, 1, 0):
         text = f"{value:.{digits}f}"
         text = text.replace("0.", ".", 1) if text.startswith(("0.", "-0.")) else text
-        if text in (".", "-."):
-            text = "0"
+        if text.strip("-.0") == "":
+            text = "0"  # -0.004 reads as 0, not "-.0"
         if len(text) <= width:
             return text
     return "#" * width
