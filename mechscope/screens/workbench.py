@@ -360,6 +360,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
                     self.show_result()
                 elif outcome.error:
                     self.part(PredictionsPane, PredictionsPane).mark_stale("stale: the last run failed")
+                    self.mark_panes_stale("the last run failed (E shows why)")
         elif isinstance(request, SweepRequest):
             self.sweep_finished(outcome)
         elif isinstance(request, GenerateRequest):
@@ -440,6 +441,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
             self.prompt_pane.show_tokens([])
             self.prompt_pane.show_notes(["empty prompt: type a prompt to run the model"])
             self.part(PredictionsPane, PredictionsPane).mark_stale("stale: the prompt is empty")
+            self.mark_panes_stale("the prompt is empty")
             self.say("waiting for a prompt")
         self.submit(request)
 
@@ -455,6 +457,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         if run is None or not isinstance(run.request, RunRequest):
             return
         result = run.result
+        self.mark_panes_stale(None)
         top_ids = [token.id for token in result.top]
         labels = dict(zip(top_ids, token_labels(self.engine, top_ids, [token.text for token in result.top]),
                           strict=True))
@@ -472,6 +475,12 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
             self.bench.info = "done"
         if self.bench.generation is not None and not self.bench.generation_is_current():
             self.part(GenerationView, GenerationView).mark_stale()
+
+    def mark_panes_stale(self, why: str | None) -> None:
+        """The grid and the views still show the last good run: say so over them (None: current again)."""
+        self.tabs.set_class(why is not None, "-stale")
+        self.tabs.border_title = f"stale: {why}" if why else ""
+        self.grid.set_class(why is not None, "-stale")
 
     def show_view(self, tab: str) -> None:
         """Fill a view tab from the latest result; hidden tabs wait until they are opened."""

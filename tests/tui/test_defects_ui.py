@@ -320,3 +320,29 @@ def test_cell_numbers_fit_their_cell_and_never_read_as_minus_zero():
     assert [cell_number(v, 3) for v in (0.47, -0.47, 3.14, -7.1, 12.6, 123.4, -0.004, 1234.0)] == \
         [".47", "-.5", "3.1", "-7", "13", "123", "0", "###"]
     assert [cell_number(v, 2) for v in (0.47, 1.0, 0.0)] == [".5", "1", "0"]
+
+
+async def test_the_grid_and_views_are_marked_stale_after_a_failed_run_or_an_empty_prompt():
+    from mechscope.engine.errors import InterventionError
+    from tests.tui.helpers import CountingEngine
+
+    engine = CountingEngine()
+    app = make_app(engine, record=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        views = app.query_one("#views")
+        assert not views.has_class("-stale")
+        engine.fail_with = InterventionError("zero L0.H0: something went wrong")
+        await press_each(pilot, "space")
+        await settle(pilot)
+        assert views.has_class("-stale") and app.query_one(HeadGrid).has_class("-stale")
+        assert views.border_title == "stale: the last run failed (E shows why)"
+        engine.fail_with = None
+        await press_each(pilot, "u")
+        await settle(pilot)
+        assert not views.has_class("-stale") and not app.query_one(HeadGrid).has_class("-stale")
+        await press_each(pilot, "slash")
+        app.query_one("#clean", Input).value = ""
+        await press_each(pilot, "enter")
+        await settle(pilot)
+        assert views.border_title == "stale: the prompt is empty"
