@@ -346,3 +346,13 @@ async def test_the_grid_and_views_are_marked_stale_after_a_failed_run_or_an_empt
         await press_each(pilot, "enter")
         await settle(pilot)
         assert views.border_title == "stale: the prompt is empty"
+
+
+async def test_tab_from_a_field_being_edited_enters_the_next_field():
+    app = make_app(record=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await press_each(pilot, "slash", "tab", "end", "x")
+        assert app.query_one("#corrupted", Input).value == IOI_PAIR.corrupted + "x"
+        await press_each(pilot, "escape", "tab", "g")  # from the grid, Tab reaches no field to edit
+        assert app.query_one("#corrupted", Input).value == IOI_PAIR.corrupted + "x"

@@ -6,6 +6,7 @@ Reaching it with Tab shows the focus but leaves letter keys to the workbench's h
 from __future__ import annotations
 
 from textual import events
+from textual.binding import Binding
 from textual.widgets import Input
 
 # Input actions that change the text: skipped while the field is only focused, not entered.
@@ -22,6 +23,8 @@ class PromptInput(Input):
     PromptInput:focus { background: $accent 25%; }
     PromptInput.-armed:focus { background: $boost; text-style: none; }
     """
+
+    BINDINGS = [Binding("tab", "hand_on(1)", show=False), Binding("shift+tab", "hand_on(-1)", show=False)]
 
     armed = False
 
@@ -47,8 +50,15 @@ class PromptInput(Input):
     async def _on_mouse_down(self, event: events.MouseDown) -> None:
         self.arm()  # a click into the field is a deliberate entry
 
+    def action_hand_on(self, step: int) -> None:
+        """Tab out of a field being edited: the next prompt field is entered too (still editing)."""
+        screen = self.screen
+        reached = screen.focus_next() if step > 0 else screen.focus_previous()
+        if isinstance(reached, PromptInput):
+            reached.arm()
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if not self.armed and action in EDITING_ACTIONS:
+        if not self.armed and action in EDITING_ACTIONS | {"hand_on"}:
             return False
         return super().check_action(action, parameters)
 
