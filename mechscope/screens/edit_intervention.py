@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from collections.abc import Callable
 from typing import Any
 
 from textual.app import ComposeResult
@@ -57,6 +59,30 @@ def rebuild(original: Intervention, texts: dict[str, str]) -> Intervention:
         raise ValueError(f"{original.kind}: {exc}") from None
 
 
+def plain(message: str, field: str) -> str:
+    """A parse error in words a user reads: `positions: 'x' is not a whole number`."""
+    raw = re.search(r"invalid literal for int\(\) with base 10: (.+)$", message) or \
+        re.search(r"must be an integer, got ('.*'|[-\d.e+]+)$", message)
+    if raw:
+        return f"{field}: {raw.group(1)} is not a whole number"
+    if re.search(r"must be (an integer|a number), got None$", message):
+        return f"{field}: empty: type a value"
+    return message
+
+
+def field_at_fault(original: Intervention, texts: dict[str, str], message: str) -> str | None:
+    """The field an error is about: the one that fails on its own, else the first the message names."""
+    for name, text in texts.items():
+        try:
+            rebuild(original, {name: text})
+        except ValueError:
+            return name
+    for name in texts:
+        if re.search(rf"\b{re.escape(name)}\b", message):
+            return name
+    return None
+
+
 class EditInterventionScreen(ModalScreen[Intervention | None]):
     """One input per field; enter saves (errors stay in the dialog), esc cancels."""
 
@@ -68,13 +94,18 @@ class EditInterventionScreen(ModalScreen[Intervention | None]):
     EditInterventionScreen Label { width: 14; color: $text-muted; }
     EditInterventionScreen Input { width: 1fr; }
     EditInterventionScreen #edit-error { color: $error; height: auto; }
+    EditInterventionScreen .field-error { color: $error; height: auto; padding-left: 14; }
+    EditInterventionScreen .field-error.-hidden { display: none; }
+    EditInterventionScreen Input.-invalid { background: $error 25%; }
     """
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, intervention: Intervention, title: str | None = None,
-                 hint: str = "empty positions = all") -> None:
+                 hint: str = "empty positions = all",
+                 check: Callable[[Intervention], str | None] | None = None) -> None:
         super().__init__()
+        self.check = check  # the engine's dry run: a value it refuses keeps the dialog open
         self.original = intervention
         self.title_text = title or f"edit {intervention.label}"
         self.hint = hint
@@ -89,6 +120,7 @@ class EditInterventionScreen(ModalScreen[Intervention | None]):
                     yield Label(name)
                     yield Input(field_text(getattr(self.original, name)), id=f"field-{name}",
                                 compact=True)
+                yield Static("", id=f"error-{name}", classes="field-error -hidden")
             yield Static("", id="edit-error")
             yield Static(f"enter saves, esc cancels; {self.hint}", classes="dim")
 
@@ -97,10 +129,26 @@ class EditInterventionScreen(ModalScreen[Intervention | None]):
         texts = {name: self.query_one(f"#field-{name}", Input).value for name in self.field_names}
         try:
             edited = rebuild(self.original, texts)
+            problem = self.check(edited) if self.check is not None else None
         except ValueError as exc:
-            self.query_one("#edit-error", Static).update(str(exc))
+            problem = str(exc)
+        if problem is None:
+            self.dismiss(edited)
             return
-        self.dismiss(edited)
+        field = field_at_fault(self.original, texts, problem)
+        self.show_problem(field, plain(problem, field or "value"))
+
+    def show_problem(self, field: str | None, problem: str) -> None:
+        """The error under its field (and the field marked), or under the form when no field is named."""
+        for name in self.field_names:
+            here = name == field
+            self.query_one(f"#field-{name}", Input).set_class(here, "-invalid")
+            error = self.query_one(f"#error-{name}", Static)
+            error.update(problem if here else "")
+            error.set_class(not here, "-hidden")
+        self.query_one("#edit-error", Static).update("" if field else problem)
+        if field is not None:
+            self.query_one(f"#field-{field}", Input).focus()
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -10,7 +10,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 GRID_LEGEND = (
-    "\nGrid marks: x zero, m mean, r resample, s scale, p patch, k knockout on a head; "
+    "\nGrid marks: x zero, m mean, r resample, s scale, p patch, k knockout, * another kind on a head; "
+    "one letter per edit (ms: mean + scale), + for more than two (the list shows them all); "
     "a * after a layer label: an edit of the whole layer (attention or MLP ablation, neuron clamp, "
     "steering, residual patch)."
 )

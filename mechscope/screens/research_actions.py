@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mechscope.engine.results import RunResult
+from mechscope.tui.token_labels import token_labels
 from mechscope.tui.widgets.pinned import pinned_text
 from mechscope.tui.widgets.predictions import PredictionsPane
 from mechscope.workbench import exports
@@ -52,7 +53,10 @@ class ResearchActions:
         pane = self.part(PredictionsPane, PredictionsPane)
         deltas = self.bench.deltas_against_pin()
         if deltas is None:
-            pane.show(result, intervened)
+            top_ids = [token.id for token in result.top]
+            labels = dict(zip(top_ids, token_labels(self.engine, top_ids, [t.text for t in result.top]),
+                              strict=True))
+            pane.show(result, intervened, labels)
             return
         pane.update(pinned_text(result, deltas), layout=False)
         pane.border_title = "predictions"

@@ -67,12 +67,14 @@ class SteeringScreen(ModalScreen[SteeringRequest | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "submit", "Done")]
 
     def __init__(self, mode: str, n_layers: int, layer: int = 0, name: str = "",
-                 positive: str = "", negative: str = "") -> None:
+                 positive: str = "", negative: str = "", previous: dict[str, str] | None = None) -> None:
         super().__init__()
         self.mode = mode
         self.n_layers = n_layers
         self.initial = {"layer": str(layer), "name": name, "coeff": "4.0", "positions": "all",
                         "path": "", "positive": positive, "negative": negative}
+        self.initial.update(previous or {})  # what was typed last time, so a second try starts from it
+        self.typed: dict[str, str] = {}  # the fields as the dialog closed
 
     def field(self, name: str, label: str) -> ComposeResult:
         with Horizontal():
@@ -143,7 +145,13 @@ class SteeringScreen(ModalScreen[SteeringRequest | None]):
                 raise ValueError("type at least one positive and one negative prompt")
         return SteeringRequest(name, layer, coeff, positions, positive, negative, path)
 
+    def keep_typed(self) -> None:
+        names = ("name", "layer", "coeff", "positions") + (("positive", "negative") if self.mode == "build"
+                                                          else ("path",))
+        self.typed = {name: self.text(name) for name in names}
+
     def action_submit(self) -> None:
+        self.keep_typed()
         try:
             request = self.request()
         except ValueError as exc:
@@ -156,4 +164,5 @@ class SteeringScreen(ModalScreen[SteeringRequest | None]):
         self.action_submit()
 
     def action_cancel(self) -> None:
+        self.keep_typed()
         self.dismiss(None)

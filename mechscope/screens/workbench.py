@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult, ScreenStackError
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Input, Select, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from mechscope.engine.addresses import parse_address
@@ -28,10 +28,12 @@ from mechscope.screens.research_actions import ResearchActions
 from mechscope.screens.workbench_forms import InterventionForms
 from mechscope.tui.commands import COMMANDS, WIDGET_KEYS, key_label
 from mechscope.tui.messages import Finished, GenerationToken, SweepPartial
+from mechscope.tui.token_labels import token_labels
 from mechscope.tui.widgets.head_grid import GRID_METRICS, HeadGrid
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.interventions import InterventionList
 from mechscope.tui.widgets.predictions import PredictionsPane
+from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.tui.widgets.prompt_pane import PromptPane
 from mechscope.tui.widgets.views import (
     AttentionMap,
@@ -53,6 +55,7 @@ from mechscope.workbench.requests import (
     SweepRequest,
     ValidateRequest,
 )
+from mechscope.workbench.spacing import SpacingHint, first_ids, spacing_hints, with_spaces
 
 if TYPE_CHECKING:
     pass
@@ -71,7 +74,9 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
     """Renders a `Workbench`; every engine call is a request from it, run by `submit`."""
 
     BINDINGS = [Binding(c.keys, c.action, c.short or c.title, show=c.show)
-                for c in COMMANDS if c.keys and c.action != "quit"]
+                for c in COMMANDS if c.keys and c.action != "quit"] + [
+        Binding(f"shift+{key}", f"scroll_view('{key}')", show=False)
+        for key in ("pageup", "pagedown", "home", "end")]
 
     def __init__(self, bench: Workbench, *, source: str, deterministic: bool = False) -> None:
         super().__init__()
@@ -91,6 +96,7 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
         self._mounted = False
         self._prompt_pane: PromptPane | None = None
         self._parts: dict[tuple[Any, type], Widget] = {}
+        self.spacing: list[SpacingHint] = []  # metric tokens typed without the space the model predicts
 
     # ---------------------------------------------------------------- typed parts
 
@@ -188,6 +194,11 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
         """Repaint everything from the Workbench (after loading or switching sessions), then run."""
         self.prompt_pane.set_values(self.bench.inputs)
         self.update_title()
+        for kind, state in self.bench.sweeps.items():  # a resumed session's sweeps
+            if state.done and state.result is not None:
+                self.part(SweepView, SweepView).show(state.result, running=False, note=" (from the session)")
+                if kind in GRID_OF_SWEEP and self.bench.sweep_values(kind) is not None:
+                    self.grid_metric = GRID_OF_SWEEP[kind]
         self.refresh_interventions()
         self.show_grid()
         self.submit(self.bench.next_run())
@@ -243,10 +254,12 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
                 text.append(f" [{listed}]", style="yellow")
             text.append(" │ ")
         if self.bench.error:
+            text.append("E:", style="dim")  # before the error: the line may cut its end
             text.append(self.bench.error, style="bold red")
         else:
             text.append(self.bench.info)
-        text.append(" │ ? keys  ctrl+p commands", style="dim")
+        text.append(" │ E full message  ? keys  ctrl+p commands" if self.bench.error else
+                    " │ ? keys  ctrl+p commands", style="dim")
         self.part("#status-bar", Static).update(text, layout=False)  # fixed size: no relayout
 
     def show_error(self, text: str) -> None:
@@ -348,6 +361,7 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
                     self.show_result()
                 elif outcome.error:
                     self.part(PredictionsPane, PredictionsPane).mark_stale("stale: the last run failed")
+                    self.mark_panes_stale("the last run failed (E shows why)")
         elif isinstance(request, SweepRequest):
             self.sweep_finished(outcome)
         elif isinstance(request, GenerateRequest):
@@ -428,6 +442,7 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
             self.prompt_pane.show_tokens([])
             self.prompt_pane.show_notes(["empty prompt: type a prompt to run the model"])
             self.part(PredictionsPane, PredictionsPane).mark_stale("stale: the prompt is empty")
+            self.mark_panes_stale("the prompt is empty")
             self.say("waiting for a prompt")
         self.submit(request)
 
@@ -443,6 +458,7 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
         if run is None or not isinstance(run.request, RunRequest):
             return
         result = run.result
+        self.mark_panes_stale(None)
         self.show_predictions(result, bool(run.request.interventions))
         self.show_prompt_info(result)
         self.show_grid()
@@ -457,6 +473,12 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
             self.bench.info = "done"
         if self.bench.generation is not None and not self.bench.generation_is_current():
             self.part(GenerationView, GenerationView).mark_stale()
+
+    def mark_panes_stale(self, why: str | None) -> None:
+        """The grid and the views still show the last good run: say so over them (None: current again)."""
+        self.tabs.set_class(why is not None, "-stale")
+        self.tabs.border_title = f"stale: {why}" if why else ""
+        self.grid.set_class(why is not None, "-stale")
 
     def show_view(self, tab: str) -> None:
         """Fill a view tab from the latest result; hidden tabs wait until they are opened."""
@@ -489,7 +511,9 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
         metric_note = self.bench.inputs.metric()[1]
         if metric_note:
             notes.append(metric_note)
-        self.prompt_pane.show_tokens(result.tokens, readout)
+        self.spacing = spacing_hints(self.bench.inputs, result.baseline.logits, first_ids(self.engine.tokenize))
+        notes.extend(hint.note for hint in self.spacing)
+        self.prompt_pane.show_tokens(token_labels(self.engine, result.token_ids, result.tokens), readout)
         self.prompt_pane.show_notes(notes)
 
     # ---------------------------------------------------------------- grid
@@ -700,9 +724,66 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
 
     def action_show_tab(self, tab: str) -> None:
         self.tabs.active = tab
+        self.call_after_refresh(self.focus_grid_if_lost)
+
+    def focus_grid_if_lost(self) -> None:
+        """A tab switch hid the focused view: keys go to the grid, never to whatever Tab reaches next."""
+        if self.alive and self.app.screen is self and self.app.focused is None:
+            self.grid.focus()
+
+    def action_use_spaced_tokens(self) -> None:
+        """T: the target / foil the model predicts with their leading space (see the prompt notes)."""
+        if not self.spacing:
+            self.say("target and foil already match what the model predicts")
+            return
+        inputs = with_spaces(self.bench.inputs, self.spacing)
+        self.spacing = []
+        self.prompt_pane.set_values(inputs)
+        self.bench.edit(inputs)
+        self.schedule_run(0)
+
+    def action_toggle_numbers(self) -> None:
+        shown = not self.grid.show_numbers
+        for heatmap in self.query(Heatmap):
+            heatmap.toggle_numbers(shown)
+        self.say("numbers in heatmaps" if shown else "heatmaps: colours only (0 shows numbers)")
+
+    def action_scroll_view(self, key: str) -> None:
+        """shift+pgup/pgdn/home/end: scroll the open view tab, wherever the focus is."""
+        pane = self.tabs.get_pane(self.tabs.active)
+        target = next((w for w in pane.query("DataTable, Heatmap, VerticalScroll") if w.display), None)
+        if target is None:
+            return
+        if target is self.attention_map and target.cursor is not None:
+            moves = {"pageup": (-8, 0), "pagedown": (8, 0), "home": (-9999, 0), "end": (9999, 0)}
+            target.move_cursor(*moves[key])  # the query cursor follows, so the caption says where
+            return
+        ends = ("scroll_top", "scroll_bottom") if isinstance(target, DataTable) else ("scroll_home", "scroll_end")
+        action = {"pageup": "page_up", "pagedown": "page_down", "home": ends[0], "end": ends[1]}[key]
+        getattr(target, f"action_{action}")()
+
+    def action_show_message(self) -> None:
+        """E (or a click on the status line): the whole message, never cut."""
+        from mechscope.screens.message import MessageScreen
+
+        error = self.bench.error
+        self.app.push_screen(MessageScreen("error" if error else "message", error or self.bench.info,
+                                           error=bool(error)))
+
+    def on_click(self, event: events.Click) -> None:
+        if event.widget is not None and event.widget.id == "status-bar":
+            self.action_show_message()
 
     def action_focus_prompt(self) -> None:
-        self.query_one("#clean", Input).focus()
+        field = self.query_one("#clean", PromptInput)
+        field.arm()  # a deliberate entry: letters type from now until the field is left
+        field.focus()
+
+    @on(events.DescendantFocus)
+    def prompt_field_focused(self, event: events.DescendantFocus) -> None:
+        field = event.widget
+        if isinstance(field, PromptInput) and not field.armed:
+            self.say(f"{field.id} field: enter or click to edit it; letter keys stay hotkeys until then")
 
     def action_help(self) -> None:
         from mechscope.screens.help import HelpScreen

@@ -21,6 +21,7 @@ from mechscope.engine.interventions import (
 )
 from mechscope.tui.commands import NEW_INTERVENTION_KINDS
 from mechscope.tui.messages import Finished
+from mechscope.workbench.executor import execute
 from mechscope.workbench.numbers import parse_number
 from mechscope.workbench.requests import AddVectorRequest, Outcome, Request
 
@@ -63,6 +64,8 @@ class InterventionForms:
         def call_after_refresh(self, callback: Any) -> Any: ...
         def post_message(self, message: Any) -> bool: ...
         def _execute(self, request: Request, on_partial: Any = None) -> Outcome: ...
+
+    steering_typed: dict[str, dict[str, str]] = {}  # mode -> the steering dialog's fields as last closed
 
     def action_scale_head(self) -> None:
         from mechscope.screens.ask_value import AskValueScreen
@@ -117,8 +120,21 @@ class InterventionForms:
 
         hint = "source_prompt follows the corrupted prompt until you change it" \
             if entry_id in self.bench.follows else ""
-        self.app.push_screen(EditInterventionScreen(shown, hint=hint) if hint else EditInterventionScreen(shown),
-                             done)
+        def check(edited: Intervention) -> str | None:
+            return self.dry_run_problem(edited, entry_id)
+
+        self.app.push_screen(EditInterventionScreen(shown, hint=hint, check=check) if hint else
+                             EditInterventionScreen(shown, check=check), done)
+
+    def dry_run_problem(self, intervention: Intervention, replace_id: int | None = None) -> str | None:
+        """What the engine's dry run says against this edit (None: accepted). Cheap: no forward pass."""
+        if self.engine is None:
+            return None
+        request = self.bench.dry_run_request(intervention, replace_id)
+        if request is None:
+            return None
+        outcome = execute(self.engine, request)
+        return None if outcome.ok else outcome.error
 
     def propose(self, intervention: Intervention, replace_id: int | None = None, toggle: bool = False) -> None:
         if self.engine is None:
@@ -134,7 +150,8 @@ class InterventionForms:
             if made is not None:
                 self.propose(made)
 
-        self.app.push_screen(EditInterventionScreen(template, title=title, hint=hint), done)
+        self.app.push_screen(EditInterventionScreen(template, title=title, hint=hint,
+                                                    check=self.dry_run_problem), done)
 
     def action_ablate_component(self, component: str) -> None:
         if self.selected_head() is None:
@@ -230,7 +247,10 @@ class InterventionForms:
             return int(parts[0]), int(parts[1])
 
         def validate(text: str) -> str | None:
-            return None if parse(text) is not None else "two positions, query,key (e.g. 13,0)"
+            edge = parse(text)
+            if edge is None:
+                return "two positions, query,key (e.g. 13,0)"
+            return self.dry_run_problem(AttentionKnockout(head[0], head[1], *edge))
 
         def done(text: str | None) -> None:
             edge = parse(text) if text else None
@@ -258,9 +278,11 @@ class InterventionForms:
         screen = SteeringScreen(mode, self.engine.info.n_layers, self.selected_layer(),
                                 name="love-hate" if first and mode == "build" else "",
                                 positive=EXAMPLE_POSITIVE if first else "",
-                                negative=EXAMPLE_NEGATIVE if first else "")
+                                negative=EXAMPLE_NEGATIVE if first else "",
+                                previous=self.steering_typed.get(mode))
 
         def done(asked: SteeringRequest | None) -> None:
+            self.steering_typed = {**self.steering_typed, mode: screen.typed}
             if asked is None:
                 return
             verb = "building" if asked.path is None else "loading"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from textual import work
+from textual import events, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -70,6 +70,29 @@ class MechscopeApp(App[int]):
 
     def on_mount(self) -> None:
         self.load_engine()
+        self.check_size(self.size.width, self.size.height)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.check_size(event.size.width, event.size.height)
+
+    def check_size(self, width: int, height: int) -> None:
+        """Below 80x24 cover the workbench with "terminal too small" (it acts on nothing); remove it above."""
+        from mechscope.screens.too_small import TooSmallScreen, too_small
+
+        covering = next((s for s in self.screen_stack if isinstance(s, TooSmallScreen)), None)
+        if too_small(width, height):
+            if covering is None:
+                self.push_screen(TooSmallScreen(width, height))
+            else:
+                covering.show_size(width, height)
+        elif covering is not None and self.screen is covering:
+            self.pop_screen()
+
+    def action_command_palette(self) -> None:
+        from mechscope.screens.too_small import TooSmallScreen
+
+        if not isinstance(self.screen, TooSmallScreen):
+            super().action_command_palette()
 
     # ---------------------------------------------------------------- loading
 
@@ -116,7 +139,10 @@ class MechscopeApp(App[int]):
 
     def restore(self, state: Any) -> None:
         """Put a resumed session's prompts, metric, interventions and vectors back."""
+        from mechscope.workbench.resume import recorded_sweeps
+
         self.bench.restore(state.clean or "", state.corrupted, state.metric, list(state.interventions))
+        self.bench.sweeps.update(recorded_sweeps(self.bench.recorder.session))  # back on the grid
         for name, array in (state.vectors or {}).items():
             self.engine.add_vector(name, np.asarray(array))
         prompts = getattr(state, "reference_prompts", None)
@@ -157,9 +183,11 @@ class MechscopeApp(App[int]):
     # ---------------------------------------------------------------- palette
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
         if screen is not self.workbench:
+            yield from super().get_system_commands(screen)
             return
+        # Textual's own "Keys" would list the keys a second time next to ours (help screen, ?)
+        yield from (command for command in super().get_system_commands(screen) if command.title != "Keys")
         for command in COMMANDS:
             if command.action in ("help", "quit"):
                 continue

@@ -53,6 +53,16 @@ class _Check:
     follows: bool
 
 
+def positions_note(intervention: Intervention) -> str:
+    """` @3,4` or ` @last` when an intervention acts on some positions only ("" for all of them)."""
+    positions = getattr(intervention, "positions", None)
+    if positions is None or positions == "all":
+        return ""
+    if isinstance(positions, str):
+        return f" @{positions}"
+    return " @" + ",".join(str(p) for p in positions)
+
+
 class Workbench(ResearchCommands):
     """The UI-free state of one workbench; the TUI renders it and runs the requests it returns."""
 
@@ -147,12 +157,13 @@ class Workbench(ResearchCommands):
     def label(self, entry: Entry) -> str:
         """An entry as the list shows it: a patch says where its source comes from."""
         intervention = self.resolved(entry)
+        label = intervention.label + positions_note(intervention)
         if isinstance(intervention, ActivationPatch):
             if entry.id in self.follows:
-                return f"{intervention.label} ← corrupted"
+                return f"{label} ← corrupted"
             source = intervention.source_prompt
-            return f"{intervention.label} ← pinned {source[:24]!r}" + ("…" if len(source) > 24 else "")
-        return intervention.label
+            return f"{label} ← pinned {source[:24]!r}" + ("…" if len(source) > 24 else "")
+        return label
 
     def list_label(self, entry: Entry) -> str:
         """An entry as the interventions list shows it: a steering vector adds its norm beside the residual's."""
@@ -308,6 +319,15 @@ class Workbench(ResearchCommands):
         request = ValidateRequest(self.inputs.clean, self.inputs.corrupted or None, (*others, intervention))
         self._checks.append(_Check(request, intervention, replace_id, toggle, follows))
         return request
+
+    def dry_run_request(self, intervention: Intervention, replace_id: int | None = None) -> ValidateRequest | None:
+        """The check `propose` would run for this edit, without queueing it (a dialog asks it first, so a
+        value the engine refuses keeps the dialog open); None when there is nothing to check against."""
+        if not self.inputs.clean.strip() or not intervention.enabled:
+            return None
+        others = tuple(self.resolved(e) for e in self.stack.entries
+                       if e.intervention.enabled and e.id != replace_id)
+        return ValidateRequest(self.inputs.clean, self.inputs.corrupted or None, (*others, intervention))
 
     def _apply(self, intervention: Intervention, replace_id: int | None, toggle: bool,
                follows: bool) -> RunRequest | None:

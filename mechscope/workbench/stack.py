@@ -164,12 +164,15 @@ class InterventionStack:
                 and (layer := layer_of(e.intervention)) is not None}
 
     def head_marks(self) -> dict[tuple[int, int], str]:
-        """(layer, head) -> mark character for every enabled head intervention (later ones win)."""
+        """(layer, head) -> the marks of every enabled intervention on that head, in list order, e.g.
+        `ms` for mean + scale; past two, the first and `+` (the list and status line say the rest)."""
         marks: dict[tuple[int, int], str] = {}
         for entry in self.entries:
             if not entry.intervention.enabled:
                 continue
             head = head_of(entry.intervention)
             if head is not None:
-                marks[head] = head_mark(entry.intervention)
-        return marks
+                mark = head_mark(entry.intervention)
+                if mark not in marks.get(head, ""):
+                    marks[head] = marks.get(head, "") + mark
+        return {head: mark if len(mark) <= 2 else mark[0] + "+" for head, mark in marks.items()}

@@ -263,11 +263,10 @@ async def test_component_ablation_and_neuron_clamp_forms_change_the_metric():
         app.screen.query_one("#field-value", Input).focus()
         await pilot.press("enter")
         await settle(pilot)
-        assert "not added: clamp L2.N999=8: neuron 999 is out of range 0..63" in status(app)
+        # the engine refuses it: the form stays open with the reason under the field
+        assert "clamp L2.N999=8: neuron 999 is out of range 0..63" in str(app.screen.query_one("#error-neuron").render())
         assert [e.intervention for e in app.bench.stack.entries] == [attn, mlp]
 
-        await pilot.press("N")
-        await pilot.pause()
         await fill(pilot, **{"field-neuron": "5", "field-value": "8"})
         app.screen.query_one("#field-value", Input).focus()
         await pilot.press("enter")
@@ -341,7 +340,8 @@ async def test_editing_to_an_impossible_value_is_refused():
         await pilot.press("enter")
         await settle(pilot)
         assert [e.intervention for e in app.bench.stack.entries] == [HeadAblation(0, 0)]
-        assert "not changed: zero L0.H99: head 99 is out of range 0..3" in status(app)
+        # the dry run refuses it before the form closes: the reason stays beside the field
+        assert "zero L0.H99: head 99 is out of range 0..3" in str(app.screen.query_one("#error-head").render())
 
 
 async def test_workbench_keys_are_inert_and_hidden_under_the_sessions_screen():

@@ -118,7 +118,11 @@ async def test_opening_a_session_restores_its_state_and_records_into_it(engine):
         assert result.baseline.metric == pytest.approx(expected.baseline.metric, rel=1e-5, abs=1e-6)
         assert result.metric != pytest.approx(result.baseline.metric, abs=1e-4)  # the steer/ablation bite
         shown = app.query_one(PredictionsPane).render()
-        assert str(shown) == predictions_text(expected, intervened=True).plain
+        from mechscope.tui.token_labels import token_labels
+
+        ids = [t.id for t in expected.top]
+        labels = dict(zip(ids, token_labels(engine, ids, [t.text for t in expected.top]), strict=True))
+        assert str(shown) == predictions_text(expected, intervened=True, labels=labels).plain
 
         # Opening records only the run on A (its prompts and metric are already there); B is untouched.
         new_a = event_lines(A_NAME)[len(a_events):]

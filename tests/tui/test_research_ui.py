@@ -159,7 +159,7 @@ async def test_export_sweep_csv_from_the_ui(tmp_path):
         await settle(pilot)
         await pilot.press("w")
         await settle(pilot)
-        await pilot.press("E")
+        await pilot.press("O")
         await settle(pilot)
         await pilot.press("enter")  # the first choice: sweep as CSV
         await settle(pilot)

@@ -76,3 +76,7 @@ def test_build_steering_vector_dialog_80x24(snap_compare):
         await pilot.pause()
 
     assert snap_compare(snapshot_app(), terminal_size=(80, 24), run_before=dialog)
+
+
+def test_terminal_too_small_60x20(snap_compare):
+    assert snap_compare(snapshot_app(), terminal_size=(60, 20), run_before=loaded)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from textual.binding import Binding
 
-from mechscope.tui.widgets.heatmap import Heatmap
+from mechscope.tui.widgets.heatmap import Heatmap, legend_markup
 
 # name -> (title, diverging colour ramp)
 GRID_METRICS: dict[str, tuple[str, bool]] = {
@@ -60,7 +60,8 @@ class HeadGrid(Heatmap, can_focus=True):
         self.set_data(values, self.row_labels, self.col_labels, diverging=diverging)
         finite = values[np.isfinite(values)]
         if finite.size:
-            self.border_subtitle = f"{finite.min():+.2f}…{finite.max():+.2f}"
+            swatches = 5 if self.n_heads >= 7 else 2  # a narrow grid has room for a short legend only
+            self.border_subtitle = legend_markup(float(finite.min()), float(finite.max()), diverging, swatches)
         else:
             self.border_subtitle = empty_note
         self.border_title = title

@@ -37,6 +37,28 @@ def bucket_styles(diverging: bool) -> tuple[Style, ...]:
     return tuple(styles)
 
 
+def cell_number(value: float, width: int) -> str:
+    """A value in at most `width` characters (`.47`, `-3.1`, `12`), or `##` when it cannot fit."""
+    for digits in (2, 1, 0):
+        text = f"{value:.{digits}f}"
+        text = text.replace("0.", ".", 1) if text.startswith(("0.", "-0.")) else text
+        if text.strip("-.0") == "":
+            text = "0"  # -0.004 reads as 0, not "-.0"
+        if len(text) <= width:
+            return text
+    return "#" * width
+
+
+def legend_markup(low: float, high: float, diverging: bool, swatches: int = 5) -> str:
+    """`-0.28 █████ +0.20` in the ramp's colours: what a cell's colour means (for a border subtitle)."""
+    styles = bucket_styles(diverging)
+    picks = [styles[round(i * (BUCKETS - 1) / (swatches - 1))] for i in range(swatches)]
+    ramp = "".join(f"[{style.bgcolor.get_truecolor().hex}]█[/]" for style in picks if style.bgcolor)
+    if swatches >= 5:
+        return f"{low:+.2f} {ramp} {high:+.2f}"
+    return f"{low:+.2f}".replace("0.", ".", 1) + f" {ramp} " + f"{high:+.2f}".replace("0.", ".", 1)
+
+
 class Heatmap(ScrollView, can_focus=False):
     """Values of a [row, col] matrix as coloured cells with a fixed header row and label column.
 
@@ -78,6 +100,7 @@ class Heatmap(ScrollView, can_focus=False):
         self.col_labels: list[str] = []
         self.marks: dict[tuple[int, int], str] = {}
         self.row_marks: set[int] = set()  # rows flagged after their label, e.g. layers with an edit
+        self.show_numbers = False  # cells print their values (the 0 key toggles it on every heatmap)
         self.scale = 1.0
         self._label_width = 0
         self._version = 0
@@ -131,6 +154,22 @@ class Heatmap(ScrollView, can_focus=False):
     def cursor_shown(self) -> bool:
         """Whether the cursor is drawn (subclasses may draw it only while focused)."""
         return self.cursor is not None
+
+    def toggle_numbers(self, shown: bool) -> None:
+        if shown != self.show_numbers:
+            self.show_numbers = shown
+            self.refresh_cells()
+
+    def show_cell(self, row: int, col: int) -> None:
+        """Scroll so that (row, col) is in view (after the next layout, when the size is known)."""
+        def scroll() -> None:
+            height = max(self.scrollable_content_region.height - 1, 1)
+            width = max(self.scrollable_content_region.width - self._label_width, self.cell_width)
+            top = max(0, min(row - height // 2, self.shape[0] - height))
+            left = max(0, col * self.cell_width - width // 2)
+            self.scroll_to(left, top, animate=False, immediate=True)
+
+        self.call_after_refresh(scroll)
 
     def refresh_cells(self) -> None:
         self._version += 1
@@ -193,12 +232,14 @@ class Heatmap(ScrollView, can_focus=False):
                 style, mark = self.base_style, mark or "·"
             else:
                 style = self._bucket_style(float(value))
+                if self.show_numbers and not mark and col != cursor_col:
+                    mark = cell_number(float(value), width)
             if col == cursor_col:
-                if width >= 3:
+                if width >= 3 and len(mark) <= width - 2:
                     text = ("[" + (mark or " ") + "]").center(width)
                 else:
                     text = (mark or "[]").center(width)
-                style = style + Style(reverse=width < 3, underline=True)
+                style = style + Style(reverse=width < 3 or len(mark) > width - 2, underline=True)
             else:
                 text = (mark or " ").center(width)
             segments.append(Segment(text[:width], style))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from rich.text import Text
 from textual.widgets import Static
@@ -18,8 +20,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
-def predictions_text(result: RunResult, intervened: bool) -> Text:
-    """The pane's text; without interventions there is no change column to show."""
+def predictions_text(result: RunResult, intervened: bool, labels: Mapping[int, str] | None = None) -> Text:
+    """The pane's text; without interventions there is no change column to show. `labels`: token id ->
+    the text to show instead of its decoded text (bytes for a piece of a character)."""
     text = Text()
     kind = result.metric_info.kind if result.metric_info is not None else None
     if result.metric is not None and kind is not None:
@@ -36,7 +39,8 @@ def predictions_text(result: RunResult, intervened: bool) -> Text:
         text.append("no metric: set a target\n", style="dim")
     baseline_probs = softmax(result.baseline.logits) if intervened else None
     for rank, token in enumerate(result.top, 1):
-        text.append(f"{show_token(token.text)[:10]:<10}", style="bold" if rank == 1 else "")
+        shown = show_token((labels or {}).get(token.id, token.text))
+        text.append(f"{shown[:10]:<10}", style="bold" if rank == 1 else "")
         text.append(f" {token.prob * 100:5.1f}%")
         if baseline_probs is not None:
             change = (token.prob - float(baseline_probs[token.id])) * 100
@@ -57,8 +61,8 @@ class PredictionsPane(Static):
     def on_mount(self) -> None:
         self.border_title = "predictions"
 
-    def show(self, result: RunResult, intervened: bool) -> None:
-        self.update(predictions_text(result, intervened), layout=False)  # its size is set by CSS
+    def show(self, result: RunResult, intervened: bool, labels: Mapping[int, str] | None = None) -> None:
+        self.update(predictions_text(result, intervened, labels), layout=False)  # its size is set by CSS
         self.border_subtitle = "Δ vs no interventions" if intervened else ""
         self.border_title = "predictions"
 

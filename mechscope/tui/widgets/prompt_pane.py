@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, Select, Static
 
+from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.workbench.controller import Inputs
 
 METRIC_KINDS = (("logit diff", "logit_diff"), ("prob", "prob"), ("loss", "loss"), ("KL", "kl"))
@@ -59,17 +60,17 @@ class PromptPane(Vertical):
         values = self.initial
         with Horizontal():
             yield Label("clean")
-            yield Input(values.clean, placeholder="the prompt to study", id="clean", compact=True,
+            yield PromptInput(values.clean, placeholder="the prompt to study", id="clean", compact=True,
                         select_on_focus=False)
         with Horizontal():
             yield Label("corrupt")
-            yield Input(values.corrupted, placeholder="optional: the same prompt with the key fact changed",
+            yield PromptInput(values.corrupted, placeholder="optional: the same prompt with the key fact changed",
                         id="corrupted", compact=True, select_on_focus=False)
         with Horizontal():
             yield Label("target")
-            yield Input(values.target, id="target", compact=True, select_on_focus=False)
+            yield PromptInput(values.target, id="target", compact=True, select_on_focus=False)
             yield Label("foil", classes="-inline")
-            yield Input(values.foil, id="foil", compact=True, select_on_focus=False)
+            yield PromptInput(values.foil, id="foil", compact=True, select_on_focus=False)
             yield Label("metric", classes="-inline")
             yield Select(METRIC_KINDS, value=values.metric_kind, allow_blank=False, compact=True,
                          id="metric-kind")

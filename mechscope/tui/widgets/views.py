@@ -94,6 +94,7 @@ class AttentionView(Vertical):
         heatmap.set_data(pattern, rows, position_labels(pattern.shape[1]), scale=1.0)
         if heatmap.cursor is None and pattern.size:
             heatmap.set_reactive(AttentionMap.cursor, (pattern.shape[0] - 1, 0))  # last query, first key
+            heatmap.show_cell(pattern.shape[0] - 1, 0)  # open on the last query: the one predicting
         self.show_caption()
 
     def set_knockouts(self, knocked_out: dict[tuple[int, int], str]) -> None:
@@ -164,6 +165,8 @@ class LensView(Vertical):
                             zip(lens.top_tokens[layer], lens.top_probs[layer], strict=False))
             label = f"L{layer}" + (" ◀" if layer == critical else "")
             table.add_row(label, rank, prob, tops, key=str(layer))
+        if table.row_count:  # open on what matters: the critical layer, else the last layers
+            table.move_cursor(row=critical if critical is not None else table.row_count - 1, animate=False)
         where = f"critical layer L{critical}" if critical is not None else "target never stays top-1"
         caption.update(f"logit lens at position {lens.position}: {where}")
 
@@ -203,7 +206,10 @@ class SweepView(Vertical):
         self.query_one("#sweep-summary", Static).update(text)
         cols = ([str(c) for c in range(values.shape[1])] if result.kind not in PER_POSITION
                 else position_labels(values.shape[1]))
-        self.query_one(Heatmap).set_data(values, [f"L{r}" for r in range(values.shape[0])], cols)
+        heatmap = self.query_one(Heatmap)
+        heatmap.set_data(values, [f"L{r}" for r in range(values.shape[0])], cols)
+        if not running and len(order) and np.isfinite(values).any():
+            heatmap.show_cell(*divmod(int(order[0]), values.shape[1]))  # open on the strongest cell
 
 
 class GenerationView(Horizontal):
