@@ -77,7 +77,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("G", "generation_settings", "Generation settings…", "max new tokens, temperature, seed for g"),
     Command("F", "reference_prompts", "Mean-ablation reference prompts…",
             "edit the prompts mean ablation averages over (recorded in the session)"),
-    Command("O", "export", "Export…", "write the sweep, attribution or logit lens as CSV, the sweep as safetensors"),
+    Command("e", "export", "Export…", "write the sweep, attribution or logit lens as CSV, the sweep as safetensors"),
     Command("S", "sessions", "Sessions", "list, open and replay sessions"),
     Command("question_mark,f1", "help", "Keys", "show every key", True, "keys"),
     Command("q", "quit", "Quit", "leave mechscope"),

@@ -159,7 +159,7 @@ async def test_export_sweep_csv_from_the_ui(tmp_path):
         await settle(pilot)
         await pilot.press("w")
         await settle(pilot)
-        await pilot.press("O")
+        await pilot.press("e")
         await settle(pilot)
         await pilot.press("enter")  # the first choice: sweep as CSV
         await settle(pilot)
@@ -203,7 +203,7 @@ async def test_palette_sweep_entries_run_their_kind_and_direction():
         await settle(pilot)
         titles = {c.title for c in app.get_system_commands(app.workbench)}
         assert {"Sweep: head denoising", "Sweep: MLP output per layer", "Pin baseline / unpin (b)",
-                "Export… (E)"} <= titles
+                "Export… (e)"} <= titles
         await app.run_action("sweep_with('head','denoising')", app.workbench)
         await settle(pilot)
         request = app.bench.sweeps["head"].request
