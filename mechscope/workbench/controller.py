@@ -23,6 +23,7 @@ from mechscope.engine.results import GeneratedToken, RunResult, SweepResult
 from mechscope.engine.views import Views
 from mechscope.workbench.recorder import SessionRecorder
 from mechscope.workbench.requests import (
+    SET_REQUESTS,
     AddVectorRequest,
     BuildVectorRequest,
     Direction,
@@ -34,6 +35,7 @@ from mechscope.workbench.requests import (
     SweepRequest,
     ValidateRequest,
 )
+from mechscope.workbench.sets import PromptSets
 from mechscope.workbench.stack import Change, Entry, InterventionStack
 from mechscope.workbench.state import Generation, GenerationSettings, Inputs, Lane, SweepState
 
@@ -74,6 +76,7 @@ class Workbench:
         self._issued_run: RunRequest | None = None
         self._issued_attention: RunRequest | None = None
         self._checks: list[_Check] = []
+        self.sets = PromptSets(self)  # the prompt set and its set-level results
 
     # -- derived state --------------------------------------------------------------------------
 
@@ -386,6 +389,8 @@ class Workbench:
     def accept(self, outcome: Outcome) -> Request | None:
         """Store an outcome and record exactly its request; returns the request to run next, if any."""
         request = outcome.request
+        if isinstance(request, SET_REQUESTS):
+            return self.sets.accept(outcome)
         if isinstance(request, RunRequest):
             return self._accept_run(outcome, request)
         if isinstance(request, SweepRequest):
