@@ -25,13 +25,15 @@ from mechscope.engine.interventions import (
 )
 from mechscope.engine.results import RunResult
 from mechscope.screens.workbench_forms import InterventionForms
+from mechscope.screens.workbench_sets import SetCommands
 from mechscope.tui.commands import COMMANDS, WIDGET_KEYS, key_label
 from mechscope.tui.messages import Finished, GenerationToken, SweepPartial
-from mechscope.tui.widgets.head_grid import GRID_METRICS, HeadGrid
+from mechscope.tui.widgets.head_grid import HeadGrid
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.interventions import InterventionList
 from mechscope.tui.widgets.predictions import PredictionsPane
 from mechscope.tui.widgets.prompt_pane import PromptPane
+from mechscope.tui.widgets.set_view import SetView
 from mechscope.tui.widgets.views import (
     AttentionMap,
     AttentionView,
@@ -43,6 +45,7 @@ from mechscope.tui.widgets.views import (
 from mechscope.workbench.controller import Workbench
 from mechscope.workbench.executor import execute
 from mechscope.workbench.requests import (
+    SET_REQUESTS,
     AddVectorRequest,
     BuildVectorRequest,
     GenerateRequest,
@@ -66,7 +69,7 @@ GRID_OF_SWEEP = {kind: name for name, kind in SWEEP_OF_GRID.items()}
 VIEW_TABS = ("tab-attention", "tab-lens", "tab-stats")  # filled from the latest run
 
 
-class WorkbenchScreen(InterventionForms, Screen[None]):
+class WorkbenchScreen(SetCommands, InterventionForms, Screen[None]):
     """Renders a `Workbench`; every engine call is a request from it, run by `submit`."""
 
     BINDINGS = [Binding(c.keys, c.action, c.short or c.title, show=c.show)
@@ -152,6 +155,8 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
                         yield GenerationView()
                     with TabPane("stats", id="tab-stats"):
                         yield StatsView()
+                    with TabPane("set", id="tab-set"):
+                        yield SetView()
         with Vertical(id="bottom-bar"):
             yield Static("", id="status-bar")
             yield Footer(id="workbench-footer", show_command_palette=False)
@@ -287,6 +292,8 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
             self.run_generate(request if generation is None else generation.baseline, request)
         elif isinstance(request, ValidateRequest):
             self.run_check(request)
+        elif isinstance(request, SET_REQUESTS):
+            self.submit_set(request)
         else:
             self.run_vector(request)
 
@@ -357,6 +364,8 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
                 self.refresh_interventions()
         elif isinstance(request, (BuildVectorRequest, AddVectorRequest)):
             self.vector_finished(outcome)
+        elif isinstance(request, SET_REQUESTS):
+            self.set_finished(outcome)
         self.update_title()
         self.update_status()
         if follow_up is not None:
@@ -499,6 +508,8 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
             return None if result is None or result.attribution is None else result.attribution.heads
         if name == "sink":
             return None if result is None else result.sink_scores
+        if name not in SWEEP_OF_GRID:
+            return self.set_grid_values(name)
         return self.bench.sweep_values(SWEEP_OF_GRID[name])
 
     def show_grid(self) -> None:
@@ -510,11 +521,11 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
 
     def show_marks(self) -> None:
         grid = self.grid
-        grid.set_marks(self.bench.stack.head_marks())
+        grid.set_marks({**self.set_marks(), **self.bench.stack.head_marks()})
         grid.set_row_marks(self.bench.stack.layer_marks())
 
     def action_cycle_grid(self) -> None:
-        names = list(GRID_METRICS)
+        names = self.grid_names()
         self.grid_metric = names[(names.index(self.grid_metric) + 1) % len(names)]
         self.show_grid()
         if self.grid_values(self.grid_metric) is None and self.grid_metric in SWEEP_OF_GRID:
@@ -670,7 +681,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
             state = self.bench.cancel_sweep()
             if state is not None and state.result is not None:
                 self.part(SweepView, SweepView).show(state.result, running=False, note=" (cancelled)")
-        if running:
+        if self.cancel_sets() or running:
             self.say("cancelled")
 
     # ---------------------------------------------------------------- generation

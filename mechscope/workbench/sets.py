@@ -131,6 +131,37 @@ class PromptSets:
             return None
         return self.use(pset)
 
+    def open_text(self, text: str) -> Request | None:
+        """What the prompt-set dialog typed: "ioi 20" (a template and a row count) or a file path."""
+        words = text.split()
+        if not words:
+            self.error = "type a file path or a template (ioi, capitals, induction) and a count"
+            return None
+        if words[0] in TEMPLATES and len(words) <= 3:
+            try:
+                numbers = [int(w) for w in words[1:]]
+            except ValueError:
+                self.error = f"{text!r}: a template takes a row count and a seed (e.g. ioi 20 0)"
+                return None
+            return self.template(words[0], *numbers) if numbers else self.template(words[0], 20)
+        return self.load(text.strip())
+
+    def estimate_text(self, text: str) -> EstimateRequest | None:
+        """What the estimate dialog typed: a method, then optional "steps N" and "verify K"."""
+        words = text.lower().split() or ["atp"]
+        options = {"steps": 5, "verify": 0}
+        rest = words[1:]
+        if len(rest) % 2 or any(name not in options for name in rest[::2]):
+            self.error = f"{text!r}: a method then steps N / verify K, e.g. eap-ig steps 5 verify 10"
+            return None
+        for name, value in zip(rest[::2], rest[1::2]):
+            try:
+                options[name] = int(value)
+            except ValueError:
+                self.error = f"{name} must be a whole number, got {value!r}"
+                return None
+        return self.estimate_request(words[0], options["steps"], options["verify"])  # type: ignore[arg-type]
+
     def template(self, template: str, count: int, seed: int = 0) -> TemplateSetRequest | None:
         if template not in TEMPLATES:
             self.error = f"unknown template {template!r} (known: {', '.join(TEMPLATES)})"

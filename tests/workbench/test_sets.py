@@ -186,3 +186,17 @@ def test_replay_notices_a_changed_set_run(engine):
     steps = [s for s in replay(Session.open("study"), engine) if s.kind == "set_run"]
     assert [s.matches for s in steps] == [True, False]
     assert "values: 2 row(s) differ" in steps[1].detail
+
+
+def test_dialog_texts(tmp_path):
+    bench = Workbench(IOI)
+    request = bench.sets.open_text("capitals 3 1")
+    assert request == TemplateSetRequest("capitals", 3, 1)
+    assert bench.sets.open_text("ioi") == TemplateSetRequest("ioi", 20, 0)
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps(ROWS.rows[0].to_dict()) + "\n")
+    assert bench.sets.open_text(str(path)).prompt == ROWS.rows[0].clean
+    assert bench.sets.estimate_text("eap-ig steps 3 verify 2") == EstimateRequest(
+        bench.sets.pset, "eap-ig", 3, verify_top_k=2)
+    assert bench.sets.estimate_text("atp verify x") is None and "whole number" in bench.sets.error
+    assert bench.sets.estimate_text("magic") is None and "unknown estimator" in bench.sets.error
