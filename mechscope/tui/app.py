@@ -117,6 +117,7 @@ class MechscopeApp(App[int]):
     def restore(self, state: Any) -> None:
         """Put a resumed session's prompts, metric, interventions and vectors back."""
         self.bench.restore(state.clean or "", state.corrupted, state.metric, list(state.interventions))
+        self.bench.sets.restore(getattr(state, "prompt_set", None))
         for name, array in (state.vectors or {}).items():
             self.engine.add_vector(name, np.asarray(array))
 

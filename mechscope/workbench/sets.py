@@ -273,6 +273,20 @@ class PromptSets:
             self.massive = outcome
         return None
 
+    def restore(self, recorded: dict[str, Any] | None) -> None:
+        """A resumed session's latest prompt set (its `prompt_set` payload); the inputs stay as the
+        session left them, the row is the one they match (else the first)."""
+        self.reset()
+        if recorded is None:
+            return
+        try:
+            self.pset = PromptSet.from_dict(recorded)
+        except PromptSetError as exc:
+            self.pset, self.error = None, f"the session's prompt set was not restored: {exc}"
+            return
+        clean = self.bench.inputs.clean
+        self.row = next((i for i, row in enumerate(self.pset.rows) if row.clean == clean), 0)
+
     def reset(self) -> None:
         """Another session or model: the set stays, its results go."""
         self.run = self.sweep = self.estimate = self.massive = None

@@ -170,6 +170,9 @@ def test_set_run_and_sweep_are_recorded_and_replay(engine):
     assert run_event["interventions"] == [HeadAblation(1, 0, "zero").to_dict()]
     session = Session.open("study")
     assert session.state().prompt_set["name"] == "two"
+    resumed = Workbench(IOI)
+    resumed.sets.restore(session.state().prompt_set)
+    assert resumed.sets.pset == ROWS and resumed.sets.row == 0 and resumed.sets.run is None
     steps = replay(session, engine)
     kinds = [s.kind for s in steps]
     assert "set_run" in kinds and "set_sweep" in kinds
