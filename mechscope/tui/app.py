@@ -120,6 +120,10 @@ class MechscopeApp(App[int]):
         self.bench.sets.restore(getattr(state, "prompt_set", None))
         for name, array in (state.vectors or {}).items():
             self.engine.add_vector(name, np.asarray(array))
+        prompts = getattr(state, "reference_prompts", None)
+        if prompts:  # mean ablations average over what the session last set
+            self.engine.set_reference_prompts(list(prompts))
+            self.bench.reference_prompts = tuple(prompts)
 
     # ---------------------------------------------------------------- sessions
 
@@ -183,7 +187,9 @@ def run_app(args: argparse.Namespace) -> int:
         from mechscope.engine import Engine
 
         return Engine.load(args.model, device=args.device, dtype=args.dtype,
-                           trust_remote_code=args.trust_remote_code, progress=progress)
+                           trust_remote_code=args.trust_remote_code, progress=progress,
+                           device_map=getattr(args, "device_map", None),
+                           max_memory=getattr(args, "max_memory", None))
 
     source = f"attached: {attach}" if attach else args.model
     app = MechscopeApp(factory, session_name=getattr(args, "session", None), source=source)
