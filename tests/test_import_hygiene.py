@@ -28,6 +28,8 @@ WORKBENCH_MODULES = [
     "mechscope.workbench.stack",
     "mechscope.workbench.numbers",
     "mechscope.workbench.state",
+    "mechscope.workbench.sets",
+    "mechscope.workbench.set_results",
 ]
 
 

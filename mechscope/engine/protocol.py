@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.results import GeneratedToken, ModelInfo, RunResult, SweepResult
 from mechscope.engine.views import Views
 
@@ -65,3 +66,23 @@ class EngineProtocol(Protocol):
                               negative: Sequence[str]) -> np.ndarray: ...
 
     def set_reference_prompts(self, prompts: Sequence[str]) -> None: ...
+
+
+@runtime_checkable
+class SetEngineProtocol(EngineProtocol, Protocol):
+    """Optional methods over prompt sets (the in-process `Engine` has them; the serve client and the
+    nnsight backend need not, and the workbench says "not available on this engine" without them).
+
+    Results are the engine's plain dataclasses: `SetRunResult`, `SetSweepResult` (set_runs),
+    `Estimate` (estimators), `HeadScores` (detectors), a list of `MassiveLayer` (massive)."""
+
+    def run_set(self, pset: PromptSet, kind: str = "logit_diff", interventions: Iterable[Intervention] = (),
+                prompt: str = "clean", padding: str = "left") -> Any: ...
+
+    def sweep_set(self, pset: PromptSet, **options: Any) -> Any: ...
+
+    def estimate(self, pset: PromptSet, method: str, steps: int = 5, **options: Any) -> Any: ...
+
+    def detect_heads(self) -> Any: ...
+
+    def massive_activations(self, prompts: Any, ratio: float = 100.0) -> Any: ...

@@ -13,8 +13,18 @@ GRID_LEGEND = (
     "\nGrid marks: x zero, m mean, r resample, s scale, p patch, k knockout, * another kind on a head; "
     "one letter per edit (ms: mean + scale), + for more than two (the list shows them all); "
     "a * after a layer label: an edit of the whole layer (attention or MLP ablation, neuron clamp, "
-    "steering, residual patch)."
+    "steering, residual patch). On the estimate grid, = marks a head verified by exact patching: "
+    "its cell shows the exact value, the others the estimate."
 )
+
+
+def detector_definitions() -> str:
+    """The head detectors' definitions (grid metrics after D), read from the engine's detectors module."""
+    try:
+        from mechscope.engine.detectors import DEFINITIONS
+    except ImportError:
+        return ""
+    return "\nHead detectors (D, then c cycles them):\n" + "\n".join(f"  {text}" for text in DEFINITIONS.values())
 
 
 class HelpScreen(ModalScreen[None]):
@@ -42,6 +52,7 @@ class HelpScreen(ModalScreen[None]):
             scroll.border_title = "keys (esc closes)"
             yield Static(table)
             yield Static(GRID_LEGEND, id="grid-legend")
+            yield Static(detector_definitions(), id="detector-definitions")
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -26,15 +26,17 @@ from mechscope.engine.interventions import (
 from mechscope.engine.results import RunResult
 from mechscope.screens.research_actions import ResearchActions
 from mechscope.screens.workbench_forms import InterventionForms
+from mechscope.screens.workbench_sets import SetCommands
 from mechscope.tui.commands import COMMANDS, WIDGET_KEYS, key_label
 from mechscope.tui.messages import Finished, GenerationToken, SweepPartial
 from mechscope.tui.token_labels import token_labels
-from mechscope.tui.widgets.head_grid import GRID_METRICS, HeadGrid
+from mechscope.tui.widgets.head_grid import HeadGrid
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.interventions import InterventionList
 from mechscope.tui.widgets.predictions import PredictionsPane
 from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.tui.widgets.prompt_pane import PromptPane
+from mechscope.tui.widgets.set_view import SetView
 from mechscope.tui.widgets.views import (
     AttentionMap,
     AttentionView,
@@ -46,6 +48,7 @@ from mechscope.tui.widgets.views import (
 from mechscope.workbench.controller import Workbench
 from mechscope.workbench.executor import execute
 from mechscope.workbench.requests import (
+    SET_REQUESTS,
     AddVectorRequest,
     BuildVectorRequest,
     GenerateRequest,
@@ -70,7 +73,7 @@ GRID_OF_SWEEP = {kind: name for name, kind in SWEEP_OF_GRID.items()}
 VIEW_TABS = ("tab-attention", "tab-lens", "tab-stats")  # filled from the latest run
 
 
-class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
+class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, Screen[None]):
     """Renders a `Workbench`; every engine call is a request from it, run by `submit`."""
 
     BINDINGS = [Binding(c.keys, c.action, c.short or c.title, show=c.show)
@@ -159,6 +162,8 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
                         yield GenerationView()
                     with TabPane("stats", id="tab-stats"):
                         yield StatsView()
+                    with TabPane("set", id="tab-set"):
+                        yield SetView()
         with Vertical(id="bottom-bar"):
             yield Static("", id="status-bar")
             yield Footer(id="workbench-footer", show_command_palette=False)
@@ -301,6 +306,8 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
             self.run_generate(request if generation is None else generation.baseline, request)
         elif isinstance(request, ValidateRequest):
             self.run_check(request)
+        elif isinstance(request, SET_REQUESTS):
+            self.submit_set(request)
         else:
             self.run_vector(request)
 
@@ -372,6 +379,8 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
                 self.refresh_interventions()
         elif isinstance(request, (BuildVectorRequest, AddVectorRequest)):
             self.vector_finished(outcome)
+        elif isinstance(request, SET_REQUESTS):
+            self.set_finished(outcome)
         self.update_title()
         self.update_status()
         if follow_up is not None:
@@ -524,6 +533,8 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
             return None if result is None or result.attribution is None else result.attribution.heads
         if name == "sink":
             return None if result is None else result.sink_scores
+        if name not in SWEEP_OF_GRID:
+            return self.set_grid_values(name)
         return self.bench.sweep_values(SWEEP_OF_GRID[name])
 
     def show_grid(self) -> None:
@@ -535,11 +546,11 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
 
     def show_marks(self) -> None:
         grid = self.grid
-        grid.set_marks(self.bench.stack.head_marks())
+        grid.set_marks({**self.set_marks(), **self.bench.stack.head_marks()})
         grid.set_row_marks(self.bench.stack.layer_marks())
 
     def action_cycle_grid(self) -> None:
-        names = list(GRID_METRICS)
+        names = self.grid_names()
         self.grid_metric = names[(names.index(self.grid_metric) + 1) % len(names)]
         self.show_grid()
         if self.grid_values(self.grid_metric) is None and self.grid_metric in SWEEP_OF_GRID:
@@ -697,7 +708,7 @@ class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
             if state is not None and state.result is not None:
                 self.part(SweepView, SweepView).show(state.result, running=False,
                                                      note=" (cancelled)" + self.bench.sweep_header(state.request))
-        if running:
+        if self.cancel_sets() or running:
             self.say("cancelled")
 
     # ---------------------------------------------------------------- generation

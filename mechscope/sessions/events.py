@@ -12,6 +12,10 @@ TENSOR_FILE = re.compile(r"^tensors/[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$")
 INTERVENTION_ACTIONS = ("added", "changed", "toggled", "removed")
 SWEEP_KINDS = ("head", "resid", "atp", "attn", "mlp")
 SWEEP_DIRECTIONS = ("noising", "denoising")
+SET_METRIC_KINDS = ("logit_diff", "prob", "loss")
+SET_SOURCES = ("prompts", "mean")
+MAX_SET_ROWS = 10_000  # rows of one recorded prompt set (the engine's limit)
+ROW_FIELDS = ("clean", "corrupted", "target", "foil")
 RESERVED = ("seq", "time", "kind")
 
 
@@ -146,6 +150,22 @@ def check_outcome(name: str, value: Any) -> None:
         raise ValueError(f"{name}: top_ids, top_tokens and top_probs differ in length")
 
 
+def check_set_row(name: str, value: Any) -> None:
+    """One prompt-set row: clean, corrupted, target and foil strings."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be an object, got {_type_name(value)}")
+    _check_fields(name, value, dict.fromkeys(ROW_FIELDS, check_str))
+
+
+def bounded_list(check: Checker, limit: int) -> Checker:
+    def check_bounded(name: str, value: Any) -> None:
+        if isinstance(value, list) and len(value) > limit:
+            raise ValueError(f"{name} has {len(value)} items (at most {limit})")
+        list_of(check)(name, value)
+
+    return check_bounded
+
+
 def check_generate_params(name: str, value: Any) -> None:
     if not isinstance(value, dict):
         raise ValueError(f"{name} must be an object, got {_type_name(value)}")
@@ -211,6 +231,17 @@ EVENT_FIELDS: dict[str, dict[str, Checker]] = {
                  "interventions": list_of(check_intervention), "params": check_generate_params,
                  "token_ids": list_of(check_count), "tokens": list_of(check_str)},
     "note": {"text": check_str},
+    # a prompt set the later set_run / set_sweep events name by this event's seq
+    "prompt_set": {"name": check_str, "source": check_str,
+                   "rows": bounded_list(check_set_row, MAX_SET_ROWS)},
+    "set_run": {"set": check_count, "metric_kind": one_of(*SET_METRIC_KINDS),
+                "prompt": one_of("clean", "corrupted"), "interventions": list_of(check_intervention),
+                "values": bounded_list(check_number, MAX_SET_ROWS),
+                "baseline": bounded_list(check_number, MAX_SET_ROWS)},
+    "set_sweep": {"set": check_count, "metric_kind": one_of(*SET_METRIC_KINDS),
+                  "direction": one_of(*SWEEP_DIRECTIONS), "source": one_of(*SET_SOURCES),
+                  "file": check_tensor_file, "shape": rank(2), "base_metric": check_number,
+                  "complete": check_bool},
 }
 EVENT_KINDS: tuple[str, ...] = tuple(EVENT_FIELDS)
 
@@ -237,6 +268,10 @@ def validate_payload(kind: str, payload: dict[str, Any]) -> None:
         raise ValueError("shape: a steering vector needs at least one value")
     if kind == "sweep":
         _check_sweep_labels(payload)
+    if kind == "prompt_set" and not payload["rows"]:
+        raise ValueError("rows: a prompt set needs at least one row")
+    if kind == "set_run" and len(payload["values"]) != len(payload["baseline"]):
+        raise ValueError("values and baseline differ in length")
 
 
 def _check_sweep_labels(payload: dict[str, Any]) -> None:

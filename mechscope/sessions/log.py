@@ -72,7 +72,7 @@ def parse_log(path: Path, data: bytes) -> Log:
                 logger.warning(message)
                 return False
             raise SessionError(f"{where}: {reason(exc)}") from None
-        if event.kind in ("vector", "sweep"):
+        if event.kind in ("vector", "sweep", "set_sweep"):
             key = "vector" if event.kind == "vector" else "values"
             tensors[event["file"]] = load_tensor(path, event["file"], key, event["shape"], where,
                                                  finite=event.kind == "vector")

@@ -13,6 +13,9 @@ What counts as a match:
 - the metric and the baseline metric within `metric_atol + metric_rtol * |recorded|`;
 - sweep matrices: every cell the recording finished within the metric tolerance;
 - generations: identical token ids.
+- set runs (`set_run`, over the `prompt_set` event they name): every row's metric with and without
+  the interventions within the metric tolerance;
+- set sweeps (`set_sweep`): the mean base metric and every finished cell of the mean matrix.
 
 Tolerances depend on the dtype and device of both the recording and the replay (the looser applies):
 
@@ -43,7 +46,7 @@ from mechscope.sessions.outcomes import (
 )
 from mechscope.sessions.store import Session
 
-STEP_KINDS = ("run", "sweep", "generate")
+STEP_KINDS = ("run", "sweep", "generate", "set_run", "set_sweep")
 
 
 @dataclass(frozen=True)
@@ -279,7 +282,62 @@ def _replay_generate(session: Session, engine: Any, event: Event, tolerance: Tol
                       _recorded_data(event), {"token_ids": ids, "tokens": texts})
 
 
-_STEPPERS = {"run": _replay_run, "sweep": _replay_sweep, "generate": _replay_generate}
+def _replay_set_run(session: Session, engine: Any, event: Event, tolerance: Tolerance,
+                    should_stop: Callable[[], bool] | None) -> StepResult:
+    pset = session.prompt_set(event["set"])
+    result = engine.run_set(pset, event["metric_kind"], _interventions(event["interventions"]),
+                            event["prompt"])
+    problems = []
+    for key, new in (("values", result.values), ("baseline", result.baseline)):
+        new = [float(v) for v in np.asarray(new).reshape(-1)]
+        old = event[key]
+        if len(new) != len(old):
+            problems.append(f"{key}: {len(new)} rows, recorded {len(old)}")
+            continue
+        off = [i for i, (a, b) in enumerate(zip(old, new)) if not tolerance.metric_close(a, b)]
+        if off:
+            problems.append(f"{key}: {len(off)} row(s) differ, e.g. row {off[0] + 1} "
+                            f"{old[off[0]]:+.6f} -> {new[off[0]]:+.6f}")
+    recomputed = {"mean": float(np.mean(result.values)), "rows": len(np.asarray(result.values))}
+    return StepResult(event.seq, "set_run", _format_set_run(event["values"]),
+                      _format_set_run(list(np.asarray(result.values).reshape(-1))), not problems,
+                      "; ".join(problems), event.line, _recorded_data(event), recomputed)
+
+
+def _format_set_run(values: Sequence[float]) -> str:
+    v = np.asarray(values, dtype=np.float64)
+    return f"{len(v)} rows: mean {v.mean():+.4f} ± {v.std():.4f}"
+
+
+def _replay_set_sweep(session: Session, engine: Any, event: Event, tolerance: Tolerance,
+                      should_stop: Callable[[], bool] | None) -> StepResult:
+    pset = session.prompt_set(event["set"])
+    result = engine.sweep_set(pset, kind=event["metric_kind"], direction=event["direction"],
+                              source=event["source"], should_stop=should_stop)
+    recorded_values = session.tensor(event)
+    values = np.asarray(result.mean, dtype=np.float32)
+    base = float(np.mean(result.base_metric))
+    problems = []
+    if not tolerance.metric_close(event["base_metric"], base):
+        problems.append(f"mean base metric {event['base_metric']:+.6f} -> {base:+.6f}")
+    if values.shape != recorded_values.shape:
+        problems.append(f"shape {list(recorded_values.shape)} -> {list(values.shape)}")
+    else:
+        done = np.isfinite(recorded_values)
+        allowed = tolerance.metric_atol + tolerance.metric_rtol * np.abs(recorded_values)
+        off = done & ~(np.abs(values - recorded_values) <= allowed)
+        if off.any():
+            row, col = np.argwhere(off)[0]
+            problems.append(f"{int(off.sum())} cell(s) differ, e.g. L{row}.H{col} "
+                            f"{recorded_values[row, col]:+.6f} -> {values[row, col]:+.6f}")
+    recomputed = {"base_metric": base, "shape": list(values.shape)}
+    return StepResult(event.seq, "set_sweep", format_sweep(recorded_values, event["base_metric"]),
+                      format_sweep(values, base), not problems, "; ".join(problems), event.line,
+                      _recorded_data(event), recomputed)
+
+
+_STEPPERS = {"run": _replay_run, "sweep": _replay_sweep, "generate": _replay_generate,
+             "set_run": _replay_set_run, "set_sweep": _replay_set_sweep}
 
 
 def compare_outcomes(recorded: dict, recomputed: dict, tolerance: Tolerance) -> list[str]:
@@ -323,6 +381,8 @@ def _recorded_data(event: Event) -> dict[str, Any]:
         return dict(event["outcome"])
     if event.kind == "generate":
         return {"token_ids": list(event["token_ids"]), "tokens": list(event["tokens"])}
+    if event.kind == "set_run":
+        return {"mean": float(np.mean(event["values"])), "rows": len(event["values"])}
     return {"base_metric": event["base_metric"], "shape": list(event["shape"])}
 
 
@@ -331,6 +391,8 @@ def _recorded_summary(session: Session, event: Event) -> str:
         return format_outcome(event["outcome"])
     if event.kind == "generate":
         return format_generation(event["token_ids"], event["tokens"])
+    if event.kind == "set_run":
+        return _format_set_run(event["values"])
     return format_sweep(session.tensor(event), event["base_metric"])
 
 

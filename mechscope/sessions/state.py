@@ -27,6 +27,7 @@ class SessionState:
     last_sweep: Event | None = None
     last_generate: Event | None = None
     notes: list[str] = field(default_factory=list)
+    prompt_set: dict[str, Any] | None = None  # the latest prompt_set event's payload (name, source, rows)
 
     @property
     def last_outcome(self) -> dict[str, Any] | None:
@@ -50,6 +51,8 @@ class StateBuilder:
         self.reference_prompts: list[str] | None = None
         self.last: dict[str, Event] = {}
         self.notes: list[str] = []
+        self.prompt_sets: dict[int, dict[str, Any]] = {}  # seq -> prompt_set payload
+        self.prompt_set: dict[str, Any] | None = None
 
     def apply(self, event: Event) -> None:
         kind, payload = event.kind, event.payload
@@ -65,6 +68,17 @@ class StateBuilder:
             self.reference_prompts = list(payload["prompts"])
         elif kind == "note":
             self.notes.append(payload["text"])
+        elif kind == "prompt_set":
+            self.prompt_sets[event.seq] = payload
+            self.prompt_set = payload
+        elif kind in ("set_run", "set_sweep"):
+            rows = self.prompt_sets.get(payload["set"])
+            if rows is None:
+                raise ValueError(f"{kind} names prompt set {payload['set']}, which no earlier "
+                                 "prompt_set event recorded")
+            if kind == "set_run" and len(payload["values"]) != len(rows["rows"]):
+                raise ValueError(f"set_run has {len(payload['values'])} values for a set of "
+                                 f"{len(rows['rows'])} rows")
         if kind == "run":
             self.clean, self.corrupted, self.metric = (payload["prompt"], payload["corrupted"],
                                                        payload["metric"])
@@ -103,6 +117,7 @@ class StateBuilder:
             last_sweep=self.last.get("sweep"),
             last_generate=self.last.get("generate"),
             notes=list(self.notes),
+            prompt_set=self.prompt_set,
         )
 
 

@@ -283,7 +283,7 @@ class Session:
         try:
             check_values(payload)
             validate_payload(kind, payload)
-            if kind in ("vector", "sweep") and payload["file"] not in self._tensors:
+            if kind in ("vector", "sweep", "set_sweep") and payload["file"] not in self._tensors:
                 raise ValueError(f"{payload['file']} was not saved by this session "
                                  "(use save_vector / record_sweep)")
             copy_builder(self._builder).apply(event)
@@ -340,6 +340,37 @@ class Session:
             col_labels=[str(x) for x in result.col_labels],
             **({"interventions": _intervention_dicts(interventions)} if interventions else {}),
         )
+
+    def record_prompt_set(self, pset: Any) -> Event:
+        """Record a prompt set (a `PromptSet`); set runs and sweeps name it by this event's seq."""
+        data = pset.to_dict()
+        return self.record("prompt_set", name=data["name"], source=data["source"], rows=data["rows"])
+
+    def prompt_set(self, seq: int) -> Any:
+        """The `PromptSet` the prompt_set event `seq` recorded; KeyError if there is none."""
+        from mechscope.engine.prompt_sets import PromptSet
+
+        return PromptSet.from_dict(self._builder.prompt_sets[seq])
+
+    def record_set_run(self, set_seq: int, result: Any, metric_kind: str, interventions: Sequence[Any],
+                       prompt: str = "clean") -> Event:
+        """A run over the recorded set `set_seq` with its per-row metric (`SetRunResult`)."""
+        return self.record(
+            "set_run", set=set_seq, metric_kind=metric_kind, prompt=prompt,
+            interventions=_intervention_dicts(interventions),
+            values=[float(v) for v in np.asarray(result.values).reshape(-1)],
+            baseline=[float(v) for v in np.asarray(result.baseline).reshape(-1)])
+
+    def record_set_sweep(self, set_seq: int, result: Any, metric_kind: str, direction: str,
+                         source: str = "prompts") -> Event:
+        """A head-patching sweep over the recorded set `set_seq`: the mean per cell ([layer, head],
+        NaN where unfinished) saved to tensors/, the mean base metric in the event."""
+        values = np.ascontiguousarray(np.asarray(result.mean, dtype=np.float32))
+        file = self._save_tensor("set-sweep", "values", values)
+        return self.record(
+            "set_sweep", set=set_seq, metric_kind=metric_kind, direction=direction, source=source,
+            file=file, shape=list(values.shape), base_metric=float(np.mean(result.base_metric)),
+            complete=bool(result.complete))
 
     def record_generate(self, prompt: str, interventions: Sequence[Any], params: dict[str, Any],
                         tokens: Sequence[Any], corrupted: str | None = None) -> Event:

@@ -143,6 +143,7 @@ class MechscopeApp(App[int]):
 
         self.bench.restore(state.clean or "", state.corrupted, state.metric, list(state.interventions))
         self.bench.sweeps.update(recorded_sweeps(self.bench.recorder.session))  # back on the grid
+        self.bench.sets.restore(getattr(state, "prompt_set", None))
         for name, array in (state.vectors or {}).items():
             self.engine.add_vector(name, np.asarray(array))
         prompts = getattr(state, "reference_prompts", None)

@@ -60,6 +60,21 @@ COMMANDS: tuple[Command, ...] = (
     Command("3", "show_tab('tab-sweep')", "View: sweeps", "sweep progress and results"),
     Command("4", "show_tab('tab-generate')", "View: generation", "baseline and intervened generation"),
     Command("5", "show_tab('tab-stats')", "View: activation stats", "residual norms, massive activations"),
+    Command("L", "prompt_set", "Prompt set…",
+            "load a JSONL / CSV set or generate ioi / capitals / induction rows; its first row becomes the inputs"),
+    Command("left_square_bracket", "set_row(-1)", "Prompt set: previous row", "the previous row becomes the inputs"),
+    Command("right_square_bracket", "set_row(1)", "Prompt set: next row", "the next row becomes the inputs"),
+    Command("O", "set_numbers", "Prompt set: metric over the set",
+            "mean ± std of the metric over every row, without and with the interventions (set tab)"),
+    Command("H", "set_sweep", "Prompt set: head patching sweep",
+            "patch every head in every row; the grid shows the mean per head (set patching)"),
+    Command("Z", "estimate", "Prompt set: attribution estimate…",
+            "AtP / AtP* / GradDrop / EAP-IG over the set; verify K patches its top K heads exactly (marked =)"),
+    Command("D", "detect_heads", "Head detectors",
+            "previous-token, duplicate-token, induction, sink, copy suppression grids (c cycles; cached per model)"),
+    Command("Y", "massive", "Prompt set: massive activations",
+            "per layer, residual dims that dwarf the rest, and whether they stay constant over the set"),
+    Command("6", "show_tab('tab-set')", "View: prompt set", "rows, set numbers, set sweep, estimate, massive activations"),
     Command("X", "clear_interventions", "Remove all interventions", "clear the list (undo brings it back)"),
     Command("n", "note", "Add a note", "write a note into the session"),
     Command("", "retry_saving", "Retry saving", "write again what the session could not save"),
@@ -114,5 +129,6 @@ WIDGET_KEYS: tuple[tuple[str, str], ...] = (
 def key_label(keys: str) -> str:
     if not keys:
         return "palette"
-    names = {"question_mark": "?", "slash": "/", "space": "space", "escape": "esc", "plus": "+"}
+    names = {"question_mark": "?", "slash": "/", "space": "space", "escape": "esc", "plus": "+",
+             "left_square_bracket": "[", "right_square_bracket": "]"}
     return " / ".join(names.get(key, key) for key in keys.split(","))

@@ -24,6 +24,7 @@ from mechscope.engine.results import GeneratedToken, RunResult, SweepResult
 from mechscope.engine.views import Views
 from mechscope.workbench.recorder import SessionRecorder
 from mechscope.workbench.requests import (
+    SET_REQUESTS,
     AddVectorRequest,
     BuildVectorRequest,
     Direction,
@@ -37,6 +38,7 @@ from mechscope.workbench.requests import (
     ValidateRequest,
 )
 from mechscope.workbench.research import ResearchCommands
+from mechscope.workbench.sets import PromptSets
 from mechscope.workbench.stack import Change, Entry, InterventionStack
 from mechscope.workbench.state import Generation, GenerationSettings, Inputs, Lane, SweepState
 
@@ -88,6 +90,7 @@ class Workbench(ResearchCommands):
         self._issued_attention: RunRequest | None = None
         self._checks: list[_Check] = []
         self.vector_norms: dict[str, float] = {}
+        self.sets = PromptSets(self)  # the prompt set and its set-level results
 
     # -- derived state --------------------------------------------------------------------------
 
@@ -416,6 +419,8 @@ class Workbench(ResearchCommands):
     def accept(self, outcome: Outcome) -> Request | None:
         """Store an outcome and record exactly its request; returns the request to run next, if any."""
         request = outcome.request
+        if isinstance(request, SET_REQUESTS):
+            return self.sets.accept(outcome)
         if isinstance(request, RunRequest):
             return self._accept_run(outcome, request)
         if isinstance(request, SweepRequest):

@@ -6,19 +6,30 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from mechscope.engine.errors import Cancelled, MechscopeError
+from mechscope.engine.interventions import HeadAblation
+from mechscope.engine.prompt_sets import template_set
 from mechscope.engine.protocol import EngineProtocol
 from mechscope.workbench.requests import (
     AddVectorRequest,
     BuildVectorRequest,
+    DetectHeadsRequest,
+    EstimateRequest,
     GenerateRequest,
+    MassiveRequest,
     Outcome,
     ReferencePromptsRequest,
     Request,
     RunRequest,
+    RunSetRequest,
     SweepRequest,
+    SweepSetRequest,
+    TemplateSetRequest,
     ValidateRequest,
 )
+from mechscope.workbench.set_results import VerifiedEstimate
 
 OnPartial = Callable[[Any], None]
 ShouldStop = Callable[[], bool]
@@ -62,7 +73,56 @@ def _call(engine: EngineProtocol, request: Request, on_partial: OnPartial | None
     if isinstance(request, ReferencePromptsRequest):
         engine.set_reference_prompts(request.prompts)
         return None
+    if isinstance(request, RunSetRequest):
+        return _method(engine, "run_set", "prompt sets")(
+            request.pset, request.metric_kind, request.interventions, request.prompt)
+    if isinstance(request, SweepSetRequest):
+        return _method(engine, "sweep_set", "set sweeps")(
+            request.pset, kind=request.metric_kind, direction=request.direction,
+            source=request.source, on_progress=on_partial, should_stop=should_stop)
+    if isinstance(request, EstimateRequest):
+        return _estimate(engine, request, should_stop)
+    if isinstance(request, DetectHeadsRequest):
+        return _method(engine, "detect_heads", "head detectors")()
+    if isinstance(request, TemplateSetRequest):
+        tokenizer = getattr(engine, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError("template prompt sets are not available on this engine")
+        return template_set(request.template, tokenizer, request.count, request.seed)
+    if isinstance(request, MassiveRequest):
+        return _method(engine, "massive_activations", "massive activations")(request.pset, request.ratio)
     raise TypeError(f"not a request: {type(request).__name__}")
+
+
+def _method(engine: EngineProtocol, name: str, what: str) -> Callable[..., Any]:
+    """The engine's method `name`; other engines (served, nnsight) may not have the set methods."""
+    method = getattr(engine, name, None)
+    if not callable(method):
+        raise ValueError(f"{what} are not available on this engine")
+    return method
+
+
+def _estimate(engine: EngineProtocol, request: EstimateRequest, should_stop: ShouldStop | None) -> VerifiedEstimate:
+    """The estimate's mean per head, and for its top `verify_top_k` heads (by |value|) the exact
+    noising patch (the head's output from the row's corrupted prompt) averaged over the set."""
+    if request.verify_top_k < 0:
+        raise ValueError(f"verify_top_k must not be negative, got {request.verify_top_k}")
+    if request.verify_top_k and request.direction != "noising":
+        raise ValueError("verify patches heads noising (corrupted into clean); set direction to noising")
+    estimate = _method(engine, "estimate", "attribution estimates")(
+        request.pset, request.method, request.steps, kind=request.metric_kind,
+        direction=request.direction)
+    values = np.asarray(estimate.mean, dtype=np.float64)  # [layer, head]
+    exact: dict[tuple[int, int], float] = {}
+    order = np.argsort(-np.abs(np.nan_to_num(values)).ravel(), kind="stable")[:request.verify_top_k]
+    run_set = _method(engine, "run_set", "prompt sets")
+    for index in order:
+        if should_stop is not None and should_stop():
+            raise Cancelled("verify stopped")
+        layer, head = divmod(int(index), values.shape[1])
+        patched = run_set(request.pset, request.metric_kind, (HeadAblation(layer, head, "resample"),))
+        exact[(layer, head)] = float(np.mean(np.asarray(patched.values) - np.asarray(patched.baseline)))
+    return VerifiedEstimate(request.method, values, exact, float(getattr(estimate, "seconds", 0.0)))
 
 
 def execute(engine: EngineProtocol, request: Request, on_partial: OnPartial | None = None,

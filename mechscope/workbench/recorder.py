@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mechscope.engine.interventions import Intervention, Metric
-from mechscope.workbench.requests import GenerateRequest, RunRequest, SweepRequest
+from mechscope.workbench.requests import (
+    GenerateRequest,
+    RunRequest,
+    RunSetRequest,
+    SweepRequest,
+    SweepSetRequest,
+)
 from mechscope.workbench.stack import Change, Entry, diff_entries
 
 Status = Literal["saved", "not saved", "not recording"]
@@ -40,6 +46,7 @@ class SessionRecorder:
         self._last_metric: Metric | None = None
         self._recorded: dict[int, Intervention | None] = {}  # id -> as the log holds it
         self.current: Callable[[], tuple[Entry, ...]] | None = None  # the list as it is now
+        self._set_seqs: dict[Any, int] = {}  # PromptSet -> seq of its prompt_set event
 
     @property
     def name(self) -> str | None:
@@ -211,3 +218,24 @@ class SessionRecorder:
 
     def vector(self, name: str, array: Any) -> None:
         self._write(f"vector {name}", lambda: self.session.save_vector(name, array), keep=True)
+
+    # -- prompt sets ----------------------------------------------------------------------------
+
+    def _set_seq(self, pset: Any) -> int:
+        """The seq of the prompt_set event holding `pset`, recording it first when this session has not."""
+        seq = self._set_seqs.get(pset)
+        if seq is None:
+            seq = self.session.record_prompt_set(pset).seq
+            self._set_seqs[pset] = seq
+        return seq
+
+    def set_run(self, request: RunSetRequest, result: Any) -> None:
+        """The set (once) and the run over it with exactly the request's inputs and per-row metric."""
+        self._write("set run", lambda: self.session.record_set_run(
+            self._set_seq(request.pset), result, request.metric_kind, list(request.interventions),
+            request.prompt), keep=True)
+
+    def set_sweep(self, request: SweepSetRequest, result: Any) -> None:
+        self._write("set sweep", lambda: self.session.record_set_sweep(
+            self._set_seq(request.pset), result, request.metric_kind, request.direction,
+            request.source), keep=True)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.prompt_sets import PromptSet, PromptSetError
 from mechscope.engine.views import Views
 
 SweepKind = Literal["head", "resid", "attn", "mlp", "atp"]
@@ -97,13 +98,84 @@ class ReferencePromptsRequest:
     prompts: tuple[str, ...]
 
 
+SetMetricKind = Literal["logit_diff", "prob", "loss"]
+EstimateMethod = Literal["atp", "atp*", "graddrop", "eap-ig"]
+
+
+@dataclass(frozen=True)
+class RunSetRequest:
+    """The metric on every row of a prompt set, with and without interventions (`Engine.run_set`)."""
+
+    kind: ClassVar[str] = "run_set"
+    pset: PromptSet
+    metric_kind: SetMetricKind = "logit_diff"
+    interventions: tuple[Intervention, ...] = ()
+    prompt: Literal["clean", "corrupted"] = "clean"
+
+
+@dataclass(frozen=True)
+class SweepSetRequest:
+    """Head patching over every row of a prompt set, mean and spread per cell (`Engine.sweep_set`)."""
+
+    kind: ClassVar[str] = "sweep_set"
+    pset: PromptSet
+    metric_kind: SetMetricKind = "logit_diff"
+    direction: Direction = "noising"
+    source: Literal["prompts", "mean"] = "prompts"
+
+
+@dataclass(frozen=True)
+class EstimateRequest:
+    """An attribution estimate of head patching over a set (`Engine.estimate`); `verify_top_k` > 0
+    also patches the estimate's top k heads exactly (noising) and reports their exact values."""
+
+    kind: ClassVar[str] = "estimate"
+    pset: PromptSet
+    method: EstimateMethod = "atp"
+    steps: int = 5
+    metric_kind: SetMetricKind = "logit_diff"
+    direction: Direction = "noising"
+    verify_top_k: int = 0
+
+
+@dataclass(frozen=True)
+class TemplateSetRequest:
+    """A prompt set built from a template ("ioi", "capitals", "induction") with the engine's tokenizer."""
+
+    kind: ClassVar[str] = "template_set"
+    template: str
+    count: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DetectHeadsRequest:
+    """The head-detector grids of the loaded model (`Engine.detect_heads`, cached on disk)."""
+
+    kind: ClassVar[str] = "detect_heads"
+
+
+@dataclass(frozen=True)
+class MassiveRequest:
+    """Massive residual activations per layer over a set's clean prompts (`Engine.massive_activations`)."""
+
+    kind: ClassVar[str] = "massive"
+    pset: PromptSet
+    ratio: float = 100.0
+
+
 Request = (RunRequest | SweepRequest | GenerateRequest | BuildVectorRequest | AddVectorRequest
-           | ValidateRequest | ReferencePromptsRequest)
+           | ValidateRequest | ReferencePromptsRequest | RunSetRequest | SweepSetRequest
+           | EstimateRequest | DetectHeadsRequest | MassiveRequest | TemplateSetRequest)
 
 REQUEST_TYPES: dict[str, type] = {
     cls.kind: cls for cls in (RunRequest, SweepRequest, GenerateRequest, BuildVectorRequest,
-                              AddVectorRequest, ValidateRequest, ReferencePromptsRequest)
+                              AddVectorRequest, ValidateRequest, ReferencePromptsRequest,
+                              RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
+                              MassiveRequest, TemplateSetRequest)
 }
+SET_REQUESTS: tuple[type, ...] = (RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
+                                  MassiveRequest, TemplateSetRequest)
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,6 +206,8 @@ def request_to_dict(request: Request) -> dict[str, Any]:
             value["attention"] = list(value["attention"])
         elif isinstance(value, np.ndarray):
             value = [float(v) for v in value.reshape(-1)]
+        elif isinstance(value, PromptSet):
+            value = value.to_dict()
         elif isinstance(value, tuple):
             value = [v.to_dict() if isinstance(v, Intervention) else v for v in value]
         data[f.name] = value
@@ -174,6 +248,11 @@ def request_from_dict(data: Any) -> Request:
                     isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
                 raise ValueError(f"{kind}: vector must be a list of numbers")
             value = np.asarray(value, dtype=np.float32)
+        elif name == "pset":
+            try:
+                value = PromptSet.from_dict(value)
+            except PromptSetError as exc:
+                raise ValueError(f"{kind}: pset: {exc}") from None
         elif name in ("positive", "negative", "prompts"):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"{kind}: {name} must be a list of strings")

@@ -14,6 +14,16 @@ GRID_METRICS: dict[str, tuple[str, bool]] = {
     "patching": ("patching", True),
     "atp": ("AtP", True),
 }
+# Grids over a prompt set (workbench/sets.py) and the head detectors (engine/detectors.py).
+SET_GRID_METRICS: dict[str, tuple[str, bool]] = {
+    "set patching": ("set patching (mean)", True),
+    "estimate": ("estimate (= exact)", True),
+    "previous_token": ("previous-token", False),
+    "duplicate_token": ("duplicate-token", False),
+    "induction": ("induction", False),
+    "first_token_sink": ("first-token sink", False),
+    "copy_suppression": ("copy suppression", True),
+}
 
 
 class HeadGrid(Heatmap, can_focus=True):
@@ -54,7 +64,7 @@ class HeadGrid(Heatmap, can_focus=True):
         if not self.n_layers:
             return
         self.metric_name = name
-        title, diverging = GRID_METRICS[name]
+        title, diverging = GRID_METRICS.get(name) or SET_GRID_METRICS.get(name, (name, True))
         if values is None:
             values = np.full((self.n_layers, self.n_heads), np.nan, dtype=np.float32)
         self.set_data(values, self.row_labels, self.col_labels, diverging=diverging)

@@ -1,0 +1,294 @@
+"""The workbench's prompt set: its rows and selected row, set runs, set sweeps, estimates, head
+detectors and massive activations, as plain state the TUI renders (held by `Workbench.sets`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mechscope.engine.prompt_sets import PromptSet, PromptSetError, load_prompt_set
+from mechscope.workbench.requests import (
+    DetectHeadsRequest,
+    Direction,
+    EstimateMethod,
+    EstimateRequest,
+    MassiveRequest,
+    Outcome,
+    Request,
+    RunRequest,
+    RunSetRequest,
+    SweepSetRequest,
+    TemplateSetRequest,
+)
+from mechscope.workbench.state import Inputs
+
+if TYPE_CHECKING:
+    from mechscope.workbench.controller import Workbench
+
+SET_METRIC_KINDS = ("logit_diff", "prob", "loss")
+TEMPLATES = ("ioi", "capitals", "induction")
+ESTIMATE_METHODS: tuple[EstimateMethod, ...] = ("atp", "atp*", "graddrop", "eap-ig")
+SET_SWEEP_GRID = "set patching"
+ESTIMATE_GRID = "estimate"
+EXACT_MARK = "="  # a verified head: the estimate's value there is the exact patching effect
+MAX_VERIFY = 64
+
+
+def mean_std(values: Any) -> str:
+    v = np.asarray(values, dtype=np.float64)
+    return f"{v.mean():+.3f} ± {v.std():.3f}"
+
+
+class PromptSets:
+    """UI-free state of the current prompt set. Commands return the request to run next (or None);
+    `accept` stores an outcome when it is the latest of its kind and records set runs and sweeps."""
+
+    def __init__(self, bench: Workbench) -> None:
+        self.bench = bench
+        self.pset: PromptSet | None = None
+        self.row = 0
+        self.run: Outcome | None = None  # the latest RunSetRequest outcome
+        self.sweep: Outcome | None = None  # the latest SweepSetRequest outcome (or its partial result)
+        self.sweep_partial: Any = None
+        self.estimate: Outcome | None = None
+        self.detectors: Any = None  # HeadScores: one [layer, head] grid per detector
+        self.massive: Outcome | None = None
+        self.error: str | None = None
+        self._issued: dict[str, Request] = {}  # request kind -> the latest issued
+
+    # -- derived state --------------------------------------------------------------------------
+
+    def metric_kind(self) -> str:
+        kind = self.bench.inputs.metric_kind
+        return kind if kind in SET_METRIC_KINDS else "logit_diff"
+
+    def describe(self) -> str:
+        """One line: the set, the selected row and the set-level metric with and without interventions."""
+        if self.pset is None:
+            return "no prompt set (P loads or generates one)"
+        text = f"set {self.pset.name} · row {self.row + 1}/{len(self.pset)}"
+        run = self.run
+        if run is None or not run.ok:
+            return text + " · set numbers not computed (T)"
+        request, result = run.request, run.result
+        assert isinstance(request, RunSetRequest)
+        text += f" · {request.metric_kind} baseline {mean_std(result.baseline)}"
+        if request.interventions:
+            effect = np.asarray(result.values) - np.asarray(result.baseline)
+            text += (f" → with {len(request.interventions)} intervention(s) {mean_std(result.values)}"
+                     f" (Δ {mean_std(effect)})")
+        if self.run_is_stale():
+            text += " · stale: interventions or metric changed (T reruns)"
+        return text
+
+    def run_is_stale(self) -> bool:
+        run = self.run
+        if run is None or not isinstance(run.request, RunSetRequest):
+            return False
+        return (run.request.pset != self.pset or run.request.interventions != self.bench.interventions()
+                or run.request.metric_kind != self.metric_kind())
+
+    def grid_names(self) -> list[str]:
+        """The set-level grid metrics that have values now (detectors once computed)."""
+        names = []
+        if self.sweep_values() is not None:
+            names.append(SET_SWEEP_GRID)
+        if self.estimate is not None and self.estimate.ok:
+            names.append(ESTIMATE_GRID)
+        if self.detectors is not None:
+            names.extend(self.detectors.scores)
+        return names
+
+    def sweep_values(self) -> np.ndarray | None:
+        result = self.sweep.result if self.sweep is not None and self.sweep.ok else self.sweep_partial
+        return None if result is None else np.asarray(result.mean, dtype=np.float64)
+
+    def grid_values(self, name: str) -> np.ndarray | None:
+        if name == SET_SWEEP_GRID:
+            return self.sweep_values()
+        if name == ESTIMATE_GRID:
+            return None if self.estimate is None or not self.estimate.ok else self.estimate.result.values
+        if self.detectors is not None and name in self.detectors.scores:
+            return np.asarray(self.detectors.scores[name], dtype=np.float64)
+        return None
+
+    def exact_marks(self) -> dict[tuple[int, int], str]:
+        """The estimate's verified heads (their cells hold exact patching values)."""
+        if self.estimate is None or not self.estimate.ok:
+            return {}
+        return dict.fromkeys(self.estimate.result.exact, EXACT_MARK)
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def load(self, path: str) -> RunRequest | None:
+        """Read a JSONL or CSV set; its first row becomes the inputs. None (and `error`) on a bad file."""
+        try:
+            pset = load_prompt_set(Path(path).expanduser())
+        except (PromptSetError, OSError) as exc:
+            self.error = f"prompt set not loaded: {exc}"
+            return None
+        return self.use(pset)
+
+    def open_text(self, text: str) -> Request | None:
+        """What the prompt-set dialog typed: "ioi 20" (a template and a row count) or a file path."""
+        words = text.split()
+        if not words:
+            self.error = "type a file path or a template (ioi, capitals, induction) and a count"
+            return None
+        if words[0] in TEMPLATES and len(words) <= 3:
+            try:
+                numbers = [int(w) for w in words[1:]]
+            except ValueError:
+                self.error = f"{text!r}: a template takes a row count and a seed (e.g. ioi 20 0)"
+                return None
+            return self.template(words[0], *numbers) if numbers else self.template(words[0], 20)
+        return self.load(text.strip())
+
+    def estimate_text(self, text: str) -> EstimateRequest | None:
+        """What the estimate dialog typed: a method, then optional "steps N" and "verify K"."""
+        words = text.lower().split() or ["atp"]
+        options = {"steps": 5, "verify": 0}
+        rest = words[1:]
+        if len(rest) % 2 or any(name not in options for name in rest[::2]):
+            self.error = f"{text!r}: a method then steps N / verify K, e.g. eap-ig steps 5 verify 10"
+            return None
+        for name, value in zip(rest[::2], rest[1::2]):
+            try:
+                options[name] = int(value)
+            except ValueError:
+                self.error = f"{name} must be a whole number, got {value!r}"
+                return None
+        return self.estimate_request(words[0], options["steps"], options["verify"])  # type: ignore[arg-type]
+
+    def template(self, template: str, count: int, seed: int = 0) -> TemplateSetRequest | None:
+        if template not in TEMPLATES:
+            self.error = f"unknown template {template!r} (known: {', '.join(TEMPLATES)})"
+            return None
+        if not 1 <= count <= 10_000:
+            self.error = f"a set needs 1 to 10000 rows, got {count}"
+            return None
+        return self._issue(TemplateSetRequest(template, count, seed))
+
+    def use(self, pset: PromptSet) -> RunRequest | None:
+        """Make `pset` current (results of another set are dropped) and select its first row."""
+        if pset != self.pset:
+            self.run = self.sweep = self.estimate = self.massive = None
+            self.sweep_partial = None
+        self.pset = pset
+        self.error = None
+        return self.select_row(0)
+
+    def select_row(self, row: int) -> RunRequest | None:
+        """The row's clean / corrupted / target / foil become the inputs; returns their run."""
+        if self.pset is None:
+            self.error = "no prompt set: press P to load or generate one"
+            return None
+        self.row = row % len(self.pset)
+        item = self.pset.rows[self.row]
+        return self.bench.set_inputs(Inputs(item.clean, item.corrupted, item.target, item.foil,
+                                            self.bench.inputs.metric_kind))
+
+    def step(self, delta: int) -> RunRequest | None:
+        return self.select_row(self.row + delta)
+
+    def _need_set(self) -> PromptSet | None:
+        if self.pset is None:
+            self.error = "no prompt set: press P to load or generate one"
+        return self.pset
+
+    def _issue(self, request: Request) -> Request:
+        self._issued[request.kind] = request
+        self.error = None
+        return request
+
+    def run_request(self) -> RunSetRequest | None:
+        """The metric over every row, with the enabled interventions (set-level numbers)."""
+        if (pset := self._need_set()) is None:
+            return None
+        return self._issue(RunSetRequest(pset, self.metric_kind(), self.bench.interventions()))  # type: ignore[arg-type, return-value]
+
+    def sweep_request(self, direction: Direction = "noising", source: str = "prompts") -> SweepSetRequest | None:
+        if (pset := self._need_set()) is None:
+            return None
+        self.sweep_partial = None
+        return self._issue(SweepSetRequest(pset, self.metric_kind(), direction, source))  # type: ignore[arg-type, return-value]
+
+    def estimate_request(self, method: EstimateMethod = "atp", steps: int = 5,
+                         verify_top_k: int = 0) -> EstimateRequest | None:
+        if (pset := self._need_set()) is None:
+            return None
+        if method not in ESTIMATE_METHODS:
+            self.error = f"unknown estimator {method!r} (known: {', '.join(ESTIMATE_METHODS)})"
+            return None
+        if not 0 <= verify_top_k <= MAX_VERIFY:
+            self.error = f"verify top k must be 0 to {MAX_VERIFY}, got {verify_top_k}"
+            return None
+        return self._issue(EstimateRequest(pset, method, max(1, steps), self.metric_kind(),  # type: ignore[arg-type, return-value]
+                                           verify_top_k=verify_top_k))
+
+    def detect_request(self) -> DetectHeadsRequest:
+        return self._issue(DetectHeadsRequest())  # type: ignore[return-value]
+
+    def massive_request(self, ratio: float = 100.0) -> MassiveRequest | None:
+        if (pset := self._need_set()) is None:
+            return None
+        return self._issue(MassiveRequest(pset, ratio))  # type: ignore[return-value]
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def partial(self, request: SweepSetRequest, result: Any) -> bool:
+        """A streamed set sweep result; False when that sweep was replaced by a newer one."""
+        if self._issued.get(request.kind) is not request:
+            return False
+        self.sweep_partial = result
+        return True
+
+    def accept(self, outcome: Outcome) -> Request | None:
+        """Store the latest outcome of its kind; record set runs and finished set sweeps."""
+        request = outcome.request
+        if self._issued.get(request.kind) is not request:
+            return None  # superseded by a newer request of the same kind
+        if not outcome.ok:
+            if not outcome.cancelled:
+                self.error = f"{request.kind.replace('_', ' ')}: {outcome.error}"
+            return None
+        self.error = None
+        recorder = self.bench.recorder
+        if isinstance(request, TemplateSetRequest):
+            return self.use(outcome.result)
+        if isinstance(request, RunSetRequest):
+            self.run = outcome
+            recorder.set_run(request, outcome.result)
+        elif isinstance(request, SweepSetRequest):
+            self.sweep, self.sweep_partial = outcome, None
+            if outcome.result.complete:
+                recorder.set_sweep(request, outcome.result)
+        elif isinstance(request, EstimateRequest):
+            self.estimate = outcome
+        elif isinstance(request, DetectHeadsRequest):
+            self.detectors = outcome.result
+        elif isinstance(request, MassiveRequest):
+            self.massive = outcome
+        return None
+
+    def restore(self, recorded: dict[str, Any] | None) -> None:
+        """A resumed session's latest prompt set (its `prompt_set` payload); the inputs stay as the
+        session left them, the row is the one they match (else the first)."""
+        self.reset()
+        if recorded is None:
+            return
+        try:
+            self.pset = PromptSet.from_dict(recorded)
+        except PromptSetError as exc:
+            self.pset, self.error = None, f"the session's prompt set was not restored: {exc}"
+            return
+        clean = self.bench.inputs.clean
+        self.row = next((i for i, row in enumerate(self.pset.rows) if row.clean == clean), 0)
+
+    def reset(self) -> None:
+        """Another session or model: the set stays, its results go."""
+        self.run = self.sweep = self.estimate = self.massive = None
+        self.sweep_partial = self.detectors = None
+        self._issued.clear()

@@ -1,0 +1,93 @@
+"""Pilot test of the prompt-set path: generate a set, step rows, set numbers, set sweep on the grid,
+a verified estimate marked exact, head detectors cycled with c, massive activations in the set tab."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from rich.console import Console
+from textual.widgets import Input
+
+from mechscope.screens.estimate import EstimateScreen
+from mechscope.screens.help import HelpScreen
+from mechscope.screens.prompt_set import PromptSetScreen
+from mechscope.sessions import Session
+from mechscope.tui.widgets.head_grid import HeadGrid
+from mechscope.workbench.sets import ESTIMATE_GRID, EXACT_MARK, SET_SWEEP_GRID
+from tests.tui.helpers import make_app, screen_text, settle
+
+
+def rendered(app, selector: str) -> str:
+    console = Console(width=140, record=True, file=io.StringIO())
+    console.print(app.query_one(selector).content)
+    return console.export_text()
+
+
+async def fill(app, pilot, text: str) -> None:
+    app.screen.query_one("#ask-input", Input).value = text
+    await pilot.press("enter")
+    await settle(pilot)
+
+
+async def test_prompt_set_keys_end_to_end():
+    app = make_app()
+    async with app.run_test(size=(140, 48)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        await pilot.press("L")
+        assert isinstance(app.screen, PromptSetScreen)
+        await fill(app, pilot, "ioi 3")
+        sets = app.bench.sets
+        assert sets.pset is not None and len(sets.pset) == 3
+        assert app.bench.inputs.clean == sets.pset.rows[0].clean
+        assert app.query_one("#clean", Input).value == sets.pset.rows[0].clean
+
+        await pilot.press("right_square_bracket")
+        await settle(pilot)
+        assert app.bench.inputs.clean == sets.pset.rows[1].clean
+        assert app.bench.result is not None and app.bench.run.request.prompt == sets.pset.rows[1].clean
+
+        await pilot.press("O")
+        await settle(pilot)
+        assert sets.run is not None and sets.run.ok
+        assert f"baseline {np.mean(sets.run.result.baseline):+.3f}" in screen_text(app)
+
+        await pilot.press("H")
+        await settle(pilot)
+        grid = app.query_one(HeadGrid)
+        assert screen.grid_metric == SET_SWEEP_GRID
+        np.testing.assert_allclose(grid.values, sets.sweep.result.mean, atol=1e-6)
+
+        await pilot.press("Z")
+        assert isinstance(app.screen, EstimateScreen)
+        await fill(app, pilot, "atp verify 2")
+        assert screen.grid_metric == ESTIMATE_GRID
+        verified = sets.estimate.result.exact
+        assert len(verified) == 2
+        assert {cell for cell, mark in grid.marks.items() if mark == EXACT_MARK} == set(verified)
+        assert "verified by exact patching" in screen_text(app)
+
+        await pilot.press("D")
+        await settle(pilot)
+        assert screen.grid_metric == "previous_token"
+        np.testing.assert_allclose(grid.values, sets.detectors.scores["previous_token"])
+        await pilot.press("c")
+        assert screen.grid_metric == "duplicate_token"
+
+        await pilot.press("Y")
+        await settle(pilot)
+        assert app.query_one("#views").active == "tab-set"
+        table = rendered(app, "#set-massive")
+        assert "massive activations over 3 prompts" in table and "constant" in table
+
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        text = screen_text(app)
+        assert "Induction: on the same repeated random tokens" in text and "= marks a head" in text
+        await pilot.press("escape")
+
+        session = app.bench.recorder.session
+        kinds = [e.kind for e in Session.open(session.name).events]
+        assert "prompt_set" in kinds and "set_run" in kinds and "set_sweep" in kinds

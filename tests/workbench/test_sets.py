@@ -1,0 +1,205 @@
+"""Prompt sets in the workbench without a terminal: rows become the inputs, set numbers and set
+sweeps match the engine, an estimate's verified heads hold the exact patching values, requests
+travel as dicts, and a recorded set run and set sweep replay."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mechscope.engine.interventions import HeadAblation
+from mechscope.engine.prompt_sets import PromptRow, PromptSet
+from mechscope.engine.testing import tiny_engine
+from mechscope.sessions import Session
+from mechscope.sessions.replaying import replay
+from mechscope.workbench.controller import Workbench
+from mechscope.workbench.executor import execute
+from mechscope.workbench.requests import (
+    DetectHeadsRequest,
+    EstimateRequest,
+    MassiveRequest,
+    RunSetRequest,
+    SweepSetRequest,
+    TemplateSetRequest,
+    request_from_dict,
+    request_to_dict,
+)
+from mechscope.workbench.sets import ESTIMATE_GRID, EXACT_MARK, SET_SWEEP_GRID
+from tests.workbench.helpers import IOI, drive, events, recorded_bench
+
+ROWS = PromptSet("two", (
+    PromptRow("When Mary and John went to the store, John gave a drink to",
+              "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"),
+    PromptRow("Alice and Bob walked to the park, and Bob handed a book to",
+              "Alice and Bob walked to the park, and Alice handed a book to", " Alice", " Bob"),
+))
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return tiny_engine("llama")
+
+
+def test_rows_become_the_inputs(engine):
+    bench = Workbench(IOI)
+    request = bench.sets.use(ROWS)
+    assert request is not None and request.prompt == ROWS.rows[0].clean
+    assert (bench.inputs.corrupted, bench.inputs.target, bench.inputs.foil) == (
+        ROWS.rows[0].corrupted, " Mary", " John")
+    request = bench.sets.step(1)
+    assert request.prompt == ROWS.rows[1].clean and bench.inputs.target == " Alice"
+    assert bench.sets.step(1).prompt == ROWS.rows[0].clean  # wraps around
+    assert "row 1/2" in bench.sets.describe()
+
+
+def test_set_numbers_with_and_without_interventions(engine):
+    bench = Workbench(IOI)
+    drive(bench, engine, bench.sets.use(ROWS))
+    drive(bench, engine, bench.add(HeadAblation(0, 1, "zero")))
+    drive(bench, engine, bench.sets.run_request())
+    result = bench.sets.run.result
+    direct = engine.run_set(ROWS, "logit_diff", (HeadAblation(0, 1, "zero"),))
+    np.testing.assert_allclose(result.values, direct.values, atol=1e-6)
+    np.testing.assert_allclose(result.baseline, direct.baseline, atol=1e-6)
+    line = bench.sets.describe()
+    assert f"baseline {np.mean(direct.baseline):+.3f}" in line and "with 1 intervention" in line
+    assert "stale" not in line
+    bench.remove(bench.stack.entries[0].id)
+    assert "stale" in bench.sets.describe()
+
+
+def test_set_sweep_shows_the_mean_per_cell(engine):
+    bench = Workbench(IOI)
+    bench.sets.use(ROWS)
+    drive(bench, engine, bench.sets.sweep_request())
+    assert SET_SWEEP_GRID in bench.sets.grid_names()
+    direct = engine.sweep_set(ROWS)
+    np.testing.assert_allclose(bench.sets.grid_values(SET_SWEEP_GRID), direct.mean, atol=1e-6)
+
+
+def test_verify_replaces_the_top_heads_with_exact_patching(engine):
+    bench = Workbench(IOI)
+    bench.sets.use(ROWS)
+    drive(bench, engine, bench.sets.estimate_request("atp", verify_top_k=3))
+    estimate = bench.sets.estimate.result
+    exact = engine.sweep_set(ROWS).mean
+    atp = engine.estimate(ROWS, "atp").mean
+    top = np.argsort(-np.abs(atp).ravel(), kind="stable")[:3]
+    heads = {divmod(int(i), atp.shape[1]) for i in top}
+    assert set(estimate.exact) == heads
+    shown = bench.sets.grid_values(ESTIMATE_GRID)
+    for layer, head in heads:
+        assert shown[layer, head] == pytest.approx(exact[layer, head], abs=1e-5)
+    others = np.ones_like(atp, dtype=bool)
+    for layer, head in heads:
+        others[layer, head] = False
+    np.testing.assert_allclose(shown[others], atp[others], atol=1e-6)
+    assert bench.sets.exact_marks() == dict.fromkeys(heads, EXACT_MARK)
+
+
+def test_detectors_and_massive_activations(engine):
+    bench = Workbench(IOI)
+    bench.sets.use(ROWS)
+    drive(bench, engine, bench.sets.detect_request())
+    assert "induction" in bench.sets.grid_names()
+    assert bench.sets.grid_values("induction").shape == (engine.info.n_layers, engine.info.n_heads)
+    drive(bench, engine, bench.sets.massive_request(ratio=5.0))
+    layers = bench.sets.massive.result
+    assert len(layers) == engine.info.n_layers
+
+
+def test_template_set_from_the_engine_tokenizer(engine):
+    bench = Workbench(IOI)
+    drive(bench, engine, bench.sets.template("ioi", 4))
+    assert bench.sets.pset is not None and len(bench.sets.pset) == 4
+    assert bench.inputs.clean == bench.sets.pset.rows[0].clean
+
+
+def test_a_bad_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"clean": "a"}\n{oops\n')
+    bench = Workbench(IOI)
+    assert bench.sets.load(str(bad)) is None
+    assert bench.sets.error is not None and "\n" not in bench.sets.error and ":2" in bench.sets.error
+
+
+def test_an_engine_without_set_methods_says_so():
+    class Plain:
+        pass
+
+    outcome = execute(Plain(), RunSetRequest(ROWS))
+    assert outcome.error == "prompt sets are not available on this engine"
+
+
+@pytest.mark.parametrize("request_", [
+    RunSetRequest(ROWS, "prob", (HeadAblation(0, 1, "mean"),), "corrupted"),
+    SweepSetRequest(ROWS, "loss", "denoising", "mean"),
+    EstimateRequest(ROWS, "eap-ig", 3, verify_top_k=4),
+    DetectHeadsRequest(),
+    MassiveRequest(ROWS, 50.0),
+    TemplateSetRequest("capitals", 5, 1),
+])
+def test_set_requests_travel_as_dicts(request_):
+    data = json.loads(json.dumps(request_to_dict(request_)))
+    assert request_from_dict(data) == request_
+
+
+def test_a_bad_set_in_a_request_dict_names_the_field():
+    data = request_to_dict(RunSetRequest(ROWS))
+    data["pset"]["rows"] = [{"clean": 3}]
+    with pytest.raises(ValueError, match="run_set: pset"):
+        request_from_dict(data)
+
+
+def test_set_run_and_sweep_are_recorded_and_replay(engine):
+    bench = recorded_bench(engine)
+    drive(bench, engine, bench.sets.use(ROWS))
+    drive(bench, engine, bench.add(HeadAblation(1, 0, "zero")))
+    drive(bench, engine, bench.sets.run_request())
+    drive(bench, engine, bench.sets.sweep_request())
+    drive(bench, engine, bench.sets.run_request())  # the same set: recorded once
+    logged = events()
+    kinds = [e.kind for e in logged]
+    assert kinds.count("prompt_set") == 1 and kinds.count("set_run") == 2 and kinds.count("set_sweep") == 1
+    set_event = next(e for e in logged if e.kind == "prompt_set")
+    assert PromptSet.from_dict(set_event.payload) == ROWS
+    run_event = next(e for e in logged if e.kind == "set_run")
+    assert run_event["set"] == set_event.seq
+    assert run_event["interventions"] == [HeadAblation(1, 0, "zero").to_dict()]
+    session = Session.open("study")
+    assert session.state().prompt_set["name"] == "two"
+    resumed = Workbench(IOI)
+    resumed.sets.restore(session.state().prompt_set)
+    assert resumed.sets.pset == ROWS and resumed.sets.row == 0 and resumed.sets.run is None
+    steps = replay(session, engine)
+    kinds = [s.kind for s in steps]
+    assert "set_run" in kinds and "set_sweep" in kinds
+    assert all(step.matches for step in steps), [s.detail for s in steps if not s.matches]
+
+
+def test_replay_notices_a_changed_set_run(engine):
+    bench = recorded_bench(engine)
+    bench.sets.use(ROWS)
+    drive(bench, engine, bench.sets.run_request())
+    session = bench.recorder.session
+    event = next(e for e in session.events if e.kind == "set_run")
+    session.record("set_run", **{**event.payload, "values": [v + 1.0 for v in event["values"]]})
+    steps = [s for s in replay(Session.open("study"), engine) if s.kind == "set_run"]
+    assert [s.matches for s in steps] == [True, False]
+    assert "values: 2 row(s) differ" in steps[1].detail
+
+
+def test_dialog_texts(tmp_path):
+    bench = Workbench(IOI)
+    request = bench.sets.open_text("capitals 3 1")
+    assert request == TemplateSetRequest("capitals", 3, 1)
+    assert bench.sets.open_text("ioi") == TemplateSetRequest("ioi", 20, 0)
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps(ROWS.rows[0].to_dict()) + "\n")
+    assert bench.sets.open_text(str(path)).prompt == ROWS.rows[0].clean
+    assert bench.sets.estimate_text("eap-ig steps 3 verify 2") == EstimateRequest(
+        bench.sets.pset, "eap-ig", 3, verify_top_k=2)
+    assert bench.sets.estimate_text("atp verify x") is None and "whole number" in bench.sets.error
+    assert bench.sets.estimate_text("magic") is None and "unknown estimator" in bench.sets.error
