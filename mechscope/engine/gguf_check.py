@@ -7,7 +7,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from mechscope.engine.errors import LoadError
 
@@ -321,7 +321,8 @@ def gguf_config(header: GGUFHeader):
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
     arch = header.architecture
-    mapping = GGUF_CONFIG_MAPPING.get(arch) or GGUF_CONFIG_MAPPING.get(header.model_type)
+    mapping = cast("dict[str, Any] | None",
+                   GGUF_CONFIG_MAPPING.get(arch) or GGUF_CONFIG_MAPPING.get(header.model_type))
     if mapping is None:
         return None
     values: dict[str, Any] = {}

@@ -168,7 +168,10 @@ def _suffix_calls(passes: Passes, base: CleanPass, prefix: int):
     controls = {layer: AttentionControl(record_kv=True) for layer in range(a.n_layers)}
     hooks = [Hook("attn", a.layer_module(layer, "attn"), control=control) for layer, control in controls.items()]
     passes.run_layers(base.calls, 0, base.calls[0].hidden, hooks, None)
-    prefix_kv = {layer: (c.kv[0][:, :, :prefix], c.kv[1][:, :, :prefix]) for layer, c in controls.items()}
+    prefix_kv = {}
+    for layer, c in controls.items():
+        assert c.kv is not None  # record_kv controls hold the keys and values after the pass
+        prefix_kv[layer] = (c.kv[0][:, :, :prefix], c.kv[1][:, :, :prefix])
 
     def cut(value):
         if isinstance(value, torch.Tensor):
