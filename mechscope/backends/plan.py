@@ -105,7 +105,7 @@ def _source(engine: NNsightEngine, prompt: str, n_pos: int, positions, what: str
     return (None if dry_run else engine._acts(ids)), src_positions
 
 
-def _add(engine: NNsightEngine, plan: Plan, iv: Intervention, n_pos: int, corrupted: str | None,
+def _add(engine: NNsightEngine, plan: Plan, iv: Intervention, n_pos: int, corrupted: str | None,  # noqa: C901  (30) one branch per intervention type; split it into one function per type
          what: str, dry_run: bool) -> None:
     a = engine.adapter
     n_heads, d_head = a.n_heads, a.d_head

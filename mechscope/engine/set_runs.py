@@ -277,7 +277,7 @@ def component_outputs(engine: Engine, batch: Batch, sites: Set[tuple[int, str]])
     return out
 
 
-def set_edit_hooks(engine: Engine, pset: PromptSet, batch: Batch, interventions: Iterable[Intervention],
+def set_edit_hooks(engine: Engine, pset: PromptSet, batch: Batch, interventions: Iterable[Intervention],  # noqa: C901  (23) validation, sources and two hook kinds; split like edits.py
                    padding: Padding = "left") -> list[Hook]:
     """Hooks applying head ablations/scales and component ablations to every row of `batch`.
 
