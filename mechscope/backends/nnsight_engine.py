@@ -333,8 +333,7 @@ class NNsightEngine:
             for address in views.attention:
                 addr = parse_address(address)
                 plans.check_head(self, addr.layer, addr.head, f"attention view {address}")
-                if addr.head is None:
-                    raise InterventionError(f"attention view {address}: not a head address (e.g. L9.H3)")
+                assert addr.head is not None  # Views accepts head addresses only
                 heads.setdefault(addr.layer, []).append(addr.head)
             if views.attribution and not self.has_weights:
                 raise MechscopeError("the attribution view needs the model's weights here; NDIF runs "

@@ -177,9 +177,8 @@ def _add(engine: NNsightEngine, plan: Plan, iv: Intervention, n_pos: int, corrup
         vector = engine.vectors[iv.vector_id]
         if vector.shape[0] != a.d_model:
             raise InterventionError(f"{what}: vector width {vector.shape[0]} != d_model {a.d_model}")
-        steer_at: str | list[int] | None = iv.positions if isinstance(iv.positions, str) else None
-        if not isinstance(iv.positions, str):  # "all" / "last" are the only strings __post_init__ keeps
-            steer_at = resolve_positions(iv.positions, n_pos, what)
+        # "all" / "last" are the only strings SteeringVector.__post_init__ keeps
+        steer_at = iv.positions if isinstance(iv.positions, str) else resolve_positions(iv.positions, n_pos, what)
         if not dry_run:
             delta = torch.as_tensor(vector, dtype=engine.dtype) * iv.coeff  # [d_model], moved by the trace
             plan.add(iv.layer, "pre", ("add", steer_at, delta))

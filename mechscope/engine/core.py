@@ -265,7 +265,7 @@ class Engine:
                 result.token_logprobs = passes.token_logprobs(ids, final)
             for address in views.attention:
                 addr = parse_address(address)
-                assert addr.head is not None  # _spec refused addresses that name no head
+                assert addr.head is not None  # Views accepts head addresses only
                 pattern = captures.controls[addr.layer].patterns[addr.head][0]
                 result.attention[address] = pattern.float().cpu().numpy()
             if views.sinks:
@@ -302,8 +302,7 @@ class Engine:
         heads: set[tuple[int, int]] = set()
         for address in views.attention:
             addr = parse_address(address)
-            if addr.head is None:
-                raise InterventionError(f"attention view {address}: not a head address (e.g. L9.H3)")
+            assert addr.head is not None  # Views accepts head addresses only
             heads.add((addr.layer, addr.head))
         a = self.adapter
         for layer, head in heads:
