@@ -121,7 +121,7 @@ class NNsightEngine:
         self.n_params = sum(p.numel() for p in model.parameters())
         self.preflight = Preflight(str(getattr(model.config, "_name_or_path", "") or source),
                                    self.n_params) if remote is True else None
-        execution = {False: "local", "local": "serialised locally"}.get(remote, "NDIF")  # type: ignore[call-overload]
+        execution = {False: "local", "local": "serialised locally"}.get(remote, "NDIF")
         self.capabilities = Capabilities(backend="ndif" if remote is True else "nnsight",
                                          execution=execution, attribution=self.has_weights)
         family = a.family
@@ -333,6 +333,7 @@ class NNsightEngine:
             for address in views.attention:
                 addr = parse_address(address)
                 plans.check_head(self, addr.layer, addr.head, f"attention view {address}")
+                assert addr.head is not None  # Views accepts head addresses only
                 heads.setdefault(addr.layer, []).append(addr.head)
             if views.attribution and not self.has_weights:
                 raise MechscopeError("the attribution view needs the model's weights here; NDIF runs "

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import torch
 
@@ -24,7 +25,15 @@ if TYPE_CHECKING:
     from mechscope.backends.nnsight_engine import NNsightEngine
 
 
-def resolve_positions(positions, n_pos: int, what: str) -> list[int] | None:
+@overload
+def resolve_positions(positions: None, n_pos: int, what: str) -> None: ...
+
+
+@overload
+def resolve_positions(positions: Iterable[int], n_pos: int, what: str) -> list[int]: ...
+
+
+def resolve_positions(positions: Iterable[int] | None, n_pos: int, what: str) -> list[int] | None:
     """Positions as non-negative ints (None stays None = every position); InterventionError if outside."""
     if positions is None:
         return None
@@ -83,7 +92,7 @@ def compile_plan(engine: NNsightEngine, interventions: list[Intervention], n_pos
 
 
 def _source(engine: NNsightEngine, prompt: str, n_pos: int, positions, what: str,
-            dry_run: bool) -> tuple[dict | None, list[int]]:
+            dry_run: bool) -> tuple[dict[str, Any] | None, list[int]]:
     """Source activations (None in a dry run) and the source positions to read."""
     ids, _ = engine._prompt_ids(prompt)
     if positions is None and ids.shape[1] != n_pos:
@@ -96,7 +105,7 @@ def _source(engine: NNsightEngine, prompt: str, n_pos: int, positions, what: str
     return (None if dry_run else engine._acts(ids)), src_positions
 
 
-def _add(engine: NNsightEngine, plan: Plan, iv: Intervention, n_pos: int, corrupted: str | None,
+def _add(engine: NNsightEngine, plan: Plan, iv: Intervention, n_pos: int, corrupted: str | None,  # noqa: C901  (30) one branch per intervention type; split it into one function per type
          what: str, dry_run: bool) -> None:
     a = engine.adapter
     n_heads, d_head = a.n_heads, a.d_head
@@ -113,6 +122,7 @@ def _add(engine: NNsightEngine, plan: Plan, iv: Intervention, n_pos: int, corrup
             acts, src_pos = _source(engine, corrupted, n_pos, iv.positions, what, dry_run)
             if dry_run:
                 return
+            assert acts is not None  # not a dry run
             positions = positions if positions is not None else list(range(n_pos))
             z = acts["z"][iv.layer][0, src_pos]  # [n, head*d_head]
             plan.add(iv.layer, "head", ("set", iv.head, positions, z.view(-1, n_heads, d_head)[:, iv.head]))
@@ -131,6 +141,7 @@ def _add(engine: NNsightEngine, plan: Plan, iv: Intervention, n_pos: int, corrup
             acts, src_pos = _source(engine, corrupted, n_pos, iv.positions, what, dry_run)
             if dry_run:
                 return
+            assert acts is not None  # not a dry run
             positions = positions if positions is not None else list(range(n_pos))
             plan.add(iv.layer, key, (positions, acts[site][iv.layer][0, src_pos]))
             plan.whole.replace_whole(iv.layer, key, positions)
@@ -145,6 +156,7 @@ def _add(engine: NNsightEngine, plan: Plan, iv: Intervention, n_pos: int, corrup
         acts, src_pos = _source(engine, iv.source_prompt, n_pos, iv.positions, what, dry_run)
         if dry_run:
             return
+        assert acts is not None  # not a dry run
         positions = positions if positions is not None else list(range(n_pos))
         if addr.site == "head":
             z = acts["z"][addr.layer][0, src_pos].view(-1, n_heads, d_head)[:, addr.head]
@@ -165,12 +177,11 @@ def _add(engine: NNsightEngine, plan: Plan, iv: Intervention, n_pos: int, corrup
         vector = engine.vectors[iv.vector_id]
         if vector.shape[0] != a.d_model:
             raise InterventionError(f"{what}: vector width {vector.shape[0]} != d_model {a.d_model}")
-        positions = iv.positions
-        if positions not in ("all", "last"):
-            positions = resolve_positions(positions, n_pos, what)
+        # "all" / "last" are the only strings SteeringVector.__post_init__ keeps
+        steer_at = iv.positions if isinstance(iv.positions, str) else resolve_positions(iv.positions, n_pos, what)
         if not dry_run:
             delta = torch.as_tensor(vector, dtype=engine.dtype) * iv.coeff  # [d_model], moved by the trace
-            plan.add(iv.layer, "pre", ("add", positions, delta))
+            plan.add(iv.layer, "pre", ("add", steer_at, delta))
     elif isinstance(iv, AttentionKnockout):
         check_head(engine, iv.layer, iv.head, what)
         q, k = resolve_positions((iv.query_pos, iv.key_pos), n_pos, what)
@@ -186,7 +197,8 @@ def _add(engine: NNsightEngine, plan: Plan, iv: Intervention, n_pos: int, corrup
     elif isinstance(iv, NeuronClamp):
         check_head(engine, iv.layer, None, what)
         down = a.layer_module(iv.layer, "mlp_down")
-        width = down.weight.shape[0] if type(down).__name__ == "Conv1D" else down.weight.shape[1]
+        down_weight = cast(torch.Tensor, down.weight)
+        width = down_weight.shape[0] if type(down).__name__ == "Conv1D" else down_weight.shape[1]
         if not 0 <= iv.neuron < width:
             raise InterventionError(f"{what}: neuron {iv.neuron} is out of range 0..{width - 1}")
         positions = resolve_positions(iv.positions, n_pos, what)

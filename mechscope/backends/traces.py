@@ -94,7 +94,7 @@ def _capped(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def run_trace(lm: Any, paths: dict, ids: torch.Tensor, plan: dict, want: dict, remote: Any) -> dict:
+def run_trace(lm: Any, paths: dict, ids: torch.Tensor, plan: dict, want: dict, remote: Any) -> dict:  # noqa: C901  (37) one nnsight trace must hold every step; split it into per-step helpers
     """One forward of `ids` [batch, pos] applying `plan` to row plan["row"]; returns what `want` asks.
 
     want: readout (position), lens_k (0 = no lens), lens_target (id or -1), dla, stats, logprobs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ class FamilySpec:
     post_final: tuple[str, ...] = ()
 
 
-_LLAMA_LIKE = dict(
+_LLAMA_LIKE: dict[str, Any] = dict(
     layers="model.layers",
     final_norm="model.norm",
     attn="self_attn",
@@ -141,7 +142,7 @@ class Adapter:
     """Resolved modules and shapes of one loaded model."""
 
     def __init__(self, model: nn.Module) -> None:
-        config = model.config
+        config: Any = model.config  # a transformers PretrainedConfig
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.family = family_for(getattr(text_config, "model_type", config.model_type))
         self.model = model
@@ -155,7 +156,7 @@ class Adapter:
         self.layers: nn.ModuleList = layers  # type: ignore[assignment]
         self.final_norm: nn.Module = final_norm
         self.post_final = [m for p in self.family.post_final if (m := get_path(model, p)) is not None]
-        self.unembed: nn.Module = model.get_output_embeddings()
+        self.unembed: nn.Module = cast(Any, model).get_output_embeddings()  # a PreTrainedModel method
         self.n_layers = len(self.layers)
         self.n_heads = int(text_config.num_attention_heads)
         self.n_kv_heads = int(getattr(text_config, "num_key_value_heads", None) or self.n_heads)
@@ -191,6 +192,7 @@ class Adapter:
         """Output-projection weight as [d_model, heads*d_head] (nn.Linear layout)."""
         module = self.o_proj(layer)
         weight = loaded(module, "weight")
+        assert weight is not None  # every supported output projection has a weight
         if type(module).__name__ == "Conv1D":  # GPT-2 stores [in, out]
             return weight.T
         return weight

@@ -6,6 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -224,6 +225,7 @@ class Engine:
             was_cached = passes.is_cached(ids, spec)
             clean = passes.clean(ids, spec, should_stop)
             edits = compile_edits(passes, active, n_pos, corrupted, self.vectors, self.reference_prompts)
+            mode: Literal["full", "incremental", "cached"]
             if edits.hooks or edits.knockouts:
                 start = edits.start
                 captures = Captures()
@@ -263,11 +265,12 @@ class Engine:
                 result.token_logprobs = passes.token_logprobs(ids, final)
             for address in views.attention:
                 addr = parse_address(address)
+                assert addr.head is not None  # Views accepts head addresses only
                 pattern = captures.controls[addr.layer].patterns[addr.head][0]
                 result.attention[address] = pattern.float().cpu().numpy()
             if views.sinks:
                 result.sink_scores = np.stack(
-                    [captures.controls[layer].sink[0].float().cpu().numpy()
+                    [cast(torch.Tensor, captures.controls[layer].sink)[0].float().cpu().numpy()
                      for layer in range(self.adapter.n_layers)])
             if views.logit_lens:
                 key = ("lens", readout, info, views.lens_k)
@@ -296,7 +299,11 @@ class Engine:
             return result
 
     def _spec(self, views: Views, readout: int) -> CaptureSpec:
-        heads = frozenset((parse_address(a).layer, parse_address(a).head) for a in views.attention)
+        heads: set[tuple[int, int]] = set()
+        for address in views.attention:
+            addr = parse_address(address)
+            assert addr.head is not None  # Views accepts head addresses only
+            heads.add((addr.layer, addr.head))
         a = self.adapter
         for layer, head in heads:
             if not 0 <= layer < a.n_layers:
@@ -305,7 +312,7 @@ class Engine:
             if not 0 <= head < a.n_heads:
                 raise InterventionError(f"attention view L{layer}.H{head}: head {head} is out of range "
                                         f"0..{a.n_heads - 1}")
-        return CaptureSpec(readout=readout, heads=heads, sinks=views.sinks, dla=views.attribution,
+        return CaptureSpec(readout=readout, heads=frozenset(heads), sinks=views.sinks, dla=views.attribution,
                            lens=views.logit_lens, stats=views.stats)
 
     def sweep(self, kind: str, clean: str, corrupt: str, metric: Metric, direction: str = "noising",

@@ -7,7 +7,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -142,8 +142,8 @@ def direct_logit_effects(engine: Engine, final: torch.Tensor, writes: torch.Tens
         return out
 
     primal = final.expand_as(writes).contiguous()  # [head, pos, d_model]
-    _, tangent = torch.func.jvp(normed, (primal,), (writes,))  # [head, pos, d_out]
-    unembed = a.unembed.weight  # [vocab, d_out]
+    _, tangent = torch.func.jvp(normed, (primal,), (writes,))  # type: ignore[misc]  # stubs type the has_aux 3-tuple; without aux it returns 2  # [head, pos, d_out]
+    unembed = cast(torch.Tensor, a.unembed.weight)  # [vocab, d_out]
     chosen = tangent @ unembed[tokens].T  # [head, pos, len(tokens)]
     mean = tangent @ unembed.mean(0)  # [head, pos]
     return chosen.float(), mean.float()

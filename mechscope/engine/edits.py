@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar, cast, overload
 
 import numpy as np
 import torch
@@ -98,6 +99,12 @@ class Context:
         if head is not None and not 0 <= head < a.n_heads:
             raise self.fail(f"head {head} is out of range 0..{a.n_heads - 1}")
 
+    @overload
+    def positions(self, positions: None, n_pos: int | None = None, suffix: str = "") -> None: ...
+
+    @overload
+    def positions(self, positions: Iterable[int], n_pos: int | None = None, suffix: str = "") -> list[int]: ...
+
     def positions(self, positions: Iterable[int] | None, n_pos: int | None = None,
                   suffix: str = "") -> list[int] | None:
         """Positions made non-negative; None (every position) stays None."""
@@ -141,12 +148,16 @@ class Context:
 
 Compiler = Callable[[Intervention, Context, Edits], None]
 COMPILERS: dict[type[Intervention], Compiler] = {}
+IV = TypeVar("IV", bound=Intervention)
 
 
-def compiles(kind: type[Intervention]) -> Callable[[Compiler], Compiler]:
+def compiles(kind: type[IV]) -> Callable[[Callable[[IV, Context, Edits], None]],
+                                         Callable[[IV, Context, Edits], None]]:
     """Register the compile function of an intervention type."""
-    def register(fn: Compiler) -> Compiler:
-        COMPILERS[kind] = fn
+    def register(fn: Callable[[IV, Context, Edits], None]) -> Callable[[IV, Context, Edits], None]:
+        # compile_edits looks the function up by the intervention's exact type, so it only ever
+        # receives a `kind`; the table itself cannot express that pairing.
+        COMPILERS[kind] = cast(Compiler, fn)
         return fn
 
     return register
@@ -202,6 +213,7 @@ def _replace(positions: list[int] | None, value: torch.Tensor | float, deltas: l
         original = x.clone() if deltas is not None else None
         x[:, dst] = value
         if deltas is not None:
+            assert original is not None
             deltas.append((x - original).detach())
         return x
 
@@ -234,6 +246,7 @@ def _head_ablation(iv: HeadAblation, ctx: Context, edits: Edits) -> None:
         def value(current: torch.Tensor) -> torch.Tensor:
             return mean.expand_as(current)
     else:
+        assert acts is not None and src_pos is not None  # resample, not a dry run
         rows = _source_rows(acts.z[iv.layer], src_pos)[:, :, iv.head]  # [1, pos, d_head]
 
         def value(current: torch.Tensor) -> torch.Tensor:
@@ -270,6 +283,7 @@ def _component_ablation(iv: ComponentAblation, ctx: Context, edits: Edits) -> No
     elif iv.mode == "mean":
         value = getattr(ctx.means(), name)[iv.layer]  # [d_model]
     else:
+        assert src_pos is not None  # resample
         value = _source_rows(getattr(acts, name)[iv.layer], src_pos)  # [1, pos, d_model]
     edits.replace_whole(iv.layer, iv.component, positions)
     edits.add(iv.layer, Site(_component(iv.component), iv.layer).edit(ctx.adapter, _replace(positions, value)))
@@ -284,8 +298,10 @@ def _activation_patch(iv: ActivationPatch, ctx: Context, edits: Edits) -> None:
     positions = positions if positions is not None else list(range(ctx.n_pos))
     if ctx.dry_run:
         return
+    assert acts is not None  # not a dry run
     layer, a = addr.layer, ctx.adapter
     if addr.site == "head":
+        assert addr.head is not None  # a head address names its head
         rows = _source_rows(acts.z[layer], src_pos)[:, :, addr.head]  # [1, pos, d_head]
         hooks = Site("heads", layer).edit(a, _set_head(addr.head, positions, lambda c: rows.expand_as(c)))
     elif addr.site in ("attn", "mlp"):
@@ -312,7 +328,7 @@ def _steering_vector(iv: SteeringVector, ctx: Context, edits: Edits) -> None:
     if vector.shape[0] != d_model:
         raise ctx.fail(f"vector width {vector.shape[0]} != d_model {d_model}")
     positions = iv.positions
-    if positions not in ("all", "last"):
+    if not isinstance(positions, str):  # "all" / "last" are the only strings __post_init__ keeps
         ctx.positions(positions)
     ctx.fits_dtype("coeff", iv.coeff)
     peak = float(np.abs(vector).max(initial=0.0)) * abs(iv.coeff)
@@ -341,7 +357,7 @@ def _steering_vector(iv: SteeringVector, ctx: Context, edits: Edits) -> None:
 @compiles(AttentionKnockout)
 def _attention_knockout(iv: AttentionKnockout, ctx: Context, edits: Edits) -> None:
     ctx.check_layer(iv.layer, iv.head)
-    q, k = ctx.positions((iv.query_pos, iv.key_pos)) or ()
+    q, k = ctx.positions((iv.query_pos, iv.key_pos))
     if k > q:
         raise ctx.fail(f"key position {k} is after query position {q} (causal)")
     if q == 0:

@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -100,11 +100,11 @@ def probed(engine: Engine, detach: bool) -> Iterator[list[_Probe]]:
     try:
         engine.model.set_attn_implementation(GRAD_ATTENTION)
         for module, probe in zip(modules, probes):
-            module._mechscope_probe = probe
+            cast(Any, module)._mechscope_probe = probe  # a plain attribute, not a submodule
         yield probes
     finally:
         for module in modules:
-            module._mechscope_probe = None
+            cast(Any, module)._mechscope_probe = None
         engine.model.set_attn_implementation(attention.ATTN_IMPLEMENTATION)
 
 
@@ -288,7 +288,9 @@ def recomputed_patterns(engine: Engine, probes: list[_Probe], calls, layer: int,
     with installed([Hook("pre", a.o_proj(layer), stop)]):
         with contextlib.suppress(_StopAfterAttention):
             a.layers[layer](hidden, *take_rows(call.args, index, rows), **take_rows(call.kwargs, index, rows))
-        return probes[layer].weights
+        weights = probes[layer].weights
+        assert weights is not None  # the probe recorded the layer's attention before the stop
+        return weights
 
 
 def atp_star(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff", direction: str = "noising",
@@ -315,7 +317,7 @@ def atp_star(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff", d
         with torch.enable_grad(), probed(engine, detach=True) as probes:
             run = forward(engine, base, _leaf_hooks(engine, leaves, through=True), record_calls=True)
             value = metric.value(engine, run.normed).sum()
-            patterns = [p.weights for p in probes]
+            patterns = [cast(torch.Tensor, p.weights) for p in probes]  # every probe recorded in the forward
             grads = torch.autograd.grad(value, leaves + patterns)
         g_z, g_a = grads[:a.n_layers], grads[a.n_layers:]
         clean_a = [p.detach() for p in patterns]  # [row, head, q, k] per layer

@@ -7,7 +7,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from mechscope.engine.errors import LoadError
 
@@ -192,7 +192,7 @@ def read_gguf_header(path: Path) -> GGUFHeader:
         raise LoadError(f"cannot read {path}: {error.strerror or error}") from None
 
 
-def _parse(reader: _Reader, path: Path) -> GGUFHeader:
+def _parse(reader: _Reader, path: Path) -> GGUFHeader:  # noqa: C901  (19) the header's fields in file order
     if reader.size < 4 or reader.take(4, "the magic bytes") != b"GGUF":
         raise _Bad("it does not start with the GGUF magic bytes")
     version = reader.u32("the version")
@@ -321,7 +321,8 @@ def gguf_config(header: GGUFHeader):
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
     arch = header.architecture
-    mapping = GGUF_CONFIG_MAPPING.get(arch) or GGUF_CONFIG_MAPPING.get(header.model_type)
+    mapping = cast("dict[str, Any] | None",
+                   GGUF_CONFIG_MAPPING.get(arch) or GGUF_CONFIG_MAPPING.get(header.model_type))
     if mapping is None:
         return None
     values: dict[str, Any] = {}

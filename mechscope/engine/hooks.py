@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 from torch import nn
 
@@ -32,18 +32,20 @@ def installed(hooks: list[Hook]) -> Iterator[None]:
     try:
         for hook in hooks:
             if hook.where == "pre":
+                assert hook.fn is not None  # pre and fwd hooks carry a function
                 handles.append(hook.module.register_forward_pre_hook(hook.fn, with_kwargs=True))
             elif hook.where == "fwd":
+                assert hook.fn is not None
                 handles.append(hook.module.register_forward_hook(hook.fn))
             else:
-                hook.module._mechscope_control = hook.control
+                cast(Any, hook.module)._mechscope_control = hook.control  # a plain attribute, not a submodule
                 controlled.append(hook.module)
         yield
     finally:
         for handle in handles:
             handle.remove()
         for module in controlled:
-            module._mechscope_control = None
+            cast(Any, module)._mechscope_control = None
 
 
 def count_hooks(model: nn.Module) -> int:

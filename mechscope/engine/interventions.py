@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from mechscope.engine.errors import InvalidIntervention
 
@@ -29,6 +29,12 @@ class Intervention:
     kind: ClassVar[str] = ""
     registry: ClassVar[dict[str, type[Intervention]]] = {}
 
+    if TYPE_CHECKING:
+        # Every subclass has an `enabled` dataclass field; a read-only property here tells the
+        # checker so without giving the base a field (which would change subclass field order).
+        @property
+        def enabled(self) -> bool: ...
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.kind:
@@ -37,7 +43,7 @@ class Intervention:
     @property
     def start_layer(self) -> int:
         """First decoder layer whose computation this intervention changes."""
-        return int(self.layer)
+        return int(getattr(self, "layer"))  # noqa: B009 - subclasses without a `layer` override this
 
     @property
     def label(self) -> str:
@@ -71,7 +77,7 @@ class Intervention:
             raise ValueError(f"{kind}: {exc}") from None
 
     def with_enabled(self, enabled: bool) -> Intervention:
-        return dataclasses.replace(self, enabled=enabled)
+        return dataclasses.replace(self, enabled=enabled)  # type: ignore[call-arg]  # mypy sees the base's (no) fields; every subclass has `enabled`
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # no supported model computes in a wider type

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -21,7 +23,7 @@ class FrozenNorm:
         x = x.float()
         self.is_layer_norm = isinstance(module, nn.LayerNorm)
         weight = loaded(module, "weight")
-        eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps", 1e-6)
+        eps = cast(float, getattr(module, "variance_epsilon", None) or getattr(module, "eps", 1e-6))
         if self.is_layer_norm:
             self.gain = weight.float() if weight is not None else torch.ones_like(x)
             bias = loaded(module, "bias")

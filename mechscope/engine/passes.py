@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 import torch
@@ -237,7 +237,7 @@ class Passes:
             holder["final"] = first(output)
 
         with installed(self.align_hooks() + hooks + [Hook("fwd", self.adapter.layers[-1], record_final)]):
-            self.adapter.model.base_model(input_ids=ids, use_cache=False)
+            cast(Any, self.adapter.model).base_model(input_ids=ids, use_cache=False)  # a PreTrainedModel
         return holder["final"]
 
     def is_cached(self, ids: torch.Tensor, spec: CaptureSpec) -> bool:
@@ -289,7 +289,7 @@ class Passes:
             hooks += self.capture_hooks(spec, captures, 0)
         hooks += list(extra_hooks)
         with installed(self.align_hooks() + hooks):
-            self.adapter.model.base_model(input_ids=ids, use_cache=False)
+            cast(Any, self.adapter.model).base_model(input_ids=ids, use_cache=False)  # a PreTrainedModel
         clean = CleanPass(ids=ids, calls=calls, final=holder["final"].detach(),
                           spec=spec if spec is not None and not spec.empty else None,
                           captures=captures)
@@ -333,6 +333,7 @@ class Passes:
         for layer in range(n):
             for kind, store in stores.items():
                 hooks += Site(kind, layer).observe(a, keep(store, layer))  # type: ignore[arg-type]
+        clean: CleanPass | None
         if edit_hooks is not None:  # edits first: the observers see edited values
             clean = self.clean_forward(ids, extra_hooks=[*edit_hooks, *hooks], cache=False)[0]
         elif (clean := self.cached_clean(ids)) is not None:
@@ -390,6 +391,7 @@ class Passes:
         ids = [info.target_id, info.foil_id]
         unembed = self.adapter.unembed
         weight, bias = loaded(unembed, "weight"), loaded(unembed, "bias")
+        assert weight is not None  # an unembedding always has a weight
         normed = self.normed(hidden).to(weight.device)
         logits = torch.nn.functional.linear(normed, weight[ids],
                                             bias[ids] if bias is not None else None).float()  # [row, 2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -55,11 +55,12 @@ class Plan:
 def _human(n: int | None) -> str:
     if n is None:
         return "-"
+    size: float = n
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
 
 
 def model_config(source: str, trust_remote_code: bool = False) -> tuple[Any, str]:
@@ -205,7 +206,7 @@ def plan(source: str, device_map: Any = None, max_memory: Any = None, dtype: str
         resolved: dict[str, Any] = {"": index if target.type == "cuda" else target.type}
     else:
         resolved = resolve_map(model, device_map, max_memory, torch_dtype)
-    model.hf_device_map = resolved
+    cast(Any, model).hf_device_map = resolved  # a plain attribute accelerate reads
     sizes = compute_module_sizes(model, dtype=torch_dtype)
     budgets = {_device_name(k): v for k, v in (max_memory or get_max_memory()).items()}
     devices: dict[str, DevicePlan] = {}

@@ -241,7 +241,7 @@ def induction_set(tokenizer, n: int = 10, length: int = 8, seed: int = 0) -> Pro
     if len(vocab) < 2 * length + 2:
         raise PromptSetError("the tokenizer has too few single-token words for induction prompts")
     rng = random.Random(seed)
-    rows = []
+    rows: list[PromptRow] = []
     attempts = 0
     while len(rows) < n and attempts < 50 * n:
         attempts += 1

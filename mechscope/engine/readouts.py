@@ -69,7 +69,9 @@ def logit_lens(passes: Passes, captures: Captures, readout: int, info: MetricInf
 
 def metric_direction(passes: TokenModel, info: MetricInfo | None, readout_logits: torch.Tensor) -> tuple[torch.Tensor, float, str]:
     """Metric direction in the unembedding's input space, the unembedding bias term, and a label."""
-    w_u = loaded(passes.adapter.unembed, "weight").float()  # [vocab, d]
+    w_u_loaded = loaded(passes.adapter.unembed, "weight")
+    assert w_u_loaded is not None  # an unembedding always has a weight
+    w_u = w_u_loaded.float()  # [vocab, d]
     bias = loaded(passes.adapter.unembed, "bias")
     if info is None or not info.target_ids:  # no target (or a kl metric without one): the top prediction
         target = int(readout_logits.argmax())
@@ -111,7 +113,9 @@ def direct_attribution(passes: TokenModel, captures: Captures, embed: torch.Tens
     direction, bias_term, label = metric_direction(passes, info, logits)
     # Through modules after the final norm (OPT's project_out is linear without bias).
     for module in reversed(a.post_final):
-        weight = loaded(module, "weight").float()
+        module_weight = loaded(module, "weight")
+        assert module_weight is not None  # post-final modules are linear
+        weight = module_weight.float()
         direction = weight.T @ direction.to(weight.device)
     direction = direction.to(resid.device)
     final_norm = FrozenNorm(a.final_norm, resid)

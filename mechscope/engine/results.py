@@ -203,8 +203,8 @@ class RunResult:
 class SweepResult:
     """A patching sweep: `values` is the metric change per variant (patched - base)."""
 
-    kind: Literal["head", "resid", "atp"]
-    values: np.ndarray  # head/atp: [layer, head]; resid: [layer, pos]
+    kind: Literal["head", "resid", "attn", "mlp", "atp"]
+    values: np.ndarray  # head/atp: [layer, head]; resid/attn/mlp: [layer, pos]
     base_metric: float
     source_metric: float
     row_labels: list[str]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -65,11 +65,11 @@ def encode(engine: Engine, texts: list[str], padding: Padding = "left") -> Batch
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise PromptError(f"row {i + 1}: the prompt is empty")
-        ids = engine.tokenize(text)[0]
-        if not ids or len(ids) > engine.adapter.max_context:
-            raise PromptError(f"row {i + 1}: {len(ids)} tokens (the model takes 1..{engine.adapter.max_context})")
-        tokenized.append(ids)
-    width = max(len(ids) for ids in tokenized)
+        row_ids = engine.tokenize(text)[0]
+        if not row_ids or len(row_ids) > engine.adapter.max_context:
+            raise PromptError(f"row {i + 1}: {len(row_ids)} tokens (the model takes 1..{engine.adapter.max_context})")
+        tokenized.append(row_ids)
+    width = max(len(row) for row in tokenized)
     pad = engine.tokenizer.pad_token_id
     if pad is None:
         pad = engine.tokenizer.eos_token_id or 0
@@ -224,8 +224,9 @@ class SetMetric:
         target and foil rows of the unembedding)."""
         if self.kind == "logit_diff":
             unembed = engine.adapter.unembed
-            weight_t = unembed.weight[self.target]  # [row, d_model]
-            weight_f = unembed.weight[self.foil]
+            unembed_weight = cast(torch.Tensor, unembed.weight)
+            weight_t = unembed_weight[self.target]  # [row, d_model]
+            weight_f = unembed_weight[self.foil]
             logits_t = (normed * weight_t).sum(-1).float()
             logits_f = (normed * weight_f).sum(-1).float()
             bias = getattr(unembed, "bias", None)
@@ -259,7 +260,7 @@ def head_outputs(engine: Engine, batch: Batch) -> list[torch.Tensor]:
     return z  # type: ignore[return-value]
 
 
-def component_outputs(engine: Engine, batch: Batch, sites: set[tuple[int, str]]) -> dict[tuple[int, str], torch.Tensor]:
+def component_outputs(engine: Engine, batch: Batch, sites: Set[tuple[int, str]]) -> dict[tuple[int, str], torch.Tensor]:
     """Outputs [row, pos, d_model] of the attention / MLP blocks at `sites` ((layer, "attn"|"mlp"))."""
     a = engine.adapter
     out: dict[tuple[int, str], torch.Tensor] = {}
@@ -276,15 +277,15 @@ def component_outputs(engine: Engine, batch: Batch, sites: set[tuple[int, str]])
     return out
 
 
-def set_edit_hooks(engine: Engine, pset: PromptSet, batch: Batch, interventions: Iterable[Intervention],
+def set_edit_hooks(engine: Engine, pset: PromptSet, batch: Batch, interventions: Iterable[Intervention],  # noqa: C901  (23) validation, sources and two hook kinds; split like edits.py
                    padding: Padding = "left") -> list[Hook]:
     """Hooks applying head ablations/scales and component ablations to every row of `batch`.
 
     mean: the mean over every real position of the set's clean rows; resample: the row's corrupted
     prompt at the same positions (the row's prompts must have the same number of tokens)."""
     a = engine.adapter
-    active = [iv for iv in interventions if iv.enabled]
-    for iv in active:
+    enabled = [iv for iv in interventions if iv.enabled]
+    for iv in enabled:
         if not isinstance(iv, (HeadAblation, HeadScale, ComponentAblation)):
             raise InterventionError(f"{iv.label}: {iv.kind} is not supported over a prompt set "
                                     "(head ablation/scale and component ablation are)")
@@ -292,6 +293,7 @@ def set_edit_hooks(engine: Engine, pset: PromptSet, batch: Batch, interventions:
             raise InterventionError(f"{iv.label}: layer {iv.layer} is outside 0..{a.n_layers - 1}")
         if isinstance(iv, (HeadAblation, HeadScale)) and not 0 <= iv.head < a.n_heads:
             raise InterventionError(f"{iv.label}: head {iv.head} is outside 0..{a.n_heads - 1}")
+    active = cast(list[HeadAblation | HeadScale | ComponentAblation], enabled)  # checked just above
     modes = {getattr(iv, "mode", "") for iv in active}
     clean_batch = encode(engine, pset.column("clean")) if "mean" in modes else None
     corrupted = None

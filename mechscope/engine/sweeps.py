@@ -23,6 +23,15 @@ ProgressCallback = Callable[[SweepResult], None]
 EditHooks = Callable[[], list[Hook]]
 
 
+def _check_arguments(kind: str, direction: str, metric: Metric | None) -> None:
+    if kind not in SWEEP_KINDS:
+        raise ValueError(f"sweep kind must be one of {', '.join(SWEEP_KINDS)}, got {kind!r}")
+    if direction not in ("noising", "denoising"):
+        raise ValueError(f"direction must be noising or denoising, got {direction!r}")
+    if metric is None or not metric.measurable:
+        raise PromptError("a sweep needs a metric with a target token")
+
+
 def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Metric,
           direction: Literal["noising", "denoising"] = "noising",
           on_progress: ProgressCallback | None = None,
@@ -38,12 +47,7 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
     given, makes a fresh set of intervention hooks that every pass (base, source, variants) runs
     under: the sweep is then one of the edited model.
     """
-    if kind not in SWEEP_KINDS:
-        raise ValueError(f"sweep kind must be one of {', '.join(SWEEP_KINDS)}, got {kind!r}")
-    if direction not in ("noising", "denoising"):
-        raise ValueError(f"direction must be noising or denoising, got {direction!r}")
-    if metric is None or not metric.measurable:
-        raise PromptError("a sweep needs a metric with a target token")
+    _check_arguments(kind, direction, metric)
     started = time.perf_counter()
     base_prompt, source_prompt = (clean, corrupt) if direction == "noising" else (corrupt, clean)
     with torch.no_grad():
@@ -168,7 +172,10 @@ def _suffix_calls(passes: Passes, base: CleanPass, prefix: int):
     controls = {layer: AttentionControl(record_kv=True) for layer in range(a.n_layers)}
     hooks = [Hook("attn", a.layer_module(layer, "attn"), control=control) for layer, control in controls.items()]
     passes.run_layers(base.calls, 0, base.calls[0].hidden, hooks, None)
-    prefix_kv = {layer: (c.kv[0][:, :, :prefix], c.kv[1][:, :, :prefix]) for layer, c in controls.items()}
+    prefix_kv = {}
+    for layer, c in controls.items():
+        assert c.kv is not None  # record_kv controls hold the keys and values after the pass
+        prefix_kv[layer] = (c.kv[0][:, :, :prefix], c.kv[1][:, :, :prefix])
 
     def cut(value):
         if isinstance(value, torch.Tensor):

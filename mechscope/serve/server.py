@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Message
 
 from mechscope import __version__
 from mechscope.serve import codec
@@ -72,7 +73,7 @@ def client_of(scope_headers: Any) -> tuple[str, str]:
     return client_id, scope_headers.get(CLIENT_NAME_HEADER, client_id)[:64]
 
 
-def build_app(hub: Hub) -> Starlette:
+def build_app(hub: Hub) -> Gate:
     async def hello(request: Request) -> Response:
         engine = hub.engine
         return JSONResponse({
@@ -208,7 +209,7 @@ class Gate:
         started = time.perf_counter()
         status = [0]
 
-        async def watch(message: dict) -> None:
+        async def watch(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)

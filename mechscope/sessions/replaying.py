@@ -143,7 +143,7 @@ def count_steps(session: Session) -> int:
     return sum(1 for event in session.events if event.kind in STEP_KINDS)
 
 
-def replay(session: Session, engine: Any, on_step: Callable[[StepResult], None] | None = None,
+def replay(session: Session, engine: Any, on_step: Callable[[StepResult], object] | None = None,
            should_stop: Callable[[], bool] | None = None,
            tolerance: Tolerance | None = None) -> list[StepResult]:
     """Re-run every run/sweep/generate event of `session` on `engine`; one StepResult per step.
