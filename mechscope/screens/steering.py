@@ -138,7 +138,8 @@ class SteeringScreen(ModalScreen[SteeringRequest | None]):
         if problem is not None:
             raise ValueError(problem)
         positions = parse_positions(self.text("positions"))
-        positive = negative = ()
+        positive: tuple[str, ...] = ()
+        negative: tuple[str, ...] = ()
         if self.mode == "build":
             positive, negative = prompt_lines(self.text("positive")), prompt_lines(self.text("negative"))
             if not positive or not negative:

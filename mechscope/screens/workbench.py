@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult, ScreenStackError
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
@@ -76,10 +76,11 @@ VIEW_TABS = ("tab-attention", "tab-lens", "tab-stats")  # filled from the latest
 class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, Screen[None]):
     """Renders a `Workbench`; every engine call is a request from it, run by `submit`."""
 
-    BINDINGS = [Binding(c.keys, c.action, c.short or c.title, show=c.show)
-                for c in COMMANDS if c.keys and c.action != "quit"] + [
-        Binding(f"shift+{key}", f"scroll_view('{key}')", show=False)
-        for key in ("pageup", "pagedown", "home", "end")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        *(Binding(c.keys, c.action, c.short or c.title, show=c.show)
+          for c in COMMANDS if c.keys and c.action != "quit"),
+        *(Binding(f"shift+{key}", f"scroll_view('{key}')", show=False)
+          for key in ("pageup", "pagedown", "home", "end"))]
 
     def __init__(self, bench: Workbench, *, source: str, deterministic: bool = False) -> None:
         super().__init__()
@@ -108,7 +109,7 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, Screen[No
         key = (selector, expect)
         widget = self._parts.get(key)
         if widget is None:
-            widget = self.query_one(selector, expect)  # type: ignore[arg-type]
+            widget = self.query_one(selector, expect)
             self._parts[key] = widget
         return widget  # type: ignore[return-value]
 

@@ -226,39 +226,70 @@ def request_from_dict(data: Any) -> Request:
     unknown = set(data) - set(fields) - {"kind"}
     if unknown:
         raise ValueError(f"{kind}: unknown field(s) {sorted(unknown)}")
-    values: dict[str, Any] = {}
-    for name, value in data.items():
-        if name == "kind":
-            continue
-        if name == "metric" and value is not None:
-            value = Metric.from_dict(value)
-        elif name == "views":
-            if not isinstance(value, dict):
-                raise ValueError(f"{kind}: views must be a JSON object")
-            try:
-                value = Views(**value)
-            except TypeError as exc:
-                raise ValueError(f"{kind}: views: {exc}") from None
-        elif name == "interventions":
-            if not isinstance(value, list):
-                raise ValueError(f"{kind}: interventions must be a list")
-            value = tuple(Intervention.from_dict(v) for v in value)
-        elif name == "vector":
-            if not isinstance(value, list) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-                raise ValueError(f"{kind}: vector must be a list of numbers")
-            value = np.asarray(value, dtype=np.float32)
-        elif name == "pset":
-            try:
-                value = PromptSet.from_dict(value)
-            except PromptSetError as exc:
-                raise ValueError(f"{kind}: pset: {exc}") from None
-        elif name in ("positive", "negative", "prompts"):
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"{kind}: {name} must be a list of strings")
-            value = tuple(value)
-        values[name] = value
+    values = {name: _field_from_json(str(kind), name, value) for name, value in data.items()
+              if name != "kind"}
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{kind}: {exc}") from None
+
+
+def _views_from_json(value: Any) -> Views:
+    if not isinstance(value, dict):
+        raise ValueError("views must be a JSON object")
+    try:
+        return Views(**value)
+    except TypeError as exc:
+        raise ValueError(f"views: {exc}") from None
+
+
+def _interventions_from_json(value: Any) -> tuple[Intervention, ...]:
+    if not isinstance(value, list):
+        raise ValueError("interventions must be a list")
+    return tuple(Intervention.from_dict(v) for v in value)
+
+
+def _vector_from_json(value: Any) -> np.ndarray:
+    if not isinstance(value, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ValueError("vector must be a list of numbers")
+    return np.asarray(value, dtype=np.float32)
+
+
+def _pset_from_json(value: Any) -> PromptSet:
+    try:
+        return PromptSet.from_dict(value)
+    except PromptSetError as exc:
+        raise ValueError(f"pset: {exc}") from None
+
+
+def _strings_from_json(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of strings")
+    return tuple(value)
+
+
+_FIELD_READERS: dict[str, Any] = {
+    "views": _views_from_json,
+    "interventions": _interventions_from_json,
+    "vector": _vector_from_json,
+    "pset": _pset_from_json,
+    "positive": _strings_from_json,
+    "negative": _strings_from_json,
+    "prompts": _strings_from_json,
+}
+
+
+def _field_from_json(kind: str, name: str, value: Any) -> Any:
+    """One request field from its JSON form (a plain value passes through); ValueError names it."""
+    if name == "metric":
+        return None if value is None else Metric.from_dict(value)
+    reader = _FIELD_READERS.get(name)
+    if reader is None:
+        return value
+    try:
+        return reader(value)
+    except ValueError as exc:
+        message = str(exc)
+        prefix = "" if message.startswith(name) or name in ("views", "pset") else f"{name} "
+        raise ValueError(f"{kind}: {prefix}{message}") from None

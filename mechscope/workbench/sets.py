@@ -4,7 +4,7 @@ detectors and massive activations, as plain state the TUI renders (held by `Work
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,8 @@ SET_SWEEP_GRID = "set patching"
 ESTIMATE_GRID = "estimate"
 EXACT_MARK = "="  # a verified head: the estimate's value there is the exact patching effect
 MAX_VERIFY = 64
+
+_R = TypeVar("_R", bound=Request)
 
 
 def mean_std(values: Any) -> str:
@@ -198,7 +200,7 @@ class PromptSets:
             self.error = "no prompt set: press P to load or generate one"
         return self.pset
 
-    def _issue(self, request: Request) -> Request:
+    def _issue(self, request: _R) -> _R:
         self._issued[request.kind] = request
         self.error = None
         return request
@@ -207,13 +209,13 @@ class PromptSets:
         """The metric over every row, with the enabled interventions (set-level numbers)."""
         if (pset := self._need_set()) is None:
             return None
-        return self._issue(RunSetRequest(pset, self.metric_kind(), self.bench.interventions()))  # type: ignore[arg-type, return-value]
+        return self._issue(RunSetRequest(pset, self.metric_kind(), self.bench.interventions()))  # type: ignore[arg-type]
 
     def sweep_request(self, direction: Direction = "noising", source: str = "prompts") -> SweepSetRequest | None:
         if (pset := self._need_set()) is None:
             return None
         self.sweep_partial = None
-        return self._issue(SweepSetRequest(pset, self.metric_kind(), direction, source))  # type: ignore[arg-type, return-value]
+        return self._issue(SweepSetRequest(pset, self.metric_kind(), direction, source))  # type: ignore[arg-type]
 
     def estimate_request(self, method: EstimateMethod = "atp", steps: int = 5,
                          verify_top_k: int = 0) -> EstimateRequest | None:
@@ -225,16 +227,16 @@ class PromptSets:
         if not 0 <= verify_top_k <= MAX_VERIFY:
             self.error = f"verify top k must be 0 to {MAX_VERIFY}, got {verify_top_k}"
             return None
-        return self._issue(EstimateRequest(pset, method, max(1, steps), self.metric_kind(),  # type: ignore[arg-type, return-value]
+        return self._issue(EstimateRequest(pset, method, max(1, steps), self.metric_kind(),  # type: ignore[arg-type]
                                            verify_top_k=verify_top_k))
 
     def detect_request(self) -> DetectHeadsRequest:
-        return self._issue(DetectHeadsRequest())  # type: ignore[return-value]
+        return self._issue(DetectHeadsRequest())
 
     def massive_request(self, ratio: float = 100.0) -> MassiveRequest | None:
         if (pset := self._need_set()) is None:
             return None
-        return self._issue(MassiveRequest(pset, ratio))  # type: ignore[return-value]
+        return self._issue(MassiveRequest(pset, ratio))
 
     # -- outcomes -------------------------------------------------------------------------------
 

@@ -109,7 +109,7 @@ class Heatmap(ScrollView, can_focus=False):
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (0, 0) if self.values is None else self.values.shape  # type: ignore[return-value]
+        return (0, 0) if self.values is None else (int(self.values.shape[0]), int(self.values.shape[1]))
 
     def set_data(self, values: np.ndarray | None, row_labels: list[str], col_labels: list[str],
                  *, diverging: bool | None = None, scale: float | None = None) -> None:
@@ -218,7 +218,7 @@ class Heatmap(ScrollView, can_focus=False):
     def _cells(self, row: int) -> Strip:
         """The row's cells across the full virtual width (cached by data version and cursor)."""
         shown = self.cursor_shown and self.cursor is not None
-        cursor_col = self.cursor[1] if shown and self.cursor[0] == row else None
+        cursor_col = self.cursor[1] if shown and self.cursor is not None and self.cursor[0] == row else None
         key = (self._version, row, cursor_col)
         cached = self._strip_cache.get(key)
         if cached is not None:

@@ -27,7 +27,7 @@ class InterventionList(OptionList):
     """
 
     BINDINGS = [
-        Binding("space", "toggle", "Toggle", show=False),
+        Binding("space", "toggle_entry", "Toggle", show=False),
         Binding("enter", "edit", "Edit", show=False),
         Binding("x,delete", "delete", "Delete", show=False),
     ]
@@ -80,7 +80,7 @@ class InterventionList(OptionList):
         if entry_id is not None:
             self.post_message(self.Requested(action, entry_id))
 
-    def action_toggle(self) -> None:
+    def action_toggle_entry(self) -> None:
         self._request("toggle")
 
     def action_edit(self) -> None:
