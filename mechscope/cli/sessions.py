@@ -54,6 +54,11 @@ def _show(args: argparse.Namespace) -> int:
     session = Session.open(args.name)
     for warning in session.warnings:
         print(f"warning: {printable(warning)}", file=sys.stderr)
+    model = session.manifest.get("model")
+    if isinstance(model, dict):
+        backend = model.get("backend", {"backend": "native"})
+        print(f"model {printable(str(model.get('source')), 200)} · {printable(str(model.get('device')), 40)} "
+              f"{printable(str(model.get('dtype')), 40)} · backend {printable(json.dumps(backend), 400)}")
     for event in session.events:
         fields = " ".join(f"{k}={_short(v)}" for k, v in event.payload.items())
         print(f"{event.seq:5d} {event.kind:<17} {printable(fields, 10_000)}")
