@@ -159,3 +159,44 @@ async def test_sigkilled_server_is_reconnected_and_the_session_resumes(tmp_path,
             again.exit()
     finally:
         stop_server(proc)
+
+
+@pytest.mark.asyncio
+async def test_a_server_on_the_nnsight_backend_says_so_in_the_header(tmp_path):
+    pytest.importorskip("nnsight")
+    from mechscope.serve import connect
+    from mechscope.tui.app import MechscopeApp
+
+    folder = save_tiny(tmp_path / "model")
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    proc = start_server(folder, runtime, "--name", "traced", "--backend", "nnsight")
+    sock = runtime / "traced.sock"
+    try:
+        engine = connect(sock, client_name="probe")
+        assert engine.capabilities.status == "nnsight (local): full recompute on every change"
+        assert engine.capabilities.to_dict()["backend"] == "nnsight"
+        engine.close()
+        app = MechscopeApp(lambda progress: connect(sock, client_name="workbench"), record=False,
+                           source="attached")
+        async with app.run_test(size=(200, 40)) as pilot:
+            await _until(pilot, lambda: app.bench.run is not None)
+            assert "nnsight (local): full recompute on every change" in _status(app)
+            app.exit()
+    finally:
+        stop_server(proc)
+
+
+def test_a_native_server_has_no_backend_note(tmp_path):
+    from mechscope.serve import connect
+
+    folder = save_tiny(tmp_path / "model")
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    proc = start_server(folder, runtime, "--name", "plain")
+    try:
+        engine = connect(runtime / "plain.sock", client_name="probe")
+        assert engine.capabilities is None
+        engine.close()
+    finally:
+        stop_server(proc)
