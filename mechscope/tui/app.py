@@ -179,7 +179,7 @@ def run_app(args: argparse.Namespace) -> int:
             progress(f"connecting to the server {attach}", None)
             from mechscope.serve import connect
 
-            return connect(attach, client_name="workbench")
+            return connect(attach)  # named user:pid, so two workbenches of one user differ
         # torch and transformers load here, in the loader thread, after the first paint
         progress("importing PyTorch and transformers", None)
         from mechscope.cli.common import load_engine, model_settings

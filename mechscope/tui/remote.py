@@ -48,19 +48,36 @@ class AttachedMixin:
 
     _lost_request: Request | None = None
     _reconnecting: bool = False
+    _waiting_text: str | None = None
 
     def attach_remote(self, engine: Any) -> None:
         """Route the client's waiting frames and lost connections into App messages (thread-safe)."""
         from mechscope.serve.client import describe_wait
 
         app: Any = self
-        engine.on_wait = lambda frame: app.post_message(EngineWaiting(describe_wait(frame)))
+
+        def on_wait(frame: dict) -> None:
+            running = frame.get("running")
+            # Only another client's job is news: a frame sent before the queue picked our job up
+            # names none, and our own live run ahead of our attention request is no wait to report.
+            if isinstance(running, dict) and running.get("client") != engine.client_name:
+                app.post_message(EngineWaiting(describe_wait(frame)))
+
+        engine.on_wait = on_wait
         engine.on_unreachable = lambda request: app.post_message(EngineLost(request))
 
     def on_engine_waiting(self, message: EngineWaiting) -> None:
         app: Any = self
         if not self._reconnecting:
+            self._waiting_text = message.text
             app.workbench.say(message.text)
+
+    def on_finished(self, message: Message) -> None:
+        """An outcome came back (the screen handled it first): drop a wait note nothing replaced."""
+        app: Any = self
+        if self._waiting_text is not None and app.bench.info == self._waiting_text:
+            app.workbench.say("done")
+        self._waiting_text = None
 
     def on_engine_lost(self, message: EngineLost) -> None:
         app: Any = self
