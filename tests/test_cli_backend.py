@@ -55,7 +55,7 @@ def test_sessions_record_the_backend_and_replay_across_backends(tiny_folder, cap
     record_ioi_session(native, "native-rec")
     assert Session.open("native-rec").manifest["model"]["backend"] == {"backend": "native"}
     assert cli.main(["sessions", "show", "native-rec"]) == 0
-    assert 'backend {"backend": "native"}' in capsys.readouterr().out
+    assert 'backend {"backend": "native"}' in capsys.readouterr().err
 
     model = ["--model", str(tiny_folder), "--device", "cpu", "--dtype", "float32"]
     assert cli.main(["--backend", "nnsight", *model, "replay", "native-rec"]) == 0, capsys.readouterr()
@@ -69,5 +69,5 @@ def test_sessions_record_the_backend_and_replay_across_backends(tiny_folder, cap
     reopened = Session.open("nnsight-rec")  # the reader accepts the entry
     assert reopened.manifest["model"]["backend"] == recorded
     assert cli.main(["sessions", "show", "nnsight-rec"]) == 0
-    shown = capsys.readouterr().out.splitlines()[0]
+    shown = capsys.readouterr().err.splitlines()[0]
     assert json.loads(shown.split(" · backend ", 1)[1]) == recorded
