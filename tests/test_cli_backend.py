@@ -71,3 +71,17 @@ def test_sessions_record_the_backend_and_replay_across_backends(tiny_folder, cap
     assert cli.main(["sessions", "show", "nnsight-rec"]) == 0
     shown = capsys.readouterr().err.splitlines()[0]
     assert json.loads(shown.split(" · backend ", 1)[1]) == recorded
+
+
+def test_every_local_engine_forgets_a_vector(tiny_folder) -> None:
+    import numpy as np
+
+    from mechscope.backends import load_backend
+    from mechscope.engine import Engine
+
+    for engine in (Engine.load(str(tiny_folder), device="cpu", dtype="float32"),
+                   load_backend(str(tiny_folder), backend="nnsight", device="cpu", dtype="float32")):
+        engine.add_vector("v", np.ones(engine.info.d_model, dtype=np.float32))
+        engine.remove_vector("v")
+        engine.remove_vector("v")  # forgetting twice is no error
+        assert "v" not in engine.vectors
