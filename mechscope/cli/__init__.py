@@ -24,7 +24,9 @@ COMMANDS: list[str] = [
     "mechscope.cli.sessions",
     "mechscope.cli.replay",
     "mechscope.cli.export",
+    "mechscope.cli.export_sweep",
     "mechscope.cli.serve",
+    "mechscope.cli.plan",
 ]
 
 

@@ -18,7 +18,8 @@ IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 DTYPES = ("auto", "float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-MODEL_OPTIONS = ("model", "device", "dtype", "trust_remote_code", "attach", "backend")
+MODEL_OPTIONS = ("model", "device", "dtype", "trust_remote_code", "device_map", "max_memory",
+                 "attach", "backend")
 BACKENDS = ("native", "nnsight", "ndif")  # mechscope.backends.BACKENDS, without importing it
 
 
@@ -42,6 +43,11 @@ def add_model_args(parser: argparse.ArgumentParser, top_level: bool = False) -> 
     parser.add_argument("--trust-remote-code", action="store_true",
                         default=False if top_level else argparse.SUPPRESS,
                         help="allow model code from the model folder (off by default)")
+    parser.add_argument("--device-map", default=default,
+                        help="auto, balanced, sequential or FILE.json (module name -> device): "
+                        "accelerate splits the model over GPUs, the CPU and disk")
+    parser.add_argument("--max-memory", default=default,
+                        help="per-device budget for the weights, e.g. 0=20GiB,1=20GiB,cpu=64GiB")
     parser.add_argument("--attach", metavar="NAME|PATH", default=default,
                         help="use a running `mechscope serve` (name or socket path) instead of "
                         "loading a model")
@@ -102,6 +108,8 @@ def check_backend(args: argparse.Namespace) -> None:
         return
     if getattr(args, "attach", None):
         raise UsageError("--backend applies where the model loads: give it to `mechscope serve`")
+    if getattr(args, "device_map", None) or getattr(args, "max_memory", None):
+        raise UsageError("--device-map and --max-memory apply to the native backend only")
     from mechscope.backends import nnsight_available
 
     if not nnsight_available():
@@ -139,7 +147,8 @@ def model_settings(args: argparse.Namespace, default_model: str | None = "demo")
     """The keyword arguments of `Engine.load` the options ask for."""
     return {"source": args.model if args.model is not None else default_model,
             "device": args.device or "auto", "dtype": args.dtype or "auto",
-            "trust_remote_code": bool(args.trust_remote_code)}
+            "trust_remote_code": bool(args.trust_remote_code),
+            "device_map": getattr(args, "device_map", None), "max_memory": getattr(args, "max_memory", None)}
 
 
 def load_engine(settings: dict[str, Any], backend: str | None, progress: Any = None) -> Any:
@@ -150,7 +159,9 @@ def load_engine(settings: dict[str, Any], backend: str | None, progress: Any = N
         return Engine.load(progress=progress, **settings)
     from mechscope.backends import load_backend
 
-    return load_backend(backend=backend, progress=progress, **settings)
+    placement = ("device_map", "max_memory")  # the native engine's (refused with a backend by check_backend)
+    return load_backend(backend=backend, progress=progress,
+                        **{k: v for k, v in settings.items() if k not in placement})
 
 
 def load_engine_or_exit(args: argparse.Namespace, source: str | None = None) -> Any:

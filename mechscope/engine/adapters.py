@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mechscope.engine.errors import UnsupportedArchitecture
+from mechscope.engine.placement import loaded
 
 
 @dataclass(frozen=True)
@@ -189,13 +190,13 @@ class Adapter:
     def o_weight(self, layer: int) -> torch.Tensor:
         """Output-projection weight as [d_model, heads*d_head] (nn.Linear layout)."""
         module = self.o_proj(layer)
-        weight = module.weight
+        weight = loaded(module, "weight")
         if type(module).__name__ == "Conv1D":  # GPT-2 stores [in, out]
             return weight.T
         return weight
 
     def o_bias(self, layer: int) -> torch.Tensor | None:
-        return getattr(self.o_proj(layer), "bias", None)
+        return loaded(self.o_proj(layer), "bias")
 
     def attn_post_norm(self, layer: int) -> nn.Module | None:
         """The norm applied to the attention output before the residual add (Gemma2/3), if any."""

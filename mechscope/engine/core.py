@@ -19,6 +19,7 @@ from mechscope.engine.errors import InterventionError, OutOfMemory, PromptError
 from mechscope.engine.generation import generate
 from mechscope.engine.interventions import Intervention, Metric
 from mechscope.engine.passes import Passes, check_text
+from mechscope.engine.placement import placement_summary
 from mechscope.engine.results import (
     ComputeInfo,
     GeneratedToken,
@@ -87,22 +88,25 @@ class Engine:
             max_context=a.max_context,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
+            placement=placement_summary(model, a.family.layers, a.n_layers),
         )
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
     def load(cls, source: str = "demo", device: str = "auto", dtype: str = "auto",
-             device_map=None, trust_remote_code: bool = False, progress=None) -> Engine:
+             device_map=None, trust_remote_code: bool = False, progress=None, max_memory=None,
+             offload_folder=None) -> Engine:
         """Load `source` ("demo", a HF folder, a .gguf file or a cached hub id); LoadError on failure."""
         from mechscope.engine.loading import load_model
 
-        loaded = load_model(source, device=device, dtype=dtype, device_map=device_map,
-                            trust_remote_code=trust_remote_code, progress=progress)
+        model = load_model(source, device=device, dtype=dtype, device_map=device_map,
+                           trust_remote_code=trust_remote_code, progress=progress,
+                           max_memory=max_memory, offload_folder=offload_folder)
         if progress is not None:
             progress("preparing engine", None)
-        return cls(loaded.model, loaded.tokenizer, source=loaded.source,
-                   weights_digest=loaded.weights_digest, name=loaded.name)
+        return cls(model.model, model.tokenizer, source=model.source,
+                   weights_digest=model.weights_digest, name=model.name)
 
     @classmethod
     def connect(cls, name_or_path: str | None = None):

@@ -28,6 +28,7 @@ from mechscope.engine.interventions import (
     SteeringVector,
 )
 from mechscope.engine.passes import Passes, ReferenceMeans, SourceActs
+from mechscope.engine.placement import execution_device
 from mechscope.engine.sites import Site, SiteKind
 
 
@@ -319,7 +320,8 @@ def _steering_vector(iv: SteeringVector, ctx: Context, edits: Edits) -> None:
         raise ctx.fail(f"coeff {iv.coeff:g} times the vector's largest entry overflows the model's dtype")
     if ctx.dry_run:
         return
-    delta = torch.as_tensor(vector, device=ctx.passes.device, dtype=ctx.passes.dtype) * iv.coeff  # [d_model]
+    layer_device = execution_device(ctx.adapter.layers[iv.layer])
+    delta = torch.as_tensor(vector, device=layer_device, dtype=ctx.passes.dtype) * iv.coeff  # [d_model]
     deltas = edits.resid_delta(iv.layer)
 
     def steer(hidden: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_model]

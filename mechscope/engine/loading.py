@@ -303,9 +303,16 @@ def _first_line(error: BaseException) -> str:
 
 # ---------------------------------------------------------------- loading a folder
 
+def _offload_dir(folder: Path) -> Path:
+    """Where accelerate may write the weights it offloads to disk: one folder per model folder."""
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / "offload" / key
+
+
 def _load_folder(folder: Path, *, source: str, name: str, weights_digest: str | None, device: str,
                  dtype: str, device_map: Any, trust_remote_code: bool,
-                 progress: Progress | None) -> LoadedModel:
+                 progress: Progress | None, max_memory: Any = None,
+                 offload_folder: str | Path | None = None) -> LoadedModel:
     import transformers
 
     if not folder.is_dir():
@@ -313,6 +320,12 @@ def _load_folder(folder: Path, *, source: str, name: str, weights_digest: str | 
     config_dict = _read_folder_config(folder)
     check_architecture(config_dict, str(folder), trust_remote_code)
     _safetensors_files(folder)
+    from mechscope.engine.placement import parse_device_map, parse_max_memory
+
+    device_map = parse_device_map(device_map)
+    max_memory = parse_max_memory(max_memory)
+    if max_memory is not None and device_map is None:
+        device_map = "auto"  # a memory budget means accelerate places the layers
     if device_map is not None and device == "auto":
         # accelerate places the layers; "auto" only decides the dtype.
         target = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -339,6 +352,16 @@ def _load_folder(folder: Path, *, source: str, name: str, weights_digest: str | 
         )
         kwargs = dict(config=config, dtype=torch_dtype, use_safetensors=True, local_files_only=True,
                       trust_remote_code=trust_remote_code, device_map=placement)
+        if isinstance(device_map, dict):  # a hand-written map: every module named must exist, all covered
+            from mechscope.engine.plan import meta_model, resolve_map
+
+            resolve_map(meta_model(config, torch_dtype), device_map, max_memory, torch_dtype)
+        if device_map is not None:
+            if max_memory is not None:
+                kwargs["max_memory"] = max_memory
+            offload = Path(offload_folder) if offload_folder is not None else _offload_dir(folder)
+            offload.mkdir(parents=True, exist_ok=True)
+            kwargs["offload_folder"] = str(offload)
         try:
             try:
                 model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -464,71 +487,16 @@ def _strip_quantizer(model: Any) -> None:
         model.is_quantized = False
 
 
-_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-_GGUF_TO_MODEL_TYPE = {"gptneox": "gpt_neox", "gemma3": "gemma3_text"}
-
-
-def read_gguf_architecture(gguf_path: Path) -> str:
-    """`general.architecture` from a GGUF header, reading only the key/value section up to it.
-
-    (gguf.GGUFReader parses every tokenizer array first: seconds for a real model.)
-    """
-    import struct
-
-    with open(gguf_path, "rb") as handle:
-
-        def read(fmt: str) -> Any:
-            size = struct.calcsize(fmt)
-            data = handle.read(size)
-            if len(data) != size:
-                raise ValueError("the file ends inside its header")
-            return struct.unpack(fmt, data)[0]
-
-        def read_string() -> bytes:
-            length = read("<Q")
-            if length > 1 << 24:
-                raise ValueError("implausible string length in the header")
-            return handle.read(length)
-
-        def skip_value(value_type: int) -> None:
-            if value_type == _GGUF_STRING:
-                handle.seek(read("<Q"), os.SEEK_CUR)
-            elif value_type == _GGUF_ARRAY:
-                item_type, count = read("<I"), read("<Q")
-                if item_type in _GGUF_SCALAR_SIZES:
-                    handle.seek(_GGUF_SCALAR_SIZES[item_type] * count, os.SEEK_CUR)
-                else:
-                    for _ in range(count):
-                        skip_value(item_type)
-            elif value_type in _GGUF_SCALAR_SIZES:
-                handle.seek(_GGUF_SCALAR_SIZES[value_type], os.SEEK_CUR)
-            else:
-                raise ValueError(f"unknown value type {value_type} in the header")
-
-        if handle.read(4) != b"GGUF":
-            raise ValueError("it does not start with the GGUF magic bytes")
-        version = read("<I")
-        if version not in (2, 3):
-            raise ValueError(f"GGUF version {version} is not supported")
-        read("<Q")  # tensor count
-        for _ in range(read("<Q")):
-            key, value_type = read_string(), read("<I")
-            if key == b"general.architecture" and value_type == _GGUF_STRING:
-                return read_string().decode("utf-8")
-            skip_value(value_type)
-    raise ValueError("its header has no general.architecture")
-
-
 def check_gguf_architecture(gguf_path: Path) -> str:
-    """Refuse a GGUF of an unsupported architecture before de-quantising anything; returns the model type."""
-    try:
-        architecture = read_gguf_architecture(gguf_path)
-    except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise LoadError(f"{gguf_path} is not a readable GGUF file: {_first_line(error)}") from None
-    model_type = _GGUF_TO_MODEL_TYPE.get(architecture, architecture)
-    family_for(model_type)
-    return model_type
+    """Refuse a GGUF of an unsupported architecture, or whose header does not hold together (sizes
+    past the end of the file, a config bigger than its tensors), before de-quantising anything;
+    returns the model type."""
+    from mechscope.engine.gguf_check import check_gguf_model, read_gguf_header
+
+    header = read_gguf_header(gguf_path)
+    family_for(header.model_type)
+    check_gguf_model(header)
+    return header.model_type
 
 
 def _gguf_cache_dir(gguf_path: Path) -> Path:
@@ -679,13 +647,18 @@ def hub_model_dir(repo_id: str, progress: Progress | None = None) -> Path:
 # ---------------------------------------------------------------- entry point
 
 def load_model(source: str = "demo", device: str = "auto", dtype: str = "auto", device_map: Any = None,
-               trust_remote_code: bool = False, progress: Progress | None = None) -> LoadedModel:
+               trust_remote_code: bool = False, progress: Progress | None = None,
+               max_memory: Any = None, offload_folder: str | Path | None = None) -> LoadedModel:
     """Load `source`: "demo", a Hugging Face folder, a .gguf file, or a hub id (local cache first).
 
+    `device_map` (None, "auto", "balanced", "sequential", a dict or a path to a JSON file) and
+    `max_memory` ({0: "20GiB", "cpu": "64GiB"} or "0=20GiB,cpu=64GiB") go to accelerate; layers it
+    puts on "disk" are read from `offload_folder` (default: a folder in the mechscope cache).
     Raises LoadError (UnsupportedArchitecture for unknown families) with a one-line message.
     """
     common = dict(device=device, dtype=dtype, device_map=device_map,
-                  trust_remote_code=trust_remote_code, progress=progress)
+                  trust_remote_code=trust_remote_code, progress=progress, max_memory=max_memory,
+                  offload_folder=offload_folder)
     if source == "demo":
         folder = demo_model_dir(progress)
         manifest = _converted_manifest(folder) or {}

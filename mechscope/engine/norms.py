@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mechscope.engine.placement import loaded
+
 
 class FrozenNorm:
     """`norm(x)` written as `linear(x) + bias_vector()` with the scale computed from `x` and frozen.
@@ -18,11 +20,11 @@ class FrozenNorm:
         self.module = module
         x = x.float()
         self.is_layer_norm = isinstance(module, nn.LayerNorm)
-        weight = getattr(module, "weight", None)
+        weight = loaded(module, "weight")
         eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps", 1e-6)
         if self.is_layer_norm:
             self.gain = weight.float() if weight is not None else torch.ones_like(x)
-            bias = getattr(module, "bias", None)
+            bias = loaded(module, "bias")
             self.bias = bias.float() if bias is not None else torch.zeros_like(x)
             centred = x - x.mean(-1, keepdim=True)
             self.scale = torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + eps)

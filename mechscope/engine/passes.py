@@ -19,6 +19,7 @@ from mechscope.engine.captures import Captures, CaptureSpec, capture_hooks
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import Metric
+from mechscope.engine.placement import align_hooks, execution_device, loaded
 from mechscope.engine.results import MetricInfo, Prediction, TokenProb
 from mechscope.engine.sites import Site, first
 
@@ -151,7 +152,7 @@ class Passes:
         self.tokenizer = tokenizer
         self.adapter = adapter
         param = next(model.parameters())
-        self.device = param.device
+        self.device = execution_device(model.get_input_embeddings())  # params may be on meta under offload
         self.dtype = param.dtype
         self.clean_cache: BoundedCache[tuple[int, ...], CleanPass] = BoundedCache(CLEAN_CACHE_SIZE)
         self.source_cache: BoundedCache[tuple[int, ...], SourceActs] = BoundedCache(SOURCE_CACHE_SIZE)
@@ -235,7 +236,7 @@ class Passes:
         def record_final(module, args, output):
             holder["final"] = first(output)
 
-        with installed(hooks + [Hook("fwd", self.adapter.layers[-1], record_final)]):
+        with installed(self.align_hooks() + hooks + [Hook("fwd", self.adapter.layers[-1], record_final)]):
             self.adapter.model.base_model(input_ids=ids, use_cache=False)
         return holder["final"]
 
@@ -287,7 +288,7 @@ class Passes:
         if spec is not None and not spec.empty:
             hooks += self.capture_hooks(spec, captures, 0)
         hooks += list(extra_hooks)
-        with installed(hooks):
+        with installed(self.align_hooks() + hooks):
             self.adapter.model.base_model(input_ids=ids, use_cache=False)
         clean = CleanPass(ids=ids, calls=calls, final=holder["final"].detach(),
                           spec=spec if spec is not None and not spec.empty else None,
@@ -296,11 +297,15 @@ class Passes:
             self.clean_cache.put(tuple(ids[0].tolist()), clean)
         return clean, holder["final"]
 
+    def align_hooks(self) -> list[Hook]:
+        """Layers split over devices: move each layer's inputs to its device before any edit sees them."""
+        return align_hooks(self.model.get_input_embeddings(), self.adapter.layers)
+
     def run_layers(self, calls: list[LayerCall], start: int, hidden: torch.Tensor, hooks: list[Hook],
                    should_stop: ShouldStop | None) -> torch.Tensor:
         """Re-run decoder layers start..N-1 from `hidden` with the cached per-layer arguments."""
         layers = self.adapter.layers
-        with installed(hooks):
+        with installed(self.align_hooks() + hooks):
             for index in range(start, len(layers)):
                 if should_stop is not None and should_stop():
                     raise Cancelled("stopped")
@@ -384,8 +389,9 @@ class Passes:
             return metric_tensor(self.logits(hidden), info, reference)
         ids = [info.target_id, info.foil_id]
         unembed = self.adapter.unembed
-        bias = getattr(unembed, "bias", None)
-        logits = torch.nn.functional.linear(self.normed(hidden), unembed.weight[ids],
+        weight, bias = loaded(unembed, "weight"), loaded(unembed, "bias")
+        normed = self.normed(hidden).to(weight.device)
+        logits = torch.nn.functional.linear(normed, weight[ids],
                                             bias[ids] if bias is not None else None).float()  # [row, 2]
         cap = self.adapter.final_softcap
         if cap:
@@ -411,7 +417,7 @@ class Passes:
         log_probs = torch.log_softmax(logits, dim=-1)
         out = np.full(ids.shape[1], np.nan, dtype=np.float32)
         if ids.shape[1] > 1:
-            picked = log_probs[:-1].gather(-1, ids[0, 1:, None])[:, 0]
+            picked = log_probs[:-1].gather(-1, ids[0, 1:, None].to(log_probs.device))[:, 0]
             out[1:] = picked.cpu().numpy()
         return out
 

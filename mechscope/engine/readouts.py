@@ -9,6 +9,7 @@ import torch
 
 from mechscope.engine.errors import MechscopeError
 from mechscope.engine.norms import FrozenNorm
+from mechscope.engine.placement import execution_device, loaded
 from mechscope.engine.results import ActivationStats, Attribution, LogitLens, MetricInfo
 
 if TYPE_CHECKING:
@@ -32,7 +33,8 @@ def logit_lens(passes: Passes, captures: Captures, readout: int, info: MetricInf
     """Decode every layer's residual at `readout`; rows below `first_layer` are taken from
     `clean_rows` (the same prompt's lens without interventions), whose residuals are unchanged."""
     first_layer = first_layer if clean_rows is not None else 0
-    resid = torch.stack([captures.resid_post[layer] for layer in range(first_layer, passes.adapter.n_layers)])
+    resid = torch.stack([captures.resid_post[layer].to(passes.device)
+                         for layer in range(first_layer, passes.adapter.n_layers)])  # [layer, d_model]
     logits = passes.logits(resid)  # [layer, vocab]
     probs = torch.softmax(logits, dim=-1)
     top_probs, top_ids = probs.topk(k, dim=-1)
@@ -67,8 +69,8 @@ def logit_lens(passes: Passes, captures: Captures, readout: int, info: MetricInf
 
 def metric_direction(passes: TokenModel, info: MetricInfo | None, readout_logits: torch.Tensor) -> tuple[torch.Tensor, float, str]:
     """Metric direction in the unembedding's input space, the unembedding bias term, and a label."""
-    w_u = passes.adapter.unembed.weight.float()  # [vocab, d]
-    bias = getattr(passes.adapter.unembed, "bias", None)
+    w_u = loaded(passes.adapter.unembed, "weight").float()  # [vocab, d]
+    bias = loaded(passes.adapter.unembed, "bias")
     if info is None or not info.target_ids:  # no target (or a kl metric without one): the top prediction
         target = int(readout_logits.argmax())
         foil = None
@@ -105,40 +107,43 @@ def direct_attribution(passes: TokenModel, captures: Captures, embed: torch.Tens
     a = passes.adapter
     if a.post_ln:
         raise MechscopeError("direct logit attribution needs a pre-norm model (this one is post-LN)")
-    resid = resid.float()  # [d_model]
+    resid = resid.float().to(execution_device(a.final_norm))  # [d_model]
     direction, bias_term, label = metric_direction(passes, info, logits)
     # Through modules after the final norm (OPT's project_out is linear without bias).
     for module in reversed(a.post_final):
-        direction = module.weight.float().T @ direction
+        weight = loaded(module, "weight").float()
+        direction = weight.T @ direction.to(weight.device)
+    direction = direction.to(resid.device)
     final_norm = FrozenNorm(a.final_norm, resid)
     # Every part is read through the frozen norm along one vector: dla(c) = linear(c) @ direction
     # = c @ read, so each head costs a dot product instead of a [head, d_model] image.
     read = final_norm.adjoint(direction)  # [d_model]
 
     def dla(vectors: torch.Tensor) -> torch.Tensor:
-        return vectors.float() @ read
+        return vectors.float().to(read.device) @ read
 
     n_heads, d_head = a.n_heads, a.d_head
     heads = torch.zeros(a.n_layers, n_heads)
     attn_bias = torch.zeros(a.n_layers)
     mlp = torch.zeros(a.n_layers)
     for layer in range(a.n_layers):
-        mlp[layer] = captures.mlp_out[layer].float() @ read  # the MLP's actual write, edited or not
+        read_here = read.to(captures.mlp_out[layer].device)  # layers may sit on other devices
+        mlp[layer] = captures.mlp_out[layer].float() @ read_here  # the MLP's actual write, edited or not
         if edits is not None and edits.whole_layer_replaced(layer, "attn", readout):
-            attn_bias[layer] = float(captures.attn_out[layer].float() @ read)
+            attn_bias[layer] = float(captures.attn_out[layer].float() @ read_here)
             continue
         z = captures.z[layer].float().view(n_heads, d_head)  # [head, d_head]
         o_bias = a.o_bias(layer)
         post = a.attn_post_norm(layer)
-        layer_read, bias_part = read, 0.0  # [d_model]
+        layer_read, bias_part = read_here, 0.0  # [d_model]
         if post is not None:  # Gemma2/3 norm the attention output before the residual add
             post_norm = FrozenNorm(post, captures.attn_raw[layer].float())
-            layer_read = post_norm.adjoint(read)
-            bias_part = float(post_norm.bias_vector() @ read)
+            layer_read = post_norm.adjoint(read_here)
+            bias_part = float(post_norm.bias_vector() @ read_here)
         if o_bias is not None:
             bias_part += float(o_bias.float() @ layer_read)
         head_read = (a.o_weight(layer).float().T @ layer_read).view(n_heads, d_head)  # [head, d_head]
-        heads[layer] = (z * head_read).sum(-1)
+        heads[layer] = (z * head_read).sum(-1).cpu()
         attn_bias[layer] = bias_part
     embed_part = float(dla(embed))
     # Steering vectors and residual patches write the stream directly: one part per layer.
@@ -155,7 +160,7 @@ def direct_attribution(passes: TokenModel, captures: Captures, embed: torch.Tens
 
 def activation_stats(passes: TokenModel, captures: Captures) -> ActivationStats:
     n_layers = passes.adapter.n_layers
-    norms = torch.stack([captures.norms[layer] for layer in range(n_layers)]).cpu().numpy()
+    norms = torch.stack([captures.norms[layer].cpu() for layer in range(n_layers)]).numpy()
     d_model = passes.adapter.d_model
     candidates = []
     for layer in range(n_layers):

@@ -26,6 +26,7 @@ class ModelInfo:
     max_context: int
     device: str
     dtype: str
+    placement: str = ""  # where the layers live under a device map, e.g. "cuda:0 L0–15 · disk L16–29"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from mechscope.engine.interventions import (
     SteeringVector,
 )
 from mechscope.engine.results import RunResult
+from mechscope.screens.research_actions import ResearchActions
 from mechscope.screens.workbench_forms import InterventionForms
 from mechscope.tui.commands import COMMANDS, WIDGET_KEYS, key_label
 from mechscope.tui.messages import Finished, GenerationToken, SweepPartial
@@ -67,7 +68,7 @@ GRID_OF_SWEEP = {kind: name for name, kind in SWEEP_OF_GRID.items()}
 VIEW_TABS = ("tab-attention", "tab-lens", "tab-stats")  # filled from the latest run
 
 
-class WorkbenchScreen(InterventionForms, Screen[None]):
+class WorkbenchScreen(InterventionForms, ResearchActions, Screen[None]):
     """Renders a `Workbench`; every engine call is a request from it, run by `submit`."""
 
     BINDINGS = [Binding(c.keys, c.action, c.short or c.title, show=c.show)
@@ -445,7 +446,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         if run is None or not isinstance(run.request, RunRequest):
             return
         result = run.result
-        self.part(PredictionsPane, PredictionsPane).show(result, bool(run.request.interventions))
+        self.show_predictions(result, bool(run.request.interventions))
         self.show_prompt_info(result)
         self.show_grid()
         self.stale_views = set(VIEW_TABS)
@@ -590,7 +591,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
 
     def refresh_interventions(self) -> None:
         entries = self.bench.stack.entries
-        self.part(InterventionList, InterventionList).show_entries(entries, tuple(self.bench.label(e) for e in entries))
+        self.part(InterventionList, InterventionList).show_entries(entries, tuple(self.bench.list_label(e) for e in entries))
         self.show_marks()
         view = self.attention_view
         if view.address is not None:
@@ -644,7 +645,8 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         state = self.bench.sweep_partial(message.request, message.result)
         if state is None or not self.alive:
             return
-        self.part(SweepView, SweepView).show(message.result, running=not message.result.complete)
+        self.part(SweepView, SweepView).show(message.result, running=not message.result.complete,
+                                             note=self.bench.sweep_header(message.request))
         if self.grid_metric == GRID_OF_SWEEP.get(message.request.sweep_kind):
             self.show_grid()
 
@@ -655,7 +657,7 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         if state is None or state.request is not request or not outcome.ok:
             return
         result = outcome.result
-        self.part(SweepView, SweepView).show(result, running=False)
+        self.part(SweepView, SweepView).show(result, running=False, note=self.bench.sweep_header(request))
         if request.sweep_kind in GRID_OF_SWEEP:
             self.grid_metric = GRID_OF_SWEEP[request.sweep_kind]
             self.show_grid()
@@ -672,7 +674,8 @@ class WorkbenchScreen(InterventionForms, Screen[None]):
         if any(worker.group == "sweep" for worker in running):
             state = self.bench.cancel_sweep()
             if state is not None and state.result is not None:
-                self.part(SweepView, SweepView).show(state.result, running=False, note=" (cancelled)")
+                self.part(SweepView, SweepView).show(state.result, running=False,
+                                                     note=" (cancelled)" + self.bench.sweep_header(state.request))
         if running:
             self.say("cancelled")
 

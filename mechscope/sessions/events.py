@@ -10,7 +10,7 @@ from typing import Any
 
 TENSOR_FILE = re.compile(r"^tensors/[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$")
 INTERVENTION_ACTIONS = ("added", "changed", "toggled", "removed")
-SWEEP_KINDS = ("head", "resid", "atp")
+SWEEP_KINDS = ("head", "resid", "atp", "attn", "mlp")
 SWEEP_DIRECTIONS = ("noising", "denoising")
 RESERVED = ("seq", "time", "kind")
 

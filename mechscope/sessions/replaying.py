@@ -234,8 +234,10 @@ def _replay_run(session: Session, engine: Any, event: Event, tolerance: Toleranc
 
 def _replay_sweep(session: Session, engine: Any, event: Event, tolerance: Tolerance,
                   should_stop: Callable[[], bool] | None) -> StepResult:
+    on_top = event.get("interventions") or []
+    extra = {"interventions": _interventions(on_top)} if on_top else {}
     result = engine.sweep(event["sweep"], event["clean"], event["corrupt"], _metric(event["metric"]),
-                          direction=event["direction"], should_stop=should_stop)
+                          direction=event["direction"], should_stop=should_stop, **extra)
     recorded_values = session.tensor(event)
     values = np.asarray(result.values, dtype=np.float32)
     problems = []

@@ -108,6 +108,7 @@ def _model_manifest(engine: Any) -> dict[str, Any]:
         "weights_digest": str(getattr(engine, "weights_digest", "") or ""),
         "dtype": str(getattr(info, "dtype", "")),
         "device": str(getattr(info, "device", "")),
+        "placement": str(getattr(info, "placement", "")),
         "n_layers": int(getattr(info, "n_layers", 0)),
         "n_heads": int(getattr(info, "n_heads", 0)),
         "backend": backend_record(engine),
@@ -327,8 +328,9 @@ class Session:
         )
 
     def record_sweep(self, result: Any, clean: str, corrupt: str, metric: Metric,
-                     direction: str = "noising") -> Event:
-        """Save the sweep matrix to tensors/ and record the sweep that produced it."""
+                     direction: str = "noising", interventions: Sequence[Any] = ()) -> Event:
+        """Save the sweep matrix to tensors/ and record the sweep that produced it (and the
+        interventions it ran on top of, when there were any)."""
         values = np.ascontiguousarray(np.asarray(result.values, dtype=np.float32))
         file = self._save_tensor("sweep", "values", values)
         return self.record(
@@ -338,6 +340,7 @@ class Session:
             source_metric=None if result.source_metric is None else float(result.source_metric),
             complete=bool(result.complete), row_labels=[str(x) for x in result.row_labels],
             col_labels=[str(x) for x in result.col_labels],
+            **({"interventions": _intervention_dicts(interventions)} if interventions else {}),
         )
 
     def record_generate(self, prompt: str, interventions: Sequence[Any], params: dict[str, Any],

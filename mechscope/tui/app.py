@@ -122,6 +122,10 @@ class MechscopeApp(AttachedMixin, App[int]):
         self.bench.restore(state.clean or "", state.corrupted, state.metric, list(state.interventions))
         for name, array in (state.vectors or {}).items():
             self.engine.add_vector(name, np.asarray(array))
+        prompts = getattr(state, "reference_prompts", None)
+        if prompts:  # mean ablations average over what the session last set
+            self.engine.set_reference_prompts(list(prompts))
+            self.bench.reference_prompts = tuple(prompts)
 
     # ---------------------------------------------------------------- sessions
 

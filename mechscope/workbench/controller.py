@@ -18,6 +18,7 @@ from mechscope.engine.interventions import (
     HeadAblation,
     Intervention,
     Metric,
+    SteeringVector,
 )
 from mechscope.engine.results import GeneratedToken, RunResult, SweepResult
 from mechscope.engine.views import Views
@@ -28,12 +29,14 @@ from mechscope.workbench.requests import (
     Direction,
     GenerateRequest,
     Outcome,
+    ReferencePromptsRequest,
     Request,
     RunRequest,
     SweepKind,
     SweepRequest,
     ValidateRequest,
 )
+from mechscope.workbench.research import ResearchCommands
 from mechscope.workbench.stack import Change, Entry, InterventionStack
 from mechscope.workbench.state import Generation, GenerationSettings, Inputs, Lane, SweepState
 
@@ -50,7 +53,7 @@ class _Check:
     follows: bool
 
 
-class Workbench:
+class Workbench(ResearchCommands):
     """The UI-free state of one workbench; the TUI renders it and runs the requests it returns."""
 
     def __init__(self, inputs: Inputs, recorder: SessionRecorder | None = None, *, top_k: int = 10,
@@ -74,6 +77,7 @@ class Workbench:
         self._issued_run: RunRequest | None = None
         self._issued_attention: RunRequest | None = None
         self._checks: list[_Check] = []
+        self.vector_norms: dict[str, float] = {}
 
     # -- derived state --------------------------------------------------------------------------
 
@@ -82,7 +86,7 @@ class Workbench:
         return None if self.run is None else self.run.result
 
     def metric(self) -> Metric | None:
-        return self.inputs.metric()[0]
+        return self.with_position(self.inputs.metric()[0])
 
     def resolved(self, entry: Entry) -> Intervention:
         """The intervention an entry runs as: a following patch takes the corrupted prompt now."""
@@ -149,6 +153,12 @@ class Workbench:
             source = intervention.source_prompt
             return f"{intervention.label} ← pinned {source[:24]!r}" + ("…" if len(source) > 24 else "")
         return intervention.label
+
+    def list_label(self, entry: Entry) -> str:
+        """An entry as the interventions list shows it: a steering vector adds its norm beside the residual's."""
+        intervention = self.resolved(entry)
+        note = self.steering_note(intervention) if isinstance(intervention, SteeringVector) else ""
+        return self.label(entry) + note
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -324,7 +334,7 @@ class Workbench:
         if not self.inputs.clean.strip() or not self.inputs.corrupted.strip():
             self.error = "a sweep needs both a clean and a corrupted prompt"
             return None
-        metric, note = self.inputs.metric()
+        metric, note = self.metric(), self.inputs.metric()[1]
         if metric is None:
             self.error = note or "a sweep needs a metric"
             return None
@@ -396,9 +406,12 @@ class Workbench:
             return None
         if isinstance(request, ValidateRequest):
             return self._accept_check(outcome, request)
+        if isinstance(request, ReferencePromptsRequest):
+            return self._accept_reference(outcome, request)
         if isinstance(request, (BuildVectorRequest, AddVectorRequest)):
             if outcome.ok:
                 self.recorder.vector(request.name, np.asarray(outcome.result, dtype=np.float32))
+                self.remember_vector(request.name, outcome.result)
                 self.invalidate()  # a vector of this name may already steer: its values changed
             else:
                 self.error = None if outcome.cancelled else f"no steering vector: {outcome.error}"
@@ -508,6 +521,7 @@ class Workbench:
         self.inputs = Inputs(clean, corrupted or "", metric.target if metric is not None else "",
                              (metric.foil or "") if metric is not None else "",
                              metric.kind if metric is not None else "logit_diff")
+        self.metric_position = metric.position if metric is not None else -1
         self.stack = InterventionStack(Entry(int(i), iv) for i, iv in interventions)
         self.stack.next_id = max(self.stack.next_id, self.recorder.used_intervention_ids() + 1)
         # A head patch from the corrupted prompt follows it, as `p` made it.
@@ -516,6 +530,7 @@ class Workbench:
         self.recorder.remember_state(clean, corrupted, metric, interventions)
         self.run = None
         self.run_error = None
+        self.pinned = None
         self.sweeps.clear()
         self.last_sweep = None
         self.generation = None

@@ -192,7 +192,9 @@ class SessionRecorder:
     def sweep(self, request: SweepRequest, result: Any) -> None:
         self._prompt_and_metric(request.clean, request.corrupt, request.metric)
         self._write(f"{request.sweep_kind} sweep", lambda: self.session.record_sweep(
-            result, request.clean, request.corrupt, request.metric, request.direction), keep=True)
+            result, request.clean, request.corrupt, request.metric, request.direction,
+            **({"interventions": list(request.interventions)} if request.interventions else {})),
+            keep=True)
 
     def generate(self, request: GenerateRequest, tokens: list) -> None:
         params = {"max_new_tokens": request.max_new_tokens, "temperature": request.temperature,
@@ -200,6 +202,9 @@ class SessionRecorder:
         self._write("generation", lambda: self.session.record_generate(
             request.prompt, list(request.interventions), params, tokens,
             corrupted=request.corrupted), keep=True)
+
+    def reference_prompts(self, prompts: tuple[str, ...]) -> None:
+        self._write("reference prompts", lambda: self.session.record_reference_prompts(prompts), keep=True)
 
     def note(self, text: str) -> None:
         self._write("note", lambda: self.session.record_note(text), keep=True)

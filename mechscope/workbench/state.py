@@ -24,7 +24,7 @@ class Inputs:
 
     def metric(self) -> tuple[Metric | None, str | None]:
         """The metric the inputs describe, or None with the reason to show under the prompt."""
-        if not self.target:
+        if not self.target and self.metric_kind != "kl":
             return None, "no metric: type a target token (e.g. ' Mary')"
         try:
             if self.metric_kind == "logit_diff":

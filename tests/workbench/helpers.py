@@ -43,11 +43,14 @@ class LoggingEngine:
         return self.inner.run(prompt, interventions=interventions, views=views, metric=metric,
                               corrupted=corrupted, top_k=top_k, should_stop=should_stop)
 
-    def sweep(self, kind, clean, corrupt, metric, direction="noising", on_progress=None, should_stop=None):
+    def sweep(self, kind, clean, corrupt, metric, direction="noising", on_progress=None, should_stop=None,
+              interventions=()):
+        interventions = list(interventions)
+        on_top = {"interventions": [iv.to_dict() for iv in interventions]} if interventions else {}
         self.calls.append(("sweep", {"sweep": kind, "clean": clean, "corrupt": corrupt,
-                                     "metric": metric.to_dict(), "direction": direction}))
+                                     "metric": metric.to_dict(), "direction": direction, **on_top}))
         return self.inner.sweep(kind, clean, corrupt, metric, direction=direction,
-                                on_progress=on_progress, should_stop=should_stop)
+                                on_progress=on_progress, should_stop=should_stop, interventions=interventions)
 
     def generate(self, prompt, interventions=(), max_new_tokens=20, temperature=0.0, seed=0,
                  corrupted=None, on_token=None, should_stop=None):

@@ -9,7 +9,7 @@ from textual.widgets import Static
 from mechscope.engine.results import RunResult
 from mechscope.tui.widgets.prompt_pane import show_token
 
-METRIC_LABELS = {"logit_diff": "logit diff", "prob": "p(target)", "loss": "loss"}
+METRIC_LABELS = {"logit_diff": "logit diff", "prob": "p(target)", "loss": "loss", "kl": "KL(clean‖run)"}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from textual.widgets import Input, Label, Select, Static
 
 from mechscope.workbench.controller import Inputs
 
-METRIC_KINDS = (("logit diff", "logit_diff"), ("prob", "prob"), ("loss", "loss"))
+METRIC_KINDS = (("logit diff", "logit_diff"), ("prob", "prob"), ("loss", "loss"), ("KL", "kl"))
 PromptValues = Inputs  # what the pane shows and returns: the Workbench's inputs
 
 

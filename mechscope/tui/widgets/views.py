@@ -14,7 +14,9 @@ from mechscope.engine.results import ActivationStats, GeneratedToken, LogitLens,
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.prompt_pane import show_token
 
-SWEEP_TITLES = {"head": "head patching", "resid": "residual patching", "atp": "attribution patching"}
+SWEEP_TITLES = {"head": "head patching", "resid": "residual patching", "atp": "attribution patching",
+                "attn": "attention-output patching", "mlp": "MLP-output patching"}
+PER_POSITION = ("resid", "attn", "mlp")  # sweeps whose columns are positions, not heads
 
 
 def position_labels(count: int) -> list[str]:
@@ -194,12 +196,12 @@ class SweepView(Vertical):
             row, col = divmod(int(flat), values.shape[1])
             if not np.isfinite(values[row, col]):
                 continue
-            label = (f"L{row}.H{col}" if result.kind != "resid"
+            label = (f"L{row}.H{col}" if result.kind not in PER_POSITION
                      else f"{result.row_labels[row]} pos {result.col_labels[col]}")
             text.append(f"  {label:<14} {values[row, col]:+.3f}\n")
         text.rstrip()
         self.query_one("#sweep-summary", Static).update(text)
-        cols = ([str(c) for c in range(values.shape[1])] if result.kind != "resid"
+        cols = ([str(c) for c in range(values.shape[1])] if result.kind not in PER_POSITION
                 else position_labels(values.shape[1]))
         self.query_one(Heatmap).set_data(values, [f"L{r}" for r in range(values.shape[0])], cols)
 

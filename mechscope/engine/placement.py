@@ -1,0 +1,199 @@
+"""Where a model's parts run when accelerate split it over devices or offloaded it to CPU or disk."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mechscope.engine.errors import LoadError
+from mechscope.engine.hooks import Hook
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _as_device(value: Any) -> torch.device:
+    if isinstance(value, int):
+        return torch.device("cuda", value)
+    return torch.device(value)
+
+
+def execution_device(module: nn.Module) -> torch.device:
+    """The device `module` computes on: its accelerate hook's execution device when it has one
+    (its weights may sit on `meta` under offload), else the device of its first real tensor."""
+    hook = getattr(module, "_hf_hook", None)
+    for candidate in [hook, *getattr(hook, "hooks", ())]:
+        device = getattr(candidate, "execution_device", None)
+        if device is not None:
+            return _as_device(device)
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.device.type != "meta":
+            return tensor.device
+    return torch.device("cpu")
+
+
+def to_device(tree: Any, device: torch.device) -> Any:
+    """Tensors inside tuples, lists and dicts moved to `device`; everything else unchanged."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device, non_blocking=True) if tree.device != device else tree
+    if isinstance(tree, tuple):
+        return tuple(to_device(v, device) for v in tree)
+    if isinstance(tree, list):
+        return [to_device(v, device) for v in tree]
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    return tree
+
+
+def loaded(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
+    """`module.<name>` as a real tensor on the module's execution device, loading it from the CPU or
+    disk copy when accelerate offloaded it (the parameter itself stays offloaded)."""
+    value = getattr(module, name, None)
+    if value is None or value.device.type != "meta":
+        return value
+    from accelerate.utils import align_module_device
+
+    with align_module_device(module):
+        return getattr(module, name)
+
+
+def layers_are_split(embedding: nn.Module, layers: Iterable[nn.Module]) -> bool:
+    device = execution_device(embedding)
+    return any(execution_device(layer) != device for layer in layers)
+
+
+def align_hooks(embedding: nn.Module, layers: Iterable[nn.Module]) -> list[Hook]:
+    """Pre-hooks moving every decoder layer's arguments onto that layer's device, registered before the
+    engine's own hooks so edits and cached layer calls see tensors where the layer runs (accelerate's
+    own hook moves them only after every pre-hook has run). Empty on a single device."""
+    layers = list(layers)
+    if not layers_are_split(embedding, layers):
+        return []
+
+    def mover(device: torch.device):
+        def hook(module, args, kwargs):
+            return to_device(args, device), to_device(kwargs, device)
+
+        return hook
+
+    return [Hook("pre", layer, mover(execution_device(layer))) for layer in layers]
+
+
+def _device_label(value: Any) -> str:
+    if isinstance(value, int):
+        return f"cuda:{value}"
+    return str(value)
+
+
+def layer_placements(model: nn.Module, layers_path: str, n_layers: int) -> list[str]:
+    """Where each decoder layer's weights live ("cuda:0", "cpu", "disk"), from `hf_device_map`."""
+    device_map = getattr(model, "hf_device_map", None)
+    if not device_map:
+        device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+        return [str(device)] * n_layers
+    out = []
+    for index in range(n_layers):
+        name = f"{layers_path}.{index}"
+        best, best_len = "cpu", -1
+        for key, value in device_map.items():
+            if (key == "" or name == key or name.startswith(key + ".")) and len(key) > best_len:
+                best, best_len = _device_label(value), len(key)
+        out.append(best)
+    return out
+
+
+def placement_summary(model: nn.Module, layers_path: str, n_layers: int) -> str:
+    """Runs of layers per device, e.g. "cuda:0 L0–15 · cuda:1 L16–31" or "cpu L0–1 · disk L2"."""
+    places = layer_placements(model, layers_path, n_layers)
+    if not places:
+        return ""
+    runs: list[tuple[str, int, int]] = []
+    for index, place in enumerate(places):
+        if runs and runs[-1][0] == place:
+            runs[-1] = (place, runs[-1][1], index)
+        else:
+            runs.append((place, index, index))
+    return " · ".join(f"{place} L{a}" if a == b else f"{place} L{a}–{b}" for place, a, b in runs)
+
+
+# ---------------------------------------------------------------- arguments
+
+def parse_device_map(value: Any) -> str | dict | None:
+    """None, a strategy name, a dict, or a path to a JSON file holding a dict (module name -> device)."""
+    if value is None or isinstance(value, dict):
+        return _check_map(value, "the device map") if isinstance(value, dict) else None
+    if not isinstance(value, str):
+        raise LoadError(f"device_map must be a strategy, a dict or a JSON file, not {type(value).__name__}")
+    if value in DEVICE_MAP_STRATEGIES:
+        return value
+    path = Path(value).expanduser()
+    if path.suffix.lower() == ".json" or path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except OSError as error:
+            raise LoadError(f"cannot read the device map {path}: {error.strerror or error}") from None
+        except ValueError as error:
+            raise LoadError(f"the device map {path} is not valid JSON: {str(error).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise LoadError(f"the device map {path} must be a JSON object (module name -> device)")
+        return _check_map(data, f"the device map {path}")
+    raise LoadError(f"unknown device map {value!r}; use {', '.join(DEVICE_MAP_STRATEGIES)} or a .json file")
+
+
+def _check_device_name(value: Any, where: str) -> int | str:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        if value in ("cpu", "disk", "mps", "cuda") or value.isdigit():
+            return int(value) if value.isdigit() else value
+        if value.startswith("cuda:") and value[5:].isdigit():
+            return value
+    raise LoadError(f"{where}: {value!r} is not a device (use a GPU index, cuda:N, cpu, mps or disk)")
+
+
+def _check_map(data: dict, where: str) -> dict:
+    out = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise LoadError(f"{where}: module names must be strings")
+        out[key] = _check_device_name(value, f"{where}, {key!r}")
+    return out
+
+
+def parse_max_memory(value: Any) -> dict | None:
+    """None, a dict, or "0=20GiB,1=20GiB,cpu=64GiB" -> accelerate's max_memory (GPU keys as ints)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items = []
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            key, sep, amount = part.partition("=")
+            if not sep or not amount.strip():
+                raise LoadError(f"max memory {part!r} should look like 0=20GiB or cpu=64GiB")
+            items.append((key.strip(), amount.strip()))
+        value = dict(items)
+    if not isinstance(value, dict) or not value:
+        raise LoadError("max_memory must map devices to sizes, e.g. {0: '20GiB', 'cpu': '64GiB'}")
+    from accelerate.utils import convert_file_size_to_int
+
+    out: dict[int | str, int | str] = {}
+    for key, amount in value.items():
+        device = _check_device_name(key, "max_memory")
+        if isinstance(device, str) and device.startswith("cuda:"):
+            device = int(device[5:])
+        try:
+            size = amount if isinstance(amount, int) else convert_file_size_to_int(str(amount))
+        except ValueError:
+            raise LoadError(f"max_memory: {amount!r} is not a size (e.g. 20GiB, 500MB)") from None
+        if size < 0:
+            raise LoadError(f"max_memory: {amount!r} is negative")
+        out[device] = size
+    return out
+
+
+__all__ = ["align_hooks", "execution_device", "layer_placements", "loaded", "parse_device_map",
+           "parse_max_memory", "placement_summary", "to_device"]

@@ -1,0 +1,98 @@
+"""Sweeps, attributions and logit-lens tables as CSV, the sweep matrix as safetensors: pure functions
+over the engine's plain results (the `export-sweep` command is `mechscope/cli/export_sweep.py`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from mechscope.engine.results import Attribution, LogitLens, SweepResult
+
+def _number(value: float) -> str:
+    """A cell: full float32 precision, empty for a cell the sweep did not reach."""
+    return "" if not math.isfinite(value) else repr(float(value))
+
+
+def _row_label(kind: str, row: int, labels: Sequence[str]) -> str:
+    return str(labels[row]) if row < len(labels) and labels[row] else f"L{row}"
+
+
+def sweep_to_csv(result: SweepResult, *, direction: str = "noising") -> str:
+    """One row per cell: layer, head or position, the metric change; unreached cells are empty."""
+    values = np.asarray(result.values, dtype=np.float64)  # head/atp: [layer, head]; others: [layer, pos]
+    column = "head" if result.kind in ("head", "atp") else "position"
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["kind", "direction", "layer", column, "label", "delta_metric",
+                     "base_metric", "source_metric"])
+    for row in range(values.shape[0]):
+        for col in range(values.shape[1]):
+            label = f"L{row}.H{col}" if column == "head" else f"{_row_label(result.kind, row, result.row_labels)} pos {col}"
+            writer.writerow([result.kind, direction, row, col, label, _number(values[row, col]),
+                             _number(result.base_metric), _number(result.source_metric)])
+    return out.getvalue()
+
+
+def attribution_to_csv(attribution: Attribution) -> str:
+    """Every part of the direct logit attribution (they add up to `total`, the last row)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["component", "layer", "head", "value"])
+    writer.writerow(["embed", "", "", _number(attribution.embed)])
+    heads = np.asarray(attribution.heads, dtype=np.float64)  # [layer, head]
+    for layer in range(heads.shape[0]):
+        for head in range(heads.shape[1]):
+            writer.writerow([f"L{layer}.H{head}", layer, head, _number(heads[layer, head])])
+        writer.writerow([f"L{layer}.attn_bias", layer, "", _number(attribution.attn_bias[layer])])
+        writer.writerow([f"L{layer}.mlp", layer, "", _number(attribution.mlp[layer])])
+    if attribution.resid_edits is not None:  # [layer]
+        for layer, value in enumerate(np.asarray(attribution.resid_edits, dtype=np.float64)):
+            writer.writerow([f"L{layer}.resid_edits", layer, "", _number(value)])
+    writer.writerow(["final_bias", "", "", _number(attribution.final_bias)])
+    writer.writerow(["total", "", "", _number(attribution.total)])
+    return out.getvalue()
+
+
+def lens_to_csv(lens: LogitLens) -> str:
+    """One row per layer and rank: the decoded token and its probability (and the target's rank)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["layer", "rank", "token_id", "token", "prob", "target_rank", "target_prob"])
+    probs = np.asarray(lens.top_probs, dtype=np.float64)  # [layer, k]
+    for layer in range(probs.shape[0]):
+        target_rank = "" if lens.target_rank is None else int(lens.target_rank[layer])
+        target_prob = "" if lens.target_prob is None else _number(lens.target_prob[layer])
+        for rank in range(probs.shape[1]):
+            writer.writerow([layer, rank, int(lens.top_ids[layer, rank]), lens.top_tokens[layer][rank],
+                             _number(probs[layer, rank]), target_rank, target_prob])
+    return out.getvalue()
+
+
+def sweep_to_safetensors(result: SweepResult, path: str | Path, *, direction: str = "noising") -> None:
+    """The matrix as `values` [rows, cols] float32, with kind, direction and labels as metadata."""
+    from safetensors.numpy import save_file
+
+    values = np.ascontiguousarray(np.asarray(result.values, dtype=np.float32))
+    metadata = {"kind": result.kind, "direction": direction, "base_metric": repr(float(result.base_metric)),
+                "source_metric": repr(float(result.source_metric)),
+                "row_labels": ",".join(map(str, result.row_labels)),
+                "col_labels": ",".join(map(str, result.col_labels))}
+    save_file({"values": values}, str(path), metadata=metadata)
+
+
+def default_name(what: str, kind: str, fmt: str) -> str:
+    """`sweep-head-noising.csv`, `attribution.csv`… in the current directory."""
+    return f"{what}{'-' + kind if kind else ''}.{fmt}"
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    target = Path(path).expanduser()
+    target.write_text(text, encoding="utf-8")
+    return target

@@ -1,0 +1,306 @@
+"""The Workbench's research commands: metric position, sweeps in both directions on top of the active
+interventions, a pinned baseline, reference prompts, generation settings and steering norms.
+
+A mixin of `Workbench` (controller.py): each command edits state and returns the request to run next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mechscope.engine.interventions import Intervention, Metric, SteeringVector
+from mechscope.engine.results import RunResult
+from mechscope.workbench.requests import (
+    Direction,
+    Outcome,
+    ReferencePromptsRequest,
+    RunRequest,
+    SweepKind,
+    SweepRequest,
+)
+from mechscope.workbench.state import GenerationSettings, SweepState
+
+if TYPE_CHECKING:
+    from mechscope.workbench.controller import Inputs
+    from mechscope.workbench.recorder import SessionRecorder
+
+SWEEP_KINDS: tuple[SweepKind, ...] = ("head", "attn", "mlp", "resid", "atp")
+SWEEP_NAMES = {"head": "heads", "attn": "attention output per layer and position",
+               "mlp": "MLP output per layer and position", "resid": "residual per layer and position",
+               "atp": "heads, attribution patching (estimate)"}
+DIRECTIONS: tuple[Direction, ...] = ("noising", "denoising")
+MAX_NEW_TOKENS = 512
+MAX_TEMPERATURE = 100.0
+MAX_SEED = 2**32 - 1
+MAX_REFERENCE_PROMPTS = 256
+
+
+def parse_int(name: str, text: str, low: int, high: int) -> int:
+    """An int in [low, high]; ValueError with a one-line reason otherwise."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {text.strip()!r}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in {low}..{high}, got {value}")
+    return value
+
+
+def parse_temperature(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"temperature must be a number, got {text.strip()!r}") from None
+    if not math.isfinite(value) or value < 0 or value > MAX_TEMPERATURE:
+        raise ValueError(f"temperature must be a finite number in 0..{MAX_TEMPERATURE:g}, got {text.strip()}")
+    return value
+
+
+def check_position(position: int, n_tokens: int | None) -> str | None:
+    """The engine's rule for a metric position: -n..n-1 over the prompt's tokens."""
+    if n_tokens is not None and not -n_tokens <= position < n_tokens:
+        return f"metric position {position} is outside the prompt ({n_tokens} tokens: " \
+               f"{-n_tokens}..{n_tokens - 1})"
+    return None
+
+
+def parse_reference_prompts(text: str) -> tuple[str, ...]:
+    """One prompt per line; blank lines are skipped; at least one prompt."""
+    prompts = tuple(line for line in text.splitlines() if line.strip())
+    if not prompts:
+        raise ValueError("give at least one reference prompt (one per line)")
+    if len(prompts) > MAX_REFERENCE_PROMPTS:
+        raise ValueError(f"at most {MAX_REFERENCE_PROMPTS} reference prompts, got {len(prompts)}")
+    return prompts
+
+
+def parse_generation(max_new_tokens: str, temperature: str, seed: str) -> GenerationSettings:
+    """Generation settings from typed text: bounded ints and a finite temperature ≥ 0 (ValueError otherwise)."""
+    return GenerationSettings(parse_int("max new tokens", max_new_tokens, 1, MAX_NEW_TOKENS),
+                              parse_temperature(temperature), parse_int("seed", seed, 0, MAX_SEED))
+
+
+@dataclass(frozen=True)
+class PinDeltas:
+    """The current run against the pinned one: the metric change and each top token's probability change."""
+
+    metric: float | None  # current - pinned (None when either has no metric or the kinds differ)
+    pinned_metric: float | None
+    probs: tuple[float, ...]  # per top token of the current run: p(now) - p(pinned), in [0, 1] units
+    same_prompt: bool
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - np.max(logits)  # [vocab]
+    weights = np.exp(shifted)
+    return weights / weights.sum()
+
+
+def pin_deltas(result: RunResult, pinned: RunResult) -> PinDeltas:
+    pinned_probs = softmax(pinned.logits)  # [vocab]
+    probs = tuple(float(t.prob - pinned_probs[t.id]) for t in result.top)
+    same_kind = (result.metric_info is not None and pinned.metric_info is not None
+                 and result.metric_info.kind == pinned.metric_info.kind)
+    metric = None
+    if same_kind and result.metric is not None and pinned.metric is not None:
+        metric = float(result.metric - pinned.metric)
+    return PinDeltas(metric, pinned.metric, probs, result.token_ids == pinned.token_ids)
+
+
+class ResearchCommands:
+    """Commands past single interventions; `Workbench` provides the attributes declared here."""
+
+    if TYPE_CHECKING:
+        inputs: Inputs
+        recorder: SessionRecorder
+        run: Outcome | None
+        sweeps: dict[str, SweepState]
+        last_sweep: SweepState | None
+        generation_settings: GenerationSettings
+        error: str | None
+        info: str
+
+        @property
+        def result(self) -> RunResult | None: ...
+        @property
+        def result_is_current(self) -> bool: ...
+        def interventions(self) -> tuple[Intervention, ...]: ...
+        def next_run(self) -> RunRequest | None: ...
+        def invalidate(self) -> None: ...
+
+    metric_position: int = -1
+    pinned: Outcome | None = None
+    reference_prompts: tuple[str, ...] | None = None  # None: the engine's defaults
+    vector_norms: dict[str, float]
+
+    def with_position(self, metric: Metric | None) -> Metric | None:
+        if metric is None or metric.position == self.metric_position:
+            return metric
+        return dataclasses.replace(metric, position=self.metric_position)
+
+    # -- metric ---------------------------------------------------------------------------------
+
+    def n_tokens(self) -> int | None:
+        result = self.result
+        if result is None or result.prompt != self.inputs.clean:
+            return None
+        return len(result.tokens)
+
+    def set_metric_position(self, text: str) -> RunRequest | None:
+        """`-1` (last token) or any position of the prompt; an error (and no run) otherwise."""
+        try:
+            position = parse_int("metric position", text, -1_000_000, 1_000_000)
+        except ValueError as exc:
+            self.error = str(exc)
+            return None
+        problem = check_position(position, self.n_tokens())
+        if problem:
+            self.error = problem
+            return None
+        self.metric_position = position
+        self.error = None
+        self.info = "metric at the last token" if position == -1 else f"metric at position {position}"
+        return self.next_run()
+
+    def position_error(self, text: str) -> str | None:
+        """For a dialog: the error `set_metric_position` would give, without changing anything."""
+        try:
+            position = parse_int("metric position", text, -1_000_000, 1_000_000)
+        except ValueError as exc:
+            return str(exc)
+        return check_position(position, self.n_tokens())
+
+    # -- sweeps ---------------------------------------------------------------------------------
+
+    def sweep_with(self, kind: SweepKind, direction: Direction = "noising",
+                   on_top: bool = True) -> SweepRequest | None:
+        """A sweep of `kind` in `direction`, on the model with the active interventions when `on_top`."""
+        if kind not in SWEEP_KINDS:
+            self.error = f"unknown sweep kind {kind!r}"
+            return None
+        if direction not in DIRECTIONS:
+            self.error = f"unknown direction {direction!r}"
+            return None
+        if not self.inputs.clean.strip() or not self.inputs.corrupted.strip():
+            self.error = "a sweep needs both a clean and a corrupted prompt"
+            return None
+        metric = self.with_position(self.inputs.metric()[0])
+        if metric is None or not metric.measurable:
+            self.error = self.inputs.metric()[1] or "a sweep needs a metric"
+            return None
+        interventions = self.interventions() if on_top else ()
+        request = SweepRequest(kind, self.inputs.clean, self.inputs.corrupted, metric, direction,
+                               interventions)
+        self.sweeps[kind] = self.last_sweep = SweepState(request)
+        self.error = None
+        return request
+
+    @staticmethod
+    def sweep_header(request: SweepRequest) -> str:
+        """What the sweep view says about a sweep: kind, direction and what it ran on top of."""
+        on = request.interventions
+        if not on:
+            base = "on the unedited model"
+        else:
+            labels = ", ".join(iv.label for iv in on[:3]) + (f" +{len(on) - 3} more" if len(on) > 3 else "")
+            base = f"on top of {len(on)} intervention{'s' if len(on) > 1 else ''}: {labels}"
+        where = "" if request.metric.position == -1 else f" · metric at pos {request.metric.position}"
+        return f" · {request.sweep_kind} {request.direction} · {base}{where}"
+
+    # -- pinned baseline ------------------------------------------------------------------------
+
+    def pin(self) -> bool:
+        """Pin the current result: deltas are shown against it until `unpin`."""
+        if self.run is None or not self.result_is_current:
+            self.error = "nothing to pin: wait for the current run to finish"
+            return False
+        self.pinned = self.run
+        self.error = None
+        count = len(self.run.request.interventions)  # type: ignore[union-attr]
+        self.info = f"pinned this result ({count} intervention{'s' if count != 1 else ''}): Δ is now against the pin"
+        return True
+
+    def unpin(self) -> None:
+        self.info = "unpinned: Δ is against no interventions" if self.pinned is not None else "nothing pinned"
+        self.pinned = None
+
+    def pin_label(self) -> str:
+        """How the pinned run reads in a pane's subtitle."""
+        pinned = self.pinned
+        if pinned is None or not isinstance(pinned.request, RunRequest):
+            return ""
+        ivs = pinned.request.interventions
+        what = "no interventions" if not ivs else ", ".join(iv.label for iv in ivs[:2]) + (
+            f" +{len(ivs) - 2}" if len(ivs) > 2 else "")
+        return f"Δ vs PINNED ({what})"
+
+    def deltas_against_pin(self) -> PinDeltas | None:
+        result = self.result
+        if self.pinned is None or result is None:
+            return None
+        return pin_deltas(result, self.pinned.result)
+
+    # -- reference prompts ----------------------------------------------------------------------
+
+    def set_reference_prompts(self, text: str) -> ReferencePromptsRequest | None:
+        try:
+            prompts = parse_reference_prompts(text)
+        except ValueError as exc:
+            self.error = str(exc)
+            return None
+        self.error = None
+        return ReferencePromptsRequest(prompts)
+
+    def _accept_reference(self, outcome: Outcome, request: ReferencePromptsRequest) -> RunRequest | None:
+        if not outcome.ok:
+            self.error = None if outcome.cancelled else f"reference prompts not set: {outcome.error}"
+            return None
+        self.reference_prompts = request.prompts
+        self.recorder.reference_prompts(request.prompts)
+        self.info = f"mean ablation now averages over {len(request.prompts)} reference prompt(s)"
+        self.invalidate()  # mean ablations changed: the same inputs run again
+        return self.next_run()
+
+    # -- generation settings ---------------------------------------------------------------------
+
+    def set_generation(self, max_new_tokens: str, temperature: str, seed: str) -> str | None:
+        """Validate and store the settings `generate` uses; returns the error, or None when stored."""
+        try:
+            settings = parse_generation(max_new_tokens, temperature, seed)
+        except ValueError as exc:
+            return str(exc)
+        self.generation_settings = settings
+        self.info = (f"generation: {settings.max_new_tokens} tokens, temperature {settings.temperature:g}, "
+                     f"seed {settings.seed}")
+        return None
+
+    # -- steering norms --------------------------------------------------------------------------
+
+    def remember_vector(self, name: str, values: Any) -> None:
+        self.vector_norms[name] = float(np.linalg.norm(np.asarray(values, dtype=np.float64)))
+
+    def steering_norm(self, steer: SteeringVector) -> tuple[float, float | None] | None:
+        """(|coeff · v|, mean residual norm entering the vector's layer) or None for an unknown vector.
+
+        The residual entering layer L is the one after layer L-1 (the embeddings for L = 0: not in
+        the stats, so None)."""
+        norm = self.vector_norms.get(steer.vector_id)
+        if norm is None:
+            return None
+        resid = None
+        result = self.result
+        if result is not None and result.stats is not None and 0 < steer.layer <= result.stats.resid_norm.shape[0]:
+            resid = float(np.mean(result.stats.resid_norm[steer.layer - 1]))  # [pos] -> mean
+        return abs(steer.coeff) * norm, resid
+
+    def steering_note(self, steer: SteeringVector) -> str:
+        norms = self.steering_norm(steer)
+        if norms is None:
+            return ""
+        added, resid = norms
+        return f" (|Δ| {added:.3g}" + ("" if resid is None else f" vs resid {resid:.3g}") + ")"
