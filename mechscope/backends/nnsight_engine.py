@@ -210,6 +210,9 @@ class NNsightEngine:
             raise InterventionError(f"steering vector {name!r} has non-finite values")
         self.vectors[name] = vector
 
+    def remove_vector(self, name: str) -> None:
+        self.vectors.pop(name, None)
+
     def build_steering_vector(self, name: str, layer: int, positive: Sequence[str],
                               negative: Sequence[str]) -> np.ndarray:
         if not 0 <= layer < self.adapter.n_layers:

@@ -19,7 +19,8 @@ DTYPES = ("auto", "float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 MODEL_OPTIONS = ("model", "device", "dtype", "trust_remote_code", "device_map", "max_memory",
-                 "attach")
+                 "attach", "backend")
+BACKENDS = ("native", "nnsight", "ndif")  # mechscope.backends.BACKENDS, without importing it
 
 
 class UsageError(Exception):
@@ -50,6 +51,9 @@ def add_model_args(parser: argparse.ArgumentParser, top_level: bool = False) -> 
     parser.add_argument("--attach", metavar="NAME|PATH", default=default,
                         help="use a running `mechscope serve` (name or socket path) instead of "
                         "loading a model")
+    parser.add_argument("--backend", choices=BACKENDS, default=default,
+                        help="native (the default: incremental recompute), nnsight (nnsight traces "
+                        "here) or ndif (nnsight traces on NDIF's hosted models)")
 
 
 def add_session_arg(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
@@ -94,6 +98,24 @@ def check_common_options(args: argparse.Namespace) -> None:
         raise UsageError(f"unknown device {args.device!r}; use auto, cpu, cuda, cuda:N or mps")
     if args.model is not None:
         check_model_source(args.model)
+    check_backend(args)
+
+
+def check_backend(args: argparse.Namespace) -> None:
+    """Refuse an nnsight backend without nnsight, or one asked of an attached client."""
+    backend = getattr(args, "backend", None)
+    if backend in (None, "native"):
+        return
+    if getattr(args, "attach", None):
+        raise UsageError("--backend applies where the model loads: give it to `mechscope serve`")
+    if getattr(args, "device_map", None) or getattr(args, "max_memory", None):
+        raise UsageError("--device-map and --max-memory apply to the native backend only")
+    from mechscope.backends import nnsight_available
+
+    if not nnsight_available():
+        raise UsageError(f"--backend {backend} needs nnsight: pip install 'mechscope[nnsight]'")
+    if backend == "ndif" and args.model in (None, "demo"):
+        raise UsageError("--backend ndif needs --model with a Hugging Face repo id hosted on NDIF")
 
 
 def check_model_source(source: str) -> None:
@@ -129,6 +151,19 @@ def model_settings(args: argparse.Namespace, default_model: str | None = "demo")
             "device_map": getattr(args, "device_map", None), "max_memory": getattr(args, "max_memory", None)}
 
 
+def load_engine(settings: dict[str, Any], backend: str | None, progress: Any = None) -> Any:
+    """`Engine.load(**settings)`, or the nnsight/ndif backend's engine for the same model settings."""
+    if backend in (None, "native"):
+        from mechscope.engine import Engine
+
+        return Engine.load(progress=progress, **settings)
+    from mechscope.backends import load_backend
+
+    placement = ("device_map", "max_memory")  # the native engine's (refused with a backend by check_backend)
+    return load_backend(backend=backend, progress=progress,
+                        **{k: v for k, v in settings.items() if k not in placement})
+
+
 def load_engine_or_exit(args: argparse.Namespace, source: str | None = None) -> Any:
     """Load the engine for a headless command, printing progress to stderr; None on failure.
 
@@ -137,7 +172,6 @@ def load_engine_or_exit(args: argparse.Namespace, source: str | None = None) -> 
         from mechscope.cli.serve import attach_or_exit
 
         return attach_or_exit(args.attach, client_name=f"mechscope {args.command or 'workbench'}")
-    from mechscope.engine import Engine
     from mechscope.engine.errors import MechscopeError
 
     settings = model_settings(args)
@@ -158,7 +192,7 @@ def load_engine_or_exit(args: argparse.Namespace, source: str | None = None) -> 
             print(message, file=sys.stderr, flush=True)
 
     try:
-        return Engine.load(progress=progress, **settings)
+        return load_engine(settings, getattr(args, "backend", None), progress)
     except MechscopeError as exc:
         print(f"\rerror: {exc}\033[K" if live else f"error: {exc}", file=sys.stderr)
         return None

@@ -14,6 +14,9 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("export", help="write a Python script reproducing a session's runs")
     parser.add_argument("name", help="session name or folder")
     parser.add_argument("-o", "--output", help="output file ('-' for stdout; default ./NAME.py)")
+    parser.add_argument("--attach", dest="script_attach", metavar="NAME|PATH",
+                        help="the script connects to this running `mechscope serve` instead of "
+                        "loading a model")
     parser.set_defaults(run=guarded(run))
 
 
@@ -25,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     for warning in session.warnings:
         print(f"warning: {printable(warning)}", file=sys.stderr)
     output = args.output or f"{session.name}.py"
-    text = export_script(session, filename=None if output == "-" else os.path.basename(output))
+    text = export_script(session, filename=None if output == "-" else os.path.basename(output),
+                         attach=args.script_attach)
     if output == "-":
         sys.stdout.write(text)
         return 0
@@ -36,5 +40,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot write {printable(output, 200)} ({exc.strerror})", file=sys.stderr)
         return 2
-    print(f"wrote {output}: python {output} [MODEL]")
+    usage = f"python {output}" + (f" (connects to {args.script_attach})" if args.script_attach else " [MODEL]")
+    print(f"wrote {output}: {printable(usage, 300)}")
     return 0

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from mechscope.cli.common import add_model_args, model_settings
+from mechscope.cli.common import add_model_args, load_engine, model_settings
 from mechscope.engine.errors import MechscopeError
 
 
@@ -89,8 +89,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace):
     """Load the model, with progress lines on stderr; None (after one error line) on failure."""
-    from mechscope.engine import Engine
-
     last: list[str] = []
 
     def progress(message: str, fraction: float | None = None) -> None:
@@ -100,11 +98,13 @@ def _load(args: argparse.Namespace):
 
     started = time.perf_counter()
     try:
-        engine = Engine.load(progress=progress, **model_settings(args))
+        engine = load_engine(model_settings(args), getattr(args, "backend", None), progress)
     except MechscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-    print(f"loaded {engine.info.name} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    capabilities = getattr(engine, "capabilities", None)
+    backend = f" ({capabilities.status})" if capabilities is not None else ""
+    print(f"loaded {engine.info.name}{backend} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return engine
 
 

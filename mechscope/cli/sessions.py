@@ -54,6 +54,12 @@ def _show(args: argparse.Namespace) -> int:
     session = Session.open(args.name)
     for warning in session.warnings:
         print(f"warning: {printable(warning)}", file=sys.stderr)
+    model = session.manifest.get("model")
+    if isinstance(model, dict):  # on stderr, like the warnings: stdout stays one line per event
+        backend = model.get("backend", {"backend": "native"})
+        print(f"model {printable(str(model.get('source')), 200)} · {printable(str(model.get('device')), 40)} "
+              f"{printable(str(model.get('dtype')), 40)} · backend {printable(json.dumps(backend), 400)}",
+              file=sys.stderr)
     for event in session.events:
         fields = " ".join(f"{k}={_short(v)}" for k, v in event.payload.items())
         print(f"{event.seq:5d} {event.kind:<17} {printable(fields, 10_000)}")

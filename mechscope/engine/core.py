@@ -172,6 +172,10 @@ class Engine:
             raise InterventionError(f"steering vector {name!r} has non-finite values")
         self.vectors[name] = vector
 
+    def remove_vector(self, name: str) -> None:
+        """Forget the steering vector `name` (nothing happens if there is none)."""
+        self.vectors.pop(name, None)
+
     def build_steering_vector(self, name: str, layer: int, positive: Sequence[str],
                               negative: Sequence[str]) -> np.ndarray:
         """Mean difference of the residual entering `layer` at the last token, positive minus negative."""

@@ -19,6 +19,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input, Select, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from mechscope.backends.describe import backend_status
 from mechscope.engine.addresses import parse_address
 from mechscope.engine.interventions import (
     SteeringVector,
@@ -216,6 +217,8 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, Screen[No
         title = Text()
         title.append(info.name, style="bold")
         title.append(f" │ {info.device} {info.dtype} │ {info.n_layers} layers × {info.n_heads} heads")
+        if status := backend_status(self.engine):
+            title.append(f" │ {status}", style="yellow")
         self.part("#title-model", Static).update(title, layout=False)
         recorder = self.bench.recorder
         line = recorder.describe()

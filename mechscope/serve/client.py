@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import itertools
 import json
@@ -41,6 +42,7 @@ from mechscope.workbench.requests import (
 
 ShouldStop = Callable[[], bool]
 OnWait = Callable[[dict], None]
+OnUnreachable = Callable[["Request | None"], None]
 
 
 def describe_wait(frame: dict) -> str:
@@ -58,7 +60,8 @@ class RemoteEngine:
 
     Each call is one HTTP request; a dropped connection raises `EngineUnreachable` and the next
     call reconnects (or `reconnect()` does it now). `on_wait` receives a frame each heartbeat while
-    this client's job waits behind another client's (see `describe_wait`).
+    this client's job waits behind another client's (see `describe_wait`); `on_unreachable` is told
+    (with the request that could not run) each time a job fails because the server went away.
     """
 
     def __init__(self, target: Place, client_name: str | None = None, timeout: float = 10.0) -> None:
@@ -66,6 +69,7 @@ class RemoteEngine:
         self.client_id = uuid.uuid4().hex
         self.client_name = client_name or f"{_user()}:{os.getpid()}"
         self.on_wait: OnWait | None = None
+        self.on_unreachable: OnUnreachable | None = None
         self._timeout = timeout
         self._tags = itertools.count(1)
         self._http: Http | None = None
@@ -137,6 +141,15 @@ class RemoteEngine:
     def execute(self, request: Request, on_partial: Callable[[Any], None] | None = None,
                 should_stop: ShouldStop | None = None) -> Outcome:
         """Run `request` on the server and return its outcome (with this `request` in it)."""
+        try:
+            return self._execute(request, on_partial, should_stop)
+        except EngineUnreachable:
+            if self.on_unreachable is not None:
+                self.on_unreachable(request)
+            raise
+
+    def _execute(self, request: Request, on_partial: Callable[[Any], None] | None,
+                 should_stop: ShouldStop | None) -> Outcome:
         tag = f"t{next(self._tags)}"
         body = {"request": request_to_dict(request), "job": tag}
         for attempt in (0, 1):
@@ -200,6 +213,21 @@ class RemoteEngine:
         return str(self._hello.get("source", ""))
 
     @property
+    def capabilities(self) -> RemoteCapabilities | None:
+        """The server's backend (None for the native engine), as `NNsightEngine.capabilities` says it."""
+        status = self._hello.get("backend_status")
+        record = self._hello.get("backend")
+        if not isinstance(status, str) or not isinstance(record, dict):
+            return None
+        return RemoteCapabilities(status, record)
+
+    @property
+    def server_pid(self) -> int | None:
+        """The server process's id at the last handshake (a new one after a restart)."""
+        pid = self._hello.get("pid")
+        return pid if isinstance(pid, int) else None
+
+    @property
     def weights_digest(self) -> str:
         return str(self._hello.get("weights_digest", ""))
 
@@ -252,12 +280,26 @@ class RemoteEngine:
         vector = np.asarray(array, dtype=np.float32).reshape(-1)
         self._result(AddVectorRequest(name, vector))
 
+    def remove_vector(self, name: str) -> None:
+        self._call("POST", "/v1/remove_vector", {"name": name})
+
     def build_steering_vector(self, name: str, layer: int, positive: Sequence[str],
                               negative: Sequence[str]) -> np.ndarray:
         return self._result(BuildVectorRequest(name, layer, tuple(positive), tuple(negative)))
 
     def set_reference_prompts(self, prompts: Sequence[str]) -> None:
         self._result(ReferencePromptsRequest(tuple(prompts)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteCapabilities:
+    """A served backend's status line and session record, from the handshake."""
+
+    status: str
+    record: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.record)
 
 
 TRANSPORT_ERRORS = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException,

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import Message
 
 from mechscope import __version__
+from mechscope.backends.describe import backend_record, backend_status
 from mechscope.serve import codec
 from mechscope.serve.jobs import DuplicateJob, Hub, log
 from mechscope.serve.runtime import Place, write_card
@@ -79,7 +80,8 @@ def build_app(hub: Hub) -> Gate:
         return JSONResponse({
             "protocol": PROTOCOL_VERSION, "mechscope": __version__, "name": hub.place.name,
             "pid": os.getpid(), "info": codec.encode(engine.info), "source": engine.source,
-            "weights_digest": engine.weights_digest,
+            "weights_digest": engine.weights_digest, "backend": backend_record(engine),
+            "backend_status": backend_status(engine),
         })
 
     async def status(request: Request) -> Response:
@@ -107,6 +109,14 @@ def build_app(hub: Hub) -> Gate:
                 0 <= token_id < hub.engine.info.vocab_size):
             return error(400, "decode needs {\"id\": token id within the vocabulary}")
         return JSONResponse({"text": hub.engine.decode_token(token_id)})
+
+    async def remove_vector(request: Request) -> Response:
+        data = await read_json(request, {"name"})
+        name = data.get("name")
+        if not isinstance(name, str):
+            return error(400, "remove_vector needs {\"name\": string}")
+        hub.engine.remove_vector(name)
+        return JSONResponse({})
 
     async def cancel(request: Request) -> Response:
         data = await read_json(request, {"job"})
@@ -138,6 +148,7 @@ def build_app(hub: Hub) -> Gate:
         Route("/v1/decode", decode, methods=["POST"]),
         Route("/v1/execute", ExecuteEndpoint(hub), methods=["POST"]),
         Route("/v1/cancel", cancel, methods=["POST"]),
+        Route("/v1/remove_vector", remove_vector, methods=["POST"]),
         Route("/v1/bye", bye, methods=["POST"]),
         Route("/v1/shutdown", shutdown, methods=["POST"]),
     ], exception_handlers={HTTPException: http_error})

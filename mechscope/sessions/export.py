@@ -149,12 +149,14 @@ def _event_code(session: Session, event: Event, used: set[str]) -> str | None:
     return None
 
 
-def export_script(session: Session, filename: str | None = None) -> str:
+def export_script(session: Session, filename: str | None = None, attach: str | None = None) -> str:
     """The text of a script that loads the recorded model and re-runs the session's runs in order.
 
     Each run prints `seq N run: <top-3 tokens and probabilities; metric>`, the same summary that
     `mechscope replay` shows, so the two can be compared line by line. `filename` is the name the
-    script is saved under, for its usage line. SessionError for a session that cannot be exported.
+    script is saved under, for its usage line. With `attach` (a `mechscope serve` name or socket
+    path) the script connects to that server instead of loading a model. SessionError for a session
+    that cannot be exported.
     """
     used: set[str] = set()
     blocks = []
@@ -176,6 +178,7 @@ def export_script(session: Session, filename: str | None = None) -> str:
 """Reproduce the runs of a recorded mechscope session (named in SESSION below).
 
 Usage: python {shown_name} [MODEL]    MODEL defaults to RECORDED_MODEL, the model it was recorded on.
+When ATTACH names a running `mechscope serve` (name or socket path), the script uses its model instead.
 Exported by `mechscope export`; each run prints its top tokens and metric like `mechscope replay`.
 """
 
@@ -193,6 +196,7 @@ from mechscope.engine.errors import MechscopeError
 SESSION = {literal(session.name)}
 RECORDED_AT = {literal(str(session.manifest.get("created", "")))}
 RECORDED_MODEL = {literal(session.model_source or "demo")}
+ATTACH = {literal(attach)}
 
 
 def vector(*chunks: str) -> np.ndarray:
@@ -203,7 +207,7 @@ def vector(*chunks: str) -> np.ndarray:
 
 
 def main(model: str) -> None:
-    engine = Engine.load(model)
+    engine = Engine.connect(ATTACH) if ATTACH is not None else Engine.load(model)
 {body}
 
 

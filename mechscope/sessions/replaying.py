@@ -30,6 +30,7 @@ The same numbers apply at every position; `Tolerance` can be passed explicitly t
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -152,7 +153,7 @@ def replay(session: Session, engine: Any, on_step: Callable[[StepResult], object
     exception. `should_stop` is checked between steps and passed to the engine; when it fires the
     engine raises `Cancelled`, which propagates.
     """
-    from mechscope.engine.errors import Cancelled
+    from mechscope.engine.errors import Cancelled, MechscopeError
 
     tolerance = tolerance or session_tolerance(session, engine)
     saved_vectors = dict(engine.vectors)
@@ -183,9 +184,14 @@ def replay(session: Session, engine: Any, on_step: Callable[[StepResult], object
             if on_step is not None:
                 on_step(step)
     finally:
-        engine.vectors.clear()
-        engine.vectors.update(saved_vectors)
-        engine.reference_prompts = saved_reference
+        # Through the engine's methods, so a remote engine's server gets its own vectors back too.
+        for name in set(engine.vectors) - set(saved_vectors):
+            engine.remove_vector(name)
+        for name, vector in saved_vectors.items():
+            engine.add_vector(name, vector)
+        if list(engine.reference_prompts) != saved_reference:
+            with contextlib.suppress(MechscopeError):  # a server refuses an empty set: it keeps the replay's
+                engine.reference_prompts = saved_reference
     return steps
 
 

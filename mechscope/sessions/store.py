@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mechscope.backends.describe import backend_record
 from mechscope.sessions.errors import SessionError
 from mechscope.sessions.events import Event, validate_payload
 from mechscope.sessions.folders import (
@@ -110,6 +111,7 @@ def _model_manifest(engine: Any) -> dict[str, Any]:
         "placement": str(getattr(info, "placement", "")),
         "n_layers": int(getattr(info, "n_layers", 0)),
         "n_heads": int(getattr(info, "n_heads", 0)),
+        "backend": backend_record(engine),
     }
 
 

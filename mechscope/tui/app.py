@@ -17,6 +17,7 @@ from mechscope.engine.errors import MechscopeError
 from mechscope.screens.workbench import TYPING_DEBOUNCE_S, WorkbenchScreen
 from mechscope.tui.commands import COMMANDS, key_label
 from mechscope.tui.messages import EngineFailed, EngineLoaded, EngineProgress
+from mechscope.tui.remote import AttachedMixin
 from mechscope.workbench.controller import GenerationSettings, Inputs, Workbench
 from mechscope.workbench.recorder import SessionRecorder
 
@@ -35,7 +36,7 @@ GENERATE_TOKENS = 24
 EngineFactory = Callable[[Callable[[str, "float | None"], None]], Any]
 
 
-class MechscopeApp(App[int]):
+class MechscopeApp(AttachedMixin, App[int]):
     """The workbench. Inject `engine_factory(progress) -> Engine` to run on any engine (tests use tiny ones)."""
 
     TITLE = "mechscope"
@@ -130,6 +131,8 @@ class MechscopeApp(App[int]):
 
     def on_engine_loaded(self, message: EngineLoaded) -> None:
         self.engine = message.engine
+        if hasattr(self.engine, "on_unreachable"):  # a RemoteEngine: say whose job waits, reconnect
+            self.attach_remote(self.engine)
         if self.record:
             recorder, state = SessionRecorder.start(self.session_name, self.engine)
             self.bench.switch_recorder(recorder)
@@ -209,15 +212,13 @@ def run_app(args: argparse.Namespace) -> int:
             progress(f"connecting to the server {attach}", None)
             from mechscope.serve import connect
 
-            return connect(attach, client_name="workbench")
+            return connect(attach)  # named user:pid, so two workbenches of one user differ
         # torch and transformers load here, in the loader thread, after the first paint
         progress("importing PyTorch and transformers", None)
-        from mechscope.engine import Engine
+        from mechscope.cli.common import load_engine, model_settings
 
-        return Engine.load(args.model, device=args.device, dtype=args.dtype,
-                           trust_remote_code=args.trust_remote_code, progress=progress,
-                           device_map=getattr(args, "device_map", None),
-                           max_memory=getattr(args, "max_memory", None))
+        return load_engine(model_settings(args), getattr(args, "backend", None),
+                           progress)
 
     source = f"attached: {attach}" if attach else args.model
     app = MechscopeApp(factory, session_name=getattr(args, "session", None), source=source)
