@@ -25,6 +25,7 @@ from textual import events  # noqa: E402
 
 from mechscope.screens.workbench import WorkbenchScreen  # noqa: E402
 from mechscope.tui.app import MechscopeApp  # noqa: E402
+from mechscope.workbench.requests import RunRequest  # noqa: E402
 
 
 class InstantEngine:
@@ -50,8 +51,13 @@ class TimedScreen(WorkbenchScreen):
     """Stamps when an outcome has been applied (accepted by the Workbench and repainted)."""
 
     def on_finished(self, message) -> None:
+        # Only the live run's outcome: the attention pattern that follows it is another request,
+        # and stamping it too would time the key to the attention's repaint instead.
+        request = message.outcome.request
+        live = isinstance(request, RunRequest) and not self.bench.is_attention_request(request)
         super().on_finished(message)
-        self.app.result_at = time.perf_counter()
+        if live:
+            self.app.result_at = time.perf_counter()
 
 
 class TimedApp(MechscopeApp):
