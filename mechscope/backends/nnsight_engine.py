@@ -18,6 +18,7 @@ from mechscope.engine import readouts
 from mechscope.engine.adapters import Adapter, get_path
 from mechscope.engine.addresses import parse_address
 from mechscope.engine.captures import Captures
+from mechscope.engine.core import DEFAULT_REFERENCE_PROMPTS
 from mechscope.engine.edits import Edits
 from mechscope.engine.errors import Cancelled, InterventionError, MechscopeError, PromptError
 from mechscope.engine.interventions import Intervention, Metric
@@ -37,16 +38,6 @@ from mechscope.engine.views import Views
 
 ShouldStop = Callable[[], bool]
 
-DEFAULT_REFERENCE_PROMPTS: tuple[str, ...] = (
-    "The weather today is sunny with a light breeze from the west.",
-    "She opened the door and walked into the quiet kitchen.",
-    "In 1969, astronauts landed on the moon for the first time.",
-    "The recipe calls for two cups of flour and a pinch of salt.",
-    "After the meeting, the team went out for lunch together.",
-    "Python is a popular programming language for data science.",
-    "The river flows through the valley toward the distant sea.",
-    "He forgot his umbrella, so he got wet walking home.",
-)
 _ACTS_CACHE_SIZE = 4
 
 

@@ -246,16 +246,7 @@ def _replay_sweep(session: Session, engine: Any, event: Event, tolerance: Tolera
     problems = []
     if not tolerance.metric_close(event["base_metric"], float(result.base_metric)):
         problems.append(f"base metric {event['base_metric']:+.6f} -> {result.base_metric:+.6f}")
-    if values.shape != recorded_values.shape:
-        problems.append(f"shape {list(recorded_values.shape)} -> {list(values.shape)}")
-    else:
-        done = np.isfinite(recorded_values)
-        allowed = tolerance.metric_atol + tolerance.metric_rtol * np.abs(recorded_values)
-        off = done & ~(np.abs(values - recorded_values) <= allowed)
-        if off.any():
-            row, col = np.argwhere(off)[0]
-            problems.append(f"{int(off.sum())} cell(s) differ, e.g. [{row}, {col}] "
-                            f"{recorded_values[row, col]:+.6f} -> {values[row, col]:+.6f}")
+    problems += _matrix_problems(recorded_values, values, tolerance, "[{row}, {col}]")
     recomputed = {"base_metric": float(result.base_metric), "shape": list(values.shape)}
     return StepResult(event.seq, "sweep", format_sweep(recorded_values, event["base_metric"]),
                       format_sweep(values, float(result.base_metric)), not problems,
@@ -326,16 +317,7 @@ def _replay_set_sweep(session: Session, engine: Any, event: Event, tolerance: To
     problems = []
     if not tolerance.metric_close(event["base_metric"], base):
         problems.append(f"mean base metric {event['base_metric']:+.6f} -> {base:+.6f}")
-    if values.shape != recorded_values.shape:
-        problems.append(f"shape {list(recorded_values.shape)} -> {list(values.shape)}")
-    else:
-        done = np.isfinite(recorded_values)
-        allowed = tolerance.metric_atol + tolerance.metric_rtol * np.abs(recorded_values)
-        off = done & ~(np.abs(values - recorded_values) <= allowed)
-        if off.any():
-            row, col = np.argwhere(off)[0]
-            problems.append(f"{int(off.sum())} cell(s) differ, e.g. L{row}.H{col} "
-                            f"{recorded_values[row, col]:+.6f} -> {values[row, col]:+.6f}")
+    problems += _matrix_problems(recorded_values, values, tolerance, "L{row}.H{col}")
     recomputed = {"base_metric": base, "shape": list(values.shape)}
     return StepResult(event.seq, "set_sweep", format_sweep(recorded_values, event["base_metric"]),
                       format_sweep(values, base), not problems, "; ".join(problems), event.line,
@@ -405,3 +387,18 @@ def _recorded_summary(session: Session, event: Event) -> str:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _matrix_problems(recorded: np.ndarray, values: np.ndarray, tolerance: Tolerance,
+                     cell: str) -> list[str]:
+    """How a recomputed sweep matrix differs from the recorded one (finished cells only); `cell`
+    names a cell from `row` and `col`."""
+    if values.shape != recorded.shape:
+        return [f"shape {list(recorded.shape)} -> {list(values.shape)}"]
+    allowed = tolerance.metric_atol + tolerance.metric_rtol * np.abs(recorded)
+    off = np.isfinite(recorded) & ~(np.abs(values - recorded) <= allowed)
+    if not off.any():
+        return []
+    row, col = np.argwhere(off)[0]
+    return [f"{int(off.sum())} cell(s) differ, e.g. {cell.format(row=row, col=col)} "
+            f"{recorded[row, col]:+.6f} -> {values[row, col]:+.6f}"]
