@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 from mechscope.engine.errors import MechscopeError
@@ -35,9 +34,6 @@ DESCRIPTIONS: dict[str, str] = {
     "massive_activations": "find massive activations",
     "forward": "forward whole requests to a server",
 }
-
-ShouldStop = Callable[[], bool]
-
 
 class MissingCapability(MechscopeError):
     """A request needs something the engine does not offer; refused before anything runs."""
