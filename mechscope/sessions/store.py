@@ -28,7 +28,7 @@ import numpy as np
 
 from mechscope.backends.describe import backend_record
 from mechscope.sessions.errors import SessionError
-from mechscope.sessions.events import Event, validate_payload
+from mechscope.sessions.events import Event, tensor_files, validate_payload, work_kind
 from mechscope.sessions.folders import (
     FILE_MODE,
     SessionSummary,
@@ -65,6 +65,8 @@ from mechscope.sessions.state import SessionState, copy_builder
 
 if TYPE_CHECKING:
     from mechscope.engine.interventions import Intervention, Metric
+    from mechscope.requests.kinds import Outcome, Request
+    from mechscope.requests.registry import Summary
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +245,37 @@ class Session:
         return len(self.events)
 
     def state(self) -> SessionState:
-        """Prompts, metric, interventions (id, intervention), vectors and last results to resume."""
-        return self._builder.state(self._tensors)
+        """Prompts, metric, interventions (id, intervention), vectors and last results to resume,
+        with the outcomes the handlers can rebuild from the record (`outcomes`)."""
+        state = self._builder.state(self._tensors)
+        state.outcomes = self.restored_outcomes()
+        return state
+
+    def restored_outcomes(self) -> list[Outcome]:
+        """The latest outcome of each kind (each sweep kind) rebuilt by its handler, oldest first.
+
+        Work this version cannot rebuild (an unknown kind, a damaged summary) is left out: resuming
+        shows the rest."""
+        from mechscope.requests.kinds import Outcome
+        from mechscope.requests.registry import handler_for
+
+        latest: dict[str, Event] = {}
+        for event in self.work():
+            try:
+                request, _ = self.outcome(event)
+            except (KeyError, TypeError, ValueError):
+                continue
+            latest[handler_for(request).restore_key(request)] = event
+        outcomes = []
+        for event in sorted(latest.values(), key=lambda e: e.seq):
+            try:
+                request, summary = self.outcome(event)
+                result = handler_for(request).restore(request, summary)
+            except Exception:  # a summary this version cannot read back is not shown again
+                continue
+            if result is not None:
+                outcomes.append(Outcome(request, result, seconds=float(event.get("seconds", 0.0))))
+        return outcomes
 
     def tensor(self, event: Event) -> np.ndarray:
         """The array a vector or sweep event refers to."""
@@ -285,9 +316,10 @@ class Session:
         try:
             check_values(payload)
             validate_payload(kind, payload)
-            if kind in ("vector", "sweep", "set_sweep") and payload["file"] not in self._tensors:
-                raise ValueError(f"{payload['file']} was not saved by this session "
-                                 "(use save_vector / record_sweep)")
+            for file in tensor_files(event):
+                if file not in self._tensors:
+                    raise ValueError(f"{file} was not saved by this session "
+                                     "(use save_vector / record_request)")
             copy_builder(self._builder).apply(event)
             line = json.dumps(event.to_json(), ensure_ascii=False, allow_nan=False,
                               separators=(",", ":")) + "\n"
@@ -297,6 +329,45 @@ class Session:
         self._builder.apply(event)
         self.events.append(event)
         return event
+
+    def record_outcome(self, outcome: Outcome) -> Event:
+        """Record a finished piece of work: its request and its handler's summary of the result."""
+        from mechscope.requests.registry import handler_for
+
+        summary = handler_for(outcome.request).summarise(outcome.result)
+        return self.record_request(outcome.request, summary, outcome.seconds)
+
+    def record_request(self, request: Request, summary: Summary, seconds: float = 0.0) -> Event:
+        """A `request` event: the request as `request_to_dict` writes it, the summary's JSON as its
+        outcome, and each of the summary's arrays saved to tensors/ before the event names it."""
+        from mechscope.requests.kinds import request_to_dict
+
+        arrays = {}
+        for index, (name, array) in enumerate(summary.arrays.items()):
+            values = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+            file = self._save_tensor(f"{request.kind.replace('_', '-')}-{index}", "values", values)
+            arrays[name] = {"file": file, "shape": list(values.shape)}
+        extra = {"arrays": arrays} if arrays else {}
+        return self.record("request", request=request_to_dict(request), outcome=summary.data,
+                           seconds=float(seconds) if math.isfinite(seconds) else 0.0, **extra)
+
+    def work(self) -> list[Event]:
+        """The events that are pieces of work (requests, and runs, sweeps... of older sessions), in order."""
+        return [event for event in self.events if work_kind(event) is not None]
+
+    def outcome(self, event: Event) -> tuple[Request, Summary]:
+        """The request a work event recorded and its outcome summary (arrays read back from tensors/).
+
+        ValueError (or KeyError) when the event cannot stand for a request on this version."""
+        from mechscope.requests.kinds import request_from_dict
+        from mechscope.requests.registry import Summary
+        from mechscope.sessions.legacy import legacy_outcome
+
+        if event.kind != "request":
+            return legacy_outcome(event, self.tensor, self.prompt_set)
+        arrays = {name: self._tensors[item["file"]].copy()
+                  for name, item in event.get("arrays", {}).items()}
+        return request_from_dict(event["request"]), Summary(dict(event["outcome"]), arrays)
 
     def record_prompt(self, clean: str, corrupted: str | None = None) -> Event:
         return self.record("prompt", clean=clean, corrupted=corrupted or None)
