@@ -47,7 +47,6 @@ from mechscope.sessions.folders import (
     write_lock_info,
 )
 from mechscope.sessions.log import Log, read_log, reason, stamp
-from mechscope.sessions.outcomes import outcome_from_result
 from mechscope.sessions.paths import (
     EVENTS_FILE,
     MANIFEST_FILE,
@@ -389,33 +388,24 @@ class Session:
 
     def record_run(self, prompt: str, corrupted: str | None, metric: Metric | None,
                    interventions: Sequence[Any], result: Any, top_k: int | None = None) -> Event:
-        """Record a run with everything needed to re-run it (vectors excepted) and its outcome."""
-        return self.record(
-            "run", prompt=prompt, corrupted=corrupted or None,
-            metric=None if metric is None else metric.to_dict(),
-            interventions=_intervention_dicts(interventions),
-            top_k=len(result.top) if top_k is None else top_k,
-            outcome=outcome_from_result(result),
-        )
+        """Record a run (as its request and outcome summary) with everything needed to re-run it."""
+        from mechscope.requests.kinds import Outcome, RunRequest
+
+        request = RunRequest(prompt, corrupted or None, metric, _interventions(interventions),
+                             top_k=len(result.top) if top_k is None else top_k)
+        return self.record_outcome(Outcome(request, result))
 
     def record_sweep(self, result: Any, clean: str, corrupt: str, metric: Metric,
                      direction: str = "noising", interventions: Sequence[Any] = ()) -> Event:
-        """Save the sweep matrix to tensors/ and record the sweep that produced it (and the
-        interventions it ran on top of, when there were any)."""
-        values = np.ascontiguousarray(np.asarray(result.values, dtype=np.float32))
-        file = self._save_tensor("sweep", "values", values)
-        return self.record(
-            "sweep", sweep=result.kind, clean=clean, corrupt=corrupt,
-            metric=None if metric is None else metric.to_dict(), direction=direction, file=file,
-            shape=list(values.shape), base_metric=float(result.base_metric),
-            source_metric=None if result.source_metric is None else float(result.source_metric),
-            complete=bool(result.complete), row_labels=[str(x) for x in result.row_labels],
-            col_labels=[str(x) for x in result.col_labels],
-            **({"interventions": _intervention_dicts(interventions)} if interventions else {}),
-        )
+        """Record a sweep (its matrix saved to tensors/) and the interventions it ran on top of."""
+        from mechscope.requests.kinds import Outcome, SweepRequest
+
+        request = SweepRequest(result.kind, clean, corrupt, metric, direction,  # type: ignore[arg-type]
+                               _interventions(interventions))
+        return self.record_outcome(Outcome(request, result))
 
     def record_prompt_set(self, pset: Any) -> Event:
-        """Record a prompt set (a `PromptSet`); set runs and sweeps name it by this event's seq."""
+        """Record the prompt set in use (a `PromptSet`): resuming brings it back with its row."""
         data = pset.to_dict()
         return self.record("prompt_set", name=data["name"], source=data["source"], rows=data["rows"])
 
@@ -425,35 +415,16 @@ class Session:
 
         return PromptSet.from_dict(self._builder.prompt_sets[seq])
 
-    def record_set_run(self, set_seq: int, result: Any, metric_kind: str, interventions: Sequence[Any],
-                       prompt: str = "clean") -> Event:
-        """A run over the recorded set `set_seq` with its per-row metric (`SetRunResult`)."""
-        return self.record(
-            "set_run", set=set_seq, metric_kind=metric_kind, prompt=prompt,
-            interventions=_intervention_dicts(interventions),
-            values=[float(v) for v in np.asarray(result.values).reshape(-1)],
-            baseline=[float(v) for v in np.asarray(result.baseline).reshape(-1)])
-
-    def record_set_sweep(self, set_seq: int, result: Any, metric_kind: str, direction: str,
-                         source: str = "prompts") -> Event:
-        """A head-patching sweep over the recorded set `set_seq`: the mean per cell ([layer, head],
-        NaN where unfinished) saved to tensors/, the mean base metric in the event."""
-        values = np.ascontiguousarray(np.asarray(result.mean, dtype=np.float32))
-        file = self._save_tensor("set-sweep", "values", values)
-        return self.record(
-            "set_sweep", set=set_seq, metric_kind=metric_kind, direction=direction, source=source,
-            file=file, shape=list(values.shape), base_metric=float(np.mean(result.base_metric)),
-            complete=bool(result.complete))
-
     def record_generate(self, prompt: str, interventions: Sequence[Any], params: dict[str, Any],
                         tokens: Sequence[Any], corrupted: str | None = None) -> Event:
         """Record a generation: params holds max_new_tokens, temperature and seed."""
+        from mechscope.requests.kinds import GenerateRequest, Outcome
+
         full_params = {"max_new_tokens": len(tokens), "temperature": 0.0, "seed": 0, **params}
-        return self.record(
-            "generate", prompt=prompt, corrupted=corrupted or None,
-            interventions=_intervention_dicts(interventions), params=full_params,
-            token_ids=[int(t.id) for t in tokens], tokens=[str(t.text) for t in tokens],
-        )
+        request = GenerateRequest(prompt, corrupted or None, _interventions(interventions),
+                                  int(full_params["max_new_tokens"]), float(full_params["temperature"]),
+                                  int(full_params["seed"]))
+        return self.record_outcome(Outcome(request, list(tokens)))
 
     def save_vector(self, name: str, array: Any) -> Event:
         """Save a steering vector [d_model] under tensors/ and record it by name."""
@@ -609,14 +580,16 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _intervention_dicts(interventions: Sequence[Any]) -> list[dict[str, Any]]:
+def _interventions(items: Sequence[Any]) -> tuple[Intervention, ...]:
     """Accept interventions, their dicts, or (id, intervention) pairs as the TUI keeps them."""
+    from mechscope.engine.interventions import Intervention
+
     out = []
-    for item in interventions:
+    for item in items:
         if isinstance(item, tuple) and len(item) == 2:
             item = item[1]
-        out.append(item if isinstance(item, dict) else item.to_dict())
-    return out
+        out.append(Intervention.from_dict(item) if isinstance(item, dict) else item)
+    return tuple(out)
 
 
 def _article(kind: str) -> str:

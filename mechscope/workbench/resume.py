@@ -9,7 +9,7 @@ import numpy as np
 
 from mechscope.engine.interventions import Intervention, Metric
 from mechscope.engine.results import SweepResult
-from mechscope.workbench.requests import SweepRequest
+from mechscope.requests.kinds import SweepRequest
 from mechscope.workbench.state import SweepState
 
 

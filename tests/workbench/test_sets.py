@@ -15,8 +15,8 @@ from mechscope.engine.testing import tiny_engine
 from mechscope.sessions import Session
 from mechscope.sessions.replaying import replay
 from mechscope.workbench.controller import Workbench
-from mechscope.workbench.executor import execute
-from mechscope.workbench.requests import (
+from mechscope.requests import execute
+from mechscope.requests.kinds import (
     DetectHeadsRequest,
     EstimateRequest,
     MassiveRequest,
@@ -27,7 +27,7 @@ from mechscope.workbench.requests import (
     request_to_dict,
 )
 from mechscope.workbench.sets import ESTIMATE_GRID, EXACT_MARK, SET_SWEEP_GRID
-from tests.workbench.helpers import IOI, drive, events, recorded_bench
+from tests.workbench.helpers import IOI, drive, events, recorded_bench, work
 
 ROWS = PromptSet("two", (
     PromptRow("When Mary and John went to the store, John gave a drink to",
@@ -161,13 +161,13 @@ def test_set_run_and_sweep_are_recorded_and_replay(engine):
     drive(bench, engine, bench.sets.sweep_request())
     drive(bench, engine, bench.sets.run_request())  # the same set: recorded once
     logged = events()
-    kinds = [e.kind for e in logged]
-    assert kinds.count("prompt_set") == 1 and kinds.count("set_run") == 2 and kinds.count("set_sweep") == 1
+    kinds = [e["request"]["kind"] if e.kind == "request" else e.kind for e in logged]
+    assert kinds.count("prompt_set") == 1 and kinds.count("run_set") == 2 and kinds.count("sweep_set") == 1
     set_event = next(e for e in logged if e.kind == "prompt_set")
     assert PromptSet.from_dict(set_event.payload) == ROWS
-    run_event = next(e for e in logged if e.kind == "set_run")
-    assert run_event["set"] == set_event.seq
-    assert run_event["interventions"] == [HeadAblation(1, 0, "zero").to_dict()]
+    run_request = work("run_set")[0]
+    assert PromptSet.from_dict(run_request["pset"]) == ROWS
+    assert run_request["interventions"] == [HeadAblation(1, 0, "zero").to_dict()]
     session = Session.open("study")
     assert session.state().prompt_set["name"] == "two"
     resumed = Workbench(IOI)
@@ -175,7 +175,7 @@ def test_set_run_and_sweep_are_recorded_and_replay(engine):
     assert resumed.sets.pset == ROWS and resumed.sets.row == 0 and resumed.sets.run is None
     steps = replay(session, engine)
     kinds = [s.kind for s in steps]
-    assert "set_run" in kinds and "set_sweep" in kinds
+    assert "run_set" in kinds and "sweep_set" in kinds
     assert all(step.matches for step in steps), [s.detail for s in steps if not s.matches]
 
 
@@ -184,9 +184,10 @@ def test_replay_notices_a_changed_set_run(engine):
     bench.sets.use(ROWS)
     drive(bench, engine, bench.sets.run_request())
     session = bench.recorder.session
-    event = next(e for e in session.events if e.kind == "set_run")
-    session.record("set_run", **{**event.payload, "values": [v + 1.0 for v in event["values"]]})
-    steps = [s for s in replay(Session.open("study"), engine) if s.kind == "set_run"]
+    event = next(e for e in session.events if e.kind == "request" and e["request"]["kind"] == "run_set")
+    outcome = {**event["outcome"], "values": [v + 1.0 for v in event["outcome"]["values"]]}
+    session.record("request", **{**event.payload, "outcome": outcome})
+    steps = [s for s in replay(Session.open("study"), engine) if s.kind == "run_set"]
     assert [s.matches for s in steps] == [True, False]
     assert "values: 2 row(s) differ" in steps[1].detail
 
