@@ -130,7 +130,19 @@ def test_an_engine_without_set_methods_says_so():
         pass
 
     outcome = execute(Plain(), RunSetRequest(ROWS))
-    assert outcome.error == "prompt sets are not available on this engine"
+    assert outcome.error == "Plain cannot run prompt sets (capability 'prompt_sets')"
+
+
+def test_an_engine_that_lacks_a_capability_refuses_before_running():
+    class RunsOnly:
+        capabilities = frozenset({"run"})
+
+        def run_set(self, *args, **kwargs):
+            raise AssertionError("a refused request must not run")
+
+    outcome = execute(RunsOnly(), RunSetRequest(ROWS))
+    assert outcome.error == "RunsOnly cannot run prompt sets (capability 'prompt_sets')"
+    assert not outcome.ok and not outcome.cancelled
 
 
 @pytest.mark.parametrize("request_", [
