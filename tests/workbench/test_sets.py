@@ -14,7 +14,6 @@ from mechscope.engine.prompt_sets import PromptRow, PromptSet
 from mechscope.engine.testing import tiny_engine
 from mechscope.sessions import Session
 from mechscope.sessions.replaying import replay
-from mechscope.workbench.controller import Workbench
 from mechscope.requests import execute
 from mechscope.requests.kinds import (
     DetectHeadsRequest,
@@ -26,6 +25,8 @@ from mechscope.requests.kinds import (
     request_from_dict,
     request_to_dict,
 )
+from mechscope.workbench.controller import Inputs, Workbench
+from mechscope.workbench.recorder import SessionRecorder
 from mechscope.workbench.sets import ESTIMATE_GRID, EXACT_MARK, SET_SWEEP_GRID
 from tests.workbench.helpers import IOI, drive, events, recorded_bench, work
 
@@ -216,3 +217,41 @@ def test_dialog_texts(tmp_path):
         bench.sets.pset, "eap-ig", 3, verify_top_k=2)
     assert bench.sets.estimate_text("atp verify x") is None and "whole number" in bench.sets.error
     assert bench.sets.estimate_text("magic") is None and "unknown estimator" in bench.sets.error
+
+
+def test_resuming_brings_back_the_set_its_row_and_every_set_result(engine):
+    bench = recorded_bench(engine)
+    drive(bench, engine, bench.sets.use(ROWS))
+    drive(bench, engine, bench.sets.step(1))
+    drive(bench, engine, bench.sets.run_request())
+    drive(bench, engine, bench.sets.sweep_request())
+    drive(bench, engine, bench.sets.estimate_request("atp", verify_top_k=2))
+    drive(bench, engine, bench.sets.detect_request())
+    drive(bench, engine, bench.sets.massive_request(3.0))
+    drive(bench, engine, bench.sweep_with("head"))
+    bench.recorder.close()
+    recorded = [e["request"]["kind"] for e in events() if e.kind == "request"]
+    assert {"run_set", "sweep_set", "estimate", "detect_heads", "massive", "sweep"} <= set(recorded)
+
+    session = Session.open("study")
+    written = len(session.events)
+    resumed = Workbench(Inputs("", "", "", ""), SessionRecorder(session))
+    resumed.restore_session(session.state())
+    sets, before = resumed.sets, bench.sets
+    assert sets.pset == ROWS and sets.row == 1 and resumed.inputs.clean == ROWS.rows[1].clean
+    np.testing.assert_allclose(sets.run.result.values, before.run.result.values, atol=1e-6)
+    np.testing.assert_allclose(sets.run.result.baseline, before.run.result.baseline, atol=1e-6)
+    assert "set numbers not computed" not in sets.describe()
+    np.testing.assert_allclose(sets.grid_values(SET_SWEEP_GRID), before.grid_values(SET_SWEEP_GRID), atol=1e-6)
+    np.testing.assert_allclose(sets.grid_values(ESTIMATE_GRID), before.grid_values(ESTIMATE_GRID), atol=1e-6)
+    assert sets.exact_marks() == before.exact_marks() and len(sets.exact_marks()) == 2
+    assert set(sets.detectors.scores) == set(before.detectors.scores)
+    for name, grid in before.detectors.scores.items():
+        np.testing.assert_allclose(sets.detectors.scores[name], grid, atol=1e-6)
+    assert [m.dims for m in sets.massive.result] == [m.dims for m in before.massive.result]
+    assert sets.grid_names() == before.grid_names()
+    np.testing.assert_allclose(resumed.sweeps["head"].result.values, bench.sweeps["head"].result.values,
+                               atol=1e-6)
+    drive(resumed, engine, resumed.sets.run_request())  # the same set: not recorded again
+    after = Session.open("study").events[written:]
+    assert [e.kind for e in after] == ["request"]
