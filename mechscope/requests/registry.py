@@ -62,6 +62,15 @@ class Handler:
         """The result rebuilt from a recorded summary, or None when this kind is not shown again."""
         return None
 
+    def check(self, request: Any, summary: Summary) -> None:
+        """ValueError naming what is wrong when a summary read from disk (or a request's bounds)
+        cannot be this kind's: checked when a session is read, before anything uses it."""
+
+    def inputs(self, request: Any) -> tuple[str, str | None, Any] | None:
+        """The (clean, corrupted, metric) a request ran on, when it is the workbench's live run
+        (resuming a session puts them back); None for other kinds."""
+        return None
+
     def restore_key(self, request: Any) -> str:
         """Which earlier outcomes a newer one replaces when a session is resumed."""
         return str(request.kind)
@@ -157,6 +166,39 @@ def execute(engine: Any, request: Request, on_partial: OnPartial | None = None,
     except (MechscopeError, ValueError, TypeError) as exc:
         return Outcome(request, error=user_message(exc), seconds=time.perf_counter() - started)
     return Outcome(request, result=result, seconds=time.perf_counter() - started)
+
+
+def need(data: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str = "") -> Any:
+    """`data[key]`, which must be of `kind` (bool is never a number); ValueError naming it otherwise."""
+    if key not in data:
+        raise ValueError(f"outcome: missing field {key!r}")
+    value = data[key]
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ValueError(f"outcome.{key} must be {what or kind}, got a boolean")
+    if not isinstance(value, kind):
+        raise ValueError(f"outcome.{key} must be {what or kind}, got {type(value).__name__}")
+    return value
+
+
+def need_list(data: dict[str, Any], key: str, item: type | tuple[type, ...], what: str) -> list[Any]:
+    """`data[key]`, a list whose items are all `item` (no booleans for numbers)."""
+    values = need(data, key, list, f"a list of {what}")
+    if not all(isinstance(v, item) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"outcome.{key} must be a list of {what}")
+    return values
+
+
+def need_array(summary: Summary, name: str, rank: int) -> np.ndarray:
+    """The summary's array `name`, which must have `rank` axes."""
+    array = summary.arrays.get(name)
+    if array is None:
+        raise ValueError(f"outcome: missing array {name!r}")
+    if array.ndim != rank:
+        raise ValueError(f"array {name!r} must have {rank} axes, got shape {list(array.shape)}")
+    return array
+
+
+NUMBER = (int, float)
 
 
 def engine_method(engine: Any, name: str, capability: str) -> Callable[..., Any]:

@@ -20,12 +20,16 @@ from mechscope.requests.kinds import (
     TemplateSetRequest,
 )
 from mechscope.requests.registry import (
+    NUMBER,
     Handler,
     OnPartial,
     ShouldStop,
     Summary,
     engine_method,
     handles,
+    need,
+    need_array,
+    need_list,
 )
 from mechscope.requests.results import VerifiedEstimate
 from mechscope.requests.tolerance import (
@@ -51,6 +55,9 @@ class TemplateSetHandler(Handler):
 
     def summarise(self, result: PromptSet) -> Summary:
         return Summary(result.to_dict())
+
+    def check(self, request: TemplateSetRequest, summary: Summary) -> None:
+        PromptSet.from_dict(summary.data)
 
     def compare(self, recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
         old, new = recorded.data.get("rows", []), recomputed.data.get("rows", [])
@@ -78,6 +85,13 @@ class RunSetHandler(Handler):
     def summarise(self, result: Any) -> Summary:
         return Summary({"values": [float(v) for v in np.asarray(result.values).reshape(-1)],
                         "baseline": [float(v) for v in np.asarray(result.baseline).reshape(-1)]})
+
+    def check(self, request: RunSetRequest, summary: Summary) -> None:
+        values = need_list(summary.data, "values", NUMBER, "numbers")
+        baseline = need_list(summary.data, "baseline", NUMBER, "numbers")
+        if not len(values) == len(baseline) == len(request.pset):
+            raise ValueError(f"outcome: {len(values)} values and {len(baseline)} baseline values for "
+                             f"a set of {len(request.pset)} rows")
 
     def compare(self, recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
         return [problem for key in ("values", "baseline")
@@ -111,6 +125,17 @@ class SweepSetHandler(Handler):
                         "per_row": np.ascontiguousarray(per_row),
                         "base_metrics": np.asarray(result.base_metric, dtype=np.float32).reshape(-1),  # [row]
                         "source_metrics": np.asarray(result.source_metric, dtype=np.float32).reshape(-1)})
+
+    def check(self, request: SweepSetRequest, summary: Summary) -> None:
+        mean = need_array(summary, "mean", 2)
+        need(summary.data, "base_metric", NUMBER, "a number")
+        if "per_row" in summary.arrays:
+            rows = need_array(summary, "per_row", 3).shape
+            if rows[1:] != mean.shape:
+                raise ValueError(f"array 'per_row' of shape {list(rows)} does not fit 'mean' {list(mean.shape)}")
+            for name in ("base_metrics", "source_metrics"):
+                if need_array(summary, name, 1).shape[0] != rows[0]:
+                    raise ValueError(f"array {name!r} does not have one value per row")
 
     def compare(self, recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
         return (metric_problems("mean base metric", recorded.data["base_metric"],
@@ -168,6 +193,15 @@ class EstimateHandler(Handler):
         return Summary({"method": result.method, "exact": exact},
                        {"estimated": np.ascontiguousarray(np.asarray(result.estimated, dtype=np.float32))})
 
+    def check(self, request: EstimateRequest, summary: Summary) -> None:
+        layers, heads = need_array(summary, "estimated", 2).shape
+        need(summary.data, "method", str, "a string")
+        for item in need(summary.data, "exact", list, "a list"):
+            if not (isinstance(item, list) and len(item) == 3
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in item[:2])
+                    and isinstance(item[2], NUMBER) and 0 <= item[0] < layers and 0 <= item[1] < heads):
+                raise ValueError("outcome.exact must hold [layer, head, value] of heads in the grid")
+
     def compare(self, recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
         problems = matrix_problems(recorded.arrays["estimated"], recomputed.arrays["estimated"],
                                    tolerance, "L{row}.H{col}", "estimate")
@@ -206,6 +240,10 @@ class DetectHeadsHandler(Handler):
         return Summary({"detectors": list(result.scores)},
                        {name: np.ascontiguousarray(np.asarray(grid, dtype=np.float32))
                         for name, grid in result.scores.items()})
+
+    def check(self, request: DetectHeadsRequest, summary: Summary) -> None:
+        for name in need_list(summary.data, "detectors", str, "names"):
+            need_array(summary, name, 2)
 
     def compare(self, recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
         if set(recorded.arrays) != set(recomputed.arrays):
@@ -254,6 +292,23 @@ class MassiveHandler(Handler):
                    "median": [float(v) for v in item.median], "constant": bool(item.constant)}
                   for item in result]
         return Summary({"layers": layers})
+
+    def check(self, request: MassiveRequest, summary: Summary) -> None:
+        for item in need(summary.data, "layers", list, "a list"):
+            if not isinstance(item, dict):
+                raise ValueError("outcome.layers must hold objects")
+            need(item, "layer", int, "an integer")
+            dims = need_list(item, "dims", int, "integers")
+            if len(need_list(item, "counts", int, "integers")) != len(dims) \
+                    or len(need(item, "peak", list, "a list")) != len(dims) \
+                    or len(need(item, "position", list, "a list")) != len(dims) \
+                    or len(need(item, "spread", list, "a list")) != len(dims):
+                raise ValueError("outcome.layers: counts, peak, position and spread need one entry per dim")
+            need_list(item, "median", NUMBER, "numbers")
+            for row in item["peak"]:
+                if not isinstance(row, list) or not all(v is None or isinstance(v, NUMBER) for v in row):
+                    raise ValueError("outcome.layers: peak must hold lists of numbers or null")
+            need(item, "constant", bool, "true or false")
 
     def compare(self, recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
         old, new = recorded.data["layers"], recomputed.data["layers"]

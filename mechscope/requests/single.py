@@ -18,7 +18,17 @@ from mechscope.requests.kinds import (
     SweepRequest,
     ValidateRequest,
 )
-from mechscope.requests.registry import Handler, OnPartial, ShouldStop, Summary, handles
+from mechscope.requests.registry import (
+    NUMBER,
+    Handler,
+    OnPartial,
+    ShouldStop,
+    Summary,
+    handles,
+    need,
+    need_array,
+    need_list,
+)
 from mechscope.requests.tolerance import (
     Tolerance,
     compare_outcomes,
@@ -26,6 +36,9 @@ from mechscope.requests.tolerance import (
     matrix_problems,
     metric_problems,
 )
+
+MAX_TOP_K = 10_000
+MAX_NEW_TOKENS = 100_000
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -50,6 +63,21 @@ class RunHandler(Handler):
             "metric": _finite_or_none(result.metric),
             "baseline_metric": _finite_or_none(result.baseline.metric),
         })
+
+    def check(self, request: RunRequest, summary: Summary) -> None:
+        if not 0 <= request.top_k <= MAX_TOP_K:
+            raise ValueError(f"top_k must be in 0..{MAX_TOP_K}, got {request.top_k}")
+        data = summary.data
+        ids = need_list(data, "top_ids", int, "token ids")
+        texts = need_list(data, "top_tokens", str, "strings")
+        probs = need_list(data, "top_probs", NUMBER, "numbers")
+        if not len(ids) == len(texts) == len(probs):
+            raise ValueError("outcome: top_ids, top_tokens and top_probs differ in length")
+        for key in ("metric", "baseline_metric"):
+            need(data, key, (int, float, type(None)), "a number or null")
+
+    def inputs(self, request: RunRequest) -> tuple[str, str | None, Any]:
+        return request.prompt, request.corrupted, request.metric
 
     def compare(self, recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
         return compare_outcomes(recorded.data, recomputed.data, tolerance)
@@ -99,6 +127,15 @@ class SweepHandler(Handler):
                         "row_labels": [str(x) for x in result.row_labels],
                         "col_labels": [str(x) for x in result.col_labels]}, {"values": values})
 
+    def check(self, request: SweepRequest, summary: Summary) -> None:
+        values = need_array(summary, "values", 2)
+        need(summary.data, "base_metric", NUMBER, "a number")
+        for key, axis in (("row_labels", 0), ("col_labels", 1)):
+            labels = summary.data.get(key)
+            if labels and len(labels) != values.shape[axis]:
+                raise ValueError(f"outcome.{key} has {len(labels)} labels for {values.shape[axis]} "
+                                 f"{'rows' if axis == 0 else 'columns'}")
+
     def compare(self, recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
         return (metric_problems("base metric", recorded.data["base_metric"],
                                 recomputed.data["base_metric"], tolerance)
@@ -138,6 +175,15 @@ class GenerateHandler(Handler):
     def summarise(self, result: Any) -> Summary:
         return Summary({"token_ids": [int(t.id) for t in result], "tokens": [str(t.text) for t in result]})
 
+    def check(self, request: GenerateRequest, summary: Summary) -> None:
+        if not 0 <= request.max_new_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(f"max_new_tokens must be in 0..{MAX_NEW_TOKENS}, got {request.max_new_tokens}")
+        ids = need_list(summary.data, "token_ids", int, "token ids")
+        if len(ids) != len(need_list(summary.data, "tokens", str, "strings")):
+            raise ValueError("outcome: token_ids and tokens differ in length")
+        if len(ids) > request.max_new_tokens:
+            raise ValueError("more tokens recorded than max_new_tokens allows")
+
     def compare(self, recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
         old, new = list(recorded.data["token_ids"]), list(recomputed.data["token_ids"])
         if old == new:
@@ -173,6 +219,11 @@ class _VectorHandler(Handler):
     def summarise(self, result: Any) -> Summary:
         vector = np.ascontiguousarray(np.asarray(result, dtype=np.float32).reshape(-1))  # [d_model]
         return Summary({"norm": float(np.linalg.norm(vector.astype(np.float64)))}, {"vector": vector})
+
+    def check(self, request: Any, summary: Summary) -> None:
+        if need_array(summary, "vector", 1).shape[0] == 0:
+            raise ValueError("a steering vector needs at least one value")
+        need(summary.data, "norm", NUMBER, "a number")
 
     def compare(self, recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
         return matrix_problems(recorded.arrays["vector"], recomputed.arrays["vector"], tolerance,

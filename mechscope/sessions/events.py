@@ -155,13 +155,6 @@ def check_outcome(name: str, value: Any) -> None:
         raise ValueError(f"{name}: top_ids, top_tokens and top_probs differ in length")
 
 
-def check_request(name: str, value: Any) -> None:
-    """A request as `request_to_dict` writes it (its kind known, every field valid)."""
-    from mechscope.requests.kinds import request_from_dict
-
-    request_from_dict(value)
-
-
 def check_object(name: str, value: Any) -> None:
     if not isinstance(value, dict):
         raise ValueError(f"{name} must be an object, got {_type_name(value)}")
@@ -279,7 +272,7 @@ EVENT_FIELDS: dict[str, dict[str, Checker]] = {
                   "complete": check_bool},
     # a piece of work: the request as `request_to_dict` writes it, its outcome summary (plain JSON)
     # and the summary's named arrays in tensors/ (optional field "arrays")
-    "request": {"request": check_request, "outcome": check_object, "seconds": check_number},
+    "request": {"request": check_object, "outcome": check_object, "seconds": check_number},
 }
 EVENT_KINDS: tuple[str, ...] = tuple(EVENT_FIELDS)
 
@@ -310,8 +303,25 @@ def validate_payload(kind: str, payload: dict[str, Any]) -> None:
         raise ValueError("rows: a prompt set needs at least one row")
     if kind == "set_run" and len(payload["values"]) != len(payload["baseline"]):
         raise ValueError("values and baseline differ in length")
-    if kind == "request" and "arrays" in payload:
+    if kind == "request":
+        _check_request_event(payload)
+
+
+def _check_request_event(payload: dict[str, Any]) -> None:
+    """The request must read back, and its outcome (with the shapes of its arrays) be one its kind's
+    handler can use."""
+    import numpy as np
+
+    from mechscope.requests.kinds import request_from_dict
+    from mechscope.requests.registry import Summary, handler_for
+
+    if "arrays" in payload:
         check_arrays("arrays", payload["arrays"])
+    request = request_from_dict(payload["request"])
+    # zero-size stand-ins of the recorded shapes: the arrays themselves are read after the line
+    shapes = {name: np.broadcast_to(np.float32(0), tuple(item["shape"]))
+              for name, item in payload.get("arrays", {}).items()}
+    handler_for(request).check(request, Summary(payload["outcome"], shapes))
 
 
 def work_kind(event: Event) -> str | None:

@@ -239,8 +239,11 @@ def _scan_log(path: Path) -> tuple[int, str]:
                     or not isinstance(data.get("kind"), str):
                 raise SessionError(f"{where}: not an event (an object with seq and kind)")
             n_events += 1
-            if data["kind"] in ("prompt", "run"):
-                prompt = data.get("clean", data.get("prompt"))
+            # the prompt of a prompt event or of a run (an older run event or a run request); read
+            # without importing the request handlers, so listing stays light
+            holder = data.get("request") if data["kind"] == "request" else data
+            if isinstance(holder, dict) and (data["kind"] == "prompt" or holder.get("kind") == "run"):
+                prompt = holder.get("clean", holder.get("prompt"))
                 last_prompt = _clip(prompt) if isinstance(prompt, str) else last_prompt
     return n_events, last_prompt
 

@@ -84,9 +84,23 @@ class StateBuilder:
         if kind == "run":
             self.clean, self.corrupted, self.metric = (payload["prompt"], payload["corrupted"],
                                                        payload["metric"])
+        if kind == "request":
+            self._apply_inputs(payload["request"])
         work = work_kind(event)
         if work is not None:
             self.last[work] = event
+
+    def _apply_inputs(self, data: dict[str, Any]) -> None:
+        """A request that was the live run sets the prompts and metric, as a prompt event would."""
+        from mechscope.requests.kinds import request_from_dict
+        from mechscope.requests.registry import handler_for
+
+        request = request_from_dict(data)
+        inputs = handler_for(request).inputs(request)
+        if inputs is not None:
+            clean, corrupted, metric = inputs
+            self.clean, self.corrupted = clean, corrupted
+            self.metric = None if metric is None else metric.to_dict()
 
     def _apply_intervention(self, payload: dict[str, Any]) -> None:
         from mechscope.engine.interventions import Intervention

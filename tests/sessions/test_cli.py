@@ -82,7 +82,7 @@ def test_replay_without_check_prints_both_outcomes(ioi: Session,
     assert main(["replay", "ioi"]) == 0
     out = capsys.readouterr().out
     first_run = ioi.events[3]
-    assert first_run.kind == "run"
+    assert first_run.kind == "request" and first_run["request"]["kind"] == "run"
     assert f"recorded   {format_outcome(first_run['outcome'])}" in out
     assert f"recomputed {format_outcome(first_run['outcome'])}" in out
 
@@ -151,7 +151,7 @@ def test_cli_subprocess_corrupt_session_has_no_traceback(ioi: Session) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"error: {path}:{line}: unknown event kind 'hologram' (known: "
                                    "prompt, metric, intervention, vector, reference_prompts, run, "
-                                   "sweep, generate, note, prompt_set, set_run, set_sweep)")
+                                   "sweep, generate, note, prompt_set, set_run, set_sweep, request)")
 
 
 def test_truncated_session_replays_with_a_warning(ioi: Session,
@@ -170,7 +170,8 @@ def test_exported_script_reproduces_the_outcomes(ioi: Session, tmp_path: Path,
     assert main(["export", "ioi", "-o", str(script)]) == 0
     assert f"wrote {script}" in capsys.readouterr().out
     text = script.read_text()
-    assert "from mechscope.engine import " in text and "HeadAblation(layer=1, head=2" in text
+    assert "from mechscope.requests import execute" in text
+    assert "'kind': 'head_ablation', 'layer': 1, 'head': 2" in text
     assert "pickle" not in text
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
@@ -178,15 +179,16 @@ def test_exported_script_reproduces_the_outcomes(ioi: Session, tmp_path: Path,
     assert proc.returncode == 0, proc.stderr
     printed = proc.stdout.splitlines()
     expected = []
-    for event in ioi:
-        if event.kind == "run":
-            expected.append(f"seq {event.seq} run: {format_outcome(event['outcome'])}")
-        elif event.kind == "sweep":
-            values = ioi.tensor(event)
-            expected.append(f"seq {event.seq} sweep: {format_sweep(values, event['base_metric'])}")
-        elif event.kind == "generate":
+    for event in ioi.work():
+        request, summary = ioi.outcome(event)
+        if request.kind == "run":
+            expected.append(f"seq {event.seq} run: {format_outcome(summary.data)}")
+        elif request.kind == "sweep":
+            values = summary.arrays["values"]
+            expected.append(f"seq {event.seq} sweep: {format_sweep(values, summary.data['base_metric'])}")
+        elif request.kind == "generate":
             expected.append(f"seq {event.seq} generate: "
-                            f"{format_generation(event['token_ids'], event['tokens'])}")
+                            f"{format_generation(summary.data['token_ids'], summary.data['tokens'])}")
     assert len(printed) == len(expected) == 7
     for got, want in zip(printed, expected):
         assert _numbers_close(got, want), (got, want)

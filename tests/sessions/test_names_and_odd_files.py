@@ -111,8 +111,8 @@ def test_a_crafted_generate_step_runs_only_what_was_recorded(folder_engine, tiny
     session = record_ioi_session(folder_engine, "gen")
     session.close()
     events = [json.loads(line) for line in session.events_path.read_text().splitlines()]
-    generate = next(e for e in events if e["kind"] == "generate")
-    generate["params"]["max_new_tokens"] = 100_000
+    generate = next(e for e in events if e["kind"] == "request" and e["request"]["kind"] == "generate")
+    generate["request"]["max_new_tokens"] = 100_000
     session.events_path.write_text("".join(json.dumps(e) + "\n" for e in events))
     asked: list[int] = []
     real_generate = folder_engine.generate
@@ -126,13 +126,13 @@ def test_a_crafted_generate_step_runs_only_what_was_recorded(folder_engine, tiny
         steps = replay(Session.open("gen"), folder_engine)
     finally:
         del folder_engine.generate
-    assert asked == [len(generate["token_ids"])]
+    assert asked == [len(generate["outcome"]["token_ids"])]
     assert all(step.matches for step in steps)
 
     context = folder_engine.info.max_context
-    generate["params"]["max_new_tokens"] = context
-    generate["token_ids"] = [0] * context
-    generate["tokens"] = ["x"] * context
+    generate["request"]["max_new_tokens"] = context
+    generate["outcome"]["token_ids"] = [0] * context
+    generate["outcome"]["tokens"] = ["x"] * context
     session.events_path.write_text("".join(json.dumps(e) + "\n" for e in events))
     steps = replay(Session.open("gen"), folder_engine)
     failed = [step for step in steps if step.kind == "generate"][0]
