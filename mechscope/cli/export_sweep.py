@@ -77,7 +77,7 @@ def cmd_export_sweep(args: argparse.Namespace) -> int:
                          source_metric=float("nan") if source is None else float(source),
                          row_labels=list(data.get("row_labels", [])), col_labels=list(data.get("col_labels", [])),
                          complete=bool(data.get("complete", True)), seconds=0.0)
-    direction = request.direction
+    direction = str(getattr(request, "direction", "noising"))  # every grid kind has one
     output = args.output or default_name("sweep", f"{name}-{direction}", args.format)
     if args.format == "csv":
         text = sweep_to_csv(result, direction=direction)

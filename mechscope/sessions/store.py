@@ -247,10 +247,10 @@ class Session:
         """Prompts, metric, interventions (id, intervention), vectors and last results to resume,
         with the outcomes the handlers can rebuild from the record (`outcomes`)."""
         state = self._builder.state(self._tensors)
-        state.outcomes = self.restored_outcomes()
+        state.outcomes = [*self.restored_outcomes()]
         return state
 
-    def restored_outcomes(self) -> list[Outcome]:
+    def restored_outcomes(self) -> Sequence[Outcome]:
         """The latest outcome of each kind (each sweep kind) rebuilt by its handler, oldest first.
 
         Work this version cannot rebuild (an unknown kind, a damaged summary) is left out: resuming
@@ -350,7 +350,7 @@ class Session:
         return self.record("request", request=request_to_dict(request), outcome=summary.data,
                            seconds=float(seconds) if math.isfinite(seconds) else 0.0, **extra)
 
-    def work(self) -> list[Event]:
+    def work(self) -> Sequence[Event]:
         """The events that are pieces of work (requests, and runs, sweeps... of older sessions), in order."""
         return [event for event in self.events if work_kind(event) is not None]
 
