@@ -58,15 +58,19 @@ class StepResult:
         return "ok" if self.matches else ("ERROR" if self.recomputed_data is None else "DRIFT")
 
 
-def count_steps(session: Session) -> int:
-    return len(session.work())
+def count_steps(session: Session, select: Callable[[Event], bool] | None = None) -> int:
+    """How many pieces of work replay runs (those `select` keeps)."""
+    return sum(1 for event in session.work() if select is None or select(event))
 
 
 def replay(session: Session, engine: Any, on_step: Callable[[StepResult], object] | None = None,
            should_stop: Callable[[], bool] | None = None,
-           tolerance: Tolerance | None = None) -> list[StepResult]:
+           tolerance: Tolerance | None = None, select: Callable[[Event], bool] | None = None,
+           on_start: Callable[[Event], object] | None = None) -> list[StepResult]:
     """Re-run every piece of work `session` recorded on `engine`; one StepResult per step.
 
+    `select` keeps only some work events (vectors and reference prompts are applied whatever it
+    says, so the kept steps run as they were recorded); `on_start` hears of each step before it runs.
     A step that fails (an intervention that does not fit this model...) is a failed step, not an
     exception. `should_stop` is checked between steps and passed to the engine; when it fires the
     engine raises `Cancelled`, which propagates.
@@ -84,7 +88,9 @@ def replay(session: Session, engine: Any, on_step: Callable[[StepResult], object
             step: StepResult | None
             if event.kind in ("vector", "reference_prompts"):
                 step = _apply_setting(session, engine, event)
-            elif work_kind(event) is not None:
+            elif work_kind(event) is not None and (select is None or select(event)):
+                if on_start is not None:
+                    on_start(event)
                 step = replay_step(session, engine, event, tolerance, should_stop)
             else:
                 step = None

@@ -201,3 +201,48 @@ def _numbers_close(got: str, want: str) -> bool:
         return False
     return all(abs(float(a) - float(b)) <= 1.5e-4
                for a, b in zip(re.findall(number, got), re.findall(number, want)))
+
+
+def test_replay_shows_progress_and_checks_part_of_a_session(ioi: Session,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    work = [(event.seq, event["request"]["kind"]) for event in ioi.work()]
+    sweeps_and_generations = [(seq, kind) for seq, kind in work if kind in ("sweep", "generate")]
+    assert main(["replay", "ioi", "--check", "--kind", "sweep,generate"]) == 0
+    captured = capsys.readouterr()
+    assert "2 steps: 2 ok, 0 drifted" in captured.out
+    progress = [line for line in captured.err.splitlines() if line.startswith("step ")]
+    assert [line.split(" (")[0] for line in progress] == [
+        f"step {number}/2: seq {seq} {kind}" for number, (seq, kind) in enumerate(sweeps_and_generations, 1)]
+    assert all(line.endswith(" s elapsed)") for line in progress)
+    assert "replayed in " in captured.out and "the recorded steps took" in captured.out
+
+    first, third = work[0][0], work[2][0]
+    assert main(["replay", "ioi", "--check", "--steps", f"{first},{third}-{third}"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if re.match(r"^\s+\d+  ", line)]
+    assert rows == [str(first), str(third)]
+
+    assert main(["replay", "ioi", "--steps", "3,x"]) == 2
+    assert "--steps: 'x' is not a number" in _one_error_line(capsys.readouterr().err)
+    assert main(["replay", "ioi", "--kind", "run,hologram"]) == 2
+    message = _one_error_line(capsys.readouterr().err)
+    assert "unknown kind hologram" in message and "sweep_set" in message
+
+
+def test_replay_progress_is_a_bar_on_a_terminal() -> None:
+    import io
+
+    from mechscope.cli.replay_progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = Progress(4, stream)
+    progress.start(3, "run")
+    progress.start(7, "sweep")
+    progress.close()
+    text = stream.getvalue()
+    assert "\r[" + "." * 24 + "] 0/4 · seq 3 run" in text
+    assert "\r[" + "#" * 6 + "." * 18 + "] 1/4 · seq 7 sweep" in text
+    assert "\n" not in text and text.endswith("\r")
