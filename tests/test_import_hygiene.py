@@ -20,6 +20,9 @@ CORE_MODULES = [
     "mechscope.workbench.executor",
 ]
 WORKBENCH_MODULES = [
+    "mechscope.requests",
+    "mechscope.requests.registry",
+    "mechscope.requests.sets",
     "mechscope.workbench",
     "mechscope.workbench.controller",
     "mechscope.workbench.recorder",

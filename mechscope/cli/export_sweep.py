@@ -11,13 +11,31 @@ FORMATS = ("csv", "safetensors")
 
 def register(subparsers: Any) -> None:
     """Register `export-sweep` on the main parser's sub-parsers."""
-    parser = subparsers.add_parser("export-sweep", help="write a session's recorded sweep as CSV or safetensors")
+    parser = subparsers.add_parser("export-sweep", help="write a session's recorded sweep, set sweep or "
+                                   "estimate as CSV or safetensors")
     parser.add_argument("name", help="session name or folder")
     parser.add_argument("--format", choices=FORMATS, default="csv", help="csv (default) or safetensors")
     parser.add_argument("--sweep", type=int, default=-1, metavar="N",
-                        help="which sweep of the session, 0 = first, -1 = last (default)")
+                        help="which sweep (set sweeps and estimates count too), 0 = first, -1 = last (default)")
     parser.add_argument("-o", "--output", help="output file ('-' for stdout, csv only; default ./sweep-KIND-DIRECTION.FORMAT)")
     parser.set_defaults(run=cmd_export_sweep)
+
+
+def _grid(kind: str, request: Any, summary: Any) -> tuple[str, Any, float]:
+    """The name, [rows, cols] matrix and base metric of a recorded sweep, set sweep or estimate."""
+    import numpy as np
+
+    if kind == "sweep":
+        return request.sweep_kind, summary.arrays["values"], float(summary.data["base_metric"])
+    if kind == "sweep_set":
+        return "set", summary.arrays["mean"], float(summary.data["base_metric"])
+    values = np.asarray(summary.arrays["estimated"], dtype=np.float64).copy()  # [layer, head]
+    for layer, head, exact in summary.data["exact"]:  # verified heads hold their exact value
+        values[int(layer), int(head)] = exact
+    return f"estimate-{summary.data['method']}", values, float("nan")
+
+
+GRID_KINDS = ("sweep", "sweep_set", "estimate")
 
 
 def cmd_export_sweep(args: argparse.Namespace) -> int:
@@ -26,6 +44,7 @@ def cmd_export_sweep(args: argparse.Namespace) -> int:
     from mechscope.engine.results import SweepResult
     from mechscope.sessions import Session
     from mechscope.sessions.errors import SessionError
+    from mechscope.sessions.events import work_kind
     from mechscope.workbench.exports import (
         default_name,
         sweep_to_csv,
@@ -38,7 +57,7 @@ def cmd_export_sweep(args: argparse.Namespace) -> int:
     except SessionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    sweeps = [e for e in session.events if e.kind == "sweep"]
+    sweeps = [e for e in session.work() if work_kind(e) in GRID_KINDS]
     if not sweeps:
         print(f"session {args.name!r} has no sweep", file=sys.stderr)
         return 2
@@ -46,14 +65,20 @@ def cmd_export_sweep(args: argparse.Namespace) -> int:
         print(f"--sweep {args.sweep}: the session has {len(sweeps)} sweep(s)", file=sys.stderr)
         return 2
     event = sweeps[args.sweep]
-    result = SweepResult(kind=event["sweep"], values=session.tensor(event),
-                         base_metric=float(event["base_metric"]),
-                         source_metric=float(event["source_metric"]) if event["source_metric"] is not None
-                         else float("nan"),
-                         row_labels=list(event.get("row_labels", [])), col_labels=list(event.get("col_labels", [])),
-                         complete=bool(event["complete"]), seconds=0.0)
-    direction = event["direction"]
-    output = args.output or default_name("sweep", f"{result.kind}-{direction}", args.format)
+    try:
+        request, summary = session.outcome(event)
+        name, values, base_metric = _grid(str(work_kind(event)), request, summary)
+    except (KeyError, TypeError, ValueError) as exc:
+        print(f"error: seq {event.seq} cannot be exported ({exc})", file=sys.stderr)
+        return 2
+    data = summary.data
+    source = data.get("source_metric")
+    result = SweepResult(kind=name, values=values, base_metric=base_metric,  # type: ignore[arg-type]
+                         source_metric=float("nan") if source is None else float(source),
+                         row_labels=list(data.get("row_labels", [])), col_labels=list(data.get("col_labels", [])),
+                         complete=bool(data.get("complete", True)), seconds=0.0)
+    direction = str(getattr(request, "direction", "noising"))  # every grid kind has one
+    output = args.output or default_name("sweep", f"{name}-{direction}", args.format)
     if args.format == "csv":
         text = sweep_to_csv(result, direction=direction)
         if output == "-":

@@ -19,13 +19,27 @@ def register(subparsers: Any) -> None:
     parser.add_argument("name", help="session name or folder")
     parser.add_argument("--check", action="store_true",
                         help="compact table only (for CI); details are printed for drifting steps")
+    parser.add_argument("--steps", metavar="LIST",
+                        help="only these steps, by the seq column: e.g. 3,7-9")
+    parser.add_argument("--kind", metavar="KINDS",
+                        help="only steps of these request kinds: e.g. run,sweep")
     add_model_args(parser)
     parser.set_defaults(run=guarded(run), uses_model=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    from mechscope.cli.replay_progress import Progress, parse_kinds, parse_steps, selector
+    from mechscope.requests.kinds import REQUEST_TYPES
+    from mechscope.sessions.events import work_kind
     from mechscope.sessions.store import Session
 
+    try:
+        steps_wanted = None if args.steps is None else parse_steps(args.steps)
+        kinds_wanted = None if args.kind is None else parse_kinds(args.kind, set(REQUEST_TYPES))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    select = selector(steps_wanted, kinds_wanted, work_kind)
     session = Session.open(args.name)
     for warning in session.warnings:
         print(f"warning: {printable(warning)}", file=sys.stderr)
@@ -51,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     from mechscope.sessions.replaying import count_steps, replay, session_tolerance
 
     tolerance = session_tolerance(session, engine)
-    print(f"session {session.name}: {count_steps(session)} steps on {printable(source, 200)} "
+    total = count_steps(session, select)
+    print(f"session {session.name}: {total} steps on {printable(source, 200)} "
           f"({engine.info.device}, {engine.info.dtype}); {tolerance.describe()}")
     if source != recorded_source:
         print(f"note: recorded on {printable(repr(recorded_source), 200)}")
@@ -71,7 +86,19 @@ def run(args: argparse.Namespace) -> int:
             print(printable(f"{'':>7}-> {step.detail}" if args.check else f"  -> {step.detail}"))
         sys.stdout.flush()
 
-    steps = replay(session, engine, on_step=show, tolerance=tolerance)
+    progress = Progress(total)
+
+    def started(event: Any) -> None:
+        progress.start(event.seq, str(work_kind(event)))
+
+    try:
+        steps = replay(session, engine, on_step=show, tolerance=tolerance, select=select,
+                       on_start=started)
+    finally:
+        progress.close()
     drifted = [step for step in steps if not step.matches]
     print(f"{len(steps)} steps: {len(steps) - len(drifted)} ok, {len(drifted)} drifted")
+    recorded = sum(float(event.get("seconds", 0.0)) for event in session.work()
+                   if select is None or select(event))
+    print(f"replayed in {progress.seconds:.1f} s; the recorded steps took {recorded:.1f} s")
     return 1 if drifted else 0

@@ -17,6 +17,11 @@ SET_SOURCES = ("prompts", "mean")
 MAX_SET_ROWS = 10_000  # rows of one recorded prompt set (the engine's limit)
 ROW_FIELDS = ("clean", "corrupted", "target", "foil")
 RESERVED = ("seq", "time", "kind")
+MAX_ARRAYS = 64  # named arrays of one request event
+ARRAY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,63}$")
+# Event kinds written before work was recorded as requests, and the request kind each stands for.
+LEGACY_WORK: dict[str, str] = {"run": "run", "sweep": "sweep", "generate": "generate",
+                               "set_run": "run_set", "set_sweep": "sweep_set"}
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,29 @@ def check_outcome(name: str, value: Any) -> None:
         raise ValueError(f"{name}: top_ids, top_tokens and top_probs differ in length")
 
 
+def check_object(name: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be an object, got {_type_name(value)}")
+
+
+def check_arrays(name: str, value: Any) -> None:
+    """Named arrays of a request's outcome: name -> {"file": tensors/..., "shape": [...]}."""
+    check_object(name, value)
+    if len(value) > MAX_ARRAYS:
+        raise ValueError(f"{name} has {len(value)} arrays (at most {MAX_ARRAYS})")
+    files = set()
+    for key, item in value.items():
+        if not ARRAY_NAME.match(key):
+            raise ValueError(f"{name}: bad array name {key[:40]!r}")
+        check_object(f"{name}.{key}", item)
+        _check_fields(f"{name}.{key}", item, {"file": check_tensor_file, "shape": check_shape})
+        if len(item["shape"]) > 4:
+            raise ValueError(f"{name}.{key}.shape has more than 4 axes")
+        files.add(item["file"])
+    if len(files) != len(value):
+        raise ValueError(f"{name}: two arrays name the same file")
+
+
 def check_set_row(name: str, value: Any) -> None:
     """One prompt-set row: clean, corrupted, target and foil strings."""
     if not isinstance(value, dict):
@@ -242,6 +270,9 @@ EVENT_FIELDS: dict[str, dict[str, Checker]] = {
                   "direction": one_of(*SWEEP_DIRECTIONS), "source": one_of(*SET_SOURCES),
                   "file": check_tensor_file, "shape": rank(2), "base_metric": check_number,
                   "complete": check_bool},
+    # a piece of work: the request as `request_to_dict` writes it, its outcome summary (plain JSON)
+    # and the summary's named arrays in tensors/ (optional field "arrays")
+    "request": {"request": check_object, "outcome": check_object, "seconds": check_number},
 }
 EVENT_KINDS: tuple[str, ...] = tuple(EVENT_FIELDS)
 
@@ -272,6 +303,44 @@ def validate_payload(kind: str, payload: dict[str, Any]) -> None:
         raise ValueError("rows: a prompt set needs at least one row")
     if kind == "set_run" and len(payload["values"]) != len(payload["baseline"]):
         raise ValueError("values and baseline differ in length")
+    if kind == "request":
+        _check_request_event(payload)
+
+
+def _check_request_event(payload: dict[str, Any]) -> None:
+    """The request must read back, and its outcome (with the shapes of its arrays) be one its kind's
+    handler can use."""
+    import numpy as np
+
+    from mechscope.requests.kinds import request_from_dict
+    from mechscope.requests.registry import Summary, handler_for
+
+    if "arrays" in payload:
+        check_arrays("arrays", payload["arrays"])
+    request = request_from_dict(payload["request"])
+    # zero-size stand-ins of the recorded shapes: the arrays themselves are read after the line
+    shapes = {name: np.broadcast_to(np.float32(0), tuple(item["shape"]))
+              for name, item in payload.get("arrays", {}).items()}
+    handler_for(request).check(request, Summary(payload["outcome"], shapes))
+
+
+def work_kind(event: Event) -> str | None:
+    """The request kind of a piece of work (a request event or an older run/sweep/... event), else None."""
+    if event.kind == "request":
+        return str(event["request"]["kind"])
+    return LEGACY_WORK.get(event.kind)
+
+
+def tensor_files(event: Event) -> dict[str, tuple[str, list[int], bool]]:
+    """The tensors an event names: file -> (key in the file, shape, must be finite)."""
+    if event.kind == "vector":
+        return {event["file"]: ("vector", event["shape"], True)}
+    if event.kind in ("sweep", "set_sweep"):
+        return {event["file"]: ("values", event["shape"], False)}
+    if event.kind == "request":
+        return {item["file"]: ("values", item["shape"], False)
+                for item in event.get("arrays", {}).values()}
+    return {}
 
 
 def _check_sweep_labels(payload: dict[str, Any]) -> None:

@@ -1,18 +1,16 @@
-"""Export a session as a standalone Python script that reproduces its runs through `mechscope.engine`.
+"""Export a session as a standalone Python script that re-runs its work through `mechscope.requests`.
 
-Safe by construction: the script is a fixed template. Every value taken from the session (names,
-prompts, tokens, numbers, vectors) enters it only as a Python literal built by `literal` from plain
-JSON types, and comments are escaped to printable text, so a hostile session cannot add code: the
-script's calls, imports and names are the template's whatever the session holds (a test checks the
-AST). Interventions and metrics are rebuilt through their classes first, so keyword names come from
-the dataclass fields, never from the file.
+Safe by construction: the script is a fixed template. Every piece of work is its request as a dict
+literal passed to `request_from_dict` and then `execute`; every value taken from the session (names,
+prompts, tokens, numbers, vectors) enters the script only as a Python literal built by `literal` from
+plain JSON types, and comments are escaped to printable text, so a hostile session cannot add code:
+the script's calls, imports and names are the template's whatever the session holds (a test checks
+the AST). Requests are rebuilt through their classes first, so the dict's keys are dataclass fields.
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
-import inspect
 import math
 import re
 import textwrap
@@ -20,9 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from mechscope.sessions import outcomes
 from mechscope.sessions.errors import SessionError
-from mechscope.sessions.events import Event
+from mechscope.sessions.events import Event, work_kind
 from mechscope.sessions.store import Session
 
 _SAFE_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
@@ -57,36 +54,6 @@ def _comment(text: str) -> str:
                    for ch in text)[:300]
 
 
-def _call(obj: Any, used: set[str]) -> str:
-    """`HeadAblation(layer=1, head=2)` from a validated dataclass; keyword names are its fields."""
-    name = type(obj).__name__
-    if not name.isidentifier():
-        raise ValueError(f"cannot export a {name!r}")
-    used.add(name)
-    args = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.name == "enabled" and value is True:
-            continue
-        args.append(f"{f.name}={literal(value)}")
-    return f"{name}({', '.join(args)})"
-
-
-def _interventions_code(dicts: list[dict[str, Any]], used: set[str]) -> str:
-    from mechscope.engine.interventions import Intervention
-
-    calls = [_call(iv, used) for iv in (Intervention.from_dict(d) for d in dicts) if iv.enabled]
-    if not calls:
-        return "[]"
-    return "[\n    " + ",\n    ".join(calls) + ",\n]"
-
-
-def _metric_code(data: dict[str, Any] | None, used: set[str]) -> str:
-    from mechscope.engine.interventions import Metric
-
-    return "None" if data is None else _call(Metric.from_dict(data), used)
-
-
 def _vector_literal(array: np.ndarray) -> str:
     """Base64 of little-endian float32: exact and compact."""
     encoded = base64.b64encode(np.asarray(array, dtype="<f4").tobytes()).decode("ascii")
@@ -94,7 +61,15 @@ def _vector_literal(array: np.ndarray) -> str:
     return "(\n    " + "\n    ".join(repr(chunk) for chunk in chunks) + "\n)"
 
 
-def _event_code(session: Session, event: Event, used: set[str]) -> str | None:
+def _request_literal(data: dict[str, Any]) -> str:
+    """A request dict as a literal, one field per line."""
+    return "{\n" + "".join(f"    {literal(key)}: {literal(value)},\n" for key, value in data.items()) + "}"
+
+
+def _event_code(session: Session, event: Event) -> str | None:
+    from mechscope.requests.kinds import request_to_dict
+    from mechscope.requests.registry import handler_for
+
     seq = event.seq
     if event.kind == "vector":
         return (f"# seq {seq}: steering vector {_comment(repr(event['name']))} [{event['shape'][0]}]\n"
@@ -103,107 +78,83 @@ def _event_code(session: Session, event: Event, used: set[str]) -> str | None:
     if event.kind == "reference_prompts":
         return (f"# seq {seq}: reference prompts for mean ablation\n"
                 f"engine.set_reference_prompts({literal(list(event['prompts']))})")
-    if event.kind == "run":
-        recorded = outcomes.format_outcome(event["outcome"])
-        return (
-            f"# seq {seq}: recorded {_comment(recorded)}\n"
-            "result = engine.run(\n"
-            f"    {literal(event['prompt'])},\n"
-            f"    interventions={_interventions_code(event['interventions'], used)},\n"
-            f"    metric={_metric_code(event['metric'], used)},\n"
-            f"    corrupted={literal(event['corrupted'])},\n"
-            f"    top_k={literal(event['top_k'])},\n"
-            ")\n"
-            f"print({literal(f'seq {seq} run:')}, format_outcome(outcome_from_result(result)))"
-        )
-    if event.kind == "sweep":
-        recorded = outcomes.format_sweep(session.tensor(event), event["base_metric"])
-        return (
-            f"# seq {seq}: recorded {_comment(recorded)}\n"
-            f"sweep = engine.sweep({literal(event['sweep'])}, {literal(event['clean'])}, "
-            f"{literal(event['corrupt'])},\n"
-            f"                     {_metric_code(event['metric'], used)}, "
-            f"direction={literal(event['direction'])})\n"
-            f"print({literal(f'seq {seq} sweep:')}, format_sweep(sweep.values, sweep.base_metric))"
-        )
-    if event.kind == "generate":
-        params = event["params"]
-        recorded = outcomes.format_generation(event["token_ids"], event["tokens"])
-        # What was recorded is all that is compared: never ask for more tokens than it holds.
-        max_new_tokens = min(params["max_new_tokens"], len(event["token_ids"]))
-        return (
-            f"# seq {seq}: recorded {_comment(recorded)}\n"
-            "tokens = engine.generate(\n"
-            f"    {literal(event['prompt'])},\n"
-            f"    interventions={_interventions_code(event['interventions'], used)},\n"
-            f"    max_new_tokens={literal(max_new_tokens)}, "
-            f"temperature={literal(params['temperature'])}, seed={literal(params['seed'])},\n"
-            f"    corrupted={literal(event['corrupted'])},\n"
-            ")\n"
-            f"print({literal(f'seq {seq} generate:')}, format_generation([t.id for t in tokens], "
-            "[t.text for t in tokens]))"
-        )
     if event.kind == "note":
         return "\n".join(f"# note (seq {seq}): {_comment(line)}"
                          for line in event["text"].splitlines()[:50] or [""])
-    return None
+    if work_kind(event) is None:
+        return None
+    request, recorded = session.outcome(event)
+    handler = handler_for(request)
+    # What was recorded is all that is compared: never ask for more than it holds.
+    data = request_to_dict(handler.bounded(request, recorded))
+    return (f"# seq {seq}: recorded {_comment(handler.describe(recorded))}\n"
+            f"step(engine, {literal(seq)}, {_request_literal(data)})")
 
 
 def export_script(session: Session, filename: str | None = None, attach: str | None = None) -> str:
-    """The text of a script that loads the recorded model and re-runs the session's runs in order.
+    """The text of a script that loads the recorded model and re-runs the session's work in order.
 
-    Each run prints `seq N run: <top-3 tokens and probabilities; metric>`, the same summary that
-    `mechscope replay` shows, so the two can be compared line by line. `filename` is the name the
+    Each step prints `seq N KIND: <summary>` (for a run: top-3 tokens and probabilities; metric), the
+    summary `mechscope replay` shows, so the two can be compared line by line. `filename` is the name the
     script is saved under, for its usage line. With `attach` (a `mechscope serve` name or socket
     path) the script connects to that server instead of loading a model. SessionError for a session
     that cannot be exported.
     """
-    used: set[str] = set()
     blocks = []
     for event in session.events:
         try:
-            code = _event_code(session, event, used)
-        except (TypeError, ValueError) as exc:
+            code = _event_code(session, event)
+        except (KeyError, TypeError, ValueError) as exc:
             raise SessionError(f"{session.events_path}:{event.line}: cannot export this "
                                f"{event.kind} event ({str(exc)[:200]})") from None
         if code is not None:
             blocks.append(code)
-    helpers = "\n\n\n".join(inspect.getsource(fn).strip() for fn in (
-        outcomes.outcome_from_result, outcomes.format_outcome, outcomes.format_generation,
-        outcomes.format_sweep))
-    imports = ", ".join(sorted({"Engine", *used}))
     shown_name = filename if filename and _SAFE_FILENAME.fullmatch(filename) else "SCRIPT"
     body = textwrap.indent("\n\n".join(blocks), "    ") if blocks else "    pass"
     return f'''#!/usr/bin/env python
 """Reproduce the runs of a recorded mechscope session (named in SESSION below).
 
-Usage: python {shown_name} [MODEL]    MODEL defaults to RECORDED_MODEL, the model it was recorded on.
-When ATTACH names a running `mechscope serve` (name or socket path), the script uses its model instead.
-Exported by `mechscope export`; each run prints its top tokens and metric like `mechscope replay`.
+Usage: python {shown_name} [MODEL] [--summaries FILE]
+MODEL defaults to RECORDED_MODEL, the model it was recorded on. When ATTACH names a running
+`mechscope serve` (name or socket path), the script uses its model instead. Exported by `mechscope
+export`; each step prints its outcome like `mechscope replay`; --summaries writes every outcome as JSON.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import sys
 from typing import Any
 
 import numpy as np
 
-from mechscope.engine import {imports}
+from mechscope.engine import Engine
 from mechscope.engine.errors import MechscopeError
+from mechscope.requests import execute, handler_for, request_from_dict
 
 SESSION = {literal(session.name)}
 RECORDED_AT = {literal(str(session.manifest.get("created", "")))}
 RECORDED_MODEL = {literal(session.model_source or "demo")}
 ATTACH = {literal(attach)}
+SUMMARIES: list[dict[str, Any]] = []
 
 
 def vector(*chunks: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode("".join(chunks)), dtype="<f4").copy()
 
 
-{helpers}
+def step(engine: Any, seq: int, data: dict[str, Any]) -> None:
+    """Execute one recorded request and print its outcome as `mechscope replay` summarises it."""
+    request = request_from_dict(data)
+    outcome = execute(engine, request)
+    if not outcome.ok:
+        raise MechscopeError(f"seq {{seq}} {{request.kind}}: {{outcome.error or 'stopped'}}")
+    handler = handler_for(request)
+    summary = handler.summarise(outcome.result)
+    print(f"seq {{seq}} {{request.kind}}: {{handler.describe(summary)}}", flush=True)
+    SUMMARIES.append({{"seq": seq, "kind": request.kind, "outcome": summary.data,
+                      "arrays": {{name: array.tolist() for name, array in summary.arrays.items()}}}})
 
 
 def main(model: str) -> None:
@@ -212,9 +163,18 @@ def main(model: str) -> None:
 
 
 if __name__ == "__main__":
+    args = sys.argv[1:]
+    summaries = None
+    if "--summaries" in args:
+        at = args.index("--summaries")
+        summaries = args[at + 1] if at + 1 < len(args) else None
+        del args[at:at + 2]
     try:
-        main(sys.argv[1] if len(sys.argv) > 1 else RECORDED_MODEL)
+        main(args[0] if args else RECORDED_MODEL)
     except MechscopeError as exc:
         print(f"error: {{exc}}", file=sys.stderr)
         sys.exit(2)
+    if summaries is not None:
+        with open(summaries, "w", encoding="utf-8") as handle:
+            json.dump(SUMMARIES, handle)
 '''

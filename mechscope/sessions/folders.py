@@ -24,6 +24,7 @@ from mechscope.sessions.paths import (
     LOCK_INFO_FILE,
     MANIFEST_FILE,
     SCHEMA_VERSION,
+    TENSORS_DIR,
     check_name,
     sessions_root,
 )
@@ -167,10 +168,18 @@ def list_sessions(root: Path) -> list[SessionSummary]:
                 if entry.is_symlink():
                     summaries.append(_unusable(path, f"{path}: is a symbolic link (not followed)"))
                 elif entry.is_dir(follow_symlinks=False):
-                    summaries.append(summarise(path))
+                    try:
+                        summaries.append(summarise(path))
+                    except (OSError, ValueError) as exc:  # this session's trouble, not the listing's
+                        summaries.append(_unusable(path, f"{path}: cannot read ({reason_of(exc)})"))
     except OSError as exc:
         raise SessionError(f"{root}: cannot list ({exc.strerror})") from None
     return sorted(summaries, key=lambda s: (s.created, s.name), reverse=True)
+
+
+def reason_of(exc: BaseException) -> str:
+    """An OSError's strerror, else the error's text."""
+    return str(getattr(exc, "strerror", None) or exc or type(exc).__name__)
 
 
 def _unusable(path: Path, error: str) -> SessionSummary:
@@ -193,9 +202,27 @@ def summarise(path: Path) -> SessionSummary:
     created = _clip(str(manifest["created"]), 40)
     try:
         n_events, last_prompt = _scan_log(path / EVENTS_FILE)
+        _check_tensor_files(path / TENSORS_DIR)
     except SessionError as exc:
         return SessionSummary(path.name, path, model_label, created, 0, "", error=_clip(str(exc), 300))
     return SessionSummary(path.name, path, model_label, created, n_events, last_prompt)
+
+
+def _check_tensor_files(folder: Path) -> None:
+    """Every entry of tensors/ must be a regular file (their contents are checked on open)."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise SessionError(f"{folder}: not a folder (links are not followed)")
+    try:
+        with os.scandir(folder) as entries:
+            for count, entry in enumerate(entries):
+                if count >= MAX_LISTED:
+                    break
+                if not entry.name.startswith(".") and not entry.is_file(follow_symlinks=False):
+                    raise SessionError(f"{folder / entry.name}: not a regular file")
+    except OSError as exc:
+        raise SessionError(f"{folder}: cannot list ({exc.strerror})") from None
 
 
 def _scan_log(path: Path) -> tuple[int, str]:
@@ -211,6 +238,14 @@ def _scan_log(path: Path) -> tuple[int, str]:
         reason = "missing" if isinstance(exc, FileNotFoundError) else (
             "is a symbolic link (not followed)" if path.is_symlink() else f"cannot read ({exc.strerror})")
         raise SessionError(f"{path}: {reason}") from None
+    try:
+        info = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise SessionError(f"{path}: cannot read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):  # a directory or device where the log should be
+        os.close(fd)
+        raise SessionError(f"{path}: not a regular file")
     n_events, last_prompt, total = 0, "", 0
     with open(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
@@ -239,8 +274,11 @@ def _scan_log(path: Path) -> tuple[int, str]:
                     or not isinstance(data.get("kind"), str):
                 raise SessionError(f"{where}: not an event (an object with seq and kind)")
             n_events += 1
-            if data["kind"] in ("prompt", "run"):
-                prompt = data.get("clean", data.get("prompt"))
+            # the prompt of a prompt event or of a run (an older run event or a run request); read
+            # without importing the request handlers, so listing stays light
+            holder = data.get("request") if data["kind"] == "request" else data
+            if isinstance(holder, dict) and (data["kind"] == "prompt" or holder.get("kind") == "run"):
+                prompt = holder.get("clean", holder.get("prompt"))
                 last_prompt = _clip(prompt) if isinstance(prompt, str) else last_prompt
     return n_events, last_prompt
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mechscope.sessions.errors import SessionError
-from mechscope.sessions.events import Event, event_from_json
+from mechscope.sessions.events import Event, event_from_json, tensor_files
 from mechscope.sessions.paths import EVENTS_FILE
 from mechscope.sessions.reading import MAX_LOG_BYTES, load_tensor, loads, read_regular
 from mechscope.sessions.state import StateBuilder
@@ -72,10 +72,8 @@ def parse_log(path: Path, data: bytes) -> Log:
                 logger.warning(message)
                 return False
             raise SessionError(f"{where}: {reason(exc)}") from None
-        if event.kind in ("vector", "sweep", "set_sweep"):
-            key = "vector" if event.kind == "vector" else "values"
-            tensors[event["file"]] = load_tensor(path, event["file"], key, event["shape"], where,
-                                                 finite=event.kind == "vector")
+        for file, (key, shape, finite) in tensor_files(event).items():
+            tensors[file] = load_tensor(path, file, key, shape, where, finite=finite)
         try:
             if events and event.seq <= events[-1].seq:
                 raise ValueError(f"seq {event.seq} does not follow seq {events[-1].seq}")

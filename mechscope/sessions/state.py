@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mechscope.sessions.events import Event
+from mechscope.sessions.events import Event, work_kind
 
 if TYPE_CHECKING:
     from mechscope.engine.interventions import Intervention, Metric
@@ -28,6 +28,8 @@ class SessionState:
     last_generate: Event | None = None
     notes: list[str] = field(default_factory=list)
     prompt_set: dict[str, Any] | None = None  # the latest prompt_set event's payload (name, source, rows)
+    work: dict[str, Event] = field(default_factory=dict)  # request kind -> its latest work event
+    outcomes: list[Any] = field(default_factory=list)  # Outcomes rebuilt from the record, oldest first
 
     @property
     def last_outcome(self) -> dict[str, Any] | None:
@@ -82,8 +84,23 @@ class StateBuilder:
         if kind == "run":
             self.clean, self.corrupted, self.metric = (payload["prompt"], payload["corrupted"],
                                                        payload["metric"])
-        if kind in ("run", "sweep", "generate"):
-            self.last[kind] = event
+        if kind == "request":
+            self._apply_inputs(payload["request"])
+        work = work_kind(event)
+        if work is not None:
+            self.last[work] = event
+
+    def _apply_inputs(self, data: dict[str, Any]) -> None:
+        """A request that was the live run sets the prompts and metric, as a prompt event would."""
+        from mechscope.requests.kinds import request_from_dict
+        from mechscope.requests.registry import handler_for
+
+        request = request_from_dict(data)
+        inputs = handler_for(request).inputs(request)
+        if inputs is not None:
+            clean, corrupted, metric = inputs
+            self.clean, self.corrupted = clean, corrupted
+            self.metric = None if metric is None else metric.to_dict()
 
     def _apply_intervention(self, payload: dict[str, Any]) -> None:
         from mechscope.engine.interventions import Intervention
@@ -118,6 +135,7 @@ class StateBuilder:
             last_generate=self.last.get("generate"),
             notes=list(self.notes),
             prompt_set=self.prompt_set,
+            work=dict(self.last),
         )
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from mechscope.backends.describe import backend_record
 from mechscope.sessions.errors import SessionError
-from mechscope.sessions.events import Event, validate_payload
+from mechscope.sessions.events import Event, tensor_files, validate_payload, work_kind
 from mechscope.sessions.folders import (
     FILE_MODE,
     SessionSummary,
@@ -47,7 +47,6 @@ from mechscope.sessions.folders import (
     write_lock_info,
 )
 from mechscope.sessions.log import Log, read_log, reason, stamp
-from mechscope.sessions.outcomes import outcome_from_result
 from mechscope.sessions.paths import (
     EVENTS_FILE,
     MANIFEST_FILE,
@@ -65,6 +64,8 @@ from mechscope.sessions.state import SessionState, copy_builder
 
 if TYPE_CHECKING:
     from mechscope.engine.interventions import Intervention, Metric
+    from mechscope.requests.kinds import Outcome, Request
+    from mechscope.requests.registry import Summary
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +244,37 @@ class Session:
         return len(self.events)
 
     def state(self) -> SessionState:
-        """Prompts, metric, interventions (id, intervention), vectors and last results to resume."""
-        return self._builder.state(self._tensors)
+        """Prompts, metric, interventions (id, intervention), vectors and last results to resume,
+        with the outcomes the handlers can rebuild from the record (`outcomes`)."""
+        state = self._builder.state(self._tensors)
+        state.outcomes = [*self.restored_outcomes()]
+        return state
+
+    def restored_outcomes(self) -> Sequence[Outcome]:
+        """The latest outcome of each kind (each sweep kind) rebuilt by its handler, oldest first.
+
+        Work this version cannot rebuild (an unknown kind, a damaged summary) is left out: resuming
+        shows the rest."""
+        from mechscope.requests.kinds import Outcome
+        from mechscope.requests.registry import handler_for
+
+        latest: dict[str, Event] = {}
+        for event in self.work():
+            try:
+                request, _ = self.outcome(event)
+            except (KeyError, TypeError, ValueError):
+                continue
+            latest[handler_for(request).restore_key(request)] = event
+        outcomes = []
+        for event in sorted(latest.values(), key=lambda e: e.seq):
+            try:
+                request, summary = self.outcome(event)
+                result = handler_for(request).restore(request, summary)
+            except Exception:  # a summary this version cannot read back is not shown again
+                continue
+            if result is not None:
+                outcomes.append(Outcome(request, result, seconds=float(event.get("seconds", 0.0))))
+        return outcomes
 
     def tensor(self, event: Event) -> np.ndarray:
         """The array a vector or sweep event refers to."""
@@ -285,9 +315,10 @@ class Session:
         try:
             check_values(payload)
             validate_payload(kind, payload)
-            if kind in ("vector", "sweep", "set_sweep") and payload["file"] not in self._tensors:
-                raise ValueError(f"{payload['file']} was not saved by this session "
-                                 "(use save_vector / record_sweep)")
+            for file in tensor_files(event):
+                if file not in self._tensors:
+                    raise ValueError(f"{file} was not saved by this session "
+                                     "(use save_vector / record_request)")
             copy_builder(self._builder).apply(event)
             line = json.dumps(event.to_json(), ensure_ascii=False, allow_nan=False,
                               separators=(",", ":")) + "\n"
@@ -297,6 +328,45 @@ class Session:
         self._builder.apply(event)
         self.events.append(event)
         return event
+
+    def record_outcome(self, outcome: Outcome) -> Event:
+        """Record a finished piece of work: its request and its handler's summary of the result."""
+        from mechscope.requests.registry import handler_for
+
+        summary = handler_for(outcome.request).summarise(outcome.result)
+        return self.record_request(outcome.request, summary, outcome.seconds)
+
+    def record_request(self, request: Request, summary: Summary, seconds: float = 0.0) -> Event:
+        """A `request` event: the request as `request_to_dict` writes it, the summary's JSON as its
+        outcome, and each of the summary's arrays saved to tensors/ before the event names it."""
+        from mechscope.requests.kinds import request_to_dict
+
+        arrays = {}
+        for index, (name, array) in enumerate(summary.arrays.items()):
+            values = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+            file = self._save_tensor(f"{request.kind.replace('_', '-')}-{index}", "values", values)
+            arrays[name] = {"file": file, "shape": list(values.shape)}
+        extra = {"arrays": arrays} if arrays else {}
+        return self.record("request", request=request_to_dict(request), outcome=summary.data,
+                           seconds=float(seconds) if math.isfinite(seconds) else 0.0, **extra)
+
+    def work(self) -> Sequence[Event]:
+        """The events that are pieces of work (requests, and runs, sweeps... of older sessions), in order."""
+        return [event for event in self.events if work_kind(event) is not None]
+
+    def outcome(self, event: Event) -> tuple[Request, Summary]:
+        """The request a work event recorded and its outcome summary (arrays read back from tensors/).
+
+        ValueError (or KeyError) when the event cannot stand for a request on this version."""
+        from mechscope.requests.kinds import request_from_dict
+        from mechscope.requests.registry import Summary
+        from mechscope.sessions.legacy import legacy_outcome
+
+        if event.kind != "request":
+            return legacy_outcome(event, self.tensor, self.prompt_set)
+        arrays = {name: self._tensors[item["file"]].copy()
+                  for name, item in event.get("arrays", {}).items()}
+        return request_from_dict(event["request"]), Summary(dict(event["outcome"]), arrays)
 
     def record_prompt(self, clean: str, corrupted: str | None = None) -> Event:
         return self.record("prompt", clean=clean, corrupted=corrupted or None)
@@ -318,33 +388,24 @@ class Session:
 
     def record_run(self, prompt: str, corrupted: str | None, metric: Metric | None,
                    interventions: Sequence[Any], result: Any, top_k: int | None = None) -> Event:
-        """Record a run with everything needed to re-run it (vectors excepted) and its outcome."""
-        return self.record(
-            "run", prompt=prompt, corrupted=corrupted or None,
-            metric=None if metric is None else metric.to_dict(),
-            interventions=_intervention_dicts(interventions),
-            top_k=len(result.top) if top_k is None else top_k,
-            outcome=outcome_from_result(result),
-        )
+        """Record a run (as its request and outcome summary) with everything needed to re-run it."""
+        from mechscope.requests.kinds import Outcome, RunRequest
+
+        request = RunRequest(prompt, corrupted or None, metric, _interventions(interventions),
+                             top_k=len(result.top) if top_k is None else top_k)
+        return self.record_outcome(Outcome(request, result))
 
     def record_sweep(self, result: Any, clean: str, corrupt: str, metric: Metric,
                      direction: str = "noising", interventions: Sequence[Any] = ()) -> Event:
-        """Save the sweep matrix to tensors/ and record the sweep that produced it (and the
-        interventions it ran on top of, when there were any)."""
-        values = np.ascontiguousarray(np.asarray(result.values, dtype=np.float32))
-        file = self._save_tensor("sweep", "values", values)
-        return self.record(
-            "sweep", sweep=result.kind, clean=clean, corrupt=corrupt,
-            metric=None if metric is None else metric.to_dict(), direction=direction, file=file,
-            shape=list(values.shape), base_metric=float(result.base_metric),
-            source_metric=None if result.source_metric is None else float(result.source_metric),
-            complete=bool(result.complete), row_labels=[str(x) for x in result.row_labels],
-            col_labels=[str(x) for x in result.col_labels],
-            **({"interventions": _intervention_dicts(interventions)} if interventions else {}),
-        )
+        """Record a sweep (its matrix saved to tensors/) and the interventions it ran on top of."""
+        from mechscope.requests.kinds import Outcome, SweepRequest
+
+        request = SweepRequest(result.kind, clean, corrupt, metric, direction,  # type: ignore[arg-type]
+                               _interventions(interventions))
+        return self.record_outcome(Outcome(request, result))
 
     def record_prompt_set(self, pset: Any) -> Event:
-        """Record a prompt set (a `PromptSet`); set runs and sweeps name it by this event's seq."""
+        """Record the prompt set in use (a `PromptSet`): resuming brings it back with its row."""
         data = pset.to_dict()
         return self.record("prompt_set", name=data["name"], source=data["source"], rows=data["rows"])
 
@@ -354,35 +415,16 @@ class Session:
 
         return PromptSet.from_dict(self._builder.prompt_sets[seq])
 
-    def record_set_run(self, set_seq: int, result: Any, metric_kind: str, interventions: Sequence[Any],
-                       prompt: str = "clean") -> Event:
-        """A run over the recorded set `set_seq` with its per-row metric (`SetRunResult`)."""
-        return self.record(
-            "set_run", set=set_seq, metric_kind=metric_kind, prompt=prompt,
-            interventions=_intervention_dicts(interventions),
-            values=[float(v) for v in np.asarray(result.values).reshape(-1)],
-            baseline=[float(v) for v in np.asarray(result.baseline).reshape(-1)])
-
-    def record_set_sweep(self, set_seq: int, result: Any, metric_kind: str, direction: str,
-                         source: str = "prompts") -> Event:
-        """A head-patching sweep over the recorded set `set_seq`: the mean per cell ([layer, head],
-        NaN where unfinished) saved to tensors/, the mean base metric in the event."""
-        values = np.ascontiguousarray(np.asarray(result.mean, dtype=np.float32))
-        file = self._save_tensor("set-sweep", "values", values)
-        return self.record(
-            "set_sweep", set=set_seq, metric_kind=metric_kind, direction=direction, source=source,
-            file=file, shape=list(values.shape), base_metric=float(np.mean(result.base_metric)),
-            complete=bool(result.complete))
-
     def record_generate(self, prompt: str, interventions: Sequence[Any], params: dict[str, Any],
                         tokens: Sequence[Any], corrupted: str | None = None) -> Event:
         """Record a generation: params holds max_new_tokens, temperature and seed."""
+        from mechscope.requests.kinds import GenerateRequest, Outcome
+
         full_params = {"max_new_tokens": len(tokens), "temperature": 0.0, "seed": 0, **params}
-        return self.record(
-            "generate", prompt=prompt, corrupted=corrupted or None,
-            interventions=_intervention_dicts(interventions), params=full_params,
-            token_ids=[int(t.id) for t in tokens], tokens=[str(t.text) for t in tokens],
-        )
+        request = GenerateRequest(prompt, corrupted or None, _interventions(interventions),
+                                  int(full_params["max_new_tokens"]), float(full_params["temperature"]),
+                                  int(full_params["seed"]))
+        return self.record_outcome(Outcome(request, list(tokens)))
 
     def save_vector(self, name: str, array: Any) -> Event:
         """Save a steering vector [d_model] under tensors/ and record it by name."""
@@ -538,14 +580,16 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _intervention_dicts(interventions: Sequence[Any]) -> list[dict[str, Any]]:
+def _interventions(items: Sequence[Any]) -> tuple[Intervention, ...]:
     """Accept interventions, their dicts, or (id, intervention) pairs as the TUI keeps them."""
+    from mechscope.engine.interventions import Intervention
+
     out = []
-    for item in interventions:
+    for item in items:
         if isinstance(item, tuple) and len(item) == 2:
             item = item[1]
-        out.append(item if isinstance(item, dict) else item.to_dict())
-    return out
+        out.append(Intervention.from_dict(item) if isinstance(item, dict) else item)
+    return tuple(out)
 
 
 def _article(kind: str) -> str:

@@ -8,7 +8,9 @@ inputs (the user typed while it ran) is not shown as current and not recorded.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 
@@ -22,9 +24,7 @@ from mechscope.engine.interventions import (
 )
 from mechscope.engine.results import GeneratedToken, RunResult, SweepResult
 from mechscope.engine.views import Views
-from mechscope.workbench.recorder import SessionRecorder
-from mechscope.workbench.requests import (
-    SET_REQUESTS,
+from mechscope.requests.kinds import (
     AddVectorRequest,
     BuildVectorRequest,
     Direction,
@@ -37,6 +37,7 @@ from mechscope.workbench.requests import (
     SweepRequest,
     ValidateRequest,
 )
+from mechscope.workbench.recorder import SessionRecorder
 from mechscope.workbench.research import ResearchCommands
 from mechscope.workbench.sets import PromptSets
 from mechscope.workbench.stack import Change, Entry, InterventionStack
@@ -91,6 +92,19 @@ class Workbench(ResearchCommands):
         self._checks: list[_Check] = []
         self.vector_norms: dict[str, float] = {}
         self.sets = PromptSets(self)  # the prompt set and its set-level results
+        # What each request type's outcome does to this state (and what it records): the only
+        # place outcomes are told apart, by the type of the request they carry.
+        self._acceptors: dict[type, Callable[[Outcome], Request | None]] = {
+            RunRequest: self._accept_run, SweepRequest: self._accept_sweep,
+            GenerateRequest: self._accept_generate, ValidateRequest: self._accept_check,
+            ReferencePromptsRequest: self._accept_reference, BuildVectorRequest: self._accept_vector,
+            AddVectorRequest: self._accept_vector,
+            **dict.fromkeys(self.sets.request_types(), self.sets.accept),
+        }
+        # How an outcome read back from a session is shown again (nothing is recorded).
+        self._restorers: dict[type, Callable[[Outcome], None]] = {
+            SweepRequest: self._restore_sweep, **self.sets.restorers(),
+        }
 
     # -- derived state --------------------------------------------------------------------------
 
@@ -125,8 +139,8 @@ class Workbench(ResearchCommands):
 
     @property
     def result_is_current(self) -> bool:
-        return self.run is not None and self.run_error is None and isinstance(self.run.request, RunRequest) \
-            and self.is_current(self.run.request)
+        return self.run is not None and self.run_error is None \
+            and self.is_current(cast(RunRequest, self.run.request))
 
     def sweep_staleness(self, kind: str) -> str | None:
         """None when the sweep of `kind` ran on the current inputs, else what changed since."""
@@ -418,38 +432,27 @@ class Workbench(ResearchCommands):
 
     def accept(self, outcome: Outcome) -> Request | None:
         """Store an outcome and record exactly its request; returns the request to run next, if any."""
-        request = outcome.request
-        if isinstance(request, SET_REQUESTS):
-            return self.sets.accept(outcome)
-        if isinstance(request, RunRequest):
-            return self._accept_run(outcome, request)
-        if isinstance(request, SweepRequest):
-            self._accept_sweep(outcome, request)
-            return None
-        if isinstance(request, GenerateRequest):
-            self._accept_generate(outcome, request)
-            return None
-        if isinstance(request, ValidateRequest):
-            return self._accept_check(outcome, request)
-        if isinstance(request, ReferencePromptsRequest):
-            return self._accept_reference(outcome, request)
-        if isinstance(request, (BuildVectorRequest, AddVectorRequest)):
-            if outcome.ok:
-                self.recorder.vector(request.name, np.asarray(outcome.result, dtype=np.float32))
-                self.remember_vector(request.name, outcome.result)
-                self.invalidate()  # a vector of this name may already steer: its values changed
-            else:
-                self.error = None if outcome.cancelled else f"no steering vector: {outcome.error}"
-            return None
-        return None
+        acceptor = self._acceptors.get(type(outcome.request))
+        return None if acceptor is None else acceptor(outcome)
+
+    def _accept_vector(self, outcome: Outcome) -> None:
+        request = cast(BuildVectorRequest | AddVectorRequest, outcome.request)
+        if outcome.ok:
+            self.recorder.vector(request.name, np.asarray(outcome.result, dtype=np.float32))
+            self.remember_vector(request.name, outcome.result)
+            self.invalidate()  # a vector of this name may already steer: its values changed
+        else:
+            self.error = None if outcome.cancelled else f"no steering vector: {outcome.error}"
 
     def is_attention_request(self, request: Request) -> bool:
         """The light run `attention_request` made (its outcome fills `attention`, never `run`)."""
+        views: Views | None = getattr(request, "views", None)
         return request is self._issued_attention or (
-            isinstance(request, RunRequest) and request.top_k == 1 and not request.views.logit_lens
-            and len(request.views.attention) == 1)
+            views is not None and getattr(request, "top_k", None) == 1 and not views.logit_lens
+            and len(views.attention) == 1)
 
-    def _accept_run(self, outcome: Outcome, request: RunRequest) -> RunRequest | None:
+    def _accept_run(self, outcome: Outcome) -> RunRequest | None:
+        request = cast(RunRequest, outcome.request)
         if self.is_attention_request(request):
             if outcome.ok and self.is_attention_current(request):
                 address = request.views.attention[0]
@@ -471,7 +474,8 @@ class Workbench(ResearchCommands):
         self.error = None
         self.attention = {}
         self._sync_followers()
-        self.recorder.run(request, outcome.result)
+        self.recorder.prompt_and_metric(request.prompt, request.corrupted, request.metric)
+        self.recorder.work(outcome, "run", keep=False)  # a later run supersedes a lost one
         return None
 
     def is_attention_current(self, request: RunRequest) -> bool:
@@ -490,7 +494,8 @@ class Workbench(ResearchCommands):
         if changes:
             self.recorder.changes(changes)
 
-    def _accept_sweep(self, outcome: Outcome, request: SweepRequest) -> None:
+    def _accept_sweep(self, outcome: Outcome) -> None:
+        request = cast(SweepRequest, outcome.request)
         state = self.sweeps.get(request.sweep_kind)
         if state is None or state.request is not request:
             return None  # a newer sweep of this kind replaced it
@@ -503,10 +508,12 @@ class Workbench(ResearchCommands):
             self.error = f"sweep failed: {outcome.error}"
             return None
         state.result = outcome.result
-        self.recorder.sweep(request, outcome.result)
+        self.recorder.prompt_and_metric(request.clean, request.corrupt, request.metric)
+        self.recorder.work(outcome, f"{request.sweep_kind} sweep")
         return None
 
-    def _accept_generate(self, outcome: Outcome, request: GenerateRequest) -> None:
+    def _accept_generate(self, outcome: Outcome) -> None:
+        request = cast(GenerateRequest, outcome.request)
         lane = self._lane(request)
         gen = self.generation
         if lane is None or gen is None:
@@ -520,10 +527,11 @@ class Workbench(ResearchCommands):
         gen.tokens[lane] = list(outcome.result)
         if lane == "intervened":
             gen.done = True
-            self.recorder.generate(request, gen.tokens["intervened"])
+            self.recorder.work(outcome, "generation")
         return None
 
-    def _accept_check(self, outcome: Outcome, request: ValidateRequest) -> RunRequest | None:
+    def _accept_check(self, outcome: Outcome) -> RunRequest | None:
+        request = outcome.request
         check = next((c for c in self._checks if c.request is request), None)
         if check is None:
             return None
@@ -560,6 +568,30 @@ class Workbench(ResearchCommands):
         self.last_sweep = None
         self.generation = None
         self._issued_run = None
+
+    def restore_session(self, state: Any) -> None:
+        """Put back everything a resumed session's state holds (`SessionState`): prompts, metric,
+        interventions, steering norms, reference prompts, the prompt set and its row, and every
+        outcome the session's handlers rebuilt (sweeps, set runs, set sweeps, estimates, detectors,
+        massive activations). Nothing is recorded again."""
+        self.restore(state.clean or "", state.corrupted, state.metric, list(state.interventions))
+        for name, values in (state.vectors or {}).items():
+            self.remember_vector(name, values)
+        if state.reference_prompts:
+            self.reference_prompts = tuple(state.reference_prompts)
+        self.sets.restore(state.prompt_set)
+        for outcome in state.outcomes:
+            self.restore_outcome(outcome)
+
+    def restore_outcome(self, outcome: Outcome) -> None:
+        """Show a recorded outcome again (kinds that are not shown again are ignored)."""
+        restorer = self._restorers.get(type(outcome.request))
+        if restorer is not None and outcome.ok:
+            restorer(outcome)
+
+    def _restore_sweep(self, outcome: Outcome) -> None:
+        request = cast(SweepRequest, outcome.request)
+        self.sweeps[request.sweep_kind] = SweepState(request, outcome.result, done=True)
 
     def switch_recorder(self, recorder: SessionRecorder) -> None:
         self.recorder.close()

@@ -15,6 +15,9 @@ import numpy as np
 if TYPE_CHECKING:
     from mechscope.engine.results import Attribution, LogitLens, SweepResult
 
+HEAD_GRIDS = ("head", "atp", "set")  # kinds whose columns are heads (and every "estimate-<method>")
+
+
 def _number(value: float) -> str:
     """A cell: full float32 precision, empty for a cell the sweep did not reach."""
     return "" if not math.isfinite(value) else repr(float(value))
@@ -26,8 +29,8 @@ def _row_label(kind: str, row: int, labels: Sequence[str]) -> str:
 
 def sweep_to_csv(result: SweepResult, *, direction: str = "noising") -> str:
     """One row per cell: layer, head or position, the metric change; unreached cells are empty."""
-    values = np.asarray(result.values, dtype=np.float64)  # head/atp: [layer, head]; others: [layer, pos]
-    column = "head" if result.kind in ("head", "atp") else "position"
+    values = np.asarray(result.values, dtype=np.float64)  # head grids: [layer, head]; others: [layer, pos]
+    column = "head" if result.kind in HEAD_GRIDS or result.kind.startswith("estimate") else "position"
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["kind", "direction", "layer", column, "label", "delta_metric",

@@ -13,13 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mechscope.engine.interventions import Intervention, Metric
-from mechscope.workbench.requests import (
-    GenerateRequest,
-    RunRequest,
-    RunSetRequest,
-    SweepRequest,
-    SweepSetRequest,
-)
+from mechscope.requests.kinds import Outcome
 from mechscope.workbench.stack import Change, Entry, diff_entries
 
 Status = Literal["saved", "not saved", "not recording"]
@@ -46,7 +40,7 @@ class SessionRecorder:
         self._last_metric: Metric | None = None
         self._recorded: dict[int, Intervention | None] = {}  # id -> as the log holds it
         self.current: Callable[[], tuple[Entry, ...]] | None = None  # the list as it is now
-        self._set_seqs: dict[Any, int] = {}  # PromptSet -> seq of its prompt_set event
+        self._last_set: Any = None  # the PromptSet of the latest prompt_set event
 
     @property
     def name(self) -> str | None:
@@ -134,7 +128,7 @@ class SessionRecorder:
                 break
         return len(self.unsaved)
 
-    def _prompt_and_metric(self, clean: str, corrupted: str | None, metric: Metric | None) -> None:
+    def prompt_and_metric(self, clean: str, corrupted: str | None, metric: Metric | None) -> None:
         """The prompts and metric a request carried, when the log does not already end on them."""
         corrupted = corrupted or None
 
@@ -189,26 +183,10 @@ class SessionRecorder:
         """The intervention the log holds under `entry_id` (None if unknown)."""
         return self._recorded.get(entry_id)
 
-    def run(self, request: RunRequest, result: Any) -> None:
-        """The run event with exactly the request's inputs and its result."""
-        self._prompt_and_metric(request.prompt, request.corrupted, request.metric)
-        self._write("run", lambda: self.session.record_run(
-            request.prompt, request.corrupted, request.metric, list(request.interventions), result,
-            top_k=request.top_k), keep=False)  # a later run supersedes a lost one
-
-    def sweep(self, request: SweepRequest, result: Any) -> None:
-        self._prompt_and_metric(request.clean, request.corrupt, request.metric)
-        self._write(f"{request.sweep_kind} sweep", lambda: self.session.record_sweep(
-            result, request.clean, request.corrupt, request.metric, request.direction,
-            **({"interventions": list(request.interventions)} if request.interventions else {})),
-            keep=True)
-
-    def generate(self, request: GenerateRequest, tokens: list) -> None:
-        params = {"max_new_tokens": request.max_new_tokens, "temperature": request.temperature,
-                  "seed": request.seed}
-        self._write("generation", lambda: self.session.record_generate(
-            request.prompt, list(request.interventions), params, tokens,
-            corrupted=request.corrupted), keep=True)
+    def work(self, outcome: Outcome, what: str, keep: bool = True) -> None:
+        """A piece of work: exactly the outcome's request and its summary (a `request` event).
+        `keep`: retry it after a failed write (a later run supersedes a lost run, so runs are not kept)."""
+        self._write(what, lambda: self.session.record_outcome(outcome), keep=keep)
 
     def reference_prompts(self, prompts: tuple[str, ...]) -> None:
         self._write("reference prompts", lambda: self.session.record_reference_prompts(prompts), keep=True)
@@ -219,23 +197,17 @@ class SessionRecorder:
     def vector(self, name: str, array: Any) -> None:
         self._write(f"vector {name}", lambda: self.session.save_vector(name, array), keep=True)
 
-    # -- prompt sets ----------------------------------------------------------------------------
+    def prompt_set(self, pset: Any) -> None:
+        """The prompt set now in use (a `PromptSet`), when it is not the one the log last holds."""
+        if pset is None or pset == self._last_set:
+            return
 
-    def _set_seq(self, pset: Any) -> int:
-        """The seq of the prompt_set event holding `pset`, recording it first when this session has not."""
-        seq = self._set_seqs.get(pset)
-        if seq is None:
-            seq = self.session.record_prompt_set(pset).seq
-            self._set_seqs[pset] = seq
-        return seq
+        def write() -> None:
+            self.session.record_prompt_set(pset)
+            self._last_set = pset
 
-    def set_run(self, request: RunSetRequest, result: Any) -> None:
-        """The set (once) and the run over it with exactly the request's inputs and per-row metric."""
-        self._write("set run", lambda: self.session.record_set_run(
-            self._set_seq(request.pset), result, request.metric_kind, list(request.interventions),
-            request.prompt), keep=True)
+        self._write("prompt set", write, keep=True)
 
-    def set_sweep(self, request: SweepSetRequest, result: Any) -> None:
-        self._write("set sweep", lambda: self.session.record_set_sweep(
-            self._set_seq(request.pset), result, request.metric_kind, request.direction,
-            request.source), keep=True)
+    def remember_prompt_set(self, pset: Any) -> None:
+        """The prompt set a resumed session already holds, so it is not recorded again."""
+        self._last_set = pset

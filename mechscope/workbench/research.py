@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from mechscope.engine.interventions import Intervention, Metric, SteeringVector
 from mechscope.engine.results import RunResult
-from mechscope.workbench.requests import (
+from mechscope.requests.kinds import (
     Direction,
     Outcome,
     ReferencePromptsRequest,
@@ -232,9 +232,9 @@ class ResearchCommands:
     def pin_label(self) -> str:
         """How the pinned run reads in a pane's subtitle."""
         pinned = self.pinned
-        if pinned is None or not isinstance(pinned.request, RunRequest):
+        if pinned is None:
             return ""
-        ivs = pinned.request.interventions
+        ivs = cast(RunRequest, pinned.request).interventions
         what = "no interventions" if not ivs else ", ".join(iv.label for iv in ivs[:2]) + (
             f" +{len(ivs) - 2}" if len(ivs) > 2 else "")
         return f"Δ vs PINNED ({what})"
@@ -256,7 +256,8 @@ class ResearchCommands:
         self.error = None
         return ReferencePromptsRequest(prompts)
 
-    def _accept_reference(self, outcome: Outcome, request: ReferencePromptsRequest) -> RunRequest | None:
+    def _accept_reference(self, outcome: Outcome) -> RunRequest | None:
+        request = cast(ReferencePromptsRequest, outcome.request)
         if not outcome.ok:
             self.error = None if outcome.cancelled else f"reference prompts not set: {outcome.error}"
             return None

@@ -3,13 +3,14 @@ detectors and massive activations, as plain state the TUI renders (held by `Work
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
 from mechscope.engine.prompt_sets import PromptSet, PromptSetError, load_prompt_set
-from mechscope.workbench.requests import (
+from mechscope.requests.kinds import (
     DetectHeadsRequest,
     Direction,
     EstimateMethod,
@@ -74,8 +75,7 @@ class PromptSets:
         run = self.run
         if run is None or not run.ok:
             return text + " · set numbers not computed (T)"
-        request, result = run.request, run.result
-        assert isinstance(request, RunSetRequest)
+        request, result = cast(RunSetRequest, run.request), run.result
         text += f" · {request.metric_kind} baseline {mean_std(result.baseline)}"
         if request.interventions:
             effect = np.asarray(result.values) - np.asarray(result.baseline)
@@ -86,11 +86,11 @@ class PromptSets:
         return text
 
     def run_is_stale(self) -> bool:
-        run = self.run
-        if run is None or not isinstance(run.request, RunSetRequest):
+        if self.run is None:
             return False
-        return (run.request.pset != self.pset or run.request.interventions != self.bench.interventions()
-                or run.request.metric_kind != self.metric_kind())
+        request = cast(RunSetRequest, self.run.request)
+        return (request.pset != self.pset or request.interventions != self.bench.interventions()
+                or request.metric_kind != self.metric_kind())
 
     def grid_names(self) -> list[str]:
         """The set-level grid metrics that have values now (detectors once computed)."""
@@ -180,6 +180,7 @@ class PromptSets:
             self.sweep_partial = None
         self.pset = pset
         self.error = None
+        self.bench.recorder.prompt_set(pset)
         return self.select_row(0)
 
     def select_row(self, row: int) -> RunRequest | None:
@@ -247,8 +248,17 @@ class PromptSets:
         self.sweep_partial = result
         return True
 
+    def request_types(self) -> tuple[type, ...]:
+        """The request types whose outcomes `accept` takes."""
+        return tuple(self._acceptors())
+
+    def _acceptors(self) -> dict[type, Callable[[Outcome], Request | None]]:
+        return {TemplateSetRequest: self._accept_template, RunSetRequest: self._accept_run,
+                SweepSetRequest: self._accept_sweep, EstimateRequest: self._accept_estimate,
+                DetectHeadsRequest: self._accept_detectors, MassiveRequest: self._accept_massive}
+
     def accept(self, outcome: Outcome) -> Request | None:
-        """Store the latest outcome of its kind; record set runs and finished set sweeps."""
+        """Store the latest outcome of its kind and record it (a set sweep once it finished)."""
         request = outcome.request
         if self._issued.get(request.kind) is not request:
             return None  # superseded by a newer request of the same kind
@@ -257,23 +267,53 @@ class PromptSets:
                 self.error = f"{request.kind.replace('_', ' ')}: {outcome.error}"
             return None
         self.error = None
-        recorder = self.bench.recorder
-        if isinstance(request, TemplateSetRequest):
-            return self.use(outcome.result)
-        if isinstance(request, RunSetRequest):
-            self.run = outcome
-            recorder.set_run(request, outcome.result)
-        elif isinstance(request, SweepSetRequest):
-            self.sweep, self.sweep_partial = outcome, None
-            if outcome.result.complete:
-                recorder.set_sweep(request, outcome.result)
-        elif isinstance(request, EstimateRequest):
-            self.estimate = outcome
-        elif isinstance(request, DetectHeadsRequest):
-            self.detectors = outcome.result
-        elif isinstance(request, MassiveRequest):
-            self.massive = outcome
-        return None
+        return self._acceptors()[type(request)](outcome)
+
+    def _record(self, outcome: Outcome) -> None:
+        self.bench.recorder.work(outcome, outcome.request.kind.replace("_", " "))
+
+    def _accept_template(self, outcome: Outcome) -> Request | None:
+        self._record(outcome)
+        return self.use(outcome.result)
+
+    def _accept_run(self, outcome: Outcome) -> None:
+        self.run = outcome
+        self._record(outcome)
+
+    def _accept_sweep(self, outcome: Outcome) -> None:
+        self.sweep, self.sweep_partial = outcome, None
+        if outcome.result.complete:
+            self._record(outcome)
+
+    def _accept_estimate(self, outcome: Outcome) -> None:
+        self.estimate = outcome
+        self._record(outcome)
+
+    def _accept_detectors(self, outcome: Outcome) -> None:
+        self.detectors = outcome.result
+        self._record(outcome)
+
+    def _accept_massive(self, outcome: Outcome) -> None:
+        self.massive = outcome
+        self._record(outcome)
+
+    def restorers(self) -> dict[type, Callable[[Outcome], None]]:
+        """How a recorded outcome of each set request type is shown again (`Workbench.restore_outcome`)."""
+        return {RunSetRequest: self._restore_on_set("run"), SweepSetRequest: self._restore_on_set("sweep"),
+                EstimateRequest: self._restore_on_set("estimate"),
+                MassiveRequest: self._restore_on_set("massive"),
+                DetectHeadsRequest: self._restore_detectors}
+
+    def _restore_on_set(self, slot: str) -> Callable[[Outcome], None]:
+        """An outcome over the current prompt set goes back in `slot`; one over another set is
+        dropped, as `use` drops them."""
+        def restore(outcome: Outcome) -> None:
+            if self.pset is not None and getattr(outcome.request, "pset", None) == self.pset:
+                setattr(self, slot, outcome)
+        return restore
+
+    def _restore_detectors(self, outcome: Outcome) -> None:
+        self.detectors = outcome.result
 
     def restore(self, recorded: dict[str, Any] | None) -> None:
         """A resumed session's latest prompt set (its `prompt_set` payload); the inputs stay as the
@@ -286,6 +326,7 @@ class PromptSets:
         except PromptSetError as exc:
             self.pset, self.error = None, f"the session's prompt set was not restored: {exc}"
             return
+        self.bench.recorder.remember_prompt_set(self.pset)
         clean = self.bench.inputs.clean
         self.row = next((i for i, row in enumerate(self.pset.rows) if row.clean == clean), 0)
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from mechscope.engine.interventions import Metric
 from mechscope.engine.results import GeneratedToken, SweepResult
-from mechscope.workbench.requests import GenerateRequest, SweepRequest
+from mechscope.requests.kinds import GenerateRequest, SweepRequest
 
 Lane = Literal["baseline", "intervened"]
 

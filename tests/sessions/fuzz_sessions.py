@@ -83,6 +83,8 @@ mutation = st.one_of(
     st.tuples(st.just("reshape"), st.sampled_from(["vector", "sweep"]), st.sampled_from([0, 1, 2, 3])),
     st.tuples(st.just("link"), st.sampled_from(["events", "manifest", "tensor", "tensors_dir"]),
               st.sampled_from(["/etc/passwd", "/dev/zero", "outside", "fifo"])),
+    st.tuples(st.just("directory"), st.sampled_from(["events", "manifest", "tensor"]),
+              st.integers(0, 10**6)),
 )
 
 
@@ -147,15 +149,20 @@ def _reshape(folder: Path, prefix: str, rank: int) -> None:
     raw = np.arange(int(np.prod(shape)), dtype=np.float32).tobytes()
     lines = events.read_text(errors="surrogateescape").split("\n")
     for index, line in enumerate(lines):
-        if f'"kind":"{prefix}"' not in line.replace(" ", ""):
+        compact = line.replace(" ", "")
+        if f'"kind":"{prefix}"' not in compact:
             continue
         data = json.loads(line)
-        tensor = folder / data["file"]
+        # a sweep is a request event naming its matrix under arrays.values; a vector names its file
+        entry = data.get("arrays", {}).get("values") if data.get("kind") == "request" else data
+        if not isinstance(entry, dict) or "file" not in entry:
+            continue
+        tensor = folder / entry["file"]
         if tensor.is_symlink() or not tensor.is_file():
             return
         tensor.write_bytes(_safetensors({key: {"dtype": "F32", "shape": shape,
                                                "data_offsets": [0, len(raw)]}}, raw))
-        data["shape"] = shape
+        entry["shape"] = shape
         data.pop("row_labels", None)
         data.pop("col_labels", None)
         lines[index] = json.dumps(data)
@@ -234,6 +241,14 @@ def apply(folder: Path, mutation: tuple, outside: Path) -> None:
         return
     if op == "reshape":
         _reshape(folder, mutation[1], mutation[2])
+        return
+    if op == "directory":  # a file replaced by a directory of the same name
+        which = mutation[1]
+        path = files.get(which) or (tensors[mutation[2] % len(tensors)] if tensors else None)
+        if path is None or path.is_symlink() or not path.is_file():
+            return
+        path.unlink()
+        path.mkdir()
         return
     if op == "link":
         which, target = mutation[1], mutation[2]

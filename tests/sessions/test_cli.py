@@ -82,7 +82,7 @@ def test_replay_without_check_prints_both_outcomes(ioi: Session,
     assert main(["replay", "ioi"]) == 0
     out = capsys.readouterr().out
     first_run = ioi.events[3]
-    assert first_run.kind == "run"
+    assert first_run.kind == "request" and first_run["request"]["kind"] == "run"
     assert f"recorded   {format_outcome(first_run['outcome'])}" in out
     assert f"recomputed {format_outcome(first_run['outcome'])}" in out
 
@@ -151,7 +151,7 @@ def test_cli_subprocess_corrupt_session_has_no_traceback(ioi: Session) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"error: {path}:{line}: unknown event kind 'hologram' (known: "
                                    "prompt, metric, intervention, vector, reference_prompts, run, "
-                                   "sweep, generate, note, prompt_set, set_run, set_sweep)")
+                                   "sweep, generate, note, prompt_set, set_run, set_sweep, request)")
 
 
 def test_truncated_session_replays_with_a_warning(ioi: Session,
@@ -170,7 +170,8 @@ def test_exported_script_reproduces_the_outcomes(ioi: Session, tmp_path: Path,
     assert main(["export", "ioi", "-o", str(script)]) == 0
     assert f"wrote {script}" in capsys.readouterr().out
     text = script.read_text()
-    assert "from mechscope.engine import " in text and "HeadAblation(layer=1, head=2" in text
+    assert "from mechscope.requests import execute" in text
+    assert "'kind': 'head_ablation', 'layer': 1, 'head': 2" in text
     assert "pickle" not in text
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
@@ -178,15 +179,16 @@ def test_exported_script_reproduces_the_outcomes(ioi: Session, tmp_path: Path,
     assert proc.returncode == 0, proc.stderr
     printed = proc.stdout.splitlines()
     expected = []
-    for event in ioi:
-        if event.kind == "run":
-            expected.append(f"seq {event.seq} run: {format_outcome(event['outcome'])}")
-        elif event.kind == "sweep":
-            values = ioi.tensor(event)
-            expected.append(f"seq {event.seq} sweep: {format_sweep(values, event['base_metric'])}")
-        elif event.kind == "generate":
+    for event in ioi.work():
+        request, summary = ioi.outcome(event)
+        if request.kind == "run":
+            expected.append(f"seq {event.seq} run: {format_outcome(summary.data)}")
+        elif request.kind == "sweep":
+            values = summary.arrays["values"]
+            expected.append(f"seq {event.seq} sweep: {format_sweep(values, summary.data['base_metric'])}")
+        elif request.kind == "generate":
             expected.append(f"seq {event.seq} generate: "
-                            f"{format_generation(event['token_ids'], event['tokens'])}")
+                            f"{format_generation(summary.data['token_ids'], summary.data['tokens'])}")
     assert len(printed) == len(expected) == 7
     for got, want in zip(printed, expected):
         assert _numbers_close(got, want), (got, want)
@@ -199,3 +201,48 @@ def _numbers_close(got: str, want: str) -> bool:
         return False
     return all(abs(float(a) - float(b)) <= 1.5e-4
                for a, b in zip(re.findall(number, got), re.findall(number, want)))
+
+
+def test_replay_shows_progress_and_checks_part_of_a_session(ioi: Session,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    work = [(event.seq, event["request"]["kind"]) for event in ioi.work()]
+    sweeps_and_generations = [(seq, kind) for seq, kind in work if kind in ("sweep", "generate")]
+    assert main(["replay", "ioi", "--check", "--kind", "sweep,generate"]) == 0
+    captured = capsys.readouterr()
+    assert "2 steps: 2 ok, 0 drifted" in captured.out
+    progress = [line for line in captured.err.splitlines() if line.startswith("step ")]
+    assert [line.split(" (")[0] for line in progress] == [
+        f"step {number}/2: seq {seq} {kind}" for number, (seq, kind) in enumerate(sweeps_and_generations, 1)]
+    assert all(line.endswith(" s elapsed)") for line in progress)
+    assert "replayed in " in captured.out and "the recorded steps took" in captured.out
+
+    first, third = work[0][0], work[2][0]
+    assert main(["replay", "ioi", "--check", "--steps", f"{first},{third}-{third}"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if re.match(r"^\s+\d+  ", line)]
+    assert rows == [str(first), str(third)]
+
+    assert main(["replay", "ioi", "--steps", "3,x"]) == 2
+    assert "--steps: 'x' is not a number" in _one_error_line(capsys.readouterr().err)
+    assert main(["replay", "ioi", "--kind", "run,hologram"]) == 2
+    message = _one_error_line(capsys.readouterr().err)
+    assert "unknown kind hologram" in message and "sweep_set" in message
+
+
+def test_replay_progress_is_a_bar_on_a_terminal() -> None:
+    import io
+
+    from mechscope.cli.replay_progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = Progress(4, stream)
+    progress.start(3, "run")
+    progress.start(7, "sweep")
+    progress.close()
+    text = stream.getvalue()
+    assert "\r[" + "." * 24 + "] 0/4 · seq 3 run" in text
+    assert "\r[" + "#" * 6 + "." * 18 + "] 1/4 · seq 7 sweep" in text
+    assert "\n" not in text and text.endswith("\r")

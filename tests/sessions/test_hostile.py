@@ -62,7 +62,7 @@ def test_export_of_hostile_strings_adds_no_code(ioi: Session, tiny_folder: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     reference = _export("ioi", tmp_path, capsys)
     allowed = template_names(reference)
-    assert "from typing import Any" in reference  # the helpers' annotations name it
+    assert "from typing import Any" in reference  # the template's annotations name it
     assert "Usage: python ioi.py [MODEL]" in reference
     manifest_path = ioi.path / "session.json"
     manifest = json.loads(manifest_path.read_text())
@@ -73,8 +73,9 @@ def test_export_of_hostile_strings_adds_no_code(ioi: Session, tiny_folder: Path,
     for event in events:
         if event["kind"] == "note":
             event["text"] = HOSTILE + "\n" + HOSTILE + "\r\x0c\u2028import os"
-        if event["kind"] == "run" and not event["interventions"]:
-            event["prompt"] = HOSTILE
+        if event["kind"] == "request" and event["request"]["kind"] == "run" \
+                and not event["request"]["interventions"]:
+            event["request"]["prompt"] = HOSTILE
             event["outcome"]["top_tokens"] = [HOSTILE] * len(event["outcome"]["top_tokens"])
         if event["kind"] == "reference_prompts":
             event["prompts"] = [*event["prompts"], "\\'); import os; ('"]
@@ -101,6 +102,11 @@ def test_an_exported_script_reports_a_bad_model_without_a_traceback(ioi: Session
     assert proc.stderr.startswith("error: ")
 
 
+def _kind(event: dict) -> str:
+    """An event's kind, a request event's its request's (run, sweep...)."""
+    return event["request"]["kind"] if event["kind"] == "request" else event["kind"]
+
+
 def _damage(session: Session, how: str) -> int:
     """Damage one event of a recorded session as a stranger could; returns the line to be named."""
     events = _lines(session)
@@ -108,11 +114,13 @@ def _damage(session: Session, how: str) -> int:
     kind = {"inf clamp": "run", "surrogate": "note", "megabyte": "note", "deep": "note",
             "sweep rank 1": "sweep", "sweep rank 3": "sweep", "vector rank 0": "vector",
             "sweep dtype": "sweep", "huge header": "sweep", "huge top_k": "run"}[how]
-    line = next(i for i, e in enumerate(events) if e["kind"] == kind) + index[kind]
+    line = next(i for i, e in enumerate(events) if _kind(e) == kind) + index[kind]
     event = events[line]
+    request = event.get("request", {})
+    array = event["arrays"]["values"] if kind == "sweep" else event  # where the tensor file is named
     raw = None
     if how == "inf clamp":
-        event["interventions"] = [{"kind": "neuron_clamp", "layer": 0, "neuron": 1, "value": 1.0}]
+        request["interventions"] = [{"kind": "neuron_clamp", "layer": 0, "neuron": 1, "value": 1.0}]
         raw = json.dumps(event).replace('"value": 1.0', '"value": 1e999')
     elif how == "surrogate":
         raw = json.dumps(event).replace(json.dumps(event["text"]), '"bad \\ud800 text"')
@@ -121,24 +129,22 @@ def _damage(session: Session, how: str) -> int:
     elif how == "deep":
         raw = json.dumps(event).replace(json.dumps(event["text"]), "[" * 100_000 + "]" * 100_000)
     elif how == "huge top_k":
-        event["top_k"] = 10**12
+        request["top_k"] = 10**12
     elif how.startswith(("sweep rank", "vector rank")):
         shape = {"sweep rank 1": [6], "sweep rank 3": [1, 2, 3], "vector rank 0": []}[how]
         key = "values" if kind == "sweep" else "vector"
         data = np.arange(int(np.prod(shape)), dtype=np.float32).tobytes()
         header = json.dumps({key: {"dtype": "F32", "shape": shape, "data_offsets": [0, len(data)]}})
-        (session.path / event["file"]).write_bytes(struct.pack("<Q", len(header)) + header.encode() + data)
-        event["shape"] = shape
-        event.pop("row_labels", None)
-        event.pop("col_labels", None)
+        (session.path / array["file"]).write_bytes(struct.pack("<Q", len(header)) + header.encode() + data)
+        array["shape"] = shape
     elif how == "sweep dtype":
-        path = session.path / event["file"]
+        path = session.path / array["file"]
         data = path.read_bytes()
         size = struct.unpack("<Q", data[:8])[0]
         header = data[8:8 + size].replace(b'"F32"', b'"I32"')
         path.write_bytes(data[:8] + header + data[8 + size:])
     elif how == "huge header":
-        path = session.path / event["file"]
+        path = session.path / array["file"]
         path.write_bytes(struct.pack("<Q", 2**62) + path.read_bytes()[8:])
     lines = [json.dumps(e) for e in events]
     if raw is not None:

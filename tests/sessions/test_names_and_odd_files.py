@@ -111,8 +111,8 @@ def test_a_crafted_generate_step_runs_only_what_was_recorded(folder_engine, tiny
     session = record_ioi_session(folder_engine, "gen")
     session.close()
     events = [json.loads(line) for line in session.events_path.read_text().splitlines()]
-    generate = next(e for e in events if e["kind"] == "generate")
-    generate["params"]["max_new_tokens"] = 100_000
+    generate = next(e for e in events if e["kind"] == "request" and e["request"]["kind"] == "generate")
+    generate["request"]["max_new_tokens"] = 100_000
     session.events_path.write_text("".join(json.dumps(e) + "\n" for e in events))
     asked: list[int] = []
     real_generate = folder_engine.generate
@@ -126,15 +126,53 @@ def test_a_crafted_generate_step_runs_only_what_was_recorded(folder_engine, tiny
         steps = replay(Session.open("gen"), folder_engine)
     finally:
         del folder_engine.generate
-    assert asked == [len(generate["token_ids"])]
+    assert asked == [len(generate["outcome"]["token_ids"])]
     assert all(step.matches for step in steps)
 
     context = folder_engine.info.max_context
-    generate["params"]["max_new_tokens"] = context
-    generate["token_ids"] = [0] * context
-    generate["tokens"] = ["x"] * context
+    generate["request"]["max_new_tokens"] = context
+    generate["outcome"]["token_ids"] = [0] * context
+    generate["outcome"]["tokens"] = ["x"] * context
     session.events_path.write_text("".join(json.dumps(e) + "\n" for e in events))
     steps = replay(Session.open("gen"), folder_engine)
     failed = [step for step in steps if step.kind == "generate"][0]
     assert failed.status == "ERROR" and "context" in failed.detail
     assert CLEAN
+
+
+def _session_files(folder: Path) -> list[str]:
+    return ["session.json", "events.jsonl", *(f"tensors/{p.name}" for p in sorted((folder / "tensors").iterdir()))]
+
+
+def test_a_file_replaced_by_a_directory_is_that_session_unusable(tmp_path: Path, monkeypatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Each file of a session replaced by a directory: the listing names that session unusable with
+    the reason and still lists the others; opening it is one error line (exit 2)."""
+    import shutil
+
+    from mechscope.cli import main
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "old-format"
+    root = tmp_path / "data" / "sessions"
+    root.mkdir(parents=True)
+    monkeypatch.setenv("MECHSCOPE_DATA_DIR", str(tmp_path / "data"))
+    shutil.copytree(fixture, root / "good")
+    broken = {}
+    for number, name in enumerate(_session_files(fixture)):
+        folder = root / f"broken-{number}"
+        shutil.copytree(fixture, folder)
+        (folder / name).unlink()
+        (folder / name).mkdir()
+        broken[folder.name] = folder / name
+    summaries = {s.name: s for s in Session.list(root)}
+    assert not summaries["good"].error
+    for name, path in broken.items():
+        assert summaries[name].error and str(path) in summaries[name].error, name
+        assert "not a regular file" in summaries[name].error
+    assert main(["sessions"]) == 0
+    rows = {row.split()[0]: row for row in capsys.readouterr().out.splitlines()[1:]}
+    assert "unusable" not in rows["good"] and all("unusable" in rows[name] for name in broken)
+    for name in broken:
+        assert main(["sessions", "show", name]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "not a regular file" in err

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mechscope.sessions import Session, replay, tolerance_for
+from mechscope.sessions.events import work_kind
 from mechscope.sessions.replaying import Tolerance, compare_outcomes, count_steps
 from tests.sessions.helpers import record_ioi_session
 
@@ -13,7 +14,7 @@ from tests.sessions.helpers import record_ioi_session
 def test_replay_on_the_recording_engine_matches(folder_engine) -> None:
     record_ioi_session(folder_engine, "ioi")
     session = Session.open("ioi")
-    kinds = [e.kind for e in session]
+    kinds = [work_kind(e) or e.kind for e in session]
     assert {"prompt", "metric", "intervention", "vector", "reference_prompts", "run", "sweep",
             "generate", "note"} <= set(kinds)
     seen = []
@@ -40,7 +41,11 @@ def test_state_restores_the_last_results(folder_engine) -> None:
     assert state.reference_prompts == ["The cat sat on the mat", "One two three four five"]
     expected = folder_engine.run("The cat sat on the", [], metric=state.metric)
     assert state.last_outcome["top_ids"] == [t.id for t in expected.top]
-    assert state.last_sweep["sweep"] == "head" and state.last_generate is not None
+    assert state.last_sweep["request"]["sweep_kind"] == "head" and state.last_generate is not None
+    assert set(state.work) == {"run", "sweep", "generate"}
+    sweeps = [o for o in state.outcomes if o.request.kind == "sweep"]  # rebuilt to show again
+    assert len(sweeps) == 1 and sweeps[0].result.values.shape == (folder_engine.info.n_layers,
+                                                                    folder_engine.info.n_heads)
 
 
 def test_replay_on_other_weights_drifts(folder_engine, other_tiny_folder) -> None:

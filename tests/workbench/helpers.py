@@ -7,9 +7,9 @@ from typing import Any
 from mechscope.engine.testing import tiny_engine
 from mechscope.sessions import Session
 from mechscope.workbench.controller import Inputs, Workbench
-from mechscope.workbench.executor import execute
+from mechscope.requests import execute
 from mechscope.workbench.recorder import SessionRecorder
-from mechscope.workbench.requests import Outcome, Request
+from mechscope.requests import Outcome, Request
 
 IOI = Inputs(
     clean="When Mary and John went to the store, John gave a drink to",
@@ -85,3 +85,10 @@ def drive(bench: Workbench, engine: Any, request: Request | None) -> None:
 
 def events(name: str = "study") -> list[Any]:
     return list(Session.open(name).events)
+
+
+def work(kind: str, name: str = "study") -> list[dict[str, Any]]:
+    """Every recorded piece of work of request kind `kind`: its request as `request_to_dict` wrote
+    it, with the recorded outcome summary under "outcome"."""
+    return [{**event["request"], "outcome": event["outcome"]} for event in events(name)
+            if event.kind == "request" and event["request"]["kind"] == kind]

@@ -11,10 +11,10 @@ from mechscope.engine.interventions import ActivationPatch, HeadAblation, HeadSc
 from mechscope.engine.testing import tiny_engine
 from mechscope.sessions import Session
 from mechscope.workbench.controller import Workbench
-from mechscope.workbench.executor import execute
+from mechscope.requests import execute
 from mechscope.workbench.recorder import SessionRecorder
-from mechscope.workbench.requests import GenerateRequest, RunRequest, SweepRequest, ValidateRequest
-from tests.workbench.helpers import IOI, drive, events, recorded_bench
+from mechscope.requests.kinds import GenerateRequest, RunRequest, SweepRequest, ValidateRequest
+from tests.workbench.helpers import IOI, drive, events, recorded_bench, work
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_superseded_run_is_neither_shown_nor_recorded(engine):
     bench.set_inputs(dataclasses.replace(IOI, clean=IOI.clean + " her"))  # typed while it ran
     assert bench.accept(outcome) is None
     assert bench.run is first and not bench.result_is_current
-    runs = [e for e in events() if e.kind == "run"]
+    runs = work("run")
     assert len(runs) == 1 and runs[0]["interventions"] == []
 
 
@@ -145,9 +145,9 @@ def test_generation_records_the_interventions_it_ran_with(engine):
     bench.undo()  # while the intervened lane runs
     bench.accept(execute(engine, request))
     assert bench.generation.done and not bench.generation_is_current()
-    generated = [e for e in events() if e.kind == "generate"]
+    generated = work("generate")
     assert len(generated) == 1 and generated[0]["interventions"] == [HeadAblation(0, 0).to_dict()]
-    assert generated[0]["params"]["max_new_tokens"] == request.max_new_tokens
+    assert generated[0]["max_new_tokens"] == request.max_new_tokens
 
 
 class FlakySession:
@@ -189,7 +189,7 @@ def test_recorder_status_never_contradicts_itself_and_lost_sweeps_can_be_retried
     assert [u.what for u in recorder.unsaved] == ["head sweep"]  # but the lost sweep is still listed
     assert recorder.describe() == "session study saved · unwritten: head sweep (Retry saving)"
     assert recorder.retry_unsaved() == 0 and recorder.unsaved == []
-    kinds = [e.kind for e in events()]
+    kinds = [e["request"]["kind"] if e.kind == "request" else e.kind for e in events()]
     assert kinds.count("sweep") == 1 and kinds[-1] == "sweep"
 
 

@@ -9,7 +9,7 @@ import dataclasses
 from mechscope.engine.interventions import ActivationPatch, HeadAblation
 from mechscope.sessions import Session
 from mechscope.sessions.replaying import replay
-from tests.workbench.helpers import IOI, LoggingEngine, drive, events, recorded_bench, run
+from tests.workbench.helpers import IOI, LoggingEngine, drive, recorded_bench, run, work
 
 SWAPPED = IOI.corrupted.replace("Mary and John", "John and Mary")  # same length in tokens
 
@@ -17,9 +17,10 @@ SWAPPED = IOI.corrupted.replace("Mary and John", "John and Mary")  # same length
 def recorded_inputs(kind: str) -> list[dict]:
     """The inputs of every recorded event of `kind`, in the engine-call form."""
     keys = {"run": ("prompt", "corrupted", "metric", "interventions", "top_k"),
-            "sweep": ("sweep", "clean", "corrupt", "metric", "direction"),
+            "sweep": ("sweep_kind", "clean", "corrupt", "metric", "direction"),
             "generate": ("prompt", "corrupted", "interventions")}[kind]
-    return [{key: event[key] for key in keys} for event in events() if event.kind == kind]
+    names = {"sweep_kind": "sweep"}  # the engine call's name for the request's field
+    return [{names.get(key, key): request[key] for key in keys} for request in work(kind)]
 
 
 def assert_recorded_is_what_ran(engine: LoggingEngine) -> None:

@@ -24,7 +24,7 @@ from mechscope.workbench.exports import (
     sweep_to_csv,
     sweep_to_safetensors,
 )
-from tests.workbench.helpers import IOI, LoggingEngine, drive, events, recorded_bench
+from tests.workbench.helpers import IOI, LoggingEngine, drive, events, recorded_bench, work
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_metric_position_is_validated_and_carried(engine):
     drive(bench, engine, request)
     independent = engine.inner.run(IOI.clean, metric=Metric("logit_diff", " Mary", " John", position=3))
     assert bench.result.metric == pytest.approx(independent.metric)
-    assert [e for e in events() if e.kind == "run"][-1]["metric"]["position"] == 3
+    assert work("run")[-1]["metric"]["position"] == 3
 
 
 def test_kl_metric_needs_no_target_and_is_zero_without_interventions(engine):
@@ -68,7 +68,7 @@ def test_sweeps_on_top_of_interventions_match_the_engine_and_replay(engine, kind
     expected = engine.inner.sweep(kind, IOI.clean, IOI.corrupted, request.metric, direction=direction,
                                   interventions=[HeadAblation(0, 1)])
     np.testing.assert_allclose(bench.sweeps[kind].result.values, expected.values, rtol=1e-5, atol=1e-6)
-    sweep = [e for e in events() if e.kind == "sweep"][-1]
+    sweep = work("sweep")[-1]
     assert sweep["interventions"] == [HeadAblation(0, 1).to_dict()] and sweep["direction"] == direction
     results = replay(Session.open("study"), engine.inner)
     assert results and all(step.matches for step in results)
@@ -110,7 +110,7 @@ def test_reference_prompts_are_validated_sent_and_recorded(engine):
     assert list(engine.inner.reference_prompts) == ["The cat sat", "A dog ran home"]
     expected = engine.inner.run(IOI.clean, [HeadAblation(0, 1, mode="mean")], metric=bench.metric())
     assert bench.result.metric == pytest.approx(expected.metric)
-    kinds = [e.kind for e in events()]
+    kinds = [e["request"]["kind"] if e.kind == "request" else e.kind for e in events()]
     ref = kinds.index("reference_prompts")
     assert "run" in kinds[ref:]
     assert [e for e in events() if e.kind == "reference_prompts"][0]["prompts"] == ["The cat sat", "A dog ran home"]
@@ -129,8 +129,8 @@ def test_generation_settings_validated_and_used(engine):
     request = bench.generate()
     assert (request.max_new_tokens, request.temperature, request.seed) == (5, 0.7, 42)
     drive(bench, engine, request)
-    generated = [e for e in events() if e.kind == "generate"][-1]
-    assert generated["params"] == {"max_new_tokens": 5, "temperature": 0.7, "seed": 42}
+    generated = work("generate")[-1]
+    assert (generated["max_new_tokens"], generated["temperature"], generated["seed"]) == (5, 0.7, 42)
     assert all(step.matches for step in replay(Session.open("study"), engine.inner))
 
 

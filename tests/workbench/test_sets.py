@@ -14,9 +14,8 @@ from mechscope.engine.prompt_sets import PromptRow, PromptSet
 from mechscope.engine.testing import tiny_engine
 from mechscope.sessions import Session
 from mechscope.sessions.replaying import replay
-from mechscope.workbench.controller import Workbench
-from mechscope.workbench.executor import execute
-from mechscope.workbench.requests import (
+from mechscope.requests import execute
+from mechscope.requests.kinds import (
     DetectHeadsRequest,
     EstimateRequest,
     MassiveRequest,
@@ -26,8 +25,10 @@ from mechscope.workbench.requests import (
     request_from_dict,
     request_to_dict,
 )
+from mechscope.workbench.controller import Inputs, Workbench
+from mechscope.workbench.recorder import SessionRecorder
 from mechscope.workbench.sets import ESTIMATE_GRID, EXACT_MARK, SET_SWEEP_GRID
-from tests.workbench.helpers import IOI, drive, events, recorded_bench
+from tests.workbench.helpers import IOI, drive, events, recorded_bench, work
 
 ROWS = PromptSet("two", (
     PromptRow("When Mary and John went to the store, John gave a drink to",
@@ -130,7 +131,19 @@ def test_an_engine_without_set_methods_says_so():
         pass
 
     outcome = execute(Plain(), RunSetRequest(ROWS))
-    assert outcome.error == "prompt sets are not available on this engine"
+    assert outcome.error == "Plain cannot run prompt sets (capability 'prompt_sets')"
+
+
+def test_an_engine_that_lacks_a_capability_refuses_before_running():
+    class RunsOnly:
+        capabilities = frozenset({"run"})
+
+        def run_set(self, *args, **kwargs):
+            raise AssertionError("a refused request must not run")
+
+    outcome = execute(RunsOnly(), RunSetRequest(ROWS))
+    assert outcome.error == "RunsOnly cannot run prompt sets (capability 'prompt_sets')"
+    assert not outcome.ok and not outcome.cancelled
 
 
 @pytest.mark.parametrize("request_", [
@@ -161,13 +174,13 @@ def test_set_run_and_sweep_are_recorded_and_replay(engine):
     drive(bench, engine, bench.sets.sweep_request())
     drive(bench, engine, bench.sets.run_request())  # the same set: recorded once
     logged = events()
-    kinds = [e.kind for e in logged]
-    assert kinds.count("prompt_set") == 1 and kinds.count("set_run") == 2 and kinds.count("set_sweep") == 1
+    kinds = [e["request"]["kind"] if e.kind == "request" else e.kind for e in logged]
+    assert kinds.count("prompt_set") == 1 and kinds.count("run_set") == 2 and kinds.count("sweep_set") == 1
     set_event = next(e for e in logged if e.kind == "prompt_set")
     assert PromptSet.from_dict(set_event.payload) == ROWS
-    run_event = next(e for e in logged if e.kind == "set_run")
-    assert run_event["set"] == set_event.seq
-    assert run_event["interventions"] == [HeadAblation(1, 0, "zero").to_dict()]
+    run_request = work("run_set")[0]
+    assert PromptSet.from_dict(run_request["pset"]) == ROWS
+    assert run_request["interventions"] == [HeadAblation(1, 0, "zero").to_dict()]
     session = Session.open("study")
     assert session.state().prompt_set["name"] == "two"
     resumed = Workbench(IOI)
@@ -175,7 +188,7 @@ def test_set_run_and_sweep_are_recorded_and_replay(engine):
     assert resumed.sets.pset == ROWS and resumed.sets.row == 0 and resumed.sets.run is None
     steps = replay(session, engine)
     kinds = [s.kind for s in steps]
-    assert "set_run" in kinds and "set_sweep" in kinds
+    assert "run_set" in kinds and "sweep_set" in kinds
     assert all(step.matches for step in steps), [s.detail for s in steps if not s.matches]
 
 
@@ -184,9 +197,10 @@ def test_replay_notices_a_changed_set_run(engine):
     bench.sets.use(ROWS)
     drive(bench, engine, bench.sets.run_request())
     session = bench.recorder.session
-    event = next(e for e in session.events if e.kind == "set_run")
-    session.record("set_run", **{**event.payload, "values": [v + 1.0 for v in event["values"]]})
-    steps = [s for s in replay(Session.open("study"), engine) if s.kind == "set_run"]
+    event = next(e for e in session.events if e.kind == "request" and e["request"]["kind"] == "run_set")
+    outcome = {**event["outcome"], "values": [v + 1.0 for v in event["outcome"]["values"]]}
+    session.record("request", **{**event.payload, "outcome": outcome})
+    steps = [s for s in replay(Session.open("study"), engine) if s.kind == "run_set"]
     assert [s.matches for s in steps] == [True, False]
     assert "values: 2 row(s) differ" in steps[1].detail
 
@@ -203,3 +217,41 @@ def test_dialog_texts(tmp_path):
         bench.sets.pset, "eap-ig", 3, verify_top_k=2)
     assert bench.sets.estimate_text("atp verify x") is None and "whole number" in bench.sets.error
     assert bench.sets.estimate_text("magic") is None and "unknown estimator" in bench.sets.error
+
+
+def test_resuming_brings_back_the_set_its_row_and_every_set_result(engine):
+    bench = recorded_bench(engine)
+    drive(bench, engine, bench.sets.use(ROWS))
+    drive(bench, engine, bench.sets.step(1))
+    drive(bench, engine, bench.sets.run_request())
+    drive(bench, engine, bench.sets.sweep_request())
+    drive(bench, engine, bench.sets.estimate_request("atp", verify_top_k=2))
+    drive(bench, engine, bench.sets.detect_request())
+    drive(bench, engine, bench.sets.massive_request(3.0))
+    drive(bench, engine, bench.sweep_with("head"))
+    bench.recorder.close()
+    recorded = [e["request"]["kind"] for e in events() if e.kind == "request"]
+    assert {"run_set", "sweep_set", "estimate", "detect_heads", "massive", "sweep"} <= set(recorded)
+
+    session = Session.open("study")
+    written = len(session.events)
+    resumed = Workbench(Inputs("", "", "", ""), SessionRecorder(session))
+    resumed.restore_session(session.state())
+    sets, before = resumed.sets, bench.sets
+    assert sets.pset == ROWS and sets.row == 1 and resumed.inputs.clean == ROWS.rows[1].clean
+    np.testing.assert_allclose(sets.run.result.values, before.run.result.values, atol=1e-6)
+    np.testing.assert_allclose(sets.run.result.baseline, before.run.result.baseline, atol=1e-6)
+    assert "set numbers not computed" not in sets.describe()
+    np.testing.assert_allclose(sets.grid_values(SET_SWEEP_GRID), before.grid_values(SET_SWEEP_GRID), atol=1e-6)
+    np.testing.assert_allclose(sets.grid_values(ESTIMATE_GRID), before.grid_values(ESTIMATE_GRID), atol=1e-6)
+    assert sets.exact_marks() == before.exact_marks() and len(sets.exact_marks()) == 2
+    assert set(sets.detectors.scores) == set(before.detectors.scores)
+    for name, grid in before.detectors.scores.items():
+        np.testing.assert_allclose(sets.detectors.scores[name], grid, atol=1e-6)
+    assert [m.dims for m in sets.massive.result] == [m.dims for m in before.massive.result]
+    assert sets.grid_names() == before.grid_names()
+    np.testing.assert_allclose(resumed.sweeps["head"].result.values, bench.sweeps["head"].result.values,
+                               atol=1e-6)
+    drive(resumed, engine, resumed.sets.run_request())  # the same set: not recorded again
+    after = Session.open("study").events[written:]
+    assert [e.kind for e in after] == ["request"]

@@ -1,0 +1,295 @@
+"""The request vocabulary: every piece of engine work as a frozen request carrying all its inputs, and its outcome.
+
+A request holds everything the engine needs (prompts, metric, interventions, views, options), so
+what a session records from an outcome's request is exactly what ran. Requests and outcomes are
+JSON-serialisable (`request_to_dict` / `request_from_dict`) so they can travel to a server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.prompt_sets import PromptSet, PromptSetError
+from mechscope.engine.views import Views
+
+SweepKind = Literal["head", "resid", "attn", "mlp", "atp"]
+Direction = Literal["noising", "denoising"]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One forward with interventions and views (`Engine.run`)."""
+
+    kind: ClassVar[str] = "run"
+    prompt: str
+    corrupted: str | None = None
+    metric: Metric | None = None
+    interventions: tuple[Intervention, ...] = ()
+    views: Views = field(default_factory=Views)
+    top_k: int = 10
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """A patching sweep (`Engine.sweep`): every cell patched from the source run into the base run."""
+
+    kind: ClassVar[str] = "sweep"
+    sweep_kind: SweepKind
+    clean: str
+    corrupt: str
+    metric: Metric
+    direction: Direction = "noising"
+    interventions: tuple[Intervention, ...] = ()  # the sweep runs on the model with these applied
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """Generation with interventions active at every step (`Engine.generate`)."""
+
+    kind: ClassVar[str] = "generate"
+    prompt: str
+    corrupted: str | None = None
+    interventions: tuple[Intervention, ...] = ()
+    max_new_tokens: int = 20
+    temperature: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BuildVectorRequest:
+    """A steering vector from contrastive prompts (`Engine.build_steering_vector`)."""
+
+    kind: ClassVar[str] = "build_vector"
+    name: str
+    layer: int
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class AddVectorRequest:
+    """A named steering vector given as values (loaded from a file, or re-sent to a server)."""
+
+    kind: ClassVar[str] = "add_vector"
+    name: str
+    vector: np.ndarray  # [d_model] float32
+
+
+@dataclass(frozen=True)
+class ValidateRequest:
+    """Check interventions against a prompt without a forward pass (`Engine.validate`)."""
+
+    kind: ClassVar[str] = "validate"
+    prompt: str
+    corrupted: str | None = None
+    interventions: tuple[Intervention, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReferencePromptsRequest:
+    """Set the prompts mean ablation averages over (`Engine.set_reference_prompts`)."""
+
+    kind: ClassVar[str] = "reference_prompts"
+    prompts: tuple[str, ...]
+
+
+SetMetricKind = Literal["logit_diff", "prob", "loss"]
+EstimateMethod = Literal["atp", "atp*", "graddrop", "eap-ig"]
+
+
+@dataclass(frozen=True)
+class RunSetRequest:
+    """The metric on every row of a prompt set, with and without interventions (`Engine.run_set`)."""
+
+    kind: ClassVar[str] = "run_set"
+    pset: PromptSet
+    metric_kind: SetMetricKind = "logit_diff"
+    interventions: tuple[Intervention, ...] = ()
+    prompt: Literal["clean", "corrupted"] = "clean"
+
+
+@dataclass(frozen=True)
+class SweepSetRequest:
+    """Head patching over every row of a prompt set, mean and spread per cell (`Engine.sweep_set`)."""
+
+    kind: ClassVar[str] = "sweep_set"
+    pset: PromptSet
+    metric_kind: SetMetricKind = "logit_diff"
+    direction: Direction = "noising"
+    source: Literal["prompts", "mean"] = "prompts"
+
+
+@dataclass(frozen=True)
+class EstimateRequest:
+    """An attribution estimate of head patching over a set (`Engine.estimate`); `verify_top_k` > 0
+    also patches the estimate's top k heads exactly (noising) and reports their exact values."""
+
+    kind: ClassVar[str] = "estimate"
+    pset: PromptSet
+    method: EstimateMethod = "atp"
+    steps: int = 5
+    metric_kind: SetMetricKind = "logit_diff"
+    direction: Direction = "noising"
+    verify_top_k: int = 0
+
+
+@dataclass(frozen=True)
+class TemplateSetRequest:
+    """A prompt set built from a template ("ioi", "capitals", "induction") with the engine's tokenizer."""
+
+    kind: ClassVar[str] = "template_set"
+    template: str
+    count: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DetectHeadsRequest:
+    """The head-detector grids of the loaded model (`Engine.detect_heads`, cached on disk)."""
+
+    kind: ClassVar[str] = "detect_heads"
+
+
+@dataclass(frozen=True)
+class MassiveRequest:
+    """Massive residual activations per layer over a set's clean prompts (`Engine.massive_activations`)."""
+
+    kind: ClassVar[str] = "massive"
+    pset: PromptSet
+    ratio: float = 100.0
+
+
+Request = (RunRequest | SweepRequest | GenerateRequest | BuildVectorRequest | AddVectorRequest
+           | ValidateRequest | ReferencePromptsRequest | RunSetRequest | SweepSetRequest
+           | EstimateRequest | DetectHeadsRequest | MassiveRequest | TemplateSetRequest)
+
+REQUEST_TYPES: dict[str, type] = {
+    cls.kind: cls for cls in (RunRequest, SweepRequest, GenerateRequest, BuildVectorRequest,
+                              AddVectorRequest, ValidateRequest, ReferencePromptsRequest,
+                              RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
+                              MassiveRequest, TemplateSetRequest)
+}
+SET_REQUESTS: tuple[type, ...] = (RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
+                                  MassiveRequest, TemplateSetRequest)
+
+
+@dataclass(frozen=True, eq=False)
+class Outcome:
+    """What a request produced: `result` (RunResult, SweepResult, list[GeneratedToken], an array or
+    None) or a one-line `error`; `cancelled` when it was stopped. Always carries its request."""
+
+    request: Request
+    result: Any = None
+    error: str | None = None
+    cancelled: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.cancelled
+
+
+def request_to_dict(request: Request) -> dict[str, Any]:
+    """A JSON-ready dict with a `kind` field; interventions, metric and views as their own dicts."""
+    data: dict[str, Any] = {"kind": request.kind}
+    for f in dataclasses.fields(request):
+        value = getattr(request, f.name)
+        if isinstance(value, Metric):
+            value = value.to_dict()
+        elif isinstance(value, Views):
+            value = dataclasses.asdict(value)
+            value["attention"] = list(value["attention"])
+        elif isinstance(value, np.ndarray):
+            value = [float(v) for v in value.reshape(-1)]
+        elif isinstance(value, PromptSet):
+            value = value.to_dict()
+        elif isinstance(value, tuple):
+            value = [v.to_dict() if isinstance(v, Intervention) else v for v in value]
+        data[f.name] = value
+    return data
+
+
+def request_from_dict(data: Any) -> Request:
+    """Rebuild a request from `request_to_dict` output; ValueError naming the field on bad input."""
+    if not isinstance(data, dict):
+        raise ValueError(f"request must be a JSON object, got {type(data).__name__}")
+    kind = data.get("kind")
+    cls = REQUEST_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown request kind {kind!r} (known: {', '.join(sorted(REQUEST_TYPES))})")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields) - {"kind"}
+    if unknown:
+        raise ValueError(f"{kind}: unknown field(s) {sorted(unknown)}")
+    values = {name: _field_from_json(str(kind), name, value) for name, value in data.items()
+              if name != "kind"}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{kind}: {exc}") from None
+
+
+def _views_from_json(value: Any) -> Views:
+    if not isinstance(value, dict):
+        raise ValueError("views must be a JSON object")
+    try:
+        return Views(**value)
+    except TypeError as exc:
+        raise ValueError(f"views: {exc}") from None
+
+
+def _interventions_from_json(value: Any) -> tuple[Intervention, ...]:
+    if not isinstance(value, list):
+        raise ValueError("interventions must be a list")
+    return tuple(Intervention.from_dict(v) for v in value)
+
+
+def _vector_from_json(value: Any) -> np.ndarray:
+    if not isinstance(value, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ValueError("vector must be a list of numbers")
+    return np.asarray(value, dtype=np.float32)
+
+
+def _pset_from_json(value: Any) -> PromptSet:
+    try:
+        return PromptSet.from_dict(value)
+    except PromptSetError as exc:
+        raise ValueError(f"pset: {exc}") from None
+
+
+def _strings_from_json(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of strings")
+    return tuple(value)
+
+
+_FIELD_READERS: dict[str, Any] = {
+    "views": _views_from_json,
+    "interventions": _interventions_from_json,
+    "vector": _vector_from_json,
+    "pset": _pset_from_json,
+    "positive": _strings_from_json,
+    "negative": _strings_from_json,
+    "prompts": _strings_from_json,
+}
+
+
+def _field_from_json(kind: str, name: str, value: Any) -> Any:
+    """One request field from its JSON form (a plain value passes through); ValueError names it."""
+    if name == "metric":
+        return None if value is None else Metric.from_dict(value)
+    reader = _FIELD_READERS.get(name)
+    if reader is None:
+        return value
+    try:
+        return reader(value)
+    except ValueError as exc:
+        message = str(exc)
+        prefix = "" if message.startswith(name) or name in ("views", "pset") else f"{name} "
+        raise ValueError(f"{kind}: {prefix}{message}") from None
