@@ -7,12 +7,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from mechscope.backends import plan as plans
+import mechscope.backends.plan as plans
 from mechscope.backends.ndif import NdifError, Preflight, RequestSize
 from mechscope.engine import readouts
 from mechscope.engine.adapters import Adapter, get_path
@@ -22,6 +22,7 @@ from mechscope.engine.core import DEFAULT_REFERENCE_PROMPTS
 from mechscope.engine.edits import Edits
 from mechscope.engine.errors import Cancelled, InterventionError, MechscopeError, PromptError
 from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (
     Attribution,
     ComputeInfo,
@@ -36,14 +37,13 @@ from mechscope.engine.results import (
 )
 from mechscope.engine.views import Views
 
-ShouldStop = Callable[[], bool]
-
 _ACTS_CACHE_SIZE = 4
 
 
 @dataclass(frozen=True)
-class Capabilities:
-    """What this backend can do, for the status bar: no incremental recompute on any nnsight run."""
+class BackendInfo:
+    """How this backend runs, for the status bar and a session's manifest: no incremental recompute
+    on any nnsight run."""
 
     backend: str  # "nnsight" or "ndif"
     execution: str  # "local", "serialised locally" or "NDIF"
@@ -74,8 +74,13 @@ class NNsightEngine:
     """EngineProtocol over nnsight: every request is one trace (a head sweep one batched trace).
 
     `remote`: False runs nnsight locally, "local" serialises and deserialises each request under
-    NDIF's restrictions and runs it here, True sends it to NDIF (after `Preflight`).
+    NDIF's restrictions and runs it here, True sends it to NDIF (after `Preflight`). It offers
+    single-prompt work only: prompt sets, estimates, detectors and massive activations need the
+    native engine.
     """
+
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"run", "sweep", "generate", "vectors", "reference_prompts", "tokenizer"})
 
     def __init__(self, model, tokenizer, source: str = "<memory>", weights_digest: str = "",
                  name: str | None = None, remote: bool | str = False, lm: Any = None,
@@ -83,7 +88,7 @@ class NNsightEngine:
         from nnsight import TransformersModel
         from nnsight.ndif import register
 
-        from mechscope.backends import traces
+        import mechscope.backends.traces as traces
 
         model.eval()
         model.requires_grad_(False)
@@ -113,7 +118,7 @@ class NNsightEngine:
         self.preflight = Preflight(str(getattr(model.config, "_name_or_path", "") or source),
                                    self.n_params) if remote is True else None
         execution = {False: "local", "local": "serialised locally"}.get(remote, "NDIF")
-        self.capabilities = Capabilities(backend="ndif" if remote is True else "nnsight",
+        self.backend = BackendInfo(backend="ndif" if remote is True else "nnsight",
                                          execution=execution, attribution=self.has_weights)
         family = a.family
         self.paths: dict[str, Any] = {
@@ -425,4 +430,4 @@ class NNsightEngine:
                         on_token, should_stop)
 
 
-__all__ = ["Capabilities", "NNsightEngine", "NdifError"]
+__all__ = ["BackendInfo", "NNsightEngine", "NdifError"]

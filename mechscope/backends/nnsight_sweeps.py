@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mechscope.backends import plan as plans
+import mechscope.backends.plan as plans
 from mechscope.backends.ndif import RequestSize
 from mechscope.engine.errors import PromptError
 from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import GeneratedToken, SweepResult
 
 if TYPE_CHECKING:
-    from mechscope.backends.nnsight_engine import NNsightEngine, ShouldStop
+    from mechscope.backends.nnsight_engine import NNsightEngine
 
 
 def sweep(engine: NNsightEngine, kind: str, clean: str, corrupt: str, metric: Metric, direction: str = "noising",

@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, cast
+from typing import ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ import torch
 from mechscope.engine import attention, readouts
 from mechscope.engine.adapters import Adapter
 from mechscope.engine.addresses import parse_address
+from mechscope.engine.capabilities import LOCAL_CAPABILITIES
 from mechscope.engine.captures import Captures, CaptureSpec
 from mechscope.engine.edits import compile_edits
 from mechscope.engine.errors import InterventionError, OutOfMemory, PromptError
@@ -21,6 +22,7 @@ from mechscope.engine.generation import generate
 from mechscope.engine.interventions import Intervention, Metric
 from mechscope.engine.passes import Passes, check_text
 from mechscope.engine.placement import placement_summary
+from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (
     ComputeInfo,
     GeneratedToken,
@@ -31,8 +33,6 @@ from mechscope.engine.results import (
 )
 from mechscope.engine.sweeps import sweep
 from mechscope.engine.views import Views
-
-ShouldStop = Callable[[], bool]
 
 DEFAULT_REFERENCE_PROMPTS: tuple[str, ...] = (
     "The weather today is sunny with a light breeze from the west.",
@@ -54,6 +54,8 @@ class Engine:
     `readouts`, `sweeps` and `generation`; this class holds the state a user sets (vectors, reference
     prompts) and the lock.
     """
+
+    capabilities: ClassVar[frozenset[str]] = LOCAL_CAPABILITIES
 
     def __init__(self, model, tokenizer, source: str = "<memory>", weights_digest: str = "",
                  name: str | None = None) -> None:

@@ -13,6 +13,7 @@ from mechscope.engine.edits import compile_edits
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.interventions import Intervention
 from mechscope.engine.passes import Passes
+from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import GeneratedToken
 
 
@@ -21,7 +22,7 @@ def generate(passes: Passes, prompt: str, interventions: Iterable[Intervention] 
              corrupted: str | None = None, vectors: Mapping[str, np.ndarray] | None = None,
              reference_prompts: Sequence[str] = (),
              on_token: Callable[[GeneratedToken], None] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> list[GeneratedToken]:
+             should_stop: ShouldStop | None = None) -> list[GeneratedToken]:
     """Greedy (temperature 0) or seeded sampling with the interventions active at every step.
 
     Each step re-runs the whole sequence, so interventions see every position exactly as in `run`;

@@ -20,10 +20,9 @@ from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import Metric
 from mechscope.engine.placement import align_hooks, execution_device, loaded
+from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import MetricInfo, Prediction, TokenProb
 from mechscope.engine.sites import Site, first
-
-ShouldStop = Callable[[], bool]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

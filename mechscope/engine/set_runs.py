@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -14,9 +14,8 @@ from mechscope.engine.errors import Cancelled, InterventionError, PromptError
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import ComponentAblation, HeadAblation, HeadScale, Intervention
 from mechscope.engine.prompt_sets import PromptSet
-
-if TYPE_CHECKING:
-    from mechscope.engine.core import Engine
+from mechscope.engine.protocol import ShouldStop
+from mechscope.engine.resident import ResidentModel
 
 Padding = Literal["left", "right"]
 MetricKind = Literal["logit_diff", "prob", "loss"]
@@ -57,7 +56,7 @@ class Batch:
         return out
 
 
-def encode(engine: Engine, texts: list[str], padding: Padding = "left") -> Batch:
+def encode(engine: ResidentModel, texts: list[str], padding: Padding = "left") -> Batch:
     """Tokenize `texts` as `engine.tokenize` does and pad them to one [row, pos] batch."""
     if padding not in ("left", "right"):
         raise ValueError(f"padding must be left or right, got {padding!r}")
@@ -121,7 +120,7 @@ def take_rows(value: Any, index: torch.Tensor, rows: int) -> Any:
     return value
 
 
-def forward(engine: Engine, batch: Batch, hooks: list[Hook], record_calls: bool = False) -> Pass:
+def forward(engine: ResidentModel, batch: Batch, hooks: list[Hook], record_calls: bool = False) -> Pass:
     """One forward of the batch with `hooks`; returns the normed readout rows (and layer calls)."""
     a = engine.adapter
     kept: dict[str, torch.Tensor] = {}
@@ -146,7 +145,7 @@ def forward(engine: Engine, batch: Batch, hooks: list[Hook], record_calls: bool 
     return Pass(_post_final(engine, normed), [c for c in calls if c is not None])
 
 
-def _post_final(engine: Engine, normed: torch.Tensor) -> torch.Tensor:
+def _post_final(engine: ResidentModel, normed: torch.Tensor) -> torch.Tensor:
     for module in engine.adapter.post_final:
         normed = module(normed)
     return normed
@@ -156,9 +155,9 @@ def layer_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def run_layers(engine: Engine, calls: list[LayerCall], start: int, hidden: torch.Tensor,
+def run_layers(engine: ResidentModel, calls: list[LayerCall], start: int, hidden: torch.Tensor,
                index: torch.Tensor, readout: torch.Tensor, hooks: list[Hook],
-               should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+               should_stop: ShouldStop | None = None) -> torch.Tensor:
     """Layers start.. on `hidden` ([n, pos, d]) whose row i is batch row index[i]; returns the normed
     readout rows [n, d_model]."""
     a = engine.adapter
@@ -175,7 +174,7 @@ def run_layers(engine: Engine, calls: list[LayerCall], start: int, hidden: torch
         return _post_final(engine, a.final_norm(picked))
 
 
-def logits_of(engine: Engine, normed: torch.Tensor) -> torch.Tensor:
+def logits_of(engine: ResidentModel, normed: torch.Tensor) -> torch.Tensor:
     """Normed residual rows [..., d_model] -> float32 logits [..., vocab] (soft-capped where the model is)."""
     logits = engine.adapter.unembed(normed).float()
     cap = engine.adapter.final_softcap
@@ -184,7 +183,7 @@ def logits_of(engine: Engine, normed: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def first_token(engine: Engine, text: str, what: str) -> int:
+def first_token(engine: ResidentModel, text: str, what: str) -> int:
     ids = engine.tokenizer(text, add_special_tokens=False).input_ids
     if not ids:
         raise PromptError(f"{what} {text!r} has no tokens")
@@ -200,7 +199,7 @@ class SetMetric:
     foil: torch.Tensor  # [row]
 
     @staticmethod
-    def of(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff") -> SetMetric:
+    def of(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff") -> SetMetric:
         if kind not in ("logit_diff", "prob", "loss"):
             raise ValueError(f"metric kind must be logit_diff, prob or loss, got {kind!r}")
         targets, foils = [], []
@@ -219,7 +218,7 @@ class SetMetric:
     def rows(self, index: torch.Tensor) -> SetMetric:
         return SetMetric(self.kind, self.target[index], self.foil[index])
 
-    def value(self, engine: Engine, normed: torch.Tensor) -> torch.Tensor:
+    def value(self, engine: ResidentModel, normed: torch.Tensor) -> torch.Tensor:
         """Metric of normed readout rows [row, d_model] -> [row] (a logit difference reads only the
         target and foil rows of the unembedding)."""
         if self.kind == "logit_diff":
@@ -246,7 +245,7 @@ class SetMetric:
 # ---------------------------------------------------------------------------- interventions
 
 
-def head_outputs(engine: Engine, batch: Batch) -> list[torch.Tensor]:
+def head_outputs(engine: ResidentModel, batch: Batch) -> list[torch.Tensor]:
     """Every layer's per-head attention output z (the output projection's input), [row, pos, head*d_head]."""
     a = engine.adapter
     z: list[torch.Tensor | None] = [None] * a.n_layers
@@ -260,7 +259,7 @@ def head_outputs(engine: Engine, batch: Batch) -> list[torch.Tensor]:
     return z  # type: ignore[return-value]
 
 
-def component_outputs(engine: Engine, batch: Batch, sites: Set[tuple[int, str]]) -> dict[tuple[int, str], torch.Tensor]:
+def component_outputs(engine: ResidentModel, batch: Batch, sites: Set[tuple[int, str]]) -> dict[tuple[int, str], torch.Tensor]:
     """Outputs [row, pos, d_model] of the attention / MLP blocks at `sites` ((layer, "attn"|"mlp"))."""
     a = engine.adapter
     out: dict[tuple[int, str], torch.Tensor] = {}
@@ -277,7 +276,7 @@ def component_outputs(engine: Engine, batch: Batch, sites: Set[tuple[int, str]])
     return out
 
 
-def set_edit_hooks(engine: Engine, pset: PromptSet, batch: Batch, interventions: Iterable[Intervention],  # noqa: C901  (23) validation, sources and two hook kinds; split like edits.py
+def set_edit_hooks(engine: ResidentModel, pset: PromptSet, batch: Batch, interventions: Iterable[Intervention],  # noqa: C901  (23) validation, sources and two hook kinds; split like edits.py
                    padding: Padding = "left") -> list[Hook]:
     """Hooks applying head ablations/scales and component ablations to every row of `batch`.
 
@@ -418,7 +417,7 @@ class SetSweepResult:
 # ---------------------------------------------------------------------------- entry points
 
 
-def run_set(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff",
+def run_set(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff",
             interventions: Iterable[Intervention] = (), prompt: Literal["clean", "corrupted"] = "clean",
             padding: Padding = "left") -> SetRunResult:
     """The metric on every row (target vs foil at the row's last token), with and without interventions."""
@@ -434,7 +433,7 @@ def run_set(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff",
                         base.cpu().numpy().astype(np.float64), time.perf_counter() - started)
 
 
-def paired_batches(engine: Engine, pset: PromptSet, direction: str, padding: Padding) -> tuple[Batch, Batch]:
+def paired_batches(engine: ResidentModel, pset: PromptSet, direction: str, padding: Padding) -> tuple[Batch, Batch]:
     """(base, source) batches of a sweep: noising patches corrupted into clean, denoising the reverse."""
     if direction not in ("noising", "denoising"):
         raise ValueError(f"direction must be noising or denoising, got {direction!r}")
@@ -450,10 +449,10 @@ def paired_batches(engine: Engine, pset: PromptSet, direction: str, padding: Pad
     return (clean, corrupt) if direction == "noising" else (corrupt, clean)
 
 
-def sweep_set(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff",
+def sweep_set(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff",
               direction: str = "noising", padding: Padding = "left",
               on_progress: Callable[[SetSweepResult], None] | None = None,
-              should_stop: Callable[[], bool] | None = None,
+              should_stop: ShouldStop | None = None,
               max_batch: int = MAX_BATCH_ROWS, source: Literal["prompts", "mean"] = "prompts") -> SetSweepResult:
     """Patch each head's output from the source rows into the base rows, every row at once: for each
     layer, rows x heads variants resume from the base run's residual at that layer.

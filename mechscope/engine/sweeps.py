@@ -14,11 +14,10 @@ from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook
 from mechscope.engine.interventions import Metric
 from mechscope.engine.passes import CleanPass, LayerCall, Passes, SourceActs
+from mechscope.engine.protocol import SWEEP_KINDS, ShouldStop, SweepKind
 from mechscope.engine.results import SweepResult
 from mechscope.engine.sites import Site
 
-SweepKind = Literal["head", "resid", "attn", "mlp", "atp"]
-SWEEP_KINDS: tuple[str, ...] = ("head", "resid", "attn", "mlp", "atp")
 ProgressCallback = Callable[[SweepResult], None]
 EditHooks = Callable[[], list[Hook]]
 
@@ -35,7 +34,7 @@ def _check_arguments(kind: str, direction: str, metric: Metric | None) -> None:
 def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Metric,
           direction: Literal["noising", "denoising"] = "noising",
           on_progress: ProgressCallback | None = None,
-          should_stop: Callable[[], bool] | None = None,
+          should_stop: ShouldStop | None = None,
           edit_hooks: EditHooks | None = None) -> SweepResult:
     """Patch every head (or residual position, or attention / MLP output per position) from the
     source run into the base run.
@@ -125,7 +124,7 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
 
 
 def _base_pass(passes: Passes, ids: torch.Tensor, edit_hooks: EditHooks | None,
-               should_stop: Callable[[], bool] | None) -> CleanPass:
+               should_stop: ShouldStop | None) -> CleanPass:
     """The base run: the cached clean pass, or a fresh one under the interventions' hooks."""
     if edit_hooks is None:
         return passes.clean(ids, should_stop=should_stop)

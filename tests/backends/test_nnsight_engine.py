@@ -238,8 +238,8 @@ def test_invalid_interventions_get_the_native_message(bad):
 def test_status_says_no_incremental_recompute():
     _, backend = _pair("llama")
     assert isinstance(backend, EngineProtocol)
-    assert backend.capabilities.incremental_recompute is False
-    assert "full recompute" in backend.capabilities.status
+    assert backend.backend.incremental_recompute is False
+    assert "full recompute" in backend.backend.status
     result = backend.run(CLEAN, [HeadAblation(2, 1)])
     assert result.compute.mode == "full"
 
