@@ -334,8 +334,10 @@ def set_edit_hooks(engine: ResidentModel, pset: PromptSet, batch: Batch, interve
                 elif iv.mode == "zero":
                     new = torch.zeros_like(old)
                 elif iv.mode == "mean":
+                    assert z_mean is not None  # computed above for every mean head ablation
                     new = z_mean[iv.layer].view(n_heads, d_head)[iv.head].expand_as(old)
                 else:
+                    assert z_source is not None  # computed above for every resample head ablation
                     new = z_source[iv.layer].view(*x.shape[:-1], n_heads, d_head)[:, :, iv.head]
                 z[:, :, iv.head] = torch.where(where, new, old)
                 return (z.view(x.shape), *args[1:]), kwargs
