@@ -13,7 +13,7 @@ from mechscope.engine.attention import AttentionControl
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook
 from mechscope.engine.interventions import Metric
-from mechscope.engine.passes import CleanPass, LayerCall, Passes, SourceActs
+from mechscope.engine.passes import CleanPass, Passes, SourceActs
 from mechscope.engine.protocol import SWEEP_KINDS, ShouldStop, SweepKind
 from mechscope.engine.results import SweepResult
 from mechscope.engine.sites import Site
@@ -166,7 +166,6 @@ def _suffix_calls(passes: Passes, base: CleanPass, prefix: int):
     """Layer calls cut to positions >= prefix, and each layer's keys/values for the prefix."""
     if prefix == 0:
         return base.calls, {}
-    n_pos = base.ids.shape[1]
     a = passes.adapter
     controls = {layer: AttentionControl(record_kv=True) for layer in range(a.n_layers)}
     hooks = [Hook("attn", a.layer_module(layer, "attn"), control=control) for layer, control in controls.items()]
@@ -176,22 +175,7 @@ def _suffix_calls(passes: Passes, base: CleanPass, prefix: int):
         assert c.kv is not None  # record_kv controls hold the keys and values after the pass
         prefix_kv[layer] = (c.kv[0][:, :, :prefix], c.kv[1][:, :, :prefix])
 
-    def cut(value):
-        if isinstance(value, torch.Tensor):
-            if value.dim() == 4 and value.shape[-2] == n_pos and value.shape[-1] == n_pos:
-                return value[..., prefix:, :]  # attention mask [batch, 1, query, key]: keep every key
-            if value.dim() >= 2 and value.shape[1] == n_pos:
-                return value[:, prefix:]  # position ids / rotary tables [batch, pos, ...]
-            if value.dim() == 1 and value.shape[0] == n_pos:
-                return value[prefix:]  # cache_position
-            return value
-        if isinstance(value, tuple):
-            return tuple(cut(v) for v in value)
-        return value
-
-    calls = [LayerCall((call.hidden[:, prefix:], *[cut(v) for v in call.args[1:]]) if call.args else (),
-                       {k: cut(v) for k, v in call.kwargs.items()}) for call in base.calls]
-    return calls, prefix_kv
+    return [call.suffix(prefix) for call in base.calls], prefix_kv
 
 
 def _attribution_patching(passes: Passes, base_ids: torch.Tensor, source: SourceActs, metric_of,
