@@ -20,7 +20,7 @@ from mechscope.engine.addresses import parse_address
 from mechscope.engine.captures import Captures
 from mechscope.engine.core import DEFAULT_REFERENCE_PROMPTS
 from mechscope.engine.edits import Edits
-from mechscope.engine.errors import Cancelled, InterventionError, MechscopeError, PromptError
+from mechscope.engine.errors import Cancelled, MechscopeError, PromptError
 from mechscope.engine.interventions import Intervention, Metric
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (
@@ -34,6 +34,11 @@ from mechscope.engine.results import (
     RunResult,
     SweepResult,
     TokenProb,
+)
+from mechscope.engine.user_inputs import (
+    check_steering_prompts,
+    checked_reference_prompts,
+    checked_vector,
 )
 from mechscope.engine.views import Views
 
@@ -192,29 +197,17 @@ class NNsightEngine:
     # ------------------------------------------------------------------ state
 
     def set_reference_prompts(self, prompts: Sequence[str]) -> None:
-        prompts = [p for p in prompts if isinstance(p, str) and p.strip()]
-        if not prompts:
-            raise PromptError("the reference set for mean ablation needs at least one prompt")
-        self.reference_prompts = list(prompts)
+        self.reference_prompts = checked_reference_prompts(prompts)
 
     def add_vector(self, name: str, array) -> None:
-        vector = np.asarray(array, dtype=np.float32).reshape(-1)
-        if vector.shape[0] != self.adapter.d_model:
-            raise InterventionError(
-                f"steering vector {name!r} has width {vector.shape[0]}, the model needs {self.adapter.d_model}")
-        if not np.all(np.isfinite(vector)):
-            raise InterventionError(f"steering vector {name!r} has non-finite values")
-        self.vectors[name] = vector
+        self.vectors[name] = checked_vector(name, array, self.adapter.d_model)
 
     def remove_vector(self, name: str) -> None:
         self.vectors.pop(name, None)
 
     def build_steering_vector(self, name: str, layer: int, positive: Sequence[str],
                               negative: Sequence[str]) -> np.ndarray:
-        if not 0 <= layer < self.adapter.n_layers:
-            raise InterventionError(f"steering layer {layer} is out of range 0..{self.adapter.n_layers - 1}")
-        if not positive or not negative:
-            raise PromptError("a steering vector needs at least one positive and one negative prompt")
+        check_steering_prompts(layer, self.adapter.n_layers, positive, negative)
         with self.lock:
             def mean_resid(prompts: Sequence[str]) -> torch.Tensor:
                 rows = [self._acts(self._prompt_ids(p)[0])["resid_pre"][layer][0, -1].float() for p in prompts]
