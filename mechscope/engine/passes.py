@@ -148,7 +148,7 @@ def _cut(value: Any, start: int, n_pos: int) -> Any:
     return value
 
 
-def replay(layers: Sequence[torch.nn.Module], calls: Sequence[LayerCall], start: int, hidden: torch.Tensor,
+def replay(layers: torch.nn.ModuleList, calls: Sequence[LayerCall], start: int, hidden: torch.Tensor,
            hooks: list[Hook], should_stop: ShouldStop | None = None) -> torch.Tensor:
     """Re-run decoder layers start..N-1 from `hidden` with the recorded per-layer arguments (the one
     layer-replay loop: single prompts, sweeps and prompt sets all go through it)."""
