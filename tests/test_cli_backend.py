@@ -64,7 +64,7 @@ def test_sessions_record_the_backend_and_replay_across_backends(tiny_folder, cap
     traced = load_backend(str(tiny_folder), backend="nnsight", device="cpu", dtype="float32")
     session = Session.create("nnsight-rec", engine=traced)
     recorded = session.manifest["model"]["backend"]
-    assert recorded == traced.capabilities.to_dict() and recorded["backend"] == "nnsight"
+    assert recorded == traced.backend.to_dict() and recorded["backend"] == "nnsight"
     session.close()
     reopened = Session.open("nnsight-rec")  # the reader accepts the entry
     assert reopened.manifest["model"]["backend"] == recorded

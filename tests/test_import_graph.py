@@ -1,4 +1,7 @@
-"""No import cycle among `mechscope` modules (module-level imports; `if TYPE_CHECKING` and lazy ones excluded)."""
+"""No import cycle among `mechscope` modules and no import against the layering table of ARCHITECTURE.md.
+
+Every import counts, at module level or inside a function (a lazy import runs too); only `if
+TYPE_CHECKING` blocks are left out."""
 
 from __future__ import annotations
 
@@ -21,9 +24,9 @@ def _is_type_checking(test: ast.expr) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _top_level_imports(tree: ast.Module, module: str, is_package: bool) -> set[str]:
-    """Names imported when the module is executed: module body, try/if blocks (not TYPE_CHECKING),
-    never function or class bodies."""
+def _imports(tree: ast.Module, module: str, is_package: bool, lazy: bool = True) -> set[str]:
+    """Names imported when the module runs: its body, try/if/with blocks (not TYPE_CHECKING) and,
+    with `lazy`, function and class bodies too."""
     found: set[str] = set()
 
     def visit(body: list[ast.stmt]) -> None:
@@ -50,20 +53,24 @@ def _top_level_imports(tree: ast.Module, module: str, is_package: bool) -> set[s
                     visit(handler.body)
                 visit(node.orelse)
                 visit(node.finalbody)
-            elif isinstance(node, ast.With):
+            elif isinstance(node, (ast.With, ast.For, ast.While)):
+                visit(node.body)
+                visit(getattr(node, "orelse", []))
+            elif lazy and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 visit(node.body)
 
     visit(tree.body)
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(lazy: bool = True) -> dict[str, set[str]]:
+    """Module -> the mechscope modules it imports (with `lazy`, inside functions too)."""
     paths = sorted(PACKAGE.rglob("*.py"))
     modules = {_module_name(p): p for p in paths}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        imported = _top_level_imports(tree, name, path.name == "__init__.py")
+        imported = _imports(tree, name, path.name == "__init__.py", lazy)
         edges = set()
         for target in imported:
             # `from a.b import c` names module a.b.c when it exists, else a.b
@@ -112,10 +119,80 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return components
 
 
+# The engine's plain data and its Protocol: what may be imported above the engine without torch.
+ENGINE_DATA = (
+    "mechscope.engine",  # the package itself: a lazy facade (`from mechscope.engine import Engine`)
+    "mechscope.engine.addresses",
+    "mechscope.engine.backend_info",
+    "mechscope.engine.capabilities",
+    "mechscope.engine.errors",
+    "mechscope.engine.interventions",
+    "mechscope.engine.prompt_sets",
+    "mechscope.engine.protocol",
+    "mechscope.engine.results",
+    "mechscope.engine.views",
+)
+SERVE_CLIENT = ("mechscope.serve", "mechscope.serve.client", "mechscope.serve.codec", "mechscope.serve.runtime",
+                "mechscope.serve.wire")
+SERVE_SERVER = ("mechscope.serve.server", "mechscope.serve.jobs")
+
+# The layering of ARCHITECTURE.md: a module may import its own package, the `mechscope` root and what
+# the longest entry naming it (or a package above it) lists: a module exactly, or with ".*" a package
+# and everything in it. Adding a package is one line.
+LAYERS: dict[str, tuple[str, ...]] = {
+    "mechscope.engine": (),
+    "mechscope.backends": ("mechscope.engine.*",),
+    "mechscope.requests": ENGINE_DATA,
+    "mechscope.sessions": (*ENGINE_DATA, "mechscope.requests.*"),
+    "mechscope.workbench": (*ENGINE_DATA, "mechscope.requests.*", "mechscope.sessions.*"),
+    "mechscope.screens": (*ENGINE_DATA, "mechscope.requests.*", "mechscope.sessions.*", "mechscope.workbench.*",
+                          "mechscope.tui.*"),
+    # the App loads the engine: in-process through `backends.load_engine`, or attached to a server
+    "mechscope.tui": (*ENGINE_DATA, "mechscope.requests.*", "mechscope.sessions.*", "mechscope.workbench.*",
+                      "mechscope.screens.*", "mechscope.backends", *SERVE_CLIENT),
+    # the client speaks the wire with plain data only (an attached workbench has no torch)
+    **dict.fromkeys(SERVE_CLIENT, (*ENGINE_DATA, "mechscope.requests.*", "mechscope.workbench.requests",
+                                   *SERVE_CLIENT)),
+    # the server runs requests on an engine
+    **dict.fromkeys(SERVE_SERVER, ("mechscope.engine.*", "mechscope.requests.*", "mechscope.workbench.requests",
+                                   "mechscope.workbench.executor", "mechscope.serve.*")),
+    "mechscope.cli": ("mechscope.*",),
+    "mechscope.__main__": ("mechscope.cli",),
+}
+
+
+def _rule(module: str) -> str:
+    """The LAYERS entry governing `module` (the longest that names it or a package above it)."""
+    named = [key for key in LAYERS if module == key or module.startswith(key + ".")]
+    assert named, f"{module} is in no package of the layering table: add its package to LAYERS"
+    return max(named, key=len)
+
+
+def _allowed(module: str, target: str) -> bool:
+    package = ".".join(module.split(".")[:2])
+    if target in ("mechscope", package) or target.startswith(package + ".") and package != "mechscope.serve":
+        return True
+    for allowed in LAYERS[_rule(module)]:
+        if allowed.endswith(".*"):
+            if target == allowed[:-2] or target.startswith(allowed[:-1]):
+                return True
+        elif target == allowed:
+            return True
+    return False
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
+                  if not _allowed(module, target))
+
+
 def test_the_graph_sees_known_edges():
     graph = import_graph()
     assert "mechscope.engine.passes" in graph["mechscope.engine.core"]
     assert "mechscope.engine.core" not in graph["mechscope.engine.sweeps"]
+    # an import inside a function is an edge too
+    assert "mechscope.engine.set_runs" in graph["mechscope.engine.core"]
+    assert "mechscope.engine.set_runs" not in import_graph(lazy=False)["mechscope.engine.core"]
 
 
 def test_the_engine_has_no_import_cycle():
@@ -131,3 +208,20 @@ def test_no_import_cycle_in_mechscope():
 
 def test_a_cycle_is_found():
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_imports_follow_the_layering_table():
+    assert layering_violations(import_graph()) == []
+
+
+def test_a_layering_violation_is_found():
+    graph = {"mechscope.sessions.store": {"mechscope.engine.core", "mechscope.engine.results"},
+             "mechscope.serve.client": {"mechscope.serve.server", "mechscope.serve.codec"},
+             "mechscope.tui.app": {"mechscope.cli.common", "mechscope.screens.workbench"},
+             "mechscope.engine.core": {"mechscope.serve.client", "mechscope.engine.passes"}}
+    assert layering_violations(graph) == [
+        "mechscope.engine.core -> mechscope.serve.client",
+        "mechscope.serve.client -> mechscope.serve.server",
+        "mechscope.sessions.store -> mechscope.engine.core",
+        "mechscope.tui.app -> mechscope.cli.common",
+    ]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import TYPE_CHECKING, Any
 
 from mechscope.engine.errors import LoadError
 
 if TYPE_CHECKING:
     from mechscope.backends.nnsight_engine import NNsightEngine
+    from mechscope.engine.protocol import EngineProtocol
 
 BACKENDS: tuple[str, ...] = ("native", "nnsight", "ndif")
 
@@ -62,4 +64,23 @@ def load_backend(source: str = "demo", backend: str = "nnsight", device: str = "
     return NNsightEngine(lm._module, lm.tokenizer, source=source, name=source, remote=True, lm=lm)
 
 
-__all__ = ["BACKENDS", "load_backend", "nnsight_available"]
+def model_settings(args: argparse.Namespace, default_model: str | None = "demo") -> dict[str, Any]:
+    """The keyword arguments of `Engine.load` the command-line options (`args`) ask for."""
+    return {"source": args.model if args.model is not None else default_model,
+            "device": args.device or "auto", "dtype": args.dtype or "auto",
+            "trust_remote_code": bool(args.trust_remote_code),
+            "device_map": getattr(args, "device_map", None), "max_memory": getattr(args, "max_memory", None)}
+
+
+def load_engine(settings: dict[str, Any], backend: str | None, progress: Any = None) -> EngineProtocol:
+    """`Engine.load(**settings)`, or the nnsight/ndif backend's engine for the same model settings."""
+    if backend in (None, "native"):
+        from mechscope.engine import Engine
+
+        return Engine.load(progress=progress, **settings)
+    placement = ("device_map", "max_memory")  # the native engine's (refused with a backend by check_backend)
+    return load_backend(backend=backend, progress=progress,
+                        **{k: v for k, v in settings.items() if k not in placement})
+
+
+__all__ = ["BACKENDS", "load_backend", "load_engine", "model_settings", "nnsight_available"]

@@ -32,7 +32,7 @@ def requests(engine) -> dict[str, np.ndarray]:
     started = time.perf_counter()
     run = engine.run(CLEAN, [HeadAblation(layer, 0)], views, METRIC)
     sweep = engine.sweep("head", CLEAN, CORRUPT, METRIC)
-    print(f"  {engine.capabilities.status}: run + head sweep in {time.perf_counter() - started:.1f} s; "
+    print(f"  {engine.backend.status}: run + head sweep in {time.perf_counter() - started:.1f} s; "
           f"top {run.top[0].text!r}, logit diff {run.metric:.3f}")
     return {"logits": run.logits, "baseline": run.baseline.logits,
             "lens": run.logit_lens.top_probs, "attention": next(iter(run.attention.values())),

@@ -7,12 +7,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from mechscope.backends import plan as plans
+import mechscope.backends.plan as plans
 from mechscope.backends.ndif import NdifError, Preflight, RequestSize
 from mechscope.engine import readouts
 from mechscope.engine.adapters import Adapter, get_path
@@ -20,8 +20,9 @@ from mechscope.engine.addresses import parse_address
 from mechscope.engine.captures import Captures
 from mechscope.engine.core import DEFAULT_REFERENCE_PROMPTS
 from mechscope.engine.edits import Edits
-from mechscope.engine.errors import Cancelled, InterventionError, MechscopeError, PromptError
+from mechscope.engine.errors import Cancelled, MechscopeError, PromptError
 from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (
     Attribution,
     ComputeInfo,
@@ -34,16 +35,20 @@ from mechscope.engine.results import (
     SweepResult,
     TokenProb,
 )
+from mechscope.engine.user_inputs import (
+    check_steering_prompts,
+    checked_reference_prompts,
+    checked_vector,
+)
 from mechscope.engine.views import Views
-
-ShouldStop = Callable[[], bool]
 
 _ACTS_CACHE_SIZE = 4
 
 
 @dataclass(frozen=True)
-class Capabilities:
-    """What this backend can do, for the status bar: no incremental recompute on any nnsight run."""
+class BackendInfo:
+    """How this backend runs, for the status bar and a session's manifest: no incremental recompute
+    on any nnsight run."""
 
     backend: str  # "nnsight" or "ndif"
     execution: str  # "local", "serialised locally" or "NDIF"
@@ -74,8 +79,13 @@ class NNsightEngine:
     """EngineProtocol over nnsight: every request is one trace (a head sweep one batched trace).
 
     `remote`: False runs nnsight locally, "local" serialises and deserialises each request under
-    NDIF's restrictions and runs it here, True sends it to NDIF (after `Preflight`).
+    NDIF's restrictions and runs it here, True sends it to NDIF (after `Preflight`). It offers
+    single-prompt work only: prompt sets, estimates, detectors and massive activations need the
+    native engine.
     """
+
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"run", "sweep", "generate", "vectors", "reference_prompts", "tokenizer"})
 
     def __init__(self, model, tokenizer, source: str = "<memory>", weights_digest: str = "",
                  name: str | None = None, remote: bool | str = False, lm: Any = None,
@@ -83,7 +93,7 @@ class NNsightEngine:
         from nnsight import TransformersModel
         from nnsight.ndif import register
 
-        from mechscope.backends import traces
+        import mechscope.backends.traces as traces
 
         model.eval()
         model.requires_grad_(False)
@@ -113,7 +123,7 @@ class NNsightEngine:
         self.preflight = Preflight(str(getattr(model.config, "_name_or_path", "") or source),
                                    self.n_params) if remote is True else None
         execution = {False: "local", "local": "serialised locally"}.get(remote, "NDIF")
-        self.capabilities = Capabilities(backend="ndif" if remote is True else "nnsight",
+        self.backend = BackendInfo(backend="ndif" if remote is True else "nnsight",
                                          execution=execution, attribution=self.has_weights)
         family = a.family
         self.paths: dict[str, Any] = {
@@ -187,29 +197,17 @@ class NNsightEngine:
     # ------------------------------------------------------------------ state
 
     def set_reference_prompts(self, prompts: Sequence[str]) -> None:
-        prompts = [p for p in prompts if isinstance(p, str) and p.strip()]
-        if not prompts:
-            raise PromptError("the reference set for mean ablation needs at least one prompt")
-        self.reference_prompts = list(prompts)
+        self.reference_prompts = checked_reference_prompts(prompts)
 
     def add_vector(self, name: str, array) -> None:
-        vector = np.asarray(array, dtype=np.float32).reshape(-1)
-        if vector.shape[0] != self.adapter.d_model:
-            raise InterventionError(
-                f"steering vector {name!r} has width {vector.shape[0]}, the model needs {self.adapter.d_model}")
-        if not np.all(np.isfinite(vector)):
-            raise InterventionError(f"steering vector {name!r} has non-finite values")
-        self.vectors[name] = vector
+        self.vectors[name] = checked_vector(name, array, self.adapter.d_model)
 
     def remove_vector(self, name: str) -> None:
         self.vectors.pop(name, None)
 
     def build_steering_vector(self, name: str, layer: int, positive: Sequence[str],
                               negative: Sequence[str]) -> np.ndarray:
-        if not 0 <= layer < self.adapter.n_layers:
-            raise InterventionError(f"steering layer {layer} is out of range 0..{self.adapter.n_layers - 1}")
-        if not positive or not negative:
-            raise PromptError("a steering vector needs at least one positive and one negative prompt")
+        check_steering_prompts(layer, self.adapter.n_layers, positive, negative)
         with self.lock:
             def mean_resid(prompts: Sequence[str]) -> torch.Tensor:
                 rows = [self._acts(self._prompt_ids(p)[0])["resid_pre"][layer][0, -1].float() for p in prompts]
@@ -425,4 +423,4 @@ class NNsightEngine:
                         on_token, should_stop)
 
 
-__all__ = ["Capabilities", "NNsightEngine", "NdifError"]
+__all__ = ["BackendInfo", "NNsightEngine", "NdifError"]

@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mechscope.backends import plan as plans
+import mechscope.backends.plan as plans
 from mechscope.backends.ndif import RequestSize
 from mechscope.engine.errors import PromptError
+from mechscope.engine.generation import check_generation, eos_ids, sample_tokens
 from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import GeneratedToken, SweepResult
 
 if TYPE_CHECKING:
-    from mechscope.backends.nnsight_engine import NNsightEngine, ShouldStop
+    from mechscope.backends.nnsight_engine import NNsightEngine
 
 
 def sweep(engine: NNsightEngine, kind: str, clean: str, corrupt: str, metric: Metric, direction: str = "noising",
@@ -90,40 +92,20 @@ def generate(engine: NNsightEngine, prompt: str, interventions: Iterable[Interve
              on_token: Callable[[GeneratedToken], None] | None = None,
              should_stop: ShouldStop | None = None) -> list[GeneratedToken]:
     """Greedy or seeded sampling, one trace per token re-running the whole sequence with the edits."""
-    if max_new_tokens < 0:
-        raise ValueError("max_new_tokens must be >= 0")
-    if temperature < 0:
-        raise ValueError("temperature must be >= 0")
+    check_generation(max_new_tokens, temperature)
     active = [iv for iv in interventions if iv.enabled]
-    generator = torch.Generator().manual_seed(int(seed))
-    eos = engine.tokenizer.eos_token_id
-    if eos is None:
-        eos = getattr(engine.model.generation_config, "eos_token_id", None)
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-    out: list[GeneratedToken] = []
     with engine.lock, torch.no_grad():
         ids, _ = engine._prompt_ids(prompt)
         plan = plans.compile_plan(engine, active, ids.shape[1], corrupted)
         want = {"readout": -1, "lens_k": 0, "lens_target": -1, "dla": False, "stats": False,
                 "logprobs": False, "heads": {}, "sinks": False}
-        for _ in range(max_new_tokens):
-            if ids.shape[1] >= engine.adapter.max_context:
-                break
+
+        def next_logits(ids: torch.Tensor) -> torch.Tensor:
             engine._send(RequestSize(1, ids.shape[1]), should_stop)
             engine._set_attention(plan.knockouts)
-            logits = engine._traces.run_trace(engine.lm, engine.paths, ids, plan.for_row(0), want,
-                                              engine.remote)["logits"][0].float().cpu()
-            probs = torch.softmax(logits, dim=-1)
-            if temperature == 0:
-                token = int(logits.argmax())
-            else:
-                token = int(torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1,
-                                              generator=generator))
-            item = GeneratedToken(token, engine.decode_token(token), float(probs[token]))
-            out.append(item)
-            if on_token is not None:
-                on_token(item)
-            if token in eos_ids:
-                break
-            ids = torch.cat([ids, torch.tensor([[token]], device=ids.device)], dim=1)
-    return out
+            return engine._traces.run_trace(engine.lm, engine.paths, ids, plan.for_row(0), want,
+                                            engine.remote)["logits"][0].float().cpu()  # [vocab]
+
+        return sample_tokens(ids, next_logits, max_new_tokens, temperature, seed,
+                             eos_ids(engine.tokenizer, engine.model), engine.adapter.max_context,
+                             engine.decode_token, on_token, should_stop)

@@ -10,6 +10,7 @@ import sys
 import time
 
 from mechscope.cli.common import add_model_args, load_engine, model_settings
+from mechscope.engine.backend_info import backend_status
 from mechscope.engine.errors import MechscopeError
 
 
@@ -102,8 +103,8 @@ def _load(args: argparse.Namespace):
     except MechscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-    capabilities = getattr(engine, "capabilities", None)
-    backend = f" ({capabilities.status})" if capabilities is not None else ""
+    status = backend_status(engine)
+    backend = f" ({status})" if status is not None else ""
     print(f"loaded {engine.info.name}{backend} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return engine
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from mechscope.engine.errors import MechscopeError
 
@@ -20,6 +20,10 @@ Capability = Literal[
     "forward",             # the engine takes whole requests and runs them elsewhere (a server)
 ]
 
+ALL_CAPABILITIES: frozenset[str] = frozenset(get_args(Capability))
+# What an engine running the model in this process offers: everything but forwarding.
+LOCAL_CAPABILITIES: frozenset[str] = ALL_CAPABILITIES - {"forward"}
+
 # One line each, for refusals: "this engine cannot <describe>".
 DESCRIPTIONS: dict[str, str] = {
     "run": "run the model with interventions",
@@ -34,6 +38,7 @@ DESCRIPTIONS: dict[str, str] = {
     "massive_activations": "find massive activations",
     "forward": "forward whole requests to a server",
 }
+
 
 class MissingCapability(MechscopeError):
     """A request needs something the engine does not offer; refused before anything runs."""

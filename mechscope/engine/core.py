@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, cast
+from typing import ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -14,13 +14,15 @@ import torch
 from mechscope.engine import attention, readouts
 from mechscope.engine.adapters import Adapter
 from mechscope.engine.addresses import parse_address
+from mechscope.engine.capabilities import LOCAL_CAPABILITIES
 from mechscope.engine.captures import Captures, CaptureSpec
 from mechscope.engine.edits import compile_edits
-from mechscope.engine.errors import InterventionError, OutOfMemory, PromptError
+from mechscope.engine.errors import InterventionError, OutOfMemory
 from mechscope.engine.generation import generate
 from mechscope.engine.interventions import Intervention, Metric
 from mechscope.engine.passes import Passes, check_text
 from mechscope.engine.placement import placement_summary
+from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (
     ComputeInfo,
     GeneratedToken,
@@ -30,9 +32,12 @@ from mechscope.engine.results import (
     SweepResult,
 )
 from mechscope.engine.sweeps import sweep
+from mechscope.engine.user_inputs import (
+    check_steering_prompts,
+    checked_reference_prompts,
+    checked_vector,
+)
 from mechscope.engine.views import Views
-
-ShouldStop = Callable[[], bool]
 
 DEFAULT_REFERENCE_PROMPTS: tuple[str, ...] = (
     "The weather today is sunny with a light breeze from the west.",
@@ -54,6 +59,8 @@ class Engine:
     `readouts`, `sweeps` and `generation`; this class holds the state a user sets (vectors, reference
     prompts) and the lock.
     """
+
+    capabilities: ClassVar[frozenset[str]] = LOCAL_CAPABILITIES
 
     def __init__(self, model, tokenizer, source: str = "<memory>", weights_digest: str = "",
                  name: str | None = None) -> None:
@@ -155,22 +162,10 @@ class Engine:
     # ------------------------------------------------------------------ state a user sets
 
     def set_reference_prompts(self, prompts: Sequence[str]) -> None:
-        prompts = [p for p in prompts if isinstance(p, str) and p.strip()]
-        if not prompts:
-            raise PromptError("the reference set for mean ablation needs at least one prompt")
-        for prompt in prompts:
-            check_text(prompt, "a reference prompt")
-        self.reference_prompts = list(prompts)
+        self.reference_prompts = checked_reference_prompts(prompts)
 
     def add_vector(self, name: str, array) -> None:
-        vector = np.asarray(array, dtype=np.float32).reshape(-1)
-        if vector.shape[0] != self.adapter.d_model:
-            raise InterventionError(
-                f"steering vector {name!r} has width {vector.shape[0]}, the model needs {self.adapter.d_model}"
-            )
-        if not np.all(np.isfinite(vector)):
-            raise InterventionError(f"steering vector {name!r} has non-finite values")
-        self.vectors[name] = vector
+        self.vectors[name] = checked_vector(name, array, self.adapter.d_model)
 
     def remove_vector(self, name: str) -> None:
         """Forget the steering vector `name` (nothing happens if there is none)."""
@@ -179,10 +174,7 @@ class Engine:
     def build_steering_vector(self, name: str, layer: int, positive: Sequence[str],
                               negative: Sequence[str]) -> np.ndarray:
         """Mean difference of the residual entering `layer` at the last token, positive minus negative."""
-        if not 0 <= layer < self.adapter.n_layers:
-            raise InterventionError(f"steering layer {layer} is out of range 0..{self.adapter.n_layers - 1}")
-        if not positive or not negative:
-            raise PromptError("a steering vector needs at least one positive and one negative prompt")
+        check_steering_prompts(layer, self.adapter.n_layers, positive, negative)
         passes = self.passes
         with self.guard(), torch.no_grad():
             def mean_resid(prompts: Sequence[str]) -> torch.Tensor:

@@ -7,16 +7,15 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import numpy as np
 import torch
 
 from mechscope.engine.attention import AttentionControl
 from mechscope.engine.hooks import Hook, installed
-
-if TYPE_CHECKING:
-    from mechscope.engine.core import Engine
+from mechscope.engine.resident import ResidentModel
+from mechscope.engine.results import DETECTORS, HeadScores
 
 PROBE_VERSION = 1
 PROBE_TEXTS: tuple[str, ...] = (
@@ -31,47 +30,6 @@ REPEAT_LENGTH = 20
 REPEAT_COUNT = 4
 REPEAT_SEED = 0
 
-DEFINITIONS: dict[str, str] = {
-    "previous_token": (
-        "Previous-token: mean attention from each position t >= 1 to position t-1, over the "
-        "natural-text probes."),
-    "duplicate_token": (
-        "Duplicate-token: on sequences of N random tokens repeated twice, mean attention from each "
-        "position t of the second copy to the earlier occurrence of its own token (t - N)."),
-    "induction": (
-        "Induction: on the same repeated random tokens, mean attention from each position t of the "
-        "second copy to the token after the earlier occurrence of its own token (t - N + 1)."),
-    "first_token_sink": (
-        "First-token sink: mean attention from each position t >= 1 to position 0, over the "
-        "natural-text probes."),
-    "copy_suppression": (
-        "Copy suppression: over the natural-text probes and positions t >= 1, "
-        "-sum_{1<=k<=t} A[t,k] * (l_t(x_k) - mean_v l_t(v)), where l_t(v) = u_v . J_t o(t) is the "
-        "head's direct effect on the logit of token v at t: o(t) the head's output written to the "
-        "residual (output projection of its z, no bias, before any post-attention norm), J_t the "
-        "Jacobian of the final norm at the run's final residual x_t, u_v the unembedding row of v. "
-        "Positive: the head lowers the logits of the tokens it attends to (more than the vocabulary "
-        "average); the first position (the usual attention sink) is left out."),
-}
-DETECTORS: tuple[str, ...] = tuple(DEFINITIONS)
-
-
-@dataclass
-class HeadScores:
-    """One [layer, head] grid per detector (`scores[name]`), with the definitions the help shows."""
-
-    scores: dict[str, np.ndarray]
-    cached: bool = False
-
-    def top(self, name: str, k: int = 5) -> list[tuple[int, int, float]]:
-        grid = self.scores[name]
-        order = np.argsort(-grid.ravel())[:k]
-        return [(int(i // grid.shape[1]), int(i % grid.shape[1]), float(grid.ravel()[i])) for i in order]
-
-    def to_dict(self) -> dict:
-        return {name: grid.tolist() for name, grid in self.scores.items()}
-
-
 @dataclass
 class ProbeRun:
     """One probe's token ids, every head's pattern ([layer][head, q, k]), head outputs z
@@ -83,7 +41,7 @@ class ProbeRun:
     final: torch.Tensor
 
 
-def repeat_probes(engine: Engine) -> list[list[int]]:
+def repeat_probes(engine: ResidentModel) -> list[list[int]]:
     """REPEAT_COUNT sequences: (BOS when the tokenizer has one) + N random ids + the same N ids."""
     rng = random.Random(REPEAT_SEED)
     special = set(engine.tokenizer.all_special_ids or [])
@@ -96,7 +54,7 @@ def repeat_probes(engine: Engine) -> list[list[int]]:
     return out
 
 
-def probe_run(engine: Engine, ids: list[int]) -> ProbeRun:
+def probe_run(engine: ResidentModel, ids: list[int]) -> ProbeRun:
     """Run one probe recording every head's pattern, head outputs and the final residual."""
     a = engine.adapter
     controls = [AttentionControl(record_heads=tuple(range(a.n_heads))) for _ in range(a.n_layers)]
@@ -120,7 +78,7 @@ def probe_run(engine: Engine, ids: list[int]) -> ProbeRun:
     return ProbeRun(ids, patterns, z, kept["final"])
 
 
-def head_writes(engine: Engine, layer: int, z: torch.Tensor) -> torch.Tensor:
+def head_writes(engine: ResidentModel, layer: int, z: torch.Tensor) -> torch.Tensor:
     """What each head writes to the residual: [pos, head*d_head] -> [head, pos, d_model] (no bias)."""
     a = engine.adapter
     weight = a.o_weight(layer)  # [d_model, head*d_head]
@@ -129,7 +87,7 @@ def head_writes(engine: Engine, layer: int, z: torch.Tensor) -> torch.Tensor:
     return torch.einsum("phd,mhd->hpm", zh, w)
 
 
-def direct_logit_effects(engine: Engine, final: torch.Tensor, writes: torch.Tensor,
+def direct_logit_effects(engine: ResidentModel, final: torch.Tensor, writes: torch.Tensor,
                          tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """l_t(v) for v in `tokens` ([head, pos, len(tokens)]) and its vocabulary mean ([head, pos]):
     the final norm linearised at the run's final residual (a Jacobian-vector product)."""
@@ -149,7 +107,7 @@ def direct_logit_effects(engine: Engine, final: torch.Tensor, writes: torch.Tens
     return chosen.float(), mean.float()
 
 
-def compute_scores(engine: Engine) -> HeadScores:
+def compute_scores(engine: ResidentModel) -> HeadScores:
     """Every detector's [layer, head] grid from the probe set (no cache)."""
     a = engine.adapter
     shape = (a.n_layers, a.n_heads)
@@ -197,7 +155,7 @@ def cache_path(digest: str) -> Path:
     return cache_dir() / "detectors" / f"{digest}-v{PROBE_VERSION}.json"
 
 
-def head_scores(engine: Engine) -> HeadScores:
+def head_scores(engine: ResidentModel) -> HeadScores:
     """The detector grids, computed once per model and cached on disk keyed by the weights' digest
     (`engine.weights_digest`; no cache when it is empty). A damaged cache file is recomputed."""
     digest = engine.weights_digest

@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from mechscope.engine import attention
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.prompt_sets import PromptSet
+from mechscope.engine.resident import ResidentModel
 from mechscope.engine.set_runs import (
     MAX_BATCH_ROWS,
     Batch,
@@ -33,9 +34,6 @@ from mechscope.engine.set_runs import (
     paired_batches,
     take_rows,
 )
-
-if TYPE_CHECKING:
-    from mechscope.engine.core import Engine
 
 GRAD_ATTENTION = "mechscope_grad"
 Method = Literal["atp", "atp*", "graddrop", "eap-ig"]
@@ -89,7 +87,7 @@ def _grad_attention(module, query, key, value, attention_mask, scaling=None, dro
 
 
 @contextlib.contextmanager
-def probed(engine: Engine, detach: bool) -> Iterator[list[_Probe]]:
+def probed(engine: ResidentModel, detach: bool) -> Iterator[list[_Probe]]:
     """Eager attention with a probe on every layer for the duration of the block (the engine's own
     attention function is restored in `finally`)."""
     AttentionInterface.register(GRAD_ATTENTION, _grad_attention)
@@ -111,7 +109,7 @@ def probed(engine: Engine, detach: bool) -> Iterator[list[_Probe]]:
 # ---------------------------------------------------------------------------- gradient passes
 
 
-def _leaf_hooks(engine: Engine, leaves: list, through: bool = False) -> list[Hook]:
+def _leaf_hooks(engine: ResidentModel, leaves: list, through: bool = False) -> list[Hook]:
     """Make each layer's z a gradient leaf; `through` keeps the graph below z (z + a zero leaf), so
     gradients also reach the patterns that produced it."""
     def make(layer: int):
@@ -127,7 +125,7 @@ def _leaf_hooks(engine: Engine, leaves: list, through: bool = False) -> list[Hoo
     return [Hook("pre", engine.adapter.o_proj(layer), make(layer)) for layer in range(engine.adapter.n_layers)]
 
 
-def _per_head(engine: Engine, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+def _per_head(engine: ResidentModel, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """(z_source - z_base) . grad summed over positions and d_head: [row, pos, head*d_head] -> [row, head]."""
     a = engine.adapter
     return (delta * grad).view(delta.shape[0], delta.shape[1], a.n_heads, a.d_head).sum(dim=(1, 3))
@@ -138,26 +136,26 @@ def _tile(batch: Batch, times: int) -> Batch:
                  batch.lengths * times, batch.offsets * times, batch.readout.repeat(times))
 
 
-def _source_z(engine: Engine, batch: Batch) -> list[torch.Tensor]:
+def _source_z(engine: ResidentModel, batch: Batch) -> list[torch.Tensor]:
     leaves: list = [None] * engine.adapter.n_layers
     with torch.no_grad():
         forward(engine, batch, _leaf_hooks(engine, leaves))
     return [z.detach() for z in leaves]
 
 
-def _setup(engine: Engine, pset: PromptSet, kind: MetricKind, direction: str, padding: Padding):
+def _setup(engine: ResidentModel, pset: PromptSet, kind: MetricKind, direction: str, padding: Padding):
     metric = SetMetric.of(engine, pset, kind)
     base, source = paired_batches(engine, pset, direction, padding)
     return metric, base, source, _source_z(engine, source)
 
 
-def atp(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff", direction: str = "noising",
+def atp(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff", direction: str = "noising",
         padding: Padding = "left") -> Estimate:
     """AtP: (z_source - z_base) . d metric / d z at the base run, summed over positions and d_head."""
     return eap_ig(engine, pset, steps=1, kind=kind, direction=direction, padding=padding, name="atp")
 
 
-def eap_ig(engine: Engine, pset: PromptSet, steps: int = 5, kind: MetricKind = "logit_diff",
+def eap_ig(engine: ResidentModel, pset: PromptSet, steps: int = 5, kind: MetricKind = "logit_diff",
            direction: str = "noising", padding: Padding = "left", name: str = "eap-ig") -> Estimate:
     """EAP-IG: (z_source - z_base) . mean_k d metric / d z at the inputs e_base + (k/steps)(e_source - e_base),
     k = 0..steps-1 (token embeddings interpolated; a left Riemann sum, so steps=1 is AtP)."""
@@ -205,7 +203,7 @@ class _Gate(torch.autograd.Function):
         return grad * ctx.scales[ctx.index], None, None
 
 
-def graddrop(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff", direction: str = "noising",
+def graddrop(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff", direction: str = "noising",
              padding: Padding = "left") -> Estimate:
     """GradDrop: for each layer m, AtP_m = AtP with the gradient through layer m's own computation zeroed
     (the layer passes the residual's gradient through, nothing else); a head in layer l scores
@@ -254,7 +252,7 @@ class _StopAfterAttention(Exception):
     """Raised at the output projection: the QK fix needs only the patterns."""
 
 
-def attn_delta(engine: Engine, layer: int, base_z: torch.Tensor, source_z: torch.Tensor,
+def attn_delta(engine: ResidentModel, layer: int, base_z: torch.Tensor, source_z: torch.Tensor,
                heads: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """What patching head heads[i] of row index[i] adds to the residual at `layer` (through the output
     projection and any post-attention norm): [n, pos, d_model]."""
@@ -274,7 +272,7 @@ def attn_delta(engine: Engine, layer: int, base_z: torch.Tensor, source_z: torch
     return out_patched - out_base
 
 
-def recomputed_patterns(engine: Engine, probes: list[_Probe], calls, layer: int, hidden: torch.Tensor,
+def recomputed_patterns(engine: ResidentModel, probes: list[_Probe], calls, layer: int, hidden: torch.Tensor,
                         index: torch.Tensor) -> torch.Tensor:
     """Attention probabilities [n, head, q, k] of `layer` on residual inputs `hidden` ([n, pos, d]),
     row i replaying batch row index[i]; only the layer's attention is computed. Call inside `probed`."""
@@ -293,7 +291,7 @@ def recomputed_patterns(engine: Engine, probes: list[_Probe], calls, layer: int,
         return weights
 
 
-def atp_star(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff", direction: str = "noising",
+def atp_star(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff", direction: str = "noising",
              padding: Padding = "left", max_batch: int = MAX_BATCH_ROWS, return_parts: bool = False):
     """AtP* (QK fix): for head n = (l, h) with residual change dr_n = attn_out(z patched) - attn_out(z),
 
@@ -344,7 +342,7 @@ def atp_star(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff", d
     return estimate
 
 
-def estimate(engine: Engine, pset: PromptSet, method: Method, steps: int = 5, kind: MetricKind = "logit_diff",
+def estimate(engine: ResidentModel, pset: PromptSet, method: Method, steps: int = 5, kind: MetricKind = "logit_diff",
              direction: str = "noising", padding: Padding = "left") -> Estimate:
     """One estimator by name: "atp", "atp*", "graddrop" or "eap-ig" (with `steps`)."""
     if method == "atp":

@@ -353,7 +353,7 @@ def _load_folder(folder: Path, *, source: str, name: str, weights_digest: str | 
         kwargs = dict(config=config, dtype=torch_dtype, use_safetensors=True, local_files_only=True,
                       trust_remote_code=trust_remote_code, device_map=placement)
         if isinstance(device_map, dict):  # a hand-written map: every module named must exist, all covered
-            from mechscope.engine.plan import meta_model, resolve_map
+            from mechscope.engine.placement import meta_model, resolve_map
 
             resolve_map(meta_model(config, torch_dtype), device_map, max_memory, torch_dtype)
         if device_map is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,9 +10,7 @@ import torch
 from mechscope.engine.errors import PromptError
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.prompt_sets import PromptSet
-
-if TYPE_CHECKING:
-    from mechscope.engine.core import Engine
+from mechscope.engine.resident import ResidentModel
 
 
 @dataclass
@@ -45,7 +42,7 @@ def _prompts(prompts: PromptSet | list[str] | tuple[str, ...]) -> list[str]:
     return texts
 
 
-def layer_outputs(engine: Engine, text: str) -> list[torch.Tensor]:
+def layer_outputs(engine: ResidentModel, text: str) -> list[torch.Tensor]:
     """Every decoder layer's output residual for one prompt: [layer][pos, d_model]."""
     a = engine.adapter
     out: list = [None] * a.n_layers
@@ -62,7 +59,7 @@ def layer_outputs(engine: Engine, text: str) -> list[torch.Tensor]:
     return out
 
 
-def massive_activations(engine: Engine, prompts: PromptSet | list[str] | tuple[str, ...],
+def massive_activations(engine: ResidentModel, prompts: PromptSet | list[str] | tuple[str, ...],
                         ratio: float = 100.0, tol: float = 0.1) -> list[MassiveLayer]:
     """One `MassiveLayer` per layer over `prompts` (a set's clean prompts, or a list of texts)."""
     if ratio <= 0:

@@ -20,10 +20,9 @@ from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import Metric
 from mechscope.engine.placement import align_hooks, execution_device, loaded
+from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import MetricInfo, Prediction, TokenProb
 from mechscope.engine.sites import Site, first
-
-ShouldStop = Callable[[], bool]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -84,21 +83,81 @@ def check_text(text: object, what: str) -> str:
 
 @dataclass
 class LayerCall:
-    """The positional and keyword arguments the model passed one decoder layer."""
+    """One decoder layer's call, replayable on new hidden states: its input `hidden`
+    [batch, pos, d_model] and the other positional and keyword arguments the model passed it."""
 
+    hidden: torch.Tensor
     args: tuple
-    kwargs: dict
+    kwargs: dict[str, Any]
 
-    @property
-    def hidden(self) -> torch.Tensor:
-        return self.args[0] if self.args else self.kwargs["hidden_states"]
+    @staticmethod
+    def of(args: tuple, kwargs: dict[str, Any]) -> LayerCall:
+        """The call a forward pre-hook saw (the hidden state positional or as `hidden_states`)."""
+        if args:
+            return LayerCall(args[0], tuple(args[1:]), dict(kwargs))
+        rest = dict(kwargs)
+        return LayerCall(rest.pop("hidden_states"), (), rest)
 
     def call(self, layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        if self.args:
-            out = layer(hidden, *self.args[1:], **self.kwargs)
-        else:
-            out = layer(**{**self.kwargs, "hidden_states": hidden})
-        return out[0] if isinstance(out, tuple) else out
+        return first(layer(hidden, *self.args, **self.kwargs))
+
+    def rows(self, index: torch.Tensor) -> LayerCall:
+        """The call for batch rows `index` (each argument whose first dimension is the batch)."""
+        rows = self.hidden.shape[0]
+        return LayerCall(self.hidden.index_select(0, index.to(self.hidden.device)),
+                         take_rows(self.args, index, rows), take_rows(self.kwargs, index, rows))
+
+    def suffix(self, start: int) -> LayerCall:
+        """The call for positions start.. only (attention masks keep every key: the keys and values
+        of earlier positions come from elsewhere, see `AttentionControl.prefix_kv`)."""
+        n_pos = self.hidden.shape[1]
+        return LayerCall(self.hidden[:, start:], _cut(self.args, start, n_pos), _cut(self.kwargs, start, n_pos))
+
+
+def take_rows(value: Any, index: torch.Tensor, rows: int) -> Any:
+    """Select batch rows `index` of every tensor in a layer call's arguments whose first dim is the batch."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() >= 2 and value.shape[0] == rows:
+            return value.index_select(0, index.to(value.device))
+        return value
+    if isinstance(value, tuple):
+        return tuple(take_rows(v, index, rows) for v in value)
+    if isinstance(value, list):
+        return [take_rows(v, index, rows) for v in value]
+    if isinstance(value, dict):
+        return {k: take_rows(v, index, rows) for k, v in value.items()}
+    return value
+
+
+def _cut(value: Any, start: int, n_pos: int) -> Any:
+    """A layer call's argument cut to query positions start.. (see `LayerCall.suffix`)."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 4 and value.shape[-2] == n_pos and value.shape[-1] == n_pos:
+            return value[..., start:, :]  # attention mask [batch, 1, query, key]: keep every key
+        if value.dim() >= 2 and value.shape[1] == n_pos:
+            return value[:, start:]  # position ids / rotary tables [batch, pos, ...]
+        if value.dim() == 1 and value.shape[0] == n_pos:
+            return value[start:]  # cache_position
+        return value
+    if isinstance(value, tuple):
+        return tuple(_cut(v, start, n_pos) for v in value)
+    if isinstance(value, list):
+        return [_cut(v, start, n_pos) for v in value]
+    if isinstance(value, dict):
+        return {k: _cut(v, start, n_pos) for k, v in value.items()}
+    return value
+
+
+def replay(layers: torch.nn.ModuleList, calls: Sequence[LayerCall], start: int, hidden: torch.Tensor,
+           hooks: list[Hook], should_stop: ShouldStop | None = None) -> torch.Tensor:
+    """Re-run decoder layers start..N-1 from `hidden` with the recorded per-layer arguments (the one
+    layer-replay loop: single prompts, sweeps and prompt sets all go through it)."""
+    with installed(hooks):
+        for index in range(start, len(layers)):
+            if should_stop is not None and should_stop():
+                raise Cancelled("stopped")
+            hidden = calls[index].call(layers[index], hidden)
+    return hidden
 
 
 @dataclass
@@ -273,11 +332,9 @@ class Passes:
         def record_call(module, args, kwargs):
             if should_stop is not None and should_stop():
                 raise Cancelled("stopped")
-            if args:
-                args = (args[0].detach(), *args[1:])
-            else:
-                kwargs = {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
-            calls.append(LayerCall(args, dict(kwargs)))
+            call = LayerCall.of(args, kwargs)
+            call.hidden = call.hidden.detach()
+            calls.append(call)
 
         def record_final(module, args, output):
             holder["final"] = first(output)
@@ -304,13 +361,7 @@ class Passes:
     def run_layers(self, calls: list[LayerCall], start: int, hidden: torch.Tensor, hooks: list[Hook],
                    should_stop: ShouldStop | None) -> torch.Tensor:
         """Re-run decoder layers start..N-1 from `hidden` with the cached per-layer arguments."""
-        layers = self.adapter.layers
-        with installed(self.align_hooks() + hooks):
-            for index in range(start, len(layers)):
-                if should_stop is not None and should_stop():
-                    raise Cancelled("stopped")
-                hidden = calls[index].call(layers[index], hidden)
-        return hidden
+        return replay(self.adapter.layers, calls, start, hidden, self.align_hooks() + hooks, should_stop)
 
     def source_acts(self, ids: torch.Tensor, edit_hooks: Sequence[Hook] | None = None) -> SourceActs:
         """Full-sequence activations of `ids` at every site: cached, or, under `edit_hooks`, of a

@@ -144,7 +144,7 @@ def parse_device_map(value: Any) -> str | dict | None:
     raise LoadError(f"unknown device map {value!r}; use {', '.join(DEVICE_MAP_STRATEGIES)} or a .json file")
 
 
-def _check_device_name(value: Any, where: str) -> int | str:
+def _checkdevice_name(value: Any, where: str) -> int | str:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     if isinstance(value, str):
@@ -160,7 +160,7 @@ def _check_map(data: dict, where: str) -> dict:
     for key, value in data.items():
         if not isinstance(key, str):
             raise LoadError(f"{where}: module names must be strings")
-        out[key] = _check_device_name(value, f"{where}, {key!r}")
+        out[key] = _checkdevice_name(value, f"{where}, {key!r}")
     return out
 
 
@@ -182,7 +182,7 @@ def parse_max_memory(value: Any) -> dict | None:
 
     out: dict[int | str, int | str] = {}
     for key, amount in value.items():
-        device = _check_device_name(key, "max_memory")
+        device = _checkdevice_name(key, "max_memory")
         if isinstance(device, str) and device.startswith("cuda:"):
             device = int(device[5:])
         try:
@@ -195,5 +195,66 @@ def parse_max_memory(value: Any) -> dict | None:
     return out
 
 
-__all__ = ["align_hooks", "execution_device", "layer_placements", "loaded", "parse_device_map",
-           "parse_max_memory", "placement_summary", "to_device"]
+
+
+
+def meta_model(config: Any, dtype: torch.dtype) -> torch.nn.Module:
+    """The model built on the meta device: shapes and module names, no memory."""
+    import transformers
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # as from_pretrained does: a tied unembedding is no second copy
+    return model
+
+
+def resolve_map(model: torch.nn.Module, device_map: Any, max_memory: dict | None,
+                dtype: torch.dtype) -> dict[str, Any]:
+    """The device map accelerate would use: `device_map` as given, or inferred for a strategy."""
+    from accelerate.utils import get_balanced_memory, infer_auto_device_map
+
+    if isinstance(device_map, dict):
+        names = {name for name, _ in model.named_modules()}
+        unknown = [key for key in device_map if key and key not in names]
+        if unknown:
+            raise LoadError(f"the device map names {unknown[0]!r}, which is not a module of the model")
+        missing = [name for name, _ in model.named_parameters(remove_duplicate=False)
+                   if _place_of(device_map, name) is None]
+        if missing:
+            raise LoadError(f"the device map does not fit the model: it gives no device to {len(missing)} "
+                            f"parameters (the first is {missing[0]})")
+        _check_tied(model, device_map)
+        return device_map
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    if device_map in ("auto", "balanced", "balanced_low_0"):
+        max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                         dtype=dtype, low_zero=device_map == "balanced_low_0")
+    return infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype)
+
+
+def _place_of(device_map: dict[str, Any], name: str) -> Any:
+    best = max((k for k in device_map if k == "" or name == k or name.startswith(k + ".")), key=len,
+               default=None)
+    return device_map.get(best) if best is not None else None
+
+
+def _check_tied(model: torch.nn.Module, device_map: dict[str, Any]) -> None:
+    """Tied weights (a shared embedding and unembedding) have one copy: accelerate cannot put them
+    in two places, and fails only at the first forward if asked to."""
+    from accelerate.utils import find_tied_parameters
+
+    for group in find_tied_parameters(model):
+        places = {device_name(_place_of(device_map, name)) for name in group}
+        if len(places) > 1:
+            raise LoadError(f"{' and '.join(sorted(group))} are one tied weight; the device map puts them on "
+                            f"{' and '.join(sorted(places))}: give their modules the same device")
+
+
+def device_name(value: Any) -> str:
+    """A device map's value as a device name (accelerate writes CUDA devices as bare ints)."""
+    return f"cuda:{value}" if isinstance(value, int) else str(value)
+
+
+__all__ = ["align_hooks", "device_name", "execution_device", "layer_placements", "loaded", "meta_model",
+           "parse_device_map", "parse_max_memory", "placement_summary", "resolve_map", "to_device"]

@@ -9,6 +9,7 @@ from typing import Any, cast
 import torch
 
 from mechscope.engine.errors import LoadError
+from mechscope.engine.placement import device_name, meta_model, resolve_map
 
 # The engine keeps this many clean passes and patch sources (see core._CLEAN_CACHE_SIZE).
 CLEAN_PASSES = 8
@@ -120,63 +121,6 @@ def _gguf_config(path: Path) -> Any:
     return config
 
 
-def meta_model(config: Any, dtype: torch.dtype) -> torch.nn.Module:
-    """The model built on the meta device: shapes and module names, no memory."""
-    import transformers
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.tie_weights()  # as from_pretrained does: a tied unembedding is no second copy
-    return model
-
-
-def resolve_map(model: torch.nn.Module, device_map: Any, max_memory: dict | None,
-                dtype: torch.dtype) -> dict[str, Any]:
-    """The device map accelerate would use: `device_map` as given, or inferred for a strategy."""
-    from accelerate.utils import get_balanced_memory, infer_auto_device_map
-
-    if isinstance(device_map, dict):
-        names = {name for name, _ in model.named_modules()}
-        unknown = [key for key in device_map if key and key not in names]
-        if unknown:
-            raise LoadError(f"the device map names {unknown[0]!r}, which is not a module of the model")
-        missing = [name for name, _ in model.named_parameters(remove_duplicate=False)
-                   if _place_of(device_map, name) is None]
-        if missing:
-            raise LoadError(f"the device map does not fit the model: it gives no device to {len(missing)} "
-                            f"parameters (the first is {missing[0]})")
-        _check_tied(model, device_map)
-        return device_map
-    no_split = list(getattr(model, "_no_split_modules", None) or [])
-    if device_map in ("auto", "balanced", "balanced_low_0"):
-        max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
-                                         dtype=dtype, low_zero=device_map == "balanced_low_0")
-    return infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype)
-
-
-def _place_of(device_map: dict[str, Any], name: str) -> Any:
-    best = max((k for k in device_map if k == "" or name == k or name.startswith(k + ".")), key=len,
-               default=None)
-    return device_map.get(best) if best is not None else None
-
-
-def _check_tied(model: torch.nn.Module, device_map: dict[str, Any]) -> None:
-    """Tied weights (a shared embedding and unembedding) have one copy: accelerate cannot put them
-    in two places, and fails only at the first forward if asked to."""
-    from accelerate.utils import find_tied_parameters
-
-    for group in find_tied_parameters(model):
-        places = {_device_name(_place_of(device_map, name)) for name in group}
-        if len(places) > 1:
-            raise LoadError(f"{' and '.join(sorted(group))} are one tied weight; the device map puts them on "
-                            f"{' and '.join(sorted(places))}: give their modules the same device")
-
-
-def _device_name(value: Any) -> str:
-    return f"cuda:{value}" if isinstance(value, int) else str(value)
-
-
 def plan(source: str, device_map: Any = None, max_memory: Any = None, dtype: str = "auto",
          device: str = "auto", prompt_tokens: int = 64, trust_remote_code: bool = False) -> Plan:
     """Per device: the weights, the engine's caches for `prompt_tokens`-token prompts and a head sweep."""
@@ -185,6 +129,7 @@ def plan(source: str, device_map: Any = None, max_memory: Any = None, dtype: str
     from mechscope.engine.adapters import Adapter
     from mechscope.engine.loading import resolve_device, resolve_dtype
     from mechscope.engine.placement import (
+        device_name,
         layer_placements,
         parse_device_map,
         parse_max_memory,
@@ -208,11 +153,11 @@ def plan(source: str, device_map: Any = None, max_memory: Any = None, dtype: str
         resolved = resolve_map(model, device_map, max_memory, torch_dtype)
     cast(Any, model).hf_device_map = resolved  # a plain attribute accelerate reads
     sizes = compute_module_sizes(model, dtype=torch_dtype)
-    budgets = {_device_name(k): v for k, v in (max_memory or get_max_memory()).items()}
+    budgets = {device_name(k): v for k, v in (max_memory or get_max_memory()).items()}
     devices: dict[str, DevicePlan] = {}
 
     def entry(value: Any) -> DevicePlan:
-        label = _device_name(value)
+        label = device_name(value)
         if label not in devices:
             devices[label] = DevicePlan(label, budget=None if label == "disk" else budgets.get(label))
         return devices[label]
@@ -258,8 +203,8 @@ def plan(source: str, device_map: Any = None, max_memory: Any = None, dtype: str
 
 def _execution_label(resolved: dict[str, Any]) -> str:
     """Where offloaded layers compute: the first GPU of the map, else the CPU (accelerate's rule)."""
-    gpus = [v for v in resolved.values() if _device_name(v) not in ("cpu", "disk")]
-    return _device_name(gpus[0]) if gpus else "cpu"
+    gpus = [v for v in resolved.values() if device_name(v) not in ("cpu", "disk")]
+    return device_name(gpus[0]) if gpus else "cpu"
 
 
 def format_plan(result: Plan) -> str:
@@ -288,4 +233,4 @@ def format_plan(result: Plan) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DevicePlan", "Plan", "format_plan", "meta_model", "model_config", "plan", "resolve_map"]
+__all__ = ["DevicePlan", "Plan", "format_plan", "model_config", "plan"]

@@ -9,10 +9,19 @@ import numpy as np
 
 from mechscope.engine.interventions import Intervention, Metric
 from mechscope.engine.prompt_sets import PromptSet
-from mechscope.engine.results import GeneratedToken, ModelInfo, RunResult, SweepResult
+from mechscope.engine.results import (
+    SWEEP_KINDS,
+    GeneratedToken,
+    ModelInfo,
+    RunResult,
+    SweepKind,
+    SweepResult,
+)
 from mechscope.engine.views import Views
 
-ShouldStop = Callable[[], bool]
+ShouldStop = Callable[[], bool]  # asked between layers; True cancels the work (Cancelled)
+
+__all__ = ["SWEEP_KINDS", "EngineProtocol", "SetEngineProtocol", "ShouldStop", "SweepKind"]
 
 
 @runtime_checkable
@@ -21,8 +30,12 @@ class EngineProtocol(Protocol):
 
     Implementations: `mechscope.engine.Engine` (in-process), the client of `mechscope serve`, and
     other backends. Errors are `mechscope.engine.errors.MechscopeError` subclasses with a one-line
-    message a user can act on.
+    message a user can act on. `capabilities` names what the engine offers
+    (`mechscope.engine.capabilities.Capability`); a request needing another is refused before it runs.
     """
+
+    @property
+    def capabilities(self) -> frozenset[str]: ...
 
     @property
     def info(self) -> ModelInfo: ...

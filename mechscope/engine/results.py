@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -199,11 +199,15 @@ class RunResult:
         return self.prediction.logits
 
 
+SweepKind = Literal["head", "resid", "attn", "mlp", "atp"]
+SWEEP_KINDS: tuple[SweepKind, ...] = get_args(SweepKind)
+
+
 @dataclass(frozen=True)
 class SweepResult:
     """A patching sweep: `values` is the metric change per variant (patched - base)."""
 
-    kind: Literal["head", "resid", "attn", "mlp", "atp"]
+    kind: SweepKind
     values: np.ndarray  # head/atp: [layer, head]; resid/attn/mlp: [layer, pos]
     base_metric: float
     source_metric: float
@@ -218,3 +222,45 @@ class GeneratedToken:
     id: int
     text: str
     prob: float
+
+
+# Head detectors (`mechscope.engine.detectors` computes them); the help screen shows the definitions.
+DEFINITIONS: dict[str, str] = {
+    "previous_token": (
+        "Previous-token: mean attention from each position t >= 1 to position t-1, over the "
+        "natural-text probes."),
+    "duplicate_token": (
+        "Duplicate-token: on sequences of N random tokens repeated twice, mean attention from each "
+        "position t of the second copy to the earlier occurrence of its own token (t - N)."),
+    "induction": (
+        "Induction: on the same repeated random tokens, mean attention from each position t of the "
+        "second copy to the token after the earlier occurrence of its own token (t - N + 1)."),
+    "first_token_sink": (
+        "First-token sink: mean attention from each position t >= 1 to position 0, over the "
+        "natural-text probes."),
+    "copy_suppression": (
+        "Copy suppression: over the natural-text probes and positions t >= 1, "
+        "-sum_{1<=k<=t} A[t,k] * (l_t(x_k) - mean_v l_t(v)), where l_t(v) = u_v . J_t o(t) is the "
+        "head's direct effect on the logit of token v at t: o(t) the head's output written to the "
+        "residual (output projection of its z, no bias, before any post-attention norm), J_t the "
+        "Jacobian of the final norm at the run's final residual x_t, u_v the unembedding row of v. "
+        "Positive: the head lowers the logits of the tokens it attends to (more than the vocabulary "
+        "average); the first position (the usual attention sink) is left out."),
+}
+DETECTORS: tuple[str, ...] = tuple(DEFINITIONS)
+
+
+@dataclass
+class HeadScores:
+    """One [layer, head] grid per detector (`scores[name]`), with the definitions the help shows."""
+
+    scores: dict[str, np.ndarray]
+    cached: bool = False
+
+    def top(self, name: str, k: int = 5) -> list[tuple[int, int, float]]:
+        grid = self.scores[name]
+        order = np.argsort(-grid.ravel())[:k]
+        return [(int(i // grid.shape[1]), int(i % grid.shape[1]), float(grid.ravel()[i])) for i in order]
+
+    def to_dict(self) -> dict:
+        return {name: grid.tolist() for name, grid in self.scores.items()}

@@ -5,18 +5,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 
-from mechscope.engine.errors import Cancelled, InterventionError, PromptError
+from mechscope.engine.attention import AttentionControl
+from mechscope.engine.errors import InterventionError, PromptError
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import ComponentAblation, HeadAblation, HeadScale, Intervention
+from mechscope.engine.passes import LayerCall, replay
+from mechscope.engine.passes import take_rows as take_rows  # estimators select batch rows with it
 from mechscope.engine.prompt_sets import PromptSet
-
-if TYPE_CHECKING:
-    from mechscope.engine.core import Engine
+from mechscope.engine.protocol import ShouldStop
+from mechscope.engine.resident import ResidentModel
 
 Padding = Literal["left", "right"]
 MetricKind = Literal["logit_diff", "prob", "loss"]
@@ -57,7 +59,7 @@ class Batch:
         return out
 
 
-def encode(engine: Engine, texts: list[str], padding: Padding = "left") -> Batch:
+def encode(engine: ResidentModel, texts: list[str], padding: Padding = "left") -> Batch:
     """Tokenize `texts` as `engine.tokenize` does and pad them to one [row, pos] batch."""
     if padding not in ("left", "right"):
         raise ValueError(f"padding must be left or right, got {padding!r}")
@@ -89,15 +91,6 @@ def encode(engine: Engine, texts: list[str], padding: Padding = "left") -> Batch
 
 
 @dataclass
-class LayerCall:
-    """One decoder layer's call (args after the hidden state, kwargs), replayable on new hidden states."""
-
-    hidden: torch.Tensor
-    args: tuple
-    kwargs: dict[str, Any]
-
-
-@dataclass
 class Pass:
     """What one batched forward kept: the normed final residual at each readout ([row, d_model]) and,
     when asked, every layer's call."""
@@ -106,22 +99,7 @@ class Pass:
     calls: list[LayerCall] = field(default_factory=list)
 
 
-def take_rows(value: Any, index: torch.Tensor, rows: int) -> Any:
-    """Select batch rows `index` of every tensor in a layer call's args whose first dim is the batch."""
-    if isinstance(value, torch.Tensor):
-        if value.dim() >= 2 and value.shape[0] == rows:
-            return value.index_select(0, index.to(value.device))
-        return value
-    if isinstance(value, tuple):
-        return tuple(take_rows(v, index, rows) for v in value)
-    if isinstance(value, list):
-        return [take_rows(v, index, rows) for v in value]
-    if isinstance(value, dict):
-        return {k: take_rows(v, index, rows) for k, v in value.items()}
-    return value
-
-
-def forward(engine: Engine, batch: Batch, hooks: list[Hook], record_calls: bool = False) -> Pass:
+def forward(engine: ResidentModel, batch: Batch, hooks: list[Hook], record_calls: bool = False) -> Pass:
     """One forward of the batch with `hooks`; returns the normed readout rows (and layer calls)."""
     a = engine.adapter
     kept: dict[str, torch.Tensor] = {}
@@ -132,7 +110,7 @@ def forward(engine: Engine, batch: Batch, hooks: list[Hook], record_calls: bool 
 
     def record(layer: int):
         def hook(module, args, kwargs):
-            calls[layer] = LayerCall(args[0], tuple(args[1:]), dict(kwargs))
+            calls[layer] = LayerCall.of(args, kwargs)
         return hook
 
     extra = [Hook("fwd", a.final_norm, keep_final)]
@@ -146,7 +124,7 @@ def forward(engine: Engine, batch: Batch, hooks: list[Hook], record_calls: bool 
     return Pass(_post_final(engine, normed), [c for c in calls if c is not None])
 
 
-def _post_final(engine: Engine, normed: torch.Tensor) -> torch.Tensor:
+def _post_final(engine: ResidentModel, normed: torch.Tensor) -> torch.Tensor:
     for module in engine.adapter.post_final:
         normed = module(normed)
     return normed
@@ -156,26 +134,21 @@ def layer_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def run_layers(engine: Engine, calls: list[LayerCall], start: int, hidden: torch.Tensor,
-               index: torch.Tensor, readout: torch.Tensor, hooks: list[Hook],
-               should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
-    """Layers start.. on `hidden` ([n, pos, d]) whose row i is batch row index[i]; returns the normed
-    readout rows [n, d_model]."""
+def run_layers(engine: ResidentModel, calls: list[LayerCall], start: int, hidden: torch.Tensor,
+               readout: torch.Tensor, hooks: list[Hook], should_stop: ShouldStop | None = None,
+               prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+    """Layers start.. on `hidden` ([n, pos, d]) with `calls` already cut to its rows (and positions);
+    returns the normed rows [n, d_model] at `readout` ([n] positions of `hidden`). `prefix_kv`: per
+    layer, keys and values [n, kv_head, prefix, d_head] of the positions before `hidden`'s."""
     a = engine.adapter
-    rows = calls[0].hidden.shape[0]
-    with installed(hooks):
-        for layer in range(start, a.n_layers):
-            if should_stop is not None and should_stop():
-                raise Cancelled("sweep stopped")
-            call = calls[layer]
-            args = take_rows(call.args, index, rows)
-            kwargs = take_rows(call.kwargs, index, rows)
-            hidden = layer_output(a.layers[layer](hidden, *args, **kwargs))
-        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), readout[index]]  # [n, d]
-        return _post_final(engine, a.final_norm(picked))
+    controls = [Hook("attn", a.layer_module(layer, "attn"), control=AttentionControl(prefix_kv=kv))
+                for layer, kv in (prefix_kv or {}).items() if layer >= start]
+    hidden = replay(a.layers, calls, start, hidden, hooks + controls, should_stop)
+    picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), readout]  # [n, d_model]
+    return _post_final(engine, a.final_norm(picked))
 
 
-def logits_of(engine: Engine, normed: torch.Tensor) -> torch.Tensor:
+def logits_of(engine: ResidentModel, normed: torch.Tensor) -> torch.Tensor:
     """Normed residual rows [..., d_model] -> float32 logits [..., vocab] (soft-capped where the model is)."""
     logits = engine.adapter.unembed(normed).float()
     cap = engine.adapter.final_softcap
@@ -184,7 +157,7 @@ def logits_of(engine: Engine, normed: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def first_token(engine: Engine, text: str, what: str) -> int:
+def first_token(engine: ResidentModel, text: str, what: str) -> int:
     ids = engine.tokenizer(text, add_special_tokens=False).input_ids
     if not ids:
         raise PromptError(f"{what} {text!r} has no tokens")
@@ -200,7 +173,7 @@ class SetMetric:
     foil: torch.Tensor  # [row]
 
     @staticmethod
-    def of(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff") -> SetMetric:
+    def of(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff") -> SetMetric:
         if kind not in ("logit_diff", "prob", "loss"):
             raise ValueError(f"metric kind must be logit_diff, prob or loss, got {kind!r}")
         targets, foils = [], []
@@ -219,7 +192,7 @@ class SetMetric:
     def rows(self, index: torch.Tensor) -> SetMetric:
         return SetMetric(self.kind, self.target[index], self.foil[index])
 
-    def value(self, engine: Engine, normed: torch.Tensor) -> torch.Tensor:
+    def value(self, engine: ResidentModel, normed: torch.Tensor) -> torch.Tensor:
         """Metric of normed readout rows [row, d_model] -> [row] (a logit difference reads only the
         target and foil rows of the unembedding)."""
         if self.kind == "logit_diff":
@@ -246,7 +219,7 @@ class SetMetric:
 # ---------------------------------------------------------------------------- interventions
 
 
-def head_outputs(engine: Engine, batch: Batch) -> list[torch.Tensor]:
+def head_outputs(engine: ResidentModel, batch: Batch) -> list[torch.Tensor]:
     """Every layer's per-head attention output z (the output projection's input), [row, pos, head*d_head]."""
     a = engine.adapter
     z: list[torch.Tensor | None] = [None] * a.n_layers
@@ -260,7 +233,7 @@ def head_outputs(engine: Engine, batch: Batch) -> list[torch.Tensor]:
     return z  # type: ignore[return-value]
 
 
-def component_outputs(engine: Engine, batch: Batch, sites: Set[tuple[int, str]]) -> dict[tuple[int, str], torch.Tensor]:
+def component_outputs(engine: ResidentModel, batch: Batch, sites: Set[tuple[int, str]]) -> dict[tuple[int, str], torch.Tensor]:
     """Outputs [row, pos, d_model] of the attention / MLP blocks at `sites` ((layer, "attn"|"mlp"))."""
     a = engine.adapter
     out: dict[tuple[int, str], torch.Tensor] = {}
@@ -277,7 +250,7 @@ def component_outputs(engine: Engine, batch: Batch, sites: Set[tuple[int, str]])
     return out
 
 
-def set_edit_hooks(engine: Engine, pset: PromptSet, batch: Batch, interventions: Iterable[Intervention],  # noqa: C901  (23) validation, sources and two hook kinds; split like edits.py
+def set_edit_hooks(engine: ResidentModel, pset: PromptSet, batch: Batch, interventions: Iterable[Intervention],  # noqa: C901  (23) validation, sources and two hook kinds; split like edits.py
                    padding: Padding = "left") -> list[Hook]:
     """Hooks applying head ablations/scales and component ablations to every row of `batch`.
 
@@ -335,8 +308,10 @@ def set_edit_hooks(engine: Engine, pset: PromptSet, batch: Batch, interventions:
                 elif iv.mode == "zero":
                     new = torch.zeros_like(old)
                 elif iv.mode == "mean":
+                    assert z_mean is not None  # computed above for every mean head ablation
                     new = z_mean[iv.layer].view(n_heads, d_head)[iv.head].expand_as(old)
                 else:
+                    assert z_source is not None  # computed above for every resample head ablation
                     new = z_source[iv.layer].view(*x.shape[:-1], n_heads, d_head)[:, :, iv.head]
                 z[:, :, iv.head] = torch.where(where, new, old)
                 return (z.view(x.shape), *args[1:]), kwargs
@@ -418,7 +393,7 @@ class SetSweepResult:
 # ---------------------------------------------------------------------------- entry points
 
 
-def run_set(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff",
+def run_set(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff",
             interventions: Iterable[Intervention] = (), prompt: Literal["clean", "corrupted"] = "clean",
             padding: Padding = "left") -> SetRunResult:
     """The metric on every row (target vs foil at the row's last token), with and without interventions."""
@@ -434,7 +409,7 @@ def run_set(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff",
                         base.cpu().numpy().astype(np.float64), time.perf_counter() - started)
 
 
-def paired_batches(engine: Engine, pset: PromptSet, direction: str, padding: Padding) -> tuple[Batch, Batch]:
+def paired_batches(engine: ResidentModel, pset: PromptSet, direction: str, padding: Padding) -> tuple[Batch, Batch]:
     """(base, source) batches of a sweep: noising patches corrupted into clean, denoising the reverse."""
     if direction not in ("noising", "denoising"):
         raise ValueError(f"direction must be noising or denoising, got {direction!r}")
@@ -450,13 +425,39 @@ def paired_batches(engine: Engine, pset: PromptSet, direction: str, padding: Pad
     return (clean, corrupt) if direction == "noising" else (corrupt, clean)
 
 
-def sweep_set(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff",
+def shared_prefixes(base: Batch, source: Batch) -> list[int]:
+    """Per row, the padded index of the first position whose token differs between the base and
+    source rows (at most the readout): the positions before it hold the same activations in both
+    runs, so patching there changes nothing and a sweep computes only the positions from it on."""
+    differs = (base.ids != source.ids) & base.mask.bool()  # [row, pos]
+    starts = []
+    for r in range(base.rows):
+        where = differs[r].nonzero()
+        readout = int(base.readout[r])
+        starts.append(min(int(where[0]), readout) if len(where) else readout)
+    return starts
+
+
+def _rows_after(calls: list[LayerCall], index: torch.Tensor, start: int) -> list[LayerCall]:
+    """Each layer's call cut to batch rows `index` and positions start.. . The hidden states stay
+    views of every base row (a variant starts from its own hidden state, selected by the caller)."""
+    rows = calls[0].hidden.shape[0]
+    cut = [call.suffix(start) for call in calls]
+    return [LayerCall(c.hidden, take_rows(c.args, index, rows), take_rows(c.kwargs, index, rows)) for c in cut]
+
+
+def sweep_set(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff",
               direction: str = "noising", padding: Padding = "left",
               on_progress: Callable[[SetSweepResult], None] | None = None,
-              should_stop: Callable[[], bool] | None = None,
+              should_stop: ShouldStop | None = None,
               max_batch: int = MAX_BATCH_ROWS, source: Literal["prompts", "mean"] = "prompts") -> SetSweepResult:
     """Patch each head's output from the source rows into the base rows, every row at once: for each
     layer, rows x heads variants resume from the base run's residual at that layer.
+
+    Only what can change is computed: a variant runs the layers from the patched one on, and only
+    the positions from its row's first differing token on (`shared_prefixes`; with left padding the
+    padding is before it), attending to the base run's keys and values for the earlier positions.
+    Rows are batched in order of that position, so a batch's rows share most of their prefix.
 
     source "mean": a mean-ablation sweep instead: each head's output is replaced by its mean over
     every real position of the set's clean rows (the base rows are the clean prompts; `direction`
@@ -475,39 +476,52 @@ def sweep_set(engine: Engine, pset: PromptSet, kind: MetricKind = "logit_diff",
             source_z = [z[real].mean(0).expand(*base_batch.ids.shape, -1)
                         for z in head_outputs(engine, base_batch)]  # [row, pos, head*d_head] per layer
             source_metric = torch.full((rows,), float("nan"))
+            starts = list(base_batch.offsets)  # the mean differs at every real token
         else:
             base_batch, source_batch = paired_batches(engine, pset, direction, padding)
             rows = base_batch.rows
             source_z = head_outputs(engine, source_batch)
             source_metric = metric.value(engine, forward(engine, source_batch, []).normed)
-        base = forward(engine, base_batch, [], record_calls=True)
+            starts = shared_prefixes(base_batch, source_batch)
+        controls = [AttentionControl(record_kv=True) for _ in range(a.n_layers)]
+        base = forward(engine, base_batch, [Hook("attn", a.layer_module(layer, "attn"), control=control)
+                                            for layer, control in enumerate(controls)], record_calls=True)
         base_metric = metric.value(engine, base.normed)
+        kv = [cast(tuple[torch.Tensor, torch.Tensor], c.kv) for c in controls]  # [row, kv_head, pos, d_head] x2
         per_row = np.full((rows, a.n_layers, n_heads), np.nan)
 
         def result(complete: bool) -> SetSweepResult:
-            return SetSweepResult(pset.name, direction if source == "prompts" else "mean", per_row.copy(), base_metric.cpu().numpy().astype(np.float64),
+            return SetSweepResult(pset.name, direction if source == "prompts" else "mean", per_row.copy(),
+                                  base_metric.cpu().numpy().astype(np.float64),
                                   source_metric.cpu().numpy().astype(np.float64), complete,
                                   time.perf_counter() - started)
 
-        # variant v patches head v // rows in row v % rows
-        variants = torch.arange(rows * n_heads, device=engine.device)
-        chunk = max(1, max_batch)
+        # variants (row, head), rows in order of their first differing position; batches of max_batch
+        order = sorted(range(rows), key=lambda r: starts[r])
+        pairs = torch.tensor([(r, h) for r in order for h in range(n_heads)], device=engine.device)
+        chunks = []
+        for begin in range(0, len(pairs), max(1, max_batch)):
+            index, heads = pairs[begin:begin + max(1, max_batch), 0], pairs[begin:begin + max(1, max_batch), 1]
+            start = min(starts[r] for r in index.tolist())
+            chunks.append((index, heads, start, _rows_after(base.calls, index, start)))
         for layer in range(a.n_layers):
-            for start in range(0, len(variants), chunk):
-                part = variants[start:start + chunk]
-                index = part % rows
-                heads = part // rows
-                src = source_z[layer].reshape(rows, -1, n_heads, d_head)[index, :, heads]  # [n, pos, d_head]
+            for index, heads, start, calls in chunks:
+                src = source_z[layer].reshape(rows, -1, n_heads, d_head)[index, start:, heads]  # [n, suffix, d_head]
 
                 def patch(module, args, kwargs, heads=heads, src=src):
-                    x = args[0]  # [n, pos, head*d_head]
-                    z = x.view(*x.shape[:-1], n_heads, d_head).clone()  # [n, pos, head, d_head]
+                    x = args[0]  # [n, suffix, head*d_head]
+                    z = x.view(*x.shape[:-1], n_heads, d_head).clone()  # [n, suffix, head, d_head]
                     z[torch.arange(len(heads)), :, heads] = src
                     return (z.view(x.shape), *args[1:]), kwargs
 
-                hidden = base.calls[layer].hidden.index_select(0, index)
-                normed = run_layers(engine, base.calls, layer, hidden, index, base_batch.readout,
-                                    [Hook("pre", a.o_proj(layer), patch)], should_stop)
+                hidden = base.calls[layer].hidden.index_select(0, index)[:, start:]  # [n, suffix, d_model]
+                prefix_kv = None
+                if start > 0:
+                    prefix_kv = {later: (kv[later][0].index_select(0, index)[:, :, :start],
+                                         kv[later][1].index_select(0, index)[:, :, :start])
+                                 for later in range(layer, a.n_layers)}
+                normed = run_layers(engine, calls, layer, hidden, base_batch.readout[index] - start,
+                                    [Hook("pre", a.o_proj(layer), patch)], should_stop, prefix_kv)
                 effect = metric.rows(index).value(engine, normed) - base_metric[index]
                 per_row[index.cpu().numpy(), layer, heads.cpu().numpy()] = effect.cpu().numpy()
             if on_progress is not None:

@@ -13,12 +13,11 @@ from mechscope.engine.attention import AttentionControl
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook
 from mechscope.engine.interventions import Metric
-from mechscope.engine.passes import CleanPass, LayerCall, Passes, SourceActs
+from mechscope.engine.passes import CleanPass, Passes, SourceActs
+from mechscope.engine.protocol import SWEEP_KINDS, ShouldStop, SweepKind
 from mechscope.engine.results import SweepResult
 from mechscope.engine.sites import Site
 
-SweepKind = Literal["head", "resid", "attn", "mlp", "atp"]
-SWEEP_KINDS: tuple[str, ...] = ("head", "resid", "attn", "mlp", "atp")
 ProgressCallback = Callable[[SweepResult], None]
 EditHooks = Callable[[], list[Hook]]
 
@@ -35,7 +34,7 @@ def _check_arguments(kind: str, direction: str, metric: Metric | None) -> None:
 def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Metric,
           direction: Literal["noising", "denoising"] = "noising",
           on_progress: ProgressCallback | None = None,
-          should_stop: Callable[[], bool] | None = None,
+          should_stop: ShouldStop | None = None,
           edit_hooks: EditHooks | None = None) -> SweepResult:
     """Patch every head (or residual position, or attention / MLP output per position) from the
     source run into the base run.
@@ -125,10 +124,17 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
 
 
 def _base_pass(passes: Passes, ids: torch.Tensor, edit_hooks: EditHooks | None,
-               should_stop: Callable[[], bool] | None) -> CleanPass:
-    """The base run: the cached clean pass, or a fresh one under the interventions' hooks."""
+               should_stop: ShouldStop | None) -> CleanPass:
+    """The base run: the cached clean pass (a new one keeps every layer's keys and values, which
+    `_suffix_calls` needs), or a fresh one under the interventions' hooks."""
     if edit_hooks is None:
-        return passes.clean(ids, should_stop=should_stop)
+        cached = passes.cached_clean(ids)
+        if cached is not None:
+            return cached
+        controls, hooks = _kv_recorders(passes)
+        clean = passes.clean_forward(ids, should_stop=should_stop, extra_hooks=hooks)[0]
+        clean.views[("kv",)] = _recorded_kv(controls)
+        return clean
     return passes.clean_forward(ids, should_stop=should_stop, extra_hooks=edit_hooks(), cache=False)[0]
 
 
@@ -163,36 +169,33 @@ def _variants(passes: Passes, kind: str, layer: int, start_hidden: torch.Tensor,
     return hidden, Site(kind, layer).edit(a, patch_each_position)  # type: ignore[arg-type]
 
 
+def _kv_recorders(passes: Passes) -> tuple[list[AttentionControl], list[Hook]]:
+    a = passes.adapter
+    controls = [AttentionControl(record_kv=True) for _ in range(a.n_layers)]
+    return controls, [Hook("attn", a.layer_module(layer, "attn"), control=c) for layer, c in enumerate(controls)]
+
+
+def _recorded_kv(controls: list[AttentionControl]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's keys and values [1, kv_head, pos, d_head] after a pass under `_kv_recorders`."""
+    recorded = []
+    for control in controls:
+        assert control.kv is not None  # record_kv controls hold the keys and values after the pass
+        recorded.append(control.kv)
+    return recorded
+
+
 def _suffix_calls(passes: Passes, base: CleanPass, prefix: int):
     """Layer calls cut to positions >= prefix, and each layer's keys/values for the prefix."""
     if prefix == 0:
         return base.calls, {}
-    n_pos = base.ids.shape[1]
-    a = passes.adapter
-    controls = {layer: AttentionControl(record_kv=True) for layer in range(a.n_layers)}
-    hooks = [Hook("attn", a.layer_module(layer, "attn"), control=control) for layer, control in controls.items()]
-    passes.run_layers(base.calls, 0, base.calls[0].hidden, hooks, None)
-    prefix_kv = {}
-    for layer, c in controls.items():
-        assert c.kv is not None  # record_kv controls hold the keys and values after the pass
-        prefix_kv[layer] = (c.kv[0][:, :, :prefix], c.kv[1][:, :, :prefix])
+    def record() -> list[tuple[torch.Tensor, torch.Tensor]]:
+        controls, hooks = _kv_recorders(passes)
+        passes.run_layers(base.calls, 0, base.calls[0].hidden, hooks, None)
+        return _recorded_kv(controls)
 
-    def cut(value):
-        if isinstance(value, torch.Tensor):
-            if value.dim() == 4 and value.shape[-2] == n_pos and value.shape[-1] == n_pos:
-                return value[..., prefix:, :]  # attention mask [batch, 1, query, key]: keep every key
-            if value.dim() >= 2 and value.shape[1] == n_pos:
-                return value[:, prefix:]  # position ids / rotary tables [batch, pos, ...]
-            if value.dim() == 1 and value.shape[0] == n_pos:
-                return value[prefix:]  # cache_position
-            return value
-        if isinstance(value, tuple):
-            return tuple(cut(v) for v in value)
-        return value
-
-    calls = [LayerCall((call.hidden[:, prefix:], *[cut(v) for v in call.args[1:]]) if call.args else (),
-                       {k: cut(v) for k, v in call.kwargs.items()}) for call in base.calls]
-    return calls, prefix_kv
+    kv = base.view(("kv",), record)
+    prefix_kv = {layer: (k[:, :, :prefix], v[:, :, :prefix]) for layer, (k, v) in enumerate(kv)}
+    return [call.suffix(prefix) for call in base.calls], prefix_kv
 
 
 def _attribution_patching(passes: Passes, base_ids: torch.Tensor, source: SourceActs, metric_of,

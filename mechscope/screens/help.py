@@ -21,7 +21,7 @@ GRID_LEGEND = (
 def detector_definitions() -> str:
     """The head detectors' definitions (grid metrics after D), read from the engine's detectors module."""
     try:
-        from mechscope.engine.detectors import DEFINITIONS
+        from mechscope.engine.results import DEFINITIONS
     except ImportError:
         return ""
     return "\nHead detectors (D, then c cycles them):\n" + "\n".join(f"  {text}" for text in DEFINITIONS.values())

@@ -19,8 +19,8 @@ from textual.widget import Widget
 from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from mechscope.backends.describe import backend_status
 from mechscope.engine.addresses import parse_address
+from mechscope.engine.backend_info import backend_status
 from mechscope.engine.interventions import (
     SteeringVector,
 )

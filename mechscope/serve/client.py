@@ -213,8 +213,8 @@ class RemoteEngine:
         return str(self._hello.get("source", ""))
 
     @property
-    def capabilities(self) -> RemoteCapabilities | None:
-        """The server's backend (None for the native engine), as `NNsightEngine.capabilities` says it."""
+    def backend(self) -> RemoteCapabilities | None:
+        """The server's backend (None for the native engine), as `NNsightEngine.backend` says it."""
         status = self._hello.get("backend_status")
         record = self._hello.get("backend")
         if not isinstance(status, str) or not isinstance(record, dict):

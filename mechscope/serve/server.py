@@ -23,7 +23,7 @@ from starlette.routing import Route
 from starlette.types import Message
 
 from mechscope import __version__
-from mechscope.backends.describe import backend_record, backend_status
+from mechscope.engine.backend_info import backend_record, backend_status
 from mechscope.serve import codec
 from mechscope.serve.jobs import DuplicateJob, Hub, log
 from mechscope.serve.runtime import Place, write_card

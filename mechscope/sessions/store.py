@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mechscope.backends.describe import backend_record
+from mechscope.engine.backend_info import backend_record
 from mechscope.sessions.errors import SessionError
 from mechscope.sessions.events import Event, tensor_files, validate_payload, work_kind
 from mechscope.sessions.folders import (

@@ -215,7 +215,7 @@ def run_app(args: argparse.Namespace) -> int:
             return connect(attach)  # named user:pid, so two workbenches of one user differ
         # torch and transformers load here, in the loader thread, after the first paint
         progress("importing PyTorch and transformers", None)
-        from mechscope.cli.common import load_engine, model_settings
+        from mechscope.backends import load_engine, model_settings
 
         return load_engine(model_settings(args), getattr(args, "backend", None),
                            progress)

@@ -150,7 +150,7 @@ def test_time_estimate_counts_backward_and_rows():
 
 
 def test_remote_engine_says_what_it_cannot_do(remote_engine):
-    caps = remote_engine.capabilities
+    caps = remote_engine.backend
     assert (caps.backend, caps.execution, caps.incremental_recompute) == ("ndif", "NDIF", False)
     assert remote_engine.info.device == "NDIF"
     assert "full recompute" in caps.status
@@ -171,11 +171,11 @@ def test_attribution_needs_weights_here(monkeypatch, service):
     with pytest.raises(MechscopeError) as error:
         engine.run(PROMPT, views=Views(attribution=True))
     assert "weights" in _one_line(error)
-    assert "no attribution" in engine.capabilities.status
+    assert "no attribution" in engine.backend.status
 
 
 def test_capabilities_record_the_backend(remote_engine):
-    record = remote_engine.capabilities.to_dict()
+    record = remote_engine.backend.to_dict()
     assert record == {"backend": "ndif", "execution": "NDIF", "incremental_recompute": False,
                       "nnsight": nnsight.__version__}
 

@@ -238,8 +238,8 @@ def test_invalid_interventions_get_the_native_message(bad):
 def test_status_says_no_incremental_recompute():
     _, backend = _pair("llama")
     assert isinstance(backend, EngineProtocol)
-    assert backend.capabilities.incremental_recompute is False
-    assert "full recompute" in backend.capabilities.status
+    assert backend.backend.incremental_recompute is False
+    assert "full recompute" in backend.backend.status
     result = backend.run(CLEAN, [HeadAblation(2, 1)])
     assert result.compute.mode == "full"
 
@@ -266,3 +266,14 @@ def test_demo_matches_native(demo_engine, demo_backends):
         _assert_same_prediction(expected, got)
         _assert_same_views(expected, got)
         assert np.abs(backend.sweep("head", CLEAN, CORRUPT, METRIC).values - sweep.values).max() < TOL
+
+
+def test_nnsight_declares_the_single_prompt_work_it_offers():
+    """What it declares it has methods for; prompt-set work (which needs the native engine) it declares not."""
+    methods = {"run": "run", "sweep": "sweep", "generate": "generate", "vectors": "build_steering_vector",
+               "reference_prompts": "set_reference_prompts", "tokenizer": "tokenize"}
+    assert NNsightEngine.capabilities == frozenset(methods)
+    for capability, method in methods.items():
+        assert callable(getattr(NNsightEngine, method)), capability
+    for method in ("run_set", "sweep_set", "estimate", "detect_heads", "massive_activations"):
+        assert not hasattr(NNsightEngine, method)

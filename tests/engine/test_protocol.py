@@ -24,3 +24,12 @@ def test_engine_methods_take_the_protocols_parameters():
             assert param.name in got, f"Engine.{name} lacks parameter {param.name}"
             assert got[param.name].default == param.default, f"Engine.{name}({param.name}) default differs"
         assert list(got)[: len(wanted)] == [p.name for p in wanted], f"Engine.{name} parameter order"
+
+
+def test_the_in_process_engine_offers_everything_but_forwarding():
+    from mechscope.engine.capabilities import ALL_CAPABILITIES, DESCRIPTIONS
+
+    assert set(DESCRIPTIONS) == ALL_CAPABILITIES
+    assert Engine.capabilities == ALL_CAPABILITIES - {"forward"}
+    for method in ("run_set", "sweep_set", "estimate", "detect_heads", "massive_activations"):
+        assert callable(getattr(Engine, method))

@@ -8,7 +8,7 @@ import pytest
 from mechscope.engine import HeadAblation, HeadScale, Metric
 from mechscope.engine.interventions import ComponentAblation
 from mechscope.engine.prompt_sets import PromptRow, PromptSet
-from mechscope.engine.set_runs import run_set, sweep_set
+from mechscope.engine.set_runs import paired_batches, run_set, shared_prefixes, sweep_set
 from mechscope.engine.testing import FAMILIES, tiny_engine
 
 ROWS = PromptSet("mixed", (
@@ -56,6 +56,28 @@ def test_batched_head_sweep_equals_rows_one_at_a_time(engine, padding):
         assert result.source_metric[r] == pytest.approx(single.source_metric, abs=1e-5)
     np.testing.assert_allclose(result.mean, result.per_row.mean(0))
     np.testing.assert_allclose(result.std, result.per_row.std(0))
+
+
+def test_set_sweep_computes_only_the_positions_after_each_rows_shared_prefix(engine):
+    """Variants run from the first token where a row's prompts differ (left padding: the padding is
+    before it); only the three set-wide passes (source head outputs, source, base) see every position."""
+    base, source = paired_batches(engine, ROWS, "noising", "left")
+    starts = shared_prefixes(base, source)
+    # every row's prompts share their first tokens, and differ before the readout
+    assert all(offset < start < readout for offset, start, readout in zip(base.offsets, starts, base.readout.tolist()))
+    widths: list[int] = []
+
+    def record(module, args, kwargs):
+        widths.append((args[0] if args else kwargs["hidden_states"]).shape[1])
+
+    handle = engine.adapter.layers[-1].register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        sweep_set(engine, ROWS, max_batch=5)
+    finally:
+        handle.remove()
+    full = base.ids.shape[1]
+    assert sorted(widths)[-3:] == [full] * 3
+    assert max(sorted(widths)[:-3]) <= full - min(starts)
 
 
 def test_prob_and_loss_metrics_match_single_rows(engine):

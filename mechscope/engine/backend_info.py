@@ -7,19 +7,19 @@ from typing import Any
 NATIVE = {"backend": "native"}
 
 
-def backend_status(engine: Any) -> str | None:
+def backend_status(engine: object) -> str | None:
     """The header's note on the backend ("nnsight (local): full recompute on every change"); None
     for the native engine, which needs none."""
-    capabilities = getattr(engine, "capabilities", None)
-    return None if capabilities is None else str(capabilities.status)
+    backend = getattr(engine, "backend", None)
+    return None if backend is None else str(backend.status)
 
 
-def backend_record(engine: Any) -> dict[str, Any]:
-    """What a session records about the backend: `capabilities.to_dict()`, or {"backend": "native"}."""
-    capabilities = getattr(engine, "capabilities", None)
-    return dict(NATIVE) if capabilities is None else dict(capabilities.to_dict())
+def backend_record(engine: object) -> dict[str, Any]:
+    """What a session records about the backend: `backend.to_dict()`, or {"backend": "native"}."""
+    backend = getattr(engine, "backend", None)
+    return dict(NATIVE) if backend is None else dict(backend.to_dict())
 
 
-def backend_name(record: Any) -> str:
+def backend_name(record: object) -> str:
     """The backend a manifest's record names ("native" when the session predates the record)."""
     return str(record.get("backend", "native")) if isinstance(record, dict) else "native"
