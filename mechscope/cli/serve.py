@@ -9,6 +9,7 @@ import os
 import sys
 import time
 
+from mechscope.backends.describe import backend_status
 from mechscope.cli.common import add_model_args, load_engine, model_settings
 from mechscope.engine.errors import MechscopeError
 
@@ -16,7 +17,7 @@ from mechscope.engine.errors import MechscopeError
 def register(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="keep a model loaded and serve it to workbenches and notebooks",
                            description="Load a model once and serve it on a private Unix socket; "
-                           "attach with `mechscope --attach NAME` or `Engine.connect(NAME)`.")
+                           "attach with `mechscope --attach NAME` or `mechscope.serve.connect(NAME)`.")
     add_model_args(serve)
     where = serve.add_mutually_exclusive_group()
     where.add_argument("--name", help="server name (default 'default'); its socket lives in the runtime directory")
@@ -26,17 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     stop = sub.add_parser("stop", help="stop a running server cleanly")
     stop.add_argument("server", nargs="?", default=None, help="server name or socket path (default 'default')")
     stop.set_defaults(run=dispatch)
-
-
-def attach_or_exit(target: str, client_name: str | None = None):
-    """A connected `RemoteEngine` for `--attach`, or None after one error line on stderr."""
-    from mechscope.serve.client import connect
-
-    try:
-        return connect(target, client_name=client_name)
-    except MechscopeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -102,8 +92,8 @@ def _load(args: argparse.Namespace):
     except MechscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-    capabilities = getattr(engine, "capabilities", None)
-    backend = f" ({capabilities.status})" if capabilities is not None else ""
+    status = backend_status(engine)
+    backend = f" ({status})" if status is not None else ""
     print(f"loaded {engine.info.name}{backend} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return engine
 
@@ -151,7 +141,7 @@ def cmd_stop(target: str | None) -> int:
     engine = connect(where.socket, client_name="mechscope stop")
     engine.shutdown()
     with contextlib.suppress(MechscopeError):
-        engine.close(say_bye=False)
+        engine.close()
     deadline = time.monotonic() + 15
     while where.socket.exists() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -14,6 +14,7 @@ import torch
 
 from mechscope.engine.attention import AttentionControl
 from mechscope.engine.hooks import Hook, installed
+from mechscope.engine.results import HeadScores
 
 if TYPE_CHECKING:
     from mechscope.engine.core import Engine
@@ -54,22 +55,6 @@ DEFINITIONS: dict[str, str] = {
         "average); the first position (the usual attention sink) is left out."),
 }
 DETECTORS: tuple[str, ...] = tuple(DEFINITIONS)
-
-
-@dataclass
-class HeadScores:
-    """One [layer, head] grid per detector (`scores[name]`), with the definitions the help shows."""
-
-    scores: dict[str, np.ndarray]
-    cached: bool = False
-
-    def top(self, name: str, k: int = 5) -> list[tuple[int, int, float]]:
-        grid = self.scores[name]
-        order = np.argsort(-grid.ravel())[:k]
-        return [(int(i // grid.shape[1]), int(i % grid.shape[1]), float(grid.ravel()[i])) for i in order]
-
-    def to_dict(self) -> dict:
-        return {name: grid.tolist() for name, grid in self.scores.items()}
 
 
 @dataclass

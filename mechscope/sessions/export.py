@@ -192,6 +192,7 @@ import numpy as np
 
 from mechscope.engine import {imports}
 from mechscope.engine.errors import MechscopeError
+from mechscope.serve import connect
 
 SESSION = {literal(session.name)}
 RECORDED_AT = {literal(str(session.manifest.get("created", "")))}
@@ -207,7 +208,7 @@ def vector(*chunks: str) -> np.ndarray:
 
 
 def main(model: str) -> None:
-    engine = Engine.connect(ATTACH) if ATTACH is not None else Engine.load(model)
+    engine = connect(ATTACH) if ATTACH is not None else Engine.load(model)
 {body}
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from mechscope.engine.capabilities import MissingCapability
 from mechscope.engine.errors import Cancelled, MechscopeError
 from mechscope.engine.interventions import HeadAblation
 from mechscope.engine.prompt_sets import template_set
@@ -44,6 +45,12 @@ def user_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+def forwards(engine: EngineProtocol) -> bool:
+    """Whether `engine` takes whole requests (capability "forward": a server's client)."""
+    capabilities = getattr(engine, "capabilities", None)
+    return isinstance(capabilities, (set, frozenset)) and "forward" in capabilities
+
+
 def _call(engine: EngineProtocol, request: Request, on_partial: OnPartial | None,
           should_stop: ShouldStop | None) -> Any:
     if isinstance(request, RunRequest):
@@ -74,31 +81,31 @@ def _call(engine: EngineProtocol, request: Request, on_partial: OnPartial | None
         engine.set_reference_prompts(request.prompts)
         return None
     if isinstance(request, RunSetRequest):
-        return _method(engine, "run_set", "prompt sets")(
+        return _method(engine, "run_set", "prompt_sets")(
             request.pset, request.metric_kind, request.interventions, request.prompt)
     if isinstance(request, SweepSetRequest):
-        return _method(engine, "sweep_set", "set sweeps")(
+        return _method(engine, "sweep_set", "prompt_sets")(
             request.pset, kind=request.metric_kind, direction=request.direction,
             source=request.source, on_progress=on_partial, should_stop=should_stop)
     if isinstance(request, EstimateRequest):
         return _estimate(engine, request, should_stop)
     if isinstance(request, DetectHeadsRequest):
-        return _method(engine, "detect_heads", "head detectors")()
+        return _method(engine, "detect_heads", "head_detectors")()
     if isinstance(request, TemplateSetRequest):
         tokenizer = getattr(engine, "tokenizer", None)
         if tokenizer is None:
-            raise ValueError("template prompt sets are not available on this engine")
+            raise MissingCapability("tokenizer", type(engine).__name__)
         return template_set(request.template, tokenizer, request.count, request.seed)
     if isinstance(request, MassiveRequest):
-        return _method(engine, "massive_activations", "massive activations")(request.pset, request.ratio)
+        return _method(engine, "massive_activations", "massive_activations")(request.pset, request.ratio)
     raise TypeError(f"not a request: {type(request).__name__}")
 
 
-def _method(engine: EngineProtocol, name: str, what: str) -> Callable[..., Any]:
-    """The engine's method `name`; other engines (served, nnsight) may not have the set methods."""
+def _method(engine: EngineProtocol, name: str, capability: str) -> Callable[..., Any]:
+    """The engine's method `name`; an engine without it (nnsight) lacks `capability`."""
     method = getattr(engine, name, None)
     if not callable(method):
-        raise ValueError(f"{what} are not available on this engine")
+        raise MissingCapability(capability, type(engine).__name__)
     return method
 
 
@@ -109,13 +116,13 @@ def _estimate(engine: EngineProtocol, request: EstimateRequest, should_stop: Sho
         raise ValueError(f"verify_top_k must not be negative, got {request.verify_top_k}")
     if request.verify_top_k and request.direction != "noising":
         raise ValueError("verify patches heads noising (corrupted into clean); set direction to noising")
-    estimate = _method(engine, "estimate", "attribution estimates")(
+    estimate = _method(engine, "estimate", "estimates")(
         request.pset, request.method, request.steps, kind=request.metric_kind,
         direction=request.direction)
     values = np.asarray(estimate.mean, dtype=np.float64)  # [layer, head]
     exact: dict[tuple[int, int], float] = {}
     order = np.argsort(-np.abs(np.nan_to_num(values)).ravel(), kind="stable")[:request.verify_top_k]
-    run_set = _method(engine, "run_set", "prompt sets")
+    run_set = _method(engine, "run_set", "prompt_sets")
     for index in order:
         if should_stop is not None and should_stop():
             raise Cancelled("verify stopped")
@@ -132,7 +139,10 @@ def execute(engine: EngineProtocol, request: Request, on_partial: OnPartial | No
     `on_partial` receives streamed pieces (partial SweepResult, GeneratedToken)."""
     started = time.perf_counter()
     try:
-        result = _call(engine, request, on_partial, should_stop)
+        if forwards(engine):
+            result = engine.forward(request, on_partial, should_stop)  # type: ignore[attr-defined]
+        else:
+            result = _call(engine, request, on_partial, should_stop)
     except Cancelled:
         return Outcome(request, cancelled=True, seconds=time.perf_counter() - started)
     except (MechscopeError, ValueError, TypeError) as exc:

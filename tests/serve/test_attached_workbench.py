@@ -174,8 +174,8 @@ async def test_a_server_on_the_nnsight_backend_says_so_in_the_header(tmp_path):
     sock = runtime / "traced.sock"
     try:
         engine = connect(sock, client_name="probe")
-        assert engine.capabilities.status == "nnsight (local): full recompute on every change"
-        assert engine.capabilities.to_dict()["backend"] == "nnsight"
+        assert engine.backend.status == "nnsight (local): full recompute on every change"
+        assert engine.backend.to_dict()["backend"] == "nnsight"
         engine.close()
         app = MechscopeApp(lambda progress: connect(sock, client_name="workbench"), record=False,
                            source="attached")
@@ -196,7 +196,7 @@ def test_a_native_server_has_no_backend_note(tmp_path):
     proc = start_server(folder, runtime, "--name", "plain")
     try:
         engine = connect(runtime / "plain.sock", client_name="probe")
-        assert engine.capabilities is None
+        assert engine.backend is None
         engine.close()
     finally:
         stop_server(proc)

@@ -130,7 +130,7 @@ def test_an_engine_without_set_methods_says_so():
         pass
 
     outcome = execute(Plain(), RunSetRequest(ROWS))
-    assert outcome.error == "prompt sets are not available on this engine"
+    assert outcome.error == "Plain cannot run prompt sets (capability 'prompt_sets')"
 
 
 @pytest.mark.parametrize("request_", [
