@@ -91,8 +91,9 @@ class Encoder:
             if WIRE_TYPES.get(name) is not type(value):
                 raise TypeError(f"cannot send a {name}")
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-            if isinstance(value, results.Prediction) and not self.full_logits and value.logits_kept is None:
-                fields.update(compact_logits(value))
+            if (isinstance(value, results.Prediction) and not self.full_logits
+                    and value.logits_kept is None and np.size(value.logits) > 2 * KEPT_LOGITS):
+                fields.update(compact_logits(value))  # smaller only when most of the vocabulary is left out
             out = {"$dc": name}
             out.update({k: self(v) for k, v in fields.items()})
             return out
