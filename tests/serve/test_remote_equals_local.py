@@ -176,7 +176,8 @@ def test_serve_benchmark_runs_on_a_tiny_model():
                          capture_output=True, text=True, cwd=REPO, timeout=600,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-2000:]
-    for figure in ("toggle via server", "attach -> first prediction", "head sweep first cell via server"):
+    for figure in ("toggle via server", "toggle answer on the socket", "toggle via a 10 Mbit/s",
+                   "attach -> first prediction", "head sweep first cell via server"):
         assert figure in out.stdout
 
 
