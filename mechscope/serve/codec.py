@@ -51,6 +51,7 @@ for _cls in (results.ModelInfo, results.TokenProb, results.MetricInfo, results.L
 DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                     "float16", "float32", "float64"})
 MAX_DEPTH = 32
+PLAIN = frozenset({str, int, float, bool, type(None)})  # values JSON carries as they are
 MAX_FRAME_BYTES = 4 * 1024**3  # one frame's arrays together; a 10,000-row set sweep of a 70B model fits
 MAX_LINE_BYTES = 256 * 1024**2
 KEPT_LOGITS = 256  # logits a compact Prediction keeps exactly (the rest share what probability is left)
@@ -81,6 +82,8 @@ class Encoder:
     def __call__(self, value: Any) -> Any:
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
+        if type(value) is list and all(type(v) in PLAIN for v in value):
+            return value  # token texts, ids, a table's numbers: as they are
         if isinstance(value, (np.ndarray, np.generic)):
             return self.array(value)
         if isinstance(value, LogitsRecord):
@@ -115,10 +118,9 @@ def compact_logits(prediction: results.Prediction) -> dict[str, Any]:
     kept = min(KEPT_LOGITS, logits.size)
     ids = np.argpartition(-logits, kept - 1)[:kept] if kept else np.zeros(0, np.int64)
     ids = np.union1d(ids, [t.id for t in prediction.top if 0 <= t.id < logits.size]).astype(np.int32)
-    wide = logits.astype(np.float64)
-    peak = float(wide.max()) if wide.size else 0.0
-    mass = np.exp(wide - peak)  # [vocab]
-    total, kept_mass = float(mass.sum()), float(mass[ids].sum())
+    peak = float(logits.max()) if logits.size else 0.0
+    mass = np.exp(logits - np.float32(peak))  # [vocab], each in (0, 1]
+    total, kept_mass = float(mass.sum(dtype=np.float64)), float(mass[ids].sum(dtype=np.float64))
     rest = logits.size - ids.size
     # each id not kept gets the mean of the probability they share, as a logit
     fill = (peak + math.log((total - kept_mass) / rest)) if rest and total > kept_mass else -math.inf
@@ -178,6 +180,8 @@ def decode(data: Any, depth: int = 0, blobs: list[bytes] | None = None) -> Any:
     if data is None or isinstance(data, (bool, int, float, str)):
         return data
     if isinstance(data, list):
+        if all(type(v) in PLAIN for v in data):
+            return data
         return [decode(v, depth + 1, blobs) for v in data]
     if not isinstance(data, dict):
         raise ValueError(f"unexpected {type(data).__name__}")
