@@ -67,6 +67,7 @@ class Encoder:
     def __init__(self, full_logits: bool = True) -> None:
         self.blobs: list[bytes] = []
         self.full_logits = full_logits
+        self.keep_ids: list[int] = []  # ids a compact Prediction keeps exactly whatever their rank
 
     def array(self, array: np.ndarray | np.generic) -> dict[str, Any]:
         arr = np.asarray(array)
@@ -94,9 +95,11 @@ class Encoder:
             if WIRE_TYPES.get(name) is not type(value):
                 raise TypeError(f"cannot send a {name}")
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            if isinstance(value, results.RunResult):
+                self.keep_ids = run_ids(value)
             if (isinstance(value, results.Prediction) and not self.full_logits
                     and value.logits_kept is None and np.size(value.logits) > 2 * KEPT_LOGITS):
-                fields.update(compact_logits(value))  # smaller only when most of the vocabulary is left out
+                fields.update(compact_logits(value, self.keep_ids))  # smaller only when most of the vocabulary is left out
             out = {"$dc": name}
             out.update({k: self(v) for k, v in fields.items()})
             return out
@@ -111,13 +114,23 @@ class Encoder:
         raise TypeError(f"cannot send a {type(value).__name__}")
 
 
-def compact_logits(prediction: results.Prediction) -> dict[str, Any]:
-    """The `logits` and `logits_kept` fields of a compact Prediction: the most likely ids and the
-    top tokens' ids exactly, a `$logits` record the decoder rebuilds the [vocab] array from."""
+def run_ids(result: results.RunResult) -> list[int]:
+    """The ids a run's readers look up in either prediction: both top lists and the metric's tokens
+    (the Δ column, a pin's deltas, the spacing hint)."""
+    ids = [t.id for t in (*result.prediction.top, *result.baseline.top)]
+    if result.metric_info is not None:
+        ids.extend(result.metric_info.target_ids[:1] + result.metric_info.foil_ids[:1])
+    return ids
+
+
+def compact_logits(prediction: results.Prediction, keep_ids: Iterable[int] = ()) -> dict[str, Any]:
+    """The `logits` and `logits_kept` fields of a compact Prediction: the most likely ids, its top
+    tokens' and `keep_ids` exactly, a `$logits` record the decoder rebuilds the [vocab] array from."""
     logits = np.asarray(prediction.logits, dtype=np.float32)  # [vocab]
     kept = min(KEPT_LOGITS, logits.size)
     ids = np.argpartition(-logits, kept - 1)[:kept] if kept else np.zeros(0, np.int64)
-    ids = np.union1d(ids, [t.id for t in prediction.top if 0 <= t.id < logits.size]).astype(np.int32)
+    named = [i for i in (*(t.id for t in prediction.top), *keep_ids) if 0 <= i < logits.size]
+    ids = np.union1d(ids, named).astype(np.int32)
     peak = float(logits.max()) if logits.size else 0.0
     mass = np.exp(logits - np.float32(peak))  # [vocab], each in (0, 1]
     total, kept_mass = float(mass.sum(dtype=np.float64)), float(mass[ids].sum(dtype=np.float64))
