@@ -215,6 +215,22 @@ def main() -> None:
             relayed.close()
             relay.close()
 
+        # the CPU work a toggle's answer costs on the wire: the server's encode, the client's decode
+        from mechscope.serve import codec
+        from mechscope.serve.jobs import outcome_frame
+        from mechscope.workbench.requests import Outcome
+
+        request = requests[0]
+        result = local.run(CLEAN, request.interventions, views=views, metric=metric)
+        codec_times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            frame, blobs = codec.unpack(outcome_frame(Outcome(request, result=result)))
+            codec.outcome_from_dict(request, frame["outcome"], blobs)
+            codec_times.append(time.perf_counter() - started)
+        print(f"wire codec per toggle answer {statistics.median(codec_times) * 1000:6.2f} ms "
+              f"(fastest {min(codec_times) * 1000:.2f} ms)")
+
         # attach on a warm server: a fresh interpreter importing the client, connecting, predicting
         attach, walls = [], []
         for _ in range(3):
