@@ -3,20 +3,28 @@
     python benchmarks/serve.py           # the demo model (SmolLM2-135M) on CPU
     python benchmarks/serve.py --tiny    # a tiny random model (smoke run)
 
-Figures: the time a head toggle adds over the in-process engine (target <= 5 ms), attach to first
+Figures: the time a head toggle adds over the in-process engine (target <= 5 ms), the bytes a
+toggle's answer takes on the socket (target <= 32 KiB), the toggle through a relay that slows the
+socket to a forwarded SSH link (10 Mbit/s each way, 20 ms added each way), attach to first
 prediction on a warm server including the client's imports (target <= 1.5 s), and time to the first
 streamed cell of a head sweep. Toggles are timed alternately in-process and remote, so machine load
-cancels out of the difference; both engines compute with the same number of threads.
+cancels out of the difference; both engines compute with the same number of threads. The toggle
+asks for what the workbench's live run asks for (attention of one head, sinks, logit lens,
+attribution, stats).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import queue
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,10 +64,79 @@ def start_server(model: str, socket_path: Path, env: dict[str, str]) -> subproce
     raise SystemExit("the server did not start")
 
 
+class Relay:
+    """A Unix socket that forwards to another, as a slow link would: each direction sends at
+    `rate_bps` and delivers each piece `latency_s` after it is sent. Counts the bytes each way."""
+
+    def __init__(self, listen: Path, target: Path, rate_bps: float | None, latency_s: float) -> None:
+        self.target, self.rate_bps, self.latency_s = target, rate_bps, latency_s
+        self.down = self.up = 0  # bytes server -> client, client -> server
+        self.lock = threading.Lock()
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(listen))
+        self.server.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(str(self.target))
+            self._pipe(client, upstream, "up")
+            self._pipe(upstream, client, "down")
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, direction: str) -> None:
+        pieces: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+
+        def read() -> None:
+            free_at = 0.0  # when the link has sent everything queued so far
+            with contextlib.suppress(OSError):
+                while data := source.recv(65536):
+                    with self.lock:
+                        setattr(self, direction, getattr(self, direction) + len(data))
+                    now = time.perf_counter()
+                    free_at = max(now, free_at) + (len(data) * 8 / self.rate_bps if self.rate_bps else 0.0)
+                    pieces.put((free_at + self.latency_s, data))
+            pieces.put(None)
+
+        def write() -> None:
+            while (piece := pieces.get()) is not None:
+                due, data = piece
+                time.sleep(max(0.0, due - time.perf_counter()))
+                try:
+                    sink.sendall(data)
+                except OSError:
+                    break
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+        threading.Thread(target=read, daemon=True).start()
+        threading.Thread(target=write, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def toggles(engine, requests) -> tuple[list[float], list[float]]:
+    """(round-trip seconds, seconds the server computed) per request."""
+    walls, computed = [], []
+    for request in requests:
+        started = time.perf_counter()
+        outcome = engine.execute(request)
+        walls.append(time.perf_counter() - started)
+        computed.append(outcome.seconds)
+        assert outcome.error is None, outcome.error
+    return walls, computed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of the demo")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--relay-repeats", type=int, default=10)
     args = parser.parse_args()
 
     import torch
@@ -89,7 +166,7 @@ def main() -> None:
         remote = connect(socket_path, client_name="benchmark")
         info = local.info
         metric = Metric("logit_diff", target=" Mary", foil=" John")
-        views = Views(attribution=True, sinks=True)
+        views = Views(attention=("L0.H0",), sinks=True, logit_lens=True, attribution=True, stats=True)
         print(f"model {info.name}: {info.n_layers} layers x {info.n_heads} heads, vocab {info.vocab_size}, "
               f"CPU {THREADS} threads")
 
@@ -109,24 +186,50 @@ def main() -> None:
             remote_times.append(time.perf_counter() - started)
             wire_times.append(remote_times[-1] - outcome.seconds)  # all but the server's compute
         local_toggle, remote_toggle = statistics.median(local_times), statistics.median(remote_times)
-        # the client's and server's CPU work per toggle on the wire: encode, JSON, decode
-        from mechscope.serve import codec
-
-        result = local.run(CLEAN, [HeadAblation(0, 0)], views=views, metric=metric)
-        codec_times = []
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            line = codec.dumps(codec.encode(result))
-            codec.decode(codec.loads(line))
-            codec_times.append(time.perf_counter() - started)
-        print(f"wire codec per toggle result {statistics.median(codec_times) * 1000:6.2f} ms "
-              f"({len(line) / 1024:.0f} KiB of JSON)")
         added = (remote_toggle - local_toggle) * 1000
         print(f"toggle in-process   {local_toggle * 1000:8.2f} ms")
         print(f"toggle via server   {remote_toggle * 1000:8.2f} ms  (+{added:.2f} ms, "
               f"{remote_toggle / local_toggle:.2f}x; target <= 5 ms)")
         print(f"  of which the wire (round trip minus the server's compute) "
               f"{statistics.median(wire_times) * 1000:.2f} ms")
+
+        # the same toggles through relays: one that only counts bytes, one as slow as an SSH link
+        requests = [RunRequest(CLEAN, metric=metric, views=views,
+                               interventions=(HeadAblation(*heads[(i * 5 + 3) % len(heads)]),))
+                    for i in range(args.relay_repeats)]
+        for label, rate, latency in (("socket", None, 0.0), ("10 Mbit/s, +20 ms each way", 10e6, 0.020)):
+            relay_path = work / f"relay-{int(rate or 0)}.sock"
+            relay = Relay(relay_path, socket_path, rate, latency)
+            relayed = connect(relay_path, client_name="benchmark-relay")
+            relayed.execute(requests[0])  # connected and warm
+            before = relay.down, relay.up
+            walls, computed = toggles(relayed, requests)
+            down = (relay.down - before[0]) / len(requests)
+            up = (relay.up - before[1]) / len(requests)
+            if rate is None:
+                print(f"toggle answer on the socket {down / 1024:8.1f} KiB (request {up / 1024:.1f} KiB; "
+                      "target <= 32 KiB)")
+            else:
+                print(f"toggle via a {label} relay {statistics.median(walls) * 1000:8.1f} ms "
+                      f"(server compute {statistics.median(computed) * 1000:.1f} ms)")
+            relayed.close()
+            relay.close()
+
+        # the CPU work a toggle's answer costs on the wire: the server's encode, the client's decode
+        from mechscope.serve import codec
+        from mechscope.serve.jobs import outcome_frame
+        from mechscope.workbench.requests import Outcome
+
+        request = requests[0]
+        result = local.run(CLEAN, request.interventions, views=views, metric=metric)
+        codec_times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            frame, blobs = codec.unpack(outcome_frame(Outcome(request, result=result)))
+            codec.outcome_from_dict(request, frame["outcome"], blobs)
+            codec_times.append(time.perf_counter() - started)
+        print(f"wire codec per toggle answer {statistics.median(codec_times) * 1000:6.2f} ms "
+              f"(fastest {min(codec_times) * 1000:.2f} ms)")
 
         # attach on a warm server: a fresh interpreter importing the client, connecting, predicting
         attach, walls = [], []

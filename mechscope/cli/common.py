@@ -149,11 +149,10 @@ def load_engine_or_exit(args: argparse.Namespace, source: str | None = None) -> 
     """Load the engine for a headless command, printing progress to stderr; None on failure.
 
     With `--attach`, a client of a running `mechscope serve` instead (no torch import)."""
-    if getattr(args, "attach", None):
-        from mechscope.cli.serve import attach_or_exit
-
-        return attach_or_exit(args.attach, client_name=f"mechscope {args.command or 'workbench'}")
     from mechscope.engine.errors import MechscopeError
+
+    if getattr(args, "attach", None):
+        return attach_or_exit(args.attach, client_name=f"mechscope {args.command or 'workbench'}")
 
     settings = model_settings(args)
     if source is not None:
@@ -180,6 +179,18 @@ def load_engine_or_exit(args: argparse.Namespace, source: str | None = None) -> 
     finally:
         if live and not quiet:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def attach_or_exit(target: str, client_name: str | None = None) -> Any:
+    """A connected `RemoteEngine` for `--attach`, or None after one error line on stderr."""
+    from mechscope.engine.errors import MechscopeError
+    from mechscope.serve import connect
+
+    try:
+        return connect(target, client_name=client_name)
+    except MechscopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def _clip(text: str, width: int) -> str:

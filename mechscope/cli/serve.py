@@ -17,7 +17,7 @@ from mechscope.engine.errors import MechscopeError
 def register(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="keep a model loaded and serve it to workbenches and notebooks",
                            description="Load a model once and serve it on a private Unix socket; "
-                           "attach with `mechscope --attach NAME` or `Engine.connect(NAME)`.")
+                           "attach with `mechscope --attach NAME` or `mechscope.serve.connect(NAME)`.")
     add_model_args(serve)
     where = serve.add_mutually_exclusive_group()
     where.add_argument("--name", help="server name (default 'default'); its socket lives in the runtime directory")
@@ -27,17 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     stop = sub.add_parser("stop", help="stop a running server cleanly")
     stop.add_argument("server", nargs="?", default=None, help="server name or socket path (default 'default')")
     stop.set_defaults(run=dispatch)
-
-
-def attach_or_exit(target: str, client_name: str | None = None):
-    """A connected `RemoteEngine` for `--attach`, or None after one error line on stderr."""
-    from mechscope.serve.client import connect
-
-    try:
-        return connect(target, client_name=client_name)
-    except MechscopeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -152,7 +141,7 @@ def cmd_stop(target: str | None) -> int:
     engine = connect(where.socket, client_name="mechscope stop")
     engine.shutdown()
     with contextlib.suppress(MechscopeError):
-        engine.close(say_bye=False)
+        engine.close()
     deadline = time.monotonic() + 15
     while where.socket.exists() and time.monotonic() < deadline:
         time.sleep(0.05)

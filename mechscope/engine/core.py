@@ -116,13 +116,6 @@ class Engine:
         return cls(model.model, model.tokenizer, source=model.source,
                    weights_digest=model.weights_digest, name=model.name)
 
-    @classmethod
-    def connect(cls, name_or_path: str | None = None):
-        """A client of a running `mechscope serve` (`mechscope.serve.client.RemoteEngine`)."""
-        from mechscope.serve.client import connect
-
-        return connect(name_or_path)
-
     @contextlib.contextmanager
     def guard(self):
         """Model work under the lock; running out of memory drops the caches and becomes OutOfMemory."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -23,6 +22,7 @@ from mechscope.engine import attention
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.resident import ResidentModel
+from mechscope.engine.results import Estimate
 from mechscope.engine.set_runs import (
     MAX_BATCH_ROWS,
     Batch,
@@ -37,19 +37,6 @@ from mechscope.engine.set_runs import (
 
 GRAD_ATTENTION = "mechscope_grad"
 Method = Literal["atp", "atp*", "graddrop", "eap-ig"]
-
-
-@dataclass
-class Estimate:
-    """One estimator's values per row ([row, layer, head]) and its wall time."""
-
-    method: str
-    per_row: np.ndarray
-    seconds: float
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self.per_row.mean(axis=0)
 
 
 # ---------------------------------------------------------------------------- attention probes

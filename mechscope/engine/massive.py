@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 
@@ -11,28 +9,7 @@ from mechscope.engine.errors import PromptError
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.resident import ResidentModel
-
-
-@dataclass
-class MassiveLayer:
-    """Massive dimensions of one layer's output residual over the prompts.
-
-    A dimension d is massive in a prompt when max over positions |h[t, d]| > ratio x the median |h|
-    over every position and dimension of that layer in that prompt. dims: massive in at least one
-    prompt; counts[i]: in how many prompts dims[i] is; peak[i][p]: the signed value of largest
-    magnitude of dims[i] in prompt p (NaN where it is not massive); position[i][p]: where it is (-1
-    where it is not massive); spread[i]: std / |mean| of peak[i] over the prompts where it is massive;
-    median[p]: the layer's median |h| in prompt p. constant: the same dims are massive in every prompt and each spread < tol.
-    """
-
-    layer: int
-    dims: list[int] = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)
-    peak: list[list[float]] = field(default_factory=list)
-    position: list[list[int]] = field(default_factory=list)
-    spread: list[float] = field(default_factory=list)
-    median: list[float] = field(default_factory=list)
-    constant: bool = False
+from mechscope.engine.results import MassiveLayer
 
 
 def _prompts(prompts: PromptSet | list[str] | tuple[str, ...]) -> list[str]:

@@ -164,6 +164,9 @@ class Prediction:
     top: list[TokenProb]
     logits: np.ndarray  # [vocab] at the readout position, float32
     metric: float | None
+    # None: `logits` is exact over the vocabulary. n: a served run that did not ask for `Views.logits`
+    # sent the n most likely logits exactly and the others as one value sharing the probability left.
+    logits_kept: int | None = None
 
 
 @dataclass
@@ -250,6 +253,67 @@ DEFINITIONS: dict[str, str] = {
 DETECTORS: tuple[str, ...] = tuple(DEFINITIONS)
 
 
+# ---------------------------------------------------------------------------- over prompt sets
+
+
+@dataclass
+class SetRunResult:
+    """Metric per row of a set, without (`baseline`) and with (`values`) the interventions."""
+
+    set_name: str
+    kind: str
+    values: np.ndarray  # [row]
+    baseline: np.ndarray  # [row]
+    seconds: float = 0.0
+
+    @property
+    def mean(self) -> float:
+        return float(self.values.mean())
+
+    @property
+    def std(self) -> float:
+        return float(self.values.std())
+
+    @property
+    def effect(self) -> np.ndarray:
+        return self.values - self.baseline
+
+
+@dataclass
+class SetSweepResult:
+    """Head-patching effect metric(patched) - metric(base) per row ([row, layer, head]), its mean and
+    spread over the rows ([layer, head]), and the base / source metric per row."""
+
+    set_name: str
+    direction: str
+    per_row: np.ndarray
+    base_metric: np.ndarray
+    source_metric: np.ndarray
+    complete: bool = True
+    seconds: float = 0.0
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.per_row.mean(axis=0)
+
+    @property
+    def std(self) -> np.ndarray:
+        return self.per_row.std(axis=0)
+
+
+@dataclass
+class Estimate:
+    """One estimator's values per row ([row, layer, head]) and its wall time."""
+
+    method: str
+    per_row: np.ndarray
+    seconds: float
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.per_row.mean(axis=0)
+
+
 @dataclass
 class HeadScores:
     """One [layer, head] grid per detector (`scores[name]`), with the definitions the help shows."""
@@ -264,3 +328,25 @@ class HeadScores:
 
     def to_dict(self) -> dict:
         return {name: grid.tolist() for name, grid in self.scores.items()}
+
+
+@dataclass
+class MassiveLayer:
+    """Massive dimensions of one layer's output residual over the prompts.
+
+    A dimension d is massive in a prompt when max over positions |h[t, d]| > ratio x the median |h|
+    over every position and dimension of that layer in that prompt. dims: massive in at least one
+    prompt; counts[i]: in how many prompts dims[i] is; peak[i][p]: the signed value of largest
+    magnitude of dims[i] in prompt p (NaN where it is not massive); position[i][p]: where it is (-1
+    where it is not massive); spread[i]: std / |mean| of peak[i] over the prompts where it is massive;
+    median[p]: the layer's median |h| in prompt p. constant: the same dims are massive in every prompt and each spread < tol.
+    """
+
+    layer: int
+    dims: list[int] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    peak: list[list[float]] = field(default_factory=list)
+    position: list[list[int]] = field(default_factory=list)
+    spread: list[float] = field(default_factory=list)
+    median: list[float] = field(default_factory=list)
+    constant: bool = False

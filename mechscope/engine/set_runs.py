@@ -19,6 +19,7 @@ from mechscope.engine.passes import take_rows as take_rows  # estimators select 
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.resident import ResidentModel
+from mechscope.engine.results import SetRunResult, SetSweepResult
 
 Padding = Literal["left", "right"]
 MetricKind = Literal["logit_diff", "prob", "loss"]
@@ -343,51 +344,6 @@ def set_edit_hooks(engine: ResidentModel, pset: PromptSet, batch: Batch, interve
 
 def _spread(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values.mean(axis=0), values.std(axis=0)
-
-
-@dataclass
-class SetRunResult:
-    """Metric per row of a set, without (`baseline`) and with (`values`) the interventions."""
-
-    set_name: str
-    kind: str
-    values: np.ndarray  # [row]
-    baseline: np.ndarray  # [row]
-    seconds: float = 0.0
-
-    @property
-    def mean(self) -> float:
-        return float(self.values.mean())
-
-    @property
-    def std(self) -> float:
-        return float(self.values.std())
-
-    @property
-    def effect(self) -> np.ndarray:
-        return self.values - self.baseline
-
-
-@dataclass
-class SetSweepResult:
-    """Head-patching effect metric(patched) - metric(base) per row ([row, layer, head]), its mean and
-    spread over the rows ([layer, head]), and the base / source metric per row."""
-
-    set_name: str
-    direction: str
-    per_row: np.ndarray
-    base_metric: np.ndarray
-    source_metric: np.ndarray
-    complete: bool = True
-    seconds: float = 0.0
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self.per_row.mean(axis=0)
-
-    @property
-    def std(self) -> np.ndarray:
-        return self.per_row.std(axis=0)
 
 
 # ---------------------------------------------------------------------------- entry points

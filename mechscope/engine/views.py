@@ -16,6 +16,8 @@ class Views:
     logit_lens / attribution: need a metric target for rank / direction.
     stats: residual norms and the largest activations.
     logprobs: per-token log-probs of the prompt (needs the unembedding at every position).
+    logits: full-vocabulary logits sent back by a server (in-process they are always there); without
+    it a served run sends the most likely ones exactly (see `Prediction.logits_kept`).
     """
 
     attention: tuple[str, ...] = ()
@@ -25,6 +27,7 @@ class Views:
     stats: bool = False
     logprobs: bool = False
     lens_k: int = 5
+    logits: bool = False
 
     def __post_init__(self) -> None:
         heads = tuple(self.attention)
@@ -36,4 +39,4 @@ class Views:
     @classmethod
     def all(cls, attention: tuple[str, ...] = ()) -> Views:
         return cls(attention=attention, sinks=True, logit_lens=True, attribution=True, stats=True,
-                   logprobs=True)
+                   logprobs=True, logits=True)

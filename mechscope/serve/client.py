@@ -1,4 +1,9 @@
-"""`RemoteEngine`: the engine Protocol over a `mechscope serve` socket. Imports neither torch nor transformers."""
+"""`RemoteEngine`: the engine Protocol over a `mechscope serve` socket. Imports neither torch nor transformers.
+
+Work travels as requests: `forward` sends any request as `request_to_dict` writes it, streams the
+server's frames (waiting, progress, partial results) and decodes the outcome; the server runs it
+with the same `execute` an in-process engine does.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import getpass
 import itertools
 import json
 import os
+import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -15,8 +22,10 @@ from typing import Any
 import httpcore
 import numpy as np
 
+from mechscope.engine.capabilities import MissingCapability
 from mechscope.engine.errors import Cancelled, EngineUnreachable, MechscopeError
 from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import GeneratedToken, ModelInfo, RunResult, SweepResult
 from mechscope.engine.views import Views
 from mechscope.serve import codec
@@ -40,7 +49,6 @@ from mechscope.workbench.requests import (
     request_to_dict,
 )
 
-ShouldStop = Callable[[], bool]
 OnWait = Callable[[dict], None]
 OnUnreachable = Callable[["Request | None"], None]
 
@@ -58,10 +66,13 @@ def describe_wait(frame: dict) -> str:
 class RemoteEngine:
     """A client of one server. Satisfies `EngineProtocol` and returns the same result dataclasses.
 
-    Each call is one HTTP request; a dropped connection raises `EngineUnreachable` and the next
-    call reconnects (or `reconnect()` does it now). `on_wait` receives a frame each heartbeat while
-    this client's job waits behind another client's (see `describe_wait`); `on_unreachable` is told
-    (with the request that could not run) each time a job fails because the server went away.
+    `capabilities` are the server engine's plus "forward": `execute` hands every request to
+    `forward`. Each call is one HTTP request; a dropped connection raises `EngineUnreachable` and
+    the next call reconnects (or `reconnect()` does it now). While connected, one more connection
+    stays open so the server counts this client as attached. `on_wait` receives a frame each
+    heartbeat while this client's job waits behind another client's (see `describe_wait`);
+    `on_unreachable` is told (with the request that could not run) each time a job fails because
+    the server went away.
     """
 
     def __init__(self, target: Place, client_name: str | None = None, timeout: float = 10.0) -> None:
@@ -70,38 +81,45 @@ class RemoteEngine:
         self.client_name = client_name or f"{_user()}:{os.getpid()}"
         self.on_wait: OnWait | None = None
         self.on_unreachable: OnUnreachable | None = None
+        self.capabilities: frozenset[str] = frozenset({"forward"})
         self._timeout = timeout
         self._tags = itertools.count(1)
         self._http: Http | None = None
+        self._presence: Presence | None = None
         self._hello: dict[str, Any] = {}
         self.reconnect()
 
     # ---------------------------------------------------------------- connection
 
+    def _headers(self) -> dict[str, str]:
+        return {PROTOCOL_HEADER: str(PROTOCOL_VERSION), CLIENT_HEADER: self.client_id,
+                CLIENT_NAME_HEADER: self.client_name}
+
     def reconnect(self) -> None:
         """Open a fresh connection and handshake; EngineUnreachable if the server is not there."""
-        self.close(say_bye=False)
-        self._http = Http(self.place.socket, self._timeout, {
-            PROTOCOL_HEADER: str(PROTOCOL_VERSION), CLIENT_HEADER: self.client_id,
-            CLIENT_NAME_HEADER: self.client_name})
+        self.close()
+        self._http = Http(self.place.socket, self._timeout, self._headers())
         hello = self._call("GET", "/v1/hello", retry=False)
         if hello.get("protocol") != PROTOCOL_VERSION:
             raise ServeError(f"server {self.place.name!r} speaks mechscope protocol "
                              f"{hello.get('protocol')}, this client {PROTOCOL_VERSION}; "
                              "use the same mechscope version on both sides")
+        try:
+            self._info = ModelInfo(**hello["info"])
+            offered = frozenset(str(c) for c in hello["capabilities"])
+        except (KeyError, TypeError) as exc:
+            raise MechscopeError(f"bad handshake from the server: {exc}") from None
         self._hello = hello
-        self._info = codec.decode(hello["info"])
+        self.capabilities = offered | {"forward"}
+        self._presence = Presence(self.place.socket, self._headers())
 
-    def close(self, say_bye: bool = True) -> None:
-        if self._http is None:
-            return
-        if say_bye:
-            try:
-                self._http.request("POST", "/v1/bye", {})
-            except TRANSPORT_ERRORS:
-                pass
-        self._http.close()
-        self._http = None
+    def close(self) -> None:
+        if self._presence is not None:
+            self._presence.close()
+            self._presence = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     def __enter__(self) -> RemoteEngine:
         return self
@@ -126,17 +144,43 @@ class RemoteEngine:
 
     def _call(self, method: str, path: str, payload: Any = None, retry: bool = True) -> Any:
         """One JSON call; a stale pooled connection is retried once on a fresh one."""
+        return _checked(*self._exchange(method, path, payload, retry))
+
+    def _exchange(self, method: str, path: str, payload: Any, retry: bool = True) -> tuple[int, bytes]:
         for attempt in (0, 1):
             try:
-                status, body = self._client().request(method, path, payload)
-                break
+                return self._client().request(method, path, payload)
             except TRANSPORT_ERRORS as exc:
                 failure = self._unreachable(exc)
                 if not retry or attempt:
                     raise failure from None
-        return _checked(status, body)
+        raise AssertionError("unreachable")
 
-    # ---------------------------------------------------------------- jobs
+    def _framed(self, method: str, path: str, payload: Any = None) -> Any:
+        """One call whose answer is a frame holding a value (arrays as raw bytes)."""
+        status, body = self._exchange(method, path, payload)
+        if status != 200:
+            _checked(status, body)
+        frame, blobs = _wire(codec.unpack, body)
+        return _wire(codec.decode, frame.get("value"), 0, blobs)
+
+    # ---------------------------------------------------------------- work
+
+    def forward(self, request: Request, on_partial: Callable[[Any], None] | None = None,
+                should_stop: ShouldStop | None = None) -> Any:
+        """Run `request` on the server and return its result, raising as a local engine would:
+        `Cancelled` when stopped, `MechscopeError` with the server's one line on failure."""
+        outcome = self.execute(request, on_partial, should_stop)
+        if outcome.cancelled:
+            raise Cancelled(f"{request.kind} stopped")
+        if outcome.error is not None:
+            capability = _missing_capability(outcome.error)
+            if capability is None:
+                raise MechscopeError(outcome.error)
+            refusal = MissingCapability(capability, self.place.name)
+            refusal.args = (outcome.error,)  # the server's own words
+            raise refusal
+        return outcome.result
 
     def execute(self, request: Request, on_partial: Callable[[Any], None] | None = None,
                 should_stop: ShouldStop | None = None) -> Outcome:
@@ -155,20 +199,22 @@ class RemoteEngine:
         for attempt in (0, 1):
             streamed = False
             try:
-                with self._client().stream("/v1/execute", body) as (status, lines):
+                with self._client().stream("/v1/execute", body) as (status, chunks):
                     if status != 200:
-                        _checked(status, b"".join(lines))
-                    for line in lines:
+                        _checked(status, b"".join(chunks))
+                    frames = iter(codec.FrameReader(chunks))
+                    while (item := _wire(next, frames, None)) is not None:
                         streamed = True
-                        kind, frame = _frame(line)
+                        frame, blobs = item
+                        kind = frame.get("type")
                         if kind == "outcome":
-                            for _ in lines:  # read to the end so the connection is reused
+                            for _ in chunks:  # read to the end so the connection is reused
                                 pass
-                            return _wire(codec.outcome_from_dict, request, frame.get("outcome"))
+                            return _wire(codec.outcome_from_dict, request, frame.get("outcome"), blobs)
                         if kind == "error":
                             raise MechscopeError(str(frame.get("error")))
                         if kind == "partial" and on_partial is not None:
-                            on_partial(_wire(codec.decode, frame.get("data")))
+                            on_partial(_wire(codec.decode, frame.get("data"), 0, blobs))
                         elif kind == "waiting" and self.on_wait is not None:
                             self.on_wait(frame)
                         if should_stop is not None and should_stop():
@@ -193,15 +239,6 @@ class RemoteEngine:
     def shutdown(self) -> None:
         self._call("POST", "/v1/shutdown", {}, retry=False)
 
-    def _result(self, request: Request, on_partial: Callable[[Any], None] | None = None,
-                should_stop: ShouldStop | None = None) -> Any:
-        outcome = self.execute(request, on_partial, should_stop)
-        if outcome.cancelled:
-            raise Cancelled(f"{request.kind} stopped")
-        if outcome.error is not None:
-            raise MechscopeError(outcome.error)
-        return outcome.result
-
     # ---------------------------------------------------------------- EngineProtocol
 
     @property
@@ -213,13 +250,13 @@ class RemoteEngine:
         return str(self._hello.get("source", ""))
 
     @property
-    def backend(self) -> RemoteCapabilities | None:
-        """The server's backend (None for the native engine), as `NNsightEngine.backend` says it."""
+    def backend(self) -> RemoteBackend | None:
+        """The server's backend (None for the native engine): its status line and session record."""
         status = self._hello.get("backend_status")
         record = self._hello.get("backend")
         if not isinstance(status, str) or not isinstance(record, dict):
             return None
-        return RemoteCapabilities(status, record)
+        return RemoteBackend(status, record)
 
     @property
     def server_pid(self) -> int | None:
@@ -233,12 +270,11 @@ class RemoteEngine:
 
     @property
     def vectors(self) -> Mapping[str, np.ndarray]:
-        state = self._call("GET", "/v1/state")
-        return {name: codec.decode(v) for name, v in state["vectors"].items()}
+        return dict(self._framed("GET", "/v1/state")["vectors"])
 
     @property
     def reference_prompts(self) -> Sequence[str]:
-        return list(self._call("GET", "/v1/state")["reference_prompts"])
+        return list(self._framed("GET", "/v1/state")["reference_prompts"])
 
     @reference_prompts.setter
     def reference_prompts(self, prompts: Sequence[str]) -> None:
@@ -251,18 +287,28 @@ class RemoteEngine:
     def decode_token(self, token_id: int) -> str:
         return str(self._call("POST", "/v1/decode", {"id": int(token_id)})["text"])
 
+    def remove_vector(self, name: str) -> None:
+        self._call("POST", "/v1/remove_vector", {"name": name})
+
+    # The methods below are the engine interface for callers holding an engine rather than
+    # requests (notebooks, scripts): each is its request, forwarded. `run` asks for every logit,
+    # as `Engine.run` returns them.
+
     def run(self, prompt: str, interventions: Iterable[Intervention] = (), views: Views | None = None,
             metric: Metric | None = None, corrupted: str | None = None, top_k: int = 10,
             should_stop: ShouldStop | None = None) -> RunResult:
-        request = RunRequest(prompt, corrupted=corrupted, metric=metric,
-                             interventions=tuple(interventions), views=views or Views(), top_k=top_k)
-        return self._result(request, should_stop=should_stop)
+        views = dataclasses.replace(views or Views(), logits=True)
+        return self.forward(RunRequest(prompt, corrupted=corrupted, metric=metric, views=views,
+                                       interventions=tuple(interventions), top_k=top_k),
+                            should_stop=should_stop)
 
     def sweep(self, kind: str, clean: str, corrupt: str, metric: Metric, direction: str = "noising",
               on_progress: Callable[[SweepResult], None] | None = None,
-              should_stop: ShouldStop | None = None) -> SweepResult:
-        request = SweepRequest(kind, clean, corrupt, metric, direction)  # type: ignore[arg-type]
-        return self._result(request, on_progress, should_stop)
+              should_stop: ShouldStop | None = None,
+              interventions: Iterable[Intervention] = ()) -> SweepResult:
+        request = SweepRequest(kind, clean, corrupt, metric, direction,  # type: ignore[arg-type]
+                               tuple(interventions))
+        return self.forward(request, on_progress, should_stop)
 
     def generate(self, prompt: str, interventions: Iterable[Intervention] = (), max_new_tokens: int = 20,
                  temperature: float = 0.0, seed: int = 0, corrupted: str | None = None,
@@ -270,29 +316,25 @@ class RemoteEngine:
                  should_stop: ShouldStop | None = None) -> list[GeneratedToken]:
         request = GenerateRequest(prompt, corrupted=corrupted, interventions=tuple(interventions),
                                   max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        return self._result(request, on_token, should_stop)
+        return self.forward(request, on_token, should_stop)
 
     def validate(self, interventions: Iterable[Intervention], prompt: str,
                  corrupted: str | None = None) -> None:
-        self._result(ValidateRequest(prompt, corrupted, tuple(interventions)))
+        self.forward(ValidateRequest(prompt, corrupted, tuple(interventions)))
 
     def add_vector(self, name: str, array: np.ndarray) -> None:
-        vector = np.asarray(array, dtype=np.float32).reshape(-1)
-        self._result(AddVectorRequest(name, vector))
-
-    def remove_vector(self, name: str) -> None:
-        self._call("POST", "/v1/remove_vector", {"name": name})
+        self.forward(AddVectorRequest(name, np.asarray(array, dtype=np.float32).reshape(-1)))
 
     def build_steering_vector(self, name: str, layer: int, positive: Sequence[str],
                               negative: Sequence[str]) -> np.ndarray:
-        return self._result(BuildVectorRequest(name, layer, tuple(positive), tuple(negative)))
+        return self.forward(BuildVectorRequest(name, layer, tuple(positive), tuple(negative)))
 
     def set_reference_prompts(self, prompts: Sequence[str]) -> None:
-        self._result(ReferencePromptsRequest(tuple(prompts)))
+        self.forward(ReferencePromptsRequest(tuple(prompts)))
 
 
 @dataclasses.dataclass(frozen=True)
-class RemoteCapabilities:
+class RemoteBackend:
     """A served backend's status line and session record, from the handshake."""
 
     status: str
@@ -300,6 +342,41 @@ class RemoteCapabilities:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.record)
+
+
+def _missing_capability(error: str) -> str | None:
+    """The capability a server's refusal names ("... (capability 'prompt_sets')"), if it is one."""
+    marker = "(capability '"
+    if not error.endswith("')") or marker not in error:
+        return None
+    return error[error.rindex(marker) + len(marker):-2]
+
+
+class Presence:
+    """The connection that says this client is attached: an open POST /v1/attach, read by a daemon
+    thread until the server ends it; closing it (or this process dying) detaches the client."""
+
+    def __init__(self, socket_path: os.PathLike | str, headers: dict[str, str]) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lines = ["POST /v1/attach HTTP/1.1", "host: mechscope", "content-type: application/json",
+                 "content-length: 2", *(f"{k}: {v}" for k, v in headers.items())]
+        try:
+            self._sock.connect(str(socket_path))
+            self._sock.sendall(("\r\n".join(lines) + "\r\n\r\n{}").encode("latin-1"))
+        except OSError:
+            self._sock.close()  # the server went away between the handshake and here
+            return
+        threading.Thread(target=self._drain, name="mechscope-attach", daemon=True).start()
+
+    def _drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._sock.recv(4096):
+                pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the reading thread
+        self._sock.close()
 
 
 TRANSPORT_ERRORS = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException,
@@ -326,26 +403,12 @@ class Http:
 
     @contextlib.contextmanager
     def stream(self, path: str, payload: Any) -> Iterator[tuple[int, Iterator[bytes]]]:
-        """(status, lines): the response body split into lines as it arrives."""
+        """(status, chunks): the response body as it arrives."""
         with self._pool.stream("POST", f"http://mechscope{path}", **self._args(payload)) as response:
-            yield response.status, _lines(response.iter_stream())
+            yield response.status, iter(response.iter_stream())
 
     def close(self) -> None:
         self._pool.close()
-
-
-def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    parts: list[bytes] = []  # a long line arrives in many chunks: join it once, when it ends
-    for chunk in chunks:
-        if b"\n" not in chunk:
-            parts.append(chunk)
-            continue
-        first, *middle, last = chunk.split(b"\n")
-        head = b"".join([*parts, first])
-        yield from (line for line in (head, *middle) if line)
-        parts = [last] if last else []
-    if tail := b"".join(parts):
-        yield tail
 
 
 def _wire(decode: Callable[..., Any], *args: Any) -> Any:
@@ -354,13 +417,6 @@ def _wire(decode: Callable[..., Any], *args: Any) -> Any:
         return decode(*args)
     except (ValueError, KeyError, TypeError) as exc:
         raise MechscopeError(f"bad frame from the server: {exc}") from None
-
-
-def _frame(line: bytes) -> tuple[str | None, dict]:
-    frame = _wire(codec.loads, line)
-    if not isinstance(frame, dict):
-        raise MechscopeError("bad frame from the server: not a JSON object")
-    return frame.get("type"), frame
 
 
 def _checked(status: int, body: bytes) -> Any:

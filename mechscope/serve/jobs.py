@@ -2,7 +2,8 @@
 
 A job's frames (partials, heartbeats, its outcome) go to the HTTP stream of the client that sent
 it through an asyncio queue; `should_stop` is the job's cancel flag, set by its client's cancel or
-by its client going away. A queued job that is cancelled is answered at once.
+by its client going away. A queued job that is cancelled is answered at once. A client counts as
+attached while its `/v1/attach` connection is open: a client killed outright drops at once.
 """
 
 from __future__ import annotations
@@ -25,14 +26,11 @@ import numpy as np
 from mechscope.serve import codec
 from mechscope.serve.runtime import Place
 from mechscope.workbench.executor import execute, user_message
-from mechscope.workbench.requests import GenerateRequest, Outcome, Request, SweepRequest
+from mechscope.workbench.requests import Outcome, Request
 
 
 class DuplicateJob(ValueError):
     """A client reused the tag of its own job that is still running."""
-
-
-CLIENT_ACTIVE_SECONDS = 15 * 60  # a client counts as attached while it made a call this recently
 
 
 def log(message: str) -> None:
@@ -40,7 +38,18 @@ def log(message: str) -> None:
 
 
 def describe(request: Request) -> str:
-    return f"{request.sweep_kind} sweep" if isinstance(request, SweepRequest) else request.kind
+    sweep_kind = getattr(request, "sweep_kind", None)
+    return f"{sweep_kind} sweep" if sweep_kind is not None else request.kind
+
+
+def outcome_frame(outcome: Outcome) -> bytes:
+    """The frame that ends a job's stream: its outcome, predictions compact unless asked for."""
+    encoder = codec.Encoder(full_logits=codec.wants_full_logits(outcome.request))
+    try:
+        frame = {"type": "outcome", "outcome": codec.outcome_to_dict(outcome, encoder)}
+    except TypeError as exc:
+        return codec.pack({"type": "error", "error": f"the result could not be encoded: {exc}"})
+    return codec.pack(frame, encoder.blobs)
 
 
 class Job:
@@ -61,11 +70,10 @@ class Job:
         self._loop = loop
         self.frames: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    def push(self, frame: dict | None) -> None:
-        """Queue a frame for the stream (from the worker thread); None ends the stream."""
-        data = None if frame is None else codec.dumps(frame)
+    def push(self, frame: bytes | None) -> None:
+        """Queue a packed frame for the stream (from the worker thread); None ends the stream."""
         with contextlib.suppress(RuntimeError):  # the loop is closing: nobody is listening
-            self._loop.call_soon_threadsafe(self.frames.put_nowait, data)
+            self._loop.call_soon_threadsafe(self.frames.put_nowait, frame)
 
     def summary(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -84,27 +92,31 @@ class Hub:
         self.jobs: dict[tuple[str, str], Job] = {}  # (client id, tag) -> job not finished yet
         self.current: Job | None = None
         self.recent: collections.deque[dict] = collections.deque(maxlen=50)
-        self.clients: dict[str, dict[str, Any]] = {}
+        self.attached: dict[int, tuple[str, str]] = {}  # open /v1/attach connection -> (client id, name)
         self.lock = threading.Lock()
         self.numbers = itertools.count(1)
+        self.connections = itertools.count(1)
         self.stop_requested: Callable[[], None] = lambda: None
+        self.exiting: Callable[[], bool] = lambda: False  # the HTTP server is shutting down
         self.worker = threading.Thread(target=self._work, name="mechscope-engine", daemon=True)
 
     # ---------------------------------------------------------------- clients and jobs
 
-    def seen(self, client_id: str, name: str) -> None:
+    def attach(self, client_id: str, name: str) -> int:
+        """A client's attach connection opened; the returned key detaches it."""
+        key = next(self.connections)
         with self.lock:
-            self.clients[client_id] = {"name": name, "seen": time.monotonic()}
+            self.attached[key] = (client_id, name)
+        return key
 
-    def forget(self, client_id: str) -> None:
+    def detach(self, key: int) -> None:
         with self.lock:
-            self.clients.pop(client_id, None)
+            self.attached.pop(key, None)
 
     def active_clients(self) -> list[str]:
-        now = time.monotonic()
+        """The clients with an attach connection open now (one entry per client, by name)."""
         with self.lock:
-            return sorted(c["name"] for c in self.clients.values()
-                          if now - c["seen"] < CLIENT_ACTIVE_SECONDS)
+            return sorted(dict(self.attached.values()).values())
 
     def submit(self, client_id: str, client_name: str, tag: str, request: Request,
                loop: asyncio.AbstractEventLoop) -> Job:
@@ -135,7 +147,7 @@ class Hub:
             self.jobs.pop((job.client_id, job.tag), None)
             self.recent.append(job.summary())
         log(f"job {job.id} {job.client_name}: {describe(job.request)} cancelled while queued")
-        job.push({"type": "outcome", "outcome": codec.outcome_to_dict(Outcome(job.request, cancelled=True))})
+        job.push(outcome_frame(Outcome(job.request, cancelled=True)))
         job.push(None)
 
     def waiting(self, job: Job) -> dict[str, Any]:
@@ -183,10 +195,7 @@ class Hub:
             except Exception as exc:  # a bug in the engine must not take the server down
                 traceback.print_exc(file=sys.stderr)
                 outcome = Outcome(job.request, error=user_message(exc))
-        try:
-            frame: dict[str, Any] = {"type": "outcome", "outcome": codec.outcome_to_dict(outcome)}
-        except TypeError as exc:
-            frame = {"type": "error", "error": f"the result could not be encoded: {exc}"}
+        frame = outcome_frame(outcome)
         state = "cancelled" if outcome.cancelled else "error" if outcome.error else "done"
         with self.lock:
             job.state = state
@@ -204,13 +213,15 @@ class Hub:
         count = itertools.count(1)
 
         def on_partial(piece: Any) -> None:
-            if isinstance(request, GenerateRequest):
-                job.progress = min(1.0, next(count) / max(1, request.max_new_tokens))
-            elif getattr(piece, "values", None) is not None:
-                rows = np.isfinite(piece.values).all(axis=1)
+            steps = getattr(request, "max_new_tokens", None)  # generation: one piece per token
+            grid = getattr(piece, "values", getattr(piece, "per_row", None))  # sweeps: NaN until done
+            if isinstance(steps, int):
+                job.progress = min(1.0, next(count) / max(1, steps))
+            elif isinstance(grid, np.ndarray) and grid.ndim >= 2:
+                rows = np.isfinite(grid.reshape(-1, grid.shape[-1])).all(axis=1)
                 job.progress = float(rows.mean()) if rows.size else 1.0
             try:
-                job.push({"type": "partial", "data": codec.encode(piece)})
+                job.push(codec.pack_value({"type": "partial"}, "data", piece))
             except TypeError:
                 pass  # a partial that cannot travel is skipped; the outcome still comes
 

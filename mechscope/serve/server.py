@@ -1,14 +1,16 @@
 """The resident engine server's HTTP side: starlette routes over uvicorn on a private Unix socket.
 
 The small JSON endpoints are starlette routes; `/v1/execute` is a plain ASGI handler so it can
-stream newline-delimited JSON and watch for the client going away at the same time. The jobs
-themselves run in `mechscope.serve.jobs`.
+stream frames (`mechscope.serve.codec`) and watch for the client going away at the same time;
+`/v1/attach` stays open while a client is attached, which is how `serve --list` counts clients.
+The jobs themselves run in `mechscope.serve.jobs`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -24,12 +26,14 @@ from starlette.types import Message
 
 from mechscope import __version__
 from mechscope.engine.backend_info import backend_record, backend_status
+from mechscope.engine.capabilities import DESCRIPTIONS
 from mechscope.serve import codec
 from mechscope.serve.jobs import DuplicateJob, Hub, log
 from mechscope.serve.runtime import Place, write_card
 from mechscope.serve.wire import (
     CLIENT_HEADER,
     CLIENT_NAME_HEADER,
+    FRAME_TYPE,
     HEARTBEAT_SECONDS,
     MAX_REQUEST_BYTES,
     PROTOCOL_HEADER,
@@ -74,14 +78,28 @@ def client_of(scope_headers: Any) -> tuple[str, str]:
     return client_id, scope_headers.get(CLIENT_NAME_HEADER, client_id)[:64]
 
 
+def engine_capabilities(engine: Any) -> list[str]:
+    """What the served engine can do: its `capabilities` set, or every capability but forwarding
+    for an engine that does not declare one."""
+    declared = getattr(engine, "capabilities", None)
+    if isinstance(declared, (set, frozenset)) and all(isinstance(c, str) for c in declared):
+        return sorted(declared - {"forward"})
+    return sorted(set(DESCRIPTIONS) - {"forward"})
+
+
+def framed(value: Any) -> Response:
+    """A response holding one frame with `value` under "value" (arrays as raw bytes)."""
+    return Response(codec.pack_value({}, "value", value), media_type=FRAME_TYPE)
+
+
 def build_app(hub: Hub) -> Gate:
     async def hello(request: Request) -> Response:
         engine = hub.engine
         return JSONResponse({
             "protocol": PROTOCOL_VERSION, "mechscope": __version__, "name": hub.place.name,
-            "pid": os.getpid(), "info": codec.encode(engine.info), "source": engine.source,
+            "pid": os.getpid(), "info": dataclasses.asdict(engine.info), "source": engine.source,
             "weights_digest": engine.weights_digest, "backend": backend_record(engine),
-            "backend_status": backend_status(engine),
+            "backend_status": backend_status(engine), "capabilities": engine_capabilities(engine),
         })
 
     async def status(request: Request) -> Response:
@@ -89,9 +107,9 @@ def build_app(hub: Hub) -> Gate:
 
     async def state(request: Request) -> Response:
         engine = hub.engine
-        return JSONResponse({
+        return framed({
             "reference_prompts": list(engine.reference_prompts),
-            "vectors": {name: codec.encode(np.asarray(v)) for name, v in dict(engine.vectors).items()},
+            "vectors": {name: np.asarray(v) for name, v in dict(engine.vectors).items()},
         })
 
     async def tokenize(request: Request) -> Response:
@@ -126,10 +144,6 @@ def build_app(hub: Hub) -> Gate:
         client_id, _ = client_of(request.headers)
         return JSONResponse({"cancelled": hub.cancel(client_id, tag)})
 
-    async def bye(request: Request) -> Response:
-        hub.forget(client_of(request.headers)[0])
-        return JSONResponse({})
-
     async def shutdown(request: Request) -> Response:
         log(f"stop requested by {client_of(request.headers)[1]}")
         hub.shutdown()
@@ -147,9 +161,9 @@ def build_app(hub: Hub) -> Gate:
         Route("/v1/tokenize", tokenize, methods=["POST"]),
         Route("/v1/decode", decode, methods=["POST"]),
         Route("/v1/execute", ExecuteEndpoint(hub), methods=["POST"]),
+        Route("/v1/attach", AttachEndpoint(hub), methods=["POST"]),
         Route("/v1/cancel", cancel, methods=["POST"]),
         Route("/v1/remove_vector", remove_vector, methods=["POST"]),
-        Route("/v1/bye", bye, methods=["POST"]),
         Route("/v1/shutdown", shutdown, methods=["POST"]),
     ], exception_handlers={HTTPException: http_error})
     return Gate(app, hub)
@@ -182,7 +196,7 @@ class ExecuteEndpoint:
             await error(exc.status_code, str(exc.detail))(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/x-ndjson")]})
+                    "headers": [(b"content-type", FRAME_TYPE.encode())]})
         gone = asyncio.ensure_future(receive())  # the body is read: the next message is a disconnect
         finished = False
         try:
@@ -202,6 +216,40 @@ class ExecuteEndpoint:
             if not finished:
                 self.hub.cancel_job(job)
                 log(f"job {job.id} {job.client_name}: client went away; cancelling")
+
+
+class AttachEndpoint:
+    """POST /v1/attach: held open while the client is attached; the client counts while it is.
+
+    A client that exits, closes its engine or is killed outright closes the connection, and the
+    kernel tells the server at once."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        client_id, name = client_of(request.headers)
+        try:
+            await read_json(request, set())
+        except HTTPException as exc:
+            await error(exc.status_code, str(exc.detail))(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", FRAME_TYPE.encode())]})
+        key = self.hub.attach(client_id, name)
+        gone = asyncio.ensure_future(receive())  # the body is read: the next message is a disconnect
+        try:
+            while not gone.done() and not self.hub.exiting():
+                await asyncio.wait({gone}, timeout=ATTACH_POLL_SECONDS)
+            if not gone.done():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            gone.cancel()
+            self.hub.detach(key)
+
+
+ATTACH_POLL_SECONDS = 0.25  # how soon an attach connection notices the server shutting down
 
 
 class Gate:
@@ -231,8 +279,6 @@ class Gate:
                                   f"client {version}; use the same mechscope version on both sides")
             await response(scope, receive, watch)
         else:
-            if client_id != "anonymous":
-                self.hub.seen(client_id, name)
             await self.app(scope, receive, watch)
         log(f"{name} {scope['method']} {scope['path']} {status[0]} "
             f"{(time.perf_counter() - started) * 1000:.1f} ms")
@@ -268,6 +314,7 @@ def serve(engine: Any, place: Place, sock: socket.socket) -> None:
         server.should_exit = True
 
     hub.stop_requested = stop
+    hub.exiting = lambda: bool(server.should_exit)
     info = engine.info
     write_card(place, {"name": place.name, "pid": os.getpid(), "model": info.name,
                        "source": engine.source, "device": info.device, "dtype": info.dtype,

@@ -132,6 +132,7 @@ import numpy as np
 from mechscope.engine import Engine
 from mechscope.engine.errors import MechscopeError
 from mechscope.requests import execute, handler_for, request_from_dict
+from mechscope.serve import connect
 
 SESSION = {literal(session.name)}
 RECORDED_AT = {literal(str(session.manifest.get("created", "")))}
@@ -158,7 +159,7 @@ def step(engine: Any, seq: int, data: dict[str, Any]) -> None:
 
 
 def main(model: str) -> None:
-    engine = Engine.connect(ATTACH) if ATTACH is not None else Engine.load(model)
+    engine = connect(ATTACH) if ATTACH is not None else Engine.load(model)
 {body}
 
 

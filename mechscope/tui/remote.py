@@ -127,6 +127,6 @@ class AttachedMixin:
         app.workbench.say("engine reconnected")
         lost, self._lost_request = self._lost_request, None
         bench.invalidate()
-        if lost is not None and not isinstance(lost, RunRequest):
+        if lost is not None and lost.kind != RunRequest.kind:  # the live run is issued anew below
             app.workbench.submit(lost)
         app.workbench.submit(bench.next_run())

@@ -37,15 +37,17 @@ def server_env(runtime: Path) -> dict[str, str]:
     return env
 
 
-def start_server(folder: Path, runtime: Path, *where: str, log: Path | None = None) -> subprocess.Popen:
-    """`mechscope serve --model folder *where`, returned once its socket accepts connections."""
+def start_server(folder: Path, runtime: Path, *where: str, log: Path | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`mechscope serve --model folder *where` (with `env` on top of the test's environment),
+    returned once its socket accepts connections."""
     args = list(where) or ["--name", "test"]
     socket_path = (Path(args[1]) if args[0] == "--socket" else runtime / f"{args[1]}.sock")
     log = log or runtime.parent / f"{socket_path.stem}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mechscope", "serve", "--model", str(folder), "--device", "cpu",
          "--dtype", "float32", *args],
-        env=server_env(runtime), stdout=subprocess.DEVNULL, stderr=open(log, "ab"), cwd=REPO)
+        env={**server_env(runtime), **(env or {})}, stdout=subprocess.DEVNULL, stderr=open(log, "ab"), cwd=REPO)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -24,8 +24,9 @@ def engine():
     return tiny_engine("llama")
 
 
-def wire(value):
-    return codec.decode(codec.loads(codec.dumps(codec.encode(value))))
+def wire(value, full_logits=True):
+    frame, blobs = codec.unpack(codec.pack_value({}, "value", value, full_logits))
+    return codec.decode(frame["value"], 0, blobs)
 
 
 def test_run_result_with_every_view_round_trips(engine):
@@ -69,30 +70,37 @@ def test_outcomes_round_trip(engine):
     result = engine.sweep("head", PROMPT, CORRUPT, METRIC)
     for outcome in (Outcome(request, result=result, seconds=0.25), Outcome(request, error="bad"),
                     Outcome(request, cancelled=True, seconds=0.1)):
-        back = codec.outcome_from_dict(request, codec.loads(codec.dumps(codec.outcome_to_dict(outcome))))
+        encoder = codec.Encoder()
+        data = codec.outcome_to_dict(outcome, encoder)
+        frame, blobs = codec.unpack(codec.pack({"outcome": data}, encoder.blobs))
+        back = codec.outcome_from_dict(request, frame["outcome"], blobs)
         assert back.request is request
         assert (back.error, back.cancelled, back.seconds) == (outcome.error, outcome.cancelled, outcome.seconds)
         assert_same(outcome.result, back.result)
 
 
-def _nd(dtype="float32", shape=(2,), raw=b"\0" * 8):
-    return {"$nd": {"dtype": dtype, "shape": list(shape), "b64": base64.b64encode(raw).decode()}}
+def _nd(dtype="float32", shape=(2,), blob=0):
+    return {"$nd": {"dtype": dtype, "shape": list(shape), "blob": blob}}
 
 
 @pytest.mark.parametrize("data", [
-    _nd(dtype="object"), _nd(dtype="O"), _nd(raw=b"\0" * 7), _nd(shape=(-1,)), _nd(shape=(True,)),
-    {"$nd": {"dtype": "float32", "shape": [1], "b64": "!!!"}},
-    {"$nd": {"dtype": "float32", "shape": [1], "b64": "AAAAAA==", "extra": 1}},
+    _nd(dtype="object"), _nd(dtype="O"), _nd(shape=(3,)), _nd(shape=(-1,)), _nd(shape=(True,)),
+    _nd(blob=1), _nd(blob=-1), _nd(blob=True),
+    {"$nd": {"dtype": "float32", "shape": [2], "blob": 0, "extra": 1}},
     {"$dc": "Outcome", "request": None}, {"$dc": "TokenProb", "id": 1}, {"$dc": "os.system"},
+    {"$dc": "Engine"}, {"$dc": "RunRequest", "prompt": "x"},
     {"$tuple": 3}, {"$pickle": base64.b64encode(pickle.dumps(1)).decode()},
     {"$dc": "TokenProb", "id": 1, "text": "a", "prob": 0.5, "logit": 1.0, "evil": 2},
+    {"$map": [[[1], 2]]}, {"$map": [[1]]}, {"$map": 3},
+    {"$logits": {"vocab": 4, "ids": _nd("int32", (1,)), "values": _nd("float32", (1,), 1), "fill": 0.0}},
+    {"$logits": {"vocab": 0, "ids": _nd("int32", (2,)), "values": _nd(), "fill": 0.0}},
 ])
 def test_decode_rejects_what_encode_cannot_produce(data):
     with pytest.raises(ValueError):
-        codec.decode(data)
+        codec.decode(data, 0, [b"\0" * 8])
 
 
-def test_decode_rejects_deep_nesting_and_encode_rejects_foreign_objects():
+def test_decode_rejects_deep_nesting_and_encode_rejects_foreign_objects(engine):
     deep: list = []
     for _ in range(100):
         deep = [deep]
@@ -101,14 +109,80 @@ def test_decode_rejects_deep_nesting_and_encode_rejects_foreign_objects():
     with pytest.raises(TypeError):
         codec.encode(RunRequest(PROMPT))
     with pytest.raises(TypeError):
+        codec.encode(engine)
+    with pytest.raises(TypeError):
         codec.encode(np.array([object()]))
     with pytest.raises(ValueError):
         codec.loads(pickle.dumps({"a": 1}))
 
 
-@pytest.mark.parametrize("chunks", [[b"ab", b"c\nde", b"f\n\ng", b"h"], [b"\n"], [b"x\n"], [b"a", b"b", b"c"],
-                                    [b""], [b"abc\ndef\n"], [b"a" * 70000, b"b" * 70000 + b"\n"]])
-def test_stream_lines_are_split_as_they_arrive(chunks):
-    from mechscope.serve.client import _lines
+def test_frames_are_read_back_whatever_the_chunks(engine):
+    result = engine.run(PROMPT, views=Views.all(("L1.H2",)), metric=METRIC)
+    frames = [codec.pack({"type": "waiting", "n": 1}), codec.pack_value({"type": "outcome"}, "value", result),
+              codec.pack({"type": "end"})]
+    stream = b"".join(frames)
+    for size in (1, 7, 4096, len(stream)):
+        chunks = [stream[i:i + size] for i in range(0, len(stream), size)]
+        read = list(codec.FrameReader(chunks))
+        assert [f["type"] for f, _ in read] == ["waiting", "outcome", "end"]
+        assert_same(result, codec.decode(read[1][0]["value"], 0, read[1][1]))
+    with pytest.raises(ValueError):
+        list(codec.FrameReader([frames[1][:-3]]))  # cut inside the arrays
+    with pytest.raises(ValueError):
+        list(codec.FrameReader([b'{"$bytes": [-1]}\n']))
 
-    assert list(_lines(iter(chunks))) == [line for line in b"".join(chunks).split(b"\n") if line]
+
+def test_every_wire_type_round_trips_exactly(engine, isolated_mechscope_dirs):
+    from mechscope.engine.prompt_sets import template_set
+    from mechscope.workbench.set_results import VerifiedEstimate
+
+    pset = template_set("ioi", engine.tokenizer, 4, 0)
+    values = [engine.run_set(pset, "logit_diff", [HeadAblation(1, 1)]), engine.sweep_set(pset),
+              engine.estimate(pset, "atp"), engine.detect_heads(), engine.massive_activations(pset, 2.0),
+              pset, VerifiedEstimate("atp", np.ones((3, 4)), {(1, 2): 0.5, (0, 0): float("nan")}, 1.5),
+              engine.run(PROMPT, views=Views.all(("L0.H1",)), metric=METRIC), engine.info,
+              engine.sweep("attn", PROMPT, CORRUPT, METRIC), engine.generate(PROMPT, max_new_tokens=2)]
+    seen: set[str] = set()
+
+    def names(value):
+        if isinstance(value, (list, tuple)):
+            for v in value:
+                names(v)
+        elif hasattr(value, "__dataclass_fields__"):
+            seen.add(type(value).__name__)
+            for name in value.__dataclass_fields__:
+                names(getattr(value, name))
+        elif isinstance(value, dict):
+            for v in value.values():
+                names(v)
+
+    for value in values:
+        assert_same(value, wire(value))
+        names(value)
+    assert seen == set(codec.WIRE_TYPES), "a wire type without a round trip here"
+
+
+def test_a_prediction_travels_compact_unless_logits_are_asked_for(engine, monkeypatch):
+    monkeypatch.setattr(codec, "KEPT_LOGITS", 20)
+    result = engine.run(PROMPT, [HeadAblation(1, 2)], views=Views(sinks=True), metric=METRIC, top_k=5)
+    assert result.prediction.logits_kept is None
+    assert_same(result, wire(result, full_logits=True))
+    back = wire(result, full_logits=False)
+    for before, after in ((result.prediction, back.prediction), (result.baseline, back.baseline)):
+        assert after.logits_kept is not None and 20 <= after.logits_kept <= 32
+        named = [t.id for t in (*result.top, *result.baseline.top)] + [result.metric_info.target_id,
+                                                                        result.metric_info.foil_id]
+        assert np.array_equal(after.logits[named], before.logits[named])  # what the screen looks up
+        assert after.logits.shape == before.logits.shape and after.metric == before.metric
+        assert after.top == before.top
+        exact = np.argsort(-before.logits)[:20]
+        assert np.array_equal(after.logits[exact], before.logits[exact])
+        probs = [np.exp(x.astype(np.float64) - x.max()) for x in (before.logits, after.logits)]
+        probs = [p / p.sum() for p in probs]
+        assert np.allclose(probs[1][exact], probs[0][exact], rtol=1e-5, atol=0)
+        assert probs[1].sum() == pytest.approx(1.0)
+    assert_same(result.attention, back.attention)
+    assert_same(result.sink_scores, back.sink_scores)
+    assert codec.wants_full_logits(RunRequest(PROMPT, views=Views.all())) is True
+    assert codec.wants_full_logits(RunRequest(PROMPT)) is False
+    assert codec.wants_full_logits(SweepRequest("head", PROMPT, CORRUPT, METRIC)) is True

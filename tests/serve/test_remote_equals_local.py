@@ -143,12 +143,12 @@ def test_an_attached_client_imports_neither_torch_nor_transformers(pair):
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
-def test_engine_connect_classmethod_returns_a_protocol_client(pair):
-    from mechscope.engine.core import Engine
+def test_serve_connect_returns_a_protocol_client(pair):
     from mechscope.engine.protocol import EngineProtocol
+    from mechscope.serve import connect
 
     _, _, runtime = pair
-    with Engine.connect(str(runtime / "eq.sock")) as engine:
+    with connect(str(runtime / "eq.sock")) as engine:
         assert isinstance(engine, EngineProtocol)
         assert engine.info.n_layers == 3
 
@@ -176,7 +176,8 @@ def test_serve_benchmark_runs_on_a_tiny_model():
                          capture_output=True, text=True, cwd=REPO, timeout=600,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-2000:]
-    for figure in ("toggle via server", "attach -> first prediction", "head sweep first cell via server"):
+    for figure in ("toggle via server", "toggle answer on the socket", "toggle via a 10 Mbit/s",
+                   "attach -> first prediction", "head sweep first cell via server"):
         assert figure in out.stdout
 
 

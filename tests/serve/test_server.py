@@ -19,6 +19,7 @@ from mechscope.engine.errors import Cancelled, MechscopeError
 from mechscope.engine.interventions import HeadAblation, Metric
 from mechscope.engine.views import Views
 from mechscope.serve.client import describe_wait
+from mechscope.serve.wire import PROTOCOL_VERSION
 from tests.serve.conftest import (
     LONG_CORRUPT,
     LONG_PROMPT,
@@ -87,6 +88,38 @@ def test_list_shows_the_server(server):
     header, row = out.stdout.strip().splitlines()
     assert header.split() == ["NAME", "MODEL", "DEVICE", "MEMORY", "CLIENTS", "JOB"]
     assert row.split()[:3] == ["shared", "model", "cpu"] and "GiB" in row
+
+
+def listed_clients(runtime) -> int:
+    """The CLIENTS column of `mechscope serve --list` for the one server running."""
+    out = subprocess.run([sys.executable, "-m", "mechscope", "serve", "--list"], env=server_env(runtime),
+                         capture_output=True, text=True, cwd=REPO, timeout=60, check=True)
+    return int(out.stdout.strip().splitlines()[1].split()[5])  # MEMORY is "0.12 GiB"
+
+
+def test_list_counts_attached_clients_and_a_killed_one_drops_at_once(server):
+    _, runtime, _ = server
+    dave = connect(runtime, "dave")
+    wait_for(lambda: "dave" in dave.status()["clients"])
+    before = listed_clients(runtime)
+    code = ("import sys, time\n"
+            "from mechscope.serve import connect\n"
+            "engine = connect(sys.argv[1], client_name='doomed')\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(600)\n")
+    doomed = subprocess.Popen([sys.executable, "-c", code, str(runtime / "shared.sock")], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO, env=server_env(runtime))
+    try:
+        assert doomed.stdout is not None and doomed.stdout.readline().strip() == "ready"
+        wait_for(lambda: "doomed" in dave.status()["clients"])
+        assert listed_clients(runtime) == before + 1
+    finally:
+        doomed.kill()  # SIGKILL: no goodbye, only the kernel closing its connections
+        doomed.wait()
+    wait_for(lambda: "doomed" not in dave.status()["clients"], seconds=10)
+    assert listed_clients(runtime) == before
+    dave.close()
+    wait_for(lambda: listed_clients(runtime) == before - 1, seconds=30)
 
 
 def test_two_clients_queue_and_a_cancel_reaches_only_its_own_job(server):
@@ -260,4 +293,4 @@ def test_another_protocol_version_gets_one_line(server, monkeypatch):
     with pytest.raises(MechscopeError) as info:
         client.connect(runtime / "shared.sock")
     message = str(info.value)
-    assert "\n" not in message and "protocol 1" in message and "99" in message
+    assert "\n" not in message and f"protocol {PROTOCOL_VERSION}" in message and "99" in message
