@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mechscope.backends.choose import load_engine, model_settings  # the names sub-commands use
+
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 
@@ -141,27 +143,6 @@ def check_model_source(source: str) -> None:
     if _HUB_ID.match(source) and not source.startswith((".", "~")) and not source.endswith(".gguf"):
         return  # a hub id: resolved from the local cache when the model loads
     raise UsageError(f"no such file or folder: {_clip(source, 200)}")
-
-
-def model_settings(args: argparse.Namespace, default_model: str | None = "demo") -> dict[str, Any]:
-    """The keyword arguments of `Engine.load` the options ask for."""
-    return {"source": args.model if args.model is not None else default_model,
-            "device": args.device or "auto", "dtype": args.dtype or "auto",
-            "trust_remote_code": bool(args.trust_remote_code),
-            "device_map": getattr(args, "device_map", None), "max_memory": getattr(args, "max_memory", None)}
-
-
-def load_engine(settings: dict[str, Any], backend: str | None, progress: Any = None) -> Any:
-    """`Engine.load(**settings)`, or the nnsight/ndif backend's engine for the same model settings."""
-    if backend in (None, "native"):
-        from mechscope.engine import Engine
-
-        return Engine.load(progress=progress, **settings)
-    from mechscope.backends import load_backend
-
-    placement = ("device_map", "max_memory")  # the native engine's (refused with a backend by check_backend)
-    return load_backend(backend=backend, progress=progress,
-                        **{k: v for k, v in settings.items() if k not in placement})
 
 
 def load_engine_or_exit(args: argparse.Namespace, source: str | None = None) -> Any:

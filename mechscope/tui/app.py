@@ -197,8 +197,8 @@ class MechscopeApp(AttachedMixin, App[int]):
                 continue
             title = f"{command.title} ({key_label(command.keys)})" if command.keys else command.title
             yield SystemCommand(title, command.help,
-                                lambda action=command.action: self.run_action(action, self.workbench))
-        yield SystemCommand("Keys (?)", "show every key", self.workbench.action_help)
+                                lambda action=command.action: self.workbench.run_command(action))
+        yield SystemCommand("Keys (?)", "show every key", self.workbench.help)
 
 
 def run_app(args: argparse.Namespace) -> int:
@@ -215,7 +215,7 @@ def run_app(args: argparse.Namespace) -> int:
             return connect(attach)  # named user:pid, so two workbenches of one user differ
         # torch and transformers load here, in the loader thread, after the first paint
         progress("importing PyTorch and transformers", None)
-        from mechscope.cli.common import load_engine, model_settings
+        from mechscope.backends.choose import load_engine, model_settings
 
         return load_engine(model_settings(args), getattr(args, "backend", None),
                            progress)

@@ -204,7 +204,7 @@ async def test_palette_sweep_entries_run_their_kind_and_direction():
         titles = {c.title for c in app.get_system_commands(app.workbench)}
         assert {"Sweep: head denoising", "Sweep: MLP output per layer", "Pin baseline / unpin (b)",
                 "Export… (e)"} <= titles
-        await app.run_action("sweep_with('head','denoising')", app.workbench)
+        app.workbench.run_command("sweep_with('head','denoising')")
         await settle(pilot)
         request = app.bench.sweeps["head"].request
         assert (request.sweep_kind, request.direction, request.interventions) == ("head", "denoising", ())

@@ -38,7 +38,7 @@ class AttentionMap(Heatmap, can_focus=True):
         Binding("right", "move(0, 1)", "Key right", show=False),
         Binding("pageup", "move(-8, 0)", "Page up", show=False),
         Binding("pagedown", "move(8, 0)", "Page down", show=False),
-        Binding("k,enter", "screen.knockout", "knock out"),
+        Binding("k,enter", "screen.command('knockout')", "knock out"),
     ]
 
     @property
@@ -175,7 +175,7 @@ class SweepView(Vertical):
     """A sweep's progress, its strongest components, and its matrix (streamed as rows complete)."""
 
     DEFAULT_CSS = """
-    SweepView #sweep-summary { height: auto; max-height: 7; }
+    SweepView #sweep-summary { height: auto; max-height: 8; }
     SweepView Heatmap { height: 1fr; }
     """
 
@@ -184,24 +184,27 @@ class SweepView(Vertical):
                      id="sweep-summary")
         yield Heatmap(cell_width=3, diverging=True, id="sweep-map")
 
-    def show(self, result: SweepResult, running: bool, note: str = "") -> None:
+    def show(self, result: SweepResult, running: bool, header: str = "", note: str = "") -> None:
+        """`header` names the runs and the model (Workbench.sweep_header); `note` follows the state."""
         values = result.values  # head/atp: [layer, head]; resid: [layer, pos]
         done_rows = int(np.isfinite(values).all(axis=1).sum()) if values.size else 0
         state = "running, esc cancels" if running else ("complete" if result.complete else "stopped")
         text = Text()
         text.append(f"{SWEEP_TITLES.get(result.kind, result.kind)}", style="bold")
         text.append(f"  {done_rows}/{values.shape[0]} layers  {state}{note}\n")
-        text.append(f"metric clean {result.base_metric:+.3f}  corrupted {result.source_metric:+.3f}\n",
-                    style="dim")
+        if header:
+            text.append(header + "\n", style="dim")
+        gap = result.source_metric - result.base_metric
         finite = np.where(np.isfinite(values), values, 0.0)
-        order = np.argsort(-np.abs(finite), axis=None)[:4]
+        order = np.argsort(-np.abs(finite), axis=None)[:3]
         for flat in order:
             row, col = divmod(int(flat), values.shape[1])
             if not np.isfinite(values[row, col]):
                 continue
             label = (f"L{row}.H{col}" if result.kind not in PER_POSITION
                      else f"{result.row_labels[row]} pos {result.col_labels[col]}")
-            text.append(f"  {label:<14} {values[row, col]:+.3f}\n")
+            normalised = f"  normalised {values[row, col] / gap:+.2f}" if abs(gap) > 1e-9 else ""
+            text.append(f"  {label:<14} {values[row, col]:+.3f}{normalised}\n")
         text.rstrip()
         self.query_one("#sweep-summary", Static).update(text)
         cols = ([str(c) for c in range(values.shape[1])] if result.kind not in PER_POSITION
