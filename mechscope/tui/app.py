@@ -43,8 +43,12 @@ class MechscopeApp(AttachedMixin, App[int]):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]  # the footer only where rows are to spare
-    BINDINGS = [Binding(c.keys, c.action, c.short or c.title, show=c.show) for c in COMMANDS
-                if c.action == "quit"]
+    BINDINGS = [*(Binding(c.keys, c.action, c.short or c.title, show=c.show) for c in COMMANDS
+                  if c.action == "quit"),
+                # Priority: the focus moves as the key arrives, so keys typed after it in one burst
+                # (a paste, a fast typist) go to the next field, not to the one it left.
+                Binding("tab", "focus_next", "Next field", show=False, priority=True),
+                Binding("shift+tab", "focus_previous", "Previous field", show=False, priority=True)]
 
     def __init__(self, engine_factory: EngineFactory | None = None, session_name: str | None = None,
                  *, source: str = "demo", record: bool = True, deterministic: bool = False,
