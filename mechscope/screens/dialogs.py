@@ -19,7 +19,7 @@ from mechscope.engine.interventions import (
     NeuronClamp,
     SteeringVector,
 )
-from mechscope.tui.commands import NEW_INTERVENTION_KINDS
+from mechscope.tui.commands import NEW_INTERVENTION_KINDS, key_of
 from mechscope.workbench.numbers import parse_number
 from mechscope.workbench.requests import AddVectorRequest, Outcome, Request
 
@@ -82,7 +82,7 @@ class InterventionDialogs:
             return
         entries = screen.bench.stack.on_head(*head)
         if not entries:
-            screen.show_error(f"no intervention on L{head[0]}.H{head[1]} (space ablates it)")
+            screen.show_error(f"no intervention on L{head[0]}.H{head[1]} ({key_of('ablate')} ablates it)")
             return
         self.edit_entry(entries[-1].id)
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mechscope.tui.commands import key_of
 from mechscope.tui.widgets.head_grid import GRID_METRICS, SET_GRID_METRICS, HeadGrid
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.workbench.sets import ESTIMATE_GRID
@@ -92,7 +93,7 @@ class GridPart:
     def use(self, name: str) -> None:
         self.show(name)
         if self.values(self.metric) is None and self.metric in SWEEP_OF_GRID:
-            key = "w" if self.metric == "patching" else "a"
+            key = key_of(f"sweep('{SWEEP_OF_GRID[self.metric]}')")
             stale = self.screen.bench.sweep_staleness(SWEEP_OF_GRID[self.metric])
             why = f"{stale} since the sweep: " if stale else ""
             self.screen.say(f"grid: {self.metric} ({why}press {key} to run the sweep)")
@@ -146,4 +147,5 @@ class GridPart:
         shown = not self.grid.show_numbers
         for heatmap in self.screen.query(Heatmap):
             heatmap.toggle_numbers(shown)
-        self.screen.say("numbers in heatmaps" if shown else "heatmaps: colours only (0 shows numbers)")
+        self.screen.say("numbers in heatmaps" if shown else
+                        f"heatmaps: colours only ({key_of('toggle_numbers')} shows numbers)")

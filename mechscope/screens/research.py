@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mechscope.engine.results import RunResult
+from mechscope.tui.commands import key_of
 from mechscope.tui.token_labels import token_labels
 from mechscope.tui.widgets.pinned import pinned_text
 from mechscope.tui.widgets.predictions import PredictionsPane
@@ -127,7 +128,8 @@ class ResearchPart:
         if choice.startswith("sweep"):
             state = bench.last_sweep
             if state is None or state.result is None:
-                self.screen.show_error("no sweep to export yet (w or W runs one)")
+                self.screen.show_error(f"no sweep to export yet ({key_of('sweep')} or {key_of('sweep_options')} "
+                                       "runs one)")
                 return None
             request = state.request
             fmt = "csv" if choice == "sweep-csv" else "safetensors"

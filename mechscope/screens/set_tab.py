@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mechscope.tui.widgets.set_view import SetView
+from mechscope.tui.commands import key_of
+from mechscope.tui.widgets.set_view import SetRowTable, SetView
 from mechscope.workbench.requests import Outcome, Request
 from mechscope.workbench.sets import ESTIMATE_GRID, SET_SWEEP_GRID
 
@@ -63,7 +64,8 @@ class SetTab:
                 grid.metric = GRID_AFTER[kind]
             elif kind == "detect_heads" and sets.detectors is not None:
                 grid.metric = next(iter(sets.detectors.scores))
-                screen.say(f"grid: {grid.metric} (C chooses a detector; ? shows their definitions)")
+                screen.say(f"grid: {grid.metric} ({key_of('choose_grid')} chooses a detector, {key_of('cycle_grid')} "
+                           f"cycles; {key_of('help')} shows their definitions)")
             if kind in SHOWN_IN_TAB:
                 screen.tabs.active = "tab-set"
         self.show()
@@ -80,9 +82,11 @@ class SetTab:
             pane.set_values(self.screen.bench.inputs)
 
     def submit_or_say(self, request: Request | None) -> None:
+        sets = self.screen.bench.sets
         if request is None:
-            if self.screen.bench.sets.error:
-                self.screen.show_error(self.screen.bench.sets.error)
+            if sets.error:
+                where = f" ({key_of('prompt_set')} loads or generates one)" if sets.pset is None else ""
+                self.screen.show_error(sets.error + where)
             self.show()
             return
         self.screen.submit(request)
@@ -111,10 +115,14 @@ class SetTab:
         sets = self.screen.bench.sets
         request = sets.step(delta)
         if request is None and sets.pset is None:
-            self.screen.show_error(sets.error or "no prompt set")
+            self.screen.show_error(f"no prompt set: {key_of('prompt_set')} loads or generates one")
             return
         self.screen.submit(request)
         self.show()
+
+    def picked(self, message: SetRowTable.Picked) -> None:
+        self.go_to_row(message.index)
+        self.screen.grid.focus()
 
     def go_to_row(self, index: int) -> None:
         """A row of the set becomes the current inputs (enter on the set tab's table)."""
@@ -138,7 +146,7 @@ class SetTab:
         if not screen.loaded():
             return
         if screen.bench.sets.pset is None:
-            screen.show_error(f"no prompt set: press {screen.key_of('prompt_set')} to load or generate one")
+            screen.show_error(f"no prompt set: press {key_of('prompt_set')} to load or generate one")
             return
 
         def done(text: str | None) -> None:

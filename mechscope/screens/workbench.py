@@ -38,7 +38,7 @@ from mechscope.tui.widgets.interventions import InterventionList
 from mechscope.tui.widgets.predictions import PredictionsPane
 from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.tui.widgets.prompt_pane import PromptPane
-from mechscope.tui.widgets.set_view import SetView
+from mechscope.tui.widgets.set_view import SetRowTable, SetView
 from mechscope.tui.widgets.views import (
     AttentionMap,
     AttentionView,
@@ -143,9 +143,6 @@ class WorkbenchScreen(Screen[None]):
         """A key table action by its text (`sweep_with('head','denoising')`), as the palette runs it."""
         _, name, params = parse_action(action)
         self.commands[name](*params)
-
-    def key_of(self, action: str) -> str:
-        return key_of(action)
 
     @property
     def engine_calls(self) -> int:
@@ -640,6 +637,10 @@ class WorkbenchScreen(Screen[None]):
     def patch_head(self) -> None:
         if self.selected_head() is not None:
             self.apply(self.bench.patch_selected())
+
+    @on(SetRowTable.Picked)
+    def set_row_picked(self, message: SetRowTable.Picked) -> None:
+        self.set_tab.picked(message)
 
     @on(InterventionList.Requested)
     def list_requested(self, event: InterventionList.Requested) -> None:

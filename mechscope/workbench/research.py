@@ -308,7 +308,9 @@ class ResearchCommands:
         self.vector_norms[name] = float(np.linalg.norm(np.asarray(values, dtype=np.float64)))
 
     def steering_norm(self, steer: SteeringVector) -> tuple[float, float | None] | None:
-        """(|coeff · v|, mean residual norm entering the vector's layer) or None for an unknown vector.
+        """(|coeff · v|, median residual norm entering the vector's layer over the positions after the
+        first) or None for an unknown vector. Position 0 is left out: its massive activation (a norm
+        some hundred times the others') would make any vector look small.
 
         The residual entering layer L is the one after layer L-1 (the embeddings for L = 0: not in
         the stats, so None)."""
@@ -318,7 +320,8 @@ class ResearchCommands:
         resid = None
         result = self.result
         if result is not None and result.stats is not None and 0 < steer.layer <= result.stats.resid_norm.shape[0]:
-            resid = float(np.mean(result.stats.resid_norm[steer.layer - 1]))  # [pos] -> mean
+            norms = np.asarray(result.stats.resid_norm[steer.layer - 1], dtype=np.float64)  # [pos]
+            resid = float(np.median(norms[1:] if norms.size > 1 else norms))
         return abs(steer.coeff) * norm, resid
 
     def steering_note(self, steer: SteeringVector) -> str:
@@ -326,4 +329,7 @@ class ResearchCommands:
         if norms is None:
             return ""
         added, resid = norms
-        return f" (|Δ| {added:.3g}" + ("" if resid is None else f" vs resid {resid:.3g}") + ")"
+        if resid is None:
+            return f" (|Δ| {added:.3g})"
+        warning = ": LARGER than the residual" if added > resid else ""
+        return f" (|Δ| {added:.3g} vs median resid {resid:.3g} after pos 0{warning})"

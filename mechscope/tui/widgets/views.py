@@ -11,6 +11,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from mechscope.engine.results import ActivationStats, GeneratedToken, LogitLens, SweepResult
+from mechscope.tui.commands import key_of
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.prompt_pane import show_token
 
@@ -180,8 +181,9 @@ class SweepView(Vertical):
     """
 
     def compose(self) -> ComposeResult:
-        yield Static("no sweep yet: w runs head patching, a runs AtP, r residual patching",
-                     id="sweep-summary")
+        head, atp, resid = (key_of(f"sweep('{kind}')") for kind in ("head", "atp", "resid"))
+        yield Static(f"no sweep yet: {head} runs head patching, {atp} AtP, {resid} residual patching, "
+                     f"{key_of('sweep_options')} chooses", id="sweep-summary")
         yield Heatmap(cell_width=3, diverging=True, id="sweep-map")
 
     def show(self, result: SweepResult, running: bool, header: str = "", note: str = "") -> None:
@@ -241,8 +243,8 @@ class GenerationView(Horizontal):
             self.query_one(f"#gen-{lane}", Static).update(self.texts[lane])
 
     def mark_stale(self) -> None:
-        """The interventions or prompt changed since this generation: say so, g reruns it."""
-        self.query_one("#gen-intervened-box").border_subtitle = "stale: g to rerun"
+        """The interventions or prompt changed since this generation: say so, with the key that reruns it."""
+        self.query_one("#gen-intervened-box").border_subtitle = f"stale: {key_of('generate')} to rerun"
 
     def append(self, lane: str, token: GeneratedToken) -> None:
         self.texts[lane].append(token.text, style="bold" if token.prob > 0.5 else "")
