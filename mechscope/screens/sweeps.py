@@ -66,7 +66,7 @@ class SweepsPart:
         state = self.screen.bench.sweep_partial(request, value)  # type: ignore[arg-type]
         if state is None or not self.screen.alive:
             return
-        self.view.show(value, running=not value.complete, header=self.screen.bench.sweep_header(state.request))
+        self.view.show(value, running=not value.complete, header=self.screen.bench.sweep_header(state.request, value))
         if self.screen.grid_part.metric == GRID_OF_SWEEP.get(state.request.sweep_kind):
             self.screen.grid_part.show()
 
@@ -77,7 +77,7 @@ class SweepsPart:
         if state is None or not outcome.ok:
             return
         result = outcome.result
-        self.view.show(result, running=False, header=bench.sweep_header(state.request))
+        self.view.show(result, running=False, header=bench.sweep_header(state.request, result))
         if state.request.sweep_kind in GRID_OF_SWEEP:
             self.screen.grid_part.show(GRID_OF_SWEEP[state.request.sweep_kind])
         timing = "" if self.screen.deterministic else f" in {result.seconds:.1f} s"
@@ -91,7 +91,7 @@ class SweepsPart:
         if sweeping:
             state = screen.bench.cancel_sweep()
             if state is not None and state.result is not None:
-                self.view.show(state.result, running=False, header=screen.bench.sweep_header(state.request),
+                self.view.show(state.result, running=False, header=screen.bench.sweep_header(state.request, state.result),
                                note=" (cancelled)")
         return sweeping or generating
 

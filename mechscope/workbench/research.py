@@ -222,7 +222,7 @@ class ResearchCommands:
         else:
             model = "on the unedited model"
             if active:
-                model += f" ({active} active intervention{'s' if active > 1 else ''} not applied; W applies them)"
+                model += f" ({active} active intervention{'s' if active > 1 else ''} not applied)"
         where = "" if request.metric.position == -1 else f" · metric at pos {request.metric.position}"
         patched, source = sweep_runs(request.direction)
         lines = [f"{request.sweep_kind} {request.direction} · {model}{where}"]

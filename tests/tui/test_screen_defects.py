@@ -131,7 +131,7 @@ def test_every_sweep_entry_point_follows_one_rule_and_the_header_says_so():
     for kind in ("head", "attn", "mlp", "resid", "atp"):
         request = bench.sweep_with(kind, "denoising")
         assert request.interventions == ()
-        assert "on the unedited model (1 active intervention not applied; W applies them)" in \
+        assert "on the unedited model (1 active intervention not applied)" in \
             bench.sweep_header(request)
     on_top = bench.sweep_with("attn", "noising", on_top=True)
     assert on_top.interventions == (HeadAblation(0, 1),)
