@@ -35,7 +35,7 @@ class AskValueScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical() as box:
             box.border_title = self.title_text
-            yield Label(self.label)
+            yield Static(self.label, id="ask-label")  # wraps: a long description is never cut
             yield Input(self.initial, id="ask-input")
             yield Static("", id="ask-error")
             yield Label("enter accepts, esc cancels", classes="dim")

@@ -135,7 +135,9 @@ class ResearchPart:
             fmt = "csv" if choice == "sweep-csv" else "safetensors"
             name = exports.default_name("sweep", f"{request.sweep_kind}-{request.direction}", fmt)
             if fmt == "csv":
-                return name, exports.sweep_to_csv(state.result, direction=request.direction)
+                run = bench.result
+                tokens = run.tokens if run is not None and bench.result_is_current else None
+                return name, exports.sweep_to_csv(state.result, direction=request.direction, tokens=tokens)
             return name, state.result
         result = bench.result
         if choice == "attribution-csv":

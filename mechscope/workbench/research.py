@@ -230,9 +230,8 @@ class ResearchCommands:
             lines.append(f"patches the {patched} run with activations from the {source} run")
         else:
             gap = result.source_metric - result.base_metric
-            lines.append(f"patched run: {patched} {result.base_metric:+.3f} · patched from: {source} "
+            lines.append(f"patched run {patched} {result.base_metric:+.3f} · from {source} "
                          f"{result.source_metric:+.3f} · gap {gap:+.3f}")
-            lines.append(f"cell = metric change; normalised = cell ÷ gap (1: all the way to the {source} run)")
         return "\n".join(lines)
 
     # -- pinned baseline ------------------------------------------------------------------------

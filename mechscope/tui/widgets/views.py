@@ -205,7 +205,7 @@ class SweepView(Vertical):
                 continue
             label = (f"L{row}.H{col}" if result.kind not in PER_POSITION
                      else f"{result.row_labels[row]} pos {result.col_labels[col]}")
-            normalised = f"  normalised {values[row, col] / gap:+.2f}" if abs(gap) > 1e-9 else ""
+            normalised = f"  ({values[row, col] / gap:+.2f} of the gap)" if abs(gap) > 1e-9 else ""
             text.append(f"  {label:<14} {values[row, col]:+.3f}{normalised}\n")
         text.rstrip()
         self.query_one("#sweep-summary", Static).update(text)
