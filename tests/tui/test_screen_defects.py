@@ -210,14 +210,14 @@ async def test_number_mode_separates_cells_and_shows_exact_values_at_80_columns(
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         grid = app.query_one(HeadGrid)
-        values = np.array([[-12.06, 0.01, 0.731], [0.92, -0.06, 1234.5]], dtype=np.float32)  # [layer, head]
+        values = np.array([[-12.06, 0.01, 0.731], [0.92, -0.06, 12345.0]], dtype=np.float32)  # [layer, head]
         grid.set_data(values, ["L0", "L1"], ["0", "1", "2"])
         grid.set_marks({(1, 0): "="})  # a verified estimate cell
         await pilot.press("0")
         await pilot.pause()
         rows = ["".join(segment.text for segment in grid.render_line(y)) for y in (1, 2)]
         cells = [re.findall(r"\S+", row)[1:] for row in rows]  # after the row label
-        assert cells == [["-12", ".01", ".73"], [".92", "-.06", "1.2k"]]  # = shows the exact value
+        assert cells == [["-12", ".01", ".73"], [".92", "-.06", "12k"]]  # = shows the exact value
         assert all(re.search(r"\d\s+[-.\d]", row) for row in rows)  # never two numbers run together
         assert grid.border_title == "DLA · L0.H0 -12.06"  # the cursor cell's exact value beside the grid
         await pilot.press("l")
@@ -249,7 +249,7 @@ async def test_set_tab_lists_every_row_with_its_numbers_and_enter_picks_a_row():
         assert table.row_count == 5
         for index in range(5):
             row = table.get_row(str(index))
-            assert row[0] == str(index + 1)
+            assert str(row[0]) == str(index + 1)
             assert float(str(row[4])) == float(f"{result.baseline[index]:+.3f}")
             assert float(str(row[5])) == float(f"{result.values[index]:+.3f}")
             assert float(str(row[6])) == float(f"{result.values[index] - result.baseline[index]:+.3f}")
@@ -299,7 +299,7 @@ async def test_addresses_chooser_metric_and_ctrl_c_from_the_keys():
         assert app.bench.run.request.metric.kind == "prob"
     from mechscope.screens.workbench import WorkbenchScreen
 
-    assert any(binding.key == "ctrl+c" and "cancel" in binding.action
+    assert any("ctrl+c" in binding.key.split(",") and "cancel" in binding.action
                for binding in WorkbenchScreen.BINDINGS if hasattr(binding, "key"))
 
 

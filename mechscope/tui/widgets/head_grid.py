@@ -84,6 +84,11 @@ class HeadGrid(Heatmap, can_focus=True):
         self.metric_title = title
         self.show_cursor_value()
 
+    def set_data(self, values: np.ndarray | None, row_labels: list[str], col_labels: list[str],
+                 *, diverging: bool | None = None, scale: float | None = None) -> None:
+        super().set_data(values, row_labels, col_labels, diverging=diverging, scale=scale)
+        self.show_cursor_value()
+
     def show_cursor_value(self) -> None:
         """The title names the metric and the cursor cell's exact value, whatever the cells show."""
         value = None if self.cursor is None else self.value_at(*self.cursor)
