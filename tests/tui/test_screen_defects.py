@@ -250,9 +250,9 @@ async def test_set_tab_lists_every_row_with_its_numbers_and_enter_picks_a_row():
         for index in range(5):
             row = table.get_row(str(index))
             assert str(row[0]) == str(index + 1)
-            assert float(str(row[4])) == float(f"{result.baseline[index]:+.3f}")
-            assert float(str(row[5])) == float(f"{result.values[index]:+.3f}")
-            assert float(str(row[6])) == float(f"{result.values[index] - result.baseline[index]:+.3f}")
+            assert float(str(row[1])) == float(f"{result.baseline[index]:+.3f}")
+            assert float(str(row[2])) == float(f"{result.values[index]:+.3f}")
+            assert float(str(row[3])) == float(f"{result.values[index] - result.baseline[index]:+.3f}")
         summary = str(app.query_one("#set-numbers").render())
         assert f"Δ {np.mean(result.values - result.baseline):+.3f}" in summary  # on its own line
         assert all(len(line) <= 100 for line in summary.splitlines())

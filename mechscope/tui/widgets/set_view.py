@@ -23,11 +23,6 @@ OUTLIER_MADS = 3.5  # a row whose Δ (or metric) is this many scaled MADs from t
 SORTS = ("row", "Δ", "without", "with")  # what `s` in the table cycles through
 
 
-def _clip(text: str, width: int = 60) -> str:
-    text = text.replace("\n", " ")
-    return text if len(text) <= width else text[:width - 1] + "…"
-
-
 def mean_std(values: Any) -> str:
     v = np.asarray(values, dtype=np.float64)
     return f"{v.mean():+.3f} ± {v.std():.3f}"
@@ -128,9 +123,22 @@ def massive_table(sets: PromptSets) -> Table | Text:
     return table
 
 
+def excerpts(clean: str, corrupted: str, width: int = 22) -> tuple[str, str]:
+    """The two prompts around where they first differ (an IOI pair differs in one name near the end)."""
+    clean, corrupted = clean.replace("\n", " "), corrupted.replace("\n", " ")
+    differ = next((i for i, (a, b) in enumerate(zip(clean, corrupted)) if a != b), min(len(clean), len(corrupted)))
+    start = max(0, min(differ - width // 2, max(len(clean), len(corrupted)) - width))
+
+    def window(text: str) -> str:
+        piece = text[start:start + width]
+        return ("…" if start > 0 else "") + piece + ("…" if start + width < len(text) else "")
+
+    return window(clean), window(corrupted) if corrupted else ""
+
+
 def row_cells(sets: PromptSets) -> list[tuple[int, tuple[Any, ...]]]:
-    """(row index, cells) of the per-row table: row, clean / corrupted excerpt, target / foil, the metric
-    without and with the interventions, Δ, and ! for an outlier (numbers only once O has run)."""
+    """(row index, cells) of the per-row table: row, the metric without and with the interventions, Δ,
+    ! for an outlier (numbers only once O has run), target / foil, clean / corrupted excerpt."""
     if sets.pset is None:
         return []
     run = sets.run if sets.run is not None and sets.run.ok and not sets.run_is_stale() else None
@@ -146,8 +154,8 @@ def row_cells(sets: PromptSets) -> list[tuple[int, tuple[Any, ...]]]:
         if baseline is not None and values is not None and delta is not None and flags is not None:
             numbers = (float(baseline[index]), float(values[index]), float(delta[index]),
                        "!" if flags[index] else "")
-        rows.append((index, (index + 1, _clip(row.clean, 28), _clip(row.corrupted, 28),
-                             f"{row.target!r}/{row.foil!r}", *numbers)))
+        rows.append((index, (index + 1, *numbers, f"{row.target!r}/{row.foil!r}",
+                             *excerpts(row.clean, row.corrupted))))
     return rows
 
 
@@ -167,9 +175,8 @@ class SetRowTable(DataTable):
         self.shown_key: tuple[Any, ...] | None = None
 
     def on_mount(self) -> None:
-        for label, key in (("row", "row"), ("clean", "clean"), ("corrupted", "corrupted"),
-                           ("target/foil", "tokens"), ("without", "without"), ("with", "with"),
-                           ("Δ", "Δ"), ("", "flag")):
+        for label, key in (("row", "row"), ("without", "without"), ("with", "with"), ("Δ", "Δ"), ("", "flag"),
+                           ("target/foil", "tokens"), ("clean", "clean"), ("corrupted", "corrupted")):
             self.add_column(label, key=key)
 
     def fill(self, sets: PromptSets) -> None:
@@ -179,7 +186,7 @@ class SetRowTable(DataTable):
             self.clear()
             for index, cells in row_cells(sets):
                 shown = [f"{c:+.3f}" if isinstance(c, float) else str(c) for c in cells]
-                if cells[-1] == "!":
+                if cells[4] == "!":
                     shown = [Text(c, style="bold yellow") for c in shown]  # type: ignore[misc]
                 self.add_row(*shown, key=str(index))
             self.apply_sort()
