@@ -18,6 +18,7 @@ from mechscope.screens.workbench import TYPING_DEBOUNCE_S, WorkbenchScreen
 from mechscope.tui.commands import COMMANDS, key_label
 from mechscope.tui.messages import EngineFailed, EngineLoaded, EngineProgress
 from mechscope.tui.remote import AttachedMixin
+from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.workbench.controller import GenerationSettings, Inputs, Workbench
 from mechscope.workbench.recorder import SessionRecorder
 
@@ -47,8 +48,18 @@ class MechscopeApp(AttachedMixin, App[int]):
                   if c.action == "quit"),
                 # Priority: the focus moves as the key arrives, so keys typed after it in one burst
                 # (a paste, a fast typist) go to the next field, not to the one it left.
-                Binding("tab", "focus_next", "Next field", show=False, priority=True),
-                Binding("shift+tab", "focus_previous", "Previous field", show=False, priority=True)]
+                Binding("tab", "move_focus(1)", "Next field", show=False, priority=True),
+                Binding("shift+tab", "move_focus(-1)", "Previous field", show=False, priority=True)]
+
+    def action_move_focus(self, step: int) -> None:
+        """Tab / shift+tab: a prompt field being edited hands the editing on to the next field."""
+        focused = self.focused
+        if isinstance(focused, PromptInput) and focused.armed:
+            focused.action_hand_on(step)
+        elif step > 0:
+            self.screen.focus_next()
+        else:
+            self.screen.focus_previous()
 
     def __init__(self, engine_factory: EngineFactory | None = None, session_name: str | None = None,
                  *, source: str = "demo", record: bool = True, deterministic: bool = False,

@@ -53,7 +53,7 @@ def summary_text(sets: PromptSets) -> Text:
         return text
     request, result = run.request, run.result
     kind = getattr(request, "metric_kind", "metric")
-    text.append(f"\n{kind} baseline (no interventions) {mean_std(result.baseline)}")
+    text.append(f"\n{kind} baseline {mean_std(result.baseline)} (no interventions)")
     count = len(getattr(request, "interventions", ()))
     if count:
         text.append(f"\nwith {count} intervention(s) {mean_std(result.values)}  "
