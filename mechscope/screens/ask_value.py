@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -24,7 +25,7 @@ class AskValueScreen(ModalScreen[str | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, title: str, label: str, initial: str = "",
-                 validate: Callable[[str], str | None] | None = None) -> None:
+                 validate: Callable[[str], str | None | Awaitable[str | None]] | None = None) -> None:
         super().__init__()
         self.title_text = title
         self.label = label
@@ -34,14 +35,15 @@ class AskValueScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical() as box:
             box.border_title = self.title_text
-            yield Label(self.label)
+            yield Static(self.label, id="ask-label")  # wraps: a long description is never cut
             yield Input(self.initial, id="ask-input")
             yield Static("", id="ask-error")
             yield Label("enter accepts, esc cancels", classes="dim")
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        error = self.validate(event.value) if self.validate else None
+        checked = self.validate(event.value) if self.validate else None
+        error = await checked if inspect.isawaitable(checked) else checked
         if error:
             self.query_one("#ask-error", Static).update(error)
             return

@@ -11,6 +11,17 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 
+def choice_prompts(items: list[tuple[str, str, str]]) -> list[Text]:
+    """Each item's title, padded so that its description never runs into it, then the description."""
+    width = max((len(title) for _, title, _ in items), default=0) + 2
+    prompts = []
+    for _, title, description in items:
+        prompt = Text(f"{title:<{width}}", style="bold")
+        prompt.append(description, style="dim")
+        prompts.append(prompt)
+    return prompts
+
+
 class ChooseScreen(ModalScreen[str | None]):
     """Returns the id of the chosen (id, title, description) item on enter, None on escape."""
 
@@ -29,11 +40,8 @@ class ChooseScreen(ModalScreen[str | None]):
         self.items = items
 
     def compose(self) -> ComposeResult:
-        options = []
-        for item_id, title, description in self.items:
-            prompt = Text(f"{title:<22}", style="bold")
-            prompt.append(description, style="dim")
-            options.append(Option(prompt, id=item_id))
+        options = [Option(prompt, id=item[0]) for item, prompt in zip(self.items, choice_prompts(self.items),
+                                                                         strict=True)]
         with Vertical() as box:
             box.border_title = self.title_text
             yield OptionList(*options, id="choose-list")

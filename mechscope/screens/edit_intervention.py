@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from textual.app import ComposeResult
@@ -103,7 +103,7 @@ class EditInterventionScreen(ModalScreen[Intervention | None]):
 
     def __init__(self, intervention: Intervention, title: str | None = None,
                  hint: str = "empty positions = all",
-                 check: Callable[[Intervention], str | None] | None = None) -> None:
+                 check: Callable[[Intervention], Awaitable[str | None]] | None = None) -> None:
         super().__init__()
         self.check = check  # the engine's dry run: a value it refuses keeps the dialog open
         self.original = intervention
@@ -124,14 +124,15 @@ class EditInterventionScreen(ModalScreen[Intervention | None]):
             yield Static("", id="edit-error")
             yield Static(f"enter saves, esc cancels; {self.hint}", classes="dim")
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         texts = {name: self.query_one(f"#field-{name}", Input).value for name in self.field_names}
         try:
             edited = rebuild(self.original, texts)
-            problem = self.check(edited) if self.check is not None else None
         except ValueError as exc:
-            problem = str(exc)
+            problem: str | None = str(exc)
+        else:  # the dry run runs in a worker: the dialog stays responsive when the engine is remote
+            problem = await self.check(edited) if self.check is not None else None
         if problem is None:
             self.dismiss(edited)
             return

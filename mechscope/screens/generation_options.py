@@ -46,7 +46,7 @@ class GenerationOptionsScreen(ModalScreen[tuple[str, str, str] | None]):
                     yield Label(label)
                     yield Input(value, id=ident, compact=True)
             yield Static("", id="gen-error")
-            yield Label("1..512 tokens; temperature 0 = greedy; enter accepts, esc cancels", classes="dim")
+            yield Static("1..512 tokens; temperature 0 = greedy; enter accepts, esc cancels", classes="dim")
 
     def values(self) -> tuple[str, str, str]:
         return tuple(self.query_one(f"#{ident}", Input).value  # type: ignore[return-value]

@@ -9,6 +9,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from mechscope.tui.commands import key_of
+
 GRID_LEGEND = (
     "\nGrid marks: x zero, m mean, r resample, s scale, p patch, k knockout, * another kind on a head; "
     "one letter per edit (ms: mean + scale), + for more than two (the list shows them all); "
@@ -24,7 +26,8 @@ def detector_definitions() -> str:
         from mechscope.engine.results import DEFINITIONS
     except ImportError:
         return ""
-    return "\nHead detectors (D, then c cycles them):\n" + "\n".join(f"  {text}" for text in DEFINITIONS.values())
+    heading = f"\nHead detectors ({key_of('detect_heads')}, then {key_of('choose_grid')} chooses one):\n"
+    return heading + "\n".join(f"  {text}" for text in DEFINITIONS.values())
 
 
 class HelpScreen(ModalScreen[None]):

@@ -1,36 +1,36 @@
-"""The workbench screen: lays out the panes, turns keys into Workbench commands, runs the requests they
-return in thread workers and repaints from the Workbench when each outcome comes back."""
+"""The workbench screen: lays out the panes, turns keys into commands of the parts that own each job
+(grid, sweeps, set tab, dialogs, research), runs the requests they return through one job table and
+repaints from the Workbench when each outcome comes back."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from rich.text import Text
-from textual import events, on, work
+from textual import events, on
+from textual.actions import parse as parse_action
 from textual.app import ComposeResult, ScreenStackError
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
-from textual.worker import Worker, WorkerState, get_current_worker
+from textual.widgets import DataTable, Footer, Input, Select, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
 
 from mechscope.engine.addresses import parse_address
 from mechscope.engine.backend_info import backend_status
-from mechscope.engine.interventions import (
-    SteeringVector,
-)
 from mechscope.engine.results import RunResult
-from mechscope.screens.research_actions import ResearchActions
-from mechscope.screens.workbench_forms import InterventionForms
-from mechscope.screens.workbench_jobs import GRID_OF_SWEEP, SWEEP_OF_GRID, JobAndViewActions
-from mechscope.screens.workbench_sets import SetCommands
-from mechscope.tui.commands import COMMANDS
-from mechscope.tui.messages import Finished, GenerationToken, SweepPartial
+from mechscope.screens.dialogs import InterventionDialogs
+from mechscope.screens.grid import GRID_OF_SWEEP, GridPart
+from mechscope.screens.jobs import Job, JobRunner
+from mechscope.screens.research import ResearchPart
+from mechscope.screens.set_tab import SetTab
+from mechscope.screens.sweeps import SweepsPart
+from mechscope.tui.commands import COMMANDS, WIDGET_KEYS, key_label, key_of
+from mechscope.tui.messages import Finished, Partial
 from mechscope.tui.token_labels import token_labels
 from mechscope.tui.widgets.head_grid import HeadGrid
 from mechscope.tui.widgets.heatmap import Heatmap
@@ -38,7 +38,7 @@ from mechscope.tui.widgets.interventions import InterventionList
 from mechscope.tui.widgets.predictions import PredictionsPane
 from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.tui.widgets.prompt_pane import PromptPane
-from mechscope.tui.widgets.set_view import SetView
+from mechscope.tui.widgets.set_view import SetRowTable, SetView
 from mechscope.tui.widgets.views import (
     AttentionMap,
     AttentionView,
@@ -48,22 +48,19 @@ from mechscope.tui.widgets.views import (
     SweepView,
 )
 from mechscope.workbench.controller import Workbench
-from mechscope.workbench.executor import execute
 from mechscope.workbench.requests import (
     SET_REQUESTS,
     AddVectorRequest,
     BuildVectorRequest,
     GenerateRequest,
     Outcome,
+    ReferencePromptsRequest,
     Request,
     RunRequest,
     SweepRequest,
     ValidateRequest,
 )
-from mechscope.workbench.spacing import SpacingHint, first_ids, spacing_hints
-
-if TYPE_CHECKING:
-    pass
+from mechscope.workbench.spacing import SpacingHint, first_ids, spacing_hints, with_spaces
 
 TYPING_DEBOUNCE_S = 0.3
 CURSOR_DEBOUNCE_S = 0.12
@@ -73,13 +70,19 @@ W = TypeVar("W", bound=Widget)
 VIEW_TABS = ("tab-attention", "tab-lens", "tab-stats")  # filled from the latest run
 
 
-class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndViewActions, Screen[None]):
+def command_binding(action: str) -> str:
+    """The screen action that runs a key table entry: `ablate('zero')` -> `command('ablate', 'zero')`."""
+    _, name, params = parse_action(action)
+    return f"command({', '.join(repr(part) for part in (name, *params))})"
+
+
+class WorkbenchScreen(Screen[None]):
     """Renders a `Workbench`; every engine call is a request from it, run by `submit`."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        *(Binding(c.keys, c.action, c.short or c.title, show=c.show)
+        *(Binding(c.keys, command_binding(c.action), c.short or c.title, show=c.show)
           for c in COMMANDS if c.keys and c.action != "quit"),
-        *(Binding(f"shift+{key}", f"scroll_view('{key}')", show=False)
+        *(Binding(f"shift+{key}", f"command('scroll_view', '{key}')", show=False)
           for key in ("pageup", "pagedown", "home", "end"))]
 
     def __init__(self, bench: Workbench, *, source: str, deterministic: bool = False) -> None:
@@ -88,19 +91,63 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
         self.source = source
         self.deterministic = deterministic  # snapshot mode: no timings on screen
         self.engine: Any = None
-        self.grid_metric = "attribution"
-        self.engine_calls = 0  # how many engine requests the UI started (tests read it)
         self.stale_views: set[str] = set()  # view tabs not yet showing the latest result
         self._run_timer: Timer | None = None
         self._attention_timer: Timer | None = None
         self._busy_timer: Timer | None = None
         self._paint_hold: Any = None  # an entered App.batch_update() while an edit waits for its run
         self._paint_hold_timer: Timer | None = None
-        self._steer_after: tuple[Request, SteeringVector] | None = None
+        self._shown_run: Any = None  # the run on screen when an outcome arrived (before accepting it)
         self._mounted = False
         self._prompt_pane: PromptPane | None = None
         self._parts: dict[tuple[Any, type], Widget] = {}
         self.spacing: list[SpacingHint] = []  # metric tokens typed without the space the model predicts
+        self.grid_part = GridPart(self)
+        self.sweeps = SweepsPart(self)
+        self.set_tab = SetTab(self)
+        self.dialogs = InterventionDialogs(self)
+        self.research = ResearchPart(self)
+        vector = Job("vector", self.dialogs.vector_finished, exclusive=True)
+        sets = Job("sets", self.set_tab.finished, self.set_tab.partial, started=self.set_tab.started)
+        # The one table: a request type -> its worker group, what handles its outcome and its stream.
+        self.jobs = JobRunner(self, {
+            RunRequest: Job("engine", self.run_finished, exclusive=True, started=self.run_started),
+            SweepRequest: Job("sweep", self.sweeps.finished, self.sweeps.partial, exclusive=True,
+                              started=self.sweeps.started),
+            GenerateRequest: Job("generate", self.sweeps.generation_finished, self.sweeps.token, exclusive=True,
+                                 started=self.sweeps.generation_started, lanes=self.sweeps.generation_lanes),
+            ValidateRequest: Job("check", self.check_finished),
+            ReferencePromptsRequest: Job("reference", self.check_finished, exclusive=True),
+            BuildVectorRequest: vector,
+            AddVectorRequest: vector,
+            **dict.fromkeys(SET_REQUESTS, sets),
+        })
+        self.commands: dict[str, Callable[..., object]] = {
+            **self.grid_part.commands(), **self.sweeps.commands(), **self.set_tab.commands(),
+            **self.dialogs.commands(), **self.research.commands(),
+            "ablate": self.ablate, "patch_head": self.patch_head, "undo": self.undo,
+            "clear_interventions": self.clear_interventions, "cancel": self.cancel,
+            "use_spaced_tokens": self.use_spaced_tokens, "show_message": self.show_message,
+            "focus_prompt": self.focus_prompt, "show_tab": self.show_tab, "help": self.help,
+            "note": self.note, "retry_saving": self.retry_saving, "sessions": self.sessions,
+            "scroll_view": self.scroll_view,
+        }
+
+    # ---------------------------------------------------------------- commands
+
+    def action_command(self, name: str, *args: Any) -> None:
+        """Every key of the key table lands here and runs the command of the part that owns it."""
+        self.commands[name](*args)
+
+    def run_command(self, action: str) -> None:
+        """A key table action by its text (`sweep_with('head','denoising')`), as the palette runs it."""
+        _, name, params = parse_action(action)
+        self.commands[name](*params)
+
+    @property
+    def engine_calls(self) -> int:
+        """How many engine requests the screen started (tests read it)."""
+        return self.jobs.started
 
     # ---------------------------------------------------------------- typed parts
 
@@ -109,7 +156,7 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
         key = (selector, expect)
         widget = self._parts.get(key)
         if widget is None:
-            widget = self.query_one(selector, expect)
+            widget = self.query_one(selector, expect) if isinstance(selector, str) else self.query_one(selector)
             self._parts[key] = widget
         return widget  # type: ignore[return-value]
 
@@ -138,6 +185,13 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
         """False while the app shuts down and the widgets are already gone (late timers, messages)."""
         pane = self._prompt_pane  # kept from mount: querying the DOM here costs ms per message
         return pane is not None and pane.is_attached
+
+    def loaded(self) -> bool:
+        """True when the engine is here; otherwise says the model is still loading."""
+        if self.engine is None:
+            self.show_error("the model is still loading")
+            return False
+        return True
 
     # ---------------------------------------------------------------- layout
 
@@ -171,6 +225,7 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
 
     def on_mount(self) -> None:
         self.part(InterventionList, InterventionList).show_entries((), ())
+        self.grid.selected_callback = self.cursor_moved
         self.grid.focus()
         self.update_status()
         self._prompt_pane = self.query_one(PromptPane)
@@ -188,6 +243,7 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
     def engine_ready(self, engine: Any) -> None:
         """The model is loaded (and a resumed session's state is in the Workbench): show it and run."""
         self.engine = engine
+        self.jobs.engine = engine
         if not self._mounted:
             return
         info = engine.info
@@ -202,11 +258,12 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
         self.update_title()
         for kind, state in self.bench.sweeps.items():  # a resumed session's sweeps
             if state.done and state.result is not None:
-                self.part(SweepView, SweepView).show(state.result, running=False, note=" (from the session)")
+                self.part(SweepView, SweepView).show(state.result, running=False, note=" (from the session)",
+                                                     header=self.bench.sweep_header(state.request, state.result))
                 if kind in GRID_OF_SWEEP and self.bench.sweep_values(kind) is not None:
-                    self.grid_metric = GRID_OF_SWEEP[kind]
+                    self.grid_part.metric = GRID_OF_SWEEP[kind]
         self.refresh_interventions()
-        self.show_grid()
+        self.grid_part.show()
         self.submit(self.bench.next_run())
 
     def update_title(self) -> None:
@@ -216,6 +273,9 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
         title = Text()
         title.append(info.name, style="bold")
         title.append(f" │ {info.device} {info.dtype} │ {info.n_layers} layers × {info.n_heads} heads")
+        server = getattr(self.engine, "place", None)
+        if server is not None:
+            title.append(f" │ attached to {getattr(server, 'name', server)}", style="cyan")
         if status := backend_status(self.engine):
             title.append(f" │ {status}", style="yellow")
         self.part("#title-model", Static).update(title, layout=False)
@@ -246,12 +306,13 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
     def update_status(self) -> None:
         text = Text()
         grid = self.grid
-        if grid.selected is not None and self.engine is not None:
-            layer, head = grid.selected
+        selected = self.bench.selected
+        if selected is not None and self.engine is not None:
+            layer, head = selected
             text.append(f"L{layer}.H{head}", style="bold")
-            value = grid.values[layer, head] if grid.values is not None else np.nan
-            if np.isfinite(value):
-                text.append(f" {grid.metric_name} {value:+.3f}")
+            value = grid.value_at(layer, head)
+            if value is not None:
+                text.append(f" {grid.metric_name} {value:+.4g}")
             stack = self.bench.stack
             marks = [self.bench.label(e) for e in (*stack.on_head(layer, head), *stack.on_layer(layer))
                      if e.intervention.enabled]
@@ -266,8 +327,8 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
             text.append(self.bench.error, style="bold red")
         else:
             text.append(self.bench.info)
-        text.append(" │ E full message  ? keys  ctrl+p commands" if self.bench.error else
-                    " │ ? keys  ctrl+p commands", style="dim")
+        text.append(f" │ {key_of('show_message')} full message  {key_of('help')} keys  ctrl+p commands"
+                    if self.bench.error else f" │ {key_of('help')} keys  ctrl+p commands", style="dim")
         self.part("#status-bar", Static).update(text, layout=False)  # fixed size: no relayout
 
     def show_error(self, text: str) -> None:
@@ -281,113 +342,37 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
     # ---------------------------------------------------------------- running requests
 
     def submit(self, request: Request | None) -> None:
-        """Run a request the Workbench returned, in the worker of its kind (None: nothing to run)."""
+        """Run a request the Workbench returned, in the worker its job names (None: nothing to run)."""
         if request is None:
             self.release_paint()  # callers have shown why nothing runs
             return
         if self.engine is None:
             self.bench.invalidate()  # loading: engine_ready runs the current inputs
             return
-        self.engine_calls += 1
-        if isinstance(request, RunRequest):
-            if self.bench.is_attention_request(request):
-                self.run_attention(request)
-                return
-            if self._busy_timer is None:
-                # Say "running" only for runs slow enough to notice; a repaint now would delay fast ones.
-                self._busy_timer = self.set_timer(BUSY_NOTICE_S, self.show_busy)
-            self.run_live(request)
-        elif isinstance(request, SweepRequest):
-            self.tabs.active = "tab-sweep"
-            self.say(f"{request.sweep_kind} sweep running (esc cancels)")
-            self.run_sweep(request)
-        elif isinstance(request, GenerateRequest):
-            self.tabs.active = "tab-generate"
-            self.part(GenerationView, GenerationView).reset(request.prompt)
-            self.say("generating (esc cancels)")
-            generation = self.bench.generation
-            self.run_generate(request if generation is None else generation.baseline, request)
-        elif isinstance(request, ValidateRequest):
-            self.run_check(request)
-        elif isinstance(request, SET_REQUESTS):
-            self.submit_set(request)
-        else:
-            self.run_vector(request)
-
-    def _execute(self, request: Request, on_partial: Callable[[Any], None] | None = None) -> Outcome:
-        worker = get_current_worker()
-        return execute(self.engine, request, on_partial, lambda: worker.is_cancelled)
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
-    def run_live(self, request: RunRequest) -> None:
-        self.post_message(Finished(self._execute(request)))
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="attention")
-    def run_attention(self, request: RunRequest) -> None:
-        self.post_message(Finished(self._execute(request)))
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="sweep")
-    def run_sweep(self, request: SweepRequest) -> None:
-        def partial(result: Any) -> None:
-            self.post_message(SweepPartial(request, result))
-
-        self.post_message(Finished(self._execute(request, partial)))
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
-    def run_generate(self, baseline: GenerateRequest, request: GenerateRequest) -> None:
-        """Both lanes: the same request without interventions, then the request itself."""
-        for lane in (baseline, request) if baseline is not request else (request,):
-            outcome = self._execute(lane, functools.partial(self.post_token, lane))
-            self.post_message(Finished(outcome))
-            if not outcome.ok:
-                return
-
-    def post_token(self, lane: GenerateRequest, token: Any) -> None:
-        self.post_message(GenerationToken(lane, token))
-
-    @work(thread=True, exit_on_error=False, group="check")
-    def run_check(self, request: ValidateRequest) -> None:
-        self.post_message(Finished(self._execute(request)))
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="vector")
-    def run_vector(self, request: Request) -> None:
-        self.post_message(Finished(self._execute(request)))
+        job = self.jobs.job(request)
+        if job.started is not None:
+            job.started(request)
+        attention = self.bench.is_attention_request(request)
+        lanes = job.lanes(request) if job.lanes is not None else (request,)
+        self.jobs.start(*lanes, group="attention" if attention else None)
 
     def on_finished(self, message: Finished) -> None:
-        """One outcome back: the Workbench stores (and records) it; repaint what it changed."""
+        """One outcome back: the Workbench stores (and records) it; the part that owns it repaints."""
         if not self.alive:
             return
         outcome = message.outcome
-        request = outcome.request
-        shown_run = self.bench.run
+        self._shown_run = self.bench.run
         follow_up = self.bench.accept(outcome)
-        if isinstance(request, RunRequest):
-            if self.bench.is_attention_request(request):
-                self.show_selected_attention()
-            else:
-                self.stop_busy()
-                self.call_next(self.release_paint)  # after this handler's updates: one paint for all
-                if self.bench.run is not shown_run:
-                    self.show_result()
-                elif outcome.error:
-                    self.part(PredictionsPane, PredictionsPane).mark_stale("stale: the last run failed")
-                    self.mark_panes_stale("the last run failed (E shows why)")
-        elif isinstance(request, SweepRequest):
-            self.sweep_finished(outcome)
-        elif isinstance(request, GenerateRequest):
-            self.generation_finished(outcome)
-        elif isinstance(request, ValidateRequest):
-            if follow_up is not None:
-                self.hold_paint()
-                self.refresh_interventions()
-        elif isinstance(request, (BuildVectorRequest, AddVectorRequest)):
-            self.vector_finished(outcome)
-        elif isinstance(request, SET_REQUESTS):
-            self.set_finished(outcome)
+        self.jobs.job(outcome.request).finished(outcome)
         self.update_title()
         self.update_status()
         if follow_up is not None:
-            self.submit(follow_up)
+            self.apply(follow_up)
+
+    def on_partial(self, message: Partial) -> None:
+        handle = self.jobs.job(message.request).partial
+        if handle is not None and self.alive:
+            handle(message.request, message.value)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """Unexpected exceptions in workers land here: show them, keep the app running."""
@@ -398,6 +383,26 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
             if event.worker.group == "engine":
                 self.bench.invalidate()  # the same inputs may be retried
             self.show_error(f"{event.worker.group} failed: {type(error).__name__}: {error}")
+
+    def run_started(self, request: Request) -> None:
+        if self._busy_timer is None and not self.bench.is_attention_request(request):
+            # Say "running" only for runs slow enough to notice; a repaint now would delay fast ones.
+            self._busy_timer = self.set_timer(BUSY_NOTICE_S, self.show_busy)
+
+    def run_finished(self, outcome: Outcome) -> None:
+        if self.bench.is_attention_request(outcome.request):
+            self.show_selected_attention()
+            return
+        self.stop_busy()
+        self.call_next(self.release_paint)  # after this handler's updates: one paint for all
+        if self.bench.run is not self._shown_run:
+            self.show_result()
+        elif outcome.error:
+            self.part(PredictionsPane, PredictionsPane).mark_stale("stale: the last run failed")
+            self.mark_panes_stale(f"the last run failed ({key_of('show_message')} shows why)")
+
+    def check_finished(self, outcome: Outcome) -> None:
+        """A dry run or reference prompts came back: an accepted one returns its run as the follow-up."""
 
     def show_busy(self) -> None:
         self._busy_timer = None
@@ -450,7 +455,7 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
             return
         request = self.bench.next_run()
         if request is None and not self.bench.inputs.clean.strip():
-            self.workers.cancel_group(self, "engine")
+            self.jobs.cancel_group("engine")
             self.prompt_pane.show_tokens([])
             self.prompt_pane.show_notes(["empty prompt: type a prompt to run the model"])
             self.part(PredictionsPane, PredictionsPane).mark_stale("stale: the prompt is empty")
@@ -460,20 +465,20 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
 
     def apply(self, request: Request | None) -> None:
         """After a command that may have edited the list: redraw the list and marks, run what it returned."""
-        if isinstance(request, RunRequest):
+        if request is not None and self.jobs.job(request).group == "engine":
             self.hold_paint()
         self.refresh_interventions()
         self.submit(request)
 
     def show_result(self) -> None:
         run = self.bench.run
-        if run is None or not isinstance(run.request, RunRequest):
+        if run is None or not isinstance(run.result, RunResult):
             return
         result = run.result
         self.mark_panes_stale(None)
-        self.show_predictions(result, bool(run.request.interventions))
+        self.research.show_predictions(result, bool(getattr(run.request, "interventions", ())))
         self.show_prompt_info(result)
-        self.show_grid()
+        self.grid_part.show()
         self.stale_views = set(VIEW_TABS)
         self.show_view(self.tabs.active)
         compute = result.compute
@@ -528,45 +533,19 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
         self.prompt_pane.show_tokens(token_labels(self.engine, result.token_ids, result.tokens), readout)
         self.prompt_pane.show_notes(notes)
 
-    # ---------------------------------------------------------------- grid
+    # ---------------------------------------------------------------- selection
 
-    def grid_values(self, name: str) -> np.ndarray | None:
-        result = self.bench.result
-        if name == "attribution":
-            return None if result is None or result.attribution is None else result.attribution.heads
-        if name == "sink":
-            return None if result is None else result.sink_scores
-        if name not in SWEEP_OF_GRID:
-            return self.set_grid_values(name)
-        return self.bench.sweep_values(SWEEP_OF_GRID[name])
+    def cursor_moved(self, layer: int, head: int) -> None:
+        """The grid's cursor moved: the Workbench's selection follows at once, before the next key."""
+        self.bench.select(layer, head)
 
-    def show_grid(self) -> None:
-        values = self.grid_values(self.grid_metric)
-        stale = self.bench.sweep_staleness(SWEEP_OF_GRID.get(self.grid_metric, ""))
-        note = f"{stale}: rerun the sweep" if stale else "not computed"
-        self.grid.show_metric(self.grid_metric, values, note)
-        self.show_marks()
-
-    def show_marks(self) -> None:
-        grid = self.grid
-        grid.set_marks({**self.set_marks(), **self.bench.stack.head_marks()})
-        grid.set_row_marks(self.bench.stack.layer_marks())
-
-    def action_cycle_grid(self) -> None:
-        names = self.grid_names()
-        self.grid_metric = names[(names.index(self.grid_metric) + 1) % len(names)]
-        self.show_grid()
-        if self.grid_values(self.grid_metric) is None and self.grid_metric in SWEEP_OF_GRID:
-            key = "w" if self.grid_metric == "patching" else "a"
-            stale = self.bench.sweep_staleness(SWEEP_OF_GRID[self.grid_metric])
-            why = f"{stale} since the sweep: " if stale else ""
-            self.say(f"grid: {self.grid_metric} ({why}press {key} to run the sweep)")
-        else:
-            self.say(f"grid: {self.grid_metric}")
+    def select(self, layer: int, head: int) -> None:
+        """Select a head (the grid's cursor follows)."""
+        self.bench.select(layer, head)
+        self.grid.cursor = (layer, head)
 
     @on(Heatmap.CursorMoved, "#grid")
     def grid_cursor_moved(self, event: Heatmap.CursorMoved) -> None:
-        self.bench.select(event.row, event.col)
         self.update_status()
         if self.engine is None or self.bench.result is None:
             return
@@ -605,6 +584,15 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
                                  self.bench.knockout_marks(parsed.layer, int(parsed.head)))  # type: ignore[arg-type]
         return True
 
+    def selected_head(self) -> tuple[int, int] | None:
+        if not self.loaded():
+            return None
+        return self.bench.selected
+
+    def selected_layer(self) -> int:
+        selected = self.bench.selected
+        return selected[0] if selected is not None else 0
+
     # ---------------------------------------------------------------- typing
 
     @on(Input.Changed, "#prompt-pane Input")
@@ -619,38 +607,40 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
 
     @on(Select.Changed, "#metric-kind")
     def metric_kind_changed(self, event: Select.Changed) -> None:
-        self.bench.edit(self.prompt_pane.values())
-        self.schedule_run(0)
+        if self.prompt_pane.values() != self.bench.inputs:
+            self.bench.edit(self.prompt_pane.values())
+            self.schedule_run(0)
+
+    @on(events.DescendantFocus)
+    def prompt_field_focused(self, event: events.DescendantFocus) -> None:
+        field = event.widget
+        if isinstance(field, PromptInput) and not field.armed:
+            self.say(f"{field.id} field: enter or click to edit it; letter keys stay hotkeys until then")
 
     # ---------------------------------------------------------------- interventions
 
     def refresh_interventions(self) -> None:
         entries = self.bench.stack.entries
-        self.part(InterventionList, InterventionList).show_entries(entries, tuple(self.bench.list_label(e) for e in entries))
-        self.show_marks()
+        self.part(InterventionList, InterventionList).show_entries(
+            entries, tuple(self.bench.list_label(e) for e in entries))
+        self.grid_part.show_marks()
         view = self.attention_view
         if view.address is not None:
             parsed = parse_address(view.address)
             view.set_knockouts(self.bench.knockout_marks(parsed.layer, int(parsed.head)))  # type: ignore[arg-type]
         self.update_status()
 
-    def selected_head(self) -> tuple[int, int] | None:
-        if self.engine is None:
-            self.show_error("the model is still loading")
-            return None
-        return self.grid.selected
-
-    def selected_layer(self) -> int:
-        selected = self.grid.selected
-        return selected[0] if selected is not None else 0
-
-    def action_ablate(self, mode: str) -> None:
+    def ablate(self, mode: str) -> None:
         if self.selected_head() is not None:
             self.apply(self.bench.ablate(mode))
 
-    def action_patch_head(self) -> None:
+    def patch_head(self) -> None:
         if self.selected_head() is not None:
             self.apply(self.bench.patch_selected())
+
+    @on(SetRowTable.Picked)
+    def set_row_picked(self, message: SetRowTable.Picked) -> None:
+        self.set_tab.picked(message)
 
     @on(InterventionList.Requested)
     def list_requested(self, event: InterventionList.Requested) -> None:
@@ -659,19 +649,108 @@ class WorkbenchScreen(SetCommands, InterventionForms, ResearchActions, JobAndVie
         elif event.action == "delete":
             self.apply(self.bench.remove(event.entry_id))
         elif event.action == "edit":
-            self.edit_entry(event.entry_id)
+            self.dialogs.edit_entry(event.entry_id)
 
-    def action_undo(self) -> None:
+    def undo(self) -> None:
         self.apply(self.bench.undo())
 
-    def action_clear_interventions(self) -> None:
+    def clear_interventions(self) -> None:
         self.apply(self.bench.clear())
 
-    @on(events.DescendantFocus)
-    def prompt_field_focused(self, event: events.DescendantFocus) -> None:
-        field = event.widget
-        if isinstance(field, PromptInput) and not field.armed:
-            self.say(f"{field.id} field: enter or click to edit it; letter keys stay hotkeys until then")
+    # ---------------------------------------------------------------- screen-wide commands
+
+    def cancel(self) -> None:
+        """esc / ctrl+c: leave a text field, else stop the running sweep, generation or set job."""
+        if isinstance(self.app.focused, (Input, AttentionMap)):
+            self.grid.focus()
+            return
+        if self.sweeps.cancel() | self.set_tab.cancel():
+            self.say("cancelled")
+
+    def use_spaced_tokens(self) -> None:
+        """T: the target / foil the model predicts with their leading space (see the prompt notes)."""
+        if not self.spacing:
+            self.say("target and foil already match what the model predicts")
+            return
+        inputs = with_spaces(self.bench.inputs, self.spacing)
+        self.spacing = []
+        self.prompt_pane.set_values(inputs)
+        self.bench.edit(inputs)
+        self.schedule_run(0)
+
+    def show_tab(self, tab: str) -> None:
+        self.tabs.active = tab
+        self.call_after_refresh(self.focus_grid_if_lost)
+
+    def focus_grid_if_lost(self) -> None:
+        """A tab switch hid the focused view: keys go to the grid, never to whatever Tab reaches next."""
+        if self.alive and self.app.screen is self and self.app.focused is None:
+            self.grid.focus()
+
+    def scroll_view(self, key: str) -> None:
+        """shift+pgup/pgdn/home/end: scroll the open view tab, wherever the focus is."""
+        pane = self.tabs.get_pane(self.tabs.active)
+        target = next((w for w in pane.query("DataTable, Heatmap, VerticalScroll") if w.display), None)
+        if target is None:
+            return
+        if target is self.attention_map and target.cursor is not None:
+            moves = {"pageup": (-8, 0), "pagedown": (8, 0), "home": (-9999, 0), "end": (9999, 0)}
+            self.attention_map.move_cursor(*moves[key])  # the query cursor follows, so the caption says where
+            return
+        ends = ("scroll_top", "scroll_bottom") if isinstance(target, DataTable) else ("scroll_home", "scroll_end")
+        action = {"pageup": "page_up", "pagedown": "page_down", "home": ends[0], "end": ends[1]}[key]
+        getattr(target, f"action_{action}")()
+
+    def show_message(self) -> None:
+        """E (or a click on the status line): the whole message, never cut."""
+        from mechscope.screens.message import MessageScreen
+
+        error = self.bench.error
+        self.app.push_screen(MessageScreen("error" if error else "message", error or self.bench.info,
+                                           error=bool(error)))
+
+    def on_click(self, event: events.Click) -> None:
+        if event.widget is not None and event.widget.id == "status-bar":
+            self.show_message()
+
+    def focus_prompt(self) -> None:
+        field = self.query_one("#clean", PromptInput)
+        field.arm()  # a deliberate entry: letters type from now until the field is left
+        field.focus()
+
+    def help(self) -> None:
+        from mechscope.screens.help import HelpScreen
+
+        keys = [(key_label(c.keys), c.help if c.title in c.help else f"{c.title}: {c.help}")
+                for c in COMMANDS]
+        self.app.push_screen(HelpScreen(keys + list(WIDGET_KEYS)))
+
+    def note(self) -> None:
+        from mechscope.screens.ask_value import AskValueScreen
+
+        def done(text: str | None) -> None:
+            if text:
+                recorder = self.bench.recorder
+                recorder.note(text)
+                self.say("note saved" if recorder.saved else
+                         "note not saved: no session" if recorder.session is None else "note not saved")
+                self.update_title()
+
+        self.app.push_screen(AskValueScreen("note", "a note for the session log"), done)
+
+    def retry_saving(self) -> None:
+        recorder = self.bench.recorder
+        if not recorder.unsaved:
+            self.say("nothing waits to be saved")
+            return
+        left = recorder.retry_unsaved()
+        self.say(f"{left} still not saved" if left else "saved everything that was waiting")
+        self.update_title()
+
+    def sessions(self) -> None:
+        open_sessions = getattr(self.app, "open_sessions", None)
+        if open_sessions is not None:
+            open_sessions()
 
     def restored(self, name: str) -> None:
         """The App switched sessions: the Workbench holds the new state; show it and run."""

@@ -18,6 +18,7 @@ from mechscope.screens.workbench import TYPING_DEBOUNCE_S, WorkbenchScreen
 from mechscope.tui.commands import COMMANDS, key_label
 from mechscope.tui.messages import EngineFailed, EngineLoaded, EngineProgress
 from mechscope.tui.remote import AttachedMixin
+from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.workbench.controller import GenerationSettings, Inputs, Workbench
 from mechscope.workbench.recorder import SessionRecorder
 
@@ -43,8 +44,22 @@ class MechscopeApp(AttachedMixin, App[int]):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]  # the footer only where rows are to spare
-    BINDINGS = [Binding(c.keys, c.action, c.short or c.title, show=c.show) for c in COMMANDS
-                if c.action == "quit"]
+    BINDINGS = [*(Binding(c.keys, c.action, c.short or c.title, show=c.show) for c in COMMANDS
+                  if c.action == "quit"),
+                # Priority: the focus moves as the key arrives, so keys typed after it in one burst
+                # (a paste, a fast typist) go to the next field, not to the one it left.
+                Binding("tab", "move_focus(1)", "Next field", show=False, priority=True),
+                Binding("shift+tab", "move_focus(-1)", "Previous field", show=False, priority=True)]
+
+    def action_move_focus(self, step: int) -> None:
+        """Tab / shift+tab: a prompt field being edited hands the editing on to the next field."""
+        focused = self.focused
+        if isinstance(focused, PromptInput) and focused.armed:
+            focused.action_hand_on(step)
+        elif step > 0:
+            self.screen.focus_next()
+        else:
+            self.screen.focus_previous()
 
     def __init__(self, engine_factory: EngineFactory | None = None, session_name: str | None = None,
                  *, source: str = "demo", record: bool = True, deterministic: bool = False,
@@ -197,8 +212,8 @@ class MechscopeApp(AttachedMixin, App[int]):
                 continue
             title = f"{command.title} ({key_label(command.keys)})" if command.keys else command.title
             yield SystemCommand(title, command.help,
-                                lambda action=command.action: self.run_action(action, self.workbench))
-        yield SystemCommand("Keys (?)", "show every key", self.workbench.action_help)
+                                lambda action=command.action: self.workbench.run_command(action))
+        yield SystemCommand("Keys (?)", "show every key", self.workbench.help)
 
 
 def run_app(args: argparse.Namespace) -> int:

@@ -46,10 +46,13 @@ COMMANDS: tuple[Command, ...] = (
     Command("g", "generate", "Generate", "generate baseline and intervened continuations", True, "generate"),
     Command("c", "cycle_grid", "Colour grid by next metric", "attribution, sink score, patching, AtP", True,
             "grid metric"),
+    Command("C", "choose_grid", "Colour grid by…", "choose the grid's metric from a list (detectors included)"),
+    Command("colon", "go_to", "Go to head or layer…", "type an address: L23.H3, L23 or mlp 5"),
     Command("w", "sweep('head')", "Sweep: head patching", "patch every head from the corrupted prompt"),
     Command("a", "sweep('atp')", "Sweep: attribution patching", "AtP estimate for every head"),
     Command("r", "sweep('resid')", "Sweep: residual patching", "patch the residual stream per layer and position"),
-    Command("escape", "cancel", "Cancel", "stop a running sweep or generation; leave a text field"),
+    Command("escape,ctrl+c", "cancel", "Cancel",
+            "stop a running sweep, generation, set sweep or estimate; leave a text field"),
     Command("T", "use_spaced_tokens", "Use the spaced target / foil",
             "replace a target typed without its leading space by the token the model predicts"),
     Command("0", "toggle_numbers", "Numbers in heatmaps", "print every heatmap cell's value (again: colours only)"),
@@ -89,6 +92,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("b", "pin_baseline", "Pin baseline / unpin",
             "pin the current result: every Δ is then against the pin, until b again"),
     Command("P", "metric_position", "Metric position…", "measure the metric at a chosen token (-1: last)"),
+    Command("", "metric_kind", "Metric: choose…", "logit difference, probability, loss or KL"),
     Command("G", "generation_settings", "Generation settings…", "max new tokens, temperature, seed for g"),
     Command("F", "reference_prompts", "Mean-ablation reference prompts…",
             "edit the prompts mean ablation averages over (recorded in the session)"),
@@ -126,9 +130,18 @@ WIDGET_KEYS: tuple[tuple[str, str], ...] = (
 )
 
 
+def key_of(action: str) -> str:
+    """The key bound to an action of the table (`set_numbers`, `set_row(1)`), as the help names it;
+    every hint on screen names its key through this."""
+    for command in COMMANDS:
+        if command.action == action or command.action.split("(")[0] == action:
+            return key_label(command.keys).split(" / ")[0]
+    raise KeyError(f"no command {action!r} in the key table")
+
+
 def key_label(keys: str) -> str:
     if not keys:
         return "palette"
     names = {"question_mark": "?", "slash": "/", "space": "space", "escape": "esc", "plus": "+",
-             "left_square_bracket": "[", "right_square_bracket": "]"}
+             "left_square_bracket": "[", "right_square_bracket": "]", "colon": ":"}
     return " / ".join(names.get(key, key) for key in keys.split(","))

@@ -1,4 +1,5 @@
-"""Messages workers post: model loading for the App, one `Finished(outcome)` per request for the workbench."""
+"""Messages workers post: model loading for the App; `Partial` while a request runs and `Finished` once
+per request for the workbench."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from typing import Any
 
 from textual.message import Message
 
-from mechscope.engine.results import GeneratedToken, SweepResult
-from mechscope.workbench.requests import GenerateRequest, Outcome, SweepRequest
+from mechscope.workbench.requests import Outcome, Request
 
 
 @dataclass
@@ -39,16 +39,8 @@ class Finished(Message):
 
 
 @dataclass
-class SweepPartial(Message):
-    """A partial sweep result streamed while `request` runs."""
+class Partial(Message):
+    """Something `request` streamed while it runs: a partial sweep, a set sweep's rows, a generated token."""
 
-    request: SweepRequest
-    result: SweepResult
-
-
-@dataclass
-class GenerationToken(Message):
-    """A token streamed while `request` (one lane of a generation) runs."""
-
-    request: GenerateRequest
-    token: GeneratedToken
+    request: Request
+    value: Any

@@ -27,8 +27,9 @@ def _row_label(kind: str, row: int, labels: Sequence[str]) -> str:
     return str(labels[row]) if row < len(labels) and labels[row] else f"L{row}"
 
 
-def sweep_to_csv(result: SweepResult, *, direction: str = "noising") -> str:
-    """One row per cell: layer, head or position, the metric change; unreached cells are empty."""
+def sweep_to_csv(result: SweepResult, *, direction: str = "noising", tokens: list[str] | None = None) -> str:
+    """One row per cell: layer, head or position, the metric change; unreached cells are empty. With the
+    prompt's `tokens`, a position's label names its token as the screen does (`L0 pos 9: John`)."""
     values = np.asarray(result.values, dtype=np.float64)  # head grids: [layer, head]; others: [layer, pos]
     column = "head" if result.kind in HEAD_GRIDS or result.kind.startswith("estimate") else "position"
     out = io.StringIO()
@@ -37,7 +38,11 @@ def sweep_to_csv(result: SweepResult, *, direction: str = "noising") -> str:
                      "base_metric", "source_metric"])
     for row in range(values.shape[0]):
         for col in range(values.shape[1]):
-            label = f"L{row}.H{col}" if column == "head" else f"{_row_label(result.kind, row, result.row_labels)} pos {col}"
+            if column == "head":
+                label = f"L{row}.H{col}"
+            else:
+                token = f": {tokens[col]}" if tokens is not None and col < len(tokens) else ""
+                label = f"{_row_label(result.kind, row, result.row_labels)} pos {col}{token}"
             writer.writerow([result.kind, direction, row, col, label, _number(values[row, col]),
                              _number(result.base_metric), _number(result.source_metric)])
     return out.getvalue()

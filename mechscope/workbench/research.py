@@ -1,5 +1,5 @@
-"""The Workbench's research commands: metric position, sweeps in both directions on top of the active
-interventions, a pinned baseline, reference prompts, generation settings and steering norms.
+"""The Workbench's research commands: metric position, sweeps in both directions (on top of the active
+interventions or not), a pinned baseline, reference prompts, generation settings and steering norms.
 
 A mixin of `Workbench` (controller.py): each command edits state and returns the request to run next.
 """
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from mechscope.engine.interventions import Intervention, Metric, SteeringVector
-from mechscope.engine.results import RunResult
+from mechscope.engine.results import RunResult, SweepResult
 from mechscope.requests.kinds import (
     Direction,
     Outcome,
@@ -34,10 +34,16 @@ SWEEP_NAMES = {"head": "heads", "attn": "attention output per layer and position
                "mlp": "MLP output per layer and position", "resid": "residual per layer and position",
                "atp": "heads, attribution patching (estimate)"}
 DIRECTIONS: tuple[Direction, ...] = ("noising", "denoising")
+SWEEPS_ON_TOP = False  # every sweep entry point sweeps the unedited model unless asked (W): like set sweeps
 MAX_NEW_TOKENS = 512
 MAX_TEMPERATURE = 100.0
 MAX_SEED = 2**32 - 1
 MAX_REFERENCE_PROMPTS = 256
+
+
+def sweep_runs(direction: Direction) -> tuple[str, str]:
+    """(the run a sweep patches, the run its activations come from) for a direction."""
+    return ("clean", "corrupted") if direction == "noising" else ("corrupted", "clean")
 
 
 def parse_int(name: str, text: str, low: int, high: int) -> int:
@@ -177,9 +183,14 @@ class ResearchCommands:
 
     # -- sweeps ---------------------------------------------------------------------------------
 
+    def sweep_on_top_default(self) -> bool:
+        """The one rule every sweep entry point follows unless the user asks otherwise (the W dialog)."""
+        return SWEEPS_ON_TOP
+
     def sweep_with(self, kind: SweepKind, direction: Direction = "noising",
-                   on_top: bool = True) -> SweepRequest | None:
-        """A sweep of `kind` in `direction`, on the model with the active interventions when `on_top`."""
+                   on_top: bool | None = None) -> SweepRequest | None:
+        """A sweep of `kind` in `direction`; on the model with the active interventions when `on_top`
+        (None: the rule every entry point shares, `SWEEPS_ON_TOP`)."""
         if kind not in SWEEP_KINDS:
             self.error = f"unknown sweep kind {kind!r}"
             return None
@@ -193,24 +204,35 @@ class ResearchCommands:
         if metric is None or not metric.measurable:
             self.error = self.inputs.metric()[1] or "a sweep needs a metric"
             return None
-        interventions = self.interventions() if on_top else ()
+        interventions = self.interventions() if (SWEEPS_ON_TOP if on_top is None else on_top) else ()
         request = SweepRequest(kind, self.inputs.clean, self.inputs.corrupted, metric, direction,
                                interventions)
         self.sweeps[kind] = self.last_sweep = SweepState(request)
         self.error = None
         return request
 
-    @staticmethod
-    def sweep_header(request: SweepRequest) -> str:
-        """What the sweep view says about a sweep: kind, direction and what it ran on top of."""
+    def sweep_header(self, request: SweepRequest, result: SweepResult | None = None) -> str:
+        """What the sweep view says about a sweep: kind, direction, the model it ran on (and the active
+        interventions it did not apply), which run was patched from which, and how to normalise."""
         on = request.interventions
-        if not on:
-            base = "on the unedited model"
-        else:
+        active = len(self.interventions())
+        if on:
             labels = ", ".join(iv.label for iv in on[:3]) + (f" +{len(on) - 3} more" if len(on) > 3 else "")
-            base = f"on top of {len(on)} intervention{'s' if len(on) > 1 else ''}: {labels}"
+            model = f"on top of {len(on)} intervention{'s' if len(on) > 1 else ''}: {labels}"
+        else:
+            model = "on the unedited model"
+            if active:
+                model += f" ({active} active intervention{'s' if active > 1 else ''} not applied)"
         where = "" if request.metric.position == -1 else f" · metric at pos {request.metric.position}"
-        return f" · {request.sweep_kind} {request.direction} · {base}{where}"
+        patched, source = sweep_runs(request.direction)
+        lines = [f"{request.sweep_kind} {request.direction} · {model}{where}"]
+        if result is None:
+            lines.append(f"patches the {patched} run with activations from the {source} run")
+        else:
+            gap = result.source_metric - result.base_metric
+            lines.append(f"patched run {patched} {result.base_metric:+.3f} · from {source} "
+                         f"{result.source_metric:+.3f} · gap {gap:+.3f}")
+        return "\n".join(lines)
 
     # -- pinned baseline ------------------------------------------------------------------------
 
@@ -286,7 +308,9 @@ class ResearchCommands:
         self.vector_norms[name] = float(np.linalg.norm(np.asarray(values, dtype=np.float64)))
 
     def steering_norm(self, steer: SteeringVector) -> tuple[float, float | None] | None:
-        """(|coeff · v|, mean residual norm entering the vector's layer) or None for an unknown vector.
+        """(|coeff · v|, median residual norm entering the vector's layer over the positions after the
+        first) or None for an unknown vector. Position 0 is left out: its massive activation (a norm
+        some hundred times the others') would make any vector look small.
 
         The residual entering layer L is the one after layer L-1 (the embeddings for L = 0: not in
         the stats, so None)."""
@@ -296,7 +320,8 @@ class ResearchCommands:
         resid = None
         result = self.result
         if result is not None and result.stats is not None and 0 < steer.layer <= result.stats.resid_norm.shape[0]:
-            resid = float(np.mean(result.stats.resid_norm[steer.layer - 1]))  # [pos] -> mean
+            norms = np.asarray(result.stats.resid_norm[steer.layer - 1], dtype=np.float64)  # [pos]
+            resid = float(np.median(norms[1:] if norms.size > 1 else norms))
         return abs(steer.coeff) * norm, resid
 
     def steering_note(self, steer: SteeringVector) -> str:
@@ -304,4 +329,7 @@ class ResearchCommands:
         if norms is None:
             return ""
         added, resid = norms
-        return f" (|Δ| {added:.3g}" + ("" if resid is None else f" vs resid {resid:.3g}") + ")"
+        if resid is None:
+            return f" (|Δ| {added:.3g})"
+        warning = ": LARGER than the residual" if added > resid else ""
+        return f" (|Δ| {added:.3g} vs median resid {resid:.3g} after pos 0{warning})"

@@ -70,11 +70,11 @@ class PromptSets:
     def describe(self) -> str:
         """One line: the set, the selected row and the set-level metric with and without interventions."""
         if self.pset is None:
-            return "no prompt set (P loads or generates one)"
+            return "no prompt set"
         text = f"set {self.pset.name} · row {self.row + 1}/{len(self.pset)}"
         run = self.run
         if run is None or not run.ok:
-            return text + " · set numbers not computed (T)"
+            return text + " · set numbers not computed"
         request, result = cast(RunSetRequest, run.request), run.result
         text += f" · {request.metric_kind} baseline {mean_std(result.baseline)}"
         if request.interventions:
@@ -82,7 +82,7 @@ class PromptSets:
             text += (f" → with {len(request.interventions)} intervention(s) {mean_std(result.values)}"
                      f" (Δ {mean_std(effect)})")
         if self.run_is_stale():
-            text += " · stale: interventions or metric changed (T reruns)"
+            text += " · stale: interventions or metric changed"
         return text
 
     def run_is_stale(self) -> bool:
@@ -186,7 +186,7 @@ class PromptSets:
     def select_row(self, row: int) -> RunRequest | None:
         """The row's clean / corrupted / target / foil become the inputs; returns their run."""
         if self.pset is None:
-            self.error = "no prompt set: press P to load or generate one"
+            self.error = "no prompt set: load or generate one first"
             return None
         self.row = row % len(self.pset)
         item = self.pset.rows[self.row]
@@ -198,7 +198,7 @@ class PromptSets:
 
     def _need_set(self) -> PromptSet | None:
         if self.pset is None:
-            self.error = "no prompt set: press P to load or generate one"
+            self.error = "no prompt set: load or generate one first"
         return self.pset
 
     def _issue(self, request: _R) -> _R:

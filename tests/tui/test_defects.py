@@ -98,7 +98,7 @@ async def test_header_says_not_saved_until_a_write_works_and_lost_writes_can_be_
         await pilot.press("j", "space", "u")  # more edits while the disk is full
         await settle(pilot)
         flaky.failing = False
-        await app.run_action("retry_saving", app.workbench)
+        app.workbench.run_command("retry_saving")
         await pilot.pause()
         assert str(app.query_one("#title-session").render()) == "session study saved"
         await pilot.press("l", "space")  # and recording goes on as before

@@ -56,13 +56,13 @@ async def test_prompt_set_keys_end_to_end():
         await pilot.press("H")
         await settle(pilot)
         grid = app.query_one(HeadGrid)
-        assert screen.grid_metric == SET_SWEEP_GRID
+        assert screen.grid_part.metric == SET_SWEEP_GRID
         np.testing.assert_allclose(grid.values, sets.sweep.result.mean, atol=1e-6)
 
         await pilot.press("Z")
         assert isinstance(app.screen, EstimateScreen)
         await fill(app, pilot, "atp verify 2")
-        assert screen.grid_metric == ESTIMATE_GRID
+        assert screen.grid_part.metric == ESTIMATE_GRID
         verified = sets.estimate.result.exact
         assert len(verified) == 2
         assert {cell for cell, mark in grid.marks.items() if mark == EXACT_MARK} == set(verified)
@@ -70,10 +70,10 @@ async def test_prompt_set_keys_end_to_end():
 
         await pilot.press("D")
         await settle(pilot)
-        assert screen.grid_metric == "previous_token"
+        assert screen.grid_part.metric == "previous_token"
         np.testing.assert_allclose(grid.values, sets.detectors.scores["previous_token"])
         await pilot.press("c")
-        assert screen.grid_metric == "duplicate_token"
+        assert screen.grid_part.metric == "duplicate_token"
 
         await pilot.press("Y")
         await settle(pilot)

@@ -7,7 +7,7 @@ import csv
 
 import numpy as np
 import pytest
-from textual.widgets import Input, Select, TextArea
+from textual.widgets import Checkbox, Input, Select, TextArea
 
 from mechscope.engine.interventions import HeadAblation, Metric
 from mechscope.engine.testing import tiny_engine
@@ -65,6 +65,8 @@ async def test_sweep_dialog_runs_denoising_on_top_of_interventions_and_says_so()
         assert isinstance(app.screen, SweepOptionsScreen)
         app.screen.query_one("#sweep-kind", Select).value = "attn"
         app.screen.query_one("#sweep-direction", Select).value = "denoising"
+        assert app.screen.query_one("#sweep-on-top", Checkbox).value is False  # the rule: unedited unless asked
+        app.screen.query_one("#sweep-on-top", Checkbox).value = True
         await pilot.press("ctrl+s")
         await settle(pilot)
         state = app.bench.sweeps["attn"]
@@ -204,7 +206,7 @@ async def test_palette_sweep_entries_run_their_kind_and_direction():
         titles = {c.title for c in app.get_system_commands(app.workbench)}
         assert {"Sweep: head denoising", "Sweep: MLP output per layer", "Pin baseline / unpin (b)",
                 "Export… (e)"} <= titles
-        await app.run_action("sweep_with('head','denoising')", app.workbench)
+        app.workbench.run_command("sweep_with('head','denoising')")
         await settle(pilot)
         request = app.bench.sweeps["head"].request
         assert (request.sweep_kind, request.direction, request.interventions) == ("head", "denoising", ())

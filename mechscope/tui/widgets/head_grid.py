@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from textual.binding import Binding
 
 from mechscope.tui.widgets.heatmap import Heatmap, legend_markup
+from mechscope.workbench.sets import EXACT_MARK
 
 # name -> (title, diverging colour ramp)
 GRID_METRICS: dict[str, tuple[str, bool]] = {
@@ -49,6 +52,10 @@ class HeadGrid(Heatmap, can_focus=True):
         self.n_layers = 0
         self.n_heads = 0
         self.metric_name = "attribution"
+        self.metric_title = "DLA"
+        self.numbered_marks = frozenset({EXACT_MARK})  # a verified estimate cell shows its exact value
+        # Called as the cursor moves, before the next key is handled (the message comes later).
+        self.selected_callback: Callable[[int, int], None] | None = None
 
     def configure(self, n_layers: int, n_heads: int) -> None:
         """Size the grid for a model; values start unknown (NaN)."""
@@ -74,7 +81,26 @@ class HeadGrid(Heatmap, can_focus=True):
             self.border_subtitle = legend_markup(float(finite.min()), float(finite.max()), diverging, swatches)
         else:
             self.border_subtitle = empty_note
-        self.border_title = title
+        self.metric_title = title
+        self.show_cursor_value()
+
+    def set_data(self, values: np.ndarray | None, row_labels: list[str], col_labels: list[str],
+                 *, diverging: bool | None = None, scale: float | None = None) -> None:
+        super().set_data(values, row_labels, col_labels, diverging=diverging, scale=scale)
+        self.show_cursor_value()
+
+    def show_cursor_value(self) -> None:
+        """The title names the metric and the cursor cell's exact value, whatever the cells show."""
+        value = None if self.cursor is None else self.value_at(*self.cursor)
+        where = "" if self.cursor is None else f" L{self.cursor[0]}.H{self.cursor[1]}"
+        shown = f"{where} {value:+.4g}" if value is not None else where
+        self.border_title = f"{self.metric_title} ·{shown}" if shown else self.metric_title
+
+    def watch_cursor(self, old: tuple[int, int] | None, new: tuple[int, int] | None) -> None:
+        if new is not None and self.selected_callback is not None:
+            self.selected_callback(*new)
+        super().watch_cursor(old, new)
+        self.show_cursor_value()
 
     def get_content_width(self, container, viewport) -> int:
         return self.virtual_size.width + 1  # room for the one-cell vertical scrollbar

@@ -38,7 +38,7 @@ def bucket_styles(diverging: bool) -> tuple[Style, ...]:
 
 
 def cell_number(value: float, width: int) -> str:
-    """A value in at most `width` characters (`.47`, `-3.1`, `12`), or `##` when it cannot fit."""
+    """A value in at most `width` characters (`.47`, `-3.1`, `12`, `1.2k`), or `##` when it cannot fit."""
     for digits in (2, 1, 0):
         text = f"{value:.{digits}f}"
         text = text.replace("0.", ".", 1) if text.startswith(("0.", "-0.")) else text
@@ -46,7 +46,15 @@ def cell_number(value: float, width: int) -> str:
             text = "0"  # -0.004 reads as 0, not "-.0"
         if len(text) <= width:
             return text
+    for scale, suffix in ((1e3, "k"), (1e6, "M"), (1e9, "G")):
+        for digits in (1, 0):
+            text = f"{value / scale:.{digits}f}{suffix}"
+            if len(text) <= width:
+                return text
     return "#" * width
+
+
+NUMBER_WIDTH = 4  # a number cell: up to 4 characters and one blank column, so neighbours never touch
 
 
 def legend_markup(low: float, high: float, diverging: bool, swatches: int = 5) -> str:
@@ -93,6 +101,7 @@ class Heatmap(ScrollView, can_focus=False):
                  name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.cell_width = cell_width
+        self.plain_cell_width = cell_width  # without numbers; number mode widens every cell
         self.diverging = diverging
         self.empty_text = empty_text
         self.values: np.ndarray | None = None  # [row, col]
@@ -101,6 +110,7 @@ class Heatmap(ScrollView, can_focus=False):
         self.marks: dict[tuple[int, int], str] = {}
         self.row_marks: set[int] = set()  # rows flagged after their label, e.g. layers with an edit
         self.show_numbers = False  # cells print their values (the 0 key toggles it on every heatmap)
+        self.numbered_marks: frozenset[str] = frozenset()  # marks whose cells still print the value
         self.scale = 1.0
         self._label_width = 0
         self._version = 0
@@ -134,7 +144,7 @@ class Heatmap(ScrollView, can_focus=False):
         self.scale = scale
         self._label_width = max((len(label) for label in self.row_labels), default=0) + 1
         rows, cols = self.shape
-        self.virtual_size = Size(self._label_width + cols * self.cell_width, rows + 1)
+        self._size_cells()
         if self.cursor is not None and rows and cols:
             row, col = self.cursor
             self.cursor = (min(row, rows - 1), min(col, cols - 1))
@@ -155,10 +165,25 @@ class Heatmap(ScrollView, can_focus=False):
         """Whether the cursor is drawn (subclasses may draw it only while focused)."""
         return self.cursor is not None
 
+    def _size_cells(self) -> None:
+        rows, cols = self.shape
+        self.cell_width = NUMBER_WIDTH + 1 if self.show_numbers else self.plain_cell_width
+        self.virtual_size = Size(self._label_width + cols * self.cell_width, rows + 1)
+
     def toggle_numbers(self, shown: bool) -> None:
         if shown != self.show_numbers:
             self.show_numbers = shown
+            self._size_cells()
             self.refresh_cells()
+            self.refresh(layout=True)
+
+    def value_at(self, row: int, col: int) -> float | None:
+        """The cell's exact value (None outside the matrix or not computed)."""
+        rows, cols = self.shape
+        if self.values is None or not (0 <= row < rows and 0 <= col < cols):
+            return None
+        value = float(self.values[row, col])
+        return None if math.isnan(value) else value
 
     def show_cell(self, row: int, col: int) -> None:
         """Scroll so that (row, col) is in view (after the next layout, when the size is known)."""
@@ -228,12 +253,13 @@ class Heatmap(ScrollView, can_focus=False):
         segments = []
         for col, value in enumerate(self.values[row]):
             mark = self.marks.get((row, col), "")
+            if self.show_numbers:
+                segments.extend(self._number_cell(float(value), mark, col == cursor_col))
+                continue
             if math.isnan(value):
                 style, mark = self.base_style, mark or "·"
             else:
                 style = self._bucket_style(float(value))
-                if self.show_numbers and not mark and col != cursor_col:
-                    mark = cell_number(float(value), width)
             if col == cursor_col:
                 if width >= 3 and len(mark) <= width - 2:
                     text = ("[" + (mark or " ") + "]").center(width)
@@ -246,6 +272,21 @@ class Heatmap(ScrollView, can_focus=False):
         strip = Strip(segments, len(self.values[row]) * width)
         self._strip_cache[key] = strip
         return strip
+
+    def _number_cell(self, value: float, mark: str, on_cursor: bool) -> list[Segment]:
+        """A number mode cell: the value right-aligned (a mark only where it replaces the value), then
+        one blank column in the plain background so that two numbers never run together."""
+        if math.isnan(value):
+            text, style = (mark or "·").rjust(NUMBER_WIDTH), self.base_style
+        else:
+            style = self._bucket_style(value)
+            text = (mark if mark and mark not in self.numbered_marks else cell_number(value, NUMBER_WIDTH))
+            text = text.rjust(NUMBER_WIDTH)
+            if mark in self.numbered_marks:
+                style = style + Style(underline=True)  # e.g. a verified estimate: the exact value, underlined
+        if on_cursor:
+            style = style + Style(reverse=True, underline=True)
+        return [Segment(text[:NUMBER_WIDTH], style), Segment(" ", self.base_style)]
 
     def _header(self) -> Strip:
         cursor_col = self.cursor[1] if self.cursor_shown and self.cursor else None

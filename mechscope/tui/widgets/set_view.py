@@ -1,4 +1,5 @@
-"""The "set" view tab: the prompt set's rows, set-level numbers, set sweep, estimate, massive activations."""
+"""The "set" view tab: the set-level numbers, a sortable per-row table, set sweep, estimate, massive
+activations. Every key it mentions comes from the key table."""
 
 from __future__ import annotations
 
@@ -8,43 +9,72 @@ import numpy as np
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import Static
+from textual.coordinate import Coordinate
+from textual.message import Message
+from textual.widgets import DataTable, Static
 
+from mechscope.tui.commands import key_of
 from mechscope.workbench.sets import EXACT_MARK, PromptSets
 
-SHOWN_ROWS = 8  # rows listed around the selected one
 SHOWN_CELLS = 5  # strongest cells of a set sweep
+OUTLIER_MADS = 3.5  # a row whose Δ (or metric) is this many scaled MADs from the median is flagged
+SORTS = ("row", "Δ", "without", "with")  # what `s` in the table cycles through
 
 
-def _clip(text: str, width: int = 60) -> str:
-    text = text.replace("\n", " ")
-    return text if len(text) <= width else text[:width - 1] + "…"
+def mean_std(values: Any) -> str:
+    v = np.asarray(values, dtype=np.float64)
+    return f"{v.mean():+.3f} ± {v.std():.3f}"
 
 
-def rows_table(sets: PromptSets) -> Table | Text:
+def outliers(values: np.ndarray) -> np.ndarray:
+    """True for values far from the median (robust z: |v - median| / (1.4826 MAD) > OUTLIER_MADS)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 4:
+        return np.zeros(v.shape, dtype=bool)
+    median = np.median(v)
+    mad = 1.4826 * np.median(np.abs(v - median))
+    if mad <= 1e-12:
+        return np.abs(v - median) > 1e-6 * max(1.0, abs(median))
+    return np.abs(v - median) / mad > OUTLIER_MADS
+
+
+def summary_text(sets: PromptSets) -> Text:
+    """The set, its row and the set numbers, one fact per line (never cut at 120 columns)."""
     if sets.pset is None:
-        return Text("no prompt set: L loads a JSONL / CSV file or generates ioi / capitals / induction",
-                    style="dim")
-    table = Table.grid(padding=(0, 1))
-    for _ in range(4):
-        table.add_column()
-    start = max(0, min(sets.row - SHOWN_ROWS // 2, len(sets.pset) - SHOWN_ROWS))
-    for index in range(start, min(start + SHOWN_ROWS, len(sets.pset))):
-        row = sets.pset.rows[index]
-        style = "bold reverse" if index == sets.row else ""
-        table.add_row(f"{'>' if index == sets.row else ' '}{index + 1}", _clip(row.clean),
-                      repr(row.target), repr(row.foil), style=style)
-    return table
+        return Text(f"no prompt set: {key_of('prompt_set')} loads a JSONL / CSV file or generates "
+                    "ioi / capitals / induction", style="dim")
+    text = Text(f"set {sets.pset.name} · row {sets.row + 1}/{len(sets.pset)} "
+                f"({key_of('set_row(-1)')} {key_of('set_row(1)')} step, enter in the table picks)", style="bold")
+    run = sets.run
+    if run is None or not run.ok:
+        text.append(f"\nset numbers not computed ({key_of('set_numbers')})", style="dim")
+        return text
+    request, result = run.request, run.result
+    kind = getattr(request, "metric_kind", "metric")
+    text.append(f"\n{kind} baseline {mean_std(result.baseline)} (no interventions)")
+    count = len(getattr(request, "interventions", ()))
+    if count:
+        text.append(f"\nwith {count} intervention(s) {mean_std(result.values)}  "
+                    f"Δ {mean_std(np.asarray(result.values) - np.asarray(result.baseline))}")
+    flagged = int((outliers(result.baseline) | outliers(np.asarray(result.values) - result.baseline)).sum())
+    if flagged:
+        text.append(f"\n{flagged} outlier row(s) flagged ! in the table (check their target / foil)",
+                    style="yellow")
+    if sets.run_is_stale():
+        text.append(f"\nstale: interventions or metric changed ({key_of('set_numbers')} reruns)",
+                    style="yellow")
+    return text
 
 
 def sweep_text(sets: PromptSets) -> Text:
     result = sets.sweep.result if sets.sweep is not None and sets.sweep.ok else sets.sweep_partial
     if result is None:
-        return Text("set sweep: not run (H)", style="dim")
+        return Text(f"set sweep: not run ({key_of('set_sweep')})\n", style="dim")
     mean, std = np.asarray(result.mean), np.asarray(result.std)
     state = "complete" if result.complete else "running"
-    text = Text(f"set sweep ({result.direction}, {len(result.base_metric)} rows, {state}): "
+    text = Text(f"set sweep ({result.direction}, {len(result.base_metric)} rows, {state}, unedited model): "
                 f"base metric {np.mean(result.base_metric):+.3f}; strongest cells (mean ± std over rows):\n")
     flat = np.nan_to_num(np.abs(mean), nan=-1.0).ravel()
     for index in np.argsort(-flat, kind="stable")[:SHOWN_CELLS]:
@@ -58,13 +88,14 @@ def sweep_text(sets: PromptSets) -> Text:
 def estimate_text(sets: PromptSets) -> Text:
     outcome = sets.estimate
     if outcome is None or not outcome.ok:
-        return Text("estimate: not run (Z)", style="dim")
+        return Text(f"estimate: not run ({key_of('estimate')})\n", style="dim")
     result = outcome.result
     text = Text(f"estimate {result.method} (grid \"estimate\")")
     if not result.exact:
-        return text + Text(": no head verified (Z with verify k > 0 patches the top k exactly)\n")
+        return text + Text(f": no head verified ({key_of('estimate')} with verify k > 0 patches the top k "
+                           "exactly)\n")
     text.append(f": {len(result.exact)} top head(s) verified by exact patching, "
-                f"marked {EXACT_MARK} on the grid (their cells show the exact value):\n")
+                f"marked {EXACT_MARK} on the grid (in number mode their cells show the exact value):\n")
     for (layer, head), exact in result.exact.items():
         text.append(f"  L{layer}.H{head} estimated {result.estimated[layer, head]:+.3f} → "
                     f"exact {exact:+.3f}\n")
@@ -74,7 +105,7 @@ def estimate_text(sets: PromptSets) -> Text:
 def massive_table(sets: PromptSets) -> Table | Text:
     outcome = sets.massive
     if outcome is None or not outcome.ok:
-        return Text("massive activations: not computed (Y)", style="dim")
+        return Text(f"massive activations: not computed ({key_of('massive')})", style="dim")
     layers: list[Any] = outcome.result
     table = Table(title=f"massive activations over {len(sets.pset or ())} prompts "
                         f"(|h| > {outcome.request.ratio:g} × the layer's median)",  # type: ignore[union-attr]
@@ -92,17 +123,129 @@ def massive_table(sets: PromptSets) -> Table | Text:
     return table
 
 
+def excerpts(clean: str, corrupted: str, width: int = 22) -> tuple[str, str]:
+    """The two prompts around where they first differ (an IOI pair differs in one name near the end)."""
+    clean, corrupted = clean.replace("\n", " "), corrupted.replace("\n", " ")
+    differ = next((i for i, (a, b) in enumerate(zip(clean, corrupted)) if a != b), min(len(clean), len(corrupted)))
+    start = max(0, min(differ - width // 2, max(len(clean), len(corrupted)) - width))
+
+    def window(text: str) -> str:
+        piece = text[start:start + width]
+        return ("…" if start > 0 else "") + piece + ("…" if start + width < len(text) else "")
+
+    return window(clean), window(corrupted) if corrupted else ""
+
+
+def row_cells(sets: PromptSets) -> list[tuple[int, tuple[Any, ...]]]:
+    """(row index, cells) of the per-row table: row, the metric without and with the interventions, Δ,
+    ! for an outlier (numbers only once O has run), target / foil, clean / corrupted excerpt."""
+    if sets.pset is None:
+        return []
+    run = sets.run if sets.run is not None and sets.run.ok and not sets.run_is_stale() else None
+    baseline = values = delta = flags = None
+    if run is not None and len(run.result.baseline) == len(sets.pset):
+        baseline = np.asarray(run.result.baseline, dtype=np.float64)
+        values = np.asarray(run.result.values, dtype=np.float64)
+        delta = values - baseline
+        flags = outliers(baseline) | outliers(delta)
+    rows = []
+    for index, row in enumerate(sets.pset.rows):
+        numbers: tuple[Any, ...] = ("", "", "", "")
+        if baseline is not None and values is not None and delta is not None and flags is not None:
+            numbers = (float(baseline[index]), float(values[index]), float(delta[index]),
+                       "!" if flags[index] else "")
+        rows.append((index, (index + 1, *numbers, f"{row.target!r}/{row.foil!r}",
+                             *excerpts(row.clean, row.corrupted))))
+    return rows
+
+
+class SetRowTable(DataTable):
+    """The prompt set's rows; enter makes the highlighted row the current inputs; `s` cycles the sort."""
+
+    BINDINGS = [Binding("enter", "pick", "Use row", show=False), Binding("s", "sort", "Sort", show=False)]
+
+    class Picked(Message):
+        def __init__(self, index: int) -> None:
+            super().__init__()
+            self.index = index
+
+    def __init__(self) -> None:
+        super().__init__(id="set-table", cursor_type="row", zebra_stripes=True)
+        self.sort_by = "row"
+        self.shown_key: tuple[Any, ...] | None = None
+
+    def on_mount(self) -> None:
+        for label, key in (("row", "row"), ("without", "without"), ("with", "with"), ("Δ", "Δ"), ("", "flag"),
+                           ("target/foil", "tokens"), ("clean", "clean"), ("corrupted", "corrupted")):
+            self.add_column(label, key=key)
+
+    def fill(self, sets: PromptSets) -> None:
+        key = (sets.pset, id(sets.run), sets.run_is_stale() if sets.pset is not None else None)
+        if key != self.shown_key:
+            self.shown_key = key
+            self.clear()
+            for index, cells in row_cells(sets):
+                shown = [f"{c:+.3f}" if isinstance(c, float) else str(c) for c in cells]
+                if cells[4] == "!":
+                    shown = [Text(c, style="bold yellow") for c in shown]  # type: ignore[misc]
+                self.add_row(*shown, key=str(index))
+            self.apply_sort()
+        if sets.pset is not None and self.row_count:
+            row = self.get_row_index(str(sets.row))
+            if row != self.cursor_row:
+                self.move_cursor(row=row, animate=False)
+
+    def apply_sort(self) -> None:
+        if not self.row_count:
+            return
+
+        def number(text: Any) -> float:
+            try:
+                return float(str(text))
+            except ValueError:
+                return float("nan")
+
+        if self.sort_by == "row":
+            self.sort("row", key=lambda v: int(str(v)))
+        else:  # largest magnitude first; rows without numbers last
+            self.sort(self.sort_by, key=lambda v: -abs(n) if (n := number(v)) == n else float("inf"))
+
+    def action_sort(self) -> None:
+        self.sort_by = SORTS[(SORTS.index(self.sort_by) + 1) % len(SORTS)]
+        self.apply_sort()
+        self.border_title = f"rows · sorted by {self.sort_by} (s)"
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        event.stop()
+        column = str(event.column_key.value)
+        if column in SORTS:
+            self.sort_by = column
+            self.apply_sort()
+            self.border_title = f"rows · sorted by {self.sort_by} (s)"
+
+    def action_pick(self) -> None:
+        if self.row_count:
+            key = self.coordinate_to_cell_key(Coordinate(self.cursor_row, 0)).row_key
+            self.post_message(self.Picked(int(str(key.value))))
+
+
 class SetView(VerticalScroll):
-    """Renders a `PromptSets` state; never holds state of its own."""
+    """Renders a `PromptSets` state; never holds state of its own (the table's sort aside)."""
+
+    DEFAULT_CSS = """
+    SetView #set-table { height: auto; max-height: 12; }
+    """
 
     def compose(self) -> ComposeResult:
         yield Static("", id="set-numbers")
-        yield Static("", id="set-rows")
+        yield SetRowTable()
         yield Static("", id="set-results")
         yield Static("", id="set-massive")
 
     def show(self, sets: PromptSets) -> None:
-        self.query_one("#set-numbers", Static).update(Text(sets.describe(), style="bold"))
-        self.query_one("#set-rows", Static).update(rows_table(sets))
+        self.query_one("#set-numbers", Static).update(summary_text(sets))
+        table = self.query_one(SetRowTable)
+        table.display = sets.pset is not None
+        table.fill(sets)
         self.query_one("#set-results", Static).update(Text.assemble(sweep_text(sets), estimate_text(sets)))
         self.query_one("#set-massive", Static).update(massive_table(sets))

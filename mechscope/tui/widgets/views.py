@@ -11,6 +11,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from mechscope.engine.results import ActivationStats, GeneratedToken, LogitLens, SweepResult
+from mechscope.tui.commands import key_of
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.prompt_pane import show_token
 
@@ -38,7 +39,7 @@ class AttentionMap(Heatmap, can_focus=True):
         Binding("right", "move(0, 1)", "Key right", show=False),
         Binding("pageup", "move(-8, 0)", "Page up", show=False),
         Binding("pagedown", "move(8, 0)", "Page down", show=False),
-        Binding("k,enter", "screen.knockout", "knock out"),
+        Binding("k,enter", "screen.command('knockout')", "knock out"),
     ]
 
     @property
@@ -175,33 +176,37 @@ class SweepView(Vertical):
     """A sweep's progress, its strongest components, and its matrix (streamed as rows complete)."""
 
     DEFAULT_CSS = """
-    SweepView #sweep-summary { height: auto; max-height: 7; }
+    SweepView #sweep-summary { height: auto; max-height: 8; }
     SweepView Heatmap { height: 1fr; }
     """
 
     def compose(self) -> ComposeResult:
-        yield Static("no sweep yet: w runs head patching, a runs AtP, r residual patching",
-                     id="sweep-summary")
+        head, atp, resid = (key_of(f"sweep('{kind}')") for kind in ("head", "atp", "resid"))
+        yield Static(f"no sweep yet: {head} runs head patching, {atp} AtP, {resid} residual patching, "
+                     f"{key_of('sweep_options')} chooses", id="sweep-summary")
         yield Heatmap(cell_width=3, diverging=True, id="sweep-map")
 
-    def show(self, result: SweepResult, running: bool, note: str = "") -> None:
+    def show(self, result: SweepResult, running: bool, header: str = "", note: str = "") -> None:
+        """`header` names the runs and the model (Workbench.sweep_header); `note` follows the state."""
         values = result.values  # head/atp: [layer, head]; resid: [layer, pos]
         done_rows = int(np.isfinite(values).all(axis=1).sum()) if values.size else 0
         state = "running, esc cancels" if running else ("complete" if result.complete else "stopped")
         text = Text()
         text.append(f"{SWEEP_TITLES.get(result.kind, result.kind)}", style="bold")
         text.append(f"  {done_rows}/{values.shape[0]} layers  {state}{note}\n")
-        text.append(f"metric clean {result.base_metric:+.3f}  corrupted {result.source_metric:+.3f}\n",
-                    style="dim")
+        if header:
+            text.append(header + "\n", style="dim")
+        gap = result.source_metric - result.base_metric
         finite = np.where(np.isfinite(values), values, 0.0)
-        order = np.argsort(-np.abs(finite), axis=None)[:4]
+        order = np.argsort(-np.abs(finite), axis=None)[:3]
         for flat in order:
             row, col = divmod(int(flat), values.shape[1])
             if not np.isfinite(values[row, col]):
                 continue
             label = (f"L{row}.H{col}" if result.kind not in PER_POSITION
                      else f"{result.row_labels[row]} pos {result.col_labels[col]}")
-            text.append(f"  {label:<14} {values[row, col]:+.3f}\n")
+            normalised = f"  ({values[row, col] / gap:+.2f} of the gap)" if abs(gap) > 1e-9 else ""
+            text.append(f"  {label:<14} {values[row, col]:+.3f}{normalised}\n")
         text.rstrip()
         self.query_one("#sweep-summary", Static).update(text)
         cols = ([str(c) for c in range(values.shape[1])] if result.kind not in PER_POSITION
@@ -238,8 +243,8 @@ class GenerationView(Horizontal):
             self.query_one(f"#gen-{lane}", Static).update(self.texts[lane])
 
     def mark_stale(self) -> None:
-        """The interventions or prompt changed since this generation: say so, g reruns it."""
-        self.query_one("#gen-intervened-box").border_subtitle = "stale: g to rerun"
+        """The interventions or prompt changed since this generation: say so, with the key that reruns it."""
+        self.query_one("#gen-intervened-box").border_subtitle = f"stale: {key_of('generate')} to rerun"
 
     def append(self, lane: str, token: GeneratedToken) -> None:
         self.texts[lane].append(token.text, style="bold" if token.prob > 0.5 else "")

@@ -1,0 +1,164 @@
+"""The set tab's job: load or generate a prompt set, step its rows, set numbers, set sweeps, estimates
+with exact verification, head detectors and massive activations. Every request comes from
+`Workbench.sets`; its outcome goes back through `Workbench.accept`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mechscope.tui.commands import key_of
+from mechscope.tui.widgets.set_view import SetRowTable, SetView
+from mechscope.workbench.requests import Outcome, Request
+from mechscope.workbench.sets import ESTIMATE_GRID, SET_SWEEP_GRID
+
+if TYPE_CHECKING:
+    from mechscope.screens.workbench import WorkbenchScreen
+
+RUNNING = {"run_set": "set numbers", "sweep_set": "set sweep", "estimate": "estimate",
+           "detect_heads": "head detectors", "massive": "massive activations",
+           "template_set": "building the prompt set"}
+CANCELLABLE = ("sweep_set", "estimate")
+GRID_AFTER = {"sweep_set": SET_SWEEP_GRID, "estimate": ESTIMATE_GRID}  # request kind -> the grid it fills
+SHOWN_IN_TAB = ("massive", "run_set", "template_set")  # request kinds whose result is the set tab
+
+
+class SetTab:
+    """Prompt-set commands, shown in the set tab (`SetView`)."""
+
+    def __init__(self, screen: WorkbenchScreen) -> None:
+        self.screen = screen
+
+    def commands(self) -> dict[str, Callable[..., object]]:
+        return {"prompt_set": self.open_set, "set_row": self.step_row, "set_numbers": self.set_numbers,
+                "set_sweep": self.set_sweep, "estimate": self.estimate, "detect_heads": self.detect_heads,
+                "massive": self.massive}
+
+    @property
+    def view(self) -> SetView:
+        return self.screen.part(SetView, SetView)
+
+    def started(self, request: Request) -> None:
+        self.screen.say(f"{RUNNING.get(request.kind, request.kind)} running"
+                        + (" (esc cancels)" if request.kind in CANCELLABLE else ""))
+
+    def partial(self, request: Request, value: Any) -> None:
+        if self.screen.bench.sets.partial(request, value) and self.screen.alive:  # type: ignore[arg-type]
+            self.show()
+            if self.screen.grid_part.metric == SET_SWEEP_GRID:
+                self.screen.grid_part.show()
+
+    def finished(self, outcome: Outcome) -> None:
+        """A set outcome was accepted by the Workbench: show what it changed."""
+        screen = self.screen
+        sets = screen.bench.sets
+        kind = outcome.request.kind
+        grid = screen.grid_part
+        if sets.error:
+            screen.show_error(sets.error)
+        elif outcome.cancelled:
+            screen.say(f"{RUNNING.get(kind, kind)} cancelled")
+        elif outcome.ok:
+            screen.say(f"{RUNNING.get(kind, kind)} done")
+            if kind in GRID_AFTER:
+                grid.metric = GRID_AFTER[kind]
+            elif kind == "detect_heads" and sets.detectors is not None:
+                grid.metric = next(iter(sets.detectors.scores))
+                screen.say(f"grid: {grid.metric} ({key_of('choose_grid')} chooses a detector, {key_of('cycle_grid')} "
+                           f"cycles; {key_of('help')} shows their definitions)")
+            if kind in SHOWN_IN_TAB:
+                screen.tabs.active = "tab-set"
+        self.show()
+        grid.show()
+
+    def show(self) -> None:
+        self.sync_prompt_pane()
+        self.view.show(self.screen.bench.sets)
+
+    def sync_prompt_pane(self) -> None:
+        """A row of the set became the inputs: show it in the prompt fields."""
+        pane = self.screen.prompt_pane
+        if pane.values() != self.screen.bench.inputs:
+            pane.set_values(self.screen.bench.inputs)
+
+    def submit_or_say(self, request: Request | None) -> None:
+        sets = self.screen.bench.sets
+        if request is None:
+            if sets.error:
+                where = f" ({key_of('prompt_set')} loads or generates one)" if sets.pset is None else ""
+                self.screen.show_error(sets.error + where)
+            self.show()
+            return
+        self.screen.submit(request)
+        self.show()
+
+    def cancel(self) -> bool:
+        """Esc: stop a running set sweep or estimate; True when one was running."""
+        return self.screen.jobs.cancel("sets")
+
+    # ---------------------------------------------------------------- commands
+
+    def open_set(self) -> None:
+        from mechscope.screens.prompt_set import PromptSetScreen
+
+        screen = self.screen
+
+        def done(text: str | None) -> None:
+            if text is None or not screen.loaded():
+                return
+            self.submit_or_say(screen.bench.sets.open_text(text))
+            screen.tabs.active = "tab-set"
+
+        screen.app.push_screen(PromptSetScreen(), done)
+
+    def step_row(self, delta: int) -> None:
+        sets = self.screen.bench.sets
+        request = sets.step(delta)
+        if request is None and sets.pset is None:
+            self.screen.show_error(f"no prompt set: {key_of('prompt_set')} loads or generates one")
+            return
+        self.screen.submit(request)
+        self.show()
+
+    def picked(self, message: SetRowTable.Picked) -> None:
+        self.go_to_row(message.index)
+        self.screen.grid.focus()
+
+    def go_to_row(self, index: int) -> None:
+        """A row of the set becomes the current inputs (enter on the set tab's table)."""
+        sets = self.screen.bench.sets
+        if sets.pset is None:
+            return
+        self.step_row(index - sets.row)
+
+    def set_numbers(self) -> None:
+        if self.screen.loaded():
+            self.submit_or_say(self.screen.bench.sets.run_request())
+
+    def set_sweep(self) -> None:
+        if self.screen.loaded():
+            self.submit_or_say(self.screen.bench.sets.sweep_request())
+
+    def estimate(self) -> None:
+        from mechscope.screens.estimate import EstimateScreen
+
+        screen = self.screen
+        if not screen.loaded():
+            return
+        if screen.bench.sets.pset is None:
+            screen.show_error(f"no prompt set: press {key_of('prompt_set')} to load or generate one")
+            return
+
+        def done(text: str | None) -> None:
+            if text is not None:
+                self.submit_or_say(screen.bench.sets.estimate_text(text))
+
+        screen.app.push_screen(EstimateScreen(), done)
+
+    def detect_heads(self) -> None:
+        if self.screen.loaded():
+            self.submit_or_say(self.screen.bench.sets.detect_request())
+
+    def massive(self) -> None:
+        if self.screen.loaded():
+            self.submit_or_say(self.screen.bench.sets.massive_request())

@@ -1,0 +1,149 @@
+"""The sweep and generation views' job: start sweeps and generations, show what they stream, cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mechscope.engine.results import SweepResult
+from mechscope.screens.grid import GRID_OF_SWEEP
+from mechscope.tui.widgets.views import GenerationView, SweepView
+from mechscope.workbench.requests import GenerateRequest, Outcome, Request, SweepRequest
+
+if TYPE_CHECKING:
+    from mechscope.screens.workbench import WorkbenchScreen
+
+
+class SweepsPart:
+    """Sweeps (every entry point) and generation, shown in the sweep and generate tabs."""
+
+    def __init__(self, screen: WorkbenchScreen) -> None:
+        self.screen = screen
+
+    def commands(self) -> dict[str, Callable[..., object]]:
+        return {"sweep": self.sweep, "sweep_with": self.sweep_with, "sweep_options": self.sweep_options,
+                "generate": self.generate, "generation_settings": self.generation_settings}
+
+    @property
+    def view(self) -> SweepView:
+        return self.screen.part(SweepView, SweepView)
+
+    # ---------------------------------------------------------------- sweeps
+
+    def sweep(self, kind: str) -> None:
+        self.sweep_with(kind)
+
+    def sweep_with(self, kind: str, direction: str = "noising", on_top: bool | None = None) -> None:
+        """Every sweep entry point: the Workbench applies one rule for what the sweep runs on."""
+        screen = self.screen
+        if screen.loaded():
+            screen.submit(screen.bench.sweep_with(kind, direction, on_top))  # type: ignore[arg-type]
+            screen.update_status()
+
+    def sweep_options(self) -> None:
+        from mechscope.screens.sweep_options import SweepChoice, SweepOptionsScreen
+
+        screen = self.screen
+        if not screen.loaded():
+            return
+        last = screen.bench.last_sweep
+        kind, direction = (last.request.sweep_kind, last.request.direction) if last else ("head", "noising")
+
+        def done(choice: SweepChoice | None) -> None:
+            if choice is not None:
+                self.sweep_with(choice.kind, choice.direction, choice.on_top)
+
+        active = len(screen.bench.interventions())
+        screen.app.push_screen(SweepOptionsScreen(kind, direction, screen.bench.sweep_on_top_default(), active),
+                               done)
+
+    def started(self, request: SweepRequest) -> None:
+        self.screen.tabs.active = "tab-sweep"
+        self.screen.say(f"{request.sweep_kind} sweep running (esc cancels)")
+
+    def partial(self, request: Request, value: Any) -> None:
+        assert isinstance(value, SweepResult)
+        state = self.screen.bench.sweep_partial(request, value)  # type: ignore[arg-type]
+        if state is None or not self.screen.alive:
+            return
+        self.view.show(value, running=not value.complete, header=self.screen.bench.sweep_header(state.request, value))
+        if self.screen.grid_part.metric == GRID_OF_SWEEP.get(state.request.sweep_kind):
+            self.screen.grid_part.show()
+
+    def finished(self, outcome: Outcome) -> None:
+        request = outcome.request
+        bench = self.screen.bench
+        state = next((s for s in bench.sweeps.values() if s.request is request), None)
+        if state is None or not outcome.ok:
+            return
+        result = outcome.result
+        self.view.show(result, running=False, header=bench.sweep_header(state.request, result))
+        if state.request.sweep_kind in GRID_OF_SWEEP:
+            self.screen.grid_part.show(GRID_OF_SWEEP[state.request.sweep_kind])
+        timing = "" if self.screen.deterministic else f" in {result.seconds:.1f} s"
+        bench.info = f"{result.kind} sweep complete{timing}"
+
+    def cancel(self) -> bool:
+        """Stop a running sweep or generation; True when one was running."""
+        screen = self.screen
+        sweeping = screen.jobs.cancel("sweep")
+        generating = screen.jobs.cancel("generate")
+        if sweeping:
+            state = screen.bench.cancel_sweep()
+            if state is not None and state.result is not None:
+                self.view.show(state.result, running=False, header=screen.bench.sweep_header(state.request, state.result),
+                               note=" (cancelled)")
+        return sweeping or generating
+
+    # ---------------------------------------------------------------- generation
+
+    def generate(self) -> None:
+        screen = self.screen
+        if screen.loaded():
+            screen.submit(screen.bench.generate())
+            screen.update_status()
+
+    def generation_started(self, request: GenerateRequest) -> None:
+        self.screen.tabs.active = "tab-generate"
+        self.screen.part(GenerationView, GenerationView).reset(request.prompt)
+        self.screen.say("generating (esc cancels)")
+
+    def generation_lanes(self, request: GenerateRequest) -> tuple[Request, ...]:
+        """Both lanes in one worker: the same request without interventions, then the request itself."""
+        generation = self.screen.bench.generation
+        baseline = request if generation is None else generation.baseline
+        return (baseline, request) if baseline is not request else (request,)
+
+    def token(self, request: Request, value: Any) -> None:
+        lane = self.screen.bench.generation_token(request, value)  # type: ignore[arg-type]
+        if lane is not None and self.screen.alive:
+            self.screen.part(GenerationView, GenerationView).append(lane, value)
+
+    def generation_finished(self, outcome: Outcome) -> None:
+        generation = self.screen.bench.generation
+        if generation is None or outcome.request is not generation.request:
+            return
+        self.screen.bench.info = "generation cancelled" if outcome.cancelled else "generated"
+
+    def generation_settings(self) -> None:
+        from mechscope.screens.generation_options import GenerationOptionsScreen
+        from mechscope.workbench.research import parse_generation
+
+        screen = self.screen
+
+        def validate(max_new_tokens: str, temperature: str, seed: str) -> str | None:
+            try:
+                parse_generation(max_new_tokens, temperature, seed)
+            except ValueError as exc:
+                return str(exc)
+            return None
+
+        def done(values: tuple[str, str, str] | None) -> None:
+            if values is not None:
+                error = screen.bench.set_generation(*values)
+                if error:
+                    screen.show_error(error)
+                else:
+                    screen.update_status()
+
+        screen.app.push_screen(GenerationOptionsScreen(screen.bench.generation_settings, validate), done)

@@ -1,0 +1,346 @@
+"""The screen never misleads (issue 19): keys in a burst, sweep headers, key hints, number mode, the set
+tab's rows, sweep defaults, steering norms, and the smaller items."""
+
+from __future__ import annotations
+
+from textual import events
+from textual.widgets import Input
+
+from mechscope.sessions.store import Session
+from tests.tui.helpers import make_app, settle
+
+CHARS = {"space": " ", "minus": "-", "tab": None}
+
+
+def burst(app, keys: str) -> None:
+    """Keys as a terminal delivers a paste or a fast typist: all queued before the first is handled."""
+    for key in keys.split():
+        char = CHARS.get(key, key if len(key) == 1 else None)
+        app.post_message(events.Key(key, char))
+
+
+async def one_by_one(pilot, keys: str) -> None:
+    for key in keys.split():
+        await pilot.press(key)
+        await settle(pilot)
+
+
+async def state_after(keys: str, *, together: bool, session: str) -> tuple:
+    app = make_app(session_name=session)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        if together:
+            burst(app, keys)
+        else:
+            await one_by_one(pilot, keys)
+        await settle(pilot)
+        shown = app.bench.selected, tuple(e.intervention for e in app.bench.stack.entries)
+        app.bench.recorder.close()
+    return shown, Session.open(session).state().interventions
+
+
+async def test_keys_in_a_burst_act_like_keys_one_by_one():
+    keys = "j l space j space h m"  # L1.H1 zero, L2.H1 zero (the tiny model has 2 layers: stays L1), L1.H0 mean
+    apart = await state_after(keys, together=False, session="apart")
+    together = await state_after(keys, together=True, session="together")
+    assert together == apart
+    assert len(apart[0][1]) >= 2
+
+
+async def steering_fields(keys: str, *, together: bool) -> dict[str, str]:
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("v")
+        await settle(pilot)
+        dialog = app.screen
+        name = dialog.query_one("#steer-name", Input)
+        name.value = ""
+        name.focus()
+        await pilot.pause()
+        if together:
+            burst(app, keys)
+        else:
+            for key in keys.split():
+                await pilot.press(key)
+        await settle(pilot)
+        return {field.id: field.value for field in dialog.query(Input)}
+
+
+async def test_steering_dialog_typed_in_a_burst_fills_the_same_fields():
+    keys = "j o h n minus m a r y tab 1 5"
+    apart = await steering_fields(keys, together=False)
+    together = await steering_fields(keys, together=True)
+    assert apart["steer-name"] == "john-mary" and apart["steer-layer"].endswith("15")
+    assert together == apart
+
+
+# ---------------------------------------------------------------- sweep header, defaults (items 1, 7)
+
+def plain_bench():
+    from mechscope.workbench.controller import Workbench
+    from mechscope.workbench.state import Inputs
+
+    return Workbench(Inputs("When Mary and John went to the store, John gave a drink to",
+                            "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"))
+
+
+def sweep_result(base: float, source: float):
+    import numpy as np
+
+    from mechscope.engine.results import SweepResult
+
+    values = np.array([[0.5, -1.0], [2.0, 0.0]], dtype=np.float32)  # [layer, head]
+    return SweepResult("head", values, base, source, ["L0", "L1"], ["0", "1"], True, 0.1)
+
+
+def test_denoising_header_names_the_patched_run_the_source_and_the_normalisation():
+    bench = plain_bench()
+    request = bench.sweep_with("head", "denoising")
+    header = bench.sweep_header(request, sweep_result(-5.485, 6.120))
+    assert "head denoising · on the unedited model" in header
+    assert "patched run corrupted -5.485 · from clean +6.120 · gap +11.605" in header
+    noising = bench.sweep_header(bench.sweep_with("head", "noising"), sweep_result(6.120, -5.485))
+    assert "patched run clean +6.120 · from corrupted -5.485" in noising
+
+
+async def test_sweep_view_shows_the_header_and_normalised_cells():
+    from mechscope.tui.widgets.views import SweepView
+
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        bench = app.bench
+        request = bench.sweep_with("head", "denoising")
+        app.workbench.part(SweepView, SweepView).show(sweep_result(-5.485, 6.120), running=False,
+                                                      header=bench.sweep_header(request, sweep_result(-5.485, 6.120)))
+        await pilot.pause()
+        text = str(app.workbench.query_one("#sweep-summary").render())
+        assert "metric clean" not in text
+        assert "patched run corrupted -5.485 · from clean +6.120" in text
+        assert "L1.H0" in text and "+2.000  (+0.17 of the gap)" in text  # 2 / 11.605
+
+
+def test_every_sweep_entry_point_follows_one_rule_and_the_header_says_so():
+    from mechscope.engine.interventions import HeadAblation
+
+    bench = plain_bench()
+    bench.add(HeadAblation(0, 1))
+    assert bench.sweep_on_top_default() is False
+    for kind in ("head", "attn", "mlp", "resid", "atp"):
+        request = bench.sweep_with(kind, "denoising")
+        assert request.interventions == ()
+        assert "on the unedited model (1 active intervention not applied)" in \
+            bench.sweep_header(request)
+    on_top = bench.sweep_with("attn", "noising", on_top=True)
+    assert on_top.interventions == (HeadAblation(0, 1),)
+    assert "on top of 1 intervention: zero L0.H1" in bench.sweep_header(on_top)
+
+
+# ---------------------------------------------------------------- key hints (item 3)
+
+def test_key_of_names_the_key_bound_to_every_action():
+    from mechscope.tui.commands import COMMANDS, key_label, key_of
+
+    for command in COMMANDS:
+        if command.keys:
+            assert key_of(command.action) == key_label(command.keys).split(" / ")[0]
+    assert (key_of("set_numbers"), key_of("prompt_set"), key_of("set_sweep"), key_of("estimate")) == \
+        ("O", "L", "H", "Z")
+
+
+def test_set_tab_hints_name_the_bound_keys_and_are_separated():
+    from mechscope.engine.prompt_sets import PromptRow, PromptSet
+    from mechscope.tui.commands import key_of
+    from mechscope.tui.widgets.set_view import estimate_text, summary_text, sweep_text
+
+    bench = plain_bench()
+    assert f"no prompt set: {key_of('prompt_set')} loads" in summary_text(bench.sets).plain
+    bench.sets.pset = PromptSet("t", tuple(PromptRow(f"a{i}", f"b{i}", " x", " y") for i in range(3)))
+    summary = summary_text(bench.sets).plain
+    assert f"set numbers not computed ({key_of('set_numbers')})" in summary and "(T)" not in summary
+    results = (sweep_text(bench.sets) + estimate_text(bench.sets)).plain
+    assert f"set sweep: not run ({key_of('set_sweep')})\nestimate: not run ({key_of('estimate')})" in results
+
+
+def test_no_hint_types_a_key_by_hand():
+    """Hints in the screens and widgets name keys through key_of, never as a literal like "(T)"."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "mechscope"
+    literal = re.compile(r"""["'][^"'\n]*(\([A-Z]\)|(^|[ (])([A-Za-z0-9?]|space|esc) (loads|reruns|runs|cycles|chooses|"""
+                         r"""shows|ablates|steps)\b|press [A-Za-z0-9]\b)""")
+    found = [f"{path.name}: {m.group(0)}" for folder in ("screens", "tui") for path in (root / folder).rglob("*.py")
+             for m in literal.finditer(path.read_text()) if path.name != "commands.py"]
+    assert found == []
+
+
+# ---------------------------------------------------------------- steering norm (item 10)
+
+def test_steering_norm_compares_with_the_median_after_the_first_position_and_warns():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mechscope.engine.interventions import SteeringVector
+
+    bench = plain_bench()
+    bench.remember_vector("v", np.full(4, 100.0))  # norm 200
+    stats = SimpleNamespace(resid_norm=np.array([[22000.0, 170.0, 160.0, 180.0]]))  # [layer, pos]
+    bench.run = SimpleNamespace(result=SimpleNamespace(stats=stats))
+    steer = SteeringVector(1, "v", 4.0)
+    added, resid = bench.steering_norm(steer)
+    assert (added, resid) == (800.0, 170.0)
+    assert bench.steering_note(steer) == " (|Δ| 800 vs median resid 170 after pos 0: LARGER than the residual)"
+    small = SteeringVector(1, "v", 0.5)
+    assert bench.steering_note(small) == " (|Δ| 100 vs median resid 170 after pos 0)"
+
+
+# ---------------------------------------------------------------- number mode (item 6)
+
+async def test_number_mode_separates_cells_and_shows_exact_values_at_80_columns():
+    import re
+
+    import numpy as np
+
+    from mechscope.tui.widgets.head_grid import HeadGrid
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        grid = app.query_one(HeadGrid)
+        values = np.array([[-12.06, 0.01, 0.731], [0.92, -0.06, 12345.0]], dtype=np.float32)  # [layer, head]
+        grid.set_data(values, ["L0", "L1"], ["0", "1", "2"])
+        grid.set_marks({(1, 0): "="})  # a verified estimate cell
+        await pilot.press("0")
+        await pilot.pause()
+        rows = ["".join(segment.text for segment in grid.render_line(y)) for y in (1, 2)]
+        cells = [re.findall(r"\S+", row)[1:] for row in rows]  # after the row label
+        assert cells == [["-12", ".01", ".73"], [".92", "-.06", "12k"]]  # = shows the exact value
+        assert all(re.search(r"\d\s+[-.\d]", row) for row in rows)  # never two numbers run together
+        assert grid.border_title == "DLA · L0.H0 -12.06"  # the cursor cell's exact value beside the grid
+        await pilot.press("l")
+        await pilot.pause()
+        assert grid.border_title == "DLA · L0.H1 +0.01"
+
+
+# ---------------------------------------------------------------- set tab rows (item 5)
+
+async def test_set_tab_lists_every_row_with_its_numbers_and_enter_picks_a_row():
+    import numpy as np
+
+    from mechscope.tui.widgets.set_view import SetRowTable
+
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("L")
+        app.screen.query_one("#ask-input", Input).value = "ioi 5"
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("space")  # an intervention, so "with" differs from "without"
+        await settle(pilot)
+        await pilot.press("O")
+        await settle(pilot)
+        sets = app.bench.sets
+        result = sets.run.result
+        table = app.query_one(SetRowTable)
+        assert table.row_count == 5
+        for index in range(5):
+            row = table.get_row(str(index))
+            assert str(row[0]) == str(index + 1)
+            assert float(str(row[1])) == float(f"{result.baseline[index]:+.3f}")
+            assert float(str(row[2])) == float(f"{result.values[index]:+.3f}")
+            assert float(str(row[3])) == float(f"{result.values[index] - result.baseline[index]:+.3f}")
+        summary = str(app.query_one("#set-numbers").render())
+        assert f"Δ {np.mean(result.values - result.baseline):+.3f}" in summary  # on its own line
+        assert all(len(line) <= 100 for line in summary.splitlines())
+        table.focus()
+        table.move_cursor(row=table.get_row_index("3"))
+        await pilot.press("enter")
+        await settle(pilot)
+        assert sets.row == 3 and app.bench.inputs.clean == sets.pset.rows[3].clean
+
+
+# ---------------------------------------------------------------- smaller items (item 12) and essentials
+
+async def test_addresses_chooser_metric_and_ctrl_c_from_the_keys():
+    from mechscope.screens.choose import ChooseScreen
+    from mechscope.screens.grid import parse_grid_address
+
+    assert parse_grid_address("L23.H3", 30, 9) == (23, 3)
+    assert parse_grid_address("l23 h3", 30, 9) == (23, 3)
+    assert parse_grid_address("L23", 30, 9) == (23, None)
+    assert parse_grid_address("mlp 5", 30, 9) == (5, None)
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("colon")
+        app.screen.query_one("#ask-input", Input).value = "L1.H2"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.bench.selected == (1, 2)
+        await pilot.press("space")
+        await settle(pilot)
+        assert [e.intervention.head for e in app.bench.stack.entries] == [2]
+        await pilot.press("C")
+        await settle(pilot)
+        assert isinstance(app.screen, ChooseScreen)
+        assert [item[0] for item in app.screen.items][:4] == ["attribution", "sink", "patching", "atp"]
+        await pilot.press("down", "enter")
+        await settle(pilot)
+        assert app.workbench.grid_part.metric == "sink"
+        app.workbench.run_command("metric_kind")
+        await settle(pilot)
+        await pilot.press("down", "enter")  # logit diff, then prob
+        await settle(pilot)
+        assert app.bench.inputs.metric_kind == "prob"
+        assert app.bench.run.request.metric.kind == "prob"
+    from mechscope.screens.workbench import WorkbenchScreen
+
+    assert any("ctrl+c" in binding.key.split(",") and "cancel" in binding.action
+               for binding in WorkbenchScreen.BINDINGS if hasattr(binding, "key"))
+
+
+async def test_dialogs_wrap_their_descriptions_and_the_header_names_the_server():
+    from types import SimpleNamespace
+
+    from mechscope.engine.testing import tiny_engine
+    from mechscope.screens.choose import choice_prompts
+    from mechscope.screens.research import EXPORTS
+
+    class Attached:
+        def __init__(self) -> None:
+            self.inner = tiny_engine("llama")
+            self.place = SimpleNamespace(name="gpu-box", socket="/tmp/x.sock")
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    app = make_app(Attached())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert "attached to gpu-box" in str(app.query_one("#title-model").render())
+        await pilot.press("L")
+        await settle(pilot)
+        label = app.screen.query_one("#ask-label")
+        assert label.size.height >= 2  # the whole description, wrapped
+        await pilot.press("escape")
+        await pilot.press("G")
+        await settle(pilot)
+        hint = [w for w in app.screen.query("Static.dim")][-1]
+        assert hint.size.width > 40  # not squeezed into the labels' 16-column width
+    prompts = [text.plain for text in choice_prompts(list(EXPORTS))]
+    assert "sweep matrix as safetensors  the latest sweep's values" in prompts[1]
+
+
+def test_sweep_csv_labels_keep_the_token():
+    import numpy as np
+
+    from mechscope.engine.results import SweepResult
+    from mechscope.workbench.exports import sweep_to_csv
+
+    result = SweepResult("resid", np.zeros((1, 3), dtype=np.float32), 1.0, 0.0, ["L0"], ["0", "1", "2"], True, 0.1)
+    text = sweep_to_csv(result, tokens=["When", " John", " gave"])
+    assert "L0 pos 1:  John" in text or "pos 1: " in text and "John" in text.splitlines()[2]
