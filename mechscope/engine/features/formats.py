@@ -24,7 +24,7 @@ from mechscope.engine.interventions import parse_feature_site
 MAX_HEADER_BYTES = 1 << 20  # an SAE file names a handful of tensors
 MAX_CONFIG_BYTES = 1 << 20
 DEFAULT_MAX_BYTES = 8 << 30
-_SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"),
+_SAFETENSORS_DTYPES: dict[str, np.dtype] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"),
                        "BF16": np.dtype("<u2")}  # bfloat16 read as raw 16-bit words
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SPARSIFY_WEIGHTS = "sae.safetensors"
@@ -183,10 +183,11 @@ def load_saelens(folder: Path, site: str | None = None, max_bytes: int = DEFAULT
     cfg_path, weights_path = folder / CONFIG, folder / SAELENS_WEIGHTS
     cfg = _read_config(cfg_path)
     d_in, d_sae = _int_field(cfg_path, cfg, "d_in"), _int_field(cfg_path, cfg, "d_sae")
-    metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    metadata: dict[str, Any] = cfg["metadata"] if isinstance(cfg.get("metadata"), dict) else {}
     architecture = cfg.get("architecture", "standard")
     activation_fn = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
-    kwargs = cfg.get("activation_fn_kwargs") if isinstance(cfg.get("activation_fn_kwargs"), dict) else {}
+    kwargs: dict[str, Any] = (cfg["activation_fn_kwargs"] if isinstance(cfg.get("activation_fn_kwargs"), dict)
+                              else {})
     if architecture == "standard" and activation_fn == "topk":
         architecture = "topk"
     unsupported = {
@@ -211,9 +212,10 @@ def load_saelens(folder: Path, site: str | None = None, max_bytes: int = DEFAULT
         threshold = _take(weights_path, tensors, "threshold", (d_sae,))
     k = 0
     if architecture == "topk":
-        k = cfg.get("k", kwargs.get("k"))
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= d_sae:
-            raise _fail(cfg_path, f"topk needs an integer k in 1..d_sae, got {k!r}")
+        given = cfg.get("k", kwargs.get("k"))
+        if isinstance(given, bool) or not isinstance(given, int) or not 0 < given <= d_sae:
+            raise _fail(cfg_path, f"topk needs an integer k in 1..d_sae, got {given!r}")
+        k = given
     return _build(weights_path, dict(
         site=_site(cfg_path, site, found, f"hook_name {hook!r}"),
         W_enc=_take(weights_path, tensors, "W_enc", (d_in, d_sae)),
