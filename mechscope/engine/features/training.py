@@ -154,7 +154,7 @@ class TopKTrainer:
         for name, (m, v) in self.moments.items():
             tensors[f"adam_m.{name}"] = m.cpu().contiguous()
             tensors[f"adam_v.{name}"] = v.cpu().contiguous()
-        tensors["since_fired"] = self.since_fired.cpu().contiguous()
+        tensors["since_fired"] = self.since_fired.float().cpu().contiguous()  # safetensors read back as float32
         return tensors, {"steps": self.steps, "tokens": self.tokens, "scale": self.scale,
                          "config": self.config.to_dict(), "d_in": self.d_in}
 
