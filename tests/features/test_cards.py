@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from mechscope.engine.core import Engine
-from mechscope.engine.features.cards import build_index, feature_card, load_index, logit_lens, save_index
+from mechscope.engine.features.cards import (
+    build_index,
+    feature_card,
+    load_index,
+    logit_lens,
+    save_index,
+)
 from mechscope.engine.features.corpus import token_chunks
 from mechscope.engine.features.reading import site_values
 from mechscope.engine.features.sae import FeatureError
