@@ -99,7 +99,14 @@ class _Fail(Exception):
 
 def _run(args: argparse.Namespace, body) -> int:
     from mechscope.engine.errors import MechscopeError
+    from mechscope.engine.interventions import parse_feature_site
 
+    if getattr(args, "site", None) is not None:
+        try:
+            parse_feature_site(args.site)  # before the model loads
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     engine = _engine(args)
     if engine is None:
         return 2
@@ -116,10 +123,8 @@ def run_train(args: argparse.Namespace) -> int:
 
         from mechscope.engine.features.pipeline import train
         from mechscope.engine.features.training import TrainConfig
-        from mechscope.engine.interventions import parse_feature_site
         from mechscope.engine.loading import cache_dir
 
-        parse_feature_site(args.site)
         config = TrainConfig(width=args.width, k=args.k, lr=args.lr, seed=args.seed)
         stream = _stream(engine, args, args.seed, DEFAULT_CORPUS_TOKENS)
         if not args.corpus:  # the sampled corpus is smaller than a run: go over it again
