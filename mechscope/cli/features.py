@@ -126,7 +126,7 @@ def run_train(args: argparse.Namespace) -> int:
         from mechscope.engine.loading import cache_dir
 
         config = TrainConfig(width=args.width, k=args.k, lr=args.lr, seed=args.seed)
-        stream = _stream(engine, args, args.seed, DEFAULT_CORPUS_TOKENS)
+        stream = _stream(engine, args, args.seed, min(DEFAULT_CORPUS_TOKENS, args.tokens))
         if not args.corpus:  # the sampled corpus is smaller than a run: go over it again
             once = stream.texts
             stream = type(stream)(lambda: itertools.chain.from_iterable(once() for _ in range(64)),
