@@ -27,6 +27,7 @@ COMMANDS: list[str] = [
     "mechscope.cli.export_sweep",
     "mechscope.cli.serve",
     "mechscope.cli.plan",
+    "mechscope.cli.features",
 ]
 
 

@@ -18,6 +18,9 @@ from mechscope.engine.capabilities import LOCAL_CAPABILITIES
 from mechscope.engine.captures import Captures, CaptureSpec
 from mechscope.engine.edits import compile_edits
 from mechscope.engine.errors import InterventionError, OutOfMemory
+from mechscope.engine.features import edits as _feature_edits  # noqa: F401 - registers their compile functions
+from mechscope.engine.features.attached import attach, attached_saes
+from mechscope.engine.features.sae import SparseAutoencoder
 from mechscope.engine.generation import generate
 from mechscope.engine.interventions import Intervention, Metric
 from mechscope.engine.passes import Passes, check_text
@@ -74,6 +77,7 @@ class Engine:
         self.passes = Passes(model, tokenizer, self.adapter)
         self.lock = threading.RLock()
         self.vectors: dict[str, np.ndarray] = {}
+        self.saes: dict[str, SparseAutoencoder] = attached_saes(self.passes)  # feature edits find them by name
         self.reference_prompts: list[str] = list(DEFAULT_REFERENCE_PROMPTS)
         attention.register()
         model.set_attn_implementation(attention.ATTN_IMPLEMENTATION)
@@ -163,6 +167,22 @@ class Engine:
     def remove_vector(self, name: str) -> None:
         """Forget the steering vector `name` (nothing happens if there is none)."""
         self.vectors.pop(name, None)
+
+    def attach_sae(self, name: str, sae: SparseAutoencoder) -> SparseAutoencoder:
+        """Hold `sae` under `name` for feature views and edits; FeatureError if it does not fit the model."""
+        with self.lock:
+            return attach(self.passes, name, sae)
+
+    def load_sae(self, name: str, folder: str, site: str | None = None) -> SparseAutoencoder:
+        """Read the SAE in `folder` (SAELens, sparsify or Gemma Scope layout) and attach it as `name`."""
+        from mechscope.engine.features.formats import load_sae
+
+        return self.attach_sae(name, load_sae(folder, site, self.adapter.d_model))
+
+    def remove_sae(self, name: str) -> None:
+        """Forget the SAE `name` (nothing happens if there is none)."""
+        with self.lock:
+            self.saes.pop(name, None)
 
     def build_steering_vector(self, name: str, layer: int, positive: Sequence[str],
                               negative: Sequence[str]) -> np.ndarray:

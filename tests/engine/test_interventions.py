@@ -870,7 +870,9 @@ def _one_of_each() -> list[Intervention]:
 def test_every_intervention_type_has_one_compile_function():
     from mechscope.engine.edits import COMPILERS
 
-    assert set(COMPILERS) == set(INTERVENTION_TYPES)
+    from mechscope.engine.interventions import FEATURE_INTERVENTION_TYPES
+
+    assert set(COMPILERS) == set(INTERVENTION_TYPES) | set(FEATURE_INTERVENTION_TYPES)
 
 
 def test_every_intervention_type_round_trips_through_json():

@@ -1,0 +1,103 @@
+"""SAE quality as papers report it: FVE, L0, dead fraction, CE-loss recovered and KL on held-out text.
+
+Position 0 of each chunk is left out everywhere (as in training): the SAE's reconstruction is
+spliced in at positions 1.., and losses and KL are taken over the next-token predictions made at
+positions 1..n-2. CE-loss recovered = (L_zero - L_sae) / (L_zero - L_clean), where L_zero has the
+site's value set to zero at the same positions.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from mechscope.engine.features.reading import logits_with_site, site_values
+from mechscope.engine.features.sae import FeatureError, SparseAutoencoder
+
+
+@dataclass(frozen=True)
+class Quality:
+    tokens: int  # site values measured
+    fve: float  # 1 - sum |x - x_hat|^2 / sum |x - mean x|^2
+    l0: float  # mean active features per token
+    dead_fraction: float  # features never active on these tokens
+    ce_clean: float
+    ce_sae: float
+    ce_zero: float
+    ce_recovered: float
+    kl: float  # mean KL(clean || with the reconstruction spliced in), nats per token
+
+    def lines(self) -> list[str]:
+        return [f"tokens         {self.tokens}",
+                f"FVE            {self.fve:.4f}",
+                f"L0             {self.l0:.2f}",
+                f"dead fraction  {self.dead_fraction:.4f}",
+                f"CE clean       {self.ce_clean:.4f}",
+                f"CE with SAE    {self.ce_sae:.4f}",
+                f"CE zero site   {self.ce_zero:.4f}",
+                f"CE recovered   {self.ce_recovered:.4f}",
+                f"KL             {self.kl:.4f}"]
+
+
+def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per-prediction losses [batch, pos-2] of positions 1..n-2 predicting tokens 2..n-1."""
+    logprobs = torch.log_softmax(logits[:, 1:-1].float(), dim=-1)  # [batch, pos-2, vocab]
+    return -logprobs.gather(-1, ids[:, 2:, None])[..., 0]
+
+
+def evaluate(engine, sae: SparseAutoencoder, chunks: Iterator[list[int]], tokens: int,
+             seqs_per_forward: int = 8) -> Quality:
+    """Quality of `sae` on chunks of token ids until about `tokens` site values have been measured."""
+    passes = engine.passes
+    sums = {"sse": 0.0, "sq": 0.0, "l0": 0.0, "ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl": 0.0}
+    total = torch.zeros(sae.d_in, dtype=torch.float64)  # [d_in]
+    fired = torch.zeros(sae.d_sae, dtype=torch.bool)  # [d_sae]
+    n_values = n_predictions = 0
+    while n_values < tokens:
+        group = list(itertools.islice(chunks, seqs_per_forward))
+        if not group:
+            break
+        ids = torch.tensor(group, device=engine.device)
+        if ids.shape[1] < 3:
+            raise FeatureError("evaluation chunks need at least 3 tokens")
+        with engine.lock, torch.no_grad():
+            x = site_values(passes, ids, sae.site)[:, 1:].float()  # [batch, pos-1, d_in]
+            acts = sae.encode(x)  # [batch, pos-1, d_sae]
+            recon = sae.decode(acts).to(x.device)
+            sums["sse"] += float((x - recon).double().pow(2).sum())
+            sums["sq"] += float(x.double().pow(2).sum())
+            total += x.double().sum((0, 1)).cpu()
+            sums["l0"] += float((acts > 0).sum())
+            fired |= (acts > 0).any(0).any(0).cpu()
+            n_values += x.shape[0] * x.shape[1]
+
+            def splice(zero: bool):
+                def edit(site_x: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_model]
+                    rows = site_x[:, 1:]
+                    site_x[:, 1:] = 0.0 if zero else sae.decode(sae.encode(rows)).to(site_x.dtype)
+                    return site_x
+
+                return edit
+
+            clean = logits_with_site(passes, ids, sae.site, None)
+            spliced = logits_with_site(passes, ids, sae.site, splice(zero=False))
+            zeroed = logits_with_site(passes, ids, sae.site, splice(zero=True))
+            sums["ce_clean"] += float(_next_token_loss(clean, ids).sum())
+            sums["ce_sae"] += float(_next_token_loss(spliced, ids).sum())
+            sums["ce_zero"] += float(_next_token_loss(zeroed, ids).sum())
+            log_p = torch.log_softmax(clean[:, 1:-1], -1)
+            log_q = torch.log_softmax(spliced[:, 1:-1], -1)
+            sums["kl"] += float((log_p.exp() * (log_p - log_q)).sum())
+            n_predictions += ids.shape[0] * (ids.shape[1] - 2)
+    if not n_values:
+        raise FeatureError("no text to evaluate on")
+    mean = total / n_values
+    variance = sums["sq"] - n_values * float(mean.pow(2).sum())
+    ce_clean, ce_sae, ce_zero = (sums[k] / n_predictions for k in ("ce_clean", "ce_sae", "ce_zero"))
+    recovered = (ce_zero - ce_sae) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan")
+    return Quality(tokens=n_values, fve=1.0 - sums["sse"] / variance, l0=sums["l0"] / n_values,
+                   dead_fraction=1.0 - float(fired.float().mean()), ce_clean=ce_clean, ce_sae=ce_sae,
+                   ce_zero=ce_zero, ce_recovered=recovered, kl=sums["kl"] / n_predictions)
