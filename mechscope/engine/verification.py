@@ -18,7 +18,15 @@ import numpy as np
 import torch
 
 from mechscope.engine.errors import Cancelled
-from mechscope.engine.estimators import Estimate, Method, _leaf_hooks, _per_head, _setup, _source_z, estimate
+from mechscope.engine.estimators import (
+    Estimate,
+    Method,
+    _leaf_hooks,
+    _per_head,
+    _setup,
+    attn_delta,
+    estimate,
+)
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.set_runs import (
@@ -30,6 +38,7 @@ from mechscope.engine.set_runs import (
     SetMetric,
     _post_final,
     forward,
+    head_outputs,
     layer_output,
     paired_batches,
     take_rows,
@@ -65,13 +74,14 @@ class VerifiedAttribution:
 
 @dataclass
 class BasePass:
-    """What verification needs from the base run: each layer's call, the metric per row ([row]), the
-    source head outputs ([row, pos, head*d_head] per layer) and the readout positions."""
+    """What verification needs from the base run: each layer's call, the metric per row ([row]) and the
+    base and source head outputs ([row, pos, head*d_head] per layer)."""
 
     batch: Batch
     calls: list[LayerCall]
     metric: SetMetric
     base_metric: torch.Tensor
+    base_z: list[torch.Tensor]
     source_z: list[torch.Tensor]
 
 
@@ -152,15 +162,32 @@ def _atp_with_base(engine: Engine, pset: PromptSet, kind: MetricKind, direction:
                            for layer in range(a.n_layers)], dim=1)  # [row, layer, head]
     calls = [LayerCall(c.hidden.detach(), c.args, c.kwargs) for c in run.calls]
     est = Estimate("atp", per_row.float().cpu().numpy().astype(np.float64), time.perf_counter() - started)
-    return est, BasePass(base, calls, metric, values.detach(), source_z)
+    base_z = [z.detach() for z in leaves]
+    return est, BasePass(base, calls, metric, values.detach(), base_z, source_z)
 
 
 def _base_pass(engine: Engine, pset: PromptSet, kind: MetricKind, direction: str, padding: Padding) -> BasePass:
     metric = SetMetric.of(engine, pset, kind)
     base, source = paired_batches(engine, pset, direction, padding)
-    source_z = _source_z(engine, source)
-    run = forward(engine, base, [], record_calls=True)
-    return BasePass(base, run.calls, metric, metric.value(engine, run.normed), source_z)
+    source_z = head_outputs(engine, source)
+    leaves: list = [None] * engine.adapter.n_layers
+    run = forward(engine, base, _leaf_hooks(engine, leaves), record_calls=True)
+    return BasePass(base, run.calls, metric, metric.value(engine, run.normed), [z.detach() for z in leaves],
+                    source_z)
+
+
+def output_change(engine: Engine, base: BasePass) -> np.ndarray:
+    """How much each head's patch moves the residual stream: the norm over positions of what patching
+    it adds at its layer (through the output projection), per row: [row, layer, head]. Call under no_grad."""
+    a = engine.adapter
+    rows = base.batch.rows
+    nodes = torch.arange(rows * a.n_heads, device=base.batch.ids.device)  # node v: head v // rows, row v % rows
+    out = torch.zeros(rows, a.n_layers, a.n_heads)
+    for layer in range(a.n_layers):
+        delta = attn_delta(engine, layer, base.base_z[layer], base.source_z[layer], nodes // rows, nodes % rows)
+        norms = delta.float().pow(2).sum(dim=(1, 2)).sqrt().cpu()  # [node]
+        out[:, layer, :] = norms.view(a.n_heads, rows).T
+    return out.numpy().astype(np.float64)
 
 
 def uncertainty(per_row: np.ndarray) -> np.ndarray:

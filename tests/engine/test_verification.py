@@ -18,15 +18,14 @@ TWO = PromptSet("two", (PAIR, PromptRow("Alice and Bob walked to the park, and B
                                         " Alice", " Bob")))
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2", "gemma2", "gpt_neox"])
+@pytest.fixture(scope="module", params=["llama", "gpt2", "gemma2"])
 def engine(request):
     return Engine(tiny_model(request.param), tiny_tokenizer(), source=f"tiny-{request.param}")
 
 
-@pytest.mark.parametrize("method", ["atp", "eap-ig"])
-def test_verified_values_equal_single_head_resample_patches(engine, method):
+def test_verified_values_equal_single_head_resample_patches(engine):
     a = engine.adapter
-    result = estimate_and_verify(engine, TWO, method, steps=2, verify=a.n_layers * a.n_heads, max_batch=5)
+    result = estimate_and_verify(engine, TWO, verify=a.n_layers * a.n_heads, max_batch=5)
     assert len(result.exact) == a.n_layers * a.n_heads
     for (layer, head), value in result.exact.items():
         patched = engine.run_set(TWO, "logit_diff", (HeadAblation(layer, head, "resample"),))
