@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 TOP = 10  # the heads a researcher reads first: auto verification aims to contain the exact top TOP
 MAX_AUTO_VERIFY = 40  # auto never verifies more heads than this (the cost stays a few forwards)
+AUTO_ROUNDS = 3  # batched verification passes at most: the first candidates, then what the bound leaves open
 
 
 @dataclass
@@ -190,30 +191,36 @@ def output_change(engine: Engine, base: BasePass) -> np.ndarray:
     return out.numpy().astype(np.float64)
 
 
-def uncertainty(per_row: np.ndarray) -> np.ndarray:
-    """How far each head's mean estimate ([layer, head]) may be from its exact value, from the
-    estimate itself: the spread of its per-row values ([row, layer, head]), which is large where the
-    linearisation holds on some rows and not on others, plus the standard error of the mean."""
-    return np.abs(per_row).mean(axis=0) - np.abs(per_row.mean(axis=0)) + per_row.std(axis=0) / np.sqrt(
-        max(per_row.shape[0], 1))
+def candidates(estimated: np.ndarray, change: np.ndarray, exact: dict[tuple[int, int], float],
+               top: int = TOP, limit: int = MAX_AUTO_VERIFY) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The heads still to verify (best first) and the uncertainty that chose them ([layer, head]).
 
-
-def choose_heads(estimated: np.ndarray, spread: np.ndarray, top: int = TOP,
-                 limit: int = MAX_AUTO_VERIFY) -> list[tuple[int, int]]:
-    """Heads to verify ([layer, head] arrays in): every head whose optimistic magnitude |estimate| +
-    spread reaches the top-th largest pessimistic one |estimate| - spread, best first, at most `limit`
-    (at least `top`)."""
+    With nothing verified yet: the estimate's top `top` by magnitude and the `top` heads whose patch
+    moves the residual most (`change`): a head the estimate misses (saturated attention downstream)
+    still has to change its output to matter. Afterwards each head's value is bounded by
+    |estimate| + c * change, c the largest error per unit of change among the verified heads
+    (|exact - estimate| / change); a head is verified next when that bound reaches the `top`-th
+    largest exact magnitude found so far (it could still be in the top). At most `limit` in all."""
     magnitude = np.abs(np.nan_to_num(estimated)).ravel()
-    spread = np.nan_to_num(spread).ravel()
-    top = min(top, magnitude.size)
-    threshold = np.sort(magnitude - spread)[::-1][top - 1] if top else np.inf
-    order = np.argsort(-(magnitude + spread), kind="stable")
-    chosen = [int(i) for i in order if magnitude[i] + spread[i] >= threshold]
-    chosen = chosen[:max(limit, top)]
-    if len(chosen) < top:
-        chosen = [int(i) for i in order[:top]]
+    change = np.nan_to_num(change).ravel()
     n_heads = estimated.shape[1]
-    return [divmod(i, n_heads) for i in chosen]
+    done = {layer * n_heads + head for layer, head in exact}
+    room = max(limit, top) - len(done)
+    if not done:
+        first = np.argsort(-magnitude, kind="stable")[:top].tolist()
+        first += [int(i) for i in np.argsort(-change, kind="stable")[:top] if int(i) not in first]
+        chosen = first[:room]
+        return [divmod(int(i), n_heads) for i in chosen], np.zeros_like(estimated)
+    index = np.array(sorted(done))
+    found = np.array([exact[divmod(int(i), n_heads)] for i in index])
+    errors = np.abs(found - np.nan_to_num(estimated).ravel()[index])
+    scale = float(np.max(errors / np.maximum(change[index], 1e-12)))
+    uncertain = scale * change
+    threshold = np.sort(np.abs(found))[::-1][top - 1] if len(found) >= top else 0.0
+    bound = magnitude + uncertain
+    order = np.argsort(-bound, kind="stable")
+    chosen = [int(i) for i in order if int(i) not in done and bound[i] >= threshold][:max(room, 0)]
+    return [divmod(i, n_heads) for i in chosen], uncertain.reshape(estimated.shape)
 
 
 def estimate_and_verify(engine: Engine, pset: PromptSet, method: Method = "atp", steps: int = 5,
@@ -222,8 +229,8 @@ def estimate_and_verify(engine: Engine, pset: PromptSet, method: Method = "atp",
                         should_stop: Callable[[], bool] | None = None) -> VerifiedAttribution:
     """Estimate every head's patching effect with `method`, then patch the likely top heads exactly.
 
-    verify None: the heads `choose_heads` picks from the estimate's uncertainty (its aim: the exact
-    top 10 are among them); 0: none; k > 0: the estimate's top k by magnitude. With "atp" the
+    verify None: the heads `candidates` picks from the estimate's uncertainty, in up to AUTO_ROUNDS
+    batched passes (its aim: the exact top 10 are among them); 0: none; k > 0: the estimate's top k by magnitude. With "atp" the
     estimate's own forward is the base pass verification resumes from."""
     if verify is not None and verify < 0:
         raise ValueError(f"verify must not be negative, got {verify}")
@@ -235,19 +242,29 @@ def estimate_and_verify(engine: Engine, pset: PromptSet, method: Method = "atp",
             est = estimate(engine, pset, method, steps, kind, direction, padding)
             base = None
         estimated = est.mean  # [layer, head]
-        spread = uncertainty(est.per_row)
-        if verify is None:
-            heads = choose_heads(estimated, spread)
-        else:
-            order = np.argsort(-np.abs(np.nan_to_num(estimated)).ravel(), kind="stable")[:verify]
-            heads = [divmod(int(i), estimated.shape[1]) for i in order]
-        exact: dict[tuple[int, int], float] = {}
-        if heads:
+        if base is None and verify != 0:
             with torch.no_grad():
-                if base is None:
-                    base = _base_pass(engine, pset, kind, direction, padding)
+                base = _base_pass(engine, pset, kind, direction, padding)
+        exact: dict[tuple[int, int], float] = {}
+        spread = np.zeros_like(estimated)
+
+        def check(heads: list[tuple[int, int]]) -> None:
+            assert base is not None  # made above whenever anything is verified
+            with torch.no_grad():
                 effects = patched_effects(engine, base, heads, max_batch, should_stop)  # [head, row]
-            exact = {head: float(value) for head, value in zip(heads, effects.mean(axis=1))}
+            exact.update({head: float(value) for head, value in zip(heads, effects.mean(axis=1))})
+
+        if verify is None:
+            with torch.no_grad():
+                change = output_change(engine, base).mean(axis=0)  # [layer, head]
+            for _ in range(AUTO_ROUNDS):
+                heads, spread = candidates(estimated, change, exact)
+                if not heads:
+                    break
+                check(heads)
+        elif verify:
+            order = np.argsort(-np.abs(np.nan_to_num(estimated)).ravel(), kind="stable")[:verify]
+            check([divmod(int(i), estimated.shape[1]) for i in order])
     return VerifiedAttribution(est.method, estimated, exact, time.perf_counter() - started, est.seconds, spread)
 
 
