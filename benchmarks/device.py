@@ -110,17 +110,16 @@ class Device:
         self.sync()
         return time.perf_counter() - start
 
-    def peak_above_resident(self, fn: Callable[[], object]) -> float | None:
-        """MiB that `fn` allocated at its peak above what was allocated before it (CUDA only)."""
+    def timed_with_peak(self, fn: Callable[[], object]) -> tuple[float, float | None]:
+        """Seconds `fn` took and the MiB it allocated at its peak above what was allocated before it
+        (CUDA only; None elsewhere)."""
         if not self.cuda:
-            fn()
-            return None
+            return self.timed(fn), None
         self.sync()
         resident = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
-        fn()
-        self.sync()
-        return (torch.cuda.max_memory_allocated(self.device) - resident) / 2**20
+        seconds = self.timed(fn)
+        return seconds, (torch.cuda.max_memory_allocated(self.device) - resident) / 2**20
 
     def release(self) -> None:
         gc.collect()
@@ -189,22 +188,21 @@ class Bench:
             self.rows.append(Row(self.name, operation, note="skipped: out of time"))
             return
         try:
-            if setup is not None:
-                setup()
             plain.timed(self.dev)  # warm-up
-            first = self.dev.timed(fn)
             if setup is not None:
                 setup()
-            peak = self.dev.peak_above_resident(fn)
+            first, peak = self.dev.timed_with_peak(fn)  # also the warm-up; sizes the repeats
             repeats = max(1, min(self.max_repeats, int(self.op_seconds / max(first, 1e-4))))
             times, plain_times = [], []
             for _ in range(repeats):
+                if time.perf_counter() > self.deadline:
+                    break
                 plain_times.append(plain.timed(self.dev))
                 if setup is not None:
                     setup()
                 times.append(self.dev.timed(fn))
-                if time.perf_counter() > self.deadline:
-                    break
+            if not times:  # no time for a second call: the first one is the figure
+                times, plain_times = [first], [plain.timed(self.dev)]
         except (OutOfMemory, torch.OutOfMemoryError):
             self.engine.clear_caches()
             self.dev.release()
@@ -318,7 +316,8 @@ def main() -> None:
         share = (deadline - time.perf_counter()) * weight / sum(1.0 + j for j in range(i, i + len(left)))
         bench = Bench(dev, label, engine, min(deadline, time.perf_counter() + share),
                       op_seconds=share / 10, max_repeats=3 if args.quick else 20)
-        bench.run(args.set_rows if not args.quick else 4)
+        # the set figures of an 8B-sized model would take most of the five minutes at 20 rows
+        bench.run(4 if args.quick else args.set_rows if n_params < 4e9 else min(args.set_rows, 8))
         rows += bench.rows
         fits.append(name)
         del engine, model, bench

@@ -226,11 +226,12 @@ def candidates(estimated: np.ndarray, change: np.ndarray, exact: dict[tuple[int,
 def estimate_and_verify(engine: Engine, pset: PromptSet, method: Method = "atp", steps: int = 5,
                         kind: MetricKind = "logit_diff", direction: str = "noising",
                         verify: int | None = None, padding: Padding = "left", max_batch: int = MAX_BATCH_ROWS,
-                        should_stop: Callable[[], bool] | None = None) -> VerifiedAttribution:
+                        should_stop: Callable[[], bool] | None = None,
+                        max_verify: int = MAX_AUTO_VERIFY) -> VerifiedAttribution:
     """Estimate every head's patching effect with `method`, then patch the likely top heads exactly.
 
     verify None: the heads `candidates` picks from the estimate's uncertainty, in up to AUTO_ROUNDS
-    batched passes (its aim: the exact top 10 are among them); 0: none; k > 0: the estimate's top k by magnitude. With "atp" the
+    batched passes, at most `max_verify` heads (its aim: the exact top 10 are among them); 0: none; k > 0: the estimate's top k by magnitude. With "atp" the
     estimate's own forward is the base pass verification resumes from."""
     if verify is not None and verify < 0:
         raise ValueError(f"verify must not be negative, got {verify}")
@@ -258,7 +259,7 @@ def estimate_and_verify(engine: Engine, pset: PromptSet, method: Method = "atp",
             with torch.no_grad():
                 change = output_change(engine, base).mean(axis=0)  # [layer, head]
             for _ in range(AUTO_ROUNDS):
-                heads, spread = candidates(estimated, change, exact)
+                heads, spread = candidates(estimated, change, exact, limit=max_verify)
                 if not heads:
                     break
                 check(heads)
