@@ -32,6 +32,9 @@ def test_attribution_benchmark_prints_a_grade_per_estimator(capsys):
     assert [r[0] for r in rows] == ["AtP", "AtP* (QK fix)", "GradDrop", "EAP-IG 2 steps"] * 2
     assert all(-1 <= float(r[1]) <= 1 and float(r[5]) > 0 for r in rows)
     assert set(out) == {"pair", "ioi-4"}
+    verified = re.findall(r"^  AtP \+ verify \(auto\)\s+.*\s+([\d.]+)\s+([\d.]+)x  \((\d+) heads verified\)$", text, re.M)
+    assert len(verified) == 2
+    assert all(0 <= float(recall) <= 1 and float(cost) > 0 and int(n) >= 10 for recall, cost, n in verified)
 
 
 def test_grades_of_a_perfect_estimate():
