@@ -256,6 +256,7 @@ def estimate_and_verify(engine: Engine, pset: PromptSet, method: Method = "atp",
             exact.update({head: float(value) for head, value in zip(heads, effects.mean(axis=1))})
 
         if verify is None:
+            assert base is not None  # made above: automatic verification checks something
             with torch.no_grad():
                 change = output_change(engine, base).mean(axis=0)  # [layer, head]
             for _ in range(AUTO_ROUNDS):
