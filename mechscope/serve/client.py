@@ -22,13 +22,13 @@ from typing import Any
 import httpcore
 import numpy as np
 
+import mechscope.serve.codec as codec
 from mechscope.engine.capabilities import MissingCapability
 from mechscope.engine.errors import Cancelled, EngineUnreachable, MechscopeError
 from mechscope.engine.interventions import Intervention, Metric
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import GeneratedToken, ModelInfo, RunResult, SweepResult
 from mechscope.engine.views import Views
-from mechscope.serve import codec
 from mechscope.serve.runtime import Place, ServeError, place
 from mechscope.serve.wire import (
     CLIENT_HEADER,

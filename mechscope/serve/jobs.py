@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mechscope.serve import codec
+import mechscope.serve.codec as codec
 from mechscope.serve.runtime import Place
 from mechscope.workbench.executor import execute, user_message
 from mechscope.workbench.requests import Outcome, Request

@@ -24,10 +24,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message
 
+import mechscope.serve.codec as codec
 from mechscope import __version__
 from mechscope.engine.backend_info import backend_record, backend_status
 from mechscope.engine.capabilities import DESCRIPTIONS
-from mechscope.serve import codec
 from mechscope.serve.jobs import DuplicateJob, Hub, log
 from mechscope.serve.runtime import Place, write_card
 from mechscope.serve.wire import (
