@@ -121,9 +121,12 @@ def handler_of_kind(kind: str) -> Handler:
 
 
 def capabilities(engine: Any) -> frozenset[str]:
-    """What `engine` offers (its `capabilities`; everything local when it declares none)."""
+    """What `engine` offers (its `capabilities`, a set of names; everything local when it declares
+    none, or declares something else under that name)."""
     declared = getattr(engine, "capabilities", None)
-    return LOCAL_CAPABILITIES if declared is None else frozenset(declared)
+    if not isinstance(declared, (set, frozenset)):
+        return LOCAL_CAPABILITIES
+    return frozenset(declared)
 
 
 def missing_capability(engine: Any, request: Any) -> MissingCapability | None:
