@@ -144,8 +144,8 @@ def main() -> None:
     from mechscope.engine.core import Engine
     from mechscope.engine.interventions import HeadAblation, Metric
     from mechscope.engine.views import Views
+    from mechscope.requests.kinds import RunRequest
     from mechscope.serve import connect
-    from mechscope.workbench.requests import RunRequest
 
     torch.set_num_threads(THREADS)
     work = Path(tempfile.mkdtemp(prefix="mechscope-serve-bench-"))
@@ -216,9 +216,9 @@ def main() -> None:
             relay.close()
 
         # the CPU work a toggle's answer costs on the wire: the server's encode, the client's decode
+        from mechscope.requests.kinds import Outcome
         from mechscope.serve import codec
         from mechscope.serve.jobs import outcome_frame
-        from mechscope.workbench.requests import Outcome
 
         request = requests[0]
         result = local.run(CLEAN, request.interventions, views=views, metric=metric)

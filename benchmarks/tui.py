@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from textual import events  # noqa: E402
 
+from mechscope.requests.kinds import RunRequest  # noqa: E402
 from mechscope.screens.workbench import WorkbenchScreen  # noqa: E402
 from mechscope.tui.app import MechscopeApp  # noqa: E402
-from mechscope.workbench.requests import RunRequest  # noqa: E402
 
 
 class InstantEngine:

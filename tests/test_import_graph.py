@@ -151,11 +151,11 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "mechscope.tui": (*ENGINE_DATA, "mechscope.requests.*", "mechscope.sessions.*", "mechscope.workbench.*",
                       "mechscope.screens.*", "mechscope.backends", *SERVE_CLIENT),
     # the client speaks the wire with plain data only (an attached workbench has no torch)
-    **dict.fromkeys(SERVE_CLIENT, (*ENGINE_DATA, "mechscope.requests.*", "mechscope.workbench.requests",
+    **dict.fromkeys(SERVE_CLIENT, (*ENGINE_DATA, "mechscope.requests.*", "mechscope.requests.kinds",
                                    *SERVE_CLIENT)),
     # the server runs requests on an engine
-    **dict.fromkeys(SERVE_SERVER, ("mechscope.engine.*", "mechscope.requests.*", "mechscope.workbench.requests",
-                                   "mechscope.workbench.executor", "mechscope.serve.*")),
+    **dict.fromkeys(SERVE_SERVER, ("mechscope.engine.*", "mechscope.requests.*", "mechscope.requests.kinds",
+                                   "mechscope.requests.registry", "mechscope.serve.*")),
     "mechscope.cli": ("mechscope.*",),
     "mechscope.__main__": ("mechscope.cli",),
 }

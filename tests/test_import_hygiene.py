@@ -17,7 +17,7 @@ CORE_MODULES = [
     "mechscope.workbench",
     "mechscope.workbench.controller",
     "mechscope.workbench.recorder",
-    "mechscope.workbench.executor",
+    "mechscope.requests.registry",
 ]
 WORKBENCH_MODULES = [
     "mechscope.requests",
@@ -26,13 +26,13 @@ WORKBENCH_MODULES = [
     "mechscope.workbench",
     "mechscope.workbench.controller",
     "mechscope.workbench.recorder",
-    "mechscope.workbench.executor",
-    "mechscope.workbench.requests",
+    "mechscope.requests.registry",
+    "mechscope.requests.kinds",
     "mechscope.workbench.stack",
     "mechscope.workbench.numbers",
     "mechscope.workbench.state",
     "mechscope.workbench.sets",
-    "mechscope.workbench.set_results",
+    "mechscope.requests.results",
 ]
 
 

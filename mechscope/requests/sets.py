@@ -101,7 +101,7 @@ class RunSetHandler(Handler):
         return format_rows(summary.data["values"])
 
     def restore(self, request: RunSetRequest, summary: Summary) -> Any:
-        from mechscope.engine.set_runs import SetRunResult
+        from mechscope.engine.results import SetRunResult
 
         return SetRunResult(request.pset.name, request.metric_kind,
                             np.asarray(summary.data["values"], dtype=np.float64),  # [row]
@@ -147,7 +147,7 @@ class SweepSetHandler(Handler):
         return format_sweep(summary.arrays["mean"], summary.data["base_metric"])
 
     def restore(self, request: SweepSetRequest, summary: Summary) -> Any:
-        from mechscope.engine.set_runs import SetSweepResult
+        from mechscope.engine.results import SetSweepResult
 
         arrays = summary.arrays
         if "per_row" in arrays:
@@ -260,7 +260,7 @@ class DetectHeadsHandler(Handler):
         return "top heads: " + ", ".join(parts)
 
     def restore(self, request: DetectHeadsRequest, summary: Summary) -> Any:
-        from mechscope.engine.detectors import HeadScores
+        from mechscope.engine.results import HeadScores
 
         names = [n for n in summary.data.get("detectors", []) if n in summary.arrays] or list(summary.arrays)
         return HeadScores({name: np.asarray(summary.arrays[name], dtype=np.float64) for name in names})
@@ -334,7 +334,7 @@ class MassiveHandler(Handler):
         return "massive dims " + (" ".join(found[:6]) if found else "none")
 
     def restore(self, request: MassiveRequest, summary: Summary) -> Any:
-        from mechscope.engine.massive import MassiveLayer
+        from mechscope.engine.results import MassiveLayer
 
         return [MassiveLayer(int(item["layer"]), list(item["dims"]), list(item["counts"]),
                              [[_number(v) for v in row] for row in item["peak"]],

@@ -19,9 +19,9 @@ from mechscope.engine.interventions import (
     NeuronClamp,
     SteeringVector,
 )
+from mechscope.requests.kinds import AddVectorRequest, Outcome, Request
 from mechscope.tui.commands import NEW_INTERVENTION_KINDS, key_of
 from mechscope.workbench.numbers import parse_number
-from mechscope.workbench.requests import AddVectorRequest, Outcome, Request
 
 if TYPE_CHECKING:
     from mechscope.screens.steering import SteeringRequest

@@ -10,9 +10,9 @@ from typing import Any
 from textual.dom import DOMNode
 from textual.worker import Worker, WorkerCancelled, WorkerFailed, get_current_worker
 
+from mechscope.requests.kinds import Outcome, Request
+from mechscope.requests.registry import execute
 from mechscope.tui.messages import Finished, Partial
-from mechscope.workbench.executor import execute
-from mechscope.workbench.requests import Outcome, Request
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from mechscope.requests.kinds import Outcome, Request
 from mechscope.tui.commands import key_of
 from mechscope.tui.widgets.set_view import SetRowTable, SetView
-from mechscope.workbench.requests import Outcome, Request
 from mechscope.workbench.sets import ESTIMATE_GRID, SET_SWEEP_GRID
 
 if TYPE_CHECKING:

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mechscope.engine.results import SweepResult
+from mechscope.requests.kinds import GenerateRequest, Outcome, Request, SweepRequest
 from mechscope.screens.grid import GRID_OF_SWEEP
 from mechscope.tui.widgets.views import GenerationView, SweepView
-from mechscope.workbench.requests import GenerateRequest, Outcome, Request, SweepRequest
 
 if TYPE_CHECKING:
     from mechscope.screens.workbench import WorkbenchScreen

@@ -23,6 +23,18 @@ from textual.worker import Worker, WorkerState
 from mechscope.engine.addresses import parse_address
 from mechscope.engine.backend_info import backend_status
 from mechscope.engine.results import RunResult
+from mechscope.requests.kinds import (
+    SET_REQUESTS,
+    AddVectorRequest,
+    BuildVectorRequest,
+    GenerateRequest,
+    Outcome,
+    ReferencePromptsRequest,
+    Request,
+    RunRequest,
+    SweepRequest,
+    ValidateRequest,
+)
 from mechscope.screens.dialogs import InterventionDialogs
 from mechscope.screens.grid import GRID_OF_SWEEP, GridPart
 from mechscope.screens.jobs import Job, JobRunner
@@ -48,18 +60,6 @@ from mechscope.tui.widgets.views import (
     SweepView,
 )
 from mechscope.workbench.controller import Workbench
-from mechscope.workbench.requests import (
-    SET_REQUESTS,
-    AddVectorRequest,
-    BuildVectorRequest,
-    GenerateRequest,
-    Outcome,
-    ReferencePromptsRequest,
-    Request,
-    RunRequest,
-    SweepRequest,
-    ValidateRequest,
-)
 from mechscope.workbench.spacing import SpacingHint, first_ids, spacing_hints, with_spaces
 
 TYPING_DEBOUNCE_S = 0.3

@@ -29,14 +29,7 @@ from mechscope.engine.interventions import Intervention, Metric
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import GeneratedToken, ModelInfo, RunResult, SweepResult
 from mechscope.engine.views import Views
-from mechscope.serve.runtime import Place, ServeError, place
-from mechscope.serve.wire import (
-    CLIENT_HEADER,
-    CLIENT_NAME_HEADER,
-    PROTOCOL_HEADER,
-    PROTOCOL_VERSION,
-)
-from mechscope.workbench.requests import (
+from mechscope.requests.kinds import (
     AddVectorRequest,
     BuildVectorRequest,
     GenerateRequest,
@@ -47,6 +40,13 @@ from mechscope.workbench.requests import (
     SweepRequest,
     ValidateRequest,
     request_to_dict,
+)
+from mechscope.serve.runtime import Place, ServeError, place
+from mechscope.serve.wire import (
+    CLIENT_HEADER,
+    CLIENT_NAME_HEADER,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
 )
 
 OnWait = Callable[[dict], None]

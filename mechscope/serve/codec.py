@@ -25,8 +25,8 @@ import numpy as np
 
 from mechscope.engine import results
 from mechscope.engine.prompt_sets import PromptRow, PromptSet
-from mechscope.workbench.requests import Outcome, Request
-from mechscope.workbench.set_results import VerifiedEstimate
+from mechscope.requests.kinds import Outcome, Request
+from mechscope.requests.results import VerifiedEstimate
 
 WIRE_TYPES: dict[str, type] = {}
 

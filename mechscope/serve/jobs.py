@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 import mechscope.serve.codec as codec
+from mechscope.requests.kinds import Outcome, Request
+from mechscope.requests.registry import execute, user_message
 from mechscope.serve.runtime import Place
-from mechscope.workbench.executor import execute, user_message
-from mechscope.workbench.requests import Outcome, Request
 
 
 class DuplicateJob(ValueError):

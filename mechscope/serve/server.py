@@ -28,6 +28,7 @@ import mechscope.serve.codec as codec
 from mechscope import __version__
 from mechscope.engine.backend_info import backend_record, backend_status
 from mechscope.engine.capabilities import DESCRIPTIONS
+from mechscope.requests.kinds import request_from_dict
 from mechscope.serve.jobs import DuplicateJob, Hub, log
 from mechscope.serve.runtime import Place, write_card
 from mechscope.serve.wire import (
@@ -39,7 +40,6 @@ from mechscope.serve.wire import (
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
 )
-from mechscope.workbench.requests import request_from_dict
 
 # -------------------------------------------------------------------- HTTP
 

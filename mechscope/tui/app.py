@@ -156,18 +156,14 @@ class MechscopeApp(AttachedMixin, App[int]):
         self.workbench.engine_ready(self.engine)
 
     def restore(self, state: Any) -> None:
-        """Put a resumed session's prompts, metric, interventions and vectors back."""
-        from mechscope.workbench.resume import recorded_sweeps
-
-        self.bench.restore(state.clean or "", state.corrupted, state.metric, list(state.interventions))
-        self.bench.sweeps.update(recorded_sweeps(self.bench.recorder.session))  # back on the grid
-        self.bench.sets.restore(getattr(state, "prompt_set", None))
+        """Put everything a resumed session showed back (the Workbench's state), and its vectors and
+        reference prompts into the engine."""
+        self.bench.restore_session(state)
         for name, array in (state.vectors or {}).items():
             self.engine.add_vector(name, np.asarray(array))
         prompts = getattr(state, "reference_prompts", None)
         if prompts:  # mean ablations average over what the session last set
             self.engine.set_reference_prompts(list(prompts))
-            self.bench.reference_prompts = tuple(prompts)
 
     # ---------------------------------------------------------------- sessions
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from textual.message import Message
 
-from mechscope.workbench.requests import Outcome, Request
+from mechscope.requests.kinds import Outcome, Request
 
 
 @dataclass

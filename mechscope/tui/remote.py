@@ -11,7 +11,7 @@ from textual.message import Message
 from textual.worker import get_current_worker
 
 from mechscope.engine.errors import MechscopeError
-from mechscope.workbench.requests import Request, RunRequest
+from mechscope.requests.kinds import Request, RunRequest
 
 UNREACHABLE = "engine unreachable — reconnecting"
 RECONNECT_EVERY_S = 1.0

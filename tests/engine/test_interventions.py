@@ -869,7 +869,6 @@ def _one_of_each() -> list[Intervention]:
 
 def test_every_intervention_type_has_one_compile_function():
     from mechscope.engine.edits import COMPILERS
-
     from mechscope.engine.interventions import FEATURE_INTERVENTION_TYPES
 
     assert set(COMPILERS) == set(INTERVENTION_TYPES) | set(FEATURE_INTERVENTION_TYPES)

@@ -132,8 +132,8 @@ def test_metric_kinds_are_checked():
 
 
 def test_a_sweep_request_carries_its_interventions():
-    from mechscope.workbench.executor import execute
-    from mechscope.workbench.requests import SweepRequest, request_from_dict, request_to_dict
+    from mechscope.requests.kinds import SweepRequest, request_from_dict, request_to_dict
+    from mechscope.requests.registry import execute
 
     engine = Engine(tiny_model("llama"), tiny_tokenizer())
     stack = (HeadAblation(2, 1),)

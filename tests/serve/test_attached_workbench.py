@@ -78,9 +78,9 @@ def _status(app) -> str:
 @pytest.mark.asyncio
 async def test_status_bar_names_the_job_we_wait_behind(tmp_path, monkeypatch):
     from mechscope.engine.interventions import Metric
+    from mechscope.requests.kinds import RunRequest
     from mechscope.serve import connect
     from mechscope.tui.app import MechscopeApp
-    from mechscope.workbench.requests import RunRequest
 
     monkeypatch.setenv("MECHSCOPE_DATA_DIR", str(tmp_path / "data"))
     folder = save_tiny(tmp_path / "model", num_hidden_layers=12)  # a long resid sweep

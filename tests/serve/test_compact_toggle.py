@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from mechscope.engine.results import RunResult
+from mechscope.requests.kinds import Outcome
 from mechscope.serve import codec
 from mechscope.serve.jobs import outcome_frame
 from mechscope.workbench.controller import Workbench
-from mechscope.workbench.requests import Outcome
 from mechscope.workbench.research import pin_deltas, softmax
 from mechscope.workbench.state import Inputs
 

@@ -12,8 +12,7 @@ import pytest
 from mechscope.engine.interventions import HeadAblation, Metric, SteeringVector
 from mechscope.engine.prompt_sets import PromptSet, template_set
 from mechscope.engine.views import Views
-from mechscope.workbench.executor import execute
-from mechscope.workbench.requests import (
+from mechscope.requests.kinds import (
     REQUEST_TYPES,
     AddVectorRequest,
     BuildVectorRequest,
@@ -29,6 +28,7 @@ from mechscope.workbench.requests import (
     TemplateSetRequest,
     ValidateRequest,
 )
+from mechscope.requests.registry import execute
 from tests.serve.conftest import CORRUPT, PROMPT, save_tiny, start_server, stop_server
 
 METRIC = Metric("logit_diff", target=" Mary", foil=" John")

@@ -23,8 +23,7 @@ from mechscope.engine.interventions import (
     SteeringVector,
 )
 from mechscope.engine.views import Views
-from mechscope.workbench.executor import execute
-from mechscope.workbench.requests import (
+from mechscope.requests.kinds import (
     AddVectorRequest,
     BuildVectorRequest,
     GenerateRequest,
@@ -33,6 +32,7 @@ from mechscope.workbench.requests import (
     SweepRequest,
     ValidateRequest,
 )
+from mechscope.requests.registry import execute
 from tests.serve.conftest import (
     CORRUPT,
     PROMPT,

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from mechscope.engine.testing import tiny_engine
+from mechscope.requests import Outcome, Request, execute
 from mechscope.sessions import Session
 from mechscope.workbench.controller import Inputs, Workbench
-from mechscope.requests import execute
 from mechscope.workbench.recorder import SessionRecorder
-from mechscope.requests import Outcome, Request
 
 IOI = Inputs(
     clean="When Mary and John went to the store, John gave a drink to",

@@ -9,11 +9,11 @@ import pytest
 
 from mechscope.engine.interventions import ActivationPatch, HeadAblation, HeadScale, Metric
 from mechscope.engine.testing import tiny_engine
+from mechscope.requests import execute
+from mechscope.requests.kinds import GenerateRequest, RunRequest, SweepRequest, ValidateRequest
 from mechscope.sessions import Session
 from mechscope.workbench.controller import Workbench
-from mechscope.requests import execute
 from mechscope.workbench.recorder import SessionRecorder
-from mechscope.requests.kinds import GenerateRequest, RunRequest, SweepRequest, ValidateRequest
 from tests.workbench.helpers import IOI, drive, events, recorded_bench, work
 
 

@@ -12,8 +12,6 @@ import pytest
 from mechscope.engine.interventions import HeadAblation
 from mechscope.engine.prompt_sets import PromptRow, PromptSet
 from mechscope.engine.testing import tiny_engine
-from mechscope.sessions import Session
-from mechscope.sessions.replaying import replay
 from mechscope.requests import execute
 from mechscope.requests.kinds import (
     DetectHeadsRequest,
@@ -25,6 +23,8 @@ from mechscope.requests.kinds import (
     request_from_dict,
     request_to_dict,
 )
+from mechscope.sessions import Session
+from mechscope.sessions.replaying import replay
 from mechscope.workbench.controller import Inputs, Workbench
 from mechscope.workbench.recorder import SessionRecorder
 from mechscope.workbench.sets import ESTIMATE_GRID, EXACT_MARK, SET_SWEEP_GRID
