@@ -378,6 +378,15 @@ class Engine:
 
         return estimators.estimate(self, pset, method, steps, **options)
 
+    def estimate_and_verify(self, pset, method, steps=5, *, kind="logit_diff", direction="noising",
+                            verify=None, should_stop=None):
+        """An estimate, then exact patches of the likely top heads in one batched pass; see
+        `verification.estimate_and_verify` (verify None: the estimate's uncertainty picks them)."""
+        from mechscope.engine import verification
+
+        return verification.estimate_and_verify(self, pset, method, steps, kind, direction, verify,
+                                                should_stop=should_stop)
+
     def detect_heads(self):
         """Head-detector grids (previous-token, duplicate-token, induction, sink, copy suppression)."""
         from mechscope.engine import detectors

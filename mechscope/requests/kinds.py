@@ -124,10 +124,15 @@ class SweepSetRequest:
     source: Literal["prompts", "mean"] = "prompts"
 
 
+AUTO_VERIFY = -1  # EstimateRequest.verify_top_k: the estimate's own uncertainty picks the heads
+
+
 @dataclass(frozen=True)
 class EstimateRequest:
-    """An attribution estimate of head patching over a set (`Engine.estimate`); `verify_top_k` > 0
-    also patches the estimate's top k heads exactly (noising) and reports their exact values."""
+    """An attribution estimate of head patching over a set, then exact patches of the likely top heads
+    in one batched pass (`Engine.estimate_and_verify`). `verify_top_k`: k > 0 verifies the estimate's
+    top k by magnitude; AUTO_VERIFY (-1) lets the estimate's uncertainty choose (the aim: the exact
+    top 10 among them); 0 verifies nothing."""
 
     kind: ClassVar[str] = "estimate"
     pset: PromptSet

@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from mechscope.engine.errors import Cancelled
-from mechscope.engine.interventions import HeadAblation
 from mechscope.engine.prompt_sets import PromptSet, template_set
 from mechscope.requests.kinds import (
+    AUTO_VERIFY,
     DetectHeadsRequest,
     EstimateRequest,
     MassiveRequest,
@@ -164,29 +163,19 @@ class SweepSetHandler(Handler):
 
 @handles(EstimateRequest, needs=("estimates", "prompt_sets"))
 class EstimateHandler(Handler):
-    """The estimate per head and, for its top `verify_top_k` heads by |value|, the exact noising
-    patch (the head's output from the row's corrupted prompt) averaged over the set."""
+    """The estimate per head and, for the heads it verifies (see `EstimateRequest`), the exact patch
+    (the head's output from the row's source prompt) averaged over the set."""
 
     def run(self, engine: Any, request: EstimateRequest, on_partial: OnPartial | None,
             should_stop: ShouldStop | None) -> VerifiedEstimate:
-        if request.verify_top_k < 0:
-            raise ValueError(f"verify_top_k must not be negative, got {request.verify_top_k}")
-        if request.verify_top_k and request.direction != "noising":
-            raise ValueError("verify patches heads noising (corrupted into clean); set direction to noising")
-        estimate = engine_method(engine, "estimate", "estimates")(
+        if request.verify_top_k < AUTO_VERIFY:
+            raise ValueError(f"verify_top_k must be {AUTO_VERIFY} (automatic) or more, got {request.verify_top_k}")
+        verify = None if request.verify_top_k == AUTO_VERIFY else request.verify_top_k
+        result = engine_method(engine, "estimate_and_verify", "estimates")(
             request.pset, request.method, request.steps, kind=request.metric_kind,
-            direction=request.direction)
-        values = np.asarray(estimate.mean, dtype=np.float64)  # [layer, head]
-        exact: dict[tuple[int, int], float] = {}
-        order = np.argsort(-np.abs(np.nan_to_num(values)).ravel(), kind="stable")[:request.verify_top_k]
-        run_set = engine_method(engine, "run_set", "prompt_sets")
-        for index in order:
-            if should_stop is not None and should_stop():
-                raise Cancelled("verify stopped")
-            layer, head = divmod(int(index), values.shape[1])
-            patched = run_set(request.pset, request.metric_kind, (HeadAblation(layer, head, "resample"),))
-            exact[(layer, head)] = float(np.mean(np.asarray(patched.values) - np.asarray(patched.baseline)))
-        return VerifiedEstimate(request.method, values, exact, float(getattr(estimate, "seconds", 0.0)))
+            direction=request.direction, verify=verify, should_stop=should_stop)
+        return VerifiedEstimate(result.method, np.asarray(result.estimated, dtype=np.float64),
+                                dict(result.exact), float(result.estimate_seconds))
 
     def summarise(self, result: VerifiedEstimate) -> Summary:
         exact = [[layer, head, float(value)] for (layer, head), value in sorted(result.exact.items())]

@@ -5,14 +5,15 @@ from __future__ import annotations
 from mechscope.screens.ask_value import AskValueScreen
 from mechscope.workbench.sets import ESTIMATE_METHODS
 
-ESTIMATE_HELP = (f"method ({', '.join(ESTIMATE_METHODS)}), then optional steps N (eap-ig) and verify K: "
-                 "exact patching of the estimate's top K heads replaces their values (marked = on the grid)")
+ESTIMATE_HELP = (f"method ({', '.join(ESTIMATE_METHODS)}), then optional steps N (eap-ig) and verify K or "
+                 "auto: exact patching of the estimate's top K heads (auto: the heads its uncertainty "
+                 "leaves in reach of the top 10) replaces their values (marked = on the grid)")
 
 
 class EstimateScreen(AskValueScreen):
     """Returns the typed text, e.g. "eap-ig steps 5 verify 10"; `sets.estimate_text` reads it."""
 
-    def __init__(self, initial: str = "atp* verify 10") -> None:
+    def __init__(self, initial: str = "atp verify auto") -> None:
         super().__init__("attribution estimate over the set", ESTIMATE_HELP, initial,
                          validate=lambda text: None if text.split() and text.split()[0].lower()
                          in ESTIMATE_METHODS else f"the method is one of {', '.join(ESTIMATE_METHODS)}")

@@ -11,6 +11,7 @@ import numpy as np
 
 from mechscope.engine.prompt_sets import PromptSet, PromptSetError, load_prompt_set
 from mechscope.requests.kinds import (
+    AUTO_VERIFY,
     DetectHeadsRequest,
     Direction,
     EstimateMethod,
@@ -151,12 +152,15 @@ class PromptSets:
     def estimate_text(self, text: str) -> EstimateRequest | None:
         """What the estimate dialog typed: a method, then optional "steps N" and "verify K"."""
         words = text.lower().split() or ["atp"]
-        options = {"steps": 5, "verify": 0}
+        options = {"steps": 5, "verify": AUTO_VERIFY}
         rest = words[1:]
         if len(rest) % 2 or any(name not in options for name in rest[::2]):
             self.error = f"{text!r}: a method then steps N / verify K, e.g. eap-ig steps 5 verify 10"
             return None
         for name, value in zip(rest[::2], rest[1::2]):
+            if name == "verify" and value == "auto":
+                options[name] = AUTO_VERIFY
+                continue
             try:
                 options[name] = int(value)
             except ValueError:
@@ -219,14 +223,14 @@ class PromptSets:
         return self._issue(SweepSetRequest(pset, self.metric_kind(), direction, source))  # type: ignore[arg-type]
 
     def estimate_request(self, method: EstimateMethod = "atp", steps: int = 5,
-                         verify_top_k: int = 0) -> EstimateRequest | None:
+                         verify_top_k: int = AUTO_VERIFY) -> EstimateRequest | None:
         if (pset := self._need_set()) is None:
             return None
         if method not in ESTIMATE_METHODS:
             self.error = f"unknown estimator {method!r} (known: {', '.join(ESTIMATE_METHODS)})"
             return None
-        if not 0 <= verify_top_k <= MAX_VERIFY:
-            self.error = f"verify top k must be 0 to {MAX_VERIFY}, got {verify_top_k}"
+        if not AUTO_VERIFY <= verify_top_k <= MAX_VERIFY:
+            self.error = f"verify must be auto or 0 to {MAX_VERIFY}, got {verify_top_k}"
             return None
         return self._issue(EstimateRequest(pset, method, max(1, steps), self.metric_kind(),  # type: ignore[arg-type]
                                            verify_top_k=verify_top_k))

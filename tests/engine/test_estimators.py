@@ -120,7 +120,8 @@ def test_graddrop_equals_mean_abs_atp_with_each_layer_dropped(engine):
             for layer in range(a.n_layers)]))
     per_drop = np.abs(np.stack(per_drop))  # [dropped, layer, head]
     expected = np.stack([np.delete(per_drop[:, layer], layer, axis=0).mean(0) for layer in range(a.n_layers)])
-    np.testing.assert_allclose(graddrop(engine, ONE).per_row[0], expected, atol=1e-8)
+    # float32 gradients through two hook paths agree to rounding (about 5e-7 relative on gemma2)
+    np.testing.assert_allclose(graddrop(engine, ONE).per_row[0], expected, rtol=1e-5, atol=1e-8)
 
 
 # ---------------------------------------------------------------- AtP* by hand

@@ -14,6 +14,7 @@ from mechscope.engine.prompt_sets import PromptRow, PromptSet
 from mechscope.engine.testing import tiny_engine
 from mechscope.requests import execute
 from mechscope.requests.kinds import (
+    AUTO_VERIFY,
     DetectHeadsRequest,
     EstimateRequest,
     MassiveRequest,
@@ -217,6 +218,20 @@ def test_dialog_texts(tmp_path):
         bench.sets.pset, "eap-ig", 3, verify_top_k=2)
     assert bench.sets.estimate_text("atp verify x") is None and "whole number" in bench.sets.error
     assert bench.sets.estimate_text("magic") is None and "unknown estimator" in bench.sets.error
+
+
+def test_the_estimate_verifies_automatically_by_default(engine):
+    bench = Workbench(IOI)
+    bench.sets.use(ROWS)
+    assert bench.sets.estimate_text("atp") == EstimateRequest(ROWS, "atp", verify_top_k=AUTO_VERIFY)
+    request = bench.sets.estimate_text("atp verify auto")  # the latest request is the one accepted
+    assert request is not None and request.verify_top_k == AUTO_VERIFY
+    drive(bench, engine, request)
+    estimate = bench.sets.estimate.result
+    exact = engine.sweep_set(ROWS).mean  # [layer, head], every head patched exactly
+    assert estimate.exact, "automatic verification checks at least the estimate's top heads"
+    for (layer, head), value in estimate.exact.items():
+        assert value == pytest.approx(exact[layer, head], abs=1e-5)
 
 
 def test_resuming_brings_back_the_set_its_row_and_every_set_result(engine):
