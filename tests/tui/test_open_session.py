@@ -48,8 +48,10 @@ def record_session_a(engine) -> None:
 
 
 def event_lines(name: str) -> list[dict]:
+    """The session's events as written; a piece of work as its request (kind: the request's kind)."""
     path = Session.resolve(name) / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{**e["request"], "outcome": e["outcome"]} if e["kind"] == "request" else e for e in lines]
 
 
 def header(app) -> str:

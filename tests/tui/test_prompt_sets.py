@@ -89,5 +89,6 @@ async def test_prompt_set_keys_end_to_end():
         await pilot.press("escape")
 
         session = app.bench.recorder.session
-        kinds = [e.kind for e in Session.open(session.name).events]
-        assert "prompt_set" in kinds and "set_run" in kinds and "set_sweep" in kinds
+        kinds = [e["request"]["kind"] if e.kind == "request" else e.kind
+                 for e in Session.open(session.name).events]
+        assert "prompt_set" in kinds and "run_set" in kinds and "sweep_set" in kinds

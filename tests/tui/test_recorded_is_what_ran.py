@@ -36,7 +36,9 @@ class GatedEngine(LoggingEngine):
 
 
 def recorded(kind: str, keys: tuple[str, ...]) -> list[dict]:
-    return [{key: e[key] for key in keys} for e in Session.open("study").events if e.kind == kind]
+    """The fields `keys` of every recorded request of request kind `kind`."""
+    return [{key: e["request"][key] for key in keys} for e in Session.open("study").events
+            if e.kind == "request" and e["request"]["kind"] == kind]
 
 
 def assert_replays(engine: GatedEngine) -> None:

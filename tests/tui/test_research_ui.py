@@ -19,7 +19,9 @@ from tests.tui.helpers import make_app, screen_text, settle
 
 
 def events(app, kind):
-    return [e for e in app.bench.recorder.session.events if e.kind == kind]
+    """Every recorded request of request kind `kind`, as `request_to_dict` wrote it."""
+    return [e["request"] for e in app.bench.recorder.session.events
+            if e.kind == "request" and e["request"]["kind"] == kind]
 
 
 def pane_text(app) -> str:
@@ -78,7 +80,7 @@ async def test_sweep_dialog_runs_denoising_on_top_of_interventions_and_says_so()
         assert "attention-output patching" in text
         assert "attn denoising · on top of 1 intervention: zero L1.H0" in text
         sweep = events(app, "sweep")[-1]
-        assert sweep["sweep"] == "attn" and sweep["direction"] == "denoising"
+        assert sweep["sweep_kind"] == "attn" and sweep["direction"] == "denoising"
         assert sweep["interventions"] == [HeadAblation(1, 0).to_dict()]
         await pilot.press("w")  # the plain key keeps its head noising sweep
         await settle(pilot)
@@ -152,7 +154,8 @@ async def test_generation_settings_dialog_validates_and_generate_uses_them():
         await settle(pilot)
         request = app.bench.generation.request
         assert (request.max_new_tokens, request.temperature, request.seed) == (4, 0.5, 7)
-        assert events(app, "generate")[-1]["params"] == {"max_new_tokens": 4, "temperature": 0.5, "seed": 7}
+        generated = events(app, "generate")[-1]
+        assert (generated["max_new_tokens"], generated["temperature"], generated["seed"]) == (4, 0.5, 7)
 
 
 async def test_export_sweep_csv_from_the_ui(tmp_path):

@@ -24,7 +24,7 @@ async def test_session_records_and_resumes():
         assert "session ioi-study saved" in str(app.query_one("#title-session").render())
 
     session = Session.open("ioi-study")
-    kinds = [event.kind for event in session.events]
+    kinds = [event["request"]["kind"] if event.kind == "request" else event.kind for event in session.events]
     assert kinds[:2] == ["prompt", "metric"] and "run" in kinds
     state = session.state()
     assert state.clean.startswith("When Mary and John")
