@@ -94,6 +94,7 @@ class SetTab:
             self.screen.show_error(problems_note(sets.pset.name, sets.problems, key_of("use_spaced_tokens"),
                                                  f"ctrl+p {palette_title('drop_failing_rows')!r}"))
             return
+        self.screen.bench.error = None  # an error about the set it replaces no longer holds
         self.screen.say(f"set {sets.pset.name}: {len(sets.pset)} rows"
                         + (f" ({sets.changes})" if sets.changes else "") + ", every row passes the checks")
 
@@ -135,7 +136,8 @@ class SetTab:
                 return
             request = screen.bench.sets.open_text(text)
             self.submit_or_say(request)
-            if request is not None and request.kind != "template_set":
+            building = request is not None and request.kind == "template_set"  # checked once built
+            if screen.bench.sets.error is None and not building:
                 self.say_checks()
             screen.tabs.active = "tab-set"
 
