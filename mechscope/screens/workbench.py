@@ -244,7 +244,7 @@ class WorkbenchScreen(Screen[None]):
         """The model is loaded (and a resumed session's state is in the Workbench): show it and run."""
         self.engine = engine
         self.jobs.engine = engine
-        self.bench.sets.tokenize = engine.tokenize
+        self.bench.sets.check(engine.tokenize)  # a resumed session's set, and every set from now on
         if not self._mounted:
             return
         info = engine.info

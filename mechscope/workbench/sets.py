@@ -197,9 +197,16 @@ class PromptSets:
         self.pset = pset
         self.error = None
         self.changes = changes
-        self.problems = check_rows(pset, self.tokenize) if self.tokenize is not None else []
+        self.check()
         self.bench.recorder.prompt_set(pset)
         return self.select_row(0)
+
+    def check(self, tokenize: Tokenize | None = None) -> None:
+        """Check the current set's rows (with `tokenize` from now on when given: the engine arrived)."""
+        if tokenize is not None:
+            self.tokenize = tokenize
+        ok = self.pset is None or self.tokenize is None
+        self.problems = [] if ok else check_rows(self.pset, self.tokenize)  # type: ignore[arg-type]
 
     def spaceable(self) -> list[RowProblem]:
         """The failing rows whose target / foil would change by spacing them."""

@@ -353,3 +353,11 @@ def test_loading_a_good_set_after_a_bad_file_clears_the_error(tmp_path, tiny):
     good.write_text("\n".join(json.dumps(row.to_dict()) for row in ROWS.rows) + "\n")
     assert bench.sets.load(str(good)) is not None
     assert bench.sets.error is None and bench.sets.problems == []
+
+
+def test_a_set_present_before_the_engine_is_checked_when_it_arrives(tiny):
+    bench = Workbench(IOI, SessionRecorder(None))
+    bench.sets.use(BAD_ROWS)
+    assert bench.sets.problems == []
+    bench.sets.check(tiny.tokenize)
+    assert [p.row + 1 for p in bench.sets.problems] == [2, 3, 4]
