@@ -130,3 +130,12 @@ def test_sessions_hold_no_presentation_and_never_import_the_cli() -> None:
         calls = [node.func.id for node in ast.walk(ast.parse(module.read_text()))
                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)]
         assert "print" not in calls and "input" not in calls, module
+
+
+def test_a_mistyped_sub_command_names_the_closest_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["sesions"])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "mechscope: error: unknown command 'sesions'; did you mean 'sessions'?\n"

@@ -11,9 +11,12 @@ Exit codes: 0 success (replay: every step matches), 1 replay drift, 2 a bad opti
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from mechscope import __version__
 from mechscope.cli.common import UsageError, add_model_args, add_session_arg, check_common_options
@@ -31,8 +34,22 @@ COMMANDS: list[str] = [
 ]
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The top-level parser: a mistyped sub-command is one line naming the closest one."""
+
+    commands: tuple[str, ...] = ()
+
+    def error(self, message: str) -> NoReturn:
+        typed = re.match(r"argument COMMAND: invalid choice: (['\"]?)(.*?)\1 \(", message)
+        if typed is None:
+            super().error(message)
+        close = difflib.get_close_matches(typed.group(2), self.commands, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(self.commands)}"
+        self.exit(2, f"{self.prog}: error: unknown command {typed.group(2)!r}; {hint}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="mechscope",
         description="A terminal workbench for mechanistic interpretability. "
         "With no sub-command, opens the workbench.",
@@ -43,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMANDS:
         importlib.import_module(module_name).register(sub)
+    parser.commands = tuple(sub.choices)
     return parser
 
 

@@ -38,7 +38,7 @@ def add_model_args(parser: argparse.ArgumentParser, top_level: bool = False) -> 
     default: Any = None if top_level else argparse.SUPPRESS
     parser.add_argument("--model", default=default,
                         help="'demo' (SmolLM2-135M-Instruct, the default), a local HF folder, a .gguf "
-                        "file or a hub id in the local cache")
+                        "file or a hub id already in the local Hugging Face hub cache (never downloaded)")
     parser.add_argument("--device", default=default, help="auto, cpu, cuda, cuda:N, mps (default: auto)")
     parser.add_argument("--dtype", default=default,
                         help="auto, float32, bfloat16, float16 (default: auto)")

@@ -608,40 +608,20 @@ def _looks_like_hub_id(source: str) -> bool:
     return bool(_HUB_ID.match(source)) and not source.endswith(".gguf") and ".." not in source
 
 
-def _hub_offline() -> bool:
-    truthy = {"1", "true", "yes", "on"}
-    if any(os.environ.get(v, "").lower() in truthy for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        return True
-    with contextlib.suppress(Exception):
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    return False
-
-
 def hub_model_dir(repo_id: str, progress: Progress | None = None) -> Path:
-    """The local snapshot folder of a hub id: from the hub cache, or downloaded when online."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+    """The local snapshot folder of a hub id, from the Hugging Face hub cache only: mechscope never
+    downloads a model by name (a mistyped id must not start a download)."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
+    _report(progress, f"looking for {repo_id} in the local Hugging Face hub cache", None)
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError):
         pass
-    not_cached = f"{repo_id!r} is not a local path and is not in the local Hugging Face cache"
-    if _hub_offline():
-        raise LoadError(f"{not_cached}, and the hub is offline (HF_HUB_OFFLINE is set)")
-    _report(progress, f"downloading {repo_id} from the Hugging Face hub", None)
-    try:
-        with _quiet_transformers():
-            return Path(snapshot_download(
-                repo_id,
-                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"],
-            ))
-    except RepositoryNotFoundError:
-        raise LoadError(f"{not_cached}, and the hub has no model {repo_id!r} (or it is private)") from None
-    except Exception as error:
-        raise LoadError(f"{not_cached}, and the hub is unreachable: {_first_line(error)}") from None
+    raise LoadError(f"{repo_id!r} is not a local path and is not in the local Hugging Face hub cache "
+                    f"({constants.HF_HUB_CACHE}); check the spelling, or download it first "
+                    f"(hf download {repo_id}) or pass a model folder or .gguf file")
 
 
 # ---------------------------------------------------------------- entry point

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mechscope.requests.kinds import Outcome, Request
-from mechscope.tui.commands import key_of
+from mechscope.tui.commands import key_of, palette_title
 from mechscope.tui.widgets.set_view import SetRowTable, SetView
+from mechscope.workbench.set_rows import problems_note
 from mechscope.workbench.sets import ESTIMATE_GRID, SET_SWEEP_GRID
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ class SetTab:
     def commands(self) -> dict[str, Callable[..., object]]:
         return {"prompt_set": self.open_set, "set_row": self.step_row, "set_numbers": self.set_numbers,
                 "set_sweep": self.set_sweep, "estimate": self.estimate, "detect_heads": self.detect_heads,
-                "massive": self.massive}
+                "massive": self.massive, "drop_failing_rows": self.drop_failing_rows}
 
     @property
     def view(self) -> SetView:
@@ -58,6 +59,8 @@ class SetTab:
             screen.show_error(sets.error)
         elif outcome.cancelled:
             screen.say(f"{RUNNING.get(kind, kind)} cancelled")
+        elif outcome.ok and kind == "template_set":
+            self.say_checks()
         elif outcome.ok:
             screen.say(f"{RUNNING.get(kind, kind)} done")
             if kind in GRID_AFTER:
@@ -80,6 +83,31 @@ class SetTab:
         pane = self.screen.prompt_pane
         if pane.values() != self.screen.bench.inputs:
             pane.set_values(self.screen.bench.inputs)
+
+    def say_checks(self) -> None:
+        """A set became current: its size, or the rows that fail the checks and the ways out (this
+        also replaces an earlier error about another set)."""
+        sets = self.screen.bench.sets
+        if sets.pset is None:
+            return
+        if sets.problems:
+            self.screen.show_error(problems_note(sets.pset.name, sets.problems, key_of("use_spaced_tokens"),
+                                                 f"ctrl+p {palette_title('drop_failing_rows')!r}"))
+            return
+        self.screen.bench.error = None  # an error about the set it replaces no longer holds
+        self.screen.say(f"set {sets.pset.name}: {len(sets.pset)} rows"
+                        + (f" ({sets.changes})" if sets.changes else "") + ", every row passes the checks")
+
+    def fix_spacing(self) -> None:
+        """T with a set whose rows fail: the set with their target / foil spaced becomes current."""
+        self.submit_or_say(self.screen.bench.sets.fix_spacing())
+        self.say_checks()
+
+    def drop_failing_rows(self) -> None:
+        if self.screen.loaded():
+            self.submit_or_say(self.screen.bench.sets.drop_failing_rows())
+            if self.screen.bench.sets.error is None:
+                self.say_checks()
 
     def submit_or_say(self, request: Request | None) -> None:
         sets = self.screen.bench.sets
@@ -106,7 +134,11 @@ class SetTab:
         def done(text: str | None) -> None:
             if text is None or not screen.loaded():
                 return
-            self.submit_or_say(screen.bench.sets.open_text(text))
+            request = screen.bench.sets.open_text(text)
+            self.submit_or_say(request)
+            building = request is not None and request.kind == "template_set"  # checked once built
+            if screen.bench.sets.error is None and not building:
+                self.say_checks()
             screen.tabs.active = "tab-set"
 
         screen.app.push_screen(PromptSetScreen(), done)

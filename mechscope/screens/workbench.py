@@ -244,6 +244,7 @@ class WorkbenchScreen(Screen[None]):
         """The model is loaded (and a resumed session's state is in the Workbench): show it and run."""
         self.engine = engine
         self.jobs.engine = engine
+        self.bench.sets.check(engine.tokenize)  # a resumed session's set, and every set from now on
         if not self._mounted:
             return
         info = engine.info
@@ -669,6 +670,9 @@ class WorkbenchScreen(Screen[None]):
 
     def use_spaced_tokens(self) -> None:
         """T: the target / foil the model predicts with their leading space (see the prompt notes)."""
+        if self.bench.sets.spaceable():
+            self.set_tab.fix_spacing()
+            return
         if not self.spacing:
             self.say("target and foil already match what the model predicts")
             return

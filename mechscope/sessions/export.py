@@ -61,9 +61,16 @@ def _vector_literal(array: np.ndarray) -> str:
     return "(\n    " + "\n    ".join(repr(chunk) for chunk in chunks) + "\n)"
 
 
+def _field_literal(value: Any) -> str:
+    """A request field's value; a list of objects (interventions) one item per line, 4 spaces deeper."""
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        return "[\n" + "".join(f"        {literal(item)},\n" for item in value) + "    ]"
+    return literal(value)
+
+
 def _request_literal(data: dict[str, Any]) -> str:
     """A request dict as a literal, one field per line."""
-    return "{\n" + "".join(f"    {literal(key)}: {literal(value)},\n" for key, value in data.items()) + "}"
+    return "{\n" + "".join(f"    {literal(key)}: {_field_literal(value)},\n" for key, value in data.items()) + "}"
 
 
 def _event_code(session: Session, event: Event) -> str | None:

@@ -54,7 +54,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("escape,ctrl+c", "cancel", "Cancel",
             "stop a running sweep, generation, set sweep or estimate; leave a text field"),
     Command("T", "use_spaced_tokens", "Use the spaced target / foil",
-            "replace a target typed without its leading space by the token the model predicts"),
+            "replace a target typed without its leading space by the token the model predicts "
+            "(in every row of a prompt set whose rows fail the checks)"),
     Command("0", "toggle_numbers", "Numbers in heatmaps", "print every heatmap cell's value (again: colours only)"),
     Command("E", "show_message", "Show the full message", "the whole status line (an error in full)"),
     Command("slash,i", "focus_prompt", "Edit prompt", "move the focus to the clean prompt"),
@@ -77,6 +78,8 @@ COMMANDS: tuple[Command, ...] = (
             "previous-token, duplicate-token, induction, sink, copy suppression grids (c cycles; cached per model)"),
     Command("Y", "massive", "Prompt set: massive activations",
             "per layer, residual dims that dwarf the rest, and whether they stay constant over the set"),
+    Command("", "drop_failing_rows", "Prompt set: drop rows that fail the checks",
+            "a new set without the rows whose target / foil or lengths fail (T fixes spacing instead)"),
     Command("6", "show_tab('tab-set')", "View: prompt set", "rows, set numbers, set sweep, estimate, massive activations"),
     Command("X", "clear_interventions", "Remove all interventions", "clear the list (undo brings it back)"),
     Command("n", "note", "Add a note", "write a note into the session"),
@@ -137,6 +140,11 @@ def key_of(action: str) -> str:
         if command.action == action or command.action.split("(")[0] == action:
             return key_label(command.keys).split(" / ")[0]
     raise KeyError(f"no command {action!r} in the key table")
+
+
+def palette_title(action: str) -> str:
+    """How the palette names an action, for hints about actions without a key."""
+    return next(command.title for command in COMMANDS if command.action == action)
 
 
 def key_label(keys: str) -> str:

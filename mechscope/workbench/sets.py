@@ -24,6 +24,14 @@ from mechscope.requests.kinds import (
     SweepSetRequest,
     TemplateSetRequest,
 )
+from mechscope.workbench.set_rows import (
+    RowProblem,
+    Tokenize,
+    check_rows,
+    row_numbers,
+    with_spacing_fixed,
+    without_rows,
+)
 from mechscope.workbench.state import Inputs
 
 if TYPE_CHECKING:
@@ -60,6 +68,9 @@ class PromptSets:
         self.detectors: Any = None  # HeadScores: one [layer, head] grid per detector
         self.massive: Outcome | None = None
         self.error: str | None = None
+        self.tokenize: Tokenize | None = None  # the engine's, once loaded: rows are checked with it
+        self.problems: list[RowProblem] = []  # the current set's rows that fail the checks
+        self.changes = ""  # what the last fix or drop did to the rows, for the set tab
         self._issued: dict[str, Request] = {}  # request kind -> the latest issued
 
     # -- derived state --------------------------------------------------------------------------
@@ -177,15 +188,55 @@ class PromptSets:
             return None
         return self._issue(TemplateSetRequest(template, count, seed))
 
-    def use(self, pset: PromptSet) -> RunRequest | None:
-        """Make `pset` current (results of another set are dropped) and select its first row."""
+    def use(self, pset: PromptSet, changes: str = "") -> RunRequest | None:
+        """Make `pset` current (results of another set are dropped), check its rows and select its
+        first row; `changes` says how it was made from the previous set (rows fixed or dropped)."""
         if pset != self.pset:
             self.run = self.sweep = self.estimate = self.massive = None
             self.sweep_partial = None
         self.pset = pset
         self.error = None
+        self.changes = changes
+        self.check()
         self.bench.recorder.prompt_set(pset)
         return self.select_row(0)
+
+    def check(self, tokenize: Tokenize | None = None) -> None:
+        """Check the current set's rows (with `tokenize` from now on when given: the engine arrived)."""
+        if tokenize is not None:
+            self.tokenize = tokenize
+        ok = self.pset is None or self.tokenize is None
+        self.problems = [] if ok else check_rows(self.pset, self.tokenize)  # type: ignore[arg-type]
+
+    def spaceable(self) -> list[RowProblem]:
+        """The failing rows whose target / foil would change by spacing them."""
+        rows = self.pset.rows if self.pset is not None else ()
+        return [p for p in self.problems if p.spaced != rows[p.row]]
+
+    def fix_spacing(self) -> RunRequest | None:
+        """A new set whose failing rows have their target / foil spaced as the model predicts."""
+        if (pset := self._need_set()) is None:
+            return None
+        spaced = self.spaceable()
+        if not spaced:
+            self.error = "no row of the set has a target or foil to space"
+            return None
+        return self.use(with_spacing_fixed(pset, spaced), f"spacing fixed in rows {row_numbers(spaced)}")
+
+    def drop_failing_rows(self) -> RunRequest | None:
+        """A new set without the rows that fail the checks."""
+        if (pset := self._need_set()) is None:
+            return None
+        if not self.problems:
+            self.error = "every row of the set passes the checks"
+            return None
+        if len(self.problems) == len(pset):
+            self.error = "every row of the set fails the checks: nothing would be left"
+            return None
+        dropped = self.problems
+        return self.use(without_rows(pset, dropped),
+                        f"dropped rows {row_numbers(dropped)} of {len(pset)}: "
+                        + " · ".join(p.note for p in dropped))
 
     def select_row(self, row: int) -> RunRequest | None:
         """The row's clean / corrupted / target / foil become the inputs; returns their run."""

@@ -224,36 +224,29 @@ def test_missing_path(source):
     assert assert_one_line(error) == f"no such file or folder: {source}"
 
 
-def test_hub_id_not_cached_while_offline(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(LoadError) as error:
-        load_model("nobody/no-such-model")
-    message = assert_one_line(error)
-    assert "'nobody/no-such-model' is not a local path and is not in the local Hugging Face cache" in message
-    assert "offline" in message
-
-
-def test_hub_id_not_cached_and_hub_unreachable(tmp_path, monkeypatch):
+def test_hub_id_not_in_the_cache_is_refused_without_asking_the_hub(tmp_path, monkeypatch):
     import huggingface_hub
     import huggingface_hub.constants
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
-    monkeypatch.setattr(loading, "_hub_offline", lambda: False)
+    hub_cache = tmp_path / "empty-hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_cache))
     real_snapshot_download = huggingface_hub.snapshot_download
+    asked = []
 
-    def unreachable(repo_id, **kwargs):
-        if kwargs.get("local_files_only"):
-            return real_snapshot_download(repo_id, **kwargs)
-        raise ConnectionError("Failed to resolve 'huggingface.co'\nmore detail")
+    def cache_only(repo_id, **kwargs):
+        asked.append(kwargs.get("local_files_only", False))
+        return real_snapshot_download(repo_id, **kwargs)
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cache_only)
+    reports = []
     with pytest.raises(LoadError) as error:
-        load_model("gpt2")
-    assert assert_one_line(error).endswith(
-        "and the hub is unreachable: Failed to resolve 'huggingface.co'")
+        load_model("gpt2-typo", progress=lambda text, fraction: reports.append(text))
+    assert asked == [True]
+    assert assert_one_line(error) == (
+        f"'gpt2-typo' is not a local path and is not in the local Hugging Face hub cache ({hub_cache}); "
+        "check the spelling, or download it first (hf download gpt2-typo) or pass a model folder or .gguf file")
+    assert reports == ["looking for gpt2-typo in the local Hugging Face hub cache"]
+    assert not any("download" in text for text in reports)
 
 
 def test_unsupported_architecture_is_refused_before_reading_weights(tmp_path):

@@ -92,3 +92,51 @@ async def test_prompt_set_keys_end_to_end():
         kinds = [e["request"]["kind"] if e.kind == "request" else e.kind
                  for e in Session.open(session.name).events]
         assert "prompt_set" in kinds and "run_set" in kinds and "sweep_set" in kinds
+
+
+def status_line(app) -> str:
+    return str(app.screen.query_one("#status-bar").render())
+
+
+async def test_failing_rows_are_named_then_spaced_or_dropped_and_old_errors_go(tmp_path):
+    import json
+
+    clean = "When Mary and John went to the store, John gave a drink to"
+    corrupted = "When Mary and John went to the store, Mary gave a drink to"
+    rows = [{"clean": clean, "corrupted": corrupted, "target": " Mary", "foil": " John"},
+            {"clean": clean, "corrupted": corrupted, "target": "Mary", "foil": " John"},
+            {"clean": clean, "corrupted": corrupted + " now", "target": " Mary", "foil": " John"}]
+    bad_file, good_file, rows_file = tmp_path / "bad.jsonl", tmp_path / "good.jsonl", tmp_path / "rows.jsonl"
+    bad_file.write_text("{not json\n")
+    good_file.write_text(json.dumps(rows[0]) + "\n")
+    rows_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    app = make_app()
+    async with app.run_test(size=(140, 48)) as pilot:
+        await settle(pilot)
+        sets = app.bench.sets
+        for path in (bad_file, good_file):
+            await pilot.press("L")
+            await fill(app, pilot, str(path))
+        assert "prompt set not loaded" not in status_line(app)
+        assert "set good: 1 rows" in status_line(app)
+
+        await pilot.press("L")
+        await fill(app, pilot, str(rows_file))
+        assert app.bench.error is not None and "rows 2, 3" in app.bench.error
+        assert "row 2: target 'Mary' is 2 tokens" in app.bench.error and "T fixes spacing in rows 2" in app.bench.error
+        assert "row 3: clean is" in rendered(app, "#set-numbers")
+
+        await pilot.press("T")
+        await settle(pilot)
+        assert sets.pset is not None and sets.pset.rows[1].target == " Mary"
+        assert "spacing fixed in rows 2" in rendered(app, "#set-numbers")
+        assert [p.row + 1 for p in sets.problems] == [3]
+
+        app.screen.set_tab.drop_failing_rows()
+        await settle(pilot)
+        assert len(sets.pset) == 2 and sets.problems == []
+        assert "dropped rows 3 of 3" in rendered(app, "#set-numbers")
+        assert "every row passes the checks" in status_line(app)
+        await pilot.press("O")
+        await settle(pilot)
+        assert sets.run is not None and sets.run.ok and len(sets.run.result.baseline) == 2

@@ -270,3 +270,94 @@ def test_resuming_brings_back_the_set_its_row_and_every_set_result(engine):
     drive(resumed, engine, resumed.sets.run_request())  # the same set: not recorded again
     after = Session.open("study").events[written:]
     assert [e.kind for e in after] == ["request"]
+
+
+BAD_ROWS = PromptSet("bad", (
+    ROWS.rows[0],
+    PromptRow(ROWS.rows[0].clean, ROWS.rows[0].corrupted, "Mary", " John"),  # spacing: ' Mary' is one token
+    PromptRow(ROWS.rows[0].clean, ROWS.rows[0].corrupted, " Lisa", " John"),  # four tokens even spaced
+    PromptRow(ROWS.rows[0].clean, ROWS.rows[0].corrupted + " now", " Mary", " John"),  # lengths differ
+    ROWS.rows[1],
+))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_engine()
+
+
+def checked_bench(engine) -> Workbench:
+    bench = Workbench(IOI, SessionRecorder(None))
+    bench.sets.tokenize = engine.tokenize
+    return bench
+
+
+def test_loading_a_set_names_the_rows_that_fail_the_single_prompt_checks(tiny):
+    bench = checked_bench(tiny)
+    bench.sets.use(BAD_ROWS)
+    problems = {p.row + 1: p for p in bench.sets.problems}
+    assert sorted(problems) == [2, 3, 4]
+    assert problems[2].reasons == ("target 'Mary' is 2 tokens ['Mar', 'y']; ' Mary' is one",)
+    assert problems[2].fixable and problems[2].spaced.target == " Mary"
+    assert problems[3].reasons == ("target ' Lisa' is 4 tokens [' ', 'L', 'is', 'a']; only ' ' counts",)
+    assert not problems[3].fixable
+    n_clean, n_corrupted = (len(tiny.tokenize(text)[0]) for text in (BAD_ROWS.rows[3].clean, BAD_ROWS.rows[3].corrupted))
+    assert n_clean != n_corrupted
+    assert problems[4].reasons == (f"clean is {n_clean} tokens, corrupted {n_corrupted} "
+                                   "(a sweep patches position by position)",)
+    assert not problems[4].fixable
+
+
+def test_a_single_token_target_without_its_space_is_flagged_after_a_word(tiny):
+    bench = checked_bench(tiny)
+    assert tiny.tokenize("gave")[1] == ["gave"] and tiny.tokenize(" gave")[1] == [" gave"]
+    bench.sets.use(PromptSet("one", (PromptRow("Mary and John", "", "gave", ""),
+                                     PromptRow("Mary and John ", "", "gave", ""),
+                                     PromptRow("Mary and John", "", " gave", ""))))
+    assert [(p.row, p.reasons, p.fixable) for p in bench.sets.problems] == [
+        (0, ("target 'gave' has no leading space; after a word the model predicts ' gave'",), True)]
+
+
+def test_fixing_spacing_makes_a_new_set_that_the_set_run_carries(tiny):
+    bench = checked_bench(tiny)
+    bench.sets.use(BAD_ROWS)
+    bench.sets.fix_spacing()
+    fixed = bench.sets.pset
+    assert fixed is not None and fixed != BAD_ROWS
+    assert fixed.rows[1].target == " Mary" and fixed.rows[2] == BAD_ROWS.rows[2]
+    assert bench.sets.changes == "spacing fixed in rows 2"
+    assert [p.row + 1 for p in bench.sets.problems] == [3, 4]
+    request = bench.sets.run_request()
+    assert request is not None and request.pset.rows[1].target == " Mary"
+    assert bench.sets.fix_spacing() is None and "no row" in (bench.sets.error or "")
+
+
+def test_dropping_failing_rows_leaves_the_good_ones_and_says_which_went(tiny):
+    bench = checked_bench(tiny)
+    bench.sets.use(BAD_ROWS)
+    bench.sets.drop_failing_rows()
+    assert bench.sets.pset is not None
+    assert bench.sets.pset.rows == (BAD_ROWS.rows[0], BAD_ROWS.rows[4])
+    assert bench.sets.problems == []
+    assert bench.sets.changes.startswith("dropped rows 2, 3, 4 of 5: row 2: target 'Mary'")
+    outcome = execute(tiny, bench.sets.run_request())
+    assert outcome.ok and len(outcome.result.baseline) == 2
+
+
+def test_loading_a_good_set_after_a_bad_file_clears_the_error(tmp_path, tiny):
+    bench = checked_bench(tiny)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    assert bench.sets.load(str(bad)) is None and bench.sets.error
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(json.dumps(row.to_dict()) for row in ROWS.rows) + "\n")
+    assert bench.sets.load(str(good)) is not None
+    assert bench.sets.error is None and bench.sets.problems == []
+
+
+def test_a_set_present_before_the_engine_is_checked_when_it_arrives(tiny):
+    bench = Workbench(IOI, SessionRecorder(None))
+    bench.sets.use(BAD_ROWS)
+    assert bench.sets.problems == []
+    bench.sets.check(tiny.tokenize)
+    assert [p.row + 1 for p in bench.sets.problems] == [2, 3, 4]

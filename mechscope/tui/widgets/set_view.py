@@ -15,12 +15,13 @@ from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from mechscope.tui.commands import key_of
+from mechscope.tui.commands import key_of, palette_title
 from mechscope.workbench.sets import EXACT_MARK, PromptSets
 
 SHOWN_CELLS = 5  # strongest cells of a set sweep
 OUTLIER_MADS = 3.5  # a row whose Δ (or metric) is this many scaled MADs from the median is flagged
 SORTS = ("row", "Δ", "without", "with")  # what `s` in the table cycles through
+LISTED_PROBLEMS = 8  # failing rows named in the set tab; the rest are counted
 
 
 def mean_std(values: Any) -> str:
@@ -47,6 +48,15 @@ def summary_text(sets: PromptSets) -> Text:
                     "ioi / capitals / induction", style="dim")
     text = Text(f"set {sets.pset.name} · row {sets.row + 1}/{len(sets.pset)} "
                 f"({key_of('set_row(-1)')} {key_of('set_row(1)')} step, enter in the table picks)", style="bold")
+    if sets.changes:
+        text.append(f"\n{sets.changes}", style="cyan")
+    if sets.problems:
+        text.append(f"\n{len(sets.problems)} row(s) fail the checks ({key_of('use_spaced_tokens')} fixes spacing, "
+                    f"palette {palette_title('drop_failing_rows')!r} drops them):", style="yellow")
+        for problem in sets.problems[:LISTED_PROBLEMS]:
+            text.append(f"\n  {problem.note}", style="yellow")
+        if len(sets.problems) > LISTED_PROBLEMS:
+            text.append(f"\n  … {len(sets.problems) - LISTED_PROBLEMS} more", style="yellow")
     run = sets.run
     if run is None or not run.ok:
         text.append(f"\nset numbers not computed ({key_of('set_numbers')})", style="dim")
