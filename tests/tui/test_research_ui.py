@@ -19,9 +19,16 @@ from tests.tui.helpers import make_app, screen_text, settle
 
 
 def events(app, kind):
-    """Every recorded request of request kind `kind`, as `request_to_dict` wrote it."""
-    return [e["request"] for e in app.bench.recorder.session.events
-            if e.kind == "request" and e["request"]["kind"] == kind]
+    """Every recorded request of request kind `kind` (as `request_to_dict` wrote it) and every
+    setting event of that kind."""
+    found = []
+    for event in app.bench.recorder.session.events:
+        if event.kind == "request":
+            if event["request"]["kind"] == kind:
+                found.append(event["request"])
+        elif event.kind == kind:
+            found.append(event)
+    return found
 
 
 def pane_text(app) -> str:
