@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from mechscope.engine.prompt_sets import PromptSet, template_set
+from mechscope.engine.results import HeadScores, MassiveLayer, SetRunResult, SetSweepResult
 from mechscope.requests.kinds import (
     AUTO_VERIFY,
     DetectHeadsRequest,
@@ -100,8 +101,6 @@ class RunSetHandler(Handler):
         return format_rows(summary.data["values"])
 
     def restore(self, request: RunSetRequest, summary: Summary) -> Any:
-        from mechscope.engine.results import SetRunResult
-
         return SetRunResult(request.pset.name, request.metric_kind,
                             np.asarray(summary.data["values"], dtype=np.float64),  # [row]
                             np.asarray(summary.data["baseline"], dtype=np.float64))  # [row]
@@ -146,8 +145,6 @@ class SweepSetHandler(Handler):
         return format_sweep(summary.arrays["mean"], summary.data["base_metric"])
 
     def restore(self, request: SweepSetRequest, summary: Summary) -> Any:
-        from mechscope.engine.results import SetSweepResult
-
         arrays = summary.arrays
         if "per_row" in arrays:
             per_row = np.asarray(arrays["per_row"], dtype=np.float64)  # [row, layer, head]
@@ -249,8 +246,6 @@ class DetectHeadsHandler(Handler):
         return "top heads: " + ", ".join(parts)
 
     def restore(self, request: DetectHeadsRequest, summary: Summary) -> Any:
-        from mechscope.engine.results import HeadScores
-
         names = [n for n in summary.data.get("detectors", []) if n in summary.arrays] or list(summary.arrays)
         return HeadScores({name: np.asarray(summary.arrays[name], dtype=np.float64) for name in names})
 
@@ -323,8 +318,6 @@ class MassiveHandler(Handler):
         return "massive dims " + (" ".join(found[:6]) if found else "none")
 
     def restore(self, request: MassiveRequest, summary: Summary) -> Any:
-        from mechscope.engine.results import MassiveLayer
-
         return [MassiveLayer(int(item["layer"]), list(item["dims"]), list(item["counts"]),
                              [[_number(v) for v in row] for row in item["peak"]],
                              [list(row) for row in item["position"]],

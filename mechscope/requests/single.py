@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from mechscope.engine.results import SweepResult
 from mechscope.requests.kinds import (
     AddVectorRequest,
     BuildVectorRequest,
@@ -148,8 +149,6 @@ class SweepHandler(Handler):
         return f"sweep {request.sweep_kind}"
 
     def restore(self, request: SweepRequest, summary: Summary) -> Any:
-        from mechscope.engine.results import SweepResult
-
         values = np.asarray(summary.arrays["values"], dtype=np.float32)  # [layer, head|pos]
         data = summary.data
         source = data.get("source_metric")

@@ -40,10 +40,25 @@ class InterventionDialogs:
         self.steer_after: tuple[str, SteeringVector] | None = None  # vector name -> steer once it exists
 
     def commands(self) -> dict[str, Callable[..., object]]:
-        return {"scale_head": self.scale_head, "edit_head": self.edit_head, "add_intervention": self.add_intervention,
+        return {"ablate": self.ablate, "patch_head": self.patch_head, "undo": self.undo,
+                "clear_interventions": self.clear_interventions, "scale_head": self.scale_head, "edit_head": self.edit_head, "add_intervention": self.add_intervention,
                 "ablate_component": self.ablate_component, "clamp_neuron": self.clamp_neuron,
                 "knockout": self.knockout, "knockout_at": self.knockout_at, "build_vector": self.build_vector,
                 "load_vector": self.load_vector}
+
+    def ablate(self, mode: str) -> None:
+        if self.screen.selected_head() is not None:
+            self.screen.apply(self.screen.bench.ablate(mode))
+
+    def patch_head(self) -> None:
+        if self.screen.selected_head() is not None:
+            self.screen.apply(self.screen.bench.patch_selected())
+
+    def undo(self) -> None:
+        self.screen.apply(self.screen.bench.undo())
+
+    def clear_interventions(self) -> None:
+        self.screen.apply(self.screen.bench.clear())
 
     def scale_head(self) -> None:
         from mechscope.screens.ask_value import AskValueScreen

@@ -24,6 +24,16 @@ class SweepsPart:
         return {"sweep": self.sweep, "sweep_with": self.sweep_with, "sweep_options": self.sweep_options,
                 "generate": self.generate, "generation_settings": self.generation_settings}
 
+    def show_restored(self) -> None:
+        """A resumed session's sweeps, in the view and as the grid's metric."""
+        bench = self.screen.bench
+        for kind, state in bench.sweeps.items():
+            if state.done and state.result is not None:
+                self.view.show(state.result, running=False, note=" (from the session)",
+                               header=bench.sweep_header(state.request, state.result))
+                if kind in GRID_OF_SWEEP and bench.sweep_values(kind) is not None:
+                    self.screen.grid_part.metric = GRID_OF_SWEEP[kind]
+
     @property
     def view(self) -> SweepView:
         return self.screen.part(SweepView, SweepView)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
-from rich.text import Text
 from textual import events, on
 from textual.actions import parse as parse_action
 from textual.app import ComposeResult, ScreenStackError
@@ -21,7 +20,6 @@ from textual.widgets import DataTable, Footer, Input, Select, Static, TabbedCont
 from textual.worker import Worker, WorkerState
 
 from mechscope.engine.addresses import parse_address
-from mechscope.engine.backend_info import backend_status
 from mechscope.engine.results import RunResult
 from mechscope.requests.kinds import (
     SET_REQUESTS,
@@ -36,10 +34,11 @@ from mechscope.requests.kinds import (
     ValidateRequest,
 )
 from mechscope.screens.dialogs import InterventionDialogs
-from mechscope.screens.grid import GRID_OF_SWEEP, GridPart
+from mechscope.screens.grid import GridPart
 from mechscope.screens.jobs import Job, JobRunner
 from mechscope.screens.research import ResearchPart
 from mechscope.screens.set_tab import SetTab
+from mechscope.screens.status_text import model_title, session_title, status_text
 from mechscope.screens.sweeps import SweepsPart
 from mechscope.tui.commands import COMMANDS, WIDGET_KEYS, key_label, key_of
 from mechscope.tui.messages import Finished, Partial
@@ -125,8 +124,7 @@ class WorkbenchScreen(Screen[None]):
         self.commands: dict[str, Callable[..., object]] = {
             **self.grid_part.commands(), **self.sweeps.commands(), **self.set_tab.commands(),
             **self.dialogs.commands(), **self.research.commands(),
-            "ablate": self.ablate, "patch_head": self.patch_head, "undo": self.undo,
-            "clear_interventions": self.clear_interventions, "cancel": self.cancel,
+            "cancel": self.cancel,
             "use_spaced_tokens": self.use_spaced_tokens, "show_message": self.show_message,
             "focus_prompt": self.focus_prompt, "show_tab": self.show_tab, "help": self.help,
             "note": self.note, "retry_saving": self.retry_saving, "sessions": self.sessions,
@@ -257,12 +255,7 @@ class WorkbenchScreen(Screen[None]):
         """Repaint everything from the Workbench (after loading or switching sessions), then run."""
         self.prompt_pane.set_values(self.bench.inputs)
         self.update_title()
-        for kind, state in self.bench.sweeps.items():  # a resumed session's sweeps
-            if state.done and state.result is not None:
-                self.part(SweepView, SweepView).show(state.result, running=False, note=" (from the session)",
-                                                     header=self.bench.sweep_header(state.request, state.result))
-                if kind in GRID_OF_SWEEP and self.bench.sweep_values(kind) is not None:
-                    self.grid_part.metric = GRID_OF_SWEEP[kind]
+        self.sweeps.show_restored()
         self.refresh_interventions()
         self.grid_part.show()
         self.submit(self.bench.next_run())
@@ -270,28 +263,8 @@ class WorkbenchScreen(Screen[None]):
     def update_title(self) -> None:
         if self.engine is None:
             return
-        info = self.engine.info
-        title = Text()
-        title.append(info.name, style="bold")
-        title.append(f" │ {info.device} {info.dtype} │ {info.n_layers} layers × {info.n_heads} heads")
-        server = getattr(self.engine, "place", None)
-        if server is not None:
-            title.append(f" │ attached to {getattr(server, 'name', server)}", style="cyan")
-        if status := backend_status(self.engine):
-            title.append(f" │ {status}", style="yellow")
-        self.part("#title-model", Static).update(title, layout=False)
-        recorder = self.bench.recorder
-        line = recorder.describe()
-        session = Text()
-        if recorder.session is None:
-            session.append(line, style="yellow")
-        elif recorder.saved:
-            head = f"session {recorder.name} "
-            session.append(head)
-            session.append("saved", style="green")
-            session.append(line[len(head) + len("saved"):], style="yellow")
-        else:
-            session.append(line, style="bold red")
+        self.part("#title-model", Static).update(model_title(self.engine), layout=False)
+        session = session_title(self.bench.recorder)
         widget = self.part("#title-session", Static)
         if session.plain != getattr(widget, "shown_plain", None):
             widget.shown_plain = session.plain  # type: ignore[attr-defined]
@@ -305,31 +278,7 @@ class WorkbenchScreen(Screen[None]):
     # ---------------------------------------------------------------- status
 
     def update_status(self) -> None:
-        text = Text()
-        grid = self.grid
-        selected = self.bench.selected
-        if selected is not None and self.engine is not None:
-            layer, head = selected
-            text.append(f"L{layer}.H{head}", style="bold")
-            value = grid.value_at(layer, head)
-            if value is not None:
-                text.append(f" {grid.metric_name} {value:+.4g}")
-            stack = self.bench.stack
-            marks = [self.bench.label(e) for e in (*stack.on_head(layer, head), *stack.on_layer(layer))
-                     if e.intervention.enabled]
-            if marks:
-                listed = ", ".join(marks)
-                if len(listed) > 40:  # keep room for the message after it
-                    listed = f"{len(marks)} interventions here"
-                text.append(f" [{listed}]", style="yellow")
-            text.append(" │ ")
-        if self.bench.error:
-            text.append("E:", style="dim")  # before the error: the line may cut its end
-            text.append(self.bench.error, style="bold red")
-        else:
-            text.append(self.bench.info)
-        text.append(f" │ {key_of('show_message')} full message  {key_of('help')} keys  ctrl+p commands"
-                    if self.bench.error else f" │ {key_of('help')} keys  ctrl+p commands", style="dim")
+        text = status_text(self.bench, self.grid, ready=self.engine is not None)
         self.part("#status-bar", Static).update(text, layout=False)  # fixed size: no relayout
 
     def show_error(self, text: str) -> None:
@@ -631,14 +580,6 @@ class WorkbenchScreen(Screen[None]):
             view.set_knockouts(self.bench.knockout_marks(parsed.layer, int(parsed.head)))  # type: ignore[arg-type]
         self.update_status()
 
-    def ablate(self, mode: str) -> None:
-        if self.selected_head() is not None:
-            self.apply(self.bench.ablate(mode))
-
-    def patch_head(self) -> None:
-        if self.selected_head() is not None:
-            self.apply(self.bench.patch_selected())
-
     @on(SetRowTable.Picked)
     def set_row_picked(self, message: SetRowTable.Picked) -> None:
         self.set_tab.picked(message)
@@ -651,12 +592,6 @@ class WorkbenchScreen(Screen[None]):
             self.apply(self.bench.remove(event.entry_id))
         elif event.action == "edit":
             self.dialogs.edit_entry(event.entry_id)
-
-    def undo(self) -> None:
-        self.apply(self.bench.undo())
-
-    def clear_interventions(self) -> None:
-        self.apply(self.bench.clear())
 
     # ---------------------------------------------------------------- screen-wide commands
 
