@@ -6,7 +6,7 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,10 +187,31 @@ def attach_or_exit(target: str, client_name: str | None = None) -> Any:
     from mechscope.serve import connect
 
     try:
-        return connect(target, client_name=client_name)
+        engine = connect(target, client_name=client_name)
     except MechscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
+    engine.on_wait = wait_reporter(target)
+    return engine
+
+
+def wait_reporter(target: str) -> Callable[[dict], None]:
+    """Tell stderr, when a job starts waiting behind another client's job, whose job it is.
+
+    One line each time the job waited behind changes (not every heartbeat), so a terminal, a pipe
+    and a log read the same."""
+    from mechscope.serve.client import describe_wait
+
+    behind: list[object] = []
+
+    def report(frame: dict) -> None:
+        running = frame.get("running") or {}
+        key = (running.get("client"), running.get("kind")) if isinstance(running, dict) else None
+        if behind[-1:] != [key]:
+            behind.append(key)
+            print(f"waiting on {target}: {describe_wait(frame)}", file=sys.stderr, flush=True)
+
+    return report
 
 
 def _clip(text: str, width: int) -> str:

@@ -154,6 +154,25 @@ def test_two_clients_queue_and_a_cancel_reaches_only_its_own_job(server):
     bob.close()
 
 
+def test_a_headless_command_says_whose_job_it_waits_behind(server):
+    _, runtime, _ = server
+    alice = connect(runtime, "alice")
+    partials: list = []
+    worker = threading.Thread(target=lambda: alice.sweep("resid", LONG_PROMPT, LONG_CORRUPT, METRIC,
+                                                         on_progress=partials.append))
+    worker.start()
+    wait_for(lambda: partials)
+    out = subprocess.run([sys.executable, "-m", "mechscope", "inspect", "--attach", "shared", PROMPT],
+                         env=server_env(runtime), capture_output=True, text=True, cwd=REPO, timeout=300)
+    worker.join(120)
+    alice.close()
+    assert out.returncode == 0, out.stderr
+    waits = [line for line in out.stderr.splitlines() if line.startswith("waiting on shared: ")]
+    # one line for the job it waited behind, not one per heartbeat
+    assert len(waits) == 1 and "alice's resid sweep running" in waits[0], out.stderr
+    assert "top-" in out.stdout
+
+
 def test_own_cancel_stops_a_running_sweep(server):
     _, runtime, _ = server
     carol = connect(runtime, "carol")
