@@ -1,10 +1,10 @@
 """Every request kind through every path: in-process, and recorded in a session -> reopened ->
-`mechscope replay --check` (a subprocess) -> exported script, with outcomes compared within 1e-5 on
-the tiny model; an engine that lacks what a kind needs refuses it, naming the capability.
+`mechscope replay --check` (a subprocess) -> exported script, and through a real `mechscope serve`
+subprocess, with outcomes compared within 1e-5 on the tiny model; an engine that lacks what a kind
+needs refuses it, naming the capability.
 
 Kinds are enumerated from the request classes and the handler registry, so a kind added later
-without an example here, a handler or a replay path fails. The served path is one more entry of
-`PATHS` (`served`, filled in by the wire: a `mechscope serve` subprocess).
+without an example here, a handler, a codec entry or a replay path fails.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import dataclasses
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +118,56 @@ def in_process(folder: Path, request: Request) -> Summary:
     return handler_for(request).summarise(outcome.result)
 
 
-# The wire adds `"served": served`: the same request through a `mechscope serve` subprocess.
-PATHS: dict[str, Callable[[Path, Request], Summary]] = {"in_process": in_process}
+class Served:
+    """One `mechscope serve` subprocess on the tiny model folder, started by the first served request
+    and stopped when this module's tests end."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.remote: Any = None
+        self.runtime: Path | None = None
+
+    def engine(self, folder: Path) -> Any:
+        from mechscope.serve import connect
+        from tests.serve.conftest import start_server
+
+        if self.remote is None:
+            runtime = self.runtime = Path(tempfile.mkdtemp(prefix="every-served-"))
+            runtime.chmod(0o700)
+            self.proc = start_server(folder, runtime, "--name", "every",
+                                     env={"MECHSCOPE_CACHE_DIR": str(runtime / "cache")})
+            self.remote = connect(runtime / "every.sock", client_name="every-request")
+        return self.remote
+
+    def stop(self) -> None:
+        from tests.serve.conftest import stop_server
+
+        if self.remote is not None:
+            self.remote.close()
+        if self.proc is not None:
+            stop_server(self.proc)
+        if self.runtime is not None:
+            shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+SERVER = Served()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_the_server() -> Iterator[None]:
+    yield
+    SERVER.stop()
+
+
+def served(folder: Path, request: Request) -> Summary:
+    """Execute through the server: the request crosses the wire whole and its outcome comes back."""
+    outcome = execute(SERVER.engine(folder), request)
+    assert outcome.ok, outcome.error
+    assert outcome.request is request
+    return handler_for(request).summarise(outcome.result)
+
+
+PATHS: dict[str, Callable[[Path, Request], Summary]] = {"in_process": in_process, "served": served}
 
 
 def assert_close(kind: str, expected: Summary, got: Summary) -> None:
