@@ -62,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
         if source == recorded_source:
             print("hint: replay on another model with --model", file=sys.stderr)
         return 2
+    from mechscope.requests.kinds import REQUEST_TYPES
     from mechscope.sessions.replaying import count_steps, replay, session_tolerance
+
+    kind_width = max(map(len, REQUEST_TYPES))  # the widest kind name keeps the columns aligned
 
     tolerance = session_tolerance(session, engine)
     total = count_steps(session, select)
@@ -71,12 +74,12 @@ def run(args: argparse.Namespace) -> int:
     if source != recorded_source:
         print(f"note: recorded on {printable(repr(recorded_source), 200)}")
     if args.check:
-        print(f"{'seq':>5}  {'kind':<8} {'recorded (top-1 | metric)':<34} {'recomputed':<34} status")
+        print(f"{'seq':>5}  {'kind':<{kind_width}} {'recorded (top-1 | metric)':<34} {'recomputed':<34} status")
 
     def show(step: Any) -> None:
         if args.check:
             recorded, recomputed = clip(step.recorded_short, 34), clip(step.recomputed_short, 34)
-            print(printable(f"{step.seq:>5}  {step.kind:<8} {recorded:<34} {recomputed:<34} "
+            print(printable(f"{step.seq:>5}  {step.kind:<{kind_width}} {recorded:<34} {recomputed:<34} "
                             f"{step.status}", 10_000))
         else:
             print(f"seq {step.seq} {step.kind}: {step.status}")
