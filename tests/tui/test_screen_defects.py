@@ -40,11 +40,23 @@ async def state_after(keys: str, *, together: bool, session: str) -> tuple:
 
 
 async def test_keys_in_a_burst_act_like_keys_one_by_one():
-    keys = "j l space j space h m"  # L1.H1 zero, L2.H1 zero (the tiny model has 2 layers: stays L1), L1.H0 mean
+    from mechscope.engine.interventions import HeadAblation
+
+    keys = "j l space j space h m"  # on the tiny model's 3 x 4 grid, from L0.H0
+    expected = (HeadAblation(1, 1), HeadAblation(2, 1), HeadAblation(2, 0, mode="mean"))
     apart = await state_after(keys, together=False, session="apart")
     together = await state_after(keys, together=True, session="together")
-    assert together == apart
-    assert len(apart[0][1]) >= 2
+    assert apart[0] == ((2, 0), expected)
+    assert together == apart  # each key acted on the head the keys before it reached, and was recorded so
+    assert tuple(iv for _, iv in together[1]) == expected
+
+
+async def test_a_move_and_an_ablation_in_one_burst_ablate_the_head_reached():
+    from mechscope.engine.interventions import HeadAblation
+
+    for index, (keys, head) in enumerate((("l space", 1), ("l l l space", 3), ("l l h space", 1))):
+        (selected, ablated), _ = await state_after(keys, together=True, session=f"burst-{index}")
+        assert selected == (0, head) and ablated == (HeadAblation(0, head),)
 
 
 async def steering_fields(keys: str, *, together: bool) -> dict[str, str]:
