@@ -356,3 +356,45 @@ def test_sweep_csv_labels_keep_the_token():
     result = SweepResult("resid", np.zeros((1, 3), dtype=np.float32), 1.0, 0.0, ["L0"], ["0", "1", "2"], True, 0.1)
     text = sweep_to_csv(result, tokens=["When", " John", " gave"])
     assert "L0 pos 1:  John" in text or "pos 1: " in text and "John" in text.splitlines()[2]
+
+
+# ---------------------------------------------------------------- the sweep header at 80x24 (items 1, 7)
+
+def test_the_short_sweep_header_keeps_every_fact_in_two_short_lines():
+    from mechscope.engine.interventions import HeadAblation
+
+    bench = plain_bench()
+    bench.add(HeadAblation(0, 1))
+    request = bench.sweep_with("head", "denoising")
+    short = bench.sweep_header(request, sweep_result(-5.485, 6.120), short=True)
+    assert short == "head denoising · unedited (1 not applied)\ncorrupted -5.485 ← clean +6.120 · gap +11.605"
+    assert all(len(line) <= 46 for line in short.splitlines())  # the sweep view's width at 80 columns
+    on_top = bench.sweep_header(bench.sweep_with("head", "noising", on_top=True), sweep_result(6.12, -5.485),
+                                short=True)
+    assert on_top.splitlines()[0] == "head noising · on top of 1 intervention"
+
+
+async def test_after_a_sweep_at_80x24_the_header_facts_and_the_first_rows_are_on_screen():
+    from mechscope.tui.widgets.heatmap import Heatmap
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("space")  # an active intervention the sweep does not apply
+        await settle(pilot)
+        app.workbench.run_command("sweep_with('head','denoising')")
+        await settle(pilot)
+        result = app.bench.sweeps["head"].result
+        assert result is not None and result.complete
+        summary = app.workbench.query_one("#sweep-summary")
+        text = str(summary.render())
+        assert text.splitlines()[:2] == [
+            "head denoising · unedited (1 not applied)",
+            f"corrupted {result.base_metric:+.3f} ← clean {result.source_metric:+.3f} · gap "
+            f"{result.source_metric - result.base_metric:+.3f}"]
+        sweep_map = app.workbench.query_one("#sweep-map", Heatmap)
+        screen_height = app.size.height - 2  # the status line and the footer below
+        assert summary.region.bottom <= sweep_map.region.y
+        assert sweep_map.region.y + 3 <= screen_height  # the column labels and the first two layers
+        rows = ["".join(segment.text for segment in sweep_map.render_line(y)).split() for y in (0, 1, 2)]
+        assert rows[0][:2] == ["0", "1"] and rows[1][0] == "L0" and rows[2][0] == "L1"
