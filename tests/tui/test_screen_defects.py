@@ -398,3 +398,46 @@ async def test_after_a_sweep_at_80x24_the_header_facts_and_the_first_rows_are_on
         assert sweep_map.region.y + 3 <= screen_height  # the column labels and the first two layers
         rows = ["".join(segment.text for segment in sweep_map.render_line(y)).split() for y in (0, 1, 2)]
         assert rows[0][:2] == ["0", "1"] and rows[1][0] == "L0" and rows[2][0] == "L1"
+
+
+async def test_number_mode_at_80_columns_shows_whole_cells_and_scrolls_to_the_cursor():
+    import re
+
+    import numpy as np
+
+    from mechscope.tui.widgets.head_grid import HeadGrid
+    from mechscope.tui.widgets.interventions import InterventionList
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        grid = app.query_one(HeadGrid)
+        rng = np.random.default_rng(0)
+        values = (rng.standard_normal((4, 9)) * np.array([0.01, 0.1, 1, 10, 100, -0.5, -5, 50, 2000])
+                  ).astype(np.float32)  # [layer, head]: a demo-sized row of heads, every magnitude
+        grid.set_data(values, [f"L{layer}" for layer in range(4)], [str(head) for head in range(9)])
+        await pilot.press("0")
+        await settle(pilot)
+        assert grid.outer_size.width <= 0.45 * 80  # the panes beside the grid keep their room
+        assert app.query_one(InterventionList).size.width >= 15
+
+        def shown() -> tuple[list[str], list[list[str]]]:
+            lines = ["".join(segment.text for segment in grid.render_line(y)) for y in range(5)]
+            return lines[0].split(), [line.split()[1:] for line in lines[1:]]
+
+        header, rows = shown()
+        assert 0 < len(header) < 9 and header == [str(head) for head in range(len(header))]
+        for row, cells in enumerate(rows):
+            assert len(cells) == len(header)  # whole cells only: none cut at the edge, none run together
+            for head, cell in enumerate(cells):
+                number = float(re.sub(r"([kMG])$", "", cell)) * {"k": 1e3, "M": 1e6, "G": 1e9}.get(cell[-1], 1)
+                assert abs(number - values[row, head]) <= max(0.051 * abs(values[row, head]), 0.006)
+        for _ in range(8):
+            await pilot.press("l")
+        await settle(pilot)
+        header, rows = shown()
+        assert header[-1] == "8" and len(header) == len(rows[0])  # scrolled to the cursor, whole cells
+        assert grid.border_title == f"DLA · L0.H8 {float(values[0, 8]):+.4g}"  # its exact value beside the grid
+        await pilot.press("h")
+        await settle(pilot)
+        assert shown()[0][-1] == "8" and grid.border_title == f"DLA · L0.H7 {float(values[0, 7]):+.4g}"

@@ -6,9 +6,14 @@ from collections.abc import Callable
 
 import numpy as np
 from textual.binding import Binding
+from textual.geometry import Size
 
 from mechscope.tui.widgets.heatmap import Heatmap, legend_markup
 from mechscope.workbench.sets import EXACT_MARK
+
+WIDE = 110  # the app's wide breakpoint (columns)
+GRID_SHARE = 0.55  # the most of the body's width the grid takes (with its border)
+GRID_SHARE_NUMBERS = 0.45  # in number mode below WIDE: the predictions and interventions keep their room
 
 # name -> (title, diverging colour ramp)
 GRID_METRICS: dict[str, tuple[str, bool]] = {
@@ -102,8 +107,13 @@ class HeadGrid(Heatmap, can_focus=True):
         super().watch_cursor(old, new)
         self.show_cursor_value()
 
-    def get_content_width(self, container, viewport) -> int:
-        return self.virtual_size.width + 1  # room for the one-cell vertical scrollbar
+    def get_content_width(self, container: Size, viewport: Size) -> int:
+        """Every head where there is room; else as many whole cells as the grid's share of the width
+        allows (the grid scrolls to follow the cursor), so that the panes beside it keep their room."""
+        share = GRID_SHARE_NUMBERS if self.show_numbers and viewport.width < WIDE else GRID_SHARE
+        room = int((container.width + 2) * share) - 3  # less the border and the vertical scrollbar
+        cols = min(self.shape[1], max((room - self._label_width) // self.cell_width, 1))
+        return self._label_width + cols * self.cell_width + 1  # room for the one-cell vertical scrollbar
 
     def action_move(self, d_row: int, d_col: int) -> None:
         self.move_cursor(d_row, d_col)
