@@ -77,8 +77,13 @@ class GridPart:
         values = self.values(self.metric)
         stale = bench.sweep_staleness(SWEEP_OF_GRID.get(self.metric, ""))
         note = f"{stale}: rerun the sweep" if stale else "not computed"
-        self.grid.show_metric(self.metric, values, note)
+        self.grid.show_metric(self.metric, values, note, self.sweep_direction(values))
         self.show_marks()
+
+    def sweep_direction(self, values: np.ndarray | None) -> str:
+        """The direction of the sweep behind a sweep grid ("" for the other grids)."""
+        sweep = self.screen.bench.sweeps.get(SWEEP_OF_GRID.get(self.metric, ""))
+        return sweep.request.direction if sweep is not None and values is not None else ""
 
     def show_marks(self) -> None:
         stack = self.screen.bench.stack

@@ -441,3 +441,53 @@ async def test_number_mode_at_80_columns_shows_whole_cells_and_scrolls_to_the_cu
         await pilot.press("h")
         await settle(pilot)
         assert shown()[0][-1] == "8" and grid.border_title == f"DLA · L0.H7 {float(values[0, 7]):+.4g}"
+
+
+async def test_the_patching_grid_names_its_direction_and_keeps_the_cursor_value_in_its_title():
+    from mechscope.tui.widgets.head_grid import HeadGrid
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        grid = app.query_one(HeadGrid)
+        for action, direction in (("sweep('head')", "noising"), ("sweep_with('head','denoising')", "denoising")):
+            app.workbench.run_command(action)
+            await settle(pilot)
+            value = float(app.bench.sweeps["head"].result.values[0, 0])
+            assert app.bench.sweeps["head"].request.direction == direction
+            assert grid.border_title == f"{direction} · L0.H0 {value:+.4g}"
+            assert len(f"{direction} · L29.H8 {-value:+.4g}") <= 34 - 4  # a 9-head grid's border keeps it
+            assert f"L0.H0 patching {direction} {value:+.4g}" in str(app.query_one("#status-bar").render())
+
+
+def test_a_running_set_sweep_counts_the_layers_done():
+    import numpy as np
+
+    from mechscope.engine.results import SetSweepResult
+    from mechscope.tui.widgets.set_view import sweep_progress
+
+    per_row = np.zeros((3, 4, 2), dtype=np.float32)  # [row, layer, head]
+    per_row[:, 2:] = np.nan
+    per_row[0, 1, 1] = np.nan  # one row still missing a head of layer 1
+    partial = SetSweepResult("s", "noising", per_row, np.zeros(3), np.ones(3), complete=False)
+    assert sweep_progress(partial) == "1/4 layers"
+
+
+async def test_a_set_sweep_opens_the_set_tab_on_its_results():
+    from mechscope.tui.widgets.set_view import SetView
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("L")
+        app.screen.query_one("#ask-input", Input).value = "ioi 8"
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("H")
+        await settle(pilot)
+        assert app.workbench.tabs.active == "tab-set"
+        view = app.query_one(SetView)
+        results = app.query_one("#set-results")
+        top = results.virtual_region.y - view.scroll_offset.y
+        assert view.scroll_offset.y > 0 and 0 <= top < view.scrollable_content_region.height
+        assert "set sweep (noising, 8 rows, complete" in str(results.render())

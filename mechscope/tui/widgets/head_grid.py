@@ -58,6 +58,7 @@ class HeadGrid(Heatmap, can_focus=True):
         self.n_heads = 0
         self.metric_name = "attribution"
         self.metric_title = "DLA"
+        self.metric_direction = ""  # a sweep grid's noising or denoising
         self.numbered_marks = frozenset({EXACT_MARK})  # a verified estimate cell shows its exact value
         # Called as the cursor moves, before the next key is handled (the message comes later).
         self.selected_callback: Callable[[int, int], None] | None = None
@@ -71,12 +72,19 @@ class HeadGrid(Heatmap, can_focus=True):
         if self.cursor is None:
             self.cursor = (0, 0)
 
-    def show_metric(self, name: str, values: np.ndarray | None, empty_note: str = "not computed") -> None:
-        """Colour the grid by one of GRID_METRICS; None leaves the cells unknown (empty_note says why)."""
+    def show_metric(self, name: str, values: np.ndarray | None, empty_note: str = "not computed",
+                    direction: str = "") -> None:
+        """Colour the grid by one of GRID_METRICS; None leaves the cells unknown (empty_note says why).
+
+        A sweep's `direction` is named in the title, since noising and denoising cells look alike; short
+        enough to leave the cursor cell's value in a 9-head grid's border (`denoising`, `AtP denoising`)."""
         if not self.n_layers:
             return
         self.metric_name = name
+        self.metric_direction = direction
         title, diverging = GRID_METRICS.get(name) or SET_GRID_METRICS.get(name, (name, True))
+        if direction:
+            title = direction if name == "patching" else f"{title} {direction}"
         if values is None:
             values = np.full((self.n_layers, self.n_heads), np.nan, dtype=np.float32)
         self.set_data(values, self.row_labels, self.col_labels, diverging=diverging)

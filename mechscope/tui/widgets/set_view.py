@@ -78,12 +78,19 @@ def summary_text(sets: PromptSets) -> Text:
     return text
 
 
+def sweep_progress(result: Any) -> str:
+    """`12/30 layers`: the layers of a streamed set sweep whose every head is done on every row."""
+    per_row = np.asarray(result.per_row)  # [row, layer, head]
+    done = int(np.isfinite(per_row).all(axis=(0, 2)).sum()) if per_row.size else 0
+    return f"{done}/{per_row.shape[1]} layers"
+
+
 def sweep_text(sets: PromptSets) -> Text:
     result = sets.sweep.result if sets.sweep is not None and sets.sweep.ok else sets.sweep_partial
     if result is None:
         return Text(f"set sweep: not run ({key_of('set_sweep')})\n", style="dim")
     mean, std = np.asarray(result.mean), np.asarray(result.std)
-    state = "complete" if result.complete else "running"
+    state = "complete" if result.complete else f"running: {sweep_progress(result)}"
     text = Text(f"set sweep ({result.direction}, {len(result.base_metric)} rows, {state}, unedited model): "
                 f"base metric {np.mean(result.base_metric):+.3f}; strongest cells (mean ± std over rows):\n")
     flat = np.nan_to_num(np.abs(mean), nan=-1.0).ravel()
@@ -251,6 +258,11 @@ class SetView(VerticalScroll):
         yield SetRowTable()
         yield Static("", id="set-results")
         yield Static("", id="set-massive")
+
+    def show_results(self) -> None:
+        """Scroll to the set sweep and estimate (below the table) once the layout is done."""
+        self.call_after_refresh(lambda: self.scroll_to_widget(self.query_one("#set-results"), animate=False,
+                                                              top=True))
 
     def show(self, sets: PromptSets) -> None:
         self.query_one("#set-numbers", Static).update(summary_text(sets))
