@@ -456,7 +456,7 @@ async def test_the_patching_grid_names_its_direction_and_keeps_the_cursor_value_
             value = float(app.bench.sweeps["head"].result.values[0, 0])
             assert app.bench.sweeps["head"].request.direction == direction
             assert grid.border_title == f"{direction} · L0.H0 {value:+.4g}"
-            assert len(f"{direction} · L29.H8 {-value:+.4g}") <= 34 - 4  # a 9-head grid's border keeps it
+            assert len(f"{direction} · L29.H8 {-value:+.4g}") <= 34 - 6  # a 9-head grid's border keeps it
             assert f"L0.H0 patching {direction} {value:+.4g}" in str(app.query_one("#status-bar").render())
 
 
@@ -491,3 +491,26 @@ async def test_a_set_sweep_opens_the_set_tab_on_its_results():
         top = results.virtual_region.y - view.scroll_offset.y
         assert view.scroll_offset.y > 0 and 0 <= top < view.scrollable_content_region.height
         assert "set sweep (noising, 8 rows, complete" in str(results.render())
+
+
+async def test_a_long_grid_title_shortens_so_the_border_keeps_the_cursor_value():
+    import numpy as np
+
+    from mechscope.tui.widgets.head_grid import HeadGrid
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        grid = app.query_one(HeadGrid)
+        grid.configure(30, 9)  # the demo model's grid
+        values = np.full((30, 9), -0.07248, dtype=np.float32)  # [layer, head]
+        for name, short in (("set patching", "set mean"), ("estimate", "estimate"), ("previous_token", "prev-token"),
+                            ("copy_suppression", "copy-supp")):
+            grid.show_metric(name, values)
+            await pilot.pause()
+            assert grid.border_title == f"{short} · L0.H0 -0.07248"
+            assert len(grid.border_title) <= grid.outer_size.width - 6
+        await pilot.resize_terminal(120, 40)
+        await pilot.press("0")  # number mode: a grid wide enough for the full title
+        await settle(pilot)
+        assert grid.border_title == "copy suppression · L0.H0 -0.07248"

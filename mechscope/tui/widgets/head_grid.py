@@ -33,6 +33,11 @@ SET_GRID_METRICS: dict[str, tuple[str, bool]] = {
     "copy_suppression": ("copy suppression", True),
 }
 
+# Titles for a grid too narrow for the full title and the cursor cell's value (a 9-head grid at 80 columns).
+SHORT_TITLES = {"set patching (mean)": "set mean", "estimate (= exact)": "estimate", "previous-token": "prev-token",
+                "duplicate-token": "dup-token", "first-token sink": "first-sink", "copy suppression": "copy-supp",
+                "AtP denoising": "AtP den."}
+
 
 class HeadGrid(Heatmap, can_focus=True):
     """Rows are layers, columns are heads; the cursor selects the head that keys act on."""
@@ -103,11 +108,19 @@ class HeadGrid(Heatmap, can_focus=True):
         self.show_cursor_value()
 
     def show_cursor_value(self) -> None:
-        """The title names the metric and the cursor cell's exact value, whatever the cells show."""
+        """The title names the metric and the cursor cell's exact value, whatever the cells show (a
+        short name for the metric where the border would cut the value)."""
         value = None if self.cursor is None else self.value_at(*self.cursor)
         where = "" if self.cursor is None else f" L{self.cursor[0]}.H{self.cursor[1]}"
         shown = f"{where} {value:+.4g}" if value is not None else where
-        self.border_title = f"{self.metric_title} ·{shown}" if shown else self.metric_title
+        title = f"{self.metric_title} ·{shown}" if shown else self.metric_title
+        room = self.outer_size.width - 6  # the border's corners, a line and a blank either side of the title
+        if room > 0 and len(title) > room and self.metric_title in SHORT_TITLES:
+            title = f"{SHORT_TITLES[self.metric_title]} ·{shown}" if shown else SHORT_TITLES[self.metric_title]
+        self.border_title = title
+
+    def on_resize(self) -> None:
+        self.show_cursor_value()
 
     def watch_cursor(self, old: tuple[int, int] | None, new: tuple[int, int] | None) -> None:
         if new is not None and self.selected_callback is not None:
