@@ -514,3 +514,24 @@ async def test_a_long_grid_title_shortens_so_the_border_keeps_the_cursor_value()
         await pilot.press("0")  # number mode: a grid wide enough for the full title
         await settle(pilot)
         assert grid.border_title == "copy suppression · L0.H0 -0.07248"
+
+
+async def test_number_mode_keeps_the_cursor_row_in_view():
+    import numpy as np
+
+    from mechscope.tui.widgets.head_grid import HeadGrid
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        grid = app.query_one(HeadGrid)
+        grid.configure(30, 9)  # the demo model's grid
+        grid.show_metric("attribution", np.arange(270, dtype=np.float32).reshape(30, 9) / 100)  # [layer, head]
+        grid.cursor = (23, 3)
+        await settle(pilot)
+        for _ in range(2):  # into number mode (a horizontal scrollbar takes a row) and out again
+            await pilot.press("0")
+            await settle(pilot)
+            labels = ["".join(s.text for s in grid.render_line(y)).split()[:1]
+                      for y in range(1, grid.scrollable_content_region.height)]
+            assert ["L23"] in labels

@@ -176,6 +176,8 @@ class Heatmap(ScrollView, can_focus=False):
             self._size_cells()
             self.refresh_cells()
             self.refresh(layout=True)
+            if self.cursor_shown:  # the new size may have hidden the cursor
+                self.call_after_refresh(self.scroll_cursor_visible)
 
     def value_at(self, row: int, col: int) -> float | None:
         """The cell's exact value (None outside the matrix or not computed)."""
