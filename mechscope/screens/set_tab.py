@@ -77,6 +77,8 @@ class SetTab:
             if kind in SHOWN_IN_TAB:
                 screen.tabs.active = "tab-set"
         self.show()
+        if outcome.ok and kind == "run_set":
+            self.view.show_numbers(sets)  # in a short view the set's name and failing rows scroll away
         grid.show()
 
     def show(self) -> None:

@@ -535,3 +535,33 @@ async def test_number_mode_keeps_the_cursor_row_in_view():
             labels = ["".join(s.text for s in grid.render_line(y)).split()[:1]
                       for y in range(1, grid.scrollable_content_region.height)]
             assert ["L23"] in labels
+
+
+async def test_set_numbers_scroll_into_view_at_80x24(tmp_path):
+    import json
+
+    from mechscope.tui.widgets.set_view import SetRowTable, SetView
+
+    rows = [{"clean": f"When Mary and John went to the store {i}, John gave a drink to",
+             "corrupted": f"When Mary and John went to the store {i}, Mary gave a drink to",
+             "target": "Mary" if i in (2, 5) else " Mary", "foil": " John"} for i in range(8)]
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("L")
+        app.screen.query_one("#ask-input", Input).value = str(path)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert len(app.bench.sets.problems) == 2  # the set's header now fills a short view
+        await pilot.press("O")
+        await settle(pilot)
+        view = app.query_one(SetView)
+        summary = app.query_one("#set-numbers")
+        lines = summary.render_lines(summary.region.reset_offset)  # wrapped as on screen
+        shown = ["".join(s.text for s in line).strip() for line in lines]
+        first = next(i for i, line in enumerate(shown) if line.startswith("logit_diff baseline"))
+        assert summary.virtual_region.y + first == view.scroll_offset.y  # the numbers at the top
+        table = app.query_one(SetRowTable)
+        assert table.virtual_region.y < view.scroll_offset.y + view.scrollable_content_region.height

@@ -43,6 +43,12 @@ def outliers(values: np.ndarray) -> np.ndarray:
 
 def summary_text(sets: PromptSets) -> Text:
     """The set, its row and the set numbers, one fact per line (never cut at 120 columns)."""
+    text = about_text(sets)
+    return text if sets.pset is None else text + numbers_text(sets)
+
+
+def about_text(sets: PromptSets) -> Text:
+    """The set, its row, what loading it changed and the rows that fail the checks."""
     if sets.pset is None:
         return Text(f"no prompt set: {key_of('prompt_set')} loads a JSONL / CSV file or generates "
                     "ioi / capitals / induction", style="dim")
@@ -57,6 +63,13 @@ def summary_text(sets: PromptSets) -> Text:
             text.append(f"\n  {problem.note}", style="yellow")
         if len(sets.problems) > LISTED_PROBLEMS:
             text.append(f"\n  … {len(sets.problems) - LISTED_PROBLEMS} more", style="yellow")
+    return text
+
+
+def numbers_text(sets: PromptSets) -> Text:
+    """The metric over the set without and with the interventions, and what to check (each line starts
+    with a newline: it follows `about_text`)."""
+    text = Text()
     run = sets.run
     if run is None or not run.ok:
         text.append(f"\nset numbers not computed ({key_of('set_numbers')})", style="dim")
@@ -258,6 +271,16 @@ class SetView(VerticalScroll):
         yield SetRowTable()
         yield Static("", id="set-results")
         yield Static("", id="set-massive")
+
+    def show_numbers(self, sets: PromptSets) -> None:
+        """Scroll the set numbers (below the set's name and failing rows) to the top, the table under them."""
+        summary = self.query_one("#set-numbers", Static)
+
+        def scroll() -> None:
+            above = len(about_text(sets).wrap(self.app.console, max(summary.content_size.width, 1)))
+            self.scroll_to(y=summary.virtual_region.y + above, animate=False)
+
+        self.call_after_refresh(scroll)
 
     def show_results(self) -> None:
         """Scroll to the set sweep and estimate (below the table) once the layout is done."""
