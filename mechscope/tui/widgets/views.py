@@ -221,7 +221,7 @@ class SweepView(Vertical):
         done_rows = int(np.isfinite(values).all(axis=1).sum()) if values.size else 0
         finite = np.where(np.isfinite(values), values, 0.0)
         order = np.argsort(-np.abs(finite), axis=None)[:3]
-        compact = bool(short_header) and self.size.height < COMPACT_SWEEP_HEIGHT
+        compact = bool(short_header) and 0 < self.size.height < COMPACT_SWEEP_HEIGHT  # 0: a hidden tab
         text = Text()
         if compact:
             first, _, rest = short_header.partition("\n")
