@@ -72,7 +72,7 @@ class SetTab:
                 grid.metric = GRID_AFTER[kind]
             elif kind == "detect_heads" and sets.detectors is not None:
                 grid.metric = next(iter(sets.detectors.scores))
-                screen.say(f"grid: {grid.metric} ({key_of('choose_grid')} chooses a detector, {key_of('cycle_grid')} "
+                screen.say(f"grid: {grid.title()} ({key_of('choose_grid')} chooses a detector, {key_of('cycle_grid')} "
                            f"cycles; {key_of('help')} shows their definitions)")
             if kind in SHOWN_IN_TAB:
                 screen.tabs.active = "tab-set"

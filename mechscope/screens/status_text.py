@@ -53,7 +53,7 @@ def status_text(bench: Workbench, grid: HeadGrid, ready: bool) -> Text:
         value = grid.value_at(layer, head)
         if value is not None:
             direction = f" {grid.metric_direction}" if grid.metric_direction else ""
-            text.append(f" {grid.metric_name}{direction} {value:+.4g}")
+            text.append(f" {grid.metric_name.replace('_', '-')}{direction} {value:+.4g}")  # as the grid's title
         stack = bench.stack
         marks = [bench.label(e) for e in (*stack.on_head(layer, head), *stack.on_layer(layer))
                  if e.intervention.enabled]

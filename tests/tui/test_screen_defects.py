@@ -565,3 +565,23 @@ async def test_set_numbers_scroll_into_view_at_80x24(tmp_path):
         assert summary.virtual_region.y + first == view.scroll_offset.y  # the numbers at the top
         table = app.query_one(SetRowTable)
         assert table.virtual_region.y < view.scroll_offset.y + view.scrollable_content_region.height
+
+
+async def test_narrow_panes_keep_their_counts_and_the_status_names_grids_as_their_titles():
+    from mechscope.tui.widgets.interventions import InterventionList
+
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("space")
+        await settle(pilot)
+        listing = app.query_one(InterventionList)
+        assert listing.border_title == "interventions 1/1"
+        listing.styles.width = 18  # as beside the demo model's grid at 80 columns
+        await settle(pilot)
+        assert listing.border_title == "1/1 interventions"  # the border cuts the end, never the count
+        await pilot.press("D")
+        await settle(pilot)
+        status = str(app.query_one("#status-bar").render())
+        assert "grid: previous-token (" in status and "L0.H0 previous-token " in status
+        assert "previous_token" not in status
