@@ -77,8 +77,13 @@ class GridPart:
         values = self.values(self.metric)
         stale = bench.sweep_staleness(SWEEP_OF_GRID.get(self.metric, ""))
         note = f"{stale}: rerun the sweep" if stale else "not computed"
-        self.grid.show_metric(self.metric, values, note)
+        self.grid.show_metric(self.metric, values, note, self.sweep_direction(values))
         self.show_marks()
+
+    def sweep_direction(self, values: np.ndarray | None) -> str:
+        """The direction of the sweep behind a sweep grid ("" for the other grids)."""
+        sweep = self.screen.bench.sweeps.get(SWEEP_OF_GRID.get(self.metric, ""))
+        return sweep.request.direction if sweep is not None and values is not None else ""
 
     def show_marks(self) -> None:
         stack = self.screen.bench.stack
@@ -96,9 +101,13 @@ class GridPart:
             key = key_of(f"sweep('{SWEEP_OF_GRID[self.metric]}')")
             stale = self.screen.bench.sweep_staleness(SWEEP_OF_GRID[self.metric])
             why = f"{stale} since the sweep: " if stale else ""
-            self.screen.say(f"grid: {self.metric} ({why}press {key} to run the sweep)")
+            self.screen.say(f"grid: {self.title()} ({why}press {key} to run the sweep)")
         else:
-            self.screen.say(f"grid: {self.metric}")
+            self.screen.say(f"grid: {self.title()}")
+
+    def title(self) -> str:
+        """The grid metric as the grid's title names it (`previous-token`, not `previous_token`)."""
+        return (GRID_METRICS.get(self.metric) or SET_GRID_METRICS.get(self.metric, (self.metric, True)))[0]
 
     def choose(self) -> None:
         """Pick the grid metric from a list (detectors included) instead of cycling through them."""

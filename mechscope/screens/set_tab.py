@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from mechscope.requests.kinds import Outcome, Request
 from mechscope.tui.commands import key_of, palette_title
-from mechscope.tui.widgets.set_view import SetRowTable, SetView
+from mechscope.tui.widgets.set_view import SetRowTable, SetView, sweep_progress
 from mechscope.workbench.set_rows import problems_note
 from mechscope.workbench.sets import ESTIMATE_GRID, SET_SWEEP_GRID
 
@@ -42,10 +42,15 @@ class SetTab:
     def started(self, request: Request) -> None:
         self.screen.say(f"{RUNNING.get(request.kind, request.kind)} running"
                         + (" (esc cancels)" if request.kind in CANCELLABLE else ""))
+        if request.kind in CANCELLABLE:  # their progress and results are below the row table
+            self.screen.tabs.active = "tab-set"
+            self.view.show_results()
 
     def partial(self, request: Request, value: Any) -> None:
         if self.screen.bench.sets.partial(request, value) and self.screen.alive:  # type: ignore[arg-type]
             self.show()
+            if request.kind == "sweep_set":
+                self.screen.say(f"set sweep running: {sweep_progress(value)} (esc cancels)")
             if self.screen.grid_part.metric == SET_SWEEP_GRID:
                 self.screen.grid_part.show()
 
@@ -67,11 +72,13 @@ class SetTab:
                 grid.metric = GRID_AFTER[kind]
             elif kind == "detect_heads" and sets.detectors is not None:
                 grid.metric = next(iter(sets.detectors.scores))
-                screen.say(f"grid: {grid.metric} ({key_of('choose_grid')} chooses a detector, {key_of('cycle_grid')} "
+                screen.say(f"grid: {grid.title()} ({key_of('choose_grid')} chooses a detector, {key_of('cycle_grid')} "
                            f"cycles; {key_of('help')} shows their definitions)")
             if kind in SHOWN_IN_TAB:
                 screen.tabs.active = "tab-set"
         self.show()
+        if outcome.ok and kind == "run_set":
+            self.view.show_numbers(sets)  # in a short view the set's name and failing rows scroll away
         grid.show()
 
     def show(self) -> None:

@@ -52,7 +52,8 @@ def status_text(bench: Workbench, grid: HeadGrid, ready: bool) -> Text:
         text.append(f"L{layer}.H{head}", style="bold")
         value = grid.value_at(layer, head)
         if value is not None:
-            text.append(f" {grid.metric_name} {value:+.4g}")
+            direction = f" {grid.metric_direction}" if grid.metric_direction else ""
+            text.append(f" {grid.metric_name.replace('_', '-')}{direction} {value:+.4g}")  # as the grid's title
         stack = bench.stack
         marks = [bench.label(e) for e in (*stack.on_head(layer, head), *stack.on_layer(layer))
                  if e.intervention.enabled]

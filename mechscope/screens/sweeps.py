@@ -29,14 +29,19 @@ class SweepsPart:
         bench = self.screen.bench
         for kind, state in bench.sweeps.items():
             if state.done and state.result is not None:
-                self.view.show(state.result, running=False, note=" (from the session)",
-                               header=bench.sweep_header(state.request, state.result))
+                self.show(state.request, state.result, running=False, note=" (from the session)")
                 if kind in GRID_OF_SWEEP and bench.sweep_values(kind) is not None:
                     self.screen.grid_part.metric = GRID_OF_SWEEP[kind]
 
     @property
     def view(self) -> SweepView:
         return self.screen.part(SweepView, SweepView)
+
+    def show(self, request: SweepRequest, result: SweepResult, running: bool, note: str = "") -> None:
+        """A sweep in the view, with its header in full and in two short lines (the view picks by size)."""
+        bench = self.screen.bench
+        self.view.show(result, running=running, note=note, header=bench.sweep_header(request, result),
+                       short_header=bench.sweep_header(request, result, short=True))
 
     # ---------------------------------------------------------------- sweeps
 
@@ -76,7 +81,7 @@ class SweepsPart:
         state = self.screen.bench.sweep_partial(request, value)  # type: ignore[arg-type]
         if state is None or not self.screen.alive:
             return
-        self.view.show(value, running=not value.complete, header=self.screen.bench.sweep_header(state.request, value))
+        self.show(state.request, value, running=not value.complete)
         if self.screen.grid_part.metric == GRID_OF_SWEEP.get(state.request.sweep_kind):
             self.screen.grid_part.show()
 
@@ -87,7 +92,7 @@ class SweepsPart:
         if state is None or not outcome.ok:
             return
         result = outcome.result
-        self.view.show(result, running=False, header=bench.sweep_header(state.request, result))
+        self.show(state.request, result, running=False)
         if state.request.sweep_kind in GRID_OF_SWEEP:
             self.screen.grid_part.show(GRID_OF_SWEEP[state.request.sweep_kind])
         timing = "" if self.screen.deterministic else f" in {result.seconds:.1f} s"
@@ -101,8 +106,7 @@ class SweepsPart:
         if sweeping:
             state = screen.bench.cancel_sweep()
             if state is not None and state.result is not None:
-                self.view.show(state.result, running=False, header=screen.bench.sweep_header(state.request, state.result),
-                               note=" (cancelled)")
+                self.show(state.request, state.result, running=False, note=" (cancelled)")
         return sweeping or generating
 
     # ---------------------------------------------------------------- generation

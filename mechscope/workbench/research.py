@@ -211,14 +211,25 @@ class ResearchCommands:
         self.error = None
         return request
 
-    def sweep_header(self, request: SweepRequest, result: SweepResult | None = None) -> str:
+    def sweep_header(self, request: SweepRequest, result: SweepResult | None = None, *,
+                     short: bool = False) -> str:
         """What the sweep view says about a sweep: kind, direction, the model it ran on (and the active
-        interventions it did not apply), which run was patched from which, and how to normalise."""
+        interventions it did not apply), which run was patched from which, and how to normalise.
+
+        `short` says the same in two lines of about 46 characters, for a view only a few rows tall:
+        `head denoising · unedited (1 not applied)` / `corrupted -5.485 ← clean +6.120 · gap +11.605`
+        (the run patched, ← the run its activations come from).
+        """
         on = request.interventions
         active = len(self.interventions())
-        if on:
+        plural = "s" if len(on) > 1 else ""
+        if on and short:
+            model = f"on top of {len(on)} intervention{plural}"
+        elif on:
             labels = ", ".join(iv.label for iv in on[:3]) + (f" +{len(on) - 3} more" if len(on) > 3 else "")
-            model = f"on top of {len(on)} intervention{'s' if len(on) > 1 else ''}: {labels}"
+            model = f"on top of {len(on)} intervention{plural}: {labels}"
+        elif short:
+            model = "unedited" + (f" ({active} not applied)" if active else "")
         else:
             model = "on the unedited model"
             if active:
@@ -230,8 +241,12 @@ class ResearchCommands:
             lines.append(f"patches the {patched} run with activations from the {source} run")
         else:
             gap = result.source_metric - result.base_metric
-            lines.append(f"patched run {patched} {result.base_metric:+.3f} · from {source} "
-                         f"{result.source_metric:+.3f} · gap {gap:+.3f}")
+            if short:
+                lines.append(f"{patched} {result.base_metric:+.3f} ← {source} {result.source_metric:+.3f}"
+                             f" · gap {gap:+.3f}")
+            else:
+                lines.append(f"patched run {patched} {result.base_metric:+.3f} · from {source} "
+                             f"{result.source_metric:+.3f} · gap {gap:+.3f}")
         return "\n".join(lines)
 
     # -- pinned baseline ------------------------------------------------------------------------

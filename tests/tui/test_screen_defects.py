@@ -40,11 +40,23 @@ async def state_after(keys: str, *, together: bool, session: str) -> tuple:
 
 
 async def test_keys_in_a_burst_act_like_keys_one_by_one():
-    keys = "j l space j space h m"  # L1.H1 zero, L2.H1 zero (the tiny model has 2 layers: stays L1), L1.H0 mean
+    from mechscope.engine.interventions import HeadAblation
+
+    keys = "j l space j space h m"  # on the tiny model's 3 x 4 grid, from L0.H0
+    expected = (HeadAblation(1, 1), HeadAblation(2, 1), HeadAblation(2, 0, mode="mean"))
     apart = await state_after(keys, together=False, session="apart")
     together = await state_after(keys, together=True, session="together")
-    assert together == apart
-    assert len(apart[0][1]) >= 2
+    assert apart[0] == ((2, 0), expected)
+    assert together == apart  # each key acted on the head the keys before it reached, and was recorded so
+    assert tuple(iv for _, iv in together[1]) == expected
+
+
+async def test_a_move_and_an_ablation_in_one_burst_ablate_the_head_reached():
+    from mechscope.engine.interventions import HeadAblation
+
+    for index, (keys, head) in enumerate((("l space", 1), ("l l l space", 3), ("l l h space", 1))):
+        (selected, ablated), _ = await state_after(keys, together=True, session=f"burst-{index}")
+        assert selected == (0, head) and ablated == (HeadAblation(0, head),)
 
 
 async def steering_fields(keys: str, *, together: bool) -> dict[str, str]:
@@ -344,3 +356,232 @@ def test_sweep_csv_labels_keep_the_token():
     result = SweepResult("resid", np.zeros((1, 3), dtype=np.float32), 1.0, 0.0, ["L0"], ["0", "1", "2"], True, 0.1)
     text = sweep_to_csv(result, tokens=["When", " John", " gave"])
     assert "L0 pos 1:  John" in text or "pos 1: " in text and "John" in text.splitlines()[2]
+
+
+# ---------------------------------------------------------------- the sweep header at 80x24 (items 1, 7)
+
+def test_the_short_sweep_header_keeps_every_fact_in_two_short_lines():
+    from mechscope.engine.interventions import HeadAblation
+
+    bench = plain_bench()
+    bench.add(HeadAblation(0, 1))
+    request = bench.sweep_with("head", "denoising")
+    short = bench.sweep_header(request, sweep_result(-5.485, 6.120), short=True)
+    assert short == "head denoising · unedited (1 not applied)\ncorrupted -5.485 ← clean +6.120 · gap +11.605"
+    assert all(len(line) <= 46 for line in short.splitlines())  # the sweep view's width at 80 columns
+    on_top = bench.sweep_header(bench.sweep_with("head", "noising", on_top=True), sweep_result(6.12, -5.485),
+                                short=True)
+    assert on_top.splitlines()[0] == "head noising · on top of 1 intervention"
+
+
+async def test_after_a_sweep_at_80x24_the_header_facts_and_the_first_rows_are_on_screen():
+    from mechscope.tui.widgets.heatmap import Heatmap
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("space")  # an active intervention the sweep does not apply
+        await settle(pilot)
+        app.workbench.run_command("sweep_with('head','denoising')")
+        await settle(pilot)
+        result = app.bench.sweeps["head"].result
+        assert result is not None and result.complete
+        summary = app.workbench.query_one("#sweep-summary")
+        text = str(summary.render())
+        assert text.splitlines()[:2] == [
+            "head denoising · unedited (1 not applied)",
+            f"corrupted {result.base_metric:+.3f} ← clean {result.source_metric:+.3f} · gap "
+            f"{result.source_metric - result.base_metric:+.3f}"]
+        sweep_map = app.workbench.query_one("#sweep-map", Heatmap)
+        screen_height = app.size.height - 2  # the status line and the footer below
+        assert summary.region.bottom <= sweep_map.region.y
+        assert sweep_map.region.y + 3 <= screen_height  # the column labels and the first two layers
+        rows = ["".join(segment.text for segment in sweep_map.render_line(y)).split() for y in (0, 1, 2)]
+        assert rows[0][:2] == ["0", "1"] and rows[1][0] == "L0" and rows[2][0] == "L1"
+
+
+async def test_number_mode_at_80_columns_shows_whole_cells_and_scrolls_to_the_cursor():
+    import re
+
+    import numpy as np
+
+    from mechscope.tui.widgets.head_grid import HeadGrid
+    from mechscope.tui.widgets.interventions import InterventionList
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        grid = app.query_one(HeadGrid)
+        rng = np.random.default_rng(0)
+        values = (rng.standard_normal((4, 9)) * np.array([0.01, 0.1, 1, 10, 100, -0.5, -5, 50, 2000])
+                  ).astype(np.float32)  # [layer, head]: a demo-sized row of heads, every magnitude
+        grid.set_data(values, [f"L{layer}" for layer in range(4)], [str(head) for head in range(9)])
+        await pilot.press("0")
+        await settle(pilot)
+        assert grid.outer_size.width <= 0.45 * 80  # the panes beside the grid keep their room
+        assert app.query_one(InterventionList).size.width >= 15
+
+        def shown() -> tuple[list[str], list[list[str]]]:
+            lines = ["".join(segment.text for segment in grid.render_line(y)) for y in range(5)]
+            return lines[0].split(), [line.split()[1:] for line in lines[1:]]
+
+        header, rows = shown()
+        assert 0 < len(header) < 9 and header == [str(head) for head in range(len(header))]
+        for row, cells in enumerate(rows):
+            assert len(cells) == len(header)  # whole cells only: none cut at the edge, none run together
+            for head, cell in enumerate(cells):
+                number = float(re.sub(r"([kMG])$", "", cell)) * {"k": 1e3, "M": 1e6, "G": 1e9}.get(cell[-1], 1)
+                assert abs(number - values[row, head]) <= max(0.051 * abs(values[row, head]), 0.006)
+        for _ in range(8):
+            await pilot.press("l")
+        await settle(pilot)
+        header, rows = shown()
+        assert header[-1] == "8" and len(header) == len(rows[0])  # scrolled to the cursor, whole cells
+        assert grid.border_title == f"DLA · L0.H8 {float(values[0, 8]):+.4g}"  # its exact value beside the grid
+        await pilot.press("h")
+        await settle(pilot)
+        assert shown()[0][-1] == "8" and grid.border_title == f"DLA · L0.H7 {float(values[0, 7]):+.4g}"
+
+
+async def test_the_patching_grid_names_its_direction_and_keeps_the_cursor_value_in_its_title():
+    from mechscope.tui.widgets.head_grid import HeadGrid
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        grid = app.query_one(HeadGrid)
+        for action, direction in (("sweep('head')", "noising"), ("sweep_with('head','denoising')", "denoising")):
+            app.workbench.run_command(action)
+            await settle(pilot)
+            value = float(app.bench.sweeps["head"].result.values[0, 0])
+            assert app.bench.sweeps["head"].request.direction == direction
+            assert grid.border_title == f"{direction} · L0.H0 {value:+.4g}"
+            assert len(f"{direction} · L29.H8 {-value:+.4g}") <= 34 - 6  # a 9-head grid's border keeps it
+            assert f"L0.H0 patching {direction} {value:+.4g}" in str(app.query_one("#status-bar").render())
+
+
+def test_a_running_set_sweep_counts_the_layers_done():
+    import numpy as np
+
+    from mechscope.engine.results import SetSweepResult
+    from mechscope.tui.widgets.set_view import sweep_progress
+
+    per_row = np.zeros((3, 4, 2), dtype=np.float32)  # [row, layer, head]
+    per_row[:, 2:] = np.nan
+    per_row[0, 1, 1] = np.nan  # one row still missing a head of layer 1
+    partial = SetSweepResult("s", "noising", per_row, np.zeros(3), np.ones(3), complete=False)
+    assert sweep_progress(partial) == "1/4 layers"
+
+
+async def test_a_set_sweep_opens_the_set_tab_on_its_results():
+    from mechscope.tui.widgets.set_view import SetView
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("L")
+        app.screen.query_one("#ask-input", Input).value = "ioi 8"
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("H")
+        await settle(pilot)
+        assert app.workbench.tabs.active == "tab-set"
+        view = app.query_one(SetView)
+        results = app.query_one("#set-results")
+        top = results.virtual_region.y - view.scroll_offset.y
+        assert view.scroll_offset.y > 0 and 0 <= top < view.scrollable_content_region.height
+        assert "set sweep (noising, 8 rows, complete" in str(results.render())
+
+
+async def test_a_long_grid_title_shortens_so_the_border_keeps_the_cursor_value():
+    import numpy as np
+
+    from mechscope.tui.widgets.head_grid import HeadGrid
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        grid = app.query_one(HeadGrid)
+        grid.configure(30, 9)  # the demo model's grid
+        values = np.full((30, 9), -0.07248, dtype=np.float32)  # [layer, head]
+        for name, short in (("set patching", "set mean"), ("estimate", "estimate"), ("previous_token", "prev-token"),
+                            ("copy_suppression", "copy-supp")):
+            grid.show_metric(name, values)
+            await pilot.pause()
+            assert grid.border_title == f"{short} · L0.H0 -0.07248"
+            assert len(grid.border_title) <= grid.outer_size.width - 6
+        await pilot.resize_terminal(120, 40)
+        await pilot.press("0")  # number mode: a grid wide enough for the full title
+        await settle(pilot)
+        assert grid.border_title == "copy suppression · L0.H0 -0.07248"
+
+
+async def test_number_mode_keeps_the_cursor_row_in_view():
+    import numpy as np
+
+    from mechscope.tui.widgets.head_grid import HeadGrid
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        grid = app.query_one(HeadGrid)
+        grid.configure(30, 9)  # the demo model's grid
+        grid.show_metric("attribution", np.arange(270, dtype=np.float32).reshape(30, 9) / 100)  # [layer, head]
+        grid.cursor = (23, 3)
+        await settle(pilot)
+        for _ in range(2):  # into number mode (a horizontal scrollbar takes a row) and out again
+            await pilot.press("0")
+            await settle(pilot)
+            labels = ["".join(s.text for s in grid.render_line(y)).split()[:1]
+                      for y in range(1, grid.scrollable_content_region.height)]
+            assert ["L23"] in labels
+
+
+async def test_set_numbers_scroll_into_view_at_80x24(tmp_path):
+    import json
+
+    from mechscope.tui.widgets.set_view import SetRowTable, SetView
+
+    rows = [{"clean": f"When Mary and John went to the store {i}, John gave a drink to",
+             "corrupted": f"When Mary and John went to the store {i}, Mary gave a drink to",
+             "target": "Mary" if i in (2, 5) else " Mary", "foil": " John"} for i in range(8)]
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("L")
+        app.screen.query_one("#ask-input", Input).value = str(path)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert len(app.bench.sets.problems) == 2  # the set's header now fills a short view
+        await pilot.press("O")
+        await settle(pilot)
+        view = app.query_one(SetView)
+        summary = app.query_one("#set-numbers")
+        lines = summary.render_lines(summary.region.reset_offset)  # wrapped as on screen
+        shown = ["".join(s.text for s in line).strip() for line in lines]
+        first = next(i for i, line in enumerate(shown) if line.startswith("logit_diff baseline"))
+        assert summary.virtual_region.y + first == view.scroll_offset.y  # the numbers at the top
+        table = app.query_one(SetRowTable)
+        assert table.virtual_region.y < view.scroll_offset.y + view.scrollable_content_region.height
+
+
+async def test_narrow_panes_keep_their_counts_and_the_status_names_grids_as_their_titles():
+    from mechscope.tui.widgets.interventions import InterventionList
+
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("space")
+        await settle(pilot)
+        listing = app.query_one(InterventionList)
+        assert listing.border_title == "interventions 1/1"
+        listing.styles.width = 18  # as beside the demo model's grid at 80 columns
+        await settle(pilot)
+        assert listing.border_title == "1/1 interventions"  # the border cuts the end, never the count
+        await pilot.press("D")
+        await settle(pilot)
+        status = str(app.query_one("#status-bar").render())
+        assert "grid: previous-token (" in status and "L0.H0 previous-token " in status
+        assert "previous_token" not in status

@@ -6,9 +6,14 @@ from collections.abc import Callable
 
 import numpy as np
 from textual.binding import Binding
+from textual.geometry import Size
 
 from mechscope.tui.widgets.heatmap import Heatmap, legend_markup
 from mechscope.workbench.sets import EXACT_MARK
+
+WIDE = 110  # the app's wide breakpoint (columns)
+GRID_SHARE = 0.55  # the most of the body's width the grid takes (with its border)
+GRID_SHARE_NUMBERS = 0.45  # in number mode below WIDE: the predictions and interventions keep their room
 
 # name -> (title, diverging colour ramp)
 GRID_METRICS: dict[str, tuple[str, bool]] = {
@@ -27,6 +32,11 @@ SET_GRID_METRICS: dict[str, tuple[str, bool]] = {
     "first_token_sink": ("first-token sink", False),
     "copy_suppression": ("copy suppression", True),
 }
+
+# Titles for a grid too narrow for the full title and the cursor cell's value (a 9-head grid at 80 columns).
+SHORT_TITLES = {"set patching (mean)": "set mean", "estimate (= exact)": "estimate", "previous-token": "prev-token",
+                "duplicate-token": "dup-token", "first-token sink": "first-sink", "copy suppression": "copy-supp",
+                "AtP denoising": "AtP den."}
 
 
 class HeadGrid(Heatmap, can_focus=True):
@@ -53,6 +63,7 @@ class HeadGrid(Heatmap, can_focus=True):
         self.n_heads = 0
         self.metric_name = "attribution"
         self.metric_title = "DLA"
+        self.metric_direction = ""  # a sweep grid's noising or denoising
         self.numbered_marks = frozenset({EXACT_MARK})  # a verified estimate cell shows its exact value
         # Called as the cursor moves, before the next key is handled (the message comes later).
         self.selected_callback: Callable[[int, int], None] | None = None
@@ -66,12 +77,19 @@ class HeadGrid(Heatmap, can_focus=True):
         if self.cursor is None:
             self.cursor = (0, 0)
 
-    def show_metric(self, name: str, values: np.ndarray | None, empty_note: str = "not computed") -> None:
-        """Colour the grid by one of GRID_METRICS; None leaves the cells unknown (empty_note says why)."""
+    def show_metric(self, name: str, values: np.ndarray | None, empty_note: str = "not computed",
+                    direction: str = "") -> None:
+        """Colour the grid by one of GRID_METRICS; None leaves the cells unknown (empty_note says why).
+
+        A sweep's `direction` is named in the title, since noising and denoising cells look alike; short
+        enough to leave the cursor cell's value in a 9-head grid's border (`denoising`, `AtP denoising`)."""
         if not self.n_layers:
             return
         self.metric_name = name
+        self.metric_direction = direction
         title, diverging = GRID_METRICS.get(name) or SET_GRID_METRICS.get(name, (name, True))
+        if direction:
+            title = direction if name == "patching" else f"{title} {direction}"
         if values is None:
             values = np.full((self.n_layers, self.n_heads), np.nan, dtype=np.float32)
         self.set_data(values, self.row_labels, self.col_labels, diverging=diverging)
@@ -90,11 +108,19 @@ class HeadGrid(Heatmap, can_focus=True):
         self.show_cursor_value()
 
     def show_cursor_value(self) -> None:
-        """The title names the metric and the cursor cell's exact value, whatever the cells show."""
+        """The title names the metric and the cursor cell's exact value, whatever the cells show (a
+        short name for the metric where the border would cut the value)."""
         value = None if self.cursor is None else self.value_at(*self.cursor)
         where = "" if self.cursor is None else f" L{self.cursor[0]}.H{self.cursor[1]}"
         shown = f"{where} {value:+.4g}" if value is not None else where
-        self.border_title = f"{self.metric_title} ·{shown}" if shown else self.metric_title
+        title = f"{self.metric_title} ·{shown}" if shown else self.metric_title
+        room = self.outer_size.width - 6  # the border's corners, a line and a blank either side of the title
+        if room > 0 and len(title) > room and self.metric_title in SHORT_TITLES:
+            title = f"{SHORT_TITLES[self.metric_title]} ·{shown}" if shown else SHORT_TITLES[self.metric_title]
+        self.border_title = title
+
+    def on_resize(self) -> None:
+        self.show_cursor_value()
 
     def watch_cursor(self, old: tuple[int, int] | None, new: tuple[int, int] | None) -> None:
         if new is not None and self.selected_callback is not None:
@@ -102,8 +128,13 @@ class HeadGrid(Heatmap, can_focus=True):
         super().watch_cursor(old, new)
         self.show_cursor_value()
 
-    def get_content_width(self, container, viewport) -> int:
-        return self.virtual_size.width + 1  # room for the one-cell vertical scrollbar
+    def get_content_width(self, container: Size, viewport: Size) -> int:
+        """Every head where there is room; else as many whole cells as the grid's share of the width
+        allows (the grid scrolls to follow the cursor), so that the panes beside it keep their room."""
+        share = GRID_SHARE_NUMBERS if self.show_numbers and viewport.width < WIDE else GRID_SHARE
+        room = int((container.width + 2) * share) - 3  # less the border and the vertical scrollbar
+        cols = min(self.shape[1], max((room - self._label_width) // self.cell_width, 1))
+        return self._label_width + cols * self.cell_width + 1  # room for the one-cell vertical scrollbar
 
     def action_move(self, d_row: int, d_col: int) -> None:
         self.move_cursor(d_row, d_col)

@@ -176,6 +176,8 @@ class Heatmap(ScrollView, can_focus=False):
             self._size_cells()
             self.refresh_cells()
             self.refresh(layout=True)
+            if self.cursor_shown:  # the new size may have hidden the cursor
+                self.call_after_refresh(self.scroll_cursor_visible)
 
     def value_at(self, row: int, col: int) -> float | None:
         """The cell's exact value (None outside the matrix or not computed)."""
@@ -185,14 +187,18 @@ class Heatmap(ScrollView, can_focus=False):
         value = float(self.values[row, col])
         return None if math.isnan(value) else value
 
+    def visible_cols(self) -> int:
+        """How many whole cells fit beside the row labels (horizontal scrolling moves by whole cells)."""
+        width = self.scrollable_content_region.width - self._label_width
+        return max(width // self.cell_width, 1)
+
     def show_cell(self, row: int, col: int) -> None:
         """Scroll so that (row, col) is in view (after the next layout, when the size is known)."""
         def scroll() -> None:
             height = max(self.scrollable_content_region.height - 1, 1)
-            width = max(self.scrollable_content_region.width - self._label_width, self.cell_width)
             top = max(0, min(row - height // 2, self.shape[0] - height))
-            left = max(0, col * self.cell_width - width // 2)
-            self.scroll_to(left, top, animate=False, immediate=True)
+            first = max(0, min(col - self.visible_cols() // 2, self.shape[1] - self.visible_cols()))
+            self.scroll_to(first * self.cell_width, top, animate=False, immediate=True)
 
         self.call_after_refresh(scroll)
 
@@ -212,18 +218,18 @@ class Heatmap(ScrollView, can_focus=False):
             return
         row, col = self.cursor
         height = max(self.scrollable_content_region.height - 1, 1)
-        width = max(self.scrollable_content_region.width - self._label_width, self.cell_width)
         scroll_x, scroll_y = self.scroll_offset
         if row < scroll_y:
             scroll_y = row
         elif row >= scroll_y + height:
             scroll_y = row - height + 1
-        left, right = col * self.cell_width, (col + 1) * self.cell_width
-        if left < scroll_x:
-            scroll_x = left
-        elif right > scroll_x + width:
-            scroll_x = right - width
-        self.scroll_to(scroll_x, scroll_y, animate=False, immediate=True)
+        visible = self.visible_cols()
+        first = -(-scroll_x // self.cell_width)  # the first whole cell in view
+        if col < first:
+            first = col
+        elif col >= first + visible:
+            first = col - visible + 1
+        self.scroll_to(first * self.cell_width, scroll_y, animate=False, immediate=True)
 
     def move_cursor(self, d_row: int, d_col: int) -> None:
         rows, cols = self.shape
@@ -340,5 +346,9 @@ class Heatmap(ScrollView, can_focus=False):
             label = Segment(self.row_labels[row].rjust(label_width - 1) + ("*" if marked else " "),
                             label_style)
             body = self._cells(row)
+        if self.show_numbers:
+            # Whole cells only: a number cut at either edge (`-12.06` as `12.0`) would read as another number.
+            scroll_x += -scroll_x % self.cell_width  # up: scrolled to the end, the last cell shows whole
+            cells_width -= cells_width % self.cell_width
         body = body.crop(scroll_x, scroll_x + cells_width)
         return Strip([label, *body]).extend_cell_length(width, self.base_style).crop(0, width)

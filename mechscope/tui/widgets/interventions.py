@@ -43,6 +43,7 @@ class InterventionList(OptionList):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.border_title = "interventions"
+        self.counts = (0, 0)  # (enabled, all) entries
         self.entry_ids: list[int] = []
 
     def show_entries(self, entries: tuple[Entry, ...], labels: tuple[str, ...]) -> None:
@@ -54,8 +55,19 @@ class InterventionList(OptionList):
                 self.replace_option_prompt_at_index(index, entry_line(entry, label))
         else:
             self._rebuild(entries, labels)
-        enabled = sum(entry.intervention.enabled for entry in entries)
-        self.border_title = f"interventions {enabled}/{len(entries)}" if entries else "interventions"
+        self.counts = (sum(entry.intervention.enabled for entry in entries), len(entries))
+        self.show_title()
+
+    def show_title(self) -> None:
+        """`interventions 2/3` (enabled / all); where the border would cut the count, the count first."""
+        enabled, total = self.counts
+        title = f"interventions {enabled}/{total}" if total else "interventions"
+        if total and 0 < self.outer_size.width - 6 < len(title):
+            title = f"{enabled}/{total} interventions"
+        self.border_title = title
+
+    def on_resize(self) -> None:
+        self.show_title()
 
     def _rebuild(self, entries: tuple[Entry, ...], labels: tuple[str, ...]) -> None:
         highlighted = self.highlighted

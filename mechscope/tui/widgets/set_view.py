@@ -43,6 +43,12 @@ def outliers(values: np.ndarray) -> np.ndarray:
 
 def summary_text(sets: PromptSets) -> Text:
     """The set, its row and the set numbers, one fact per line (never cut at 120 columns)."""
+    text = about_text(sets)
+    return text if sets.pset is None else text + numbers_text(sets)
+
+
+def about_text(sets: PromptSets) -> Text:
+    """The set, its row, what loading it changed and the rows that fail the checks."""
     if sets.pset is None:
         return Text(f"no prompt set: {key_of('prompt_set')} loads a JSONL / CSV file or generates "
                     "ioi / capitals / induction", style="dim")
@@ -57,6 +63,13 @@ def summary_text(sets: PromptSets) -> Text:
             text.append(f"\n  {problem.note}", style="yellow")
         if len(sets.problems) > LISTED_PROBLEMS:
             text.append(f"\n  … {len(sets.problems) - LISTED_PROBLEMS} more", style="yellow")
+    return text
+
+
+def numbers_text(sets: PromptSets) -> Text:
+    """The metric over the set without and with the interventions, and what to check (each line starts
+    with a newline: it follows `about_text`)."""
+    text = Text()
     run = sets.run
     if run is None or not run.ok:
         text.append(f"\nset numbers not computed ({key_of('set_numbers')})", style="dim")
@@ -78,12 +91,19 @@ def summary_text(sets: PromptSets) -> Text:
     return text
 
 
+def sweep_progress(result: Any) -> str:
+    """`12/30 layers`: the layers of a streamed set sweep whose every head is done on every row."""
+    per_row = np.asarray(result.per_row)  # [row, layer, head]
+    done = int(np.isfinite(per_row).all(axis=(0, 2)).sum()) if per_row.size else 0
+    return f"{done}/{per_row.shape[1]} layers"
+
+
 def sweep_text(sets: PromptSets) -> Text:
     result = sets.sweep.result if sets.sweep is not None and sets.sweep.ok else sets.sweep_partial
     if result is None:
         return Text(f"set sweep: not run ({key_of('set_sweep')})\n", style="dim")
     mean, std = np.asarray(result.mean), np.asarray(result.std)
-    state = "complete" if result.complete else "running"
+    state = "complete" if result.complete else f"running: {sweep_progress(result)}"
     text = Text(f"set sweep ({result.direction}, {len(result.base_metric)} rows, {state}, unedited model): "
                 f"base metric {np.mean(result.base_metric):+.3f}; strongest cells (mean ± std over rows):\n")
     flat = np.nan_to_num(np.abs(mean), nan=-1.0).ravel()
@@ -251,6 +271,21 @@ class SetView(VerticalScroll):
         yield SetRowTable()
         yield Static("", id="set-results")
         yield Static("", id="set-massive")
+
+    def show_numbers(self, sets: PromptSets) -> None:
+        """Scroll the set numbers (below the set's name and failing rows) to the top, the table under them."""
+        summary = self.query_one("#set-numbers", Static)
+
+        def scroll() -> None:
+            above = len(about_text(sets).wrap(self.app.console, max(summary.content_size.width, 1)))
+            self.scroll_to(y=summary.virtual_region.y + above, animate=False)
+
+        self.call_after_refresh(scroll)
+
+    def show_results(self) -> None:
+        """Scroll to the set sweep and estimate (below the table) once the layout is done."""
+        self.call_after_refresh(lambda: self.scroll_to_widget(self.query_one("#set-results"), animate=False,
+                                                              top=True))
 
     def show(self, sets: PromptSets) -> None:
         self.query_one("#set-numbers", Static).update(summary_text(sets))

@@ -172,13 +172,22 @@ class LensView(Vertical):
         caption.update(f"logit lens at position {lens.position}: {where}")
 
 
+COMPACT_SWEEP_HEIGHT = 14  # below this many rows the sweep view's header shrinks to two short lines
+
+
 class SweepView(Vertical):
-    """A sweep's progress, its strongest components, and its matrix (streamed as rows complete)."""
+    """A sweep's progress, its strongest components, and its matrix (streamed as rows complete).
+
+    In a short view (80x24) the header shrinks to two lines so that the matrix stays in sight."""
 
     DEFAULT_CSS = """
     SweepView #sweep-summary { height: auto; max-height: 8; }
     SweepView Heatmap { height: 1fr; }
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: tuple[SweepResult, bool, str, str, str] | None = None  # what `show` was given last
 
     def compose(self) -> ComposeResult:
         head, atp, resid = (key_of(f"sweep('{kind}')") for kind in ("head", "atp", "resid"))
@@ -186,20 +195,53 @@ class SweepView(Vertical):
                      f"{key_of('sweep_options')} chooses", id="sweep-summary")
         yield Heatmap(cell_width=3, diverging=True, id="sweep-map")
 
-    def show(self, result: SweepResult, running: bool, header: str = "", note: str = "") -> None:
-        """`header` names the runs and the model (Workbench.sweep_header); `note` follows the state."""
+    def show(self, result: SweepResult, running: bool, header: str = "", note: str = "",
+             short_header: str = "") -> None:
+        """`header` names the runs and the model (Workbench.sweep_header), `short_header` says it in two
+        short lines for a short view; `note` follows the state."""
+        self.shown = (result, running, header, note, short_header)
+        order = self.show_summary()
         values = result.values  # head/atp: [layer, head]; resid: [layer, pos]
+        cols = ([str(c) for c in range(values.shape[1])] if result.kind not in PER_POSITION
+                else position_labels(values.shape[1]))
+        heatmap = self.query_one(Heatmap)
+        heatmap.set_data(values, [f"L{r}" for r in range(values.shape[0])], cols)
+        if not running and len(order) and np.isfinite(values).any():
+            heatmap.show_cell(*divmod(int(order[0]), values.shape[1]))  # open on the strongest cell
+
+    def on_resize(self) -> None:
+        self.show_summary()
+
+    def show_summary(self) -> np.ndarray:
+        """Write the header and the strongest cells for the view's size; returns the cells by strength."""
+        if self.shown is None:
+            return np.zeros(0, dtype=np.int64)
+        result, running, header, note, short_header = self.shown
+        values = result.values
         done_rows = int(np.isfinite(values).all(axis=1).sum()) if values.size else 0
-        state = "running, esc cancels" if running else ("complete" if result.complete else "stopped")
-        text = Text()
-        text.append(f"{SWEEP_TITLES.get(result.kind, result.kind)}", style="bold")
-        text.append(f"  {done_rows}/{values.shape[0]} layers  {state}{note}\n")
-        if header:
-            text.append(header + "\n", style="dim")
-        gap = result.source_metric - result.base_metric
         finite = np.where(np.isfinite(values), values, 0.0)
         order = np.argsort(-np.abs(finite), axis=None)[:3]
-        for flat in order:
+        compact = bool(short_header) and 0 < self.size.height < COMPACT_SWEEP_HEIGHT  # 0: a hidden tab
+        text = Text()
+        if compact:
+            first, _, rest = short_header.partition("\n")
+            progress = "" if result.complete else f" · {done_rows}/{values.shape[0]}" + ("" if running else " stopped")
+            first += progress
+            if len(first) + len(note) <= self.size.width:
+                first += note
+            text.append(first + "\n", style="bold")
+            text.append(rest + "\n", style="dim")
+            room = self.size.height - 2 - 4  # the matrix keeps its column labels, two rows and a scrollbar
+            order_shown = order[:max(0, min(len(order), room))]
+        else:
+            state = "running, esc cancels" if running else ("complete" if result.complete else "stopped")
+            text.append(f"{SWEEP_TITLES.get(result.kind, result.kind)}", style="bold")
+            text.append(f"  {done_rows}/{values.shape[0]} layers  {state}{note}\n")
+            if header:
+                text.append(header + "\n", style="dim")
+            order_shown = order
+        gap = result.source_metric - result.base_metric
+        for flat in order_shown:
             row, col = divmod(int(flat), values.shape[1])
             if not np.isfinite(values[row, col]):
                 continue
@@ -209,12 +251,7 @@ class SweepView(Vertical):
             text.append(f"  {label:<14} {values[row, col]:+.3f}{normalised}\n")
         text.rstrip()
         self.query_one("#sweep-summary", Static).update(text)
-        cols = ([str(c) for c in range(values.shape[1])] if result.kind not in PER_POSITION
-                else position_labels(values.shape[1]))
-        heatmap = self.query_one(Heatmap)
-        heatmap.set_data(values, [f"L{r}" for r in range(values.shape[0])], cols)
-        if not running and len(order) and np.isfinite(values).any():
-            heatmap.show_cell(*divmod(int(order[0]), values.shape[1]))  # open on the strongest cell
+        return order
 
 
 class GenerationView(Horizontal):
