@@ -339,20 +339,25 @@ def _native_edit(record: SiteEdit, deltas: list[torch.Tensor] | None) -> Callabl
     at = (slice(None), dst) if record.index is None else (slice(None), dst, record.index)
     op, value = record.op, record.value
 
-    def edit(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, ...], a private copy
-        original = x.clone() if deltas is not None else None
+    def change(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, ...], a private copy
         if op == "set":
             x[at] = value
         elif op == "scale":
             x[at] = x[at] * value
         else:
             x[at] = x[at] + value
-        if deltas is not None:
-            assert original is not None
-            deltas.append((x - original).detach())
         return x
 
-    return edit
+    if deltas is None:
+        return change
+
+    def recorded(x: torch.Tensor) -> torch.Tensor:  # also keeps what the edit added to the residual
+        original = x.clone()
+        x = change(x)
+        deltas.append((x - original).detach())
+        return x
+
+    return recorded
 
 
 # ---------------------------------------------------------------- one compile function per type
