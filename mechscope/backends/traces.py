@@ -11,8 +11,8 @@ import torch
 #   {"row": the batch row edits apply to (the others run clean),
 #    "layers": {layer: {"pre": [...], "knock": [...], "head": [...], "attn": [...], "down": [...],
 #                       "mlp": [...], "post": [...]}}}
-# Each edit is a tuple whose positions are a list of ints or None (every position); see
-# `mechscope.backends.plan` for how interventions become these tuples.
+# Each site edit is a tuple (op, index, positions, value) (see `_apply`); a knockout is (head, query,
+# key). `mechscope.backends.plan` turns the compiled interventions into these tuples.
 
 
 def at(root: Any, path: str) -> Any:
@@ -21,10 +21,6 @@ def at(root: Any, path: str) -> Any:
     for part in path.split("."):
         node = node[int(part)] if part.isdigit() else getattr(node, part)
     return node
-
-
-def _dst(positions: list[int] | None) -> Any:
-    return slice(None) if positions is None else positions
 
 
 def _seq(x: torch.Tensor, n_pos: int) -> torch.Tensor:
@@ -41,41 +37,34 @@ def _on(value: Any, ref: torch.Tensor) -> Any:
     return value.to(ref.device, ref.dtype) if isinstance(value, torch.Tensor) else value
 
 
-def _set(value: torch.Tensor, row: int, positions: list[int] | None, replacement: Any) -> None:
-    """value[row, positions] = replacement, in place ([batch, pos, d] views)."""
-    replacement = _on(replacement, value)
-    if positions is None:
-        value[row] = replacement
+def _apply(x: torch.Tensor, row: int, edit: tuple) -> None:
+    """One site edit (op, index, positions, value) on batch row `row` of `x` [batch, pos, ...], in place:
+    op set / scale / add; index a head or neuron (None: the whole vector); positions a list of ints,
+    "last" or None (every position); value a number or a tensor broadcast to [1, positions, ...]."""
+    op, index, positions, value = edit
+    dst = slice(None) if positions is None else -1 if positions == "last" else positions
+    at = (slice(row, row + 1), dst) if index is None else (slice(row, row + 1), dst, index)
+    value = _on(value, x)
+    if op == "set":
+        x[at] = value
+    elif op == "scale":
+        x[at] = x[at] * value
     else:
-        value[row, positions] = replacement
+        x[at] = x[at] + value
 
 
 def _head_edits(x: torch.Tensor, edits: list, row: int, n_heads: int, n_pos: int) -> None:
     z = _seq(x, n_pos)
     z = z.view(*z.shape[:-1], n_heads, -1)  # [batch, pos, head, d_head]
-    for kind, head, positions, value in edits:
-        dst = _dst(positions)
-        value = _on(value, z)
-        if kind == "scale":
-            z[row, dst, head] = z[row, dst, head] * value
-        else:
-            z[row, dst, head] = value
+    for edit in edits:
+        _apply(z, row, edit)
 
 
 def _resid_edit(hidden: torch.Tensor, edits: list, row: int) -> torch.Tensor:
     """A copy of `hidden` [batch, pos, d_model] with steering and residual patches applied to `row`."""
     new = hidden.clone()
-    for kind, positions, value in edits:
-        value = _on(value, new)
-        if kind == "add":
-            if positions == "all":
-                new[row] = new[row] + value
-            elif positions == "last":
-                new[row, -1] = new[row, -1] + value
-            else:
-                new[row, positions] = new[row, positions] + value
-        else:
-            _set(new, row, positions, value)
+    for edit in edits:
+        _apply(new, row, edit)
     return new
 
 
@@ -161,8 +150,8 @@ def run_trace(lm: Any, paths: dict, ids: torch.Tensor, plan: dict, want: dict, r
                 attn = at(block, paths["attn"])
                 if paths["attn_out"] == paths["attn"]:
                     value = _seq(_first(attn.output), n_pos)
-                    for positions, replacement in edits.get("attn", []):
-                        _set(value, row, positions, replacement)
+                    for edit in edits.get("attn", []):
+                        _apply(value, row, edit)
                     if want["dla"]:
                         attn_raw.append(value[row, p].clone())
                         attn_read.append(value[row, p].clone())
@@ -170,18 +159,18 @@ def run_trace(lm: Any, paths: dict, ids: torch.Tensor, plan: dict, want: dict, r
                     if want["dla"]:
                         attn_raw.append(_seq(_first(attn.output), n_pos)[row, p].clone())
                     value = _seq(_first(at(block, paths["attn_out"]).output), n_pos)
-                    for positions, replacement in edits.get("attn", []):
-                        _set(value, row, positions, replacement)
+                    for edit in edits.get("attn", []):
+                        _apply(value, row, edit)
                     if want["dla"]:
                         attn_read.append(value[row, p].clone())
             if edits.get("down"):
                 x = _seq(at(block, paths["mlp_down"]).input, n_pos)  # [batch, pos, d_mlp]
-                for neuron, positions, value in edits["down"]:
-                    x[row, _dst(positions), neuron] = value
+                for edit in edits["down"]:
+                    _apply(x, row, edit)
             if edits.get("mlp") or want["dla"]:
                 value = _seq(_first(at(block, paths["mlp_out"]).output), n_pos)
-                for positions, replacement in edits.get("mlp", []):
-                    _set(value, row, positions, replacement)
+                for edit in edits.get("mlp", []):
+                    _apply(value, row, edit)
                 if want["dla"]:
                     mlp_read.append(value[row, p].clone())
             if edits.get("post") or want["lens_k"] or want["stats"] or want["dla"]:

@@ -364,7 +364,7 @@ class Engine:
         """The metric on every row of a `PromptSet`, batched; see `set_runs.run_set`."""
         from mechscope.engine import set_runs
 
-        return set_runs.run_set(self, pset, kind, interventions, prompt, padding)
+        return set_runs.run_set(self, pset, kind, interventions, prompt, padding, self.vectors)
 
     def sweep_set(self, pset, **options):
         """Head patching over every row of a `PromptSet` (mean and spread per cell); see `set_runs.sweep_set`."""

@@ -1,20 +1,24 @@
-"""Interventions compiled to hooks: one function per intervention type, registered in `COMPILERS`.
+"""Interventions compiled to site edits: one function per intervention type, registered in `COMPILERS`.
 
 A compile function checks its intervention against the model and prompt (ranges, lengths, names)
-and, unless it is a dry run, adds hooks built on a `Site`, so it edits plain [batch, pos, ...] tensors.
-Adding an intervention type: its dataclass in `interventions.py`, a `@compiles(Type)` function here,
-and a test.
+and, unless it is a dry run, records `SiteEdit`s: plain data (a site, positions, set / scale / add and
+a value) that three appliers read — hooks on the native engine (`native_hooks`), prompt-set runs
+(`set_runs`) and the nnsight trace plan (`backends.plan`). Values it needs (reference means, source
+activations, steering vectors on the right device) come from the `Context`, which each of those
+supplies. Adding an intervention type: its dataclass in `interventions.py`, a `@compiles(Type)`
+function here, and a test.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar, cast, overload
+from typing import ClassVar, Literal, TypeVar, cast, overload
 
 import numpy as np
 import torch
 
+from mechscope.engine.adapters import Adapter
 from mechscope.engine.addresses import parse_address
 from mechscope.engine.errors import InterventionError, PromptError
 from mechscope.engine.hooks import Hook
@@ -28,16 +32,51 @@ from mechscope.engine.interventions import (
     NeuronClamp,
     SteeringVector,
 )
-from mechscope.engine.passes import Passes, ReferenceMeans, SourceActs
+from mechscope.engine.passes import Passes
 from mechscope.engine.placement import execution_device
 from mechscope.engine.sites import Site, SiteKind
+
+SiteOp = Literal["set", "scale", "add"]
+EditPositions = list[int] | Literal["last"] | None
+MeanSite = Literal["heads", "attn", "mlp"]
+SourceSite = Literal["heads", "attn", "mlp", "resid_pre", "resid_post"]
+RESID_SITES: tuple[SiteKind, ...] = ("resid_pre", "resid_post")
+
+
+@dataclass(frozen=True)
+class SiteEdit:
+    """One change to one activation, as plain data.
+
+    site / layer: where (see `Site`); index: the head of a "heads" site, the neuron of a "neurons"
+    site, None for the whole vector. positions: prompt positions (a negative one counts from the
+    end), None for every position, "last" for the last wherever the sequence ends. op: set (value
+    replaces), scale (multiplies) or add. value: a number, a tensor broadcast over the positions
+    ([d], [head, d_head]) or rows from `Context.source`, aligned with the positions it returned.
+    """
+
+    site: SiteKind
+    layer: int
+    op: SiteOp
+    positions: EditPositions
+    value: torch.Tensor | float
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class HookEdit:
+    """Hooks an intervention type builds itself (feature edits): applied by the native engine only."""
+
+    layer: int
+    hooks: list[Hook]
 
 
 @dataclass
 class Edits:
-    """Hooks that apply a list of interventions, and what attribution needs to know about them.
+    """What a list of interventions changes, and what attribution needs to know about them.
 
     start: the first layer they touch (layers below reuse the clean pass).
+    records: site edits and own hooks, in the order the interventions were compiled.
+    hooks: the native engine's hooks applying `records` (filled by `compile_edits`).
     knockouts: layer -> attention edges (head, query, key, rows) to mask.
     resid_deltas: layer -> what edits writing the residual stream directly added there
       ([batch, pos, d_model] each, filled in during the pass).
@@ -45,24 +84,46 @@ class Edits:
     """
 
     start: int
+    records: list[SiteEdit | HookEdit] = field(default_factory=list)
     hooks: list[Hook] = field(default_factory=list)
     knockouts: dict[int, list] = field(default_factory=dict)
     resid_deltas: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     replaced: dict[tuple[int, str], list[int] | None] = field(default_factory=dict)
 
-    def add(self, layer: int, hooks: list[Hook]) -> None:
+    def edit(self, site: SiteKind, layer: int, op: SiteOp, positions: EditPositions,
+             value: torch.Tensor | float, index: int | None = None) -> None:
+        """Record one site edit."""
         self.start = min(self.start, layer)
-        self.hooks += hooks
+        self.records.append(SiteEdit(site, layer, op, positions, value, index))
+
+    def add(self, layer: int, hooks: list[Hook]) -> None:
+        """Record hooks an intervention type builds itself (its context must allow them:
+        `Context.hook_passes`)."""
+        self.start = min(self.start, layer)
+        self.records.append(HookEdit(layer, hooks))
+
+    @property
+    def site_edits(self) -> list[SiteEdit]:
+        return [record for record in self.records if isinstance(record, SiteEdit)]
+
+    @property
+    def own_hooks(self) -> bool:
+        return any(isinstance(record, HookEdit) for record in self.records)
+
+    def knock(self, layer: int, head: int, query: int, key: int) -> None:
+        self.knockouts.setdefault(layer, []).append((head, query, key, None))
+        self.start = min(self.start, layer)
 
     def resid_delta(self, layer: int) -> list[torch.Tensor]:
         return self.resid_deltas.setdefault(layer, [])
 
-    def replace_whole(self, layer: int, component: str, positions: list[int] | None) -> None:
+    def replace_whole(self, layer: int, component: str, positions: EditPositions) -> None:
         key = (layer, component)
+        listed = None if positions is None or positions == "last" else list(positions)
         if key in self.replaced:
             before = self.replaced[key]
-            positions = None if before is None or positions is None else sorted({*before, *positions})
-        self.replaced[key] = positions
+            listed = None if before is None or listed is None else sorted({*before, *listed})
+        self.replaced[key] = listed
 
     def whole_layer_replaced(self, layer: int, component: str, position: int) -> bool:
         """Whether `component`'s output of `layer` at `position` was replaced as a whole."""
@@ -73,24 +134,35 @@ class Edits:
         return positions is None or position in positions
 
 
-@dataclass
 class Context:
-    """What a compile function may read: the model's passes, the prompt's length and the engine's tables."""
+    """What a compile function may read: the model, the length of what it edits, the values it needs.
 
-    passes: Passes
-    n_pos: int
-    corrupted: str | None
-    vectors: Mapping[str, np.ndarray]
-    reference_prompts: Sequence[str]
-    dry_run: bool
-    what: str = ""
+    This base checks against one prompt of `n_pos` tokens; a context names how its refusals read
+    (`where`: "over a prompt set") and supplies reference means, source activations and tensors on
+    the right device. `PromptContext` is one prompt on the native engine; prompt sets
+    (`set_runs.SetContext`) and the nnsight plan (`backends.plan.TraceContext`) bring their own.
+    """
 
-    @property
-    def adapter(self):
-        return self.passes.adapter
+    where: ClassVar[str] = ""
+    knockouts: ClassVar[bool] = True  # whether attention edges can be masked here
+
+    def __init__(self, adapter: Adapter, dtype: torch.dtype, n_pos: int, corrupted: str | None,
+                 vectors: Mapping[str, np.ndarray], dry_run: bool) -> None:
+        self.adapter = adapter
+        self.dtype = dtype
+        self.n_pos = n_pos
+        self.corrupted = corrupted
+        self.vectors = vectors
+        self.dry_run = dry_run
+        self.what = ""
+        self.kind = ""
 
     def fail(self, message: str) -> InterventionError:
         return InterventionError(f"{self.what}: {message}")
+
+    def refuse(self) -> InterventionError:
+        """The one-line refusal of a kind this context cannot apply."""
+        return self.fail(f"{self.kind} is not supported {self.where}")
 
     def check_layer(self, layer: int, head: int | None = None) -> None:
         a = self.adapter
@@ -118,32 +190,83 @@ class Context:
             out.append(p % n_pos)
         return out
 
-    def source(self, prompt: str, positions: Iterable[int] | None) -> tuple[SourceActs | None, list[int]]:
-        """Source activations (None in a dry run) and the source positions to read (explicit, so
-        generation can grow the sequence past the source's length)."""
-        ids, _ = self.passes.prompt_ids(prompt)
-        if positions is None and ids.shape[1] != self.n_pos:
+    def source(self, prompt: str, site: SourceSite, layer: int,
+               positions: Iterable[int] | None) -> tuple[torch.Tensor | None, EditPositions]:
+        """The activation of `site` at `layer` on `prompt` (None in a dry run), as rows [1, n, ...]
+        aligned with the destination positions returned beside it (explicit, so generation can
+        grow the sequence past the source's length)."""
+        ids_len = self.prompt_length(prompt)
+        destination = self.positions(positions)
+        if positions is None and ids_len != self.n_pos:
             raise self.fail(
-                f"the source prompt has {ids.shape[1]} tokens and this prompt {self.n_pos}; "
+                f"the source prompt has {ids_len} tokens and this prompt {self.n_pos}; "
                 "give explicit positions to patch prompts of different lengths")
-        src_positions = self.positions(range(self.n_pos) if positions is None else positions, ids.shape[1],
+        src_positions = self.positions(range(self.n_pos) if positions is None else positions, ids_len,
                                        " (source)")
-        return (None if self.dry_run else self.passes.source_acts(ids)), src_positions or []
+        rows = None if self.dry_run else self.source_rows(prompt, site, layer, src_positions)
+        return rows, destination if destination is not None else list(range(self.n_pos))
 
-    def resample_source(self, positions: Iterable[int] | None) -> tuple[SourceActs | None, list[int]]:
+    def resample(self, site: SourceSite, layer: int,
+                 positions: Iterable[int] | None) -> tuple[torch.Tensor | None, EditPositions]:
+        """`source` on the corrupted prompt."""
         if not self.corrupted:
             raise self.fail("resample ablation needs a corrupted prompt")
-        return self.source(self.corrupted, positions)
+        return self.source(self.corrupted, site, layer, positions)
 
-    def means(self) -> ReferenceMeans:
-        return self.passes.reference_means(self.reference_prompts)
+    def prompt_length(self, prompt: str) -> int:
+        """The number of tokens of a source prompt."""
+        raise self.refuse()
+
+    def source_rows(self, prompt: str, site: SourceSite, layer: int, positions: list[int]) -> torch.Tensor:
+        """[1, len(positions), ...] activations of `site` at `layer` on `prompt` ([.., head, d_head] for heads)."""
+        raise self.refuse()
+
+    def mean(self, site: MeanSite, layer: int) -> torch.Tensor:
+        """The mean-ablation value of `site` at `layer`: [head, d_head] for heads, [d_model] otherwise."""
+        raise self.refuse()
+
+    def layer_tensor(self, array: np.ndarray, layer: int) -> torch.Tensor:
+        """`array` in the model's dtype, where `layer` computes."""
+        return torch.as_tensor(array, device=execution_device(self.adapter.layers[layer]), dtype=self.dtype)
+
+    def hook_passes(self) -> Passes:
+        """The native engine's passes, for a type that edits with its own hooks (`Edits.add`): only
+        a single-prompt native run has them; elsewhere the type is refused."""
+        raise self.refuse()
 
     def fits_dtype(self, name: str, value: float) -> None:
         """Refuse a finite number the model's dtype would turn into infinity (float16: past 65504)."""
-        limit = torch.finfo(self.passes.dtype).max
+        limit = torch.finfo(self.dtype).max
         if abs(value) > limit:
-            raise self.fail(f"{name} {value:g} overflows the model's {str(self.passes.dtype).removeprefix('torch.')}"
+            raise self.fail(f"{name} {value:g} overflows the model's {str(self.dtype).removeprefix('torch.')}"
                             f" (largest {limit:g})")
+
+
+_SOURCE_FIELDS: dict[str, str] = {"heads": "z", "attn": "attn_out", "mlp": "mlp_out", "resid_pre": "resid_pre",
+                                  "resid_post": "resid_post"}
+
+
+class PromptContext(Context):
+    """One prompt on the native engine: sources from its passes, means over the reference prompts."""
+
+    def __init__(self, passes: Passes, n_pos: int, corrupted: str | None, vectors: Mapping[str, np.ndarray],
+                 reference_prompts: Sequence[str], dry_run: bool) -> None:
+        super().__init__(passes.adapter, passes.dtype, n_pos, corrupted, vectors, dry_run)
+        self.passes = passes
+        self.reference_prompts = reference_prompts
+
+    def prompt_length(self, prompt: str) -> int:
+        return int(self.passes.prompt_ids(prompt)[0].shape[1])
+
+    def source_rows(self, prompt: str, site: SourceSite, layer: int, positions: list[int]) -> torch.Tensor:
+        acts = self.passes.source_acts(self.passes.prompt_ids(prompt)[0])
+        return getattr(acts, _SOURCE_FIELDS[site])[layer][:, positions]  # [1, n, ...]
+
+    def mean(self, site: MeanSite, layer: int) -> torch.Tensor:
+        return getattr(self.passes.reference_means(self.reference_prompts), _SOURCE_FIELDS[site])[layer]
+
+    def hook_passes(self) -> Passes:
+        return self.passes
 
 
 Compiler = Callable[[Intervention, Context, Edits], None]
@@ -155,7 +278,7 @@ def compiles(kind: type[IV]) -> Callable[[Callable[[IV, Context, Edits], None]],
                                          Callable[[IV, Context, Edits], None]]:
     """Register the compile function of an intervention type."""
     def register(fn: Callable[[IV, Context, Edits], None]) -> Callable[[IV, Context, Edits], None]:
-        # compile_edits looks the function up by the intervention's exact type, so it only ever
+        # compile_with looks the function up by the intervention's exact type, so it only ever
         # receives a `kind`; the table itself cannot express that pairing.
         COMPILERS[kind] = cast(Compiler, fn)
         return fn
@@ -163,17 +286,14 @@ def compiles(kind: type[IV]) -> Callable[[Callable[[IV, Context, Edits], None]],
     return register
 
 
-def compile_edits(passes: Passes, interventions: Iterable[Intervention], n_pos: int, corrupted: str | None,
-                  vectors: Mapping[str, np.ndarray], reference_prompts: Sequence[str],
-                  dry_run: bool = False) -> Edits:
-    """The hooks of `interventions` (enabled ones only) on a prompt of `n_pos` tokens; InterventionError
-    naming the first one that does not fit. A dry run only checks and builds no hooks."""
-    edits = Edits(start=passes.adapter.n_layers)
-    context = Context(passes, n_pos, corrupted, vectors, reference_prompts, dry_run)
+def compile_with(context: Context, interventions: Iterable[Intervention]) -> Edits:
+    """The edits of `interventions` (enabled ones only) in `context`; InterventionError naming the
+    first one that does not fit or that the context cannot apply."""
+    edits = Edits(start=context.adapter.n_layers)
     for iv in interventions:
         if not iv.enabled:
             continue
-        context.what = iv.label
+        context.what, context.kind = iv.label, iv.kind
         compile_one = COMPILERS.get(type(iv))
         if compile_one is None:
             raise context.fail(f"unsupported intervention type {type(iv).__name__}")
@@ -181,77 +301,92 @@ def compile_edits(passes: Passes, interventions: Iterable[Intervention], n_pos: 
             compile_one(iv, context, edits)
         except (PromptError, ValueError) as exc:
             raise context.fail(str(exc)) from None
+        if edits.knockouts and not context.knockouts:
+            raise context.refuse()
     return edits
 
 
-def _dst(positions: list[int] | None) -> slice | list[int]:
-    return slice(None) if positions is None else positions
+def compile_edits(passes: Passes, interventions: Iterable[Intervention], n_pos: int, corrupted: str | None,
+                  vectors: Mapping[str, np.ndarray], reference_prompts: Sequence[str],
+                  dry_run: bool = False) -> Edits:
+    """The native hooks of `interventions` (enabled ones only) on a prompt of `n_pos` tokens;
+    InterventionError naming the first one that does not fit. A dry run only checks and builds no hooks."""
+    context = PromptContext(passes, n_pos, corrupted, vectors, reference_prompts, dry_run)
+    edits = compile_with(context, interventions)
+    if not dry_run:
+        edits.hooks = native_hooks(edits, passes.adapter)
+    return edits
 
 
-def _component(site: str) -> SiteKind:
-    return "attn" if site == "attn" else "mlp"
+# ---------------------------------------------------------------- the native applier
 
 
-# ---------------------------------------------------------------- edit functions on plain tensors
+def native_hooks(edits: Edits, adapter: Adapter) -> list[Hook]:
+    """Hooks applying `edits.records` in order, each on a plain [batch, pos, ...] tensor."""
+    hooks: list[Hook] = []
+    for record in edits.records:
+        if isinstance(record, HookEdit):
+            hooks += record.hooks
+            continue
+        deltas = edits.resid_delta(record.layer) if record.site in RESID_SITES else None
+        hooks += Site(record.site, record.layer).edit(adapter, _native_edit(record, deltas))
+    return hooks
 
 
-def _set_head(head: int, positions: list[int] | None, value: Callable[[torch.Tensor], torch.Tensor]):
-    dst = _dst(positions)
+def _native_edit(record: SiteEdit, deltas: list[torch.Tensor] | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    positions = record.positions
+    dst: slice | int | list[int] = slice(None) if positions is None else -1 if positions == "last" else positions
+    at = (slice(None), dst) if record.index is None else (slice(None), dst, record.index)
+    op, value = record.op, record.value
 
-    def edit(z: torch.Tensor) -> torch.Tensor:  # [batch, pos, head, d_head]
-        z[:, dst, head] = value(z[:, dst, head])
-        return z
-
-    return edit
-
-
-def _replace(positions: list[int] | None, value: torch.Tensor | float, deltas: list | None = None):
-    """Set positions of a [batch, pos, d] activation to `value` (broadcast), recording the change."""
-    dst = _dst(positions)
-
-    def edit(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, d]
-        original = x.clone() if deltas is not None else None
-        x[:, dst] = value
-        if deltas is not None:
-            assert original is not None
-            deltas.append((x - original).detach())
+    def change(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, ...], a private copy
+        if op == "set":
+            x[at] = value
+        elif op == "scale":
+            x[at] = x[at] * value
+        else:
+            x[at] = x[at] + value
         return x
 
-    return edit
+    if deltas is None:
+        return change
 
+    def recorded(x: torch.Tensor) -> torch.Tensor:  # also keeps what the edit added to the residual
+        original = x.clone()
+        x = change(x)
+        deltas.append((x - original).detach())
+        return x
 
-def _source_rows(source: torch.Tensor, src_pos: list[int]) -> torch.Tensor:
-    return source[:, src_pos]  # [1, len(src_pos), ...]
+    return recorded
 
 
 # ---------------------------------------------------------------- one compile function per type
 
 
+def _ablation_value(mode: str, site: MeanSite, layer: int, ctx: Context,
+                    rows: torch.Tensor | None) -> torch.Tensor | float:
+    """What zero / mean / resample ablation writes at `site` (rows: the resample source)."""
+    if mode == "zero":
+        return 0.0
+    if mode == "mean":
+        return ctx.mean(site, layer)
+    assert rows is not None  # resample, not a dry run
+    return rows
+
+
 @compiles(HeadAblation)
 def _head_ablation(iv: HeadAblation, ctx: Context, edits: Edits) -> None:
     ctx.check_layer(iv.layer, iv.head)
-    positions = ctx.positions(iv.positions)
-    acts = src_pos = None
+    positions: EditPositions = ctx.positions(iv.positions)
+    rows = None
     if iv.mode == "resample":
-        acts, src_pos = ctx.resample_source(iv.positions)
-        positions = positions if positions is not None else list(range(ctx.n_pos))
+        rows, positions = ctx.resample("heads", iv.layer, iv.positions)
     if ctx.dry_run:
         return
-    if iv.mode == "zero":
-        def value(current: torch.Tensor) -> torch.Tensor:
-            return torch.zeros_like(current)
-    elif iv.mode == "mean":
-        mean = ctx.means().z[iv.layer][iv.head]  # [d_head]
-
-        def value(current: torch.Tensor) -> torch.Tensor:
-            return mean.expand_as(current)
-    else:
-        assert acts is not None and src_pos is not None  # resample, not a dry run
-        rows = _source_rows(acts.z[iv.layer], src_pos)[:, :, iv.head]  # [1, pos, d_head]
-
-        def value(current: torch.Tensor) -> torch.Tensor:
-            return rows.expand_as(current)
-    edits.add(iv.layer, Site("heads", iv.layer).edit(ctx.adapter, _set_head(iv.head, positions, value)))
+    value = _ablation_value(iv.mode, "heads", iv.layer, ctx, rows)
+    if isinstance(value, torch.Tensor):
+        value = value[..., iv.head, :]  # [d_head] of a mean, [batch, pos, d_head] of rows
+    edits.edit("heads", iv.layer, "set", positions, value, iv.head)
 
 
 @compiles(HeadScale)
@@ -259,62 +394,45 @@ def _head_scale(iv: HeadScale, ctx: Context, edits: Edits) -> None:
     ctx.check_layer(iv.layer, iv.head)
     positions = ctx.positions(iv.positions)
     ctx.fits_dtype("factor", iv.factor)
-    if ctx.dry_run:
-        return
-    factor = iv.factor
-    edits.add(iv.layer, Site("heads", iv.layer).edit(
-        ctx.adapter, _set_head(iv.head, positions, lambda current: current * factor)))
+    if not ctx.dry_run:
+        edits.edit("heads", iv.layer, "scale", positions, iv.factor, iv.head)
 
 
 @compiles(ComponentAblation)
 def _component_ablation(iv: ComponentAblation, ctx: Context, edits: Edits) -> None:
     ctx.check_layer(iv.layer)
-    positions = ctx.positions(iv.positions)
-    acts = src_pos = None
+    positions: EditPositions = ctx.positions(iv.positions)
+    rows = None
     if iv.mode == "resample":
-        acts, src_pos = ctx.resample_source(iv.positions)
-        positions = positions if positions is not None else list(range(ctx.n_pos))
+        rows, positions = ctx.resample(iv.component, iv.layer, iv.positions)
     if ctx.dry_run:
         return
-    name = "attn_out" if iv.component == "attn" else "mlp_out"
-    value: torch.Tensor | float
-    if iv.mode == "zero":
-        value = 0.0
-    elif iv.mode == "mean":
-        value = getattr(ctx.means(), name)[iv.layer]  # [d_model]
-    else:
-        assert src_pos is not None  # resample
-        value = _source_rows(getattr(acts, name)[iv.layer], src_pos)  # [1, pos, d_model]
     edits.replace_whole(iv.layer, iv.component, positions)
-    edits.add(iv.layer, Site(_component(iv.component), iv.layer).edit(ctx.adapter, _replace(positions, value)))
+    edits.edit(iv.component, iv.layer, "set", positions, _ablation_value(iv.mode, iv.component, iv.layer, ctx, rows))
 
 
 @compiles(ActivationPatch)
 def _activation_patch(iv: ActivationPatch, ctx: Context, edits: Edits) -> None:
     addr = parse_address(iv.address)
     ctx.check_layer(addr.layer, addr.head)
-    positions = ctx.positions(iv.positions)
-    acts, src_pos = ctx.source(iv.source_prompt, iv.positions)
-    positions = positions if positions is not None else list(range(ctx.n_pos))
+    ctx.positions(iv.positions)
+    site: SourceSite
+    if addr.site == "head":
+        site = "heads"
+    elif addr.site in ("attn", "mlp", "resid_post"):
+        site = cast(SourceSite, addr.site)
+    else:  # resid_pre, embed
+        site = "resid_pre"
+    rows, positions = ctx.source(iv.source_prompt, site, addr.layer, iv.positions)
     if ctx.dry_run:
         return
-    assert acts is not None  # not a dry run
-    layer, a = addr.layer, ctx.adapter
-    if addr.site == "head":
-        assert addr.head is not None  # a head address names its head
-        rows = _source_rows(acts.z[layer], src_pos)[:, :, addr.head]  # [1, pos, d_head]
-        hooks = Site("heads", layer).edit(a, _set_head(addr.head, positions, lambda c: rows.expand_as(c)))
-    elif addr.site in ("attn", "mlp"):
-        source = acts.attn_out if addr.site == "attn" else acts.mlp_out
-        edits.replace_whole(layer, addr.site, positions)
-        hooks = Site(_component(addr.site), layer).edit(a, _replace(positions, _source_rows(source[layer], src_pos)))
-    elif addr.site in ("resid_pre", "embed"):
-        hooks = Site("resid_pre", layer).edit(
-            a, _replace(positions, _source_rows(acts.resid_pre[layer], src_pos), edits.resid_delta(layer)))
-    else:
-        hooks = Site("resid_post", layer).edit(
-            a, _replace(positions, _source_rows(acts.resid_post[layer], src_pos), edits.resid_delta(layer)))
-    edits.add(layer, hooks)
+    assert rows is not None  # not a dry run
+    if site == "heads":
+        edits.edit("heads", addr.layer, "set", positions, rows[..., addr.head, :], addr.head)
+        return
+    if site in ("attn", "mlp"):
+        edits.replace_whole(addr.layer, site, positions)
+    edits.edit(site, addr.layer, "set", positions, rows)
 
 
 @compiles(SteeringVector)
@@ -332,30 +450,20 @@ def _steering_vector(iv: SteeringVector, ctx: Context, edits: Edits) -> None:
         ctx.positions(positions)
     ctx.fits_dtype("coeff", iv.coeff)
     peak = float(np.abs(vector).max(initial=0.0)) * abs(iv.coeff)
-    if peak > torch.finfo(ctx.passes.dtype).max:
+    if peak > torch.finfo(ctx.dtype).max:
         raise ctx.fail(f"coeff {iv.coeff:g} times the vector's largest entry overflows the model's dtype")
     if ctx.dry_run:
         return
-    layer_device = execution_device(ctx.adapter.layers[iv.layer])
-    delta = torch.as_tensor(vector, device=layer_device, dtype=ctx.passes.dtype) * iv.coeff  # [d_model]
-    deltas = edits.resid_delta(iv.layer)
-
-    def steer(hidden: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_model]
-        original = hidden.clone()
-        if positions == "all":
-            hidden = hidden + delta
-        elif positions == "last":
-            hidden[:, -1] = hidden[:, -1] + delta
-        else:
-            hidden[:, list(positions)] = hidden[:, list(positions)] + delta
-        deltas.append((hidden - original).detach())
-        return hidden
-
-    edits.add(iv.layer, Site("resid_pre", iv.layer).edit(ctx.adapter, steer))
+    delta = ctx.layer_tensor(vector, iv.layer) * iv.coeff  # [d_model]
+    # explicit positions stay as given: a negative one counts from the end of a growing sequence
+    where: EditPositions = None if positions == "all" else "last" if positions == "last" else list(positions)
+    edits.edit("resid_pre", iv.layer, "add", where, delta)
 
 
 @compiles(AttentionKnockout)
 def _attention_knockout(iv: AttentionKnockout, ctx: Context, edits: Edits) -> None:
+    if not ctx.knockouts:
+        raise ctx.refuse()
     ctx.check_layer(iv.layer, iv.head)
     q, k = ctx.positions((iv.query_pos, iv.key_pos))
     if k > q:
@@ -365,25 +473,18 @@ def _attention_knockout(iv: AttentionKnockout, ctx: Context, edits: Edits) -> No
     row = {edge[2] for edge in edits.knockouts.get(iv.layer, []) if edge[:2] == (iv.head, q)} | {k}
     if len(row) == q + 1:
         raise ctx.fail(f"this would knock out every key query {q} can attend to; keep at least one")
-    edits.knockouts.setdefault(iv.layer, []).append((iv.head, q, k, None))
-    edits.start = min(edits.start, iv.layer)
+    edits.knock(iv.layer, iv.head, q, k)
 
 
 @compiles(NeuronClamp)
 def _neuron_clamp(iv: NeuronClamp, ctx: Context, edits: Edits) -> None:
     ctx.check_layer(iv.layer)
     down = ctx.adapter.layer_module(iv.layer, "mlp_down")
-    width = down.weight.shape[0] if type(down).__name__ == "Conv1D" else down.weight.shape[1]
+    down_weight = cast(torch.Tensor, down.weight)
+    width = down_weight.shape[0] if type(down).__name__ == "Conv1D" else down_weight.shape[1]
     if not 0 <= iv.neuron < width:
         raise ctx.fail(f"neuron {iv.neuron} is out of range 0..{width - 1}")
     positions = ctx.positions(iv.positions)
     ctx.fits_dtype("value", iv.value)
-    if ctx.dry_run:
-        return
-    dst, neuron, value = _dst(positions), iv.neuron, iv.value
-
-    def clamp(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_mlp]
-        x[:, dst, neuron] = value
-        return x
-
-    edits.add(iv.layer, Site("neurons", iv.layer).edit(ctx.adapter, clamp))
+    if not ctx.dry_run:
+        edits.edit("neurons", iv.layer, "set", positions, iv.value, iv.neuron)

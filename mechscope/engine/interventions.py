@@ -23,11 +23,32 @@ def _positions(value: Any) -> Positions:
 
 
 @dataclass(frozen=True)
+class Place:
+    """Where the `+` chooser builds a new intervention: the grid cursor's layer and head, the prompt's
+    last position, the prompts and the names of the steering vectors."""
+
+    layer: int = 0
+    head: int = 0
+    last: int = 0
+    clean: str = ""
+    corrupted: str = ""
+    vectors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Intervention:
-    """Base class. Subclasses name the `layer` they first touch (incremental recompute starts there)."""
+    """Base class. Subclasses name the `layer` they first touch (incremental recompute starts there).
+
+    What the `+` chooser offers comes from here: `title` and `description` (a type without a title
+    is not offered), `example` builds the instance its form starts from, `form_hint` the form's hint.
+    """
 
     kind: ClassVar[str] = ""
     registry: ClassVar[dict[str, type[Intervention]]] = {}
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    hint: ClassVar[str] = "empty positions = all"
+    chooser_rank: ClassVar[int] = 100  # the chooser lists types by rank, then in registration order
 
     if TYPE_CHECKING:
         # Every subclass has an `enabled` dataclass field; a read-only property here tells the
@@ -79,6 +100,21 @@ class Intervention:
     def with_enabled(self, enabled: bool) -> Intervention:
         return dataclasses.replace(self, enabled=enabled)  # type: ignore[call-arg]  # mypy sees the base's (no) fields; every subclass has `enabled`
 
+    @classmethod
+    def example(cls, place: Place) -> Intervention:
+        """A sensible new instance at `place`, for the chooser's form (every type with a `title`)."""
+        raise NotImplementedError(f"{cls.__name__} has no example for the chooser")
+
+    @classmethod
+    def form_hint(cls, place: Place) -> str:
+        return cls.hint
+
+
+def chooser_types() -> list[type[Intervention]]:
+    """The types the `+` chooser offers, by `chooser_rank` (read when asked, so a type registered
+    later is offered too)."""
+    return sorted((cls for cls in Intervention.registry.values() if cls.title), key=lambda cls: cls.chooser_rank)
+
 
 FLOAT32_MAX = 3.4028234663852886e38  # no supported model computes in a wider type
 
@@ -103,6 +139,9 @@ class HeadAblation(Intervention):
     """Replace a query head's output (its slice of the output projection's input)."""
 
     kind: ClassVar[str] = "head_ablation"
+    title: ClassVar[str] = "head ablation"
+    chooser_rank: ClassVar[int] = 1
+    description: ClassVar[str] = "zero / mean / resample one head"
     layer: int
     head: int
     mode: AblationMode = "zero"
@@ -116,6 +155,10 @@ class HeadAblation(Intervention):
             raise ValueError(f"mode must be zero, mean or resample, got {self.mode!r}")
         object.__setattr__(self, "positions", _positions(self.positions))
 
+    @classmethod
+    def example(cls, place: Place) -> HeadAblation:
+        return cls(place.layer, place.head)
+
     @property
     def label(self) -> str:
         return f"{self.mode} L{self.layer}.H{self.head}"
@@ -126,6 +169,9 @@ class HeadScale(Intervention):
     """Multiply a query head's output by `factor`."""
 
     kind: ClassVar[str] = "head_scale"
+    title: ClassVar[str] = "head scale"
+    chooser_rank: ClassVar[int] = 2
+    description: ClassVar[str] = "multiply one head's output"
     layer: int
     head: int
     factor: float = 1.0
@@ -138,6 +184,10 @@ class HeadScale(Intervention):
         object.__setattr__(self, "factor", _finite(self, "factor", self.factor))
         object.__setattr__(self, "positions", _positions(self.positions))
 
+    @classmethod
+    def example(cls, place: Place) -> HeadScale:
+        return cls(place.layer, place.head, 2.0)
+
     @property
     def label(self) -> str:
         return f"scale L{self.layer}.H{self.head} x{self.factor:g}"
@@ -148,6 +198,10 @@ class ComponentAblation(Intervention):
     """Replace the whole attention or MLP output of a layer."""
 
     kind: ClassVar[str] = "component_ablation"
+    title: ClassVar[str] = "component ablation"
+    chooser_rank: ClassVar[int] = 5
+    description: ClassVar[str] = "ablate a layer's attention or MLP output"
+    hint: ClassVar[str] = "component attn or mlp; mode zero, mean or resample"
     layer: int
     component: Literal["attn", "mlp"] = "attn"
     mode: AblationMode = "zero"
@@ -162,6 +216,10 @@ class ComponentAblation(Intervention):
             raise ValueError(f"mode must be zero, mean or resample, got {self.mode!r}")
         object.__setattr__(self, "positions", _positions(self.positions))
 
+    @classmethod
+    def example(cls, place: Place) -> ComponentAblation:
+        return cls(place.layer, "attn", "zero")
+
     @property
     def label(self) -> str:
         return f"{self.mode} L{self.layer}.{self.component}"
@@ -172,6 +230,10 @@ class ActivationPatch(Intervention):
     """Copy the activation at `address` from a run on `source_prompt` into this run."""
 
     kind: ClassVar[str] = "activation_patch"
+    title: ClassVar[str] = "activation patch"
+    chooser_rank: ClassVar[int] = 3
+    description: ClassVar[str] = "copy an activation from another prompt"
+    hint: ClassVar[str] = "address like L3.H1, L3.attn, L3.mlp, L3.resid_pre"
     address: str
     source_prompt: str
     positions: Positions = None
@@ -191,6 +253,10 @@ class ActivationPatch(Intervention):
 
         return parse_address(self.address).layer
 
+    @classmethod
+    def example(cls, place: Place) -> ActivationPatch:
+        return cls(f"L{place.layer}.H{place.head}", place.corrupted or place.clean)
+
     @property
     def label(self) -> str:
         return f"patch {self.address}"
@@ -201,6 +267,9 @@ class SteeringVector(Intervention):
     """Add `coeff` times a stored vector to the residual stream entering `layer`."""
 
     kind: ClassVar[str] = "steering_vector"
+    title: ClassVar[str] = "steering vector"
+    chooser_rank: ClassVar[int] = 7
+    description: ClassVar[str] = "steer the residual stream with a vector"
     layer: int
     vector_id: str
     coeff: float = 1.0
@@ -213,6 +282,14 @@ class SteeringVector(Intervention):
         if self.positions not in ("all", "last"):
             object.__setattr__(self, "positions", _positions(self.positions))
 
+    @classmethod
+    def example(cls, place: Place) -> SteeringVector:
+        return cls(place.layer, place.vectors[-1] if place.vectors else "", 4.0)
+
+    @classmethod
+    def form_hint(cls, place: Place) -> str:
+        return f"vectors: {', '.join(place.vectors)}; positions all, last or 3,4"
+
     @property
     def label(self) -> str:
         return f"steer L{self.layer} {self.vector_id} x{self.coeff:g}"
@@ -223,6 +300,9 @@ class AttentionKnockout(Intervention):
     """Mask one query->key edge of a head before the softmax."""
 
     kind: ClassVar[str] = "attention_knockout"
+    title: ClassVar[str] = "attention knockout"
+    chooser_rank: ClassVar[int] = 4
+    description: ClassVar[str] = "mask one query→key edge of a head"
     layer: int
     head: int
     query_pos: int
@@ -232,6 +312,10 @@ class AttentionKnockout(Intervention):
     def __post_init__(self) -> None:
         for name in ("layer", "head", "query_pos", "key_pos"):
             _check_int(name, getattr(self, name))
+
+    @classmethod
+    def example(cls, place: Place) -> AttentionKnockout:
+        return cls(place.layer, place.head, place.last, 0)
 
     @property
     def label(self) -> str:
@@ -243,6 +327,9 @@ class NeuronClamp(Intervention):
     """Set one MLP hidden neuron (input of the down projection) to `value`."""
 
     kind: ClassVar[str] = "neuron_clamp"
+    title: ClassVar[str] = "neuron clamp"
+    chooser_rank: ClassVar[int] = 6
+    description: ClassVar[str] = "set one MLP neuron to a value"
     layer: int
     neuron: int
     value: float = 0.0
@@ -254,6 +341,10 @@ class NeuronClamp(Intervention):
         _check_int("neuron", self.neuron)
         object.__setattr__(self, "value", _finite(self, "value", self.value))
         object.__setattr__(self, "positions", _positions(self.positions))
+
+    @classmethod
+    def example(cls, place: Place) -> NeuronClamp:
+        return cls(place.layer, 0, 0.0)
 
     @property
     def label(self) -> str:

@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast, overload
 
 import numpy as np
 import torch
 
 from mechscope.engine.attention import AttentionControl
+from mechscope.engine.edits import (
+    Context,
+    EditPositions,
+    MeanSite,
+    SiteEdit,
+    SourceSite,
+    compile_with,
+)
 from mechscope.engine.errors import InterventionError, PromptError
 from mechscope.engine.hooks import Hook, installed
-from mechscope.engine.interventions import ComponentAblation, HeadAblation, HeadScale, Intervention
+from mechscope.engine.interventions import Intervention
 from mechscope.engine.passes import LayerCall, replay
 from mechscope.engine.passes import take_rows as take_rows  # estimators select batch rows with it
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.resident import ResidentModel
 from mechscope.engine.results import SetRunResult, SetSweepResult
+from mechscope.engine.sites import Site, SiteKind
 
 Padding = Literal["left", "right"]
 MetricKind = Literal["logit_diff", "prob", "loss"]
@@ -234,109 +243,109 @@ def head_outputs(engine: ResidentModel, batch: Batch) -> list[torch.Tensor]:
     return z  # type: ignore[return-value]
 
 
-def component_outputs(engine: ResidentModel, batch: Batch, sites: Set[tuple[int, str]]) -> dict[tuple[int, str], torch.Tensor]:
-    """Outputs [row, pos, d_model] of the attention / MLP blocks at `sites` ((layer, "attn"|"mlp"))."""
+def site_outputs(engine: ResidentModel, batch: Batch, site: SiteKind,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Every layer's activation at `site` ([row, pos, ...], heads split), or `reduce` of it."""
     a = engine.adapter
-    out: dict[tuple[int, str], torch.Tensor] = {}
-    width = batch.ids.shape[1]
+    out: list[torch.Tensor | None] = [None] * a.n_layers
 
-    def keep(site):
-        def hook(module, args, output):
-            value = layer_output(output)
-            out[site] = value.view(-1, width, value.shape[-1]).detach()
-        return hook
+    def keep(layer: int):
+        def observe(x: torch.Tensor) -> None:
+            out[layer] = x.detach() if reduce is None else reduce(x)
+        return observe
 
-    hooks = [Hook("fwd", a.layer_module(layer, f"{comp}_out"), keep((layer, comp))) for layer, comp in sites]
-    forward(engine, batch, hooks)
-    return out
+    forward(engine, batch, [hook for layer in range(a.n_layers) for hook in Site(site, layer).observe(a, keep(layer))])
+    return out  # type: ignore[return-value]
 
 
-def set_edit_hooks(engine: ResidentModel, pset: PromptSet, batch: Batch, interventions: Iterable[Intervention],  # noqa: C901  (23) validation, sources and two hook kinds; split like edits.py
-                   padding: Padding = "left") -> list[Hook]:
-    """Hooks applying head ablations/scales and component ablations to every row of `batch`.
+class SetContext(Context):
+    """A prompt set batched with padding, for the compile functions of `edits`.
 
-    mean: the mean over every real position of the set's clean rows; resample: the row's corrupted
-    prompt at the same positions (the row's prompts must have the same number of tokens)."""
-    a = engine.adapter
-    enabled = [iv for iv in interventions if iv.enabled]
-    for iv in enabled:
-        if not isinstance(iv, (HeadAblation, HeadScale, ComponentAblation)):
-            raise InterventionError(f"{iv.label}: {iv.kind} is not supported over a prompt set "
-                                    "(head ablation/scale and component ablation are)")
-        if not 0 <= iv.layer < a.n_layers:
-            raise InterventionError(f"{iv.label}: layer {iv.layer} is outside 0..{a.n_layers - 1}")
-        if isinstance(iv, (HeadAblation, HeadScale)) and not 0 <= iv.head < a.n_heads:
-            raise InterventionError(f"{iv.label}: head {iv.head} is outside 0..{a.n_heads - 1}")
-    active = cast(list[HeadAblation | HeadScale | ComponentAblation], enabled)  # checked just above
-    modes = {getattr(iv, "mode", "") for iv in active}
-    clean_batch = encode(engine, pset.column("clean")) if "mean" in modes else None
-    corrupted = None
-    if "resample" in modes:
-        corrupted = encode(engine, pset.column("corrupted"), padding)
-        if corrupted.lengths != batch.lengths or corrupted.offsets != batch.offsets:
-            raise InterventionError("resample ablation over a set needs each row's corrupted prompt to have "
-                                    "as many tokens as its clean prompt")
-    z_mean = z_source = None
-    if any(isinstance(iv, HeadAblation) and iv.mode in ("mean", "resample") for iv in active):
-        if clean_batch is not None:
-            z_all = head_outputs(engine, clean_batch)
-            real = clean_batch.mask.bool()
-            z_mean = [z[real].mean(0) for z in z_all]  # [head*d_head] per layer
-        if corrupted is not None and "resample" in modes:
-            z_source = head_outputs(engine, corrupted)
-    comp_sites = {(iv.layer, iv.component) for iv in active if isinstance(iv, ComponentAblation)
-                  and iv.mode in ("mean", "resample")}
-    comp_mean = comp_source = {}
-    if comp_sites:
-        if clean_batch is not None:
-            outs = component_outputs(engine, clean_batch, comp_sites)
-            real = clean_batch.mask.bool()
-            comp_mean = {site: value[real].mean(0) for site, value in outs.items()}
-        if corrupted is not None and "resample" in modes:
-            comp_source = component_outputs(engine, corrupted, comp_sites)
-    n_heads, d_head = a.n_heads, a.d_head
-    width = batch.ids.shape[1]
-    hooks = []
-    for iv in active:
-        where = batch.positions_mask(iv.positions)[:, :, None]  # [row, pos, 1]
-        if isinstance(iv, (HeadAblation, HeadScale)):
-            def head_hook(module, args, kwargs, iv=iv, where=where):
-                x = args[0]  # [row, pos, head*d_head]
-                z = x.view(*x.shape[:-1], n_heads, d_head).clone()  # [row, pos, head, d_head]
-                old = z[:, :, iv.head]
-                if isinstance(iv, HeadScale):
-                    new = old * iv.factor
-                elif iv.mode == "zero":
-                    new = torch.zeros_like(old)
-                elif iv.mode == "mean":
-                    assert z_mean is not None  # computed above for every mean head ablation
-                    new = z_mean[iv.layer].view(n_heads, d_head)[iv.head].expand_as(old)
-                else:
-                    assert z_source is not None  # computed above for every resample head ablation
-                    new = z_source[iv.layer].view(*x.shape[:-1], n_heads, d_head)[:, :, iv.head]
-                z[:, :, iv.head] = torch.where(where, new, old)
-                return (z.view(x.shape), *args[1:]), kwargs
+    Positions are each row's prompt positions (applied as a [row, pos] mask); mean ablation takes
+    the mean over every real position of the set's clean rows; resample takes each row's own
+    corrupted prompt at the same positions (the row's prompts must have the same number of tokens).
+    """
 
-            hooks.append(Hook("pre", a.o_proj(iv.layer), head_hook))
-        else:
-            site = (iv.layer, iv.component)
+    where: ClassVar[str] = "over a prompt set"
+    knockouts: ClassVar[bool] = False
 
-            def comp_hook(module, args, output, iv=iv, where=where, site=site):
-                original = layer_output(output)
-                value = original.view(-1, width, original.shape[-1])  # [row, pos, d_model]
-                if iv.mode == "zero":
-                    new = torch.zeros_like(value)
-                elif iv.mode == "mean":
-                    new = comp_mean[site].expand_as(value)
-                else:
-                    new = comp_source[site]
-                edited = torch.where(where, new, value).view(original.shape)
-                if isinstance(output, tuple):
-                    return (edited, *output[1:])
-                return edited
+    def __init__(self, engine: ResidentModel, pset: PromptSet, batch: Batch, padding: Padding,
+                 vectors: Mapping[str, np.ndarray]) -> None:
+        super().__init__(engine.adapter, engine.dtype, batch.ids.shape[1], None, vectors, dry_run=False)
+        self.engine = engine
+        self.pset = pset
+        self.batch = batch
+        self.padding = padding
+        self.means: dict[str, list[torch.Tensor]] = {}
+        self.sources: dict[str, list[torch.Tensor]] = {}
 
-            hooks.append(Hook("fwd", a.layer_module(iv.layer, f"{iv.component}_out"), comp_hook))
+    @overload
+    def positions(self, positions: None, n_pos: int | None = None, suffix: str = "") -> None: ...
+
+    @overload
+    def positions(self, positions: Iterable[int], n_pos: int | None = None, suffix: str = "") -> list[int]: ...
+
+    def positions(self, positions: Iterable[int] | None, n_pos: int | None = None,
+                  suffix: str = "") -> list[int] | None:
+        """Prompt positions as given, checked against every row."""
+        if positions is None:
+            return None
+        given = list(positions)
+        for r, length in enumerate(self.batch.lengths):
+            for p in given:
+                if not -length <= p < length:
+                    raise self.fail(f"position {p} is outside row {r + 1} ({length} tokens)")
+        return given
+
+    def resample(self, site: SourceSite, layer: int,
+                 positions: Iterable[int] | None) -> tuple[torch.Tensor | None, EditPositions]:
+        where = self.positions(positions)
+        if site not in self.sources:
+            corrupted = encode(self.engine, self.pset.column("corrupted"), self.padding)
+            if corrupted.lengths != self.batch.lengths or corrupted.offsets != self.batch.offsets:
+                raise self.fail("resample ablation over a set needs each row's corrupted prompt to have "
+                                "as many tokens as its clean prompt")
+            self.sources[site] = site_outputs(self.engine, corrupted, site)
+        return self.sources[site][layer], where  # [row, pos, ...] aligned with the batch
+
+    def mean(self, site: MeanSite, layer: int) -> torch.Tensor:
+        if site not in self.means:
+            clean = encode(self.engine, self.pset.column("clean"))
+            real = clean.mask.bool()  # [row, pos]
+            self.means[site] = site_outputs(self.engine, clean, site, lambda x: x[real].mean(0))
+        return self.means[site][layer]
+
+
+def set_edit_hooks(engine: ResidentModel, pset: PromptSet, batch: Batch, interventions: Iterable[Intervention],
+                   padding: Padding = "left", vectors: Mapping[str, np.ndarray] | None = None) -> list[Hook]:
+    """Hooks applying `interventions` to every row of `batch`, compiled by the `edits` registry in a
+    `SetContext`; a kind that cannot apply over a padded set is refused in one line naming it."""
+    edits = compile_with(SetContext(engine, pset, batch, padding, vectors or {}), interventions)
+    hooks: list[Hook] = []
+    for record in edits.records:
+        assert isinstance(record, SiteEdit)  # SetContext refuses types that bring their own hooks
+        hooks += Site(record.site, record.layer).edit(engine.adapter, _masked_edit(record, batch))
     return hooks
+
+
+def _masked_edit(record: SiteEdit, batch: Batch) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The record's change where its positions fall in each row ([row, pos] mask), the rest kept."""
+    positions = record.positions
+    mask = batch.positions_mask((-1,) if positions == "last" else None if positions is None else tuple(positions))
+    op, value, index = record.op, record.value, record.index
+
+    def edit(x: torch.Tensor) -> torch.Tensor:  # [row, pos, ...], a private copy
+        old = x if index is None else x[:, :, index]
+        change = value if isinstance(value, torch.Tensor) else torch.as_tensor(value, dtype=old.dtype,
+                                                                                device=old.device)
+        new = change.expand_as(old) if op == "set" else old * change if op == "scale" else old + change
+        edited = torch.where(mask.view(*mask.shape, *[1] * (old.dim() - 2)), new, old)
+        if index is None:
+            return edited
+        x[:, :, index] = edited
+        return x
+
+    return edit
 
 
 # ---------------------------------------------------------------------------- results
@@ -351,15 +360,16 @@ def _spread(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def run_set(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff",
             interventions: Iterable[Intervention] = (), prompt: Literal["clean", "corrupted"] = "clean",
-            padding: Padding = "left") -> SetRunResult:
-    """The metric on every row (target vs foil at the row's last token), with and without interventions."""
+            padding: Padding = "left", vectors: Mapping[str, np.ndarray] | None = None) -> SetRunResult:
+    """The metric on every row (target vs foil at the row's last token), with and without interventions
+    (`vectors`: the steering vectors they may name)."""
     started = time.perf_counter()
     interventions = list(interventions)
     with engine.guard(), torch.no_grad():
         metric = SetMetric.of(engine, pset, kind)
         batch = encode(engine, pset.column(prompt), padding)
         base = metric.value(engine, forward(engine, batch, []).normed)
-        hooks = set_edit_hooks(engine, pset, batch, interventions, padding)
+        hooks = set_edit_hooks(engine, pset, batch, interventions, padding, vectors)
         values = metric.value(engine, forward(engine, batch, hooks).normed) if hooks else base
     return SetRunResult(pset.name, kind, values.cpu().numpy().astype(np.float64),
                         base.cpu().numpy().astype(np.float64), time.perf_counter() - started)

@@ -10,17 +10,17 @@ import numpy as np
 
 from mechscope.engine.addresses import parse_address
 from mechscope.engine.interventions import (
-    ActivationPatch,
     AttentionKnockout,
     ComponentAblation,
-    HeadAblation,
     HeadScale,
     Intervention,
     NeuronClamp,
+    Place,
     SteeringVector,
+    chooser_types,
 )
 from mechscope.requests.kinds import AddVectorRequest, Outcome, Request
-from mechscope.tui.commands import NEW_INTERVENTION_KINDS, key_of
+from mechscope.tui.commands import key_of
 from mechscope.workbench.numbers import parse_number
 
 if TYPE_CHECKING:
@@ -166,24 +166,15 @@ class InterventionDialogs:
         self.open_new_form(NeuronClamp(screen.selected_layer(), 0, 0.0), "clamp an MLP neuron",
                            f"neuron 0..{d_mlp - 1}; empty positions = all")
 
-    def new_intervention(self, kind: str) -> Intervention:
-        """A sensible new intervention of `kind` on the selected head or layer, to edit in the form."""
+    def place(self) -> Place:
+        """Where a new intervention starts: the selected head or layer, the prompt's last position."""
         screen = self.screen
         layer, head = screen.bench.selected or (0, 0)
         inputs = screen.bench.inputs
         result = screen.bench.result
         last = max(len(result.tokens) - 1, 0) if result is not None else 0
-        vectors = sorted(getattr(screen.engine, "vectors", {}) or {})
-        templates: dict[str, Intervention] = {
-            "head_ablation": HeadAblation(layer, head),
-            "head_scale": HeadScale(layer, head, 2.0),
-            "activation_patch": ActivationPatch(f"L{layer}.H{head}", inputs.corrupted or inputs.clean),
-            "attention_knockout": AttentionKnockout(layer, head, last, 0),
-            "component_ablation": ComponentAblation(layer, "attn", "zero"),
-            "neuron_clamp": NeuronClamp(layer, 0, 0.0),
-            "steering_vector": SteeringVector(layer, vectors[-1] if vectors else "", 4.0),
-        }
-        return templates[kind]
+        vectors = tuple(sorted(getattr(screen.engine, "vectors", {}) or {}))
+        return Place(layer, head, last, inputs.clean, inputs.corrupted or "", vectors)
 
     def add_intervention(self) -> None:
         from mechscope.screens.choose import ChooseScreen
@@ -191,6 +182,7 @@ class InterventionDialogs:
         screen = self.screen
         if screen.selected_head() is None:
             return
+        kinds = {cls.kind: cls for cls in chooser_types()}
 
         def chosen(kind: str | None) -> None:
             if kind is None:
@@ -199,14 +191,11 @@ class InterventionDialogs:
                 screen.say("no steering vector yet: build one first")
                 self.build_vector()
                 return
-            hints = {"component_ablation": "component attn or mlp; mode zero, mean or resample",
-                     "steering_vector": f"vectors: {', '.join(sorted(getattr(screen.engine, 'vectors', {})))}; "
-                                        "positions all, last or 3,4",
-                     "activation_patch": "address like L3.H1, L3.attn, L3.mlp, L3.resid_pre"}
-            self.open_new_form(self.new_intervention(kind), f"add {kind.replace('_', ' ')}",
-                               hints.get(kind, "empty positions = all"))
+            cls, place = kinds[kind], self.place()
+            self.open_new_form(cls.example(place), f"add {cls.title}", cls.form_hint(place))
 
-        screen.app.push_screen(ChooseScreen("add an intervention", list(NEW_INTERVENTION_KINDS)), chosen)
+        items = [(cls.kind, cls.title, cls.description) for cls in kinds.values()]
+        screen.app.push_screen(ChooseScreen("add an intervention", items), chosen)
 
     # ---------------------------------------------------------------- attention knockouts
 

@@ -105,17 +105,6 @@ COMMANDS: tuple[Command, ...] = (
     Command("q", "quit", "Quit", "leave mechscope"),
 )
 
-# The kinds "Add intervention…" offers: (kind, title, description).
-NEW_INTERVENTION_KINDS: tuple[tuple[str, str, str], ...] = (
-    ("head_ablation", "head ablation", "zero / mean / resample one head"),
-    ("head_scale", "head scale", "multiply one head's output"),
-    ("activation_patch", "activation patch", "copy an activation from another prompt"),
-    ("attention_knockout", "attention knockout", "mask one query→key edge of a head"),
-    ("component_ablation", "component ablation", "ablate a layer's attention or MLP output"),
-    ("neuron_clamp", "neuron clamp", "set one MLP neuron to a value"),
-    ("steering_vector", "steering vector", "steer the residual stream with a vector"),
-)
-
 # Keys that only make sense inside one widget, listed on the help screen.
 WIDGET_KEYS: tuple[tuple[str, str], ...] = (
     ("arrows / h j k l", "move the cursor on the layer x head grid"),

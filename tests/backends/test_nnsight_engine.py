@@ -10,6 +10,7 @@ pytest.importorskip("nnsight", reason="the nnsight backend needs the optional nn
 from mechscope.backends.nnsight_engine import NNsightEngine  # noqa: E402
 from mechscope.engine.errors import InterventionError, MechscopeError  # noqa: E402
 from mechscope.engine.interventions import (  # noqa: E402
+    INTERVENTION_TYPES,
     ActivationPatch,
     AttentionKnockout,
     ComponentAblation,
@@ -17,12 +18,14 @@ from mechscope.engine.interventions import (  # noqa: E402
     HeadScale,
     Metric,
     NeuronClamp,
+    Place,
     SteeringVector,
 )
 from mechscope.engine.protocol import EngineProtocol  # noqa: E402
 from mechscope.engine.testing import FAMILIES, tiny_engine, tiny_model, tiny_tokenizer  # noqa: E402
 from mechscope.engine.views import Views  # noqa: E402
 from tests.backends import server_like  # noqa: E402
+from tests.engine.test_one_compiler import variants  # noqa: E402
 
 TOL = 1e-4
 CLEAN = "When Mary and John went to the store, John gave a drink to"
@@ -191,6 +194,22 @@ def test_attribution_under_whole_layer_edits_adds_up_to_the_metric(family, stack
         assert np.all(b.attribution.heads[layer] == 0.0)
     elif "attn" in whole.label:
         assert np.any(b.attribution.heads[layer] != 0.0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_registered_kind_matches_native(family):
+    """Each kind of the registry, as the `+` chooser builds it and in every mode and with positions,
+    gives the native engine's outcome on the nnsight backend."""
+    native, backend = _pair(family)
+    last = len(native.tokenize(CLEAN)[0]) - 1
+    place = Place(layer=1, head=2, last=last, clean=CLEAN, corrupted=CORRUPT, vectors=("v",))
+    stack = [iv for cls in INTERVENTION_TYPES for iv in variants(cls, place)]
+    assert {type(iv) for iv in stack} == set(INTERVENTION_TYPES)
+    for iv in stack:
+        a = native.run(CLEAN, [iv], Views(), METRIC, corrupted=CORRUPT)
+        b = backend.run(CLEAN, [iv], Views(), METRIC, corrupted=CORRUPT)
+        _assert_same_prediction(a, b)
+        assert np.abs(a.logits - a.baseline.logits).max() > 0, iv.label  # it changed something
 
 
 def test_sweeps_over_an_edited_model_say_they_need_the_native_engine():

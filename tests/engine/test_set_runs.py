@@ -110,7 +110,7 @@ def test_sweep_reports_progress_and_stops_when_asked():
 
 def test_set_errors_name_the_row():
     from mechscope.engine.errors import InterventionError, PromptError
-    from mechscope.engine.interventions import SteeringVector
+    from mechscope.engine.interventions import ActivationPatch, AttentionKnockout
 
     engine = tiny_engine("llama")
     uneven = PromptSet("uneven", (ROWS.rows[0], PromptRow("The capital of France is", "The capital of Paris is",
@@ -119,5 +119,6 @@ def test_set_errors_name_the_row():
         sweep_set(engine, uneven)
     with pytest.raises(PromptError, match="row 1: logit_diff needs a foil"):
         run_set(engine, PromptSet("x", (PromptRow("One two", target=" three"),)))
-    with pytest.raises(InterventionError, match="not supported over a prompt set"):
-        run_set(engine, ROWS, interventions=[SteeringVector(0, "v")])
+    for refused in (AttentionKnockout(0, 1, 2, 1), ActivationPatch("L0.attn", "One two three")):
+        with pytest.raises(InterventionError, match=f"{refused.kind} is not supported over a prompt set"):
+            run_set(engine, ROWS, interventions=[refused])

@@ -51,7 +51,7 @@ def feature_site_edits(edits: Edits) -> dict[str, FeatureSiteEdit]:
 
 
 def _compile(iv: FeatureAblation | FeatureClamp | FeatureSteer, ctx: Context, edits: Edits, change: Change) -> None:
-    table = attached_saes(ctx.passes)
+    table = attached_saes(ctx.hook_passes())
     sae = table.get(iv.sae_id)
     if sae is None:
         raise ctx.fail(f"no SAE named {iv.sae_id!r} (attached: {', '.join(sorted(table)) or 'none'})")
