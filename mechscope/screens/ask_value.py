@@ -11,6 +11,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
+from mechscope.tui.widgets.ordered_input import OrderedInput
+
 
 class AskValueScreen(ModalScreen[str | None]):
     """Returns the typed text on enter (when `validate` gives no error), None on escape."""
@@ -36,7 +38,7 @@ class AskValueScreen(ModalScreen[str | None]):
         with Vertical() as box:
             box.border_title = self.title_text
             yield Static(self.label, id="ask-label")  # wraps: a long description is never cut
-            yield Input(self.initial, id="ask-input")
+            yield OrderedInput(self.initial, id="ask-input")
             yield Static("", id="ask-error")
             yield Label("enter accepts, esc cancels", classes="dim")
 

@@ -15,6 +15,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from mechscope.engine.interventions import Intervention
+from mechscope.tui.widgets.ordered_input import OrderedInput
 from mechscope.workbench.numbers import number_problem
 
 HIDDEN_FIELDS = ("enabled",)
@@ -118,7 +119,7 @@ class EditInterventionScreen(ModalScreen[Intervention | None]):
             for name in self.field_names:
                 with Horizontal():
                     yield Label(name)
-                    yield Input(field_text(getattr(self.original, name)), id=f"field-{name}",
+                    yield OrderedInput(field_text(getattr(self.original, name)), id=f"field-{name}",
                                 compact=True)
                 yield Static("", id=f"error-{name}", classes="field-error -hidden")
             yield Static("", id="edit-error")

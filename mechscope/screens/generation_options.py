@@ -10,6 +10,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
+from mechscope.tui.widgets.ordered_input import OrderedInput
 from mechscope.workbench.state import GenerationSettings
 
 Validate = Callable[[str, str, str], str | None]
@@ -44,7 +45,7 @@ class GenerationOptionsScreen(ModalScreen[tuple[str, str, str] | None]):
                                         ("seed", "gen-seed", str(settings.seed))):
                 with Horizontal():
                     yield Label(label)
-                    yield Input(value, id=ident, compact=True)
+                    yield OrderedInput(value, id=ident, compact=True)
             yield Static("", id="gen-error")
             yield Static("1..512 tokens; temperature 0 = greedy; enter accepts, esc cancels", classes="dim")
 

@@ -17,6 +17,7 @@ from textual.widgets import DataTable, Footer, Input, Label, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from mechscope.sessions import Session, SessionError, SessionSummary, StepResult
+from mechscope.tui.widgets.ordered_input import OrderedInput
 
 STATUS_STYLES = {"ok": "green", "DRIFT": "bold red", "ERROR": "bold magenta"}
 
@@ -42,7 +43,7 @@ class RenameSessionScreen(ModalScreen[str | None]):
         with Vertical() as box:
             box.border_title = f"rename {self.old_name}"
             yield Label("new name (letters, digits, '.', '_', '-')")
-            yield Input(self.old_name, id="rename-input")
+            yield OrderedInput(self.old_name, id="rename-input")
             yield Static("", id="rename-error")
             yield Label("enter renames, esc cancels", classes="dim")
 

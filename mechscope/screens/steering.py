@@ -12,6 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static, TextArea
 
+from mechscope.tui.widgets.ordered_input import OrderedInput
 from mechscope.workbench.numbers import number_problem
 
 VECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -79,7 +80,7 @@ class SteeringScreen(ModalScreen[SteeringRequest | None]):
     def field(self, name: str, label: str) -> ComposeResult:
         with Horizontal():
             yield Label(label)
-            yield Input(self.initial[name], id=f"steer-{name}", compact=True)
+            yield OrderedInput(self.initial[name], id=f"steer-{name}", compact=True)
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:

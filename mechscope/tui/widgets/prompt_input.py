@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from textual import events
 from textual.binding import Binding
-from textual.widgets import Input
+
+from mechscope.tui.widgets.ordered_input import OrderedInput
 
 # Input actions that change the text: skipped while the field is only focused, not entered.
 EDITING_ACTIONS = frozenset({
@@ -16,7 +17,7 @@ EDITING_ACTIONS = frozenset({
 })
 
 
-class PromptInput(Input):
+class PromptInput(OrderedInput):
     """An Input that is 'armed' for typing only after a deliberate entry; blur disarms it."""
 
     DEFAULT_CSS = """

@@ -1,0 +1,29 @@
+"""An Input whose editing keys apply in the order they arrive, even in a burst (paste, key repeat, tmux).
+
+Textual's Input inserts a printable key as soon as the key reaches it, but a key bound to an action
+(backspace, left, end, ...) first bubbles up to the App, which then runs the binding: in a burst, the
+printable keys typed after it are inserted before it runs (`backspace 1 0` on "auto" gave "auto1").
+Running the field's own bindings as the key reaches it keeps every key in order.
+"""
+
+from __future__ import annotations
+
+from textual import events
+from textual.actions import parse
+from textual.widgets import Input
+
+
+class OrderedInput(Input):
+    """An Input that runs its own key bindings at once instead of after the key has bubbled."""
+
+    async def _on_key(self, event: events.Key) -> None:
+        for key in event.aliases:
+            for binding in self._bindings.key_to_bindings.get(key, ()):
+                _, action, parameters = parse(binding.action)
+                if self.check_action(action, parameters) is False:
+                    continue
+                event.stop()
+                event.prevent_default()
+                await self.run_action(binding.action)
+                return
+        # Anything else goes on to Input's own handler (Textual calls each class's in turn).
