@@ -74,3 +74,18 @@ async def test_an_entered_prompt_field_takes_a_burst_in_order_and_an_unentered_o
         await pilot.pause()
         await pilot.pause()
         assert field.value == "When Ma1x0"
+
+
+def test_every_text_field_is_an_ordered_input() -> None:
+    """A plain `Input(...)` anywhere in the package would bring the out-of-order burst back."""
+    import re
+    from pathlib import Path
+
+    import mechscope
+
+    package = Path(mechscope.__file__).parent
+    plain = [f"{path.relative_to(package)}:{number}"
+             for path in package.rglob("*.py")
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"(?<![\w.])Input\(", line)]
+    assert plain == []
