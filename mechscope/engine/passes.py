@@ -114,38 +114,41 @@ class LayerCall:
         return LayerCall(self.hidden[:, start:], _cut(self.args, start, n_pos), _cut(self.kwargs, start, n_pos))
 
 
+def map_tensors(change: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
+    """`value` with `change` applied to every tensor inside it (tuples, lists and dicts kept)."""
+    if isinstance(value, torch.Tensor):
+        return change(value)
+    if isinstance(value, tuple):
+        return tuple(map_tensors(change, v) for v in value)
+    if isinstance(value, list):
+        return [map_tensors(change, v) for v in value]
+    if isinstance(value, dict):
+        return {k: map_tensors(change, v) for k, v in value.items()}
+    return value
+
+
 def take_rows(value: Any, index: torch.Tensor, rows: int) -> Any:
     """Select batch rows `index` of every tensor in a layer call's arguments whose first dim is the batch."""
-    if isinstance(value, torch.Tensor):
-        if value.dim() >= 2 and value.shape[0] == rows:
-            return value.index_select(0, index.to(value.device))
-        return value
-    if isinstance(value, tuple):
-        return tuple(take_rows(v, index, rows) for v in value)
-    if isinstance(value, list):
-        return [take_rows(v, index, rows) for v in value]
-    if isinstance(value, dict):
-        return {k: take_rows(v, index, rows) for k, v in value.items()}
-    return value
+    def take(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dim() >= 2 and tensor.shape[0] == rows:
+            return tensor.index_select(0, index.to(tensor.device))
+        return tensor
+
+    return map_tensors(take, value)
 
 
 def _cut(value: Any, start: int, n_pos: int) -> Any:
     """A layer call's argument cut to query positions start.. (see `LayerCall.suffix`)."""
-    if isinstance(value, torch.Tensor):
-        if value.dim() == 4 and value.shape[-2] == n_pos and value.shape[-1] == n_pos:
-            return value[..., start:, :]  # attention mask [batch, 1, query, key]: keep every key
-        if value.dim() >= 2 and value.shape[1] == n_pos:
-            return value[:, start:]  # position ids / rotary tables [batch, pos, ...]
-        if value.dim() == 1 and value.shape[0] == n_pos:
-            return value[start:]  # cache_position
-        return value
-    if isinstance(value, tuple):
-        return tuple(_cut(v, start, n_pos) for v in value)
-    if isinstance(value, list):
-        return [_cut(v, start, n_pos) for v in value]
-    if isinstance(value, dict):
-        return {k: _cut(v, start, n_pos) for k, v in value.items()}
-    return value
+    def cut(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dim() == 4 and tensor.shape[-2] == n_pos and tensor.shape[-1] == n_pos:
+            return tensor[..., start:, :]  # attention mask [batch, 1, query, key]: keep every key
+        if tensor.dim() >= 2 and tensor.shape[1] == n_pos:
+            return tensor[:, start:]  # position ids / rotary tables [batch, pos, ...]
+        if tensor.dim() == 1 and tensor.shape[0] == n_pos:
+            return tensor[start:]  # cache_position
+        return tensor
+
+    return map_tensors(cut, value)
 
 
 def replay(layers: torch.nn.ModuleList, calls: Sequence[LayerCall], start: int, hidden: torch.Tensor,

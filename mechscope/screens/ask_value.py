@@ -14,6 +14,16 @@ from textual.widgets import Input, Label, Static
 from mechscope.tui.widgets.ordered_input import OrderedInput
 
 
+def error_of(check: Callable[..., object], *args: object) -> str | None:
+    """A dialog's validator from a parser: the message of the ValueError `check(*args)` raises, None
+    when the input parses (the same rules the engine applies, worded once, by the parser)."""
+    try:
+        check(*args)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 class AskValueScreen(ModalScreen[str | None]):
     """Returns the typed text on enter (when `validate` gives no error), None on escape."""
 

@@ -61,20 +61,13 @@ class InterventionDialogs:
         self.screen.apply(self.screen.bench.clear())
 
     def scale_head(self) -> None:
-        from mechscope.screens.ask_value import AskValueScreen
+        from mechscope.screens.ask_value import AskValueScreen, error_of
 
         screen = self.screen
         head = screen.selected_head()
         if head is None:
             return
         existing = [e for e in screen.bench.stack.on_head(*head) if isinstance(e.intervention, HeadScale)]
-
-        def validate(text: str) -> str | None:
-            try:
-                parse_number("factor", text)
-            except ValueError as exc:
-                return str(exc)
-            return None
 
         def done(text: str | None) -> None:
             if text is None:
@@ -88,7 +81,8 @@ class InterventionDialogs:
         initial = f"{existing[-1].intervention.factor:g}" if existing else "2"  # type: ignore[attr-defined]
         screen.app.push_screen(AskValueScreen(f"scale L{head[0]}.H{head[1]}",
                                               "factor (0 removes the head, 1 leaves it, 2 doubles it)",
-                                              initial, validate), done)
+                                              initial, lambda text: error_of(parse_number, "factor", text)),
+                               done)
 
     def edit_head(self) -> None:
         screen = self.screen

@@ -126,20 +126,13 @@ class GridPart:
 
     def go_to(self) -> None:
         """Move the cursor to a typed address: `L23.H3`, `L23`, `mlp 5`."""
-        from mechscope.screens.ask_value import AskValueScreen
+        from mechscope.screens.ask_value import AskValueScreen, error_of
 
         screen = self.screen
         if screen.engine is None:
             screen.show_error("the model is still loading")
             return
         n_layers, n_heads = self.grid.n_layers, self.grid.n_heads
-
-        def validate(text: str) -> str | None:
-            try:
-                parse_grid_address(text, n_layers, n_heads)
-            except ValueError as exc:
-                return str(exc)
-            return None
 
         def done(text: str | None) -> None:
             if text is None:
@@ -150,7 +143,8 @@ class GridPart:
             screen.select(layer, head)
 
         screen.app.push_screen(AskValueScreen("go to", "a head or layer: L23.H3, L23, mlp 5", "",
-                                              validate), done)
+                                              lambda text: error_of(parse_grid_address, text, n_layers, n_heads)),
+                               done)
 
     def toggle_numbers(self) -> None:
         shown = not self.grid.show_numbers

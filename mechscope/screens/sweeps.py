@@ -140,17 +140,11 @@ class SweepsPart:
         self.screen.bench.info = "generation cancelled" if outcome.cancelled else "generated"
 
     def generation_settings(self) -> None:
+        from mechscope.screens.ask_value import error_of
         from mechscope.screens.generation_options import GenerationOptionsScreen
         from mechscope.workbench.research import parse_generation
 
         screen = self.screen
-
-        def validate(max_new_tokens: str, temperature: str, seed: str) -> str | None:
-            try:
-                parse_generation(max_new_tokens, temperature, seed)
-            except ValueError as exc:
-                return str(exc)
-            return None
 
         def done(values: tuple[str, str, str] | None) -> None:
             if values is not None:
@@ -160,4 +154,5 @@ class SweepsPart:
                 else:
                     screen.update_status()
 
-        screen.app.push_screen(GenerationOptionsScreen(screen.bench.generation_settings, validate), done)
+        screen.app.push_screen(GenerationOptionsScreen(screen.bench.generation_settings,
+                                                       lambda *values: error_of(parse_generation, *values)), done)
