@@ -349,10 +349,26 @@ class NNsightEngine:
                                tokens=[self.decode_token(i) for i in ids[0].tolist()],
                                prediction=prediction, baseline=baseline, metric_info=info,
                                interventions=[iv.to_dict() for iv in active],
-                               truncated_from=truncated_from)
+                               truncated_from=truncated_from,
+                               source_metric=self._source_metric(active, metric))
             self._fill_views(result, out, views, info, readout, n_pos, logits[-1], plan)
             result.compute = ComputeInfo(time.perf_counter() - started, "full", 0)
             return result
+
+    def _source_metric(self, active: list[Intervention], metric: Metric | None) -> float | None:
+        """The metric on the one prompt the active patches copy from, without interventions (as
+        `Passes.source_metric` on the native engine); None when there is no such prompt."""
+        sources = {iv.patch_source for iv in active} - {None}
+        if len(sources) != 1 or metric is None or not metric.target or metric.kind == "kl":
+            return None
+        ids, _ = self._prompt_ids(sources.pop())  # type: ignore[arg-type]
+        info = self.metric_info(metric, ids.shape[1])
+        want = {"readout": info.position, "lens_k": 0, "lens_target": -1, "dla": False, "stats": False,
+                "logprobs": False, "heads": {}, "sinks": False}
+        self._send(RequestSize(1, ids.shape[1]))
+        self._set_attention(False)
+        out = self._traces.run_trace(self.lm, self.paths, ids, {"row": 0, "layers": {}}, want, self.remote)
+        return self._prediction(out["logits"][0], info, 1).metric
 
     def _fill_views(self, result: RunResult, out: dict, views: Views, info: MetricInfo | None,
                     readout: int, n_pos: int, logits: torch.Tensor, plan: plans.Plan) -> None:

@@ -17,22 +17,31 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--format", choices=FORMATS, default="csv", help="csv (default) or safetensors")
     parser.add_argument("--sweep", type=int, default=-1, metavar="N",
                         help="which sweep (set sweeps and estimates count too), 0 = first, -1 = last (default)")
+    parser.add_argument("--effect", choices=("delta", "normalised", "both"), default="both",
+                        help="the Δ metric (patched - base), its share of the gap (patched - base) / "
+                        "(source - base), or both (default)")
     parser.add_argument("-o", "--output", help="output file ('-' for stdout, csv only; default ./sweep-KIND-DIRECTION.FORMAT)")
     parser.set_defaults(run=cmd_export_sweep)
 
 
-def _grid(kind: str, request: Any, summary: Any) -> tuple[str, Any, float]:
-    """The name, [rows, cols] matrix and base metric of a recorded sweep, set sweep or estimate."""
+def _grid(kind: str, request: Any, summary: Any) -> tuple[str, Any, float, float]:
+    """The name, [rows, cols] matrix, base and source metric of a recorded sweep, set sweep (their
+    means over the rows) or estimate."""
     import numpy as np
 
+    nan = float("nan")
     if kind == "sweep":
-        return request.sweep_kind, summary.arrays["values"], float(summary.data["base_metric"])
+        source = summary.data.get("source_metric")
+        return (request.sweep_kind, summary.arrays["values"], float(summary.data["base_metric"]),
+                nan if source is None else float(source))
     if kind == "sweep_set":
-        return "set", summary.arrays["mean"], float(summary.data["base_metric"])
+        sources = summary.arrays.get("source_metrics")
+        source = nan if sources is None or not len(sources) else float(np.mean(sources))
+        return "set", summary.arrays["mean"], float(summary.data["base_metric"]), source
     values = np.asarray(summary.arrays["estimated"], dtype=np.float64).copy()  # [layer, head]
     for layer, head, exact in summary.data["exact"]:  # verified heads hold their exact value
         values[int(layer), int(head)] = exact
-    return f"estimate-{summary.data['method']}", values, float("nan")
+    return f"estimate-{summary.data['method']}", values, nan, nan
 
 
 GRID_KINDS = ("sweep", "sweep_set", "estimate")
@@ -67,20 +76,19 @@ def cmd_export_sweep(args: argparse.Namespace) -> int:
     event = sweeps[args.sweep]
     try:
         request, summary = session.outcome(event)
-        name, values, base_metric = _grid(str(work_kind(event)), request, summary)
+        name, values, base_metric, source_metric = _grid(str(work_kind(event)), request, summary)
     except (KeyError, TypeError, ValueError) as exc:
         print(f"error: seq {event.seq} cannot be exported ({exc})", file=sys.stderr)
         return 2
     data = summary.data
-    source = data.get("source_metric")
     result = SweepResult(kind=name, values=values, base_metric=base_metric,  # type: ignore[arg-type]
-                         source_metric=float("nan") if source is None else float(source),
+                         source_metric=source_metric,
                          row_labels=list(data.get("row_labels", [])), col_labels=list(data.get("col_labels", [])),
                          complete=bool(data.get("complete", True)), seconds=0.0)
     direction = str(getattr(request, "direction", "noising"))  # every grid kind has one
     output = args.output or default_name("sweep", f"{name}-{direction}", args.format)
     if args.format == "csv":
-        text = sweep_to_csv(result, direction=direction)
+        text = sweep_to_csv(result, direction=direction, effect=args.effect)
         if output == "-":
             sys.stdout.write(text)
             return 0
@@ -89,6 +97,6 @@ def cmd_export_sweep(args: argparse.Namespace) -> int:
         if output == "-":
             print("safetensors cannot go to stdout: give -o FILE", file=sys.stderr)
             return 2
-        sweep_to_safetensors(result, output, direction=direction)
+        sweep_to_safetensors(result, output, direction=direction, effect=args.effect)
     print(f"wrote {output}")
     return 0

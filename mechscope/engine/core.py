@@ -269,6 +269,7 @@ class Engine:
                 metric_info=info,
                 interventions=[iv.to_dict() for iv in active],
                 truncated_from=truncated_from,
+                source_metric=passes.source_metric(active, metric, base_logits),
             )
             if views.logprobs:
                 result.token_logprobs = passes.token_logprobs(ids, final)
@@ -360,11 +361,11 @@ class Engine:
     # Prompt sets, attribution estimators, head detectors and massive activations live in their own
     # modules (imported on first use); these are the notebook-facing entry points.
 
-    def run_set(self, pset, kind="logit_diff", interventions=(), prompt="clean", padding="left"):
+    def run_set(self, pset, kind="logit_diff", interventions=(), prompt="clean", padding="left", means="clean"):
         """The metric on every row of a `PromptSet`, batched; see `set_runs.run_set`."""
         from mechscope.engine import set_runs
 
-        return set_runs.run_set(self, pset, kind, interventions, prompt, padding, self.vectors)
+        return set_runs.run_set(self, pset, kind, interventions, prompt, padding, self.vectors, means)
 
     def sweep_set(self, pset, **options):
         """Head patching over every row of a `PromptSet` (mean and spread per cell); see `set_runs.sweep_set`."""

@@ -71,6 +71,12 @@ class Intervention:
         """Short human label, e.g. `zero L9.H3`."""
         return self.kind
 
+    @property
+    def patch_source(self) -> str | None:
+        """The prompt whose run this intervention copies activations from (None: it reads no other run).
+        The run's result then says what that prompt's own metric is, so the effect can be normalised."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind}
         for f in dataclasses.fields(self):
@@ -256,6 +262,10 @@ class ActivationPatch(Intervention):
     @classmethod
     def example(cls, place: Place) -> ActivationPatch:
         return cls(f"L{place.layer}.H{place.head}", place.corrupted or place.clean)
+
+    @property
+    def patch_source(self) -> str | None:
+        return self.source_prompt
 
     @property
     def label(self) -> str:

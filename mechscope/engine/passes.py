@@ -18,7 +18,7 @@ from mechscope.engine.adapters import Adapter
 from mechscope.engine.captures import Captures, CaptureSpec, capture_hooks
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook, installed
-from mechscope.engine.interventions import Metric
+from mechscope.engine.interventions import Intervention, Metric
 from mechscope.engine.placement import align_hooks, execution_device, loaded
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import MetricInfo, Prediction, TokenProb
@@ -453,6 +453,23 @@ class Passes:
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits[:, 0] - logits[:, 1]
+
+    def source_metric(self, interventions: Sequence[Intervention], metric: Metric | None,
+                      reference: torch.Tensor) -> float | None:
+        """The metric on the one prompt the patches among `interventions` copy from, run without
+        interventions (its clean pass is the one the patches read, so it is cached); None without a
+        measurable metric or when the patches read no prompt or several. `reference` [vocab]: the
+        base run's logits (for kl)."""
+        sources = {iv.patch_source for iv in interventions} - {None}
+        if len(sources) != 1 or metric is None or not metric.measurable:
+            return None
+        ids, _ = self.prompt_ids(sources.pop())  # type: ignore[arg-type]
+        info = self.metric_info(metric, ids.shape[1])
+        clean = self.clean(ids)
+        logits = clean.readout_logits.get(info.position)
+        if logits is None:
+            logits = clean.readout_logits[info.position] = self.logits(clean.final[:, info.position])[0]  # [vocab]
+        return metric_value(logits.float(), info, reference.float())
 
     def prediction(self, logits: torch.Tensor, info: MetricInfo | None, top_k: int,
                    reference: torch.Tensor | None = None) -> Prediction:

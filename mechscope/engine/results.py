@@ -188,6 +188,8 @@ class RunResult:
     stats: ActivationStats | None = None
     compute: ComputeInfo | None = None
     truncated_from: int | None = None  # original token count when the prompt was cut to fit
+    # the metric on the prompt the active patches copy from, without interventions (None: no patch)
+    source_metric: float | None = None
 
     @property
     def top(self) -> list[TokenProb]:
@@ -206,6 +208,21 @@ SweepKind = Literal["head", "resid", "attn", "mlp", "atp"]
 SWEEP_KINDS: tuple[SweepKind, ...] = get_args(SweepKind)
 
 
+EffectScale = Literal["delta", "normalised"]
+EFFECT_SCALES: tuple[EffectScale, ...] = get_args(EffectScale)
+GAP_EPSILON = 1e-9  # a source metric this close to the base leaves nothing to recover
+
+
+def normalised_effect(delta: np.ndarray | float, base: float, source: float) -> np.ndarray:
+    """(patched - base) / (source - base): 1 when a patch recovers the whole difference between the
+    base run and the run it patches from; nan when the two runs give the same metric."""
+    gap = float(source) - float(base)
+    delta = np.asarray(delta, dtype=np.float64)
+    if not np.isfinite(gap) or abs(gap) < GAP_EPSILON:
+        return np.full(delta.shape, np.nan)
+    return delta / gap
+
+
 @dataclass(frozen=True)
 class SweepResult:
     """A patching sweep: `values` is the metric change per variant (patched - base)."""
@@ -218,6 +235,11 @@ class SweepResult:
     col_labels: list[str]
     complete: bool
     seconds: float
+
+    @property
+    def normalised(self) -> np.ndarray:
+        """`values` as a fraction of the gap source - base (1 = the whole difference recovered)."""
+        return normalised_effect(self.values, self.base_metric, self.source_metric)
 
 
 @dataclass(frozen=True)
@@ -299,6 +321,11 @@ class SetSweepResult:
     @property
     def std(self) -> np.ndarray:
         return self.per_row.std(axis=0)
+
+    @property
+    def normalised(self) -> np.ndarray:
+        """The mean effect as a fraction of the mean gap source - base over the rows ([layer, head])."""
+        return normalised_effect(self.mean, float(np.mean(self.base_metric)), float(np.mean(self.source_metric)))
 
 
 @dataclass

@@ -32,6 +32,7 @@ from mechscope.engine.sites import Site, SiteKind
 
 Padding = Literal["left", "right"]
 MetricKind = Literal["logit_diff", "prob", "loss"]
+MeanRows = Literal["clean", "corrupted"]  # the set's prompts mean ablation averages over
 MAX_BATCH_ROWS = 256  # sequences per forward in a sweep (rows x heads are chunked to this)
 
 
@@ -262,20 +263,24 @@ class SetContext(Context):
     """A prompt set batched with padding, for the compile functions of `edits`.
 
     Positions are each row's prompt positions (applied as a [row, pos] mask); mean ablation takes
-    the mean over every real position of the set's clean rows; resample takes each row's own
-    corrupted prompt at the same positions (the row's prompts must have the same number of tokens).
+    the mean over every real position of the set's clean rows, or of its corrupted rows (`means`, the
+    IOI paper's "ABC" distribution); resample takes each row's own corrupted prompt at the same
+    positions (the row's prompts must have the same number of tokens).
     """
 
     where: ClassVar[str] = "over a prompt set"
     knockouts: ClassVar[bool] = False
 
     def __init__(self, engine: ResidentModel, pset: PromptSet, batch: Batch, padding: Padding,
-                 vectors: Mapping[str, np.ndarray]) -> None:
+                 vectors: Mapping[str, np.ndarray], means: MeanRows = "clean") -> None:
         super().__init__(engine.adapter, engine.dtype, batch.ids.shape[1], None, vectors, dry_run=False)
         self.engine = engine
         self.pset = pset
         self.batch = batch
         self.padding = padding
+        if means not in ("clean", "corrupted"):
+            raise ValueError(f"means must be clean or corrupted, got {means!r}")
+        self.mean_rows = means
         self.means: dict[str, list[torch.Tensor]] = {}
         self.sources: dict[str, list[torch.Tensor]] = {}
 
@@ -310,17 +315,21 @@ class SetContext(Context):
 
     def mean(self, site: MeanSite, layer: int) -> torch.Tensor:
         if site not in self.means:
-            clean = encode(self.engine, self.pset.column("clean"))
-            real = clean.mask.bool()  # [row, pos]
-            self.means[site] = site_outputs(self.engine, clean, site, lambda x: x[real].mean(0))
+            prompts = self.pset.column(self.mean_rows)
+            if not all(prompts):
+                raise self.fail("mean ablation over the corrupted prompts needs a corrupted prompt in every row")
+            rows = encode(self.engine, prompts)
+            real = rows.mask.bool()  # [row, pos]
+            self.means[site] = site_outputs(self.engine, rows, site, lambda x: x[real].mean(0))
         return self.means[site][layer]
 
 
 def set_edit_hooks(engine: ResidentModel, pset: PromptSet, batch: Batch, interventions: Iterable[Intervention],
-                   padding: Padding = "left", vectors: Mapping[str, np.ndarray] | None = None) -> list[Hook]:
+                   padding: Padding = "left", vectors: Mapping[str, np.ndarray] | None = None,
+                   means: MeanRows = "clean") -> list[Hook]:
     """Hooks applying `interventions` to every row of `batch`, compiled by the `edits` registry in a
     `SetContext`; a kind that cannot apply over a padded set is refused in one line naming it."""
-    edits = compile_with(SetContext(engine, pset, batch, padding, vectors or {}), interventions)
+    edits = compile_with(SetContext(engine, pset, batch, padding, vectors or {}, means), interventions)
     hooks: list[Hook] = []
     for record in edits.records:
         assert isinstance(record, SiteEdit)  # SetContext refuses types that bring their own hooks
@@ -360,16 +369,18 @@ def _spread(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def run_set(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff",
             interventions: Iterable[Intervention] = (), prompt: Literal["clean", "corrupted"] = "clean",
-            padding: Padding = "left", vectors: Mapping[str, np.ndarray] | None = None) -> SetRunResult:
+            padding: Padding = "left", vectors: Mapping[str, np.ndarray] | None = None,
+            means: MeanRows = "clean") -> SetRunResult:
     """The metric on every row (target vs foil at the row's last token), with and without interventions
-    (`vectors`: the steering vectors they may name)."""
+    (`vectors`: the steering vectors they may name; `means`: the rows' prompts mean ablation averages
+    over, clean or corrupted)."""
     started = time.perf_counter()
     interventions = list(interventions)
     with engine.guard(), torch.no_grad():
         metric = SetMetric.of(engine, pset, kind)
         batch = encode(engine, pset.column(prompt), padding)
         base = metric.value(engine, forward(engine, batch, []).normed)
-        hooks = set_edit_hooks(engine, pset, batch, interventions, padding, vectors)
+        hooks = set_edit_hooks(engine, pset, batch, interventions, padding, vectors, means)
         values = metric.value(engine, forward(engine, batch, hooks).normed) if hooks else base
     return SetRunResult(pset.name, kind, values.cpu().numpy().astype(np.float64),
                         base.cpu().numpy().astype(np.float64), time.perf_counter() - started)

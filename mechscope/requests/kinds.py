@@ -111,6 +111,9 @@ class RunSetRequest:
     metric_kind: SetMetricKind = "logit_diff"
     interventions: tuple[Intervention, ...] = ()
     prompt: Literal["clean", "corrupted"] = "clean"
+    # what mean ablation averages over: the set's clean prompts, or its corrupted ones (the IOI
+    # paper's "ABC" distribution: the same templates with three unrelated names)
+    means: Literal["clean", "corrupted"] = "clean"
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ class RunSetHandler(Handler):
     def run(self, engine: Any, request: RunSetRequest, on_partial: OnPartial | None,
             should_stop: ShouldStop | None) -> Any:
         return engine_method(engine, "run_set", "prompt_sets")(
-            request.pset, request.metric_kind, request.interventions, request.prompt)
+            request.pset, request.metric_kind, request.interventions, request.prompt, means=request.means)
 
     def summarise(self, result: Any) -> Summary:
         return Summary({"values": [float(v) for v in np.asarray(result.values).reshape(-1)],
@@ -142,7 +142,9 @@ class SweepSetHandler(Handler):
                                   "L{row}.H{col}"))
 
     def describe(self, summary: Summary) -> str:
-        return format_sweep(summary.arrays["mean"], summary.data["base_metric"])
+        sources = summary.arrays.get("source_metrics")
+        source = None if sources is None or not len(sources) else float(np.mean(sources))
+        return format_sweep(summary.arrays["mean"], summary.data["base_metric"], source)
 
     def restore(self, request: SweepSetRequest, summary: Summary) -> Any:
         arrays = summary.arrays

@@ -63,6 +63,7 @@ class RunHandler(Handler):
             "top_probs": [float(tok.prob) for tok in result.top],
             "metric": _finite_or_none(result.metric),
             "baseline_metric": _finite_or_none(result.baseline.metric),
+            "source_metric": _finite_or_none(result.source_metric),
         })
 
     def check(self, request: RunRequest, summary: Summary) -> None:
@@ -76,6 +77,8 @@ class RunHandler(Handler):
             raise ValueError("outcome: top_ids, top_tokens and top_probs differ in length")
         for key in ("metric", "baseline_metric"):
             need(data, key, (int, float, type(None)), "a number or null")
+        if "source_metric" in data:
+            need(data, "source_metric", (int, float, type(None)), "a number or null")
 
     def inputs(self, request: RunRequest) -> tuple[str, str | None, Any]:
         return request.prompt, request.corrupted, request.metric
@@ -143,7 +146,8 @@ class SweepHandler(Handler):
                 + matrix_problems(recorded.arrays["values"], recomputed.arrays["values"], tolerance))
 
     def describe(self, summary: Summary) -> str:
-        return format_sweep(summary.arrays["values"], summary.data["base_metric"])
+        return format_sweep(summary.arrays["values"], summary.data["base_metric"],
+                            _finite_or_none(summary.data.get("source_metric")))
 
     def restore_key(self, request: SweepRequest) -> str:
         return f"sweep {request.sweep_kind}"

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from mechscope.engine.results import normalised_effect
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -88,7 +90,10 @@ def compare_outcomes(recorded: dict, recomputed: dict, tolerance: Tolerance) -> 
                 problems.append(f"token at rank {rank + 1} {recorded['top_tokens'][rank]!r} ({old_id}) "
                                 f"-> {recomputed['top_tokens'][rank]!r} ({new_id})")
                 break
-    for key, label in (("metric", "metric"), ("baseline_metric", "baseline metric")):
+    for key, label in (("metric", "metric"), ("baseline_metric", "baseline metric"),
+                       ("source_metric", "source metric")):
+        if key == "source_metric" and key not in recorded:  # recorded before runs kept it
+            continue
         problems += metric_problems(label, recorded.get(key), recomputed.get(key), tolerance)
     return problems
 
@@ -144,14 +149,20 @@ def matrix_problems(recorded: Any, values: Any, tolerance: Tolerance,
             f"{recorded[index]:+.6f} -> {values[index]:+.6f}"]
 
 
-def format_sweep(values: Any, base_metric: float) -> str:
-    """`base +1.2345; largest effect -0.8123 at [9, 3]` (ignores cells a cancelled sweep left as nan)."""
+def format_sweep(values: Any, base_metric: float, source_metric: float | None = None) -> str:
+    """`base +1.2345; largest effect -0.8123 at [9, 3]` (ignores cells a cancelled sweep left as nan),
+    then `, -0.52 of the gap` when the source run's metric is known."""
     values = np.asarray(values, dtype=np.float64)
     finite = np.where(np.isfinite(values), values, 0.0)
     if finite.size == 0:
         return f"base {base_metric:+.4f}; empty"
     row, col = np.unravel_index(int(np.argmax(np.abs(finite))), finite.shape)
-    return f"base {base_metric:+.4f}; largest effect {finite[row, col]:+.4f} at [{row}, {col}]"
+    text = f"base {base_metric:+.4f}; largest effect {finite[row, col]:+.4f} at [{row}, {col}]"
+    if source_metric is not None:
+        share = float(normalised_effect(finite[row, col], base_metric, source_metric))
+        if np.isfinite(share):
+            text += f", {share:+.2f} of the gap"
+    return text
 
 
 def format_rows(values: Sequence[float]) -> str:

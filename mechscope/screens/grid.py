@@ -11,7 +11,7 @@ import numpy as np
 from mechscope.tui.commands import key_of
 from mechscope.tui.widgets.head_grid import GRID_METRICS, SET_GRID_METRICS, HeadGrid
 from mechscope.tui.widgets.heatmap import Heatmap
-from mechscope.workbench.sets import ESTIMATE_GRID
+from mechscope.workbench.sets import ESTIMATE_GRID, SET_SWEEP_GRID
 
 if TYPE_CHECKING:
     from mechscope.screens.workbench import WorkbenchScreen
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 SWEEP_OF_GRID = {"patching": "head", "atp": "atp"}  # grid metric -> the sweep kind that computes it
 GRID_OF_SWEEP = {kind: name for name, kind in SWEEP_OF_GRID.items()}
 BASE_GRIDS = ("attribution", "sink", "patching", "atp")
+NORMALISABLE_GRIDS = ("patching", SET_SWEEP_GRID)  # grids of exact patching effects, shown in either scale
 ADDRESS = re.compile(r"^\s*(?:l(?:ayer)?\s*(?P<layer>\d+)\s*(?:[.\s]\s*h(?:ead)?\s*(?P<head>\d+))?"
                      r"|(?P<part>mlp|attn|attention)\s*(?P<part_layer>\d+))\s*$", re.IGNORECASE)
 
@@ -46,7 +47,7 @@ class GridPart:
 
     def commands(self) -> dict[str, Callable[..., object]]:
         return {"cycle_grid": self.cycle, "choose_grid": self.choose, "go_to": self.go_to,
-                "toggle_numbers": self.toggle_numbers}
+                "toggle_numbers": self.toggle_numbers, "toggle_effect_scale": self.toggle_effect_scale}
 
     @property
     def grid(self) -> HeadGrid:
@@ -77,7 +78,9 @@ class GridPart:
         values = self.values(self.metric)
         stale = bench.sweep_staleness(SWEEP_OF_GRID.get(self.metric, ""))
         note = f"{stale}: rerun the sweep" if stale else "not computed"
-        self.grid.show_metric(self.metric, values, note, self.sweep_direction(values))
+        normalised = (bench.effect_scale == "normalised" and values is not None
+                      and self.metric in NORMALISABLE_GRIDS)
+        self.grid.show_metric(self.metric, values, note, self.sweep_direction(values), normalised)
         self.show_marks()
 
     def sweep_direction(self, values: np.ndarray | None) -> str:
@@ -152,3 +155,12 @@ class GridPart:
             heatmap.toggle_numbers(shown)
         self.screen.say("numbers in heatmaps" if shown else
                         f"heatmaps: colours only ({key_of('toggle_numbers')} shows numbers)")
+
+    def toggle_effect_scale(self) -> None:
+        """Δ metric or normalised effect in the sweep grids, the sweep view and the set tab."""
+        screen = self.screen
+        screen.bench.toggle_effect_scale()
+        self.show()
+        screen.sweeps.rescale()
+        screen.set_tab.show()
+        screen.say(screen.bench.info)

@@ -33,7 +33,8 @@ class SetTab:
     def commands(self) -> dict[str, Callable[..., object]]:
         return {"prompt_set": self.open_set, "set_row": self.step_row, "set_numbers": self.set_numbers,
                 "set_sweep": self.set_sweep, "estimate": self.estimate, "detect_heads": self.detect_heads,
-                "massive": self.massive, "drop_failing_rows": self.drop_failing_rows}
+                "massive": self.massive, "drop_failing_rows": self.drop_failing_rows,
+                "abc_means": self.abc_means}
 
     @property
     def view(self) -> SetView:
@@ -201,3 +202,12 @@ class SetTab:
     def massive(self) -> None:
         if self.screen.loaded():
             self.submit_or_say(self.screen.bench.sets.massive_request())
+
+    def abc_means(self) -> None:
+        """Mean ablation over the set's corrupted prompts (ABC), in single runs and set runs."""
+        screen = self.screen
+        request = screen.bench.sets.abc_means_request()
+        if request is None:
+            screen.show_error(screen.bench.sets.error or "no prompt set")
+            return
+        screen.submit(request)

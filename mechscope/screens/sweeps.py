@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from mechscope.engine.results import SweepResult
 from mechscope.requests.kinds import GenerateRequest, Outcome, Request, SweepRequest
 from mechscope.screens.grid import GRID_OF_SWEEP
+from mechscope.tui.commands import key_of
 from mechscope.tui.widgets.views import GenerationView, SweepView
 
 if TYPE_CHECKING:
@@ -40,8 +41,17 @@ class SweepsPart:
     def show(self, request: SweepRequest, result: SweepResult, running: bool, note: str = "") -> None:
         """A sweep in the view, with its header in full and in two short lines (the view picks by size)."""
         bench = self.screen.bench
+        normalised = bench.effect_scale == "normalised"
+        if normalised and result.kind != "atp":
+            note += f" · cells: share of the gap ({key_of('toggle_effect_scale')}: Δ)"
         self.view.show(result, running=running, note=note, header=bench.sweep_header(request, result),
-                       short_header=bench.sweep_header(request, result, short=True))
+                       short_header=bench.sweep_header(request, result, short=True), normalised=normalised)
+
+    def rescale(self) -> None:
+        """The last sweep again, in the effect scale just chosen."""
+        state = self.screen.bench.last_sweep
+        if state is not None and state.result is not None:
+            self.show(state.request, state.result, running=not state.done)
 
     # ---------------------------------------------------------------- sweeps
 

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mechscope.engine.results import EFFECT_SCALES
+
 TENSOR_FILE = re.compile(r"^tensors/[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$")
 INTERVENTION_ACTIONS = ("added", "changed", "toggled", "removed")
 SWEEP_KINDS = ("head", "resid", "atp", "attn", "mlp")
@@ -259,6 +261,7 @@ EVENT_FIELDS: dict[str, dict[str, Checker]] = {
                  "interventions": list_of(check_intervention), "params": check_generate_params,
                  "token_ids": list_of(check_count), "tokens": list_of(check_str)},
     "note": {"text": check_str},
+    "effect_scale": {"scale": one_of(*EFFECT_SCALES)},
     # a prompt set the later set_run / set_sweep events name by this event's seq
     "prompt_set": {"name": check_str, "source": check_str,
                    "rows": bounded_list(check_set_row, MAX_SET_ROWS)},

@@ -85,6 +85,8 @@ def _event_code(session: Session, event: Event) -> str | None:
     if event.kind == "reference_prompts":
         return (f"# seq {seq}: reference prompts for mean ablation\n"
                 f"engine.set_reference_prompts({literal(list(event['prompts']))})")
+    if event.kind == "effect_scale":
+        return f"# seq {seq}: the workbench shows patching effects as {_comment(str(event['scale']))} from here on"
     if event.kind == "note":
         return "\n".join(f"# note (seq {seq}): {_comment(line)}"
                          for line in event["text"].splitlines()[:50] or [""])

@@ -27,6 +27,7 @@ class SessionState:
     last_sweep: Event | None = None
     last_generate: Event | None = None
     notes: list[str] = field(default_factory=list)
+    effect_scale: str = "delta"  # how sweeps were shown when the session stopped
     prompt_set: dict[str, Any] | None = None  # the latest prompt_set event's payload (name, source, rows)
     work: dict[str, Event] = field(default_factory=dict)  # request kind -> its latest work event
     outcomes: list[Any] = field(default_factory=list)  # Outcomes rebuilt from the record, oldest first
@@ -53,6 +54,7 @@ class StateBuilder:
         self.reference_prompts: list[str] | None = None
         self.last: dict[str, Event] = {}
         self.notes: list[str] = []
+        self.effect_scale = "delta"
         self.prompt_sets: dict[int, dict[str, Any]] = {}  # seq -> prompt_set payload
         self.prompt_set: dict[str, Any] | None = None
 
@@ -70,6 +72,8 @@ class StateBuilder:
             self.reference_prompts = list(payload["prompts"])
         elif kind == "note":
             self.notes.append(payload["text"])
+        elif kind == "effect_scale":
+            self.effect_scale = payload["scale"]
         elif kind == "prompt_set":
             self.prompt_sets[event.seq] = payload
             self.prompt_set = payload
@@ -134,6 +138,7 @@ class StateBuilder:
             last_sweep=self.last.get("sweep"),
             last_generate=self.last.get("generate"),
             notes=list(self.notes),
+            effect_scale=self.effect_scale,
             prompt_set=self.prompt_set,
             work=dict(self.last),
         )

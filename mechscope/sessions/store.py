@@ -435,6 +435,10 @@ class Session:
         file = self._save_tensor("vector", "vector", vector)
         return self.record("vector", name=name, file=file, shape=list(vector.shape))
 
+    def record_effect_scale(self, scale: str) -> Event:
+        """How the workbench shows patching effects from here on (`delta` or `normalised`)."""
+        return self.record("effect_scale", scale=scale)
+
     def record_note(self, text: str) -> Event:
         return self.record("note", text=text)
 

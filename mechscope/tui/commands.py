@@ -56,6 +56,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("T", "use_spaced_tokens", "Use the spaced target / foil",
             "replace a target typed without its leading space by the token the model predicts "
             "(in every row of a prompt set whose rows fail the checks)"),
+    Command("percent_sign", "toggle_effect_scale", "Sweeps: Δ or normalised effect",
+            "show sweep and set-sweep grids as Δ metric (patched - base) or as the share of the gap "
+            "(patched - base) / (source - base), 1 = fully recovered; recorded in the session"),
     Command("0", "toggle_numbers", "Numbers in heatmaps", "print every heatmap cell's value (again: colours only)"),
     Command("E", "show_message", "Show the full message", "the whole status line (an error in full)"),
     Command("slash,i", "focus_prompt", "Edit prompt", "move the focus to the clean prompt"),
@@ -78,6 +81,9 @@ COMMANDS: tuple[Command, ...] = (
             "previous-token, duplicate-token, induction, sink, copy suppression grids (c cycles; cached per model)"),
     Command("Y", "massive", "Prompt set: massive activations",
             "per layer, residual dims that dwarf the rest, and whether they stay constant over the set"),
+    Command("", "abc_means", "Prompt set: mean ablation over its corrupted prompts (ABC)",
+            "mean ablation averages over the set's corrupted prompts (the IOI paper's ABC distribution), "
+            "in single runs and over the set; F sets other reference prompts"),
     Command("", "drop_failing_rows", "Prompt set: drop rows that fail the checks",
             "a new set without the rows whose target / foil or lengths fail (T fixes spacing instead)"),
     Command("6", "show_tab('tab-set')", "View: prompt set", "rows, set numbers, set sweep, estimate, massive activations"),

@@ -163,7 +163,7 @@ class Workbench(ResearchCommands):
         state = self.sweeps.get(kind)
         if state is None or state.result is None or self.sweep_staleness(kind) is not None:
             return None
-        return state.result.values
+        return self.effect_values(state.result)
 
     def generation_is_current(self) -> bool:
         gen = self.generation
@@ -175,6 +175,8 @@ class Workbench(ResearchCommands):
         """An entry as the list shows it: a patch says where its source comes from."""
         intervention = self.resolved(entry)
         label = intervention.label + positions_note(intervention)
+        if getattr(intervention, "mode", None) == "mean":  # the label says what the mean is over
+            label += f" ({self.sets.mean_origin(short=True)})"
         if isinstance(intervention, ActivationPatch):
             if entry.id in self.follows:
                 return f"{label} ← corrupted"
@@ -579,6 +581,7 @@ class Workbench(ResearchCommands):
             self.remember_vector(name, values)
         if state.reference_prompts:
             self.reference_prompts = tuple(state.reference_prompts)
+        self.use_effect_scale(state.effect_scale)
         self.sets.restore(state.prompt_set)
         for outcome in state.outcomes:
             self.restore_outcome(outcome)

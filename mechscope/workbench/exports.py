@@ -12,9 +12,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mechscope.engine.results import normalised_effect
+
 if TYPE_CHECKING:
     from mechscope.engine.results import Attribution, LogitLens, SweepResult
 
+EFFECTS = ("delta", "normalised", "both")  # which effect columns an exported sweep holds
 HEAD_GRIDS = ("head", "atp", "set")  # kinds whose columns are heads (and every "estimate-<method>")
 
 
@@ -27,15 +30,21 @@ def _row_label(kind: str, row: int, labels: Sequence[str]) -> str:
     return str(labels[row]) if row < len(labels) and labels[row] else f"L{row}"
 
 
-def sweep_to_csv(result: SweepResult, *, direction: str = "noising", tokens: list[str] | None = None) -> str:
-    """One row per cell: layer, head or position, the metric change; unreached cells are empty. With the
-    prompt's `tokens`, a position's label names its token as the screen does (`L0 pos 9: John`)."""
+def sweep_to_csv(result: SweepResult, *, direction: str = "noising", tokens: list[str] | None = None,
+                 effect: str = "both") -> str:
+    """One row per cell: layer, head or position, the metric change (`delta_metric`, patched - base)
+    and / or its share of the gap (`normalised_effect`, (patched - base) / (source - base); `effect`
+    picks: delta, normalised or both); unreached cells are empty. With the prompt's `tokens`, a
+    position's label names its token as the screen does (`L0 pos 9: John`)."""
+    check_effect(effect)
     values = np.asarray(result.values, dtype=np.float64)  # head grids: [layer, head]; others: [layer, pos]
+    shares = normalised_effect(values, result.base_metric, result.source_metric)  # same shape
     column = "head" if result.kind in HEAD_GRIDS or result.kind.startswith("estimate") else "position"
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["kind", "direction", "layer", column, "label", "delta_metric",
-                     "base_metric", "source_metric"])
+    effects = {"delta": ["delta_metric"], "normalised": ["normalised_effect"],
+               "both": ["delta_metric", "normalised_effect"]}[effect]
+    writer.writerow(["kind", "direction", "layer", column, "label", *effects, "base_metric", "source_metric"])
     for row in range(values.shape[0]):
         for col in range(values.shape[1]):
             if column == "head":
@@ -43,9 +52,15 @@ def sweep_to_csv(result: SweepResult, *, direction: str = "noising", tokens: lis
             else:
                 token = f": {tokens[col]}" if tokens is not None and col < len(tokens) else ""
                 label = f"{_row_label(result.kind, row, result.row_labels)} pos {col}{token}"
-            writer.writerow([result.kind, direction, row, col, label, _number(values[row, col]),
+            cells = {"delta_metric": values[row, col], "normalised_effect": shares[row, col]}
+            writer.writerow([result.kind, direction, row, col, label, *(_number(cells[e]) for e in effects),
                              _number(result.base_metric), _number(result.source_metric)])
     return out.getvalue()
+
+
+def check_effect(effect: str) -> None:
+    if effect not in EFFECTS:
+        raise ValueError(f"effect must be one of {', '.join(EFFECTS)}, got {effect!r}")
 
 
 def attribution_to_csv(attribution: Attribution) -> str:
@@ -83,16 +98,23 @@ def lens_to_csv(lens: LogitLens) -> str:
     return out.getvalue()
 
 
-def sweep_to_safetensors(result: SweepResult, path: str | Path, *, direction: str = "noising") -> None:
-    """The matrix as `values` [rows, cols] float32, with kind, direction and labels as metadata."""
+def sweep_to_safetensors(result: SweepResult, path: str | Path, *, direction: str = "noising",
+                         effect: str = "both") -> None:
+    """The matrix as `values` [rows, cols] float32 (Δ metric) and / or `normalised` (its share of the gap
+    source - base; `effect`: delta, normalised or both), with kind, direction and labels as metadata."""
     from safetensors.numpy import save_file
 
-    values = np.ascontiguousarray(np.asarray(result.values, dtype=np.float32))
+    check_effect(effect)
+    values = np.ascontiguousarray(np.asarray(result.values, dtype=np.float32))  # [rows, cols]
+    shares = np.ascontiguousarray(normalised_effect(values, result.base_metric, result.source_metric)
+                                  .astype(np.float32))  # [rows, cols]
+    tensors = {"delta": {"values": values}, "normalised": {"normalised": shares},
+               "both": {"values": values, "normalised": shares}}[effect]
     metadata = {"kind": result.kind, "direction": direction, "base_metric": repr(float(result.base_metric)),
                 "source_metric": repr(float(result.source_metric)),
                 "row_labels": ",".join(map(str, result.row_labels)),
                 "col_labels": ",".join(map(str, result.col_labels))}
-    save_file({"values": values}, str(path), metadata=metadata)
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def default_name(what: str, kind: str, fmt: str) -> str:

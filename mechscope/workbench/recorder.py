@@ -191,6 +191,9 @@ class SessionRecorder:
     def reference_prompts(self, prompts: tuple[str, ...]) -> None:
         self._write("reference prompts", lambda: self.session.record_reference_prompts(prompts), keep=True)
 
+    def effect_scale(self, scale: str) -> None:
+        self._write("effect scale", lambda: self.session.record_effect_scale(scale), keep=True)
+
     def note(self, text: str) -> None:
         self._write("note", lambda: self.session.record_note(text), keep=True)
 

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from mechscope.engine.interventions import Intervention, Metric, SteeringVector
-from mechscope.engine.results import RunResult, SweepResult
+from mechscope.engine.results import (
+    EFFECT_SCALES,
+    EffectScale,
+    RunResult,
+    SetSweepResult,
+    SweepResult,
+)
 from mechscope.requests.kinds import (
     Direction,
     Outcome,
@@ -28,12 +34,17 @@ from mechscope.workbench.state import GenerationSettings, SweepState
 if TYPE_CHECKING:
     from mechscope.workbench.controller import Inputs
     from mechscope.workbench.recorder import SessionRecorder
+    from mechscope.workbench.sets import PromptSets
 
 SWEEP_KINDS: tuple[SweepKind, ...] = ("head", "attn", "mlp", "resid", "atp")
 SWEEP_NAMES = {"head": "heads", "attn": "attention output per layer and position",
                "mlp": "MLP output per layer and position", "resid": "residual per layer and position",
                "atp": "heads, attribution patching (estimate)"}
 DIRECTIONS: tuple[Direction, ...] = ("noising", "denoising")
+EFFECT_SCALE_NOTES = {
+    "delta": "Δ metric (patched - base), in the metric's units",
+    "normalised": "normalised effect (patched - base) / (source - base): 1 = the patch recovers the whole gap",
+}
 SWEEPS_ON_TOP = False  # every sweep entry point sweeps the unedited model unless asked (W): like set sweeps
 MAX_NEW_TOKENS = 512
 MAX_TEMPERATURE = 100.0
@@ -41,7 +52,7 @@ MAX_SEED = 2**32 - 1
 MAX_REFERENCE_PROMPTS = 256
 
 
-def sweep_runs(direction: Direction) -> tuple[str, str]:
+def sweep_runs(direction: str) -> tuple[str, str]:
     """(the run a sweep patches, the run its activations come from) for a direction."""
     return ("clean", "corrupted") if direction == "noising" else ("corrupted", "clean")
 
@@ -128,6 +139,7 @@ class ResearchCommands:
         sweeps: dict[str, SweepState]
         last_sweep: SweepState | None
         generation_settings: GenerationSettings
+        sets: PromptSets
         error: str | None
         info: str
 
@@ -140,6 +152,7 @@ class ResearchCommands:
         def invalidate(self) -> None: ...
 
     metric_position: int = -1
+    effect_scale: EffectScale = "delta"  # how sweep grids show a patch's effect (EFFECT_SCALE_NOTES)
     pinned: Outcome | None = None
     reference_prompts: tuple[str, ...] | None = None  # None: the engine's defaults
     vector_norms: dict[str, float]
@@ -249,6 +262,26 @@ class ResearchCommands:
                              f"{result.source_metric:+.3f} · gap {gap:+.3f}")
         return "\n".join(lines)
 
+    # -- effect scale -------------------------------------------------------------------------
+
+    def toggle_effect_scale(self) -> None:
+        """Show sweeps and set sweeps as the raw Δ metric or as the normalised effect; recorded."""
+        self.use_effect_scale("normalised" if self.effect_scale == "delta" else "delta")
+        self.recorder.effect_scale(self.effect_scale)
+        self.info = f"sweep grids: {EFFECT_SCALE_NOTES[self.effect_scale]}"
+
+    def use_effect_scale(self, scale: str) -> None:
+        """Set the scale without recording it (a resumed session's)."""
+        if scale not in EFFECT_SCALES:
+            raise ValueError(f"effect scale must be one of {', '.join(EFFECT_SCALES)}, got {scale!r}")
+        self.effect_scale = scale
+
+    def effect_values(self, result: SweepResult | SetSweepResult) -> np.ndarray:
+        """A sweep's grid in the chosen scale: Δ metric per cell, or Δ over the gap source - base."""
+        if self.effect_scale == "normalised":
+            return result.normalised
+        return result.values if isinstance(result, SweepResult) else np.asarray(result.mean, dtype=np.float64)
+
     # -- pinned baseline ------------------------------------------------------------------------
 
     def pin(self) -> bool:
@@ -300,7 +333,7 @@ class ResearchCommands:
             return None
         self.reference_prompts = request.prompts
         self.recorder.reference_prompts(request.prompts)
-        self.info = f"mean ablation now averages over {len(request.prompts)} reference prompt(s)"
+        self.info = f"mean ablation now averages over {self.sets.mean_origin()}"
         self.invalidate()  # mean ablations changed: the same inputs run again
         return self.next_run()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
 
@@ -18,12 +18,14 @@ from mechscope.requests.kinds import (
     EstimateRequest,
     MassiveRequest,
     Outcome,
+    ReferencePromptsRequest,
     Request,
     RunRequest,
     RunSetRequest,
     SweepSetRequest,
     TemplateSetRequest,
 )
+from mechscope.workbench.research import MAX_REFERENCE_PROMPTS
 from mechscope.workbench.set_rows import (
     RowProblem,
     Tokenize,
@@ -93,6 +95,9 @@ class PromptSets:
             effect = np.asarray(result.values) - np.asarray(result.baseline)
             text += (f" → with {len(request.interventions)} intervention(s) {mean_std(result.values)}"
                      f" (Δ {mean_std(effect)})")
+            if any(getattr(iv, "mode", None) == "mean" for iv in request.interventions):
+                text += (" · means over the set's corrupted prompts (ABC)" if request.means == "corrupted"
+                         else " · means over the set's clean prompts")
         if self.run_is_stale():
             text += " · stale: interventions or metric changed"
         return text
@@ -102,7 +107,7 @@ class PromptSets:
             return False
         request = cast(RunSetRequest, self.run.request)
         return (request.pset != self.pset or request.interventions != self.bench.interventions()
-                or request.metric_kind != self.metric_kind())
+                or request.metric_kind != self.metric_kind() or request.means != self.mean_rows())
 
     def grid_names(self) -> list[str]:
         """The set-level grid metrics that have values now (detectors once computed)."""
@@ -117,7 +122,7 @@ class PromptSets:
 
     def sweep_values(self) -> np.ndarray | None:
         result = self.sweep.result if self.sweep is not None and self.sweep.ok else self.sweep_partial
-        return None if result is None else np.asarray(result.mean, dtype=np.float64)
+        return None if result is None else self.bench.effect_values(result)
 
     def grid_values(self, name: str) -> np.ndarray | None:
         if name == SET_SWEEP_GRID:
@@ -265,7 +270,52 @@ class PromptSets:
         """The metric over every row, with the enabled interventions (set-level numbers)."""
         if (pset := self._need_set()) is None:
             return None
-        return self._issue(RunSetRequest(pset, self.metric_kind(), self.bench.interventions()))  # type: ignore[arg-type]
+        return self._issue(RunSetRequest(pset, self.metric_kind(), self.bench.interventions(),  # type: ignore[arg-type]
+                                         means=self.mean_rows()))
+
+    # -- mean ablation's distribution -------------------------------------------------------------
+
+    def abc_prompts(self) -> tuple[str, ...] | None:
+        """The set's corrupted prompts (None without a set or when a row has none)."""
+        if self.pset is None or not all(self.pset.column("corrupted")):
+            return None
+        return tuple(self.pset.column("corrupted"))
+
+    def mean_rows(self) -> Literal["clean", "corrupted"]:
+        """What set runs' mean ablation averages over: the set's corrupted prompts once they are the
+        reference prompts (`abc_means_request`), its clean prompts otherwise."""
+        abc = self.abc_prompts()
+        return "corrupted" if abc is not None and self.bench.reference_prompts == abc else "clean"
+
+    def mean_origin(self, short: bool = False) -> str:
+        """What mean ablation averages over, as labels say it: `ABC` (the set's corrupted prompts),
+        `ref` (reference prompts); in full with `short` False."""
+        if self.mean_rows() == "corrupted":
+            assert self.pset is not None
+            return "ABC" if short else f"ABC: the {len(self.pset)} corrupted prompts of set {self.pset.name!r}"
+        refs = self.bench.reference_prompts
+        if short:
+            return "ref"
+        if refs is None:
+            return "the default reference prompts" + (" (a set's own rows in set runs)" if self.pset else "")
+        return f"{len(refs)} reference prompt(s)" + (f" (set runs: the clean rows of {self.pset.name!r})"
+                                                     if self.pset else "")
+
+    def abc_means_request(self) -> ReferencePromptsRequest | None:
+        """Mean ablation over the set's corrupted prompts (the IOI paper's ABC distribution): the
+        reference prompts of single-prompt runs become them, and set runs average over them too."""
+        if (pset := self._need_set()) is None:
+            return None
+        prompts = self.abc_prompts()
+        if prompts is None:
+            self.error = f"set {pset.name!r} has rows without a corrupted prompt: no ABC distribution to average over"
+            return None
+        if len(prompts) > MAX_REFERENCE_PROMPTS:
+            self.error = (f"set {pset.name!r} has {len(prompts)} corrupted prompts; mean ablation averages "
+                          f"over at most {MAX_REFERENCE_PROMPTS}")
+            return None
+        self.error = None
+        return ReferencePromptsRequest(prompts)
 
     def sweep_request(self, direction: Direction = "noising", source: str = "prompts") -> SweepSetRequest | None:
         if (pset := self._need_set()) is None:

@@ -76,6 +76,9 @@ def _assert_same_prediction(a, b) -> None:
     assert np.abs(a.baseline.logits - b.baseline.logits).max() < TOL
     assert abs(a.metric - b.metric) < TOL
     assert [t.id for t in a.top] == [t.id for t in b.top]
+    assert (a.source_metric is None) == (b.source_metric is None)  # the run a patch copies from
+    if a.source_metric is not None:
+        assert abs(a.source_metric - b.source_metric) < TOL
 
 
 def _assert_same_views(a, b) -> None:

@@ -151,7 +151,7 @@ def test_cli_subprocess_corrupt_session_has_no_traceback(ioi: Session) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"error: {path}:{line}: unknown event kind 'hologram' (known: "
                                    "prompt, metric, intervention, vector, reference_prompts, run, "
-                                   "sweep, generate, note, prompt_set, set_run, set_sweep, request)")
+                                   "sweep, generate, note, effect_scale, prompt_set, set_run, set_sweep, request)")
 
 
 def test_truncated_session_replays_with_a_warning(ioi: Session,
@@ -185,7 +185,8 @@ def test_exported_script_reproduces_the_outcomes(ioi: Session, tmp_path: Path,
             expected.append(f"seq {event.seq} run: {format_outcome(summary.data)}")
         elif request.kind == "sweep":
             values = summary.arrays["values"]
-            expected.append(f"seq {event.seq} sweep: {format_sweep(values, summary.data['base_metric'])}")
+            expected.append(f"seq {event.seq} sweep: "
+                            f"{format_sweep(values, summary.data['base_metric'], summary.data['source_metric'])}")
         elif request.kind == "generate":
             expected.append(f"seq {event.seq} generate: "
                             f"{format_generation(summary.data['token_ids'], summary.data['tokens'])}")

@@ -78,11 +78,12 @@ class HeadGrid(Heatmap, can_focus=True):
             self.cursor = (0, 0)
 
     def show_metric(self, name: str, values: np.ndarray | None, empty_note: str = "not computed",
-                    direction: str = "") -> None:
+                    direction: str = "", normalised: bool = False) -> None:
         """Colour the grid by one of GRID_METRICS; None leaves the cells unknown (empty_note says why).
 
         A sweep's `direction` is named in the title, since noising and denoising cells look alike; short
-        enough to leave the cursor cell's value in a 9-head grid's border (`denoising`, `AtP denoising`)."""
+        enough to leave the cursor cell's value in a 9-head grid's border (`denoising`, `AtP denoising`);
+        `normalised` cells (Δ over the gap source - base) add ` ÷gap`."""
         if not self.n_layers:
             return
         self.metric_name = name
@@ -90,6 +91,8 @@ class HeadGrid(Heatmap, can_focus=True):
         title, diverging = GRID_METRICS.get(name) or SET_GRID_METRICS.get(name, (name, True))
         if direction:
             title = direction if name == "patching" else f"{title} {direction}"
+        if normalised:  # the cells are shares of the gap between the two runs, not Δ metric
+            title += " ÷gap"
         if values is None:
             values = np.full((self.n_layers, self.n_heads), np.nan, dtype=np.float32)
         self.set_data(values, self.row_labels, self.col_labels, diverging=diverging)

@@ -8,7 +8,7 @@ import numpy as np
 from rich.text import Text
 from textual.widgets import Static
 
-from mechscope.engine.results import RunResult
+from mechscope.engine.results import RunResult, normalised_effect
 from mechscope.tui.widgets.prompt_pane import show_token
 
 METRIC_LABELS = {"logit_diff": "logit diff", "prob": "p(target)", "loss": "loss", "kl": "KL(clean‖run)"}
@@ -33,6 +33,11 @@ def predictions_text(result: RunResult, intervened: bool, labels: Mapping[int, s
             delta = result.metric - base
             text.append(f"Δ {delta:+.3f}\n", style="green" if delta >= 0 else "red")
             text.append(f"{base:+.3f} → {result.metric:+.3f}\n")
+            if result.source_metric is not None:
+                share = float(normalised_effect(delta, base, result.source_metric))
+                text.append(f"patch source {result.source_metric:+.3f}\n", style="dim")
+                text.append("normalised " + (f"{share:+.2f} of the gap\n" if np.isfinite(share)
+                                             else "n/a (source = base)\n"))
         else:
             text.append(f"{result.metric:+.3f}\n")
     else:

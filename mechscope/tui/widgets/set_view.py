@@ -16,6 +16,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 
 from mechscope.tui.commands import key_of, palette_title
+from mechscope.workbench.research import sweep_runs
 from mechscope.workbench.sets import EXACT_MARK, PromptSets
 
 SHOWN_CELLS = 5  # strongest cells of a set sweep
@@ -104,14 +105,24 @@ def sweep_text(sets: PromptSets) -> Text:
         return Text(f"set sweep: not run ({key_of('set_sweep')})\n", style="dim")
     mean, std = np.asarray(result.mean), np.asarray(result.std)
     state = "complete" if result.complete else f"running: {sweep_progress(result)}"
+    base, source = float(np.mean(result.base_metric)), float(np.mean(result.source_metric))
+    patched, source_run = sweep_runs(result.direction)
     text = Text(f"set sweep ({result.direction}, {len(result.base_metric)} rows, {state}, unedited model): "
-                f"base metric {np.mean(result.base_metric):+.3f}; strongest cells (mean ± std over rows):\n")
+                f"base metric ({patched}) {base:+.3f}, source ({source_run}) {source:+.3f}, "
+                f"gap {source - base:+.3f}; strongest cells (Δ mean ± std over rows, share of the mean gap):\n")
+    shares = np.asarray(result.normalised)  # [layer, head]
     flat = np.nan_to_num(np.abs(mean), nan=-1.0).ravel()
     for index in np.argsort(-flat, kind="stable")[:SHOWN_CELLS]:
         if flat[index] < 0:
             break
         layer, head = divmod(int(index), mean.shape[1])
-        text.append(f"  L{layer}.H{head} {mean[layer, head]:+.3f} ± {std[layer, head]:.3f}\n")
+        share = shares[layer, head]
+        share_text = f" ({share:+.2f} of the gap)" if np.isfinite(share) else ""
+        if sets.bench.effect_scale == "normalised" and np.isfinite(share):
+            text.append(f"  L{layer}.H{head} {share:+.2f} of the gap (Δ {mean[layer, head]:+.3f} "
+                        f"± {std[layer, head]:.3f})\n")
+        else:
+            text.append(f"  L{layer}.H{head} {mean[layer, head]:+.3f} ± {std[layer, head]:.3f}{share_text}\n")
     return text
 
 

@@ -10,7 +10,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
-from mechscope.engine.results import ActivationStats, GeneratedToken, LogitLens, SweepResult
+from mechscope.engine.results import (
+    GAP_EPSILON,
+    ActivationStats,
+    GeneratedToken,
+    LogitLens,
+    SweepResult,
+)
 from mechscope.tui.commands import key_of
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.prompt_pane import show_token
@@ -188,6 +194,7 @@ class SweepView(Vertical):
     def __init__(self) -> None:
         super().__init__()
         self.shown: tuple[SweepResult, bool, str, str, str] | None = None  # what `show` was given last
+        self.normalised = False
 
     def compose(self) -> ComposeResult:
         head, atp, resid = (key_of(f"sweep('{kind}')") for kind in ("head", "atp", "resid"))
@@ -196,12 +203,15 @@ class SweepView(Vertical):
         yield Heatmap(cell_width=3, diverging=True, id="sweep-map")
 
     def show(self, result: SweepResult, running: bool, header: str = "", note: str = "",
-             short_header: str = "") -> None:
+             short_header: str = "", normalised: bool = False) -> None:
         """`header` names the runs and the model (Workbench.sweep_header), `short_header` says it in two
-        short lines for a short view; `note` follows the state."""
+        short lines for a short view; `note` follows the state. `normalised`: the matrix shows each
+        cell's share of the gap source - base instead of its Δ metric (the strongest cells list both)."""
         self.shown = (result, running, header, note, short_header)
+        self.normalised = normalised
         order = self.show_summary()
-        values = result.values  # head/atp: [layer, head]; resid: [layer, pos]
+        # head/atp: [layer, head]; resid: [layer, pos]
+        values = result.normalised if normalised and result.kind != "atp" else result.values
         cols = ([str(c) for c in range(values.shape[1])] if result.kind not in PER_POSITION
                 else position_labels(values.shape[1]))
         heatmap = self.query_one(Heatmap)
@@ -247,8 +257,12 @@ class SweepView(Vertical):
                 continue
             label = (f"L{row}.H{col}" if result.kind not in PER_POSITION
                      else f"{result.row_labels[row]} pos {result.col_labels[col]}")
-            normalised = f"  ({values[row, col] / gap:+.2f} of the gap)" if abs(gap) > 1e-9 else ""
-            text.append(f"  {label:<14} {values[row, col]:+.3f}{normalised}\n")
+            share = values[row, col] / gap if abs(gap) > GAP_EPSILON else float("nan")
+            if self.normalised and np.isfinite(share):
+                text.append(f"  {label:<14} {share:+.2f} of the gap  (Δ {values[row, col]:+.3f})\n")
+            else:
+                shown = f"  ({share:+.2f} of the gap)" if np.isfinite(share) else ""
+                text.append(f"  {label:<14} {values[row, col]:+.3f}{shown}\n")
         text.rstrip()
         self.query_one("#sweep-summary", Static).update(text)
         return order
