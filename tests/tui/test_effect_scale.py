@@ -11,7 +11,7 @@ import pytest
 
 from mechscope.engine.interventions import ActivationPatch, HeadAblation, Metric
 from mechscope.engine.results import SetSweepResult, SweepResult, normalised_effect
-from mechscope.engine.testing import tiny_engine
+from mechscope.engine.testing import FAMILIES, tiny_engine
 from mechscope.sessions.state import StateBuilder
 from mechscope.tui.app import IOI_PAIR
 from mechscope.tui.widgets.predictions import PredictionsPane, predictions_text
@@ -37,7 +37,9 @@ def test_normalised_effect_is_the_share_of_the_gap_and_nan_without_one():
     assert set_result.normalised[0, 0] == pytest.approx(2.0 / 4.0)  # mean effect over the mean gap
 
 
-def test_a_run_under_a_patch_knows_its_source_metric_and_a_full_patch_recovers_the_gap(engine):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_run_under_a_patch_knows_its_source_metric_and_a_full_patch_recovers_the_gap(family):
+    engine = tiny_engine(family)
     last = engine.info.n_layers - 1
     source = engine.run(CORRUPT, metric=METRIC)
     everything = ActivationPatch(f"L{last}.resid_post", CORRUPT)  # the whole last residual: the source run

@@ -9,7 +9,7 @@ import torch
 
 from mechscope.engine.interventions import HeadAblation, Metric
 from mechscope.engine.prompt_sets import PromptRow, PromptSet
-from mechscope.engine.testing import tiny_engine
+from mechscope.engine.testing import FAMILIES, tiny_engine
 from mechscope.requests.kinds import ReferencePromptsRequest, RunSetRequest
 from mechscope.requests.registry import execute
 from tests.workbench.helpers import recorded_bench
@@ -60,7 +60,9 @@ def metric_with_head_set_to(engine, prompt: str, value: torch.Tensor, metric: Me
     return float(logits[tok.encode(metric.target)[0]] - logits[tok.encode(metric.foil)[0]])
 
 
-def test_abc_mean_ablation_equals_the_hand_mean_over_the_corrupted_prompts(engine):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_abc_mean_ablation_equals_the_hand_mean_over_the_corrupted_prompts(family):
+    engine = tiny_engine(family)
     abc = [head_outputs(engine, row.corrupted) for row in ROWS.rows]
     mean = torch.cat(abc).mean(0)  # [d_head]: every token of every corrupted prompt
     assert execute(engine, ReferencePromptsRequest(tuple(ROWS.column("corrupted")))).ok
