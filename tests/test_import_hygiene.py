@@ -32,7 +32,7 @@ WORKBENCH_MODULES = [
     "mechscope.workbench.numbers",
     "mechscope.workbench.state",
     "mechscope.workbench.sets",
-    "mechscope.requests.results",
+    "mechscope.requests.tolerance",
 ]
 
 

@@ -342,6 +342,28 @@ class Estimate:
 
 
 @dataclass
+class VerifiedEstimate:
+    """An attribution estimate's mean per head ([layer, head]) and, for the heads it verified, the
+    exact patching effect (mean over the rows) that replaces the estimated value (`exact[(layer, head)]`);
+    `uncertainty` ([layer, head]) is what chose them when the estimate picked its own candidates."""
+
+    method: str
+    estimated: np.ndarray  # [layer, head]
+    exact: dict[tuple[int, int], float] = field(default_factory=dict)
+    seconds: float = 0.0  # the estimate and its verification together
+    estimate_seconds: float = 0.0
+    uncertainty: np.ndarray | None = None
+
+    @property
+    def values(self) -> np.ndarray:
+        """The estimate with every verified head's value replaced by its exact one."""
+        out = self.estimated.copy()
+        for (layer, head), value in self.exact.items():
+            out[layer, head] = value
+        return out
+
+
+@dataclass
 class HeadScores:
     """One [layer, head] grid per detector (`scores[name]`), with the definitions the help shows."""
 

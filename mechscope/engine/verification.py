@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,6 +29,7 @@ from mechscope.engine.estimators import (
 )
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.prompt_sets import PromptSet
+from mechscope.engine.results import VerifiedEstimate
 from mechscope.engine.set_runs import (
     MAX_BATCH_ROWS,
     Batch,
@@ -50,27 +51,6 @@ if TYPE_CHECKING:
 TOP = 10  # the heads a researcher reads first: auto verification aims to contain the exact top TOP
 MAX_AUTO_VERIFY = 40  # auto never verifies more heads than this (the cost stays a few forwards)
 AUTO_ROUNDS = 3  # batched verification passes at most: the first candidates, then what the bound leaves open
-
-
-@dataclass
-class VerifiedAttribution:
-    """An estimate's mean per head ([layer, head]), the exact effect of the heads it verified
-    (`exact[(layer, head)]`, mean over rows) and the uncertainty that chose them ([layer, head])."""
-
-    method: str
-    estimated: np.ndarray
-    exact: dict[tuple[int, int], float] = field(default_factory=dict)
-    seconds: float = 0.0
-    estimate_seconds: float = 0.0
-    uncertainty: np.ndarray | None = None
-
-    @property
-    def values(self) -> np.ndarray:
-        """The estimate with every verified head's value replaced by its exact one."""
-        out = self.estimated.copy()
-        for (layer, head), value in self.exact.items():
-            out[layer, head] = value
-        return out
 
 
 @dataclass
@@ -227,7 +207,7 @@ def estimate_and_verify(engine: Engine, pset: PromptSet, method: Method = "atp",
                         kind: MetricKind = "logit_diff", direction: str = "noising",
                         verify: int | None = None, padding: Padding = "left", max_batch: int = MAX_BATCH_ROWS,
                         should_stop: Callable[[], bool] | None = None,
-                        max_verify: int = MAX_AUTO_VERIFY) -> VerifiedAttribution:
+                        max_verify: int = MAX_AUTO_VERIFY) -> VerifiedEstimate:
     """Estimate every head's patching effect with `method`, then patch the likely top heads exactly.
 
     verify None: the heads `candidates` picks from the estimate's uncertainty, in up to AUTO_ROUNDS
@@ -267,7 +247,7 @@ def estimate_and_verify(engine: Engine, pset: PromptSet, method: Method = "atp",
         elif verify:
             order = np.argsort(-np.abs(np.nan_to_num(estimated)).ravel(), kind="stable")[:verify]
             check([divmod(int(i), estimated.shape[1]) for i in order])
-    return VerifiedAttribution(est.method, estimated, exact, time.perf_counter() - started, est.seconds, spread)
+    return VerifiedEstimate(est.method, estimated, exact, time.perf_counter() - started, est.seconds, spread)
 
 
 def recall_at(values: np.ndarray, exact: np.ndarray, k: int = TOP) -> float:

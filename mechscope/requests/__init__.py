@@ -6,6 +6,7 @@ at import time; handlers reach torch only through the engine they are given.
 
 from __future__ import annotations
 
+from mechscope.engine.results import VerifiedEstimate
 from mechscope.requests import sets as _sets  # noqa: F401  (registers the prompt-set handlers)
 from mechscope.requests import single as _single  # noqa: F401  (registers the single-prompt handlers)
 from mechscope.requests.kinds import (
@@ -26,7 +27,6 @@ from mechscope.requests.registry import (
     handles,
     user_message,
 )
-from mechscope.requests.results import VerifiedEstimate
 from mechscope.requests.tolerance import Tolerance, tolerance_for
 
 __all__ = [

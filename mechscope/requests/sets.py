@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 
 from mechscope.engine.prompt_sets import PromptSet, template_set
-from mechscope.engine.results import HeadScores, MassiveLayer, SetRunResult, SetSweepResult
+from mechscope.engine.results import (
+    HeadScores,
+    MassiveLayer,
+    SetRunResult,
+    SetSweepResult,
+    VerifiedEstimate,
+)
 from mechscope.requests.kinds import (
     AUTO_VERIFY,
     DetectHeadsRequest,
@@ -31,7 +37,6 @@ from mechscope.requests.registry import (
     need_array,
     need_list,
 )
-from mechscope.requests.results import VerifiedEstimate
 from mechscope.requests.tolerance import (
     Tolerance,
     format_rows,
@@ -173,8 +178,7 @@ class EstimateHandler(Handler):
         result = engine_method(engine, "estimate_and_verify", "estimates")(
             request.pset, request.method, request.steps, kind=request.metric_kind,
             direction=request.direction, verify=verify, should_stop=should_stop)
-        return VerifiedEstimate(result.method, np.asarray(result.estimated, dtype=np.float64),
-                                dict(result.exact), float(result.estimate_seconds))
+        return result
 
     def summarise(self, result: VerifiedEstimate) -> Summary:
         exact = [[layer, head, float(value)] for (layer, head), value in sorted(result.exact.items())]

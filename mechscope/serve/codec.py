@@ -26,7 +26,6 @@ import numpy as np
 from mechscope.engine import results
 from mechscope.engine.prompt_sets import PromptRow, PromptSet
 from mechscope.requests.kinds import Outcome, Request
-from mechscope.requests.results import VerifiedEstimate
 
 WIRE_TYPES: dict[str, type] = {}
 
@@ -44,7 +43,7 @@ for _cls in (results.ModelInfo, results.TokenProb, results.MetricInfo, results.L
              results.Attribution, results.ActivationStats, results.ComputeInfo, results.Prediction,
              results.RunResult, results.SweepResult, results.GeneratedToken, results.SetRunResult,
              results.SetSweepResult, results.Estimate, results.HeadScores, results.MassiveLayer,
-             PromptRow, PromptSet, VerifiedEstimate):
+             results.VerifiedEstimate, PromptRow, PromptSet):
     register(_cls)
 
 # Plain numeric dtypes only: an object dtype could smuggle code through a later unpickle.

@@ -134,7 +134,7 @@ def test_frames_are_read_back_whatever_the_chunks(engine):
 
 def test_every_wire_type_round_trips_exactly(engine, isolated_mechscope_dirs):
     from mechscope.engine.prompt_sets import template_set
-    from mechscope.requests.results import VerifiedEstimate
+    from mechscope.engine.results import VerifiedEstimate
 
     pset = template_set("ioi", engine.tokenizer, 4, 0)
     values = [engine.run_set(pset, "logit_diff", [HeadAblation(1, 1)]), engine.sweep_set(pset),
