@@ -42,6 +42,7 @@ from mechscope.requests.kinds import (
     BuildVectorRequest,
     DetectHeadsRequest,
     EstimateRequest,
+    FeatureActivationsRequest,
     GenerateRequest,
     MassiveRequest,
     ReferencePromptsRequest,
@@ -65,6 +66,18 @@ ROWS = PromptSet("two", (
 ))
 CLOSE = Tolerance(1e-5, 1e-5, 0.0, "1e-5")
 
+
+def _sae_folder() -> str:
+    """A random SAE on L1.resid_post of the tiny model, saved in the SAELens layout for the feature kinds."""
+    from mechscope.engine.features.formats import save_saelens
+    from tests.features.saes import random_sae
+
+    folder = Path(tempfile.mkdtemp(prefix="every-request-sae-")) / "sae"
+    return str(save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=3), folder))
+
+
+SAE_FOLDER = _sae_folder()
+
 # One example request per kind, on the tiny model (d_model 32, 3 layers x 4 heads).
 EXAMPLES: dict[str, Request] = {
     "run": RunRequest(CLEAN, CORRUPT, METRIC, (HeadAblation(1, 2),), top_k=5),
@@ -80,6 +93,7 @@ EXAMPLES: dict[str, Request] = {
     "template_set": TemplateSetRequest("ioi", 4, 0),
     "detect_heads": DetectHeadsRequest(),
     "massive": MassiveRequest(ROWS, 3.0),
+    "feature_activations": FeatureActivationsRequest(CLEAN, SAE_FOLDER, top_k=5),
 }
 KINDS = sorted(REQUEST_TYPES)
 

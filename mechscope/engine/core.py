@@ -28,6 +28,7 @@ from mechscope.engine.placement import placement_summary
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (
     ComputeInfo,
+    FeatureActivations,
     GeneratedToken,
     MetricInfo,
     ModelInfo,
@@ -183,6 +184,14 @@ class Engine:
         """Forget the SAE `name` (nothing happens if there is none)."""
         with self.lock:
             self.saes.pop(name, None)
+
+    def feature_activations(self, prompt: str, sae_folder: str, site: str | None = None,
+                            top_k: int = 10) -> FeatureActivations:
+        """The strongest features of the SAE in `sae_folder` at every token of `prompt`."""
+        from mechscope.engine.features.activations import sae_from_folder, top_features
+
+        with self.guard():
+            return top_features(self.passes, sae_from_folder(self.passes, sae_folder, site), check_text(prompt, "prompt"), top_k)
 
     def build_steering_vector(self, name: str, layer: int, positive: Sequence[str],
                               negative: Sequence[str]) -> np.ndarray:

@@ -363,6 +363,26 @@ class VerifiedEstimate:
         return out
 
 
+MAX_TOP_FEATURES = 1000  # features a FeatureActivations lists per token at most
+
+
+@dataclass
+class FeatureActivations:
+    """The strongest SAE features at every token of a prompt: `ids` / `values` [pos, k] by activation,
+    largest first (id -1 where fewer than k fire), `l0` [pos] how many fire, and what the SAE leaves
+    unexplained, `error_norm` [pos] = |x - x_hat| beside `site_norm` [pos] = |x|."""
+
+    site: str
+    sae_digest: str  # SparseAutoencoder.digest of the SAE that read them
+    d_sae: int
+    tokens: list[str]
+    ids: np.ndarray  # [pos, k] int64
+    values: np.ndarray  # [pos, k] float32
+    l0: np.ndarray  # [pos] int64
+    error_norm: np.ndarray  # [pos] float32
+    site_norm: np.ndarray  # [pos] float32
+
+
 @dataclass
 class HeadScores:
     """One [layer, head] grid per detector (`scores[name]`), with the definitions the help shows."""

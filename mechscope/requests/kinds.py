@@ -172,15 +172,30 @@ class MassiveRequest:
     ratio: float = 100.0
 
 
+@dataclass(frozen=True)
+class FeatureActivationsRequest:
+    """The strongest features of the SAE in `sae_folder` (SAELens, sparsify or Gemma Scope layout, on
+    the engine's machine) at every token of `prompt` (`Engine.feature_activations`). `site` names where
+    the SAE reads when its folder does not say. The outcome carries the SAE's digest, so a replay on a
+    changed file says so."""
+
+    kind: ClassVar[str] = "feature_activations"
+    prompt: str
+    sae_folder: str
+    site: str | None = None
+    top_k: int = 10
+
+
 Request = (RunRequest | SweepRequest | GenerateRequest | BuildVectorRequest | AddVectorRequest
            | ValidateRequest | ReferencePromptsRequest | RunSetRequest | SweepSetRequest
-           | EstimateRequest | DetectHeadsRequest | MassiveRequest | TemplateSetRequest)
+           | EstimateRequest | DetectHeadsRequest | MassiveRequest | TemplateSetRequest
+           | FeatureActivationsRequest)
 
 REQUEST_TYPES: dict[str, type] = {
     cls.kind: cls for cls in (RunRequest, SweepRequest, GenerateRequest, BuildVectorRequest,
                               AddVectorRequest, ValidateRequest, ReferencePromptsRequest,
                               RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
-                              MassiveRequest, TemplateSetRequest)
+                              MassiveRequest, TemplateSetRequest, FeatureActivationsRequest)
 }
 SET_REQUESTS: tuple[type, ...] = (RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
                                   MassiveRequest, TemplateSetRequest)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -102,6 +104,16 @@ class SparseAutoencoder:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Site values [..., d_in] -> feature activations [..., d_sae] (float32)."""
         return self.activate(self.pre_activations(x))
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of the maths (activation, k, and every weight as little-endian float32): two SAEs
+        with one digest encode and decode alike, wherever their files came from."""
+        sha = hashlib.sha256(f"{self.activation}:{self.k}:{self.subtract_b_dec}".encode())
+        for tensor in (self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.threshold):
+            if tensor is not None:
+                sha.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
+        return sha.hexdigest()
 
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
         """Feature activations [..., d_sae] -> reconstruction [..., d_in] (float32)."""
