@@ -132,16 +132,19 @@ def test_frames_are_read_back_whatever_the_chunks(engine):
         list(codec.FrameReader([b'{"$bytes": [-1]}\n']))
 
 
-def test_every_wire_type_round_trips_exactly(engine, isolated_mechscope_dirs):
+def test_every_wire_type_round_trips_exactly(engine, isolated_mechscope_dirs, tmp_path):
+    from mechscope.engine.features.formats import save_saelens
     from mechscope.engine.prompt_sets import template_set
     from mechscope.engine.results import VerifiedEstimate
+    from tests.features.saes import random_sae
 
     pset = template_set("ioi", engine.tokenizer, 4, 0)
     values = [engine.run_set(pset, "logit_diff", [HeadAblation(1, 1)]), engine.sweep_set(pset),
               engine.estimate(pset, "atp"), engine.detect_heads(), engine.massive_activations(pset, 2.0),
               pset, VerifiedEstimate("atp", np.ones((3, 4)), {(1, 2): 0.5, (0, 0): float("nan")}, 1.5),
               engine.run(PROMPT, views=Views.all(("L0.H1",)), metric=METRIC), engine.info,
-              engine.sweep("attn", PROMPT, CORRUPT, METRIC), engine.generate(PROMPT, max_new_tokens=2)]
+              engine.sweep("attn", PROMPT, CORRUPT, METRIC), engine.generate(PROMPT, max_new_tokens=2),
+              engine.feature_activations(PROMPT, str(save_saelens(random_sae("L1.resid_post"), tmp_path / "sae")))]
     seen: set[str] = set()
 
     def names(value):
