@@ -73,6 +73,15 @@ class FeatureActivationsHandler(Handler):
             problems.append(f"token {pos}: feature at rank {rank + 1} {old_ids[pos, rank]} -> {new_ids[pos, rank]}")
         return problems
 
+    def restore(self, request: FeatureActivationsRequest, summary: Summary) -> FeatureActivations:
+        arrays, data = summary.arrays, summary.data
+        return FeatureActivations(
+            site=str(data["site"]), sae_digest=str(data["sae_digest"]), d_sae=int(data.get("d_sae", 0)),
+            tokens=[str(t) for t in data["tokens"]], ids=np.asarray(arrays["ids"], dtype=np.int64),
+            values=np.asarray(arrays["values"], dtype=np.float32), l0=np.asarray(arrays["l0"], dtype=np.int64),
+            error_norm=np.asarray(arrays["error_norm"], dtype=np.float32),
+            site_norm=np.asarray(arrays["site_norm"], dtype=np.float32))
+
     def describe(self, summary: Summary) -> str:
         """`L1.resid_post: strongest feature 17 at token 5 (2.31); mean L0 12.3`."""
         values = np.asarray(summary.arrays["values"], dtype=np.float64)

@@ -25,6 +25,7 @@ from mechscope.requests.kinds import (
     SET_REQUESTS,
     AddVectorRequest,
     BuildVectorRequest,
+    FeatureActivationsRequest,
     GenerateRequest,
     Outcome,
     ReferencePromptsRequest,
@@ -34,6 +35,7 @@ from mechscope.requests.kinds import (
     ValidateRequest,
 )
 from mechscope.screens.dialogs import InterventionDialogs
+from mechscope.screens.features import FEATURES_TAB, FeaturesPart
 from mechscope.screens.grid import GridPart
 from mechscope.screens.jobs import Job, JobRunner
 from mechscope.screens.research import ResearchPart
@@ -43,6 +45,7 @@ from mechscope.screens.sweeps import SweepsPart
 from mechscope.tui.commands import COMMANDS, WIDGET_KEYS, key_label, key_of
 from mechscope.tui.messages import Finished, Partial
 from mechscope.tui.token_labels import token_labels
+from mechscope.tui.widgets.features_view import FeaturesView
 from mechscope.tui.widgets.head_grid import HeadGrid
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.interventions import InterventionList
@@ -66,7 +69,7 @@ CURSOR_DEBOUNCE_S = 0.12
 BUSY_NOTICE_S = 0.15
 PAINT_HOLD_S = 0.05  # an edit's repaint waits this long for its recompute, so a fast one paints once
 W = TypeVar("W", bound=Widget)
-VIEW_TABS = ("tab-attention", "tab-lens", "tab-stats")  # filled from the latest run
+VIEW_TABS = ("tab-attention", "tab-lens", "tab-stats", FEATURES_TAB)  # filled from the latest run
 
 
 def command_binding(action: str) -> str:
@@ -104,6 +107,7 @@ class WorkbenchScreen(Screen[None]):
         self.grid_part = GridPart(self)
         self.sweeps = SweepsPart(self)
         self.set_tab = SetTab(self)
+        self.features = FeaturesPart(self)
         self.dialogs = InterventionDialogs(self)
         self.research = ResearchPart(self)
         vector = Job("vector", self.dialogs.vector_finished, exclusive=True)
@@ -120,9 +124,11 @@ class WorkbenchScreen(Screen[None]):
             BuildVectorRequest: vector,
             AddVectorRequest: vector,
             **dict.fromkeys(SET_REQUESTS, sets),
+            FeatureActivationsRequest: Job("features", self.features.finished, exclusive=True),
         })
         self.commands: dict[str, Callable[..., object]] = {
             **self.grid_part.commands(), **self.sweeps.commands(), **self.set_tab.commands(),
+            **self.features.commands(),
             **self.dialogs.commands(), **self.research.commands(),
             "cancel": self.cancel,
             "use_spaced_tokens": self.use_spaced_tokens, "show_message": self.show_message,
@@ -217,6 +223,8 @@ class WorkbenchScreen(Screen[None]):
                         yield StatsView()
                     with TabPane("set", id="tab-set"):
                         yield SetView()
+                    with TabPane("features", id=FEATURES_TAB):
+                        yield FeaturesView()
         with Vertical(id="bottom-bar"):
             yield Static("", id="status-bar")
             yield Footer(id="workbench-footer", show_command_palette=False)
@@ -459,6 +467,8 @@ class WorkbenchScreen(Screen[None]):
             self.query_one(LensView).show(result.logit_lens)
         elif tab == "tab-stats":
             self.query_one(StatsView).show(result.stats)
+        elif tab == FEATURES_TAB:
+            self.features.refresh()
 
     @on(TabbedContent.TabActivated)
     def tab_activated(self, event: TabbedContent.TabActivated) -> None:

@@ -28,6 +28,7 @@ from mechscope.requests.kinds import (
     AddVectorRequest,
     BuildVectorRequest,
     Direction,
+    FeatureActivationsRequest,
     GenerateRequest,
     Outcome,
     ReferencePromptsRequest,
@@ -37,6 +38,7 @@ from mechscope.requests.kinds import (
     SweepRequest,
     ValidateRequest,
 )
+from mechscope.workbench.features import FeatureTab
 from mechscope.workbench.recorder import SessionRecorder
 from mechscope.workbench.research import ResearchCommands
 from mechscope.workbench.sets import PromptSets
@@ -92,18 +94,20 @@ class Workbench(ResearchCommands):
         self._checks: list[_Check] = []
         self.vector_norms: dict[str, float] = {}
         self.sets = PromptSets(self)  # the prompt set and its set-level results
+        self.features = FeatureTab(self)  # the SAE folder the features tab reads, its latest outcome
         # What each request type's outcome does to this state (and what it records): the only
         # place outcomes are told apart, by the type of the request they carry.
         self._acceptors: dict[type, Callable[[Outcome], Request | None]] = {
             RunRequest: self._accept_run, SweepRequest: self._accept_sweep,
             GenerateRequest: self._accept_generate, ValidateRequest: self._accept_check,
             ReferencePromptsRequest: self._accept_reference, BuildVectorRequest: self._accept_vector,
-            AddVectorRequest: self._accept_vector,
+            AddVectorRequest: self._accept_vector, FeatureActivationsRequest: self.features.accept,
             **dict.fromkeys(self.sets.request_types(), self.sets.accept),
         }
         # How an outcome read back from a session is shown again (nothing is recorded).
         self._restorers: dict[type, Callable[[Outcome], None]] = {
-            SweepRequest: self._restore_sweep, **self.sets.restorers(),
+            SweepRequest: self._restore_sweep, FeatureActivationsRequest: self.features.restore,
+            **self.sets.restorers(),
         }
 
     # -- derived state --------------------------------------------------------------------------
