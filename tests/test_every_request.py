@@ -53,6 +53,7 @@ from mechscope.requests.kinds import (
     TemplateSetRequest,
     ValidateRequest,
 )
+from mechscope.requests.kinds import FunctionVectorRequest, RoleHeadsRequest, SetAttentionRequest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLEAN = "When Mary and John went to the store, John gave a drink to"
@@ -62,6 +63,11 @@ ROWS = PromptSet("two", (
     PromptRow(CLEAN, CORRUPT, " Mary", " John"),
     PromptRow("Alice and Bob walked to the park, and Bob handed a book to",
               "Alice and Bob walked to the park, and Alice handed a book to", " Alice", " Bob"),
+))
+# An in-context task over words that are one token in the tiny tokenizer (labels shuffled in corrupted).
+ICL = PromptSet("icl", (
+    PromptRow("Mary: John\nstore: drink\nAlice:", "Mary: drink\nstore: John\nAlice:", " Bob", " Alice"),
+    PromptRow("dog: moon\nBob: Alice\nstore:", "dog: Alice\nBob: moon\nstore:", " drink", " store"),
 ))
 CLOSE = Tolerance(1e-5, 1e-5, 0.0, "1e-5")
 
@@ -80,6 +86,9 @@ EXAMPLES: dict[str, Request] = {
     "template_set": TemplateSetRequest("ioi", 4, 0),
     "detect_heads": DetectHeadsRequest(),
     "massive": MassiveRequest(ROWS, 3.0),
+    "function_vector": FunctionVectorRequest(ICL, 1, top_heads=3, coeff=2.0, name="fv-icl"),
+    "set_attention": SetAttentionRequest(ROWS, 1, 2),
+    "role_heads": RoleHeadsRequest(ROWS),
 }
 KINDS = sorted(REQUEST_TYPES)
 

@@ -3,7 +3,6 @@ averaged over the set, and the name-mover and S-inhibition scores computed from 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from mechscope.engine.attention import AttentionControl
