@@ -73,13 +73,23 @@ def test_a_set_without_ioi_roles_is_refused_in_one_line():
 
 
 @pytest.mark.demo
-def test_demo_name_mover_attends_from_end_to_io_more_than_to_s2(demo_engine):
+def test_demo_ioi_role_tables_and_role_detectors(demo_engine):
+    """On ioi-20, L23.H3 (the head with the largest direct effect on logit(IO) - logit(S)) attends
+    from END to S2, not to IO: it raises IO by pushing the subject down. The heads that attend
+    END->IO most (L24.H4, L23.H0, L23.H1) are the attention name movers; L23.H0 and L23.H1 also
+    raise logit(IO) - logit(S) directly."""
     pset = ioi_set(demo_engine.tokenizer, 20)
-    table = set_attention(demo_engine, pset, 23, 3)
     end, io, s2 = (IOI_ROLES.index(r) for r in ("END", "IO", "S2"))
+    table = set_attention(demo_engine, pset, 23, 3)
     print(f"\nL23.H3 over ioi-20: END->IO {table.mean[end, io]:.3f} ± {table.std[end, io]:.3f}, "
           f"END->S2 {table.mean[end, s2]:.3f} ± {table.std[end, s2]:.3f}")
-    assert table.mean[end, io] > table.mean[end, s2]
     scores = role_head_scores(demo_engine, pset)
     for name in scores.scores:
-        print(name, scores.top(name, 5))
+        print(name, [(f"L{layer}.H{head}", round(value, 3)) for layer, head, value in scores.top(name, 5)])
+    assert table.mean[end, s2] > 0.3 > table.mean[end, io]
+    assert scores.top("name_mover_logit", 1)[0][:2] == (23, 3)
+    for layer, head in [(23, 0), (23, 1)]:
+        mover = set_attention(demo_engine, pset, layer, head)
+        print(f"L{layer}.H{head}: END->IO {mover.mean[end, io]:.3f}, END->S2 {mover.mean[end, s2]:.3f}")
+        assert mover.mean[end, io] > mover.mean[end, s2]
+        assert scores.scores["name_mover_logit"][layer, head] > 0
