@@ -42,18 +42,20 @@ from mechscope.requests.kinds import (
     BuildVectorRequest,
     DetectHeadsRequest,
     EstimateRequest,
+    FunctionVectorRequest,
     GenerateRequest,
     MassiveRequest,
     ReferencePromptsRequest,
     Request,
+    RoleHeadsRequest,
     RunRequest,
     RunSetRequest,
+    SetAttentionRequest,
     SweepRequest,
     SweepSetRequest,
     TemplateSetRequest,
     ValidateRequest,
 )
-from mechscope.requests.kinds import FunctionVectorRequest, RoleHeadsRequest, SetAttentionRequest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLEAN = "When Mary and John went to the store, John gave a drink to"

@@ -8,7 +8,13 @@ import pytest
 
 from mechscope.engine import Views
 from mechscope.engine.prompt_sets import PromptRow, PromptSet, ioi_set
-from mechscope.engine.roles import IOI_ROLES, RoleError, role_head_scores, role_positions, set_attention
+from mechscope.engine.roles import (
+    IOI_ROLES,
+    RoleError,
+    role_head_scores,
+    role_positions,
+    set_attention,
+)
 from mechscope.engine.testing import FAMILIES, tiny_engine
 
 ROWS = PromptSet("two", (

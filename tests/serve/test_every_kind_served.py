@@ -18,17 +18,19 @@ from mechscope.requests.kinds import (
     BuildVectorRequest,
     DetectHeadsRequest,
     EstimateRequest,
+    FunctionVectorRequest,
     GenerateRequest,
     MassiveRequest,
     ReferencePromptsRequest,
+    RoleHeadsRequest,
     RunRequest,
     RunSetRequest,
+    SetAttentionRequest,
     SweepRequest,
     SweepSetRequest,
     TemplateSetRequest,
     ValidateRequest,
 )
-from mechscope.requests.kinds import FunctionVectorRequest, RoleHeadsRequest, SetAttentionRequest
 from mechscope.requests.registry import execute
 from tests.serve.conftest import CORRUPT, PROMPT, save_tiny, start_server, stop_server
 
