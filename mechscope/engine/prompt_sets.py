@@ -291,7 +291,7 @@ ICL_TASKS: tuple[str, ...] = ("antonyms", "country-capital", "uppercase")
 ICL_WORDS_FILE = Path(__file__).with_name("icl_words.json")
 MAX_ICL_WORDS_BYTES = 256 * 1024
 MAX_SHOTS = 64
-DEFAULT_SHOTS = 5
+DEFAULT_SHOTS = 10
 
 
 def icl_pairs(task: str) -> list[tuple[str, str]]:
