@@ -3,6 +3,7 @@
     python benchmarks/engine.py            # GPT-2-small-shaped random model and the demo model
     python benchmarks/engine.py --no-demo  # only the random model
     python benchmarks/engine.py --only-set --set-rows 100  # head sweep over 100 IOI prompts (demo)
+    python benchmarks/engine.py --fv-rows 20  # also a function vector over 20 antonym prompts
 
 Each figure is a median over repeats, timed alternately with a plain forward so that both see the
 same machine load: a ratio is the median of the engine's times over the median of the plain
@@ -168,6 +169,51 @@ def bench_set(name: str, model, tokenizer, rows: int, repeats: int) -> None:
           f"  (mean logit diff IO - S {mean:.3f})")
 
 
+# Words that are one token in the tiny tokenizer, for models whose tokenizer lacks the shipped lists'.
+FALLBACK_PAIRS = [("Mary", "John"), ("store", "drink"), ("Alice", "Bob"), ("dog", "moon"), ("Paris", "sad"),
+                  ("John", "Mary"), ("drink", "store"), ("Bob", "Alice")]
+
+
+def bench_function_vector(name: str, model, tokenizer, rows: int, repeats: int, shots: int = 5) -> None:
+    """A function vector (AIE of every head, the vector, zero-shot accuracy with and without) over
+    `rows` in-context antonym prompts, against one plain forward of the same padded batch."""
+    from mechscope.engine.function_vectors import function_vector
+    from mechscope.engine.prompt_sets import PromptSetError, icl_set
+    from mechscope.engine.set_runs import encode
+
+    engine = Engine(model, tokenizer, source=name)
+    try:
+        pset = icl_set(tokenizer, "antonyms", n=rows, shots=shots)
+    except PromptSetError:
+        pset = icl_set(tokenizer, "antonyms", n=rows, shots=min(shots, len(FALLBACK_PAIRS) - 1),
+                       pairs=FALLBACK_PAIRS)
+    batch = encode(engine, pset.column("clean"))
+    plain = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(model.config))
+    plain.load_state_dict(model.state_dict())
+    plain.eval()
+    plain.set_attn_implementation("sdpa")
+
+    def plain_forward():
+        with torch.no_grad():
+            plain(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.position_ids)
+
+    plain_forward()
+    layer = engine.adapter.n_layers * 2 // 5
+    result = {}
+
+    def compute():
+        result["fv"] = function_vector(engine, pset, layer, n_heads=10 if engine.adapter.n_heads * 3 > 10 else 3)
+
+    seconds, plain_seconds = paired_medians(plain_forward, compute, max(1, repeats))
+    a = engine.adapter
+    fv = result["fv"]
+    print(f"\n{name}: function vector over {rows} antonym prompts ({min(batch.lengths)}-{max(batch.lengths)} "
+          f"tokens), {a.n_layers * a.n_heads} heads, {torch.get_num_threads()} threads")
+    print(f"  plain HF forward over the set      {plain_seconds * 1e3:8.1f} ms   1.00x")
+    print(f"  function vector (AIE, vector, acc) {seconds * 1e3:8.1f} ms {seconds / plain_seconds:6.2f}x"
+          f"  (zero-shot accuracy {fv.accuracy_without:.0%} -> {fv.accuracy_with:.0%} at L{layer})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-demo", action="store_true", help="skip the demo model")
@@ -176,9 +222,17 @@ def main() -> None:
     parser.add_argument("--set-rows", type=int, default=0,
                         help="also time a head-patching sweep over this many IOI prompts (demo model)")
     parser.add_argument("--only-set", action="store_true", help="only the prompt-set figure")
+    parser.add_argument("--fv-rows", type=int, default=0,
+                        help="also time a function vector over this many antonym prompts (demo model)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
+    if args.fv_rows:
+        from mechscope.engine.loading import load_model
+
+        loaded = load_model("demo", device="cpu", dtype="float32")
+        bench_function_vector("demo (SmolLM2-135M-Instruct)", loaded.model, loaded.tokenizer, args.fv_rows,
+                              max(1, args.repeats // 10))
     if args.set_rows or args.only_set:
         from mechscope.engine.loading import load_model
 

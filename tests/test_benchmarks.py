@@ -28,6 +28,16 @@ def test_engine_benchmark_prints_a_ratio_per_figure(capsys):
     assert re.search(r"extra memory held by the engine's caches: [\d.]+ MiB", out)
 
 
+def test_engine_benchmark_prints_the_function_vector_ratio(capsys):
+    spec = importlib.util.spec_from_file_location("engine_benchmark", BENCHMARKS / "engine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.bench_function_vector("tiny", tiny_model("llama"), tiny_tokenizer(), rows=3, repeats=1)
+    out = capsys.readouterr().out
+    ratio = re.search(r"^  function vector \(AIE, vector, acc\)\s+([\d.]+) ms\s+([\d.]+)x", out, re.M)
+    assert ratio is not None and float(ratio.group(1)) > 0 and float(ratio.group(2)) > 0, out
+
+
 def test_tui_benchmark_prints_latencies(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCHMARKS / "tui.py"), "--repeats", "3", "--size", "80x24"],
                           capture_output=True, text=True, timeout=300,

@@ -43,12 +43,15 @@ from mechscope.requests.kinds import (
     DetectHeadsRequest,
     EstimateRequest,
     FeatureActivationsRequest,
+    FunctionVectorRequest,
     GenerateRequest,
     MassiveRequest,
     ReferencePromptsRequest,
     Request,
+    RoleHeadsRequest,
     RunRequest,
     RunSetRequest,
+    SetAttentionRequest,
     SweepRequest,
     SweepSetRequest,
     TemplateSetRequest,
@@ -63,6 +66,11 @@ ROWS = PromptSet("two", (
     PromptRow(CLEAN, CORRUPT, " Mary", " John"),
     PromptRow("Alice and Bob walked to the park, and Bob handed a book to",
               "Alice and Bob walked to the park, and Alice handed a book to", " Alice", " Bob"),
+))
+# An in-context task over words that are one token in the tiny tokenizer (labels shuffled in corrupted).
+ICL = PromptSet("icl", (
+    PromptRow("Mary: John\nstore: drink\nAlice:", "Mary: drink\nstore: John\nAlice:", " Bob", " Alice"),
+    PromptRow("dog: moon\nBob: Alice\nstore:", "dog: Alice\nBob: moon\nstore:", " drink", " store"),
 ))
 CLOSE = Tolerance(1e-5, 1e-5, 0.0, "1e-5")
 
@@ -94,6 +102,9 @@ EXAMPLES: dict[str, Request] = {
     "detect_heads": DetectHeadsRequest(),
     "massive": MassiveRequest(ROWS, 3.0),
     "feature_activations": FeatureActivationsRequest(CLEAN, SAE_FOLDER, top_k=5),
+    "function_vector": FunctionVectorRequest(ICL, 1, top_heads=3, coeff=2.0, name="fv-icl"),
+    "set_attention": SetAttentionRequest(ROWS, 1, 2),
+    "role_heads": RoleHeadsRequest(ROWS),
 }
 KINDS = sorted(REQUEST_TYPES)
 

@@ -403,6 +403,27 @@ class Engine:
 
         return detectors.head_scores(self)
 
+    def function_vector(self, pset, layer, n_heads=10, coeff=1.0, name="fv", should_stop=None):
+        """The function vector of an in-context set's task, registered as the steering vector `name`;
+        see `function_vectors.function_vector`."""
+        from mechscope.engine import function_vectors
+
+        result = function_vectors.function_vector(self, pset, layer, n_heads, coeff, name, should_stop)
+        self.add_vector(name, result.vector)
+        return result
+
+    def set_attention(self, pset, layer, head):
+        """One head's attention between the set's roles (IO, S1, S2, END for IOI), over the set; see `roles`."""
+        from mechscope.engine import roles
+
+        return roles.set_attention(self, pset, layer, head)
+
+    def detect_role_heads(self, pset):
+        """Name-mover and S-inhibition grids on an IOI set; see `roles.role_head_scores`."""
+        from mechscope.engine import roles
+
+        return roles.role_head_scores(self, pset)
+
     def massive_activations(self, prompts, ratio: float = 100.0):
         """Per layer, the residual dimensions whose magnitude dwarfs the rest; see `massive`."""
         from mechscope.engine import massive

@@ -285,12 +285,94 @@ def _word_pool(tokenizer) -> list[str]:
     return pool
 
 
-def template_set(kind: str, tokenizer, n: int = 20, seed: int = 0) -> PromptSet:
-    """A built-in set by name: "ioi", "capitals" or "induction"."""
+# ---------------------------------------------------------------------------- in-context tasks
+
+ICL_TASKS: tuple[str, ...] = ("antonyms", "country-capital", "uppercase")
+ICL_WORDS_FILE = Path(__file__).with_name("icl_words.json")
+MAX_ICL_WORDS_BYTES = 256 * 1024
+MAX_SHOTS = 64
+DEFAULT_SHOTS = 10
+
+
+def icl_pairs(task: str) -> list[tuple[str, str]]:
+    """The (input, answer) word pairs of an in-context task, from the word lists shipped with the package."""
+    if task not in ICL_TASKS:
+        raise PromptSetError(f"unknown in-context task {task!r} (known: {', '.join(ICL_TASKS)})")
+    try:
+        if ICL_WORDS_FILE.stat().st_size > MAX_ICL_WORDS_BYTES:
+            raise PromptSetError(f"{ICL_WORDS_FILE.name} is larger than {MAX_ICL_WORDS_BYTES} bytes")
+        data = json.loads(ICL_WORDS_FILE.read_text(encoding="utf-8"))
+        pairs = data["tasks"][task]
+        return [(str(x), str(y)) for x, y in pairs]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PromptSetError(f"the word lists of the package are damaged ({ICL_WORDS_FILE.name}: {exc})") from None
+
+
+def zero_shot_prompt(clean: str) -> str:
+    """The query alone (the last line of an in-context prompt): "hot: cold\nfast:" -> "fast:"."""
+    return clean.rsplit("\n", 1)[-1]
+
+
+def _icl_prompt(shots: list[tuple[str, str]], query: str) -> str:
+    return "".join(f"{x}: {y}\n" for x, y in shots) + f"{query}:"
+
+
+def _derangement(rng: random.Random, answers: list[str]) -> list[str]:
+    """`answers` reordered so that no shot keeps its own answer (where the words allow it)."""
+    if len(set(answers)) < 2:
+        return list(answers)
+    for _ in range(100):
+        moved = rng.sample(answers, len(answers))
+        if all(a != b for a, b in zip(moved, answers)):
+            return moved
+    return answers[1:] + answers[:1]
+
+
+def icl_set(tokenizer, task: str, n: int = 20, shots: int = DEFAULT_SHOTS, seed: int = 0,
+            pairs: list[tuple[str, str]] | None = None) -> PromptSet:
+    """In-context rows of `task` (Todd et al. 2024): `shots` lines "input: answer" then the query
+    "input:"; target " answer" (one token after a space: pairs whose input or answer are not one
+    token are left out), foil " input" (copying the query is the usual wrong answer); corrupted: the
+    same prompt with the shots' answers permuted (shuffled labels, the query unchanged), the prompts
+    an average indirect effect patches into. shots 0: zero-shot rows ("input:", no corrupted)."""
+    if not 1 <= n <= MAX_ROWS:
+        raise PromptSetError(f"an in-context set needs 1..{MAX_ROWS} rows, got {n}")
+    if not 0 <= shots <= MAX_SHOTS:
+        raise PromptSetError(f"an in-context prompt takes 0..{MAX_SHOTS} shots, got {shots}")
+    words = icl_pairs(task) if pairs is None else pairs
+    inputs = set(single_token_words(tokenizer, [x for x, _ in words]))
+    answers = set(single_token_words(tokenizer, [y for _, y in words]))
+    usable = [(x, y) for x, y in words if x in inputs and y in answers]
+    usable = list({x: (x, y) for x, y in usable}.values())  # one answer per input
+    if len(usable) < shots + 1:
+        raise PromptSetError(f"{task}: the tokenizer has {len(usable)} pairs of single-token words, "
+                             f"{shots} shots need {shots + 1}")
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        chosen = rng.sample(usable, shots + 1)
+        examples, (query, answer) = chosen[:-1], chosen[-1]
+        clean = _icl_prompt(examples, query)
+        moved = _derangement(rng, [y for _, y in examples])
+        corrupted = _icl_prompt([(x, y) for (x, _), y in zip(examples, moved)], query) if shots else ""
+        rows.append(PromptRow(clean, corrupted, " " + answer, " " + query))
+    name = f"{task}-{n}" if shots == DEFAULT_SHOTS else f"{task}-{n}-{shots}shot"
+    return PromptSet(name=name, rows=tuple(rows),
+                     source=f"template:{task} n={n} seed={seed} shots={shots}")
+
+
+TEMPLATES: tuple[str, ...] = ("ioi", "capitals", "induction", *ICL_TASKS)
+
+
+def template_set(kind: str, tokenizer, n: int = 20, seed: int = 0, shots: int = DEFAULT_SHOTS) -> PromptSet:
+    """A built-in set by name: "ioi", "capitals", "induction" or an in-context task (`ICL_TASKS`,
+    with `shots` examples per prompt; the other templates ignore it)."""
     if kind == "ioi":
         return ioi_set(tokenizer, n=n, seed=seed)
     if kind == "capitals":
         return capitals_set(tokenizer, n=n, seed=seed)
     if kind == "induction":
         return induction_set(tokenizer, n=n, seed=seed)
-    raise PromptSetError(f"unknown template set {kind!r} (known: ioi, capitals, induction)")
+    if kind in ICL_TASKS:
+        return icl_set(tokenizer, kind, n=n, shots=shots, seed=seed)
+    raise PromptSetError(f"unknown template set {kind!r} (known: {', '.join(TEMPLATES)})")

@@ -249,8 +249,9 @@ class GeneratedToken:
     prob: float
 
 
-# Head detectors (`mechscope.engine.detectors` computes them); the help screen shows the definitions.
-DEFINITIONS: dict[str, str] = {
+# Head detectors (`mechscope.engine.detectors` computes them over fixed probes, cached per model);
+# the help screen shows the definitions.
+PROBE_DEFINITIONS: dict[str, str] = {
     "previous_token": (
         "Previous-token: mean attention from each position t >= 1 to position t-1, over the "
         "natural-text probes."),
@@ -272,7 +273,23 @@ DEFINITIONS: dict[str, str] = {
         "Positive: the head lowers the logits of the tokens it attends to (more than the vocabulary "
         "average); the first position (the usual attention sink) is left out."),
 }
-DETECTORS: tuple[str, ...] = tuple(DEFINITIONS)
+DETECTORS: tuple[str, ...] = tuple(PROBE_DEFINITIONS)
+# Role detectors (`mechscope.engine.roles`) over an IOI prompt set (IO, S1, S2, END: the indirect
+# object, the subject's first and second mention and the final token of each row); not cached.
+ROLE_DEFINITIONS: dict[str, str] = {
+    "name_mover": (
+        "Name mover: on an IOI set, mean over the rows of the attention from END to IO (Wang et al. "
+        "2022: name movers attend to the indirect object and copy it to the output)."),
+    "name_mover_logit": (
+        "Name mover (logit): on an IOI set, mean over the rows of the head's direct effect at END on "
+        "logit(IO) - logit(S): its output written to the residual at END (output projection of its z, "
+        "no bias) through the final norm linearised at the run's final residual, then the unembedding."),
+    "s_inhibition": (
+        "S-inhibition: on an IOI set, mean over the rows of the attention from END to S2 (the "
+        "subject's second mention), where S-inhibition heads read that the subject is repeated."),
+}
+ROLE_DETECTORS: tuple[str, ...] = tuple(ROLE_DEFINITIONS)
+DEFINITIONS: dict[str, str] = {**PROBE_DEFINITIONS, **ROLE_DEFINITIONS}
 
 
 # ---------------------------------------------------------------------------- over prompt sets
@@ -419,3 +436,55 @@ class MassiveLayer:
     spread: list[float] = field(default_factory=list)
     median: list[float] = field(default_factory=list)
     constant: bool = False
+
+
+@dataclass
+class FunctionVectorResult:
+    """A function vector (Todd et al. 2024) from an in-context set and what it does to zero-shot prompts.
+
+    aie[layer, head]: each head's average indirect effect, the mean over rows of the target's
+    probability in the shuffled-label prompt with the head's output at the last position replaced
+    by its mean over the clean prompts, minus the probability without (`base_prob`, [row]). `heads`:
+    the top heads by AIE, (layer, head); `vector` [d_model]: the sum of their mean outputs written to
+    the residual (each head's z through its slice of the output projection, no bias), registered as
+    the steering vector `name`. On the zero-shot prompts (each row's query alone), with `coeff` times
+    the vector added to the residual entering `layer` at the last position and without: whether the
+    top-1 token is the target (`correct_*`, [row] of 0/1) and the target's probability (`prob_*`)."""
+
+    set_name: str
+    name: str
+    layer: int
+    coeff: float
+    aie: np.ndarray  # [layer, head]
+    heads: tuple[tuple[int, int], ...]
+    vector: np.ndarray  # [d_model]
+    base_prob: np.ndarray  # [row]
+    correct_without: np.ndarray  # [row]
+    correct_with: np.ndarray  # [row]
+    prob_without: np.ndarray  # [row]
+    prob_with: np.ndarray  # [row]
+    seconds: float = 0.0
+
+    @property
+    def accuracy_without(self) -> float:
+        return float(np.mean(self.correct_without))
+
+    @property
+    def accuracy_with(self) -> float:
+        return float(np.mean(self.correct_with))
+
+
+@dataclass
+class RoleAttention:
+    """One head's attention between named roles of a set's prompts (IO, S1, S2, END for IOI).
+
+    mean[q, k] / std[q, k]: over the rows, the attention weight from the position of role roles[q]
+    (the query) to the position of role roles[k] (the key); 0 where the key comes after the query."""
+
+    set_name: str
+    layer: int
+    head: int
+    roles: tuple[str, ...]
+    mean: np.ndarray  # [role, role]
+    std: np.ndarray  # [role, role]
+    rows: int

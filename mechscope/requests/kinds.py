@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from mechscope.engine.interventions import Intervention, Metric
-from mechscope.engine.prompt_sets import PromptSet, PromptSetError
+from mechscope.engine.prompt_sets import DEFAULT_SHOTS, PromptSet, PromptSetError
 from mechscope.engine.views import Views
 
 SweepKind = Literal["head", "resid", "attn", "mlp", "atp"]
@@ -148,12 +148,14 @@ class EstimateRequest:
 
 @dataclass(frozen=True)
 class TemplateSetRequest:
-    """A prompt set built from a template ("ioi", "capitals", "induction") with the engine's tokenizer."""
+    """A prompt set built from a template ("ioi", "capitals", "induction", or an in-context task
+    "antonyms", "country-capital", "uppercase" with `shots` examples per prompt) with the engine's tokenizer."""
 
     kind: ClassVar[str] = "template_set"
     template: str
     count: int = 20
     seed: int = 0
+    shots: int = DEFAULT_SHOTS
 
 
 @dataclass(frozen=True)
@@ -186,19 +188,55 @@ class FeatureActivationsRequest:
     top_k: int = 10
 
 
+@dataclass(frozen=True)
+class FunctionVectorRequest:
+    """A function vector from an in-context set (`Engine.function_vector`): each head's average
+    indirect effect, the top heads' summed mean output registered as the steering vector `name`, and
+    zero-shot accuracy with and without `coeff` times it added at `layer`."""
+
+    kind: ClassVar[str] = "function_vector"
+    pset: PromptSet
+    layer: int
+    top_heads: int = 10
+    coeff: float = 1.0
+    name: str = "fv"
+
+
+@dataclass(frozen=True)
+class SetAttentionRequest:
+    """One head's attention between the set's roles (IO, S1, S2, END for IOI), mean and spread over
+    the set (`Engine.set_attention`)."""
+
+    kind: ClassVar[str] = "set_attention"
+    pset: PromptSet
+    layer: int
+    head: int
+
+
+@dataclass(frozen=True)
+class RoleHeadsRequest:
+    """Name-mover and S-inhibition grids over an IOI set (`Engine.detect_role_heads`; not cached:
+    they depend on the set)."""
+
+    kind: ClassVar[str] = "role_heads"
+    pset: PromptSet
+
+
 Request = (RunRequest | SweepRequest | GenerateRequest | BuildVectorRequest | AddVectorRequest
            | ValidateRequest | ReferencePromptsRequest | RunSetRequest | SweepSetRequest
            | EstimateRequest | DetectHeadsRequest | MassiveRequest | TemplateSetRequest
-           | FeatureActivationsRequest)
+           | FeatureActivationsRequest | FunctionVectorRequest | SetAttentionRequest | RoleHeadsRequest)
 
 REQUEST_TYPES: dict[str, type] = {
     cls.kind: cls for cls in (RunRequest, SweepRequest, GenerateRequest, BuildVectorRequest,
                               AddVectorRequest, ValidateRequest, ReferencePromptsRequest,
                               RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
-                              MassiveRequest, TemplateSetRequest, FeatureActivationsRequest)
+                              MassiveRequest, TemplateSetRequest, FeatureActivationsRequest,
+                              FunctionVectorRequest, SetAttentionRequest, RoleHeadsRequest)
 }
 SET_REQUESTS: tuple[type, ...] = (RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
-                                  MassiveRequest, TemplateSetRequest)
+                                  MassiveRequest, TemplateSetRequest,
+                                  FunctionVectorRequest, SetAttentionRequest, RoleHeadsRequest)
 
 
 @dataclass(frozen=True, eq=False)

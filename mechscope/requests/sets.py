@@ -56,7 +56,7 @@ class TemplateSetHandler(Handler):
         tokenizer = getattr(engine, "tokenizer", None)
         if tokenizer is None:
             raise ValueError("template prompt sets are not available on this engine")
-        return template_set(request.template, tokenizer, request.count, request.seed)
+        return template_set(request.template, tokenizer, request.count, request.seed, request.shots)
 
     def summarise(self, result: PromptSet) -> Summary:
         return Summary(result.to_dict())

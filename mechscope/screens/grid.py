@@ -11,6 +11,7 @@ import numpy as np
 from mechscope.tui.commands import key_of
 from mechscope.tui.widgets.head_grid import GRID_METRICS, SET_GRID_METRICS, HeadGrid
 from mechscope.tui.widgets.heatmap import Heatmap
+from mechscope.workbench.set_circuits import FV_GRID
 from mechscope.workbench.sets import ESTIMATE_GRID, SET_SWEEP_GRID
 
 if TYPE_CHECKING:
@@ -90,7 +91,9 @@ class GridPart:
 
     def show_marks(self) -> None:
         stack = self.screen.bench.stack
-        exact = self.screen.bench.sets.exact_marks() if self.metric == ESTIMATE_GRID else {}
+        sets = self.screen.bench.sets
+        exact = (sets.exact_marks() if self.metric == ESTIMATE_GRID
+                 else sets.circuits.marks() if self.metric == FV_GRID else {})
         self.grid.set_marks({**exact, **stack.head_marks()})
         self.grid.set_row_marks(stack.layer_marks())
 

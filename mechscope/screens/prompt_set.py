@@ -5,7 +5,8 @@ from __future__ import annotations
 from mechscope.screens.ask_value import AskValueScreen
 
 PROMPT_SET_HELP = ("a .jsonl / .csv file (clean, corrupted, target, foil), or a template and a count: "
-                   "ioi 20 · capitals 10 · induction 10 (a third number is the seed)")
+                   "ioi 20 · capitals 10 · induction 10 (a third number is the seed); in-context tasks "
+                   "antonyms 20 · country-capital 20 · uppercase 20 (a fourth number: shots, default 10)")
 
 
 class PromptSetScreen(AskValueScreen):

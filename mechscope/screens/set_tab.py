@@ -1,6 +1,7 @@
 """The set tab's job: load or generate a prompt set, step its rows, set numbers, set sweeps, estimates
-with exact verification, head detectors and massive activations. Every request comes from
-`Workbench.sets`; its outcome goes back through `Workbench.accept`."""
+with exact verification, head detectors, massive activations, function vectors and the selected
+head's role table over the set (beside its pattern). Every request comes from `Workbench.sets`; its
+outcome goes back through `Workbench.accept`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from mechscope.requests.kinds import Outcome, Request
 from mechscope.tui.commands import key_of, palette_title
 from mechscope.tui.widgets.set_view import SetRowTable, SetView, sweep_progress
+from mechscope.workbench.set_circuits import FV_GRID
 from mechscope.workbench.set_rows import problems_note
 from mechscope.workbench.sets import ESTIMATE_GRID, SET_SWEEP_GRID
 
@@ -18,10 +20,14 @@ if TYPE_CHECKING:
 
 RUNNING = {"run_set": "set numbers", "sweep_set": "set sweep", "estimate": "estimate",
            "detect_heads": "head detectors", "massive": "massive activations",
-           "template_set": "building the prompt set"}
-CANCELLABLE = ("sweep_set", "estimate")
-GRID_AFTER = {"sweep_set": SET_SWEEP_GRID, "estimate": ESTIMATE_GRID}  # request kind -> the grid it fills
-SHOWN_IN_TAB = ("massive", "run_set", "template_set")  # request kinds whose result is the set tab
+           "template_set": "building the prompt set", "function_vector": "function vector",
+           "role_heads": "name-mover / S-inhibition scores"}
+CANCELLABLE = ("sweep_set", "estimate", "function_vector")
+GRID_AFTER = {"sweep_set": SET_SWEEP_GRID, "estimate": ESTIMATE_GRID,  # request kind -> the grid it fills
+              "function_vector": FV_GRID, "role_heads": "name_mover"}
+SHOWN_IN_TAB = ("massive", "run_set", "template_set", "function_vector")  # kinds whose result is the set tab
+QUIET = ("set_attention",)  # follows the grid cursor: no status line while it runs
+ROLES_DEBOUNCE_S = 0.3  # the role table is asked for once the grid cursor rests
 
 
 class SetTab:
@@ -29,18 +35,22 @@ class SetTab:
 
     def __init__(self, screen: WorkbenchScreen) -> None:
         self.screen = screen
+        self._roles_timer: Any = None
 
     def commands(self) -> dict[str, Callable[..., object]]:
         return {"prompt_set": self.open_set, "set_row": self.step_row, "set_numbers": self.set_numbers,
                 "set_sweep": self.set_sweep, "estimate": self.estimate, "detect_heads": self.detect_heads,
                 "massive": self.massive, "drop_failing_rows": self.drop_failing_rows,
-                "abc_means": self.abc_means}
+                "abc_means": self.abc_means,
+                "function_vector": self.function_vector, "role_heads": self.role_heads}
 
     @property
     def view(self) -> SetView:
         return self.screen.part(SetView, SetView)
 
     def started(self, request: Request) -> None:
+        if request.kind in QUIET:
+            return
         self.screen.say(f"{RUNNING.get(request.kind, request.kind)} running"
                         + (" (esc cancels)" if request.kind in CANCELLABLE else ""))
         if request.kind in CANCELLABLE:  # their progress and results are below the row table
@@ -61,6 +71,10 @@ class SetTab:
         sets = screen.bench.sets
         kind = outcome.request.kind
         grid = screen.grid_part
+        if kind in QUIET:
+            if outcome.ok:
+                self.show_roles()
+            return
         if sets.error:
             screen.show_error(sets.error)
         elif outcome.cancelled:
@@ -78,6 +92,10 @@ class SetTab:
             if kind in SHOWN_IN_TAB:
                 screen.tabs.active = "tab-set"
         self.show()
+        if outcome.ok and kind == "template_set":
+            self.request_roles()
+        if outcome.ok and kind == "function_vector":
+            screen.say(sets.circuits.function_vector_lines()[1].strip())
         if outcome.ok and kind == "run_set":
             self.view.show_numbers(sets)  # in a short view the set's name and failing rows scroll away
         grid.show()
@@ -211,3 +229,51 @@ class SetTab:
             screen.show_error(screen.bench.sets.error or "no prompt set")
             return
         screen.submit(request)
+
+    def function_vector(self) -> None:
+        """The function vector of the current (in-context) set: asks for the layer it steers at."""
+        from mechscope.screens.ask_value import AskValueScreen
+
+        screen = self.screen
+        if not screen.loaded():
+            return
+        if screen.bench.sets.pset is None:
+            screen.show_error(f"no prompt set: press {key_of('prompt_set')} to load or generate one "
+                              "(antonyms 20, country-capital 20, uppercase 20)")
+            return
+        n_layers = screen.engine.info.n_layers
+
+        def done(text: str | None) -> None:
+            if text is not None:
+                self.submit_or_say(screen.bench.sets.circuits.function_vector_text(text, n_layers))
+
+        screen.app.push_screen(AskValueScreen(
+            "function vector", "the layer to add it at (zero-shot prompts), then optionally the number of "
+            "top heads and a coefficient: 12 · 12 10 3", f"{n_layers * 2 // 5} 10 1"), done)
+
+    def role_heads(self) -> None:
+        if self.screen.loaded():
+            self.submit_or_say(self.screen.bench.sets.circuits.role_heads_request())
+
+    # ---------------------------------------------------------------- role table beside the pattern
+
+    def follow_head(self) -> None:
+        """The grid cursor moved: once it rests, the selected head's role table over the set."""
+        self.show_roles()
+        if self._roles_timer is not None:
+            self._roles_timer.stop()
+        if self.screen.bench.sets.pset is not None:
+            self._roles_timer = self.screen.set_timer(ROLES_DEBOUNCE_S, self.request_roles)
+
+    def request_roles(self) -> None:
+        selected = self.screen.selected_head()
+        if selected is None or not self.screen.alive:
+            return
+        request = self.screen.bench.sets.circuits.attention_request(*selected)
+        if request is not None:
+            self.screen.submit(request)
+
+    def show_roles(self) -> None:
+        selected = self.screen.bench.selected
+        circuits = self.screen.bench.sets.circuits
+        self.screen.attention_view.show_roles(None if selected is None else circuits.role_table(*selected))

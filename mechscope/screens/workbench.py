@@ -507,6 +507,8 @@ class WorkbenchScreen(Screen[None]):
     @on(Heatmap.CursorMoved, "#grid")
     def grid_cursor_moved(self, event: Heatmap.CursorMoved) -> None:
         self.update_status()
+        if self.engine is not None:
+            self.set_tab.follow_head()
         if self.engine is None or self.bench.result is None:
             return
         if self.show_selected_attention():

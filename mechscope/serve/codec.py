@@ -43,7 +43,8 @@ for _cls in (results.ModelInfo, results.TokenProb, results.MetricInfo, results.L
              results.Attribution, results.ActivationStats, results.ComputeInfo, results.Prediction,
              results.RunResult, results.SweepResult, results.GeneratedToken, results.SetRunResult,
              results.SetSweepResult, results.Estimate, results.HeadScores, results.MassiveLayer,
-             results.VerifiedEstimate, results.FeatureActivations, PromptRow, PromptSet):
+             results.VerifiedEstimate, results.FeatureActivations, results.FunctionVectorResult,
+             results.RoleAttention, PromptRow, PromptSet):
     register(_cls)
 
 # Plain numeric dtypes only: an object dtype could smuggle code through a later unpickle.

@@ -68,7 +68,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("4", "show_tab('tab-generate')", "View: generation", "baseline and intervened generation"),
     Command("5", "show_tab('tab-stats')", "View: activation stats", "residual norms, massive activations"),
     Command("L", "prompt_set", "Prompt set…",
-            "load a JSONL / CSV set or generate ioi / capitals / induction rows; its first row becomes the inputs"),
+            "load a JSONL / CSV set or generate ioi / capitals / induction / antonyms / country-capital / "
+            "uppercase rows; its first row becomes the inputs"),
     Command("left_square_bracket", "set_row(-1)", "Prompt set: previous row", "the previous row becomes the inputs"),
     Command("right_square_bracket", "set_row(1)", "Prompt set: next row", "the next row becomes the inputs"),
     Command("O", "set_numbers", "Prompt set: metric over the set",
@@ -84,6 +85,11 @@ COMMANDS: tuple[Command, ...] = (
     Command("", "abc_means", "Prompt set: mean ablation over its corrupted prompts (ABC)",
             "mean ablation averages over the set's corrupted prompts (the IOI paper's ABC distribution), "
             "in single runs and over the set; F sets other reference prompts"),
+    Command("f", "function_vector", "Prompt set: function vector…",
+            "in-context set (antonyms…): heads' average indirect effect (grid), the top heads' summed mean "
+            "output as steering vector fv-<set>, zero-shot accuracy with and without it at a layer"),
+    Command("", "role_heads", "Prompt set: name-mover / S-inhibition scores",
+            "on an IOI set: attention END→IO, END→S2 and direct effect on logit(IO) - logit(S) per head (grids)"),
     Command("", "drop_failing_rows", "Prompt set: drop rows that fail the checks",
             "a new set without the rows whose target / foil or lengths fail (T fixes spacing instead)"),
     Command("7", "show_tab('tab-features')", "View: features",

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
 
-from mechscope.engine.prompt_sets import PromptSet, PromptSetError, load_prompt_set
+from mechscope.engine.prompt_sets import (
+    DEFAULT_SHOTS,
+    ICL_TASKS,
+    TEMPLATES,
+    PromptSet,
+    PromptSetError,
+    load_prompt_set,
+)
 from mechscope.requests.kinds import (
     AUTO_VERIFY,
     DetectHeadsRequest,
@@ -26,6 +33,7 @@ from mechscope.requests.kinds import (
     TemplateSetRequest,
 )
 from mechscope.workbench.research import MAX_REFERENCE_PROMPTS
+from mechscope.workbench.set_circuits import SetCircuits
 from mechscope.workbench.set_rows import (
     RowProblem,
     Tokenize,
@@ -40,7 +48,6 @@ if TYPE_CHECKING:
     from mechscope.workbench.controller import Workbench
 
 SET_METRIC_KINDS = ("logit_diff", "prob", "loss")
-TEMPLATES = ("ioi", "capitals", "induction")
 ESTIMATE_METHODS: tuple[EstimateMethod, ...] = ("atp", "atp*", "graddrop", "eap-ig")
 SET_SWEEP_GRID = "set patching"
 ESTIMATE_GRID = "estimate"
@@ -74,6 +81,7 @@ class PromptSets:
         self.problems: list[RowProblem] = []  # the current set's rows that fail the checks
         self.changes = ""  # what the last fix or drop did to the rows, for the set tab
         self._issued: dict[str, Request] = {}  # request kind -> the latest issued
+        self.circuits = SetCircuits(self)  # function vectors, role attention, role detectors
 
     # -- derived state --------------------------------------------------------------------------
 
@@ -118,7 +126,7 @@ class PromptSets:
             names.append(ESTIMATE_GRID)
         if self.detectors is not None:
             names.extend(self.detectors.scores)
-        return names
+        return names + self.circuits.grid_names()
 
     def sweep_values(self) -> np.ndarray | None:
         result = self.sweep.result if self.sweep is not None and self.sweep.ok else self.sweep_partial
@@ -131,7 +139,7 @@ class PromptSets:
             return None if self.estimate is None or not self.estimate.ok else self.estimate.result.values
         if self.detectors is not None and name in self.detectors.scores:
             return np.asarray(self.detectors.scores[name], dtype=np.float64)
-        return None
+        return self.circuits.grid_values(name)
 
     def exact_marks(self) -> dict[tuple[int, int], str]:
         """The estimate's verified heads (their cells hold exact patching values)."""
@@ -151,16 +159,18 @@ class PromptSets:
         return self.use(pset)
 
     def open_text(self, text: str) -> Request | None:
-        """What the prompt-set dialog typed: "ioi 20" (a template and a row count) or a file path."""
+        """What the prompt-set dialog typed: "ioi 20" (a template and a row count, then optionally a
+        seed and, for an in-context task, the shots per prompt: "antonyms 20 0 10") or a file path."""
         words = text.split()
         if not words:
-            self.error = "type a file path or a template (ioi, capitals, induction) and a count"
+            self.error = f"type a file path or a template ({', '.join(TEMPLATES)}) and a count"
             return None
-        if words[0] in TEMPLATES and len(words) <= 3:
+        if words[0] in TEMPLATES and len(words) <= (4 if words[0] in ICL_TASKS else 3):
             try:
                 numbers = [int(w) for w in words[1:]]
             except ValueError:
-                self.error = f"{text!r}: a template takes a row count and a seed (e.g. ioi 20 0)"
+                self.error = (f"{text!r}: a template takes a row count and a seed (e.g. ioi 20 0; an "
+                              "in-context task then the shots, e.g. antonyms 20 0 10)")
                 return None
             return self.template(words[0], *numbers) if numbers else self.template(words[0], 20)
         return self.load(text.strip())
@@ -184,14 +194,15 @@ class PromptSets:
                 return None
         return self.estimate_request(words[0], options["steps"], options["verify"])  # type: ignore[arg-type]
 
-    def template(self, template: str, count: int, seed: int = 0) -> TemplateSetRequest | None:
+    def template(self, template: str, count: int, seed: int = 0,
+                 shots: int = DEFAULT_SHOTS) -> TemplateSetRequest | None:
         if template not in TEMPLATES:
             self.error = f"unknown template {template!r} (known: {', '.join(TEMPLATES)})"
             return None
         if not 1 <= count <= 10_000:
             self.error = f"a set needs 1 to 10000 rows, got {count}"
             return None
-        return self._issue(TemplateSetRequest(template, count, seed))
+        return self._issue(TemplateSetRequest(template, count, seed, shots))
 
     def use(self, pset: PromptSet, changes: str = "") -> RunRequest | None:
         """Make `pset` current (results of another set are dropped), check its rows and select its
@@ -199,6 +210,7 @@ class PromptSets:
         if pset != self.pset:
             self.run = self.sweep = self.estimate = self.massive = None
             self.sweep_partial = None
+            self.circuits.reset()
         self.pset = pset
         self.error = None
         self.changes = changes
@@ -360,7 +372,8 @@ class PromptSets:
     def _acceptors(self) -> dict[type, Callable[[Outcome], Request | None]]:
         return {TemplateSetRequest: self._accept_template, RunSetRequest: self._accept_run,
                 SweepSetRequest: self._accept_sweep, EstimateRequest: self._accept_estimate,
-                DetectHeadsRequest: self._accept_detectors, MassiveRequest: self._accept_massive}
+                DetectHeadsRequest: self._accept_detectors, MassiveRequest: self._accept_massive,
+                **self.circuits.acceptors()}
 
     def accept(self, outcome: Outcome) -> Request | None:
         """Store the latest outcome of its kind and record it (a set sweep once it finished)."""
@@ -407,7 +420,7 @@ class PromptSets:
         return {RunSetRequest: self._restore_on_set("run"), SweepSetRequest: self._restore_on_set("sweep"),
                 EstimateRequest: self._restore_on_set("estimate"),
                 MassiveRequest: self._restore_on_set("massive"),
-                DetectHeadsRequest: self._restore_detectors}
+                DetectHeadsRequest: self._restore_detectors, **self.circuits.restorers()}
 
     def _restore_on_set(self, slot: str) -> Callable[[Outcome], None]:
         """An outcome over the current prompt set goes back in `slot`; one over another set is
@@ -439,4 +452,5 @@ class PromptSets:
         """Another session or model: the set stays, its results go."""
         self.run = self.sweep = self.estimate = self.massive = None
         self.sweep_partial = self.detectors = None
+        self.circuits.reset()
         self._issued.clear()

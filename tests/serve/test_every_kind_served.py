@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mechscope.engine.interventions import HeadAblation, Metric, SteeringVector
-from mechscope.engine.prompt_sets import PromptSet, template_set
+from mechscope.engine.prompt_sets import PromptRow, PromptSet, template_set
 from mechscope.engine.views import Views
 from mechscope.requests.kinds import (
     REQUEST_TYPES,
@@ -18,11 +18,14 @@ from mechscope.requests.kinds import (
     BuildVectorRequest,
     DetectHeadsRequest,
     EstimateRequest,
+    FunctionVectorRequest,
     GenerateRequest,
     MassiveRequest,
     ReferencePromptsRequest,
+    RoleHeadsRequest,
     RunRequest,
     RunSetRequest,
+    SetAttentionRequest,
     SweepRequest,
     SweepSetRequest,
     TemplateSetRequest,
@@ -32,6 +35,11 @@ from mechscope.requests.registry import execute
 from tests.serve.conftest import CORRUPT, PROMPT, save_tiny, start_server, stop_server
 
 METRIC = Metric("logit_diff", target=" Mary", foil=" John")
+# An in-context task over words that are one token in the tiny tokenizer (labels shuffled in corrupted).
+ICL = PromptSet("icl", (
+    PromptRow("Mary: John\nstore: drink\nAlice:", "Mary: drink\nstore: John\nAlice:", " Bob", " Alice"),
+    PromptRow("dog: moon\nBob: Alice\nstore:", "dog: Alice\nBob: moon\nstore:", " drink", " store"),
+))
 
 
 def requests_by_kind(pset: PromptSet) -> dict[str, list]:
@@ -54,6 +62,9 @@ def requests_by_kind(pset: PromptSet) -> dict[str, list]:
         "template_set": [TemplateSetRequest("ioi", 5, seed=1)],
         "detect_heads": [DetectHeadsRequest()],
         "massive": [MassiveRequest(pset, 2.0)],
+        "function_vector": [FunctionVectorRequest(ICL, 2, top_heads=2, coeff=4.0, name="fv")],
+        "set_attention": [SetAttentionRequest(pset, 2, 1)],
+        "role_heads": [RoleHeadsRequest(pset)],
     }
 
 

@@ -143,6 +143,14 @@ def estimate_text(sets: PromptSets) -> Text:
     return text
 
 
+def function_vector_text(sets: PromptSets) -> Text:
+    lines = sets.circuits.function_vector_lines()
+    if not lines:
+        return Text(f"function vector: not computed ({key_of('function_vector')}, on an in-context set)\n",
+                    style="dim")
+    return Text("\n".join(lines) + "\n")
+
+
 def massive_table(sets: PromptSets) -> Table | Text:
     outcome = sets.massive
     if outcome is None or not outcome.ok:
@@ -303,5 +311,6 @@ class SetView(VerticalScroll):
         table = self.query_one(SetRowTable)
         table.display = sets.pset is not None
         table.fill(sets)
-        self.query_one("#set-results", Static).update(Text.assemble(sweep_text(sets), estimate_text(sets)))
+        self.query_one("#set-results", Static).update(Text.assemble(sweep_text(sets), estimate_text(sets),
+                                                                    function_vector_text(sets)))
         self.query_one("#set-massive", Static).update(massive_table(sets))

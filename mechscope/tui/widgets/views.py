@@ -75,6 +75,8 @@ class AttentionView(Vertical):
 
     DEFAULT_CSS = """
     AttentionView #attention-caption { height: 1; color: $text-muted; }
+    AttentionView #attention-roles { height: auto; display: none; }
+    AttentionView #attention-roles.shown { display: block; }
     AttentionView Heatmap { height: 1fr; }
     """
 
@@ -87,7 +89,14 @@ class AttentionView(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("move the grid cursor to a head", id="attention-caption")
+        yield Static("", id="attention-roles")
         yield AttentionMap(cell_width=2, diverging=False, id="attention-map")
+
+    def show_roles(self, table: str | None) -> None:
+        """The head's role x role attention over the prompt set (None: no set, or not computed yet)."""
+        roles = self.query_one("#attention-roles", Static)
+        roles.set_class(table is not None, "shown")
+        roles.update(table or "")
 
     def show(self, address: str, pattern: np.ndarray, tokens: list[str],
              knocked_out: dict[tuple[int, int], str] | None = None) -> None:
