@@ -46,6 +46,7 @@ for _cls in (results.ModelInfo, results.TokenProb, results.MetricInfo, results.L
              results.SetSweepResult, results.Estimate, results.HeadScores, results.MassiveLayer,
              PromptRow, PromptSet, VerifiedEstimate):
     register(_cls)
+register(results.PathPatchResult)
 
 # Plain numeric dtypes only: an object dtype could smuggle code through a later unpickle.
 DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
