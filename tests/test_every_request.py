@@ -44,6 +44,8 @@ from mechscope.requests.kinds import (
     EstimateRequest,
     GenerateRequest,
     MassiveRequest,
+    PathPatchRequest,
+    PathSweepRequest,
     ReferencePromptsRequest,
     Request,
     RunRequest,
@@ -80,6 +82,9 @@ EXAMPLES: dict[str, Request] = {
     "template_set": TemplateSetRequest("ioi", 4, 0),
     "detect_heads": DetectHeadsRequest(),
     "massive": MassiveRequest(ROWS, 3.0),
+    "path_patch": PathPatchRequest("L0.H1", ("L1.H2.q", "L2.H0.k", "L1.mlp", "resid_final"), CLEAN, CORRUPT,
+                                   METRIC),
+    "path_sweep": PathSweepRequest("L2.H1.v", CLEAN, CORRUPT, METRIC, "denoising", (HeadAblation(2, 0),)),
 }
 KINDS = sorted(REQUEST_TYPES)
 

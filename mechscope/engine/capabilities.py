@@ -17,6 +17,7 @@ Capability = Literal[
     "estimates",           # attribution estimates (AtP*, GradDrop, EAP-IG) over a set
     "head_detectors",      # induction / previous-token / duplicate / sink scores per head
     "massive_activations", # the largest residual activations over a set of prompts
+    "attention_inputs",    # patch heads' queries, keys and values; path patching
     "forward",             # the engine takes whole requests and runs them elsewhere (a server)
 ]
 
@@ -36,6 +37,7 @@ DESCRIPTIONS: dict[str, str] = {
     "estimates": "compute attribution estimates",
     "head_detectors": "score heads with detectors",
     "massive_activations": "find massive activations",
+    "attention_inputs": "patch attention queries, keys and values",
     "forward": "forward whole requests to a server",
 }
 

@@ -1,11 +1,12 @@
 """The request vocabulary: request kinds, their handlers, and `execute`, the only dispatcher.
 
-Importing the package registers every built-in handler (`single`, `sets`). No torch, textual or rich
+Importing the package registers every built-in handler (`single`, `sets`, `paths`). No torch, textual or rich
 at import time; handlers reach torch only through the engine they are given.
 """
 
 from __future__ import annotations
 
+from mechscope.requests import paths as _paths  # noqa: F401  (registers the path-patching handlers)
 from mechscope.requests import sets as _sets  # noqa: F401  (registers the prompt-set handlers)
 from mechscope.requests import single as _single  # noqa: F401  (registers the single-prompt handlers)
 from mechscope.requests.kinds import (
