@@ -8,7 +8,15 @@ import numpy as np
 
 from mechscope.engine.results import PathPatchResult, SweepResult
 from mechscope.requests.kinds import PathPatchRequest, PathSweepRequest
-from mechscope.requests.registry import NUMBER, Handler, OnPartial, ShouldStop, Summary, handles, need
+from mechscope.requests.registry import (
+    NUMBER,
+    Handler,
+    OnPartial,
+    ShouldStop,
+    Summary,
+    handles,
+    need,
+)
 from mechscope.requests.single import SweepHandler
 from mechscope.requests.tolerance import Tolerance, metric_problems
 
