@@ -307,3 +307,16 @@ def test_nnsight_declares_the_single_prompt_work_it_offers():
         assert callable(getattr(NNsightEngine, method)), capability
     for method in ("run_set", "sweep_set", "estimate", "detect_heads", "massive_activations"):
         assert not hasattr(NNsightEngine, method)
+
+
+def test_attention_input_requests_are_refused_naming_the_capability(llama_pair):
+    from mechscope.requests import execute
+    from mechscope.requests.kinds import PathPatchRequest, PathSweepRequest, SweepRequest
+
+    _, backend = llama_pair
+    refusal = "NNsightEngine cannot patch attention queries, keys and values (capability 'attention_inputs')"
+    for request in (SweepRequest("head", CLEAN, CORRUPT, METRIC, head_input="q"),
+                    PathPatchRequest("L0.H1", ("L1.H2.q",), CLEAN, CORRUPT, METRIC),
+                    PathSweepRequest("L1.H2.q", CLEAN, CORRUPT, METRIC)):
+        assert execute(backend, request).error == refusal
+    assert execute(backend, SweepRequest("head", CLEAN, CORRUPT, METRIC)).ok

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from mechscope.engine.interventions import HeadAblation, Metric, SteeringVector
+from mechscope.engine.interventions import HeadAblation, HeadInputPatch, Metric, SteeringVector
 from mechscope.engine.prompt_sets import PromptSet, template_set
 from mechscope.engine.views import Views
 from mechscope.requests.kinds import (
@@ -20,6 +20,8 @@ from mechscope.requests.kinds import (
     EstimateRequest,
     GenerateRequest,
     MassiveRequest,
+    PathPatchRequest,
+    PathSweepRequest,
     ReferencePromptsRequest,
     RunRequest,
     RunSetRequest,
@@ -45,6 +47,7 @@ def requests_by_kind(pset: PromptSet) -> dict[str, list]:
                            interventions=(HeadAblation(1, 2, "resample"), SteeringVector(0, "mood"))),
                 RunRequest(PROMPT, metric=METRIC, views=Views(sinks=True, attribution=True), top_k=3)],
         "sweep": [SweepRequest("head", PROMPT, CORRUPT, METRIC),
+                  SweepRequest("head", PROMPT, CORRUPT, METRIC, head_input="k"),
                   SweepRequest("resid", PROMPT, CORRUPT, METRIC, "denoising", (HeadAblation(0, 0),))],
         "generate": [GenerateRequest(PROMPT, max_new_tokens=4, temperature=0.7, seed=2)],
         "run_set": [RunSetRequest(pset, "logit_diff", (HeadAblation(1, 1, "mean"),)),
@@ -54,10 +57,14 @@ def requests_by_kind(pset: PromptSet) -> dict[str, list]:
         "template_set": [TemplateSetRequest("ioi", 5, seed=1)],
         "detect_heads": [DetectHeadsRequest()],
         "massive": [MassiveRequest(pset, 2.0)],
+        "path_patch": [PathPatchRequest("L0.H2", ("L2.H1.q", "L1.mlp", "resid_final"), PROMPT, CORRUPT, METRIC),
+                       PathPatchRequest("L1.H0", ("L2.H3.v",), PROMPT, CORRUPT, METRIC, "denoising",
+                                        (HeadInputPatch(0, 1, "k", CORRUPT),))],
+        "path_sweep": [PathSweepRequest("L2.H0.q", PROMPT, CORRUPT, METRIC)],
     }
 
 
-STREAMING = {"sweep", "generate", "sweep_set"}  # kinds whose partial results stream to the client
+STREAMING = {"sweep", "generate", "sweep_set", "path_sweep"}  # kinds whose partial results stream to the client
 
 
 @pytest.fixture(scope="module")
