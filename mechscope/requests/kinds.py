@@ -211,6 +211,11 @@ class PathSweepRequest:
     direction: Direction = "noising"
     interventions: tuple[Intervention, ...] = ()
 
+    @property
+    def sweep_kind(self) -> SweepKind:
+        """The grid it fills: a head sweep's [layer, head]."""
+        return "head"
+
     def __post_init__(self) -> None:
         if parse_receiver(self.receiver).kind not in ("q", "k", "v"):
             raise ValueError(f"the receiver of a path sweep is a head's query, key or value "
