@@ -14,6 +14,7 @@ from mechscope.requests.kinds import (
     SweepRequest,
 )
 from mechscope.screens.grid import GRID_OF_SWEEP
+from mechscope.tui.commands import key_of
 from mechscope.tui.widgets.views import GenerationView, SweepView
 from mechscope.workbench.research import sweep_title
 
@@ -141,7 +142,8 @@ class SweepsPart:
         if state.request.sweep_kind in GRID_OF_SWEEP:
             self.screen.grid_part.show(GRID_OF_SWEEP[state.request.sweep_kind])
         timing = "" if self.screen.deterministic else f" in {result.seconds:.1f} s"
-        bench.info = f"{sweep_title(state.request)} complete{timing}"
+        hint = f" · {key_of('path_sweep')}: senders → the selected head" if result.kind == "head" else ""
+        bench.info = f"{sweep_title(state.request)} complete{timing}{hint}"
 
     def cancel(self) -> bool:
         """Stop a running sweep or generation; True when one was running."""

@@ -287,9 +287,10 @@ class ResearchCommands:
         title = sweep_title(request).removesuffix(" sweep").removeprefix("path sweep ")
         receiver = getattr(request, "receiver", None)  # a path sweep's
         which = receiver.rsplit(".", 1)[1] if receiver is not None else cast(SweepRequest, request).head_input
-        if which in ("k", "v") and kv_group > 1:  # grouped-query attention: one KV head per group
-            title += f" (each cell: the KV head shared by {kv_group} query heads)"
-        lines = [f"{title} {request.direction} · {model}{where}"]
+        shared = ""
+        if which in ("k", "v") and kv_group > 1 and not short:  # grouped-query attention
+            shared = f" · each cell patches the KV head shared by {kv_group} query heads"
+        lines = [f"{title} {request.direction} · {model}{where}{shared}"]
         if result is None:
             lines.append(f"patches the {patched} run with activations from the {source} run")
         else:
