@@ -35,6 +35,7 @@ from mechscope.engine.sites import Site
 from mechscope.engine.sweeps import EditHooks, base_pass, suffix_calls
 
 ProgressCallback = Callable[[SweepResult], None]
+SENDER_ROWS = 64  # about this many senders share one batch of a path sweep
 
 
 def parallel_mlp(passes: Passes) -> bool:
@@ -236,7 +237,7 @@ def path_sweep(passes: Passes, receiver: str, clean: str, corrupt: str, metric: 
     """Each earlier head's path effect into one head's query, key or value (`L<l>.H<h>.q|k|v`): a
     [layer, head] grid of metric(path patched) - metric(base), NaN from the receiver's layer on.
 
-    Every sender of one layer is a batch row; nothing before the receiver's layer changes, so only
+    Each sender is a batch row (several sender layers per batch); nothing before the receiver's layer changes, so only
     the layers from there are run (from the base run's cached input), and only the positions from
     the first token where the prompts differ (the prefix's keys and values come from the base run)."""
     started = time.perf_counter()
@@ -268,17 +269,22 @@ def path_sweep(passes: Passes, receiver: str, clean: str, corrupt: str, metric: 
         prefix = 0 if edit_hooks is not None else min(int(differs[0]) if len(differs) else n_pos, readout)
         calls, prefix_kv = suffix_calls(passes, base, prefix)
         heads = list(range(a.n_heads))
-        for sender_layer in range(target):
+        per_batch = max(1, SENDER_ROWS // a.n_heads)  # sender layers per batch
+        for first in range(0, target, per_batch):
             if should_stop is not None and should_stop():
                 raise Cancelled("path sweep stopped")
-            delta = sender_deltas(passes, sender_layer, base_z[sender_layer], source.z[sender_layer], heads)
-            hidden = base.calls[target].hidden[:, prefix:].expand(a.n_heads, -1, -1)  # [head, suffix, d]
+            senders = range(first, min(first + per_batch, target))
+            delta = torch.cat([sender_deltas(passes, layer, base_z[layer], source.z[layer], heads)
+                               for layer in senders])  # [sender, pos, d_model], layer-major
+            rows = delta.shape[0]
+            hidden = base.calls[target].hidden[:, prefix:].expand(rows, -1, -1)  # [sender, suffix, d_model]
             outer = edit_hooks() if edit_hooks is not None else []
             outer += [Hook("attn", a.layer_module(index, "attn"), control=AttentionControl(prefix_kv=kv))
                       for index, kv in prefix_kv.items() if index >= target]
-            out = _path_run(passes, calls, hidden, target, sender_layer,
+            out = _path_run(passes, calls, hidden, target, target - 1,
                             delta[:, prefix:].to(hidden.device), layers, outer, should_stop)
-            values[sender_layer] = (metric_of(out[:, readout - prefix]) - base_metric).float().cpu().numpy()
+            effects = (metric_of(out[:, readout - prefix]) - base_metric).float().cpu().numpy()
+            values[first:first + len(senders)] = effects.reshape(len(senders), a.n_heads)
             if on_progress is not None:
                 on_progress(result(False))
         return result(True)

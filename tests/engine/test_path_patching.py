@@ -167,3 +167,15 @@ def test_the_parallel_mlp_of_the_senders_layer_is_not_downstream():
         engine.path_patch("L1.H0", ("L1.mlp",), CLEAN, CORRUPT, METRIC)
     assert "L1.mlp" not in downstream_receivers(engine.passes, 1)
     assert "L1.mlp" in downstream_receivers(tiny_engine("llama").passes, 1)
+
+
+def test_path_sweep_in_batches_of_one_sender_layer_equals_one_batch(monkeypatch):
+    from mechscope.engine import paths
+
+    engine = tiny_engine("qwen2")
+    whole = engine.path_sweep("L2.H2.k", CLEAN, CORRUPT, METRIC)
+    monkeypatch.setattr(paths, "SENDER_ROWS", 1)
+    partials: list = []
+    layered = engine.path_sweep("L2.H2.k", CLEAN, CORRUPT, METRIC, on_progress=partials.append)
+    np.testing.assert_allclose(layered.values, whole.values, atol=1e-5)
+    assert len(partials) == 2 and np.isnan(partials[0].values[1]).all()
