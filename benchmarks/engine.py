@@ -110,6 +110,11 @@ def bench(name: str, model, tokenizer, clean: str, corrupt: str, repeats: int) -
     sweep_repeats = max(1, repeats // 5)
     head_sweep = beside_plain(lambda: engine.sweep("head", clean, corrupt, METRIC), sweep_repeats, setup=clear)
     atp = beside_plain(lambda: engine.sweep("atp", clean, corrupt, METRIC), sweep_repeats, setup=clear)
+    # senders -> one head's query: L23.H3 (the demo's name-mover candidate) scaled to the model's depth
+    a = engine.adapter
+    receiver = f"L{round(a.n_layers * 23 / 30)}.H{3 % a.n_heads}.q"
+    path_sweep = beside_plain(lambda: engine.path_sweep(receiver, clean, corrupt, METRIC), sweep_repeats,
+                              setup=clear)
 
     clear()
     engine.run(clean, metric=METRIC)
@@ -128,6 +133,7 @@ def bench(name: str, model, tokenizer, clean: str, corrupt: str, repeats: int) -
         (f"toggle one head ablation at L{mid}", incremental, "target <= 0.45x"),
         (f"head-patching sweep ({n_variants} heads)", head_sweep, "target <= 25x"),
         ("AtP over every head", atp, "target <= 4x"),
+        (f"path sweep into {receiver}", path_sweep, "target <= 10x"),
     ]
     for label, (seconds, plain_seconds), target in rows:
         print(f"  {label:34} {seconds * 1e3:8.2f} ms {seconds / plain_seconds:6.2f}x  ({target})")

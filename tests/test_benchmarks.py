@@ -23,7 +23,7 @@ def test_engine_benchmark_prints_a_ratio_per_figure(capsys):
     ratios = re.findall(r"^  (.+?)\s+([\d.]+) ms\s+([\d.]+)x  \(target", out, re.M)
     assert [label.strip() for label, _, _ in ratios] == [
         "run, no interventions (uncached)", "toggle one head ablation at L1",
-        "head-patching sweep (12 heads)", "AtP over every head"]
+        "head-patching sweep (12 heads)", "AtP over every head", "path sweep into L2.H3.q"]
     assert all(float(ms) > 0 and float(ratio) > 0 for _, ms, ratio in ratios)
     assert re.search(r"extra memory held by the engine's caches: [\d.]+ MiB", out)
 

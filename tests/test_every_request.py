@@ -46,6 +46,8 @@ from mechscope.requests.kinds import (
     FunctionVectorRequest,
     GenerateRequest,
     MassiveRequest,
+    PathPatchRequest,
+    PathSweepRequest,
     ReferencePromptsRequest,
     Request,
     RoleHeadsRequest,
@@ -105,6 +107,9 @@ EXAMPLES: dict[str, Request] = {
     "function_vector": FunctionVectorRequest(ICL, 1, top_heads=3, coeff=2.0, name="fv-icl"),
     "set_attention": SetAttentionRequest(ROWS, 1, 2),
     "role_heads": RoleHeadsRequest(ROWS),
+    "path_patch": PathPatchRequest("L0.H1", ("L1.H2.q", "L2.H0.k", "L1.mlp", "resid_final"), CLEAN, CORRUPT,
+                                   METRIC),
+    "path_sweep": PathSweepRequest("L2.H1.v", CLEAN, CORRUPT, METRIC, "denoising", (HeadAblation(2, 0),)),
 }
 KINDS = sorted(REQUEST_TYPES)
 

@@ -1,4 +1,6 @@
-"""Short, stable component names: `L9.H3`, `L9.attn`, `L9.mlp`, `L9.resid_pre`, `L9.resid_post`, `embed`."""
+"""Short, stable component names: `L9.H3`, `L9.attn`, `L9.mlp`, `L9.resid_pre`, `L9.resid_post`, `embed`;
+path-patching receivers `L9.H3.q` / `.k` / `.v` (a head's query, key or value input), `L9.mlp`
+(the MLP's input) and `resid_final` (the final residual at the metric's position)."""
 
 from __future__ import annotations
 
@@ -47,3 +49,48 @@ def parse_address(text: str) -> Address:
 
 def head_address(layer: int, head: int) -> str:
     return f"L{layer}.H{head}"
+
+
+ReceiverKind = Literal["q", "k", "v", "mlp", "resid_final"]
+_RECEIVER = re.compile(r"^L(\d{1,6})\.(?:H(\d{1,6})\.([qkv])|(mlp))$")
+RESID_FINAL = "resid_final"
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """Where a path-patched sender's change is let in: a head's query, key or value input, an MLP's
+    input, or the final residual (`layer` unused)."""
+
+    kind: ReceiverKind
+    layer: int = 0
+    head: int | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "resid_final":
+            return RESID_FINAL
+        if self.kind == "mlp":
+            return f"L{self.layer}.mlp"
+        return f"L{self.layer}.H{self.head}.{self.kind}"
+
+
+def parse_receiver(text: str) -> Receiver:
+    """`L23.H3.q`, `L23.H3.k`, `L23.H3.v`, `L5.mlp` or `resid_final`; ValueError naming them otherwise."""
+    if not isinstance(text, str):
+        raise TypeError(f"receiver must be a string, got {text!r}")
+    if text.strip() == RESID_FINAL:
+        return Receiver("resid_final")
+    match = _RECEIVER.match(text.strip())
+    if match is None:
+        raise ValueError(f"bad receiver {text!r}: expected L<layer>.H<head>.q, .k or .v, L<layer>.mlp "
+                         f"or {RESID_FINAL}")
+    if match.group(4):
+        return Receiver("mlp", int(match.group(1)))
+    return Receiver(match.group(3), int(match.group(1)), int(match.group(2)))  # type: ignore[arg-type]
+
+
+def parse_head(text: str) -> tuple[int, int]:
+    """`L9.H3` as (9, 3); ValueError otherwise."""
+    address = parse_address(text)
+    if address.head is None:
+        raise ValueError(f"{text!r} is not a head (L<layer>.H<head>)")
+    return address.layer, address.head

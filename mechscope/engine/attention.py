@@ -1,7 +1,13 @@
-"""A registered attention function: eager where patterns are read or edges knocked out, sdpa elsewhere."""
+"""A registered attention function: eager where patterns are read or edges knocked out, sdpa elsewhere.
+
+Every supported family hands it the query [batch, head, pos, d_head] and key / value
+[batch, kv_head, pos, d_head] after rotary embedding, which is where query / key / value edits act
+(`QKVEdit`, installed as a module's `_mechscope_qkv` list by `hooks.installed`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +16,9 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 ATTN_IMPLEMENTATION = "mechscope"
+
+# (query, key, value) -> their replacements; given private copies, it may edit them in place.
+QKVEdit = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -73,6 +82,11 @@ def _eager(module, query, key, value, attention_mask, scaling, softcap, control)
 
 def mechscope_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Dispatch one attention call: sdpa unless this layer is observed, edited or soft-capped."""
+    qkv_edits: list[QKVEdit] | None = getattr(module, "_mechscope_qkv", None)
+    if qkv_edits:
+        query, key, value = query.clone(), key.clone(), value.clone()
+        for edit in qkv_edits:
+            query, key, value = edit(query, key, value)
     control: AttentionControl | None = getattr(module, "_mechscope_control", None)
     if control is not None:
         if control.record_kv:

@@ -18,6 +18,7 @@ Capability = Literal[
     "head_detectors",      # induction / previous-token / duplicate / sink scores per head
     "massive_activations", # the largest residual activations over a set of prompts
     "features",            # read sparse autoencoder features at a site
+    "attention_inputs",    # patch heads' queries, keys and values; path patching
     "forward",             # the engine takes whole requests and runs them elsewhere (a server)
 ]
 
@@ -38,6 +39,7 @@ DESCRIPTIONS: dict[str, str] = {
     "head_detectors": "score heads with detectors",
     "massive_activations": "find massive activations",
     "features": "read SAE features",
+    "attention_inputs": "patch attention queries, keys and values",
     "forward": "forward whole requests to a server",
 }
 

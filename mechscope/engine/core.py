@@ -32,6 +32,7 @@ from mechscope.engine.results import (
     GeneratedToken,
     MetricInfo,
     ModelInfo,
+    PathPatchResult,
     RunResult,
     SweepResult,
 )
@@ -337,26 +338,58 @@ class Engine:
     def sweep(self, kind: str, clean: str, corrupt: str, metric: Metric, direction: str = "noising",
               on_progress: Callable[[SweepResult], None] | None = None,
               should_stop: ShouldStop | None = None,
-              interventions: Iterable[Intervention] = ()) -> SweepResult:
+              interventions: Iterable[Intervention] = (), head_input: str = "output") -> SweepResult:
         """Head patching [layer, head], residual / attention / MLP patching [layer, pos] or AtP; see
         `sweeps.sweep`. With `interventions`, every pass of the sweep runs on the edited model
-        (resample ablations take the corrupted prompt as their source)."""
-        active = [iv for iv in interventions if iv.enabled]
-        passes = self.passes
+        (resample ablations take the corrupted prompt as their source). `head_input` "q", "k" or
+        "v": the head sweep patches each head's query, key or value instead of its output."""
         with self.guard():
-            edit_hooks = None
-            if active:
-                n_pos = passes.prompt_ids(clean)[0].shape[1]
+            edit_hooks = self._edit_hooks(interventions, clean, corrupt)
+            on_inputs = {"head_input": head_input} if head_input != "output" else {}
+            return sweep(self.passes, kind, clean, corrupt, metric, direction,  # type: ignore[arg-type]
+                         on_progress, should_stop, edit_hooks, **on_inputs)
 
-                def edit_hooks() -> list:
-                    edits = compile_edits(passes, active, n_pos, corrupt, self.vectors, self.reference_prompts)
-                    return edits.hooks + passes.capture_hooks(CaptureSpec(readout=0), Captures(), 0,
-                                                              edits.knockouts)
+    def _edit_hooks(self, interventions: Iterable[Intervention], clean: str,
+                    corrupt: str) -> Callable[[], list] | None:
+        """A maker of fresh hooks applying `interventions` (resample sources: `corrupt`), checked
+        once now; None when none is enabled."""
+        active = [iv for iv in interventions if iv.enabled]
+        if not active:
+            return None
+        passes = self.passes
+        n_pos = passes.prompt_ids(clean)[0].shape[1]
 
-                with torch.no_grad():
-                    edit_hooks()  # a misfit intervention is an error before any pass
-            return sweep(passes, kind, clean, corrupt, metric, direction,  # type: ignore[arg-type]
-                         on_progress, should_stop, edit_hooks)
+        def edit_hooks() -> list:
+            edits = compile_edits(passes, active, n_pos, corrupt, self.vectors, self.reference_prompts)
+            return edits.hooks + passes.capture_hooks(CaptureSpec(readout=0), Captures(), 0, edits.knockouts)
+
+        with torch.no_grad():
+            edit_hooks()  # a misfit intervention is an error before any pass
+        return edit_hooks
+
+    def path_patch(self, sender: str, receivers: Sequence[str], clean: str, corrupt: str, metric: Metric,
+                   direction: str = "noising", interventions: Iterable[Intervention] = (),
+                   should_stop: ShouldStop | None = None) -> PathPatchResult:
+        """The metric when a sender head's change from the source run reaches only `receivers`; see
+        `paths.path_patch`."""
+        from mechscope.engine import paths
+
+        with self.guard():
+            edit_hooks = self._edit_hooks(interventions, clean, corrupt)
+            return paths.path_patch(self.passes, sender, receivers, clean, corrupt, metric, direction,
+                                    edit_hooks, should_stop)
+
+    def path_sweep(self, receiver: str, clean: str, corrupt: str, metric: Metric, direction: str = "noising",
+                   on_progress: Callable[[SweepResult], None] | None = None,
+                   should_stop: ShouldStop | None = None,
+                   interventions: Iterable[Intervention] = ()) -> SweepResult:
+        """Every earlier head's path effect into one head's query, key or value; see `paths.path_sweep`."""
+        from mechscope.engine import paths
+
+        with self.guard():
+            edit_hooks = self._edit_hooks(interventions, clean, corrupt)
+            return paths.path_sweep(self.passes, receiver, clean, corrupt, metric, direction, on_progress,
+                                    should_stop, edit_hooks)
 
     def generate(self, prompt: str, interventions: Iterable[Intervention] = (), max_new_tokens: int = 20,
                  temperature: float = 0.0, seed: int = 0, corrupted: str | None = None,

@@ -27,6 +27,7 @@ from mechscope.engine.interventions import (
     AttentionKnockout,
     ComponentAblation,
     HeadAblation,
+    HeadInputPatch,
     HeadScale,
     Intervention,
     NeuronClamp,
@@ -41,20 +42,23 @@ EditPositions = list[int] | Literal["last"] | None
 MeanSite = Literal["heads", "attn", "mlp"]
 SourceSite = Literal["heads", "attn", "mlp", "resid_pre", "resid_post"]
 RESID_SITES: tuple[SiteKind, ...] = ("resid_pre", "resid_post")
+QKVSite = Literal["q", "k", "v"]
+QKV_SITES: tuple[QKVSite, ...] = ("q", "k", "v")
 
 
 @dataclass(frozen=True)
 class SiteEdit:
     """One change to one activation, as plain data.
 
-    site / layer: where (see `Site`); index: the head of a "heads" site, the neuron of a "neurons"
-    site, None for the whole vector. positions: prompt positions (a negative one counts from the
+    site / layer: where (see `Site`; "q", "k", "v": the attention function's query, key or value,
+    [batch, head, pos, d_head]); index: the head of a "heads" site, the neuron of a "neurons"
+    site, the query head of "q", the KV head of "k" / "v", None for the whole vector. positions: prompt positions (a negative one counts from the
     end), None for every position, "last" for the last wherever the sequence ends. op: set (value
     replaces), scale (multiplies) or add. value: a number, a tensor broadcast over the positions
     ([d], [head, d_head]) or rows from `Context.source`, aligned with the positions it returned.
     """
 
-    site: SiteKind
+    site: SiteKind | QKVSite
     layer: int
     op: SiteOp
     positions: EditPositions
@@ -90,7 +94,7 @@ class Edits:
     resid_deltas: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     replaced: dict[tuple[int, str], list[int] | None] = field(default_factory=dict)
 
-    def edit(self, site: SiteKind, layer: int, op: SiteOp, positions: EditPositions,
+    def edit(self, site: SiteKind | QKVSite, layer: int, op: SiteOp, positions: EditPositions,
              value: torch.Tensor | float, index: int | None = None) -> None:
         """Record one site edit."""
         self.start = min(self.start, layer)
@@ -206,6 +210,25 @@ class Context:
         rows = None if self.dry_run else self.source_rows(prompt, site, layer, src_positions)
         return rows, destination if destination is not None else list(range(self.n_pos))
 
+    def source_inputs(self, prompt: str, which: QKVSite, layer: int,
+                      positions: Iterable[int] | None) -> tuple[torch.Tensor | None, list[int]]:
+        """`source` for an attention input: rows [1, head, n, d_head] of the query ("q") or the
+        key / value ("k" / "v", KV heads) at `layer` on `prompt`, and the destination positions."""
+        ids_len = self.prompt_length(prompt)
+        destination = self.positions(positions)
+        if positions is None and ids_len != self.n_pos:
+            raise self.fail(
+                f"the source prompt has {ids_len} tokens and this prompt {self.n_pos}; "
+                "give explicit positions to patch prompts of different lengths")
+        src_positions = self.positions(range(self.n_pos) if positions is None else positions, ids_len,
+                                       " (source)")
+        rows = None if self.dry_run else self.input_rows(prompt, which, layer, src_positions)
+        return rows, destination if destination is not None else list(range(self.n_pos))
+
+    def input_rows(self, prompt: str, which: QKVSite, layer: int, positions: list[int]) -> torch.Tensor:
+        """[1, head, len(positions), d_head] attention inputs `which` at `layer` on `prompt`."""
+        raise self.refuse()
+
     def resample(self, site: SourceSite, layer: int,
                  positions: Iterable[int] | None) -> tuple[torch.Tensor | None, EditPositions]:
         """`source` on the corrupted prompt."""
@@ -264,6 +287,10 @@ class PromptContext(Context):
 
     def mean(self, site: MeanSite, layer: int) -> torch.Tensor:
         return getattr(self.passes.reference_means(self.reference_prompts), _SOURCE_FIELDS[site])[layer]
+
+    def input_rows(self, prompt: str, which: QKVSite, layer: int, positions: list[int]) -> torch.Tensor:
+        acts = self.passes.source_qkv(self.passes.prompt_ids(prompt)[0])
+        return acts.of(which)[layer][:, :, positions]  # [1, head, n, d_head]
 
     def hook_passes(self) -> Passes:
         return self.passes
@@ -328,9 +355,33 @@ def native_hooks(edits: Edits, adapter: Adapter) -> list[Hook]:
         if isinstance(record, HookEdit):
             hooks += record.hooks
             continue
+        if record.site in QKV_SITES:
+            hooks.append(Hook("qkv", adapter.layer_module(record.layer, "attn"), _native_qkv_edit(record)))
+            continue
         deltas = edits.resid_delta(record.layer) if record.site in RESID_SITES else None
-        hooks += Site(record.site, record.layer).edit(adapter, _native_edit(record, deltas))
+        hooks += Site(cast(SiteKind, record.site), record.layer).edit(adapter, _native_edit(record, deltas))
     return hooks
+
+
+def _native_qkv_edit(record: SiteEdit) -> Callable:
+    """An `attention.QKVEdit` applying a "q" / "k" / "v" record to its head's [batch, pos, d_head]."""
+    which = QKV_SITES.index(cast(QKVSite, record.site))
+    positions = record.positions
+    dst: slice | int | list[int] = slice(None) if positions is None else -1 if positions == "last" else positions
+    at = (slice(None), record.index, dst)
+    op, value = record.op, record.value
+
+    def change(query: torch.Tensor, key: torch.Tensor, value_states: torch.Tensor):
+        x = (query, key, value_states)[which]  # [batch, head, pos, d_head], a private copy
+        if op == "set":
+            x[at] = value
+        elif op == "scale":
+            x[at] = x[at] * value
+        else:
+            x[at] = x[at] + value
+        return query, key, value_states
+
+    return change
 
 
 def _native_edit(record: SiteEdit, deltas: list[torch.Tensor] | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -433,6 +484,21 @@ def _activation_patch(iv: ActivationPatch, ctx: Context, edits: Edits) -> None:
     if site in ("attn", "mlp"):
         edits.replace_whole(addr.layer, site, positions)
     edits.edit(site, addr.layer, "set", positions, rows)
+
+
+@compiles(HeadInputPatch)
+def _head_input_patch(iv: HeadInputPatch, ctx: Context, edits: Edits) -> None:
+    ctx.check_layer(iv.layer, iv.head)
+    a = ctx.adapter
+    group = max(a.n_heads // a.n_kv_heads, 1)
+    if iv.group not in (0, group):
+        raise ctx.fail(f"group {iv.group} is not the model's {group} query heads per KV head")
+    rows, positions = ctx.source_inputs(iv.source_prompt, iv.which, iv.layer, iv.positions)
+    if ctx.dry_run:
+        return
+    assert rows is not None  # not a dry run
+    index = iv.head if iv.which == "q" else iv.head // group
+    edits.edit(iv.which, iv.layer, "set", positions, rows[:, index], index)  # value [1, n, d_head]
 
 
 @compiles(SteeringVector)

@@ -33,6 +33,7 @@ class Place:
     clean: str = ""
     corrupted: str = ""
     vectors: tuple[str, ...] = ()
+    kv_group: int = 0  # query heads per key/value head (grouped-query attention shares one); 0 unknown
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,66 @@ class NeuronClamp(Intervention):
     @property
     def label(self) -> str:
         return f"clamp L{self.layer}.N{self.neuron}={self.value:g}"
+
+
+HeadInput = Literal["q", "k", "v"]
+HEAD_INPUT_NAMES: dict[str, str] = {"q": "query", "k": "key", "v": "value"}
+
+
+def kv_head_text(head: int, group: int) -> str:
+    """`KV head 1, shared by H3-H5`: which key/value head query head `head` reads, when `group` > 1
+    query heads share it."""
+    kv = head // group
+    return f"KV head {kv}, shared by H{kv * group}-H{kv * group + group - 1}"
+
+
+@dataclass(frozen=True)
+class HeadInputPatch(Intervention):
+    """Copy one head's query, key or value (as attention reads them: after rotary embedding) at
+    `positions` from a run on `source_prompt`. With grouped-query attention a key or value belongs
+    to a KV head that `group` query heads share: patching it patches all of them. `group` 0 leaves
+    the label without the KV head; otherwise it must be the model's (checked when compiled)."""
+
+    kind: ClassVar[str] = "head_input_patch"
+    title: ClassVar[str] = "head input patch"
+    chooser_rank: ClassVar[int] = 8
+    description: ClassVar[str] = "copy one head's query, key or value from another prompt"
+    hint: ClassVar[str] = "which q, k or v (k and v are shared under grouped-query attention); empty positions = all"
+    layer: int
+    head: int
+    which: HeadInput = "q"
+    source_prompt: str = ""
+    positions: Positions = None
+    group: int = 0
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _check_int("layer", self.layer)
+        _check_int("head", self.head)
+        _check_int("group", self.group)
+        if self.which not in HEAD_INPUT_NAMES:
+            raise ValueError(f"which must be q, k or v, got {self.which!r}")
+        if self.group < 0:
+            raise ValueError(f"group must be >= 0, got {self.group}")
+        if not isinstance(self.source_prompt, str):
+            raise TypeError("source_prompt must be a string")
+        object.__setattr__(self, "positions", _positions(self.positions))
+
+    @classmethod
+    def example(cls, place: Place) -> HeadInputPatch:
+        return cls(place.layer, place.head, "q", place.corrupted or place.clean, group=place.kv_group)
+
+    @property
+    def patch_source(self) -> str | None:
+        return self.source_prompt
+
+    @property
+    def label(self) -> str:
+        """`patch L5.H4 key (KV head 1, shared by H3-H5)`."""
+        text = f"patch L{self.layer}.H{self.head} {HEAD_INPUT_NAMES.get(self.which, self.which)}"
+        if self.which != "q" and self.group > 1:
+            text += f" ({kv_head_text(self.head, self.group)})"
+        return text
 
 
 # Every type defined above, in definition order (a new type registers itself by its `kind`).

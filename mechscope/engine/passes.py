@@ -197,6 +197,21 @@ class SourceActs:
 
 
 @dataclass
+class SourceQKV:
+    """Every layer's attention inputs on a prompt, as the attention function receives them (after
+    rotary embedding): patch sources for queries, keys and values."""
+
+    ids: torch.Tensor  # [1, pos]
+    query: list[torch.Tensor]  # per layer [1, head, pos, d_head]
+    key: list[torch.Tensor]  # per layer [1, kv_head, pos, d_head]
+    value: list[torch.Tensor]  # per layer [1, kv_head, pos, d_head]
+
+    def of(self, which: str) -> list[torch.Tensor]:
+        """The per-layer tensors of "q", "k" or "v"."""
+        return {"q": self.query, "k": self.key, "v": self.value}[which]
+
+
+@dataclass
 class ReferenceMeans:
     """Mean activations over every token of the reference prompts (for mean ablation)."""
 
@@ -219,6 +234,7 @@ class Passes:
         self.clean_cache: BoundedCache[tuple[int, ...], CleanPass] = BoundedCache(CLEAN_CACHE_SIZE)
         self.source_cache: BoundedCache[tuple[int, ...], SourceActs] = BoundedCache(SOURCE_CACHE_SIZE)
         self.means_cache: BoundedCache[tuple[str, ...], ReferenceMeans] = BoundedCache(1)
+        self.qkv_cache: BoundedCache[tuple[int, ...], SourceQKV] = BoundedCache(SOURCE_CACHE_SIZE)
         self.token_cache: BoundedCache[tuple, Any] = BoundedCache(TOKEN_CACHE_SIZE)
 
     def clear(self) -> None:
@@ -226,6 +242,7 @@ class Passes:
         self.clean_cache.clear()
         self.source_cache.clear()
         self.means_cache.clear()
+        self.qkv_cache.clear()
 
     # ------------------------------------------------------------------ tokens
 
@@ -397,6 +414,34 @@ class Passes:
         acts = SourceActs(ids=ids, z=stores["heads"], attn_out=stores["attn"], mlp_out=stores["mlp"],
                           resid_pre=[c.hidden for c in clean.calls], resid_post=stores["resid_post"])
         return acts if edit_hooks is not None else self.source_cache.put(key, acts)
+
+    def source_qkv(self, ids: torch.Tensor, edit_hooks: Sequence[Hook] | None = None) -> SourceQKV:
+        """Every layer's queries, keys and values on `ids`: cached, or, under `edit_hooks`, of a fresh
+        edited pass (not cached; the edits' own query / key / value edits are seen)."""
+        key = tuple(ids[0].tolist())
+        cached = self.qkv_cache.get(key) if edit_hooks is None else None
+        if cached is not None:
+            return cached
+        n = self.adapter.n_layers
+        stores: dict[str, list] = {name: [None] * n for name in ("q", "k", "v")}
+
+        def keep(layer: int):
+            def observe(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+                stores["q"][layer], stores["k"][layer], stores["v"][layer] = (
+                    query.detach().clone(), key.detach().clone(), value.detach().clone())
+                return query, key, value
+
+            return observe
+
+        hooks = [Hook("qkv", self.adapter.layer_module(layer, "attn"), keep(layer)) for layer in range(n)]
+        if edit_hooks is not None:  # edits first: the recorders see edited values
+            self.clean_forward(ids, extra_hooks=[*edit_hooks, *hooks], cache=False)
+        elif (clean := self.cached_clean(ids)) is not None:
+            self.run_layers(clean.calls, 0, clean.calls[0].hidden, hooks, None)
+        else:
+            self.clean_forward(ids, extra_hooks=hooks)
+        acts = SourceQKV(ids=ids, query=stores["q"], key=stores["k"], value=stores["v"])
+        return acts if edit_hooks is not None else self.qkv_cache.put(key, acts)
 
     def reference_means(self, prompts: Sequence[str]) -> ReferenceMeans:
         key = tuple(prompts)

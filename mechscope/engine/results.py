@@ -243,6 +243,24 @@ class SweepResult:
 
 
 @dataclass(frozen=True)
+class PathPatchResult:
+    """A path patch: the metric of the base run, of the run where the sender's change reached only
+    `receivers`, and of the source run (so the effect and the normalised effect can be shown)."""
+
+    sender: str
+    receivers: tuple[str, ...]
+    base_metric: float
+    patched_metric: float
+    source_metric: float
+    seconds: float = 0.0
+
+    @property
+    def effect(self) -> float:
+        """patched - base."""
+        return self.patched_metric - self.base_metric
+
+
+@dataclass(frozen=True)
 class GeneratedToken:
     id: int
     text: str

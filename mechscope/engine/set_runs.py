@@ -12,6 +12,7 @@ import torch
 
 from mechscope.engine.attention import AttentionControl
 from mechscope.engine.edits import (
+    QKV_SITES,
     Context,
     EditPositions,
     MeanSite,
@@ -332,8 +333,9 @@ def set_edit_hooks(engine: ResidentModel, pset: PromptSet, batch: Batch, interve
     edits = compile_with(SetContext(engine, pset, batch, padding, vectors or {}, means), interventions)
     hooks: list[Hook] = []
     for record in edits.records:
-        assert isinstance(record, SiteEdit)  # SetContext refuses types that bring their own hooks
-        hooks += Site(record.site, record.layer).edit(engine.adapter, _masked_edit(record, batch))
+        # SetContext refuses types that bring their own hooks or edit attention's inputs
+        assert isinstance(record, SiteEdit) and record.site not in QKV_SITES
+        hooks += Site(cast(SiteKind, record.site), record.layer).edit(engine.adapter, _masked_edit(record, batch))
     return hooks
 
 

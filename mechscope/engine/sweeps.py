@@ -13,7 +13,7 @@ from mechscope.engine.attention import AttentionControl
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook
 from mechscope.engine.interventions import Metric
-from mechscope.engine.passes import CleanPass, Passes, SourceActs
+from mechscope.engine.passes import CleanPass, Passes, SourceActs, SourceQKV
 from mechscope.engine.protocol import SWEEP_KINDS, ShouldStop, SweepKind
 from mechscope.engine.results import SweepResult
 from mechscope.engine.sites import Site
@@ -22,9 +22,16 @@ ProgressCallback = Callable[[SweepResult], None]
 EditHooks = Callable[[], list[Hook]]
 
 
-def _check_arguments(kind: str, direction: str, metric: Metric | None) -> None:
+HEAD_INPUTS: tuple[str, ...] = ("output", "q", "k", "v")
+
+
+def _check_arguments(kind: str, direction: str, metric: Metric | None, head_input: str = "output") -> None:
     if kind not in SWEEP_KINDS:
         raise ValueError(f"sweep kind must be one of {', '.join(SWEEP_KINDS)}, got {kind!r}")
+    if head_input not in HEAD_INPUTS:
+        raise ValueError(f"head_input must be one of {', '.join(HEAD_INPUTS)}, got {head_input!r}")
+    if head_input != "output" and kind != "head":
+        raise ValueError(f"only the head sweep patches a head's {head_input}; a {kind} sweep patches outputs")
     if direction not in ("noising", "denoising"):
         raise ValueError(f"direction must be noising or denoising, got {direction!r}")
     if metric is None or not metric.measurable:
@@ -35,7 +42,7 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
           direction: Literal["noising", "denoising"] = "noising",
           on_progress: ProgressCallback | None = None,
           should_stop: ShouldStop | None = None,
-          edit_hooks: EditHooks | None = None) -> SweepResult:
+          edit_hooks: EditHooks | None = None, head_input: str = "output") -> SweepResult:
     """Patch every head (or residual position, or attention / MLP output per position) from the
     source run into the base run.
 
@@ -44,9 +51,11 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
     [layer, head] for "head", [layer, pos] for "resid", "attn" and "mlp". "atp" approximates the
     head sweep with one forward and backward pass (attribution patching). `edit_hooks`, when
     given, makes a fresh set of intervention hooks that every pass (base, source, variants) runs
-    under: the sweep is then one of the edited model.
+    under: the sweep is then one of the edited model. `head_input` "q", "k" or "v" makes the head
+    sweep patch each head's query, key or value instead of its output (with grouped-query attention
+    a key / value cell patches the KV head its query head reads, shared with the others).
     """
-    _check_arguments(kind, direction, metric)
+    _check_arguments(kind, direction, metric, head_input)
     started = time.perf_counter()
     base_prompt, source_prompt = (clean, corrupt) if direction == "noising" else (corrupt, clean)
     with torch.no_grad():
@@ -68,11 +77,13 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
             return passes.metric_of_resid(final[:, readout], info, reference)
 
         source = passes.source_acts(source_ids, edit_hooks() if edit_hooks is not None else None)
+        inputs = (passes.source_qkv(source_ids, edit_hooks() if edit_hooks is not None else None)
+                  if head_input != "output" else None)
         source_metric = float(metric_of(source.resid_post[-1])[0])
         if kind == "atp":
             atp_values, base_metric = _attribution_patching(passes, base_ids, source, metric_of, edit_hooks)
         else:
-            base = _base_pass(passes, base_ids, edit_hooks, should_stop)
+            base = base_pass(passes, base_ids, edit_hooks, should_stop)
             base_metric = float(metric_of(base.final)[0])
         a = passes.adapter
         layer_labels = [f"L{layer}" for layer in range(a.n_layers)]
@@ -102,12 +113,16 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
         # (which may knock out attention edges into the prefix) every position is computed.
         differs = (base_ids[0] != source_ids[0]).nonzero()
         prefix = 0 if edit_hooks is not None else min(int(differs[0]) if len(differs) else n_pos, readout)
-        calls, prefix_kv = _suffix_calls(passes, base, prefix)
+        calls, prefix_kv = suffix_calls(passes, base, prefix)
         for layer in range(a.n_layers):
             if should_stop is not None and should_stop():
                 raise Cancelled("sweep stopped")
             hooks = edit_hooks() if edit_hooks is not None else []  # before the patch: the patch wins
-            hidden, patch = _variants(passes, kind, layer, base.calls[layer].hidden[:, prefix:], source, prefix)
+            start_hidden = base.calls[layer].hidden[:, prefix:]
+            if inputs is not None:
+                hidden, patch = _input_variants(passes, head_input, layer, start_hidden, inputs, prefix)
+            else:
+                hidden, patch = _variants(passes, kind, layer, start_hidden, source, prefix)
             hooks += patch
             hooks += [Hook("attn", a.layer_module(index, "attn"), control=AttentionControl(prefix_kv=kv))
                       for index, kv in prefix_kv.items() if index >= layer]
@@ -123,10 +138,10 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
         return result(True)
 
 
-def _base_pass(passes: Passes, ids: torch.Tensor, edit_hooks: EditHooks | None,
+def base_pass(passes: Passes, ids: torch.Tensor, edit_hooks: EditHooks | None,
                should_stop: ShouldStop | None) -> CleanPass:
     """The base run: the cached clean pass (a new one keeps every layer's keys and values, which
-    `_suffix_calls` needs), or a fresh one under the interventions' hooks."""
+    `suffix_calls` needs), or a fresh one under the interventions' hooks."""
     if edit_hooks is None:
         cached = passes.cached_clean(ids)
         if cached is not None:
@@ -169,6 +184,25 @@ def _variants(passes: Passes, kind: str, layer: int, start_hidden: torch.Tensor,
     return hidden, Site(kind, layer).edit(a, patch_each_position)  # type: ignore[arg-type]
 
 
+def _input_variants(passes: Passes, which: str, layer: int, start_hidden: torch.Tensor, inputs: SourceQKV,
+                    prefix: int) -> tuple[torch.Tensor, list[Hook]]:
+    """One batch row per head of `layer`: row r's query (or the key / value of the KV head query head
+    r reads) patched from `inputs` at positions prefix.."""
+    a = passes.adapter
+    rows = torch.arange(a.n_heads, device=start_hidden.device)
+    index = rows if which == "q" else rows // (a.n_heads // a.n_kv_heads)
+    source = inputs.of(which)[layer][0, :, prefix:]  # [head | kv_head, suffix, d_head]
+    slot = "qkv".index(which)
+
+    def patch_each_head(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+        x = (query, key, value)[slot]  # [row, head | kv_head, suffix, d_head]
+        x[rows, index] = source[index.to(source.device)].to(x.device)
+        return query, key, value
+
+    hidden = start_hidden.expand(a.n_heads, -1, -1).contiguous()  # [head, suffix, d_model]
+    return hidden, [Hook("qkv", a.layer_module(layer, "attn"), patch_each_head)]
+
+
 def _kv_recorders(passes: Passes) -> tuple[list[AttentionControl], list[Hook]]:
     a = passes.adapter
     controls = [AttentionControl(record_kv=True) for _ in range(a.n_layers)]
@@ -184,7 +218,7 @@ def _recorded_kv(controls: list[AttentionControl]) -> list[tuple[torch.Tensor, t
     return recorded
 
 
-def _suffix_calls(passes: Passes, base: CleanPass, prefix: int):
+def suffix_calls(passes: Passes, base: CleanPass, prefix: int):
     """Layer calls cut to positions >= prefix, and each layer's keys/values for the prefix."""
     if prefix == 0:
         return base.calls, {}

@@ -1,6 +1,6 @@
 """The request vocabulary: request kinds, their handlers, and `execute`, the only dispatcher.
 
-Importing the package registers every built-in handler (`single`, `sets`, `set_circuits`, `features`). No torch, textual or rich
+Importing the package registers every built-in handler (`single`, `sets`, `paths`, `set_circuits`, `features`). No torch, textual or rich
 at import time; handlers reach torch only through the engine they are given.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mechscope.engine.results import VerifiedEstimate
 from mechscope.requests import features as _features  # noqa: F401  (registers the feature handlers)
+from mechscope.requests import paths as _paths  # noqa: F401  (registers the path-patching handlers)
 from mechscope.requests import set_circuits as _set_circuits  # noqa: F401  (registers the circuit handlers over sets)
 from mechscope.requests import sets as _sets  # noqa: F401  (registers the prompt-set handlers)
 from mechscope.requests import single as _single  # noqa: F401  (registers the single-prompt handlers)

@@ -13,12 +13,14 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from mechscope.engine.addresses import parse_head, parse_receiver
 from mechscope.engine.interventions import Intervention, Metric
 from mechscope.engine.prompt_sets import DEFAULT_SHOTS, PromptSet, PromptSetError
 from mechscope.engine.views import Views
 
 SweepKind = Literal["head", "resid", "attn", "mlp", "atp"]
 Direction = Literal["noising", "denoising"]
+HeadInputKind = Literal["output", "q", "k", "v"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class SweepRequest:
     metric: Metric
     direction: Direction = "noising"
     interventions: tuple[Intervention, ...] = ()  # the sweep runs on the model with these applied
+    # what the head sweep patches of each head: its output, or its query / key / value (a KV head's,
+    # shared by its query heads, under grouped-query attention)
+    head_input: HeadInputKind = "output"
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,54 @@ class MassiveRequest:
 
 
 @dataclass(frozen=True)
+class PathPatchRequest:
+    """Path patching (`Engine.path_patch`): the change of `sender` (`L<l>.H<h>`) from the source run
+    reaches only `receivers` (`L<l>.H<h>.q|k|v`: a head's query / key / value input, `L<l>.mlp`: an
+    MLP's input, `resid_final`: the final residual at the metric's position); everything else sees
+    the base run. noising: base clean, source corrupt; denoising: the reverse. With every
+    downstream component as receivers it is activation patching of the sender; with none, zero."""
+
+    kind: ClassVar[str] = "path_patch"
+    sender: str
+    receivers: tuple[str, ...]
+    clean: str
+    corrupt: str
+    metric: Metric
+    direction: Direction = "noising"
+    interventions: tuple[Intervention, ...] = ()  # every run is on the model with these applied
+
+    def __post_init__(self) -> None:
+        parse_head(self.sender)
+        object.__setattr__(self, "receivers", tuple(self.receivers))
+        for receiver in self.receivers:
+            parse_receiver(receiver)
+
+
+@dataclass(frozen=True)
+class PathSweepRequest:
+    """Senders → this receiver (`Engine.path_sweep`): every earlier head's path effect into one
+    head's query, key or value (`L<l>.H<h>.q|k|v`), a [layer, head] grid."""
+
+    kind: ClassVar[str] = "path_sweep"
+    receiver: str
+    clean: str
+    corrupt: str
+    metric: Metric
+    direction: Direction = "noising"
+    interventions: tuple[Intervention, ...] = ()
+
+    @property
+    def sweep_kind(self) -> SweepKind:
+        """The grid it fills: a head sweep's [layer, head]."""
+        return "head"
+
+    def __post_init__(self) -> None:
+        if parse_receiver(self.receiver).kind not in ("q", "k", "v"):
+            raise ValueError(f"the receiver of a path sweep is a head's query, key or value "
+                             f"(L<layer>.H<head>.q, .k or .v), got {self.receiver!r}")
+
+
+@dataclass(frozen=True)
 class FeatureActivationsRequest:
     """The strongest features of the SAE in `sae_folder` (SAELens, sparsify or Gemma Scope layout, on
     the engine's machine) at every token of `prompt` (`Engine.feature_activations`). `site` names where
@@ -225,14 +278,16 @@ class RoleHeadsRequest:
 Request = (RunRequest | SweepRequest | GenerateRequest | BuildVectorRequest | AddVectorRequest
            | ValidateRequest | ReferencePromptsRequest | RunSetRequest | SweepSetRequest
            | EstimateRequest | DetectHeadsRequest | MassiveRequest | TemplateSetRequest
+           | PathPatchRequest | PathSweepRequest
            | FeatureActivationsRequest | FunctionVectorRequest | SetAttentionRequest | RoleHeadsRequest)
 
 REQUEST_TYPES: dict[str, type] = {
     cls.kind: cls for cls in (RunRequest, SweepRequest, GenerateRequest, BuildVectorRequest,
                               AddVectorRequest, ValidateRequest, ReferencePromptsRequest,
                               RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
-                              MassiveRequest, TemplateSetRequest, FeatureActivationsRequest,
-                              FunctionVectorRequest, SetAttentionRequest, RoleHeadsRequest)
+                              MassiveRequest, TemplateSetRequest, PathPatchRequest, PathSweepRequest,
+                              FeatureActivationsRequest, FunctionVectorRequest, SetAttentionRequest,
+                              RoleHeadsRequest)
 }
 SET_REQUESTS: tuple[type, ...] = (RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
                                   MassiveRequest, TemplateSetRequest,
@@ -338,6 +393,7 @@ _FIELD_READERS: dict[str, Any] = {
     "positive": _strings_from_json,
     "negative": _strings_from_json,
     "prompts": _strings_from_json,
+    "receivers": _strings_from_json,
 }
 
 

@@ -39,6 +39,10 @@ class Handler:
     request_type: type
     needs: tuple[str, ...] = ()
 
+    def needs_of(self, request: Any) -> tuple[str, ...]:
+        """What this request needs of an engine: `needs`, plus what its options ask for."""
+        return self.needs
+
     def run(self, engine: Any, request: Any, on_partial: OnPartial | None,
             should_stop: ShouldStop | None) -> Any:
         raise NotImplementedError
@@ -132,7 +136,7 @@ def capabilities(engine: Any) -> frozenset[str]:
 def missing_capability(engine: Any, request: Any) -> MissingCapability | None:
     """The first capability `request` needs that `engine` lacks, as the error refusing it."""
     offered = capabilities(engine)
-    for need in handler_for(request).needs:
+    for need in handler_for(request).needs_of(request):
         if need not in offered:
             return MissingCapability(need, type(engine).__name__)
     return None

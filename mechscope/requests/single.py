@@ -118,10 +118,15 @@ class SweepHandler(Handler):
 
     def run(self, engine: Any, request: SweepRequest, on_partial: OnPartial | None,
             should_stop: ShouldStop | None) -> Any:
-        on_top = {"interventions": request.interventions} if request.interventions else {}
+        on_top: dict[str, Any] = {"interventions": request.interventions} if request.interventions else {}
+        if request.head_input != "output":
+            on_top["head_input"] = request.head_input
         return engine.sweep(request.sweep_kind, request.clean, request.corrupt, request.metric,
                             direction=request.direction, on_progress=on_partial,
                             should_stop=should_stop, **on_top)
+
+    def needs_of(self, request: SweepRequest) -> tuple[str, ...]:
+        return self.needs + (("attention_inputs",) if request.head_input != "output" else ())
 
     def summarise(self, result: Any) -> Summary:
         values = np.ascontiguousarray(np.asarray(result.values, dtype=np.float32))  # [layer, head|pos]

@@ -168,7 +168,9 @@ class InterventionDialogs:
         result = screen.bench.result
         last = max(len(result.tokens) - 1, 0) if result is not None else 0
         vectors = tuple(sorted(getattr(screen.engine, "vectors", {}) or {}))
-        return Place(layer, head, last, inputs.clean, inputs.corrupted or "", vectors)
+        info = screen.engine.info
+        return Place(layer, head, last, inputs.clean, inputs.corrupted or "", vectors,
+                     kv_group=max(info.n_heads // max(info.n_kv_heads, 1), 1))
 
     def add_intervention(self) -> None:
         from mechscope.screens.choose import ChooseScreen

@@ -10,7 +10,13 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Label, Select
 
-from mechscope.workbench.research import DIRECTIONS, SWEEP_KINDS, SWEEP_NAMES
+from mechscope.workbench.research import (
+    DIRECTIONS,
+    HEAD_INPUT_NAMES,
+    HEAD_INPUTS,
+    SWEEP_KINDS,
+    SWEEP_NAMES,
+)
 
 
 @dataclass(frozen=True)
@@ -18,6 +24,7 @@ class SweepChoice:
     kind: str
     direction: str
     on_top: bool
+    head_input: str = "output"  # what a head sweep patches of each head
 
 
 class SweepOptionsScreen(ModalScreen[SweepChoice | None]):
@@ -48,6 +55,10 @@ class SweepOptionsScreen(ModalScreen[SweepChoice | None]):
                 yield Select([(SWEEP_NAMES[k], k) for k in SWEEP_KINDS], value=self.initial.kind,
                              allow_blank=False, id="sweep-kind")
             with Horizontal():
+                yield Label("component")
+                yield Select([(f"each head's {HEAD_INPUT_NAMES[k]}" + (" (k/v: shared KV head)" if k in "kv" else ""),
+                               k) for k in HEAD_INPUTS], value="output", allow_blank=False, id="sweep-head-input")
+            with Horizontal():
                 yield Label("direction")
                 yield Select([("noising: patch corrupted into clean", "noising"),
                               ("denoising: patch clean into corrupted", "denoising")],
@@ -68,8 +79,10 @@ class SweepOptionsScreen(ModalScreen[SweepChoice | None]):
     def action_run(self) -> None:
         kind = self.query_one("#sweep-kind", Select).value
         direction = self.query_one("#sweep-direction", Select).value
-        assert kind in SWEEP_KINDS and direction in DIRECTIONS
-        self.dismiss(SweepChoice(str(kind), str(direction), self.query_one("#sweep-on-top", Checkbox).value))
+        head_input = self.query_one("#sweep-head-input", Select).value
+        assert kind in SWEEP_KINDS and direction in DIRECTIONS and head_input in HEAD_INPUTS
+        self.dismiss(SweepChoice(str(kind), str(direction), self.query_one("#sweep-on-top", Checkbox).value,
+                                 str(head_input) if kind == "head" else "output"))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

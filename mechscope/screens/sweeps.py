@@ -6,10 +6,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mechscope.engine.results import SweepResult
-from mechscope.requests.kinds import GenerateRequest, Outcome, Request, SweepRequest
+from mechscope.requests.kinds import (
+    GenerateRequest,
+    Outcome,
+    PathSweepRequest,
+    Request,
+    SweepRequest,
+)
 from mechscope.screens.grid import GRID_OF_SWEEP
 from mechscope.tui.commands import key_of
 from mechscope.tui.widgets.views import GenerationView, SweepView
+from mechscope.workbench.research import sweep_title
 
 if TYPE_CHECKING:
     from mechscope.screens.workbench import WorkbenchScreen
@@ -23,6 +30,7 @@ class SweepsPart:
 
     def commands(self) -> dict[str, Callable[..., object]]:
         return {"sweep": self.sweep, "sweep_with": self.sweep_with, "sweep_options": self.sweep_options,
+                "path_sweep": self.path_sweep,
                 "generate": self.generate, "generation_settings": self.generation_settings}
 
     def show_restored(self) -> None:
@@ -38,14 +46,19 @@ class SweepsPart:
     def view(self) -> SweepView:
         return self.screen.part(SweepView, SweepView)
 
-    def show(self, request: SweepRequest, result: SweepResult, running: bool, note: str = "") -> None:
+    def show(self, request: SweepRequest | PathSweepRequest, result: SweepResult, running: bool,
+             note: str = "") -> None:
         """A sweep in the view, with its header in full and in two short lines (the view picks by size)."""
         bench = self.screen.bench
         normalised = bench.effect_scale == "normalised"
         if normalised and result.kind != "atp":
             note += f" · cells: share of the gap ({key_of('toggle_effect_scale')}: Δ)"
-        self.view.show(result, running=running, note=note, header=bench.sweep_header(request, result),
-                       short_header=bench.sweep_header(request, result, short=True), normalised=normalised)
+        info = self.screen.engine.info
+        group = max(info.n_heads // max(info.n_kv_heads, 1), 1)
+        self.view.show(result, running=running, note=note,
+                       header=bench.sweep_header(request, result, kv_group=group),
+                       short_header=bench.sweep_header(request, result, short=True, kv_group=group),
+                       normalised=normalised)
 
     def rescale(self) -> None:
         """The last sweep again, in the effect scale just chosen."""
@@ -58,12 +71,45 @@ class SweepsPart:
     def sweep(self, kind: str) -> None:
         self.sweep_with(kind)
 
-    def sweep_with(self, kind: str, direction: str = "noising", on_top: bool | None = None) -> None:
+    def sweep_with(self, kind: str, direction: str = "noising", on_top: bool | None = None,
+                   head_input: str = "output") -> None:
         """Every sweep entry point: the Workbench applies one rule for what the sweep runs on."""
         screen = self.screen
         if screen.loaded():
-            screen.submit(screen.bench.sweep_with(kind, direction, on_top))  # type: ignore[arg-type]
+            screen.submit(screen.bench.sweep_with(kind, direction, on_top, head_input))  # type: ignore[arg-type]
             screen.update_status()
+
+    def path_sweep(self) -> None:
+        """Senders → the selected head: asks q, k or v (and the direction), then fills the grid."""
+        from mechscope.screens.ask_value import AskValueScreen
+
+        screen = self.screen
+        head = screen.selected_head()
+        if head is None or not screen.loaded():
+            return
+
+        def parse(text: str) -> tuple[str, str] | None:
+            parts = text.split()
+            if not parts or parts[0] not in ("q", "k", "v"):
+                return None
+            if len(parts) == 1:
+                return parts[0], "noising"
+            return (parts[0], parts[1]) if len(parts) == 2 and parts[1] in ("noising", "denoising") else None
+
+        def validate(text: str) -> str | None:
+            return None if parse(text) else "q, k or v, optionally followed by noising or denoising"
+
+        def done(text: str | None) -> None:
+            choice = parse(text) if text else None
+            if choice is not None:
+                screen.submit(screen.bench.path_sweep(choice[0], choice[1]))  # type: ignore[arg-type]
+                screen.update_status()
+
+        group = max(screen.engine.info.n_heads // max(screen.engine.info.n_kv_heads, 1), 1)
+        shared = f"; k and v are KV heads shared by {group} query heads" if group > 1 else ""
+        screen.app.push_screen(AskValueScreen(f"senders → L{head[0]}.H{head[1]}",
+                                              f"into its q, k or v (then noising or denoising){shared}",
+                                              "q", validate), done)
 
     def sweep_options(self) -> None:
         from mechscope.screens.sweep_options import SweepChoice, SweepOptionsScreen
@@ -76,15 +122,15 @@ class SweepsPart:
 
         def done(choice: SweepChoice | None) -> None:
             if choice is not None:
-                self.sweep_with(choice.kind, choice.direction, choice.on_top)
+                self.sweep_with(choice.kind, choice.direction, choice.on_top, choice.head_input)
 
         active = len(screen.bench.interventions())
         screen.app.push_screen(SweepOptionsScreen(kind, direction, screen.bench.sweep_on_top_default(), active),
                                done)
 
-    def started(self, request: SweepRequest) -> None:
+    def started(self, request: SweepRequest | PathSweepRequest) -> None:
         self.screen.tabs.active = "tab-sweep"
-        self.screen.say(f"{request.sweep_kind} sweep running (esc cancels)")
+        self.screen.say(f"{sweep_title(request)} running (esc cancels)")
 
     def partial(self, request: Request, value: Any) -> None:
         assert isinstance(value, SweepResult)
@@ -106,7 +152,8 @@ class SweepsPart:
         if state.request.sweep_kind in GRID_OF_SWEEP:
             self.screen.grid_part.show(GRID_OF_SWEEP[state.request.sweep_kind])
         timing = "" if self.screen.deterministic else f" in {result.seconds:.1f} s"
-        bench.info = f"{result.kind} sweep complete{timing}"
+        hint = f" · {key_of('path_sweep')}: senders → the selected head" if result.kind == "head" else ""
+        bench.info = f"{sweep_title(state.request)} complete{timing}{hint}"
 
     def cancel(self) -> bool:
         """Stop a running sweep or generation; True when one was running."""

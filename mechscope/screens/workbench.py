@@ -28,6 +28,7 @@ from mechscope.requests.kinds import (
     FeatureActivationsRequest,
     GenerateRequest,
     Outcome,
+    PathSweepRequest,
     ReferencePromptsRequest,
     Request,
     RunRequest,
@@ -115,8 +116,9 @@ class WorkbenchScreen(Screen[None]):
         # The one table: a request type -> its worker group, what handles its outcome and its stream.
         self.jobs = JobRunner(self, {
             RunRequest: Job("engine", self.run_finished, exclusive=True, started=self.run_started),
-            SweepRequest: Job("sweep", self.sweeps.finished, self.sweeps.partial, exclusive=True,
-                              started=self.sweeps.started),
+            **dict.fromkeys((SweepRequest, PathSweepRequest),
+                            Job("sweep", self.sweeps.finished, self.sweeps.partial, exclusive=True,
+                                started=self.sweeps.started)),
             GenerateRequest: Job("generate", self.sweeps.generation_finished, self.sweeps.token, exclusive=True,
                                  started=self.sweeps.generation_started, lanes=self.sweeps.generation_lanes),
             ValidateRequest: Job("check", self.check_finished),

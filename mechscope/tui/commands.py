@@ -102,6 +102,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("", "retry_saving", "Retry saving", "write again what the session could not save"),
     Command("W", "sweep_options", "Sweep…", "choose heads / attention / MLP / residual / AtP, noising or "
             "denoising, on top of the active interventions or not"),
+    Command("Q", "path_sweep", "Path sweep: senders → this head…",
+            "asks q, k or v: each earlier head's path effect into the selected head's input, in the grid"),
     Command("", "sweep_with('head','denoising')", "Sweep: head denoising",
             "patch every head from the clean prompt into the corrupted run"),
     Command("", "sweep_with('attn','noising')", "Sweep: attention output per layer",

@@ -31,6 +31,7 @@ from mechscope.requests.kinds import (
     FeatureActivationsRequest,
     GenerateRequest,
     Outcome,
+    PathSweepRequest,
     ReferencePromptsRequest,
     Request,
     RunRequest,
@@ -40,7 +41,7 @@ from mechscope.requests.kinds import (
 )
 from mechscope.workbench.features import FeatureTab
 from mechscope.workbench.recorder import SessionRecorder
-from mechscope.workbench.research import ResearchCommands
+from mechscope.workbench.research import ResearchCommands, sweep_title
 from mechscope.workbench.sets import PromptSets
 from mechscope.workbench.stack import Change, Entry, InterventionStack
 from mechscope.workbench.state import Generation, GenerationSettings, Inputs, Lane, SweepState
@@ -98,7 +99,7 @@ class Workbench(ResearchCommands):
         # What each request type's outcome does to this state (and what it records): the only
         # place outcomes are told apart, by the type of the request they carry.
         self._acceptors: dict[type, Callable[[Outcome], Request | None]] = {
-            RunRequest: self._accept_run, SweepRequest: self._accept_sweep,
+            RunRequest: self._accept_run, SweepRequest: self._accept_sweep, PathSweepRequest: self._accept_sweep,
             GenerateRequest: self._accept_generate, ValidateRequest: self._accept_check,
             ReferencePromptsRequest: self._accept_reference, BuildVectorRequest: self._accept_vector,
             AddVectorRequest: self._accept_vector, FeatureActivationsRequest: self.features.accept,
@@ -106,8 +107,8 @@ class Workbench(ResearchCommands):
         }
         # How an outcome read back from a session is shown again (nothing is recorded).
         self._restorers: dict[type, Callable[[Outcome], None]] = {
-            SweepRequest: self._restore_sweep, FeatureActivationsRequest: self.features.restore,
-            **self.sets.restorers(),
+            SweepRequest: self._restore_sweep, PathSweepRequest: self._restore_sweep,
+            FeatureActivationsRequest: self.features.restore, **self.sets.restorers(),
         }
 
     # -- derived state --------------------------------------------------------------------------
@@ -386,7 +387,7 @@ class Workbench(ResearchCommands):
         self.error = None
         return request
 
-    def sweep_partial(self, request: SweepRequest, result: SweepResult) -> SweepState | None:
+    def sweep_partial(self, request: SweepRequest | PathSweepRequest, result: SweepResult) -> SweepState | None:
         """A streamed partial result; None when it belongs to a sweep that was replaced or cancelled."""
         state = self.sweeps.get(request.sweep_kind)
         if state is None or state.request is not request or state.done or state.cancelled:
@@ -501,7 +502,7 @@ class Workbench(ResearchCommands):
             self.recorder.changes(changes)
 
     def _accept_sweep(self, outcome: Outcome) -> None:
-        request = cast(SweepRequest, outcome.request)
+        request = cast(SweepRequest | PathSweepRequest, outcome.request)
         state = self.sweeps.get(request.sweep_kind)
         if state is None or state.request is not request:
             return None  # a newer sweep of this kind replaced it
@@ -515,7 +516,7 @@ class Workbench(ResearchCommands):
             return None
         state.result = outcome.result
         self.recorder.prompt_and_metric(request.clean, request.corrupt, request.metric)
-        self.recorder.work(outcome, f"{request.sweep_kind} sweep")
+        self.recorder.work(outcome, sweep_title(request))
         return None
 
     def _accept_generate(self, outcome: Outcome) -> None:
@@ -597,7 +598,7 @@ class Workbench(ResearchCommands):
             restorer(outcome)
 
     def _restore_sweep(self, outcome: Outcome) -> None:
-        request = cast(SweepRequest, outcome.request)
+        request = cast(SweepRequest | PathSweepRequest, outcome.request)
         self.sweeps[request.sweep_kind] = SweepState(request, outcome.result, done=True)
 
     def switch_recorder(self, recorder: SessionRecorder) -> None:

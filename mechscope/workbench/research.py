@@ -23,7 +23,9 @@ from mechscope.engine.results import (
 )
 from mechscope.requests.kinds import (
     Direction,
+    HeadInputKind,
     Outcome,
+    PathSweepRequest,
     ReferencePromptsRequest,
     RunRequest,
     SweepKind,
@@ -45,11 +47,24 @@ EFFECT_SCALE_NOTES = {
     "delta": "Δ metric (patched - base), in the metric's units",
     "normalised": "normalised effect (patched - base) / (source - base): 1 = the patch recovers the whole gap",
 }
+HEAD_INPUTS: tuple[HeadInputKind, ...] = ("output", "q", "k", "v")
+HEAD_INPUT_NAMES = {"output": "output", "q": "query", "k": "key", "v": "value"}
 SWEEPS_ON_TOP = False  # every sweep entry point sweeps the unedited model unless asked (W): like set sweeps
 MAX_NEW_TOKENS = 512
 MAX_TEMPERATURE = 100.0
 MAX_SEED = 2**32 - 1
 MAX_REFERENCE_PROMPTS = 256
+
+
+def sweep_title(request: SweepRequest | PathSweepRequest) -> str:
+    """`head sweep`, `head key sweep`, `path sweep senders → L23.H3.q`."""
+    receiver = getattr(request, "receiver", None)  # a path sweep's
+    if receiver is not None:
+        return f"path sweep senders → {receiver}"
+    head_input = cast(SweepRequest, request).head_input
+    if head_input != "output":
+        return f"head {HEAD_INPUT_NAMES[head_input]} sweep"
+    return f"{request.sweep_kind} sweep"
 
 
 def sweep_runs(direction: str) -> tuple[str, str]:
@@ -138,6 +153,7 @@ class ResearchCommands:
         run: Outcome | None
         sweeps: dict[str, SweepState]
         last_sweep: SweepState | None
+        selected: tuple[int, int] | None
         generation_settings: GenerationSettings
         sets: PromptSets
         error: str | None
@@ -201,11 +217,15 @@ class ResearchCommands:
         return SWEEPS_ON_TOP
 
     def sweep_with(self, kind: SweepKind, direction: Direction = "noising",
-                   on_top: bool | None = None) -> SweepRequest | None:
+                   on_top: bool | None = None, head_input: HeadInputKind = "output") -> SweepRequest | None:
         """A sweep of `kind` in `direction`; on the model with the active interventions when `on_top`
-        (None: the rule every entry point shares, `SWEEPS_ON_TOP`)."""
+        (None: the rule every entry point shares, `SWEEPS_ON_TOP`). `head_input`: what a head
+        sweep patches of each head (output, or its query / key / value)."""
         if kind not in SWEEP_KINDS:
             self.error = f"unknown sweep kind {kind!r}"
+            return None
+        if head_input not in HEAD_INPUTS or (head_input != "output" and kind != "head"):
+            self.error = f"a {kind} sweep cannot patch a head's {head_input}"
             return None
         if direction not in DIRECTIONS:
             self.error = f"unknown direction {direction!r}"
@@ -219,13 +239,41 @@ class ResearchCommands:
             return None
         interventions = self.interventions() if (SWEEPS_ON_TOP if on_top is None else on_top) else ()
         request = SweepRequest(kind, self.inputs.clean, self.inputs.corrupted, metric, direction,
-                               interventions)
+                               interventions, head_input)
         self.sweeps[kind] = self.last_sweep = SweepState(request)
         self.error = None
         return request
 
-    def sweep_header(self, request: SweepRequest, result: SweepResult | None = None, *,
-                     short: bool = False) -> str:
+    def path_sweep(self, which: str, direction: Direction = "noising",
+                   on_top: bool | None = None) -> PathSweepRequest | None:
+        """Senders → the selected head: every earlier head's path effect into its query, key or value
+        (`which`), shown in the head sweep's grid."""
+        if self.selected is None:
+            self.error = "select a head on the grid first"
+            return None
+        if which not in ("q", "k", "v"):
+            self.error = f"a path sweep patches into q, k or v, got {which!r}"
+            return None
+        layer, head = self.selected
+        if layer == 0:
+            self.error = "no head sends to layer 0: pick a head in a later layer"
+            return None
+        if not self.inputs.clean.strip() or not self.inputs.corrupted.strip():
+            self.error = "a sweep needs both a clean and a corrupted prompt"
+            return None
+        metric = self.with_position(self.inputs.metric()[0])
+        if metric is None or not metric.measurable:
+            self.error = self.inputs.metric()[1] or "a sweep needs a metric"
+            return None
+        interventions = self.interventions() if (SWEEPS_ON_TOP if on_top is None else on_top) else ()
+        request = PathSweepRequest(f"L{layer}.H{head}.{which}", self.inputs.clean, self.inputs.corrupted, metric,
+                                   direction, interventions)
+        self.sweeps["head"] = self.last_sweep = SweepState(request)
+        self.error = None
+        return request
+
+    def sweep_header(self, request: SweepRequest | PathSweepRequest, result: SweepResult | None = None, *,
+                     short: bool = False, kv_group: int = 1) -> str:
         """What the sweep view says about a sweep: kind, direction, the model it ran on (and the active
         interventions it did not apply), which run was patched from which, and how to normalise.
 
@@ -249,7 +297,13 @@ class ResearchCommands:
                 model += f" ({active} active intervention{'s' if active > 1 else ''} not applied)"
         where = "" if request.metric.position == -1 else f" · metric at pos {request.metric.position}"
         patched, source = sweep_runs(request.direction)
-        lines = [f"{request.sweep_kind} {request.direction} · {model}{where}"]
+        title = sweep_title(request).removesuffix(" sweep").removeprefix("path sweep ")
+        receiver = getattr(request, "receiver", None)  # a path sweep's
+        which = receiver.rsplit(".", 1)[1] if receiver is not None else cast(SweepRequest, request).head_input
+        shared = ""
+        if which in ("k", "v") and kv_group > 1 and not short:  # grouped-query attention
+            shared = f" · each cell patches the KV head shared by {kv_group} query heads"
+        lines = [f"{title} {request.direction} · {model}{where}{shared}"]
         if result is None:
             lines.append(f"patches the {patched} run with activations from the {source} run")
         else:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from mechscope.engine.interventions import Metric
 from mechscope.engine.results import GeneratedToken, SweepResult
-from mechscope.requests.kinds import GenerateRequest, SweepRequest
+from mechscope.requests.kinds import GenerateRequest, PathSweepRequest, SweepRequest
 
 Lane = Literal["baseline", "intervened"]
 
@@ -45,7 +45,7 @@ class GenerationSettings:
 class SweepState:
     """One sweep kind: the request it ran, its latest (partial or final) result, how it ended."""
 
-    request: SweepRequest
+    request: SweepRequest | PathSweepRequest  # a path sweep fills the head sweep's grid
     result: SweepResult | None = None
     done: bool = False
     cancelled: bool = False

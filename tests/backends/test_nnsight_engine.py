@@ -15,6 +15,7 @@ from mechscope.engine.interventions import (  # noqa: E402
     AttentionKnockout,
     ComponentAblation,
     HeadAblation,
+    HeadInputPatch,
     HeadScale,
     Metric,
     NeuronClamp,
@@ -199,6 +200,11 @@ def test_attribution_under_whole_layer_edits_adds_up_to_the_metric(family, stack
         assert np.any(b.attribution.heads[layer] != 0.0)
 
 
+# Kinds the backend refuses in one line: query / key / value edits act inside the attention function,
+# which a trace does not reach.
+REFUSED_KINDS = (HeadInputPatch,)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_registered_kind_matches_native(family):
     """Each kind of the registry, as the `+` chooser builds it and in every mode and with positions,
@@ -209,6 +215,11 @@ def test_every_registered_kind_matches_native(family):
     stack = [iv for cls in INTERVENTION_TYPES for iv in variants(cls, place)]
     assert {type(iv) for iv in stack} == set(INTERVENTION_TYPES)
     for iv in stack:
+        if type(iv) in REFUSED_KINDS:
+            with pytest.raises(InterventionError) as refusal:
+                backend.run(CLEAN, [iv], Views(), METRIC, corrupted=CORRUPT)
+            assert str(refusal.value) == f"{iv.label}: {iv.kind} is not supported on the nnsight backend"
+            continue
         a = native.run(CLEAN, [iv], Views(), METRIC, corrupted=CORRUPT)
         b = backend.run(CLEAN, [iv], Views(), METRIC, corrupted=CORRUPT)
         _assert_same_prediction(a, b)
@@ -299,3 +310,16 @@ def test_nnsight_declares_the_single_prompt_work_it_offers():
         assert callable(getattr(NNsightEngine, method)), capability
     for method in ("run_set", "sweep_set", "estimate", "detect_heads", "massive_activations"):
         assert not hasattr(NNsightEngine, method)
+
+
+def test_attention_input_requests_are_refused_naming_the_capability(llama_pair):
+    from mechscope.requests import execute
+    from mechscope.requests.kinds import PathPatchRequest, PathSweepRequest, SweepRequest
+
+    _, backend = llama_pair
+    refusal = "NNsightEngine cannot patch attention queries, keys and values (capability 'attention_inputs')"
+    for request in (SweepRequest("head", CLEAN, CORRUPT, METRIC, head_input="q"),
+                    PathPatchRequest("L0.H1", ("L1.H2.q",), CLEAN, CORRUPT, METRIC),
+                    PathSweepRequest("L1.H2.q", CLEAN, CORRUPT, METRIC)):
+        assert execute(backend, request).error == refusal
+    assert execute(backend, SweepRequest("head", CLEAN, CORRUPT, METRIC)).ok

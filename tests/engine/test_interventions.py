@@ -21,6 +21,7 @@ from mechscope.engine import (
     ComponentAblation,
     Engine,
     HeadAblation,
+    HeadInputPatch,
     HeadScale,
     Intervention,
     InterventionError,
@@ -73,12 +74,22 @@ LAYOUTS: dict[str, Layout] = {
 
 REFERENCE_ATTN = "ivtest_reference"
 _KNOCKOUTS: dict[int, list[tuple[int, int, int]]] = {}  # id(attention module) -> (head, query, key)
+# id(attention module) -> ("q" | "k" | "v", head or KV head, positions, rows [n, d_head]) to write
+_QKV_PATCHES: dict[int, list[tuple[str, int, list[int], torch.Tensor]]] = {}
+_QKV_SEEN: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # id(module) -> last q, k, v
 
 
 def _reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
                          **kwargs):
     """Textbook eager attention that sets knocked-out scores to -inf before the softmax."""
     # query [batch, head, q, d_head]; key/value [batch, kv_head, k, d_head]
+    patches = _QKV_PATCHES.get(id(module), ())
+    if patches:
+        inputs = {"q": query.clone(), "k": key.clone(), "v": value.clone()}
+        for which, head, dst, rows in patches:
+            inputs[which][0, head, dst] = rows
+        query, key, value = inputs["q"], inputs["k"], inputs["v"]
+    _QKV_SEEN[id(module)] = (query[0].clone(), key[0].clone(), value[0].clone())
     n_rep = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(n_rep, dim=1)
     value = value.repeat_interleave(n_rep, dim=1)
@@ -146,6 +157,7 @@ class Plain:
         config = self.model.config
         self.n_layers = len(self.layers)
         self.n_heads = int(config.num_attention_heads)
+        self.n_kv_heads = int(getattr(config, "num_key_value_heads", None) or self.n_heads)
         self.d_model = int(config.hidden_size)
         self.d_head = int(getattr(config, "head_dim", None) or self.d_model // self.n_heads)
         self._activations: dict[str, dict[str, list[torch.Tensor]]] = {}
@@ -172,7 +184,9 @@ class Plain:
         handles = []
         try:
             for module, where, fn in hooks:
-                if where == "pre":
+                if where == "qkv":
+                    _QKV_PATCHES.setdefault(id(module), []).append(fn)
+                elif where == "pre":
                     handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
                 else:
                     handles.append(module.register_forward_hook(fn))
@@ -183,6 +197,7 @@ class Plain:
             for handle in handles:
                 handle.remove()
             _KNOCKOUTS.clear()
+            _QKV_PATCHES.clear()
 
     def _attn(self, layer: int) -> torch.nn.Module:
         # the module that calls the attention function: the parent of the output projection
@@ -239,6 +254,7 @@ class Plain:
                       (self.module(layer, "mlp_out"), "fwd", keep_out("mlp")),
                       (self.layers[layer], "fwd", keep_out("resid_post"))]
         self.logits(text, hooks)
+        acts["qkv"] = [_QKV_SEEN[id(self._attn(layer))] for layer in range(self.n_layers)]
         return acts
 
     def means(self, prompts: Sequence[str]) -> dict[str, list[torch.Tensor]]:
@@ -331,6 +347,14 @@ class Plain:
                 return _with_layer_input(args, kwargs, hidden)
 
             return self.layers[layer], "pre", patch_resid
+        if isinstance(iv, HeadInputPatch):
+            dst = list(iv.positions) if iv.positions is not None else every
+            index = "qkv".index(iv.which)
+            group = self.n_heads // self.n_kv_heads
+            head = iv.head if iv.which == "q" else iv.head // group
+            src = [p % token_ids(iv.source_prompt).shape[1] for p in dst]
+            rows = self.activations(iv.source_prompt)["qkv"][iv.layer][index][head, src]  # [n, d_head]
+            return self._attn(iv.layer), "qkv", (iv.which, head, [p % n_pos for p in dst], rows)
         if isinstance(iv, SteeringVector):
             delta = torch.tensor(vectors[iv.vector_id]) * iv.coeff  # [d_model]
             dst = steered_positions(iv.positions, n_pos)
@@ -415,6 +439,13 @@ def random_stack(rng: random.Random, n_layers: int, n_heads: int, d_mlp: int,
             else:
                 where = positions()
             stack.append(ActivationPatch(address_of(rng.choice(SITES), layer, head), source, where))
+        elif kind is HeadInputPatch:
+            source = rng.choice((CORRUPT, CORRUPT, PROMPT, OTHER))
+            if source == OTHER:  # another length: explicit positions inside both prompts
+                where = rng.sample(range(token_ids(OTHER).shape[1]), rng.randint(1, 3))
+            else:
+                where = positions()
+            stack.append(HeadInputPatch(layer, head, rng.choice(("q", "k", "v")), source, where))
         elif kind is SteeringVector:
             where = rng.choice(("all", "last", tuple(rng.sample(range(n_pos), 2))))
             stack.append(SteeringVector(layer, rng.choice(("up", "down")), rng.uniform(-3, 3), where))
@@ -767,7 +798,7 @@ def test_attribution_adds_up_under_random_stacks_of_every_kind(engine, plain):
     n_pos = token_ids(PROMPT).shape[1]
     metric = Metric("logit_diff", target=" Mary", foil=" John")
     kinds = set()
-    for _ in range(24):
+    for _ in range(32):
         stack = random_stack(rng, plain.n_layers, plain.n_heads, plain.d_mlp, n_pos)
         kinds.update(type(iv) for iv in stack if iv.enabled)
         result = engine.run(PROMPT, stack, metric=metric, views=Views(attribution=True), corrupted=CORRUPT)
@@ -864,6 +895,7 @@ def _one_of_each() -> list[Intervention]:
         SteeringVector(0, "v", 1, (1, 2)),
         AttentionKnockout(1, 2, 9, 1), AttentionKnockout(0, 0, 3, 3, enabled=False),
         NeuronClamp(2, 17, -3.5), NeuronClamp(0, 1, 0, positions=[1]),
+        HeadInputPatch(2, 1, "k", CORRUPT, group=2), HeadInputPatch(1, 0, "q", OTHER, positions=[1, -1]),
     ]
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mechscope.engine.interventions import HeadAblation, Metric, SteeringVector
+from mechscope.engine.interventions import HeadAblation, HeadInputPatch, Metric, SteeringVector
 from mechscope.engine.prompt_sets import PromptRow, PromptSet, template_set
 from mechscope.engine.views import Views
 from mechscope.requests.kinds import (
@@ -18,9 +20,12 @@ from mechscope.requests.kinds import (
     BuildVectorRequest,
     DetectHeadsRequest,
     EstimateRequest,
+    FeatureActivationsRequest,
     FunctionVectorRequest,
     GenerateRequest,
     MassiveRequest,
+    PathPatchRequest,
+    PathSweepRequest,
     ReferencePromptsRequest,
     RoleHeadsRequest,
     RunRequest,
@@ -42,6 +47,17 @@ ICL = PromptSet("icl", (
 ))
 
 
+def _sae_folder() -> str:
+    """A random SAE on L1.resid_post of the tiny model (d_model 32), in the SAELens layout."""
+    from mechscope.engine.features.formats import save_saelens
+    from tests.features.saes import random_sae
+
+    return str(save_saelens(random_sae("L1.resid_post", seed=6), Path(tempfile.mkdtemp(prefix="served-sae-")) / "sae"))
+
+
+SAE_FOLDER = _sae_folder()
+
+
 def requests_by_kind(pset: PromptSet) -> dict[str, list]:
     """One or more requests per kind; a kind added later without an entry here fails the first test."""
     return {
@@ -53,6 +69,7 @@ def requests_by_kind(pset: PromptSet) -> dict[str, list]:
                            interventions=(HeadAblation(1, 2, "resample"), SteeringVector(0, "mood"))),
                 RunRequest(PROMPT, metric=METRIC, views=Views(sinks=True, attribution=True), top_k=3)],
         "sweep": [SweepRequest("head", PROMPT, CORRUPT, METRIC),
+                  SweepRequest("head", PROMPT, CORRUPT, METRIC, head_input="k"),
                   SweepRequest("resid", PROMPT, CORRUPT, METRIC, "denoising", (HeadAblation(0, 0),))],
         "generate": [GenerateRequest(PROMPT, max_new_tokens=4, temperature=0.7, seed=2)],
         "run_set": [RunSetRequest(pset, "logit_diff", (HeadAblation(1, 1, "mean"),)),
@@ -65,10 +82,15 @@ def requests_by_kind(pset: PromptSet) -> dict[str, list]:
         "function_vector": [FunctionVectorRequest(ICL, 2, top_heads=2, coeff=4.0, name="fv")],
         "set_attention": [SetAttentionRequest(pset, 2, 1)],
         "role_heads": [RoleHeadsRequest(pset)],
+        "path_patch": [PathPatchRequest("L0.H2", ("L2.H1.q", "L1.mlp", "resid_final"), PROMPT, CORRUPT, METRIC),
+                       PathPatchRequest("L1.H0", ("L2.H3.v",), PROMPT, CORRUPT, METRIC, "denoising",
+                                        (HeadInputPatch(0, 1, "k", CORRUPT),))],
+        "path_sweep": [PathSweepRequest("L2.H0.q", PROMPT, CORRUPT, METRIC)],
+        "feature_activations": [FeatureActivationsRequest(PROMPT, SAE_FOLDER, top_k=4)],
     }
 
 
-STREAMING = {"sweep", "generate", "sweep_set"}  # kinds whose partial results stream to the client
+STREAMING = {"sweep", "generate", "sweep_set", "path_sweep"}  # kinds whose partial results stream to the client
 
 
 @pytest.fixture(scope="module")
