@@ -158,5 +158,5 @@ def key_label(keys: str) -> str:
     if not keys:
         return "palette"
     names = {"question_mark": "?", "slash": "/", "space": "space", "escape": "esc", "plus": "+",
-             "left_square_bracket": "[", "right_square_bracket": "]", "colon": ":"}
+             "left_square_bracket": "[", "right_square_bracket": "]", "colon": ":", "percent_sign": "%"}
     return " / ".join(names.get(key, key) for key in keys.split(","))

@@ -91,6 +91,7 @@ async def test_percent_shows_sweeps_normalised_records_it_and_a_resumed_session_
         text = screen_text(app)
         assert "normalised effect (patched - base) / (source - base)" in text
         assert "of the gap  (Δ" in text  # the sweep view leads with the share, the Δ beside it
+        assert "cells: share of the gap (%: Δ)" in text  # the key as typed, not its Textual name
         events = [e for e in app.bench.recorder.session.events if e.kind == "effect_scale"]
         assert [e["scale"] for e in events] == ["normalised"]
         builder = StateBuilder()
@@ -117,3 +118,9 @@ async def test_the_predictions_pane_under_a_patch_says_which_run_is_which():
         share = (result.metric - result.baseline.metric) / (source.metric - result.baseline.metric)
         assert f"patch source {source.metric:+.3f}" in text
         assert f"normalised {share:+.2f} of the gap" in text
+
+
+def test_every_key_hint_names_the_key_as_typed():
+    from mechscope.tui.commands import COMMANDS, key_label
+
+    assert [key_label(c.keys) for c in COMMANDS if "_" in key_label(c.keys)] == []
