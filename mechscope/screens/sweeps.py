@@ -22,6 +22,12 @@ if TYPE_CHECKING:
     from mechscope.screens.workbench import WorkbenchScreen
 
 
+def view_title(request: SweepRequest | PathSweepRequest) -> str:
+    """The sweep view's first line: what was patched (`path patching senders → L23.H3.q`)."""
+    receiver = getattr(request, "receiver", None)
+    return f"path patching senders → {receiver}" if receiver is not None else ""
+
+
 class SweepsPart:
     """Sweeps (every entry point) and generation, shown in the sweep and generate tabs."""
 
@@ -58,7 +64,7 @@ class SweepsPart:
         self.view.show(result, running=running, note=note,
                        header=bench.sweep_header(request, result, kv_group=group),
                        short_header=bench.sweep_header(request, result, short=True, kv_group=group),
-                       normalised=normalised)
+                       normalised=normalised, title=view_title(request))
 
     def rescale(self) -> None:
         """The last sweep again, in the effect scale just chosen."""

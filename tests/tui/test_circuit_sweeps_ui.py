@@ -59,5 +59,6 @@ async def test_senders_into_the_selected_heads_query_fill_the_grid():
                                          direction="denoising")
         np.testing.assert_allclose(state.result.values, expected.values, rtol=1e-5, atol=1e-6)
         assert "senders → L2.H1.q denoising" in screen_text(app)
+        assert "path patching senders → L2.H1.q" in screen_text(app)  # the view names the sweep
         assert app.screen.grid_part.metric == "patching"
         assert recorded(app, "path_sweep")[-1]["receiver"] == "L2.H1.q"

@@ -204,6 +204,7 @@ class SweepView(Vertical):
         super().__init__()
         self.shown: tuple[SweepResult, bool, str, str, str] | None = None  # what `show` was given last
         self.normalised = False
+        self.title = ""  # what the view calls the sweep shown (`head patching`, `path patching → L23.H3.q`)
 
     def compose(self) -> ComposeResult:
         head, atp, resid = (key_of(f"sweep('{kind}')") for kind in ("head", "atp", "resid"))
@@ -212,12 +213,13 @@ class SweepView(Vertical):
         yield Heatmap(cell_width=3, diverging=True, id="sweep-map")
 
     def show(self, result: SweepResult, running: bool, header: str = "", note: str = "",
-             short_header: str = "", normalised: bool = False) -> None:
+             short_header: str = "", normalised: bool = False, title: str = "") -> None:
         """`header` names the runs and the model (Workbench.sweep_header), `short_header` says it in two
         short lines for a short view; `note` follows the state. `normalised`: the matrix shows each
         cell's share of the gap source - base instead of its Δ metric (the strongest cells list both)."""
         self.shown = (result, running, header, note, short_header)
         self.normalised = normalised
+        self.title = title or SWEEP_TITLES.get(result.kind, result.kind)
         order = self.show_summary()
         # head/atp: [layer, head]; resid: [layer, pos]
         values = result.normalised if normalised and result.kind != "atp" else result.values
@@ -254,7 +256,7 @@ class SweepView(Vertical):
             order_shown = order[:max(0, min(len(order), room))]
         else:
             state = "running, esc cancels" if running else ("complete" if result.complete else "stopped")
-            text.append(f"{SWEEP_TITLES.get(result.kind, result.kind)}", style="bold")
+            text.append(self.title, style="bold")
             text.append(f"  {done_rows}/{values.shape[0]} layers  {state}{note}\n")
             if header:
                 text.append(header + "\n", style="dim")
