@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mechscope.engine.interventions import HeadAblation, Metric, SteeringVector
+from mechscope.engine.prompt_sets import PromptRow, PromptSet
 from mechscope.engine.views import Views
 from mechscope.requests.kinds import Outcome, RunRequest, SweepRequest
 from mechscope.serve import codec
@@ -132,6 +133,13 @@ def test_frames_are_read_back_whatever_the_chunks(engine):
         list(codec.FrameReader([b'{"$bytes": [-1]}\n']))
 
 
+# An in-context task over words that are one token in the tiny tokenizer (labels shuffled in corrupted).
+ICL = PromptSet("icl", (
+    PromptRow("Mary: John\nstore: drink\nAlice:", "Mary: drink\nstore: John\nAlice:", " Bob", " Alice"),
+    PromptRow("dog: moon\nBob: Alice\nstore:", "dog: Alice\nBob: moon\nstore:", " drink", " store"),
+))
+
+
 def test_every_wire_type_round_trips_exactly(engine, isolated_mechscope_dirs, tmp_path):
     from mechscope.engine.features.formats import save_saelens
     from mechscope.engine.prompt_sets import template_set
@@ -144,7 +152,9 @@ def test_every_wire_type_round_trips_exactly(engine, isolated_mechscope_dirs, tm
               pset, VerifiedEstimate("atp", np.ones((3, 4)), {(1, 2): 0.5, (0, 0): float("nan")}, 1.5),
               engine.run(PROMPT, views=Views.all(("L0.H1",)), metric=METRIC), engine.info,
               engine.sweep("attn", PROMPT, CORRUPT, METRIC), engine.generate(PROMPT, max_new_tokens=2),
-              engine.feature_activations(PROMPT, str(save_saelens(random_sae("L1.resid_post"), tmp_path / "sae")))]
+              engine.feature_activations(PROMPT, str(save_saelens(random_sae("L1.resid_post"), tmp_path / "sae"))),
+              engine.path_patch("L0.H1", ("L1.H2.q", "resid_final"), PROMPT, CORRUPT, METRIC),
+              engine.set_attention(pset, 1, 2), engine.function_vector(ICL, 1, n_heads=2, coeff=2.0)]
     seen: set[str] = set()
 
     def names(value):

@@ -122,7 +122,7 @@ def assert_close(a, b, path: str = "result") -> None:
             assert np.array_equal(a, b), f"{path}: values differ"
     elif dataclasses.is_dataclass(a):
         for f in dataclasses.fields(a):
-            if f.name != "seconds":
+            if not f.name.endswith("seconds"):  # wall-clock times (seconds, estimate_seconds)
                 assert_close(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), f"{path}: length {len(a)} != {len(b)}"

@@ -183,7 +183,7 @@ async def test_the_list_shows_positions_and_the_grid_every_mark_of_a_head():
         await settle(pilot)
         lines = app.query_one("#interventions")
         shown = [str(lines.get_option_at_index(i).prompt) for i in range(2)]
-        assert shown == ["[x] mean L0.H0", "[x] scale L0.H0 x3 @12,13"]
+        assert shown == ["[x] mean L0.H0 (ref)", "[x] scale L0.H0 x3 @12,13"]
         await press_each(pilot, "p")
         await settle(pilot)
         assert app.query_one(HeadGrid).marks[(0, 0)] == "m+"

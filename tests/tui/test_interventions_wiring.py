@@ -278,7 +278,7 @@ async def test_component_ablation_and_neuron_clamp_forms_change_the_metric():
         assert [e.intervention for e in app.bench.stack.entries] == stack
         assert app.bench.result.metric == pytest.approx(direct_run(engine, stack).metric, abs=1e-5)
         assert app.bench.result.metric != direct_run(engine, stack[:2]).metric
-        assert list_lines(app) == ["[x] mean L1.attn", "[x] resample L2.mlp", "[x] clamp L2.N5=8"]
+        assert list_lines(app) == ["[x] mean L1.attn (ref)", "[x] resample L2.mlp", "[x] clamp L2.N5=8"]
         assert "[resample L2.mlp, clamp L2.N5=8]" in status(app)  # the selected layer's edits
         grid = app.query_one(HeadGrid)
         assert grid.row_marks == {1, 2}  # layers with a whole-layer edit are flagged on the grid
@@ -323,7 +323,7 @@ async def test_add_intervention_chooses_a_kind_and_fills_its_form():
 
         await pilot.press("plus")  # a steering vector with none built yet: the build dialog opens
         await pilot.pause()
-        await pilot.press("end", "enter")
+        await pilot.press("end", "up", "enter")  # steering vector, just above q/k/v patching
         await pilot.pause()
         assert isinstance(app.screen, SteeringScreen)
         await pilot.press("escape")
