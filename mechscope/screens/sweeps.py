@@ -158,7 +158,7 @@ class SweepsPart:
         if state.request.sweep_kind in GRID_OF_SWEEP:
             self.screen.grid_part.show(GRID_OF_SWEEP[state.request.sweep_kind])
         timing = "" if self.screen.deterministic else f" in {result.seconds:.1f} s"
-        hint = f" · {key_of('path_sweep')}: senders → the selected head" if result.kind == "head" else ""
+        hint = f" · {key_of('path_sweep')}: senders → this head" if result.kind == "head" else ""
         bench.info = f"{sweep_title(state.request)} complete{timing}{hint}"
 
     def cancel(self) -> bool:

@@ -1,4 +1,4 @@
-"""Pilot tests: the sweep dialog's component (q / k / v), and Q, senders → the selected head, in the grid."""
+"""Pilot tests: the sweep dialog's component (q / k / v), and Q, senders → this head, in the grid."""
 
 from __future__ import annotations
 
