@@ -199,31 +199,30 @@ class Context:
         """The activation of `site` at `layer` on `prompt` (None in a dry run), as rows [1, n, ...]
         aligned with the destination positions returned beside it (explicit, so generation can
         grow the sequence past the source's length)."""
+        destination, src_positions = self.source_positions(prompt, positions)
+        rows = None if self.dry_run else self.source_rows(prompt, site, layer, src_positions)
+        return rows, destination
+
+    def source_positions(self, prompt: str, positions: Iterable[int] | None) -> tuple[list[int], list[int]]:
+        """(destination, source) positions of a patch from `prompt`: all of them when `positions` is
+        None, which needs the two prompts to have as many tokens."""
         ids_len = self.prompt_length(prompt)
-        destination = self.positions(positions)
         if positions is None and ids_len != self.n_pos:
             raise self.fail(
                 f"the source prompt has {ids_len} tokens and this prompt {self.n_pos}; "
                 "give explicit positions to patch prompts of different lengths")
+        destination = self.positions(positions)
         src_positions = self.positions(range(self.n_pos) if positions is None else positions, ids_len,
                                        " (source)")
-        rows = None if self.dry_run else self.source_rows(prompt, site, layer, src_positions)
-        return rows, destination if destination is not None else list(range(self.n_pos))
+        return (destination if destination is not None else list(range(self.n_pos))), src_positions
 
     def source_inputs(self, prompt: str, which: QKVSite, layer: int,
                       positions: Iterable[int] | None) -> tuple[torch.Tensor | None, list[int]]:
         """`source` for an attention input: rows [1, head, n, d_head] of the query ("q") or the
         key / value ("k" / "v", KV heads) at `layer` on `prompt`, and the destination positions."""
-        ids_len = self.prompt_length(prompt)
-        destination = self.positions(positions)
-        if positions is None and ids_len != self.n_pos:
-            raise self.fail(
-                f"the source prompt has {ids_len} tokens and this prompt {self.n_pos}; "
-                "give explicit positions to patch prompts of different lengths")
-        src_positions = self.positions(range(self.n_pos) if positions is None else positions, ids_len,
-                                       " (source)")
+        destination, src_positions = self.source_positions(prompt, positions)
         rows = None if self.dry_run else self.input_rows(prompt, which, layer, src_positions)
-        return rows, destination if destination is not None else list(range(self.n_pos))
+        return rows, destination
 
     def input_rows(self, prompt: str, which: QKVSite, layer: int, positions: list[int]) -> torch.Tensor:
         """[1, head, len(positions), d_head] attention inputs `which` at `layer` on `prompt`."""

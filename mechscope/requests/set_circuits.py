@@ -21,6 +21,7 @@ from mechscope.requests.registry import (
     need_array,
     need_list,
 )
+from mechscope.requests.sets import HeadGridsHandler
 from mechscope.requests.tolerance import Tolerance, list_problems, matrix_problems
 
 FV_ROWS = ("base_prob", "correct_without", "correct_with", "prob_without", "prob_with")  # [row] arrays
@@ -139,34 +140,9 @@ class SetAttentionHandler(Handler):
 
 
 @handles(RoleHeadsRequest, needs=("prompt_sets", "head_detectors"))
-class RoleHeadsHandler(Handler):
+class RoleHeadsHandler(HeadGridsHandler):
     """One [layer, head] grid per role detector, as the head detectors keep theirs."""
 
     def run(self, engine: Any, request: RoleHeadsRequest, on_partial: OnPartial | None,
             should_stop: ShouldStop | None) -> HeadScores:
         return engine_method(engine, "detect_role_heads", "head_detectors")(request.pset)
-
-    def summarise(self, result: HeadScores) -> Summary:
-        return Summary({"detectors": list(result.scores)}, {name: _f32(grid) for name, grid in result.scores.items()})
-
-    def check(self, request: RoleHeadsRequest, summary: Summary) -> None:
-        for name in need_list(summary.data, "detectors", str, "names"):
-            need_array(summary, name, 2)
-
-    def compare(self, recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
-        if set(recorded.arrays) != set(recomputed.arrays):
-            return [f"detectors {sorted(recorded.arrays)} -> {sorted(recomputed.arrays)}"]
-        return [problem for name in recorded.arrays for problem in matrix_problems(
-            recorded.arrays[name], recomputed.arrays[name], tolerance, "L{row}.H{col}", name)]
-
-    def describe(self, summary: Summary) -> str:
-        parts = []
-        for name in summary.data.get("detectors", sorted(summary.arrays)):
-            grid = np.nan_to_num(np.asarray(summary.arrays[name], dtype=np.float64))
-            layer, head = np.unravel_index(int(np.argmax(grid)), grid.shape) if grid.size else (0, 0)
-            parts.append(f"{name} L{layer}.H{head}")
-        return "top heads: " + ", ".join(parts)
-
-    def restore(self, request: RoleHeadsRequest, summary: Summary) -> HeadScores:
-        names = [n for n in summary.data.get("detectors", []) if n in summary.arrays] or list(summary.arrays)
-        return HeadScores({name: np.asarray(summary.arrays[name], dtype=np.float64) for name in names})

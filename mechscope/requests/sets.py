@@ -220,20 +220,16 @@ class EstimateHandler(Handler):
                                 np.asarray(summary.arrays["estimated"], dtype=np.float64), exact)
 
 
-@handles(DetectHeadsRequest, needs=("head_detectors",))
-class DetectHeadsHandler(Handler):
-    """One [layer, head] grid per detector, kept as arrays under the detector's name."""
-
-    def run(self, engine: Any, request: DetectHeadsRequest, on_partial: OnPartial | None,
-            should_stop: ShouldStop | None) -> Any:
-        return engine_method(engine, "detect_heads", "head_detectors")()
+class HeadGridsHandler(Handler):
+    """Kinds whose result is one [layer, head] grid per detector (`HeadScores`), kept as arrays under
+    the detector's name; a subclass says how to run it."""
 
     def summarise(self, result: Any) -> Summary:
         return Summary({"detectors": list(result.scores)},
                        {name: np.ascontiguousarray(np.asarray(grid, dtype=np.float32))
                         for name, grid in result.scores.items()})
 
-    def check(self, request: DetectHeadsRequest, summary: Summary) -> None:
+    def check(self, request: Any, summary: Summary) -> None:
         for name in need_list(summary.data, "detectors", str, "names"):
             need_array(summary, name, 2)
 
@@ -251,9 +247,18 @@ class DetectHeadsHandler(Handler):
             parts.append(f"{name} L{layer}.H{head}")
         return "top heads: " + ", ".join(parts)
 
-    def restore(self, request: DetectHeadsRequest, summary: Summary) -> Any:
+    def restore(self, request: Any, summary: Summary) -> HeadScores:
         names = [n for n in summary.data.get("detectors", []) if n in summary.arrays] or list(summary.arrays)
         return HeadScores({name: np.asarray(summary.arrays[name], dtype=np.float64) for name in names})
+
+
+@handles(DetectHeadsRequest, needs=("head_detectors",))
+class DetectHeadsHandler(HeadGridsHandler):
+    """The model's head-detector grids (cached per model by the engine)."""
+
+    def run(self, engine: Any, request: DetectHeadsRequest, on_partial: OnPartial | None,
+            should_stop: ShouldStop | None) -> Any:
+        return engine_method(engine, "detect_heads", "head_detectors")()
 
 
 def _number_or_none(value: float) -> float | None:

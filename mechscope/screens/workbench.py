@@ -40,6 +40,7 @@ from mechscope.screens.features import FEATURES_TAB, FeaturesPart
 from mechscope.screens.grid import GridPart
 from mechscope.screens.jobs import Job, JobRunner
 from mechscope.screens.research import ResearchPart
+from mechscope.screens.session_log import SessionLogPart
 from mechscope.screens.set_tab import SetTab
 from mechscope.screens.status_text import model_title, session_title, status_text
 from mechscope.screens.sweeps import SweepsPart
@@ -109,6 +110,7 @@ class WorkbenchScreen(Screen[None]):
         self.sweeps = SweepsPart(self)
         self.set_tab = SetTab(self)
         self.features = FeaturesPart(self)
+        self.session_log = SessionLogPart(self)
         self.dialogs = InterventionDialogs(self)
         self.research = ResearchPart(self)
         vector = Job("vector", self.dialogs.vector_finished, exclusive=True)
@@ -135,7 +137,7 @@ class WorkbenchScreen(Screen[None]):
             "cancel": self.cancel,
             "use_spaced_tokens": self.use_spaced_tokens, "show_message": self.show_message,
             "focus_prompt": self.focus_prompt, "show_tab": self.show_tab, "help": self.help,
-            "note": self.note, "retry_saving": self.retry_saving, "sessions": self.sessions,
+            **self.session_log.commands(),
             "scroll_view": self.scroll_view,
         }
 
@@ -677,33 +679,6 @@ class WorkbenchScreen(Screen[None]):
         keys = [(key_label(c.keys), c.help if c.title in c.help else f"{c.title}: {c.help}")
                 for c in COMMANDS]
         self.app.push_screen(HelpScreen(keys + list(WIDGET_KEYS)))
-
-    def note(self) -> None:
-        from mechscope.screens.ask_value import AskValueScreen
-
-        def done(text: str | None) -> None:
-            if text:
-                recorder = self.bench.recorder
-                recorder.note(text)
-                self.say("note saved" if recorder.saved else
-                         "note not saved: no session" if recorder.session is None else "note not saved")
-                self.update_title()
-
-        self.app.push_screen(AskValueScreen("note", "a note for the session log"), done)
-
-    def retry_saving(self) -> None:
-        recorder = self.bench.recorder
-        if not recorder.unsaved:
-            self.say("nothing waits to be saved")
-            return
-        left = recorder.retry_unsaved()
-        self.say(f"{left} still not saved" if left else "saved everything that was waiting")
-        self.update_title()
-
-    def sessions(self) -> None:
-        open_sessions = getattr(self.app, "open_sessions", None)
-        if open_sessions is not None:
-            open_sessions()
 
     def restored(self, name: str) -> None:
         """The App switched sessions: the Workbench holds the new state; show it and run."""

@@ -230,6 +230,19 @@ class ResearchCommands:
         if direction not in DIRECTIONS:
             self.error = f"unknown direction {direction!r}"
             return None
+        inputs = self.sweep_inputs(on_top)
+        if inputs is None:
+            return None
+        metric, interventions = inputs
+        request = SweepRequest(kind, self.inputs.clean, self.inputs.corrupted, metric, direction,
+                               interventions, head_input)
+        self.sweeps[kind] = self.last_sweep = SweepState(request)
+        self.error = None
+        return request
+
+    def sweep_inputs(self, on_top: bool | None) -> tuple[Metric, tuple[Intervention, ...]] | None:
+        """What every sweep takes from the inputs: the metric (at the chosen position) and the
+        interventions it runs on top of; None (and `error`) without both prompts or a metric."""
         if not self.inputs.clean.strip() or not self.inputs.corrupted.strip():
             self.error = "a sweep needs both a clean and a corrupted prompt"
             return None
@@ -237,12 +250,7 @@ class ResearchCommands:
         if metric is None or not metric.measurable:
             self.error = self.inputs.metric()[1] or "a sweep needs a metric"
             return None
-        interventions = self.interventions() if (SWEEPS_ON_TOP if on_top is None else on_top) else ()
-        request = SweepRequest(kind, self.inputs.clean, self.inputs.corrupted, metric, direction,
-                               interventions, head_input)
-        self.sweeps[kind] = self.last_sweep = SweepState(request)
-        self.error = None
-        return request
+        return metric, self.interventions() if (SWEEPS_ON_TOP if on_top is None else on_top) else ()
 
     def path_sweep(self, which: str, direction: Direction = "noising",
                    on_top: bool | None = None) -> PathSweepRequest | None:
@@ -258,14 +266,10 @@ class ResearchCommands:
         if layer == 0:
             self.error = "no head sends to layer 0: pick a head in a later layer"
             return None
-        if not self.inputs.clean.strip() or not self.inputs.corrupted.strip():
-            self.error = "a sweep needs both a clean and a corrupted prompt"
+        inputs = self.sweep_inputs(on_top)
+        if inputs is None:
             return None
-        metric = self.with_position(self.inputs.metric()[0])
-        if metric is None or not metric.measurable:
-            self.error = self.inputs.metric()[1] or "a sweep needs a metric"
-            return None
-        interventions = self.interventions() if (SWEEPS_ON_TOP if on_top is None else on_top) else ()
+        metric, interventions = inputs
         request = PathSweepRequest(f"L{layer}.H{head}.{which}", self.inputs.clean, self.inputs.corrupted, metric,
                                    direction, interventions)
         self.sweeps["head"] = self.last_sweep = SweepState(request)
