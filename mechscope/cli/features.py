@@ -119,7 +119,6 @@ def _run(args: argparse.Namespace, body) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     def body(engine) -> int:
-        import itertools
 
         from mechscope.engine.features.pipeline import train
         from mechscope.engine.features.training import TrainConfig
@@ -127,10 +126,6 @@ def run_train(args: argparse.Namespace) -> int:
 
         config = TrainConfig(width=args.width, k=args.k, lr=args.lr, seed=args.seed)
         stream = _stream(engine, args, args.seed, min(DEFAULT_CORPUS_TOKENS, args.tokens))
-        if not args.corpus:  # the sampled corpus is smaller than a run: go over it again
-            once = stream.texts
-            stream = type(stream)(lambda: itertools.chain.from_iterable(once() for _ in range(64)),
-                                  stream.digest, stream.description)
         out = Path(args.out).expanduser() if args.out else (
             cache_dir() / "features" / f"{(engine.weights_digest or 'model')[:12]}-{args.site}-w{args.width}"
             f"-k{args.k}-{stream.digest[:8]}-{args.tokens}-s{args.seed}")

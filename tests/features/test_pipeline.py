@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from mechscope.engine.core import Engine
 from mechscope.engine.errors import Cancelled
 from mechscope.engine.features import pipeline
 from mechscope.engine.features.corpus import read_texts, sampled_corpus
 from mechscope.engine.features.formats import load_sae
+from mechscope.engine.features.reading import site_values
 from mechscope.engine.features.sae import FeatureError
 from mechscope.engine.features.training import TrainConfig
 from mechscope.engine.testing import _CORPUS, tiny_model, tiny_tokenizer
@@ -95,3 +97,37 @@ def test_txt_paragraphs_and_jsonl_strings_are_documents(tmp_path):
     (tmp_path / "j.jsonl").write_text('"alpha"\n\n{"text": "beta", "id": 3}\n')
     assert list(read_texts(tmp_path / "t.txt")) == ["one\ntwo", "three"]
     assert list(read_texts(tmp_path / "j.jsonl")) == ["alpha", "beta"]
+
+
+def test_a_run_longer_than_its_corpus_goes_over_it_again_without_forwards(engine, tmp_path, monkeypatch):
+    texts = _CORPUS.split(". ")[:6]
+    stream = pipeline.Stream(lambda: iter(texts), "small", "six sentences")
+    forwarded = []
+    real = pipeline.site_values
+
+    def counting(passes, ids, site):
+        forwarded.append(ids.shape[0])
+        return real(passes, ids, site)
+
+    monkeypatch.setattr(pipeline, "site_values", counting)
+    lines = []
+    pipeline.train(engine, "L1.resid_post", TrainConfig(width=32, k=4, lr=1e-3), stream, tokens=1500,
+                   out=tmp_path, batch_tokens=60, seq_len=16, seqs_per_forward=2,
+                   on_progress=lambda p: lines.append(p.line()))
+    chunks = sum(1 for _ in pipeline.token_chunks(engine.tokenizer, iter(texts), 16))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["tokens_trained"] >= 1500 > 3 * chunks * 15  # more than three passes over the corpus
+    assert sum(forwarded) == chunks  # each chunk forwarded once; later passes read held values
+    assert "corpus pass 2" in "\n".join(lines)
+
+
+def test_held_values_equal_a_fresh_forward(engine):
+    chunks = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]]
+    schedule = pipeline.ChunkSchedule(iter(chunks), seed=0, memory_bytes=1 << 20)
+    order = schedule.order()
+    first = schedule.site_values(engine, "L1.mlp_out", [next(order), next(order)])
+    again = schedule.site_values(engine, "L1.mlp_out", [next(order), next(order)])
+    with torch.no_grad():
+        expected = site_values(engine.passes, torch.tensor(chunks), "L1.mlp_out")[:, 1:].float()
+    assert schedule.passes == 2 and sorted(id(v) for v in again) == sorted(id(v) for v in first)
+    assert torch.equal(torch.stack(first), expected)

@@ -94,13 +94,13 @@ def token_chunks(tokenizer, texts: Iterable[str], seq_len: int) -> Iterator[list
             buffer = buffer[seq_len:]
 
 
-def sampled_corpus(engine, n_tokens: int, seed: int = 0, batch: int = 16, length: int = 128,
+def sampled_corpus(engine, n_tokens: int, seed: int = 0, batch: int = 64, length: int = 128,
                    folder: Path | None = None, progress=None) -> Path:
     """A .jsonl of about `n_tokens` tokens the model sampled from SEEDS, cached by model digest."""
     from mechscope.engine.loading import cache_dir
 
     folder = folder or cache_dir() / "features"
-    key = hashlib.sha256(f"{engine.weights_digest or engine.source}|{n_tokens}|{seed}|{length}".encode()).hexdigest()
+    key = hashlib.sha256(f"{engine.weights_digest or engine.source}|{n_tokens}|{seed}|{length}|{batch}".encode()).hexdigest()
     path = folder / f"sampled-{key[:16]}.jsonl"
     if path.is_file():
         return path

@@ -1,7 +1,8 @@
 """Training an SAE on a model's site: activations streamed from a corpus, checkpoints, the SAELens layout out.
 
 Forward passes stop at the site's layer (`reading.site_values`). The first position of each chunk
-is left out (its residual norm is an outlier in most models: the attention sink). Activations pass
+is left out (its residual norm is an outlier in most models: the attention sink). A corpus smaller
+than the run is gone over again, its site values held in memory (`ChunkSchedule`). Activations pass
 through a shuffling buffer so one batch mixes many chunks. A checkpoint (safetensors + JSON) is
 written every `checkpoint_every` steps; a run started again with the same settings resumes from it.
 """
@@ -36,11 +37,13 @@ class Progress:
     total: int
     tokens_per_second: float
     stats: StepStats
+    corpus_pass: int = 1  # 2 and on: the corpus again, its site values from memory
 
     def line(self) -> str:
         s = self.stats
+        again = f"  (corpus pass {self.corpus_pass})" if self.corpus_pass > 1 else ""
         return (f"{self.tokens}/{self.total} tokens  {self.tokens_per_second:.0f} tok/s  FVE {s.fve:.3f}  "
-                f"L0 {s.l0:.1f}  dead {s.dead_fraction:.3f}")
+                f"L0 {s.l0:.1f}  dead {s.dead_fraction:.3f}{again}")
 
 
 @dataclass(frozen=True)
@@ -52,22 +55,60 @@ class Stream:
     description: str
 
 
-def activation_batches(engine, site: str, chunks: Iterator[list[int]], batch_tokens: int,
+class ChunkSchedule:
+    """The order chunks are trained on: the stream's chunks as they come, then, while the run needs more
+    tokens, the same chunks again in a new random order each pass. The site values of chunks already
+    forwarded are held (up to `memory_bytes`), so a later pass over a small corpus costs no forward."""
+
+    def __init__(self, chunks: Iterator[list[int]], seed: int, memory_bytes: int) -> None:
+        self.fresh = chunks
+        self.seed = seed
+        self.memory_bytes = memory_bytes
+        self.seen: list[list[int]] = []
+        self.values: dict[int, torch.Tensor] = {}  # chunk index -> site values [pos - 1, d_model]
+        self.held = 0
+        self.passes = 1
+
+    def order(self) -> Iterator[int]:
+        """Chunk indices in training order (endless once the stream is read, unless it held nothing)."""
+        for chunk in self.fresh:
+            self.seen.append(chunk)
+            yield len(self.seen) - 1
+        while self.seen:
+            self.passes += 1
+            generator = torch.Generator().manual_seed(self.seed * 7919 + self.passes)
+            yield from torch.randperm(len(self.seen), generator=generator).tolist()
+
+    def site_values(self, engine, site: str, group: list[int]) -> list[torch.Tensor]:
+        """Float32 values [pos - 1, d_model] per chunk of `group`; one forward for those not held."""
+        missing = [i for i in group if i not in self.values]
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            ids = torch.tensor([self.seen[i] for i in missing], device=engine.device)
+            with engine.lock, torch.no_grad():
+                values = site_values(engine.passes, ids, site)[:, 1:].float().cpu()  # [seqs, pos-1, d_model]
+            fresh = dict(zip(missing, values, strict=True))
+            for i, row in fresh.items():
+                if self.held + row.numel() * 4 <= self.memory_bytes:
+                    self.values[i] = row
+                    self.held += row.numel() * 4
+        return [self.values[i] if i in self.values else fresh[i] for i in group]
+
+
+def activation_batches(engine, site: str, schedule: ChunkSchedule, order: Iterator[int], batch_tokens: int,
                        seqs_per_forward: int, seed: int, consumed: list[int]) -> Iterator[torch.Tensor]:
-    """Shuffled batches [batch_tokens, d_model] (float32) of site values; `consumed[0]` counts the chunks read."""
+    """Shuffled batches [batch_tokens, d_model] (float32) of site values; `consumed[0]` counts the chunks used."""
     generator = torch.Generator().manual_seed(seed)
     buffer: list[torch.Tensor] = []
     held = 0
     while True:
-        group = list(itertools.islice(chunks, seqs_per_forward))
+        group = list(itertools.islice(order, seqs_per_forward))
         if not group:
             return
         consumed[0] += len(group)
-        ids = torch.tensor(group, device=engine.device)
-        with engine.lock, torch.no_grad():
-            values = site_values(engine.passes, ids, site)[:, 1:].float()  # [seqs, pos-1, d_model]
-        buffer.append(values.reshape(-1, values.shape[-1]).cpu())
-        held += buffer[-1].shape[0]
+        values = schedule.site_values(engine, site, group)
+        buffer.extend(values)
+        held += sum(v.shape[0] for v in values)
         if held >= 2 * batch_tokens:
             pool = torch.cat(buffer)
             pool = pool[torch.randperm(pool.shape[0], generator=generator)]
@@ -79,7 +120,7 @@ def activation_batches(engine, site: str, chunks: Iterator[list[int]], batch_tok
 
 def train(engine, site: str, config: TrainConfig, stream: Stream, tokens: int, out: Path,
           batch_tokens: int = 4096, seq_len: int = 128, seqs_per_forward: int = 8, checkpoint_every: int = 50,
-          on_progress: Callable[[Progress], None] | None = None,
+          memory_bytes: int = 1 << 30, on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None) -> SparseAutoencoder:
     """Train until `tokens` tokens have been used; writes the SAE and manifest.json to `out` and returns it."""
     layer, _ = parse_feature_site(site)
@@ -90,13 +131,14 @@ def train(engine, site: str, config: TrainConfig, stream: Stream, tokens: int, o
     settings = {"site": site, "config": config.to_dict(), "corpus_digest": stream.digest, "tokens": tokens,
                 "batch_tokens": batch_tokens, "seq_len": seq_len, "model_digest": engine.weights_digest}
     skip = _resume(trainer, out, settings)
-    chunks = token_chunks(engine.tokenizer, stream.texts(), seq_len)
-    for _ in itertools.islice(chunks, skip):
+    schedule = ChunkSchedule(token_chunks(engine.tokenizer, stream.texts(), seq_len), config.seed, memory_bytes)
+    order = schedule.order()
+    for _ in itertools.islice(order, skip):
         pass
     consumed = [skip]
     started, tokens_at_start = time.perf_counter(), trainer.tokens
     stats = None
-    for batch in activation_batches(engine, site, chunks, batch_tokens, seqs_per_forward,
+    for batch in activation_batches(engine, site, schedule, order, batch_tokens, seqs_per_forward,
                                     config.seed + trainer.steps, consumed):
         if trainer.tokens >= tokens:
             break
@@ -106,7 +148,7 @@ def train(engine, site: str, config: TrainConfig, stream: Stream, tokens: int, o
         stats = trainer.step(batch)
         if on_progress is not None:
             rate = (trainer.tokens - tokens_at_start) / max(time.perf_counter() - started, 1e-9)
-            on_progress(Progress(trainer.tokens, tokens, rate, stats))
+            on_progress(Progress(trainer.tokens, tokens, rate, stats, schedule.passes))
         if trainer.steps % checkpoint_every == 0:
             _checkpoint(trainer, out, settings, consumed[0])
     if stats is None and trainer.steps == 0:

@@ -56,6 +56,11 @@ class StepStats:
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
+def _decode(W_dec: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """sum_j values[:, j] W_dec[indices[:, j]] -> [n, d_in]: only the active rows are read (k of width)."""
+    return torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
+
+
 class TopKTrainer:
     """Parameters, Adam moments and firing counters of one TopK SAE being trained (float32, one device)."""
 
@@ -93,8 +98,8 @@ class TopKTrainer:
         W_enc, b_enc, W_dec, b_dec = (self.params[name] for name in PARAMS)
         pre = (x - b_dec) @ W_enc + b_enc  # [n, width]
         values, indices = pre.topk(self.config.k, dim=-1, sorted=False)  # [n, k]
-        acts = torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))  # [n, width]
-        recon = acts @ W_dec + b_dec  # [n, d_in]
+        values = torch.relu(values)
+        recon = _decode(W_dec, indices, values) + b_dec  # [n, d_in]
         error = x - recon
         total_variance = (x - x.mean(0)).pow(2).sum()
         loss = error.pow(2).sum() / total_variance
@@ -104,19 +109,18 @@ class TopKTrainer:
         if n_dead:
             aux_k = min(self.config.aux_k or self.d_in // 2, n_dead)
             dead_pre = pre.masked_fill(~dead, -math.inf)
-            aux_values, aux_indices = dead_pre.topk(aux_k, dim=-1, sorted=False)
-            aux_acts = torch.zeros_like(pre).scatter(-1, aux_indices, torch.relu(aux_values))
-            aux_recon = aux_acts @ W_dec
+            aux_values, aux_indices = dead_pre.topk(aux_k, dim=-1, sorted=False)  # [n, aux_k]
+            aux_recon = _decode(W_dec, aux_indices, torch.relu(aux_values))  # [n, d_in]
             aux_loss = (aux_recon - error.detach()).pow(2).sum() / total_variance
             aux_loss = aux_loss * min(n_dead / aux_k, 1.0)
         total = loss + self.config.aux_coeff * aux_loss
         grads = torch.autograd.grad(total, [self.params[name] for name in PARAMS])
         with torch.no_grad():
             self._adam(dict(zip(PARAMS, grads, strict=True)))
-            fired = (acts > 0).any(0)
+            active = values > 0  # [n, k]
             self.since_fired += x.shape[0]
-            self.since_fired[fired] = 0
-            l0 = float((acts > 0).sum(-1).float().mean())
+            self.since_fired[indices[active]] = 0
+            l0 = float(active.sum(-1).float().mean())
         self.steps += 1
         self.tokens += x.shape[0]
         return StepStats(fve=1.0 - float(loss.detach()), l0=l0, dead_fraction=float(dead.float().mean()),
