@@ -120,15 +120,14 @@ def _run(args: argparse.Namespace, body) -> int:
 def run_train(args: argparse.Namespace) -> int:
     def body(engine) -> int:
 
+        from mechscope.engine.features.cache import trained_folder
         from mechscope.engine.features.pipeline import train
         from mechscope.engine.features.training import TrainConfig
-        from mechscope.engine.loading import cache_dir
 
         config = TrainConfig(width=args.width, k=args.k, lr=args.lr, seed=args.seed)
         stream = _stream(engine, args, args.seed, min(DEFAULT_CORPUS_TOKENS, args.tokens))
-        out = Path(args.out).expanduser() if args.out else (
-            cache_dir() / "features" / f"{(engine.weights_digest or 'model')[:12]}-{args.site}-w{args.width}"
-            f"-k{args.k}-{stream.digest[:8]}-{args.tokens}-s{args.seed}")
+        out = Path(args.out).expanduser() if args.out else trained_folder(
+            engine.weights_digest, args.site, args.width, args.k, stream.digest, args.tokens, args.seed)
         print(f"training {args.site} width {args.width} k {args.k} on {stream.description} -> {out}",
               file=sys.stderr)
         last = [0.0]

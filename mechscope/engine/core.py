@@ -20,6 +20,7 @@ from mechscope.engine.edits import compile_edits
 from mechscope.engine.errors import InterventionError, OutOfMemory
 from mechscope.engine.features import edits as _feature_edits  # noqa: F401 - registers their compile functions
 from mechscope.engine.features.attached import attach, attached_saes
+from mechscope.engine.features.cache import trained_saes
 from mechscope.engine.features.sae import SparseAutoencoder
 from mechscope.engine.generation import generate
 from mechscope.engine.interventions import Intervention, Metric
@@ -103,6 +104,7 @@ class Engine:
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
             placement=placement_summary(model, a.family.layers, a.n_layers),
+            trained_saes=trained_saes(weights_digest),
         )
 
     # ------------------------------------------------------------------ loading

@@ -27,6 +27,7 @@ class ModelInfo:
     device: str
     dtype: str
     placement: str = ""  # where the layers live under a device map, e.g. "cuda:0 L0–15 · disk L16–29"
+    trained_saes: tuple[str, ...] = ()  # SAE folders trained here on this model (newest first), at load time
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,9 @@ class RemoteEngine:
                              f"{hello.get('protocol')}, this client {PROTOCOL_VERSION}; "
                              "use the same mechscope version on both sides")
         try:
-            self._info = ModelInfo(**hello["info"])
+            info = dict(hello["info"])
+            info["trained_saes"] = tuple(str(f) for f in info.get("trained_saes", ()))
+            self._info = ModelInfo(**info)
             offered = frozenset(str(c) for c in hello["capabilities"])
         except (KeyError, TypeError) as exc:
             raise MechscopeError(f"bad handshake from the server: {exc}") from None

@@ -131,3 +131,18 @@ def test_held_values_equal_a_fresh_forward(engine):
         expected = site_values(engine.passes, torch.tensor(chunks), "L1.mlp_out")[:, 1:].float()
     assert schedule.passes == 2 and sorted(id(v) for v in again) == sorted(id(v) for v in first)
     assert torch.equal(torch.stack(first), expected)
+
+
+def test_finished_runs_in_the_cache_are_offered_by_the_models_info(engine):
+    from mechscope.engine.features.cache import trained_folder, trained_saes
+
+    assert trained_saes("tinydigest") == ()
+    out = trained_folder("tinydigest", "L1.resid_post", 32, 4, "corpus-digest", 300, 0)
+    unfinished = trained_folder("tinydigest", "L0.resid_post", 32, 4, "corpus-digest", 300, 0)
+    unfinished.mkdir(parents=True)
+    (unfinished / pipeline.CHECKPOINT_STATE).write_text("{}")
+    pipeline.train(engine, "L1.resid_post", TrainConfig(width=32, k=4, lr=1e-3), _stream(), tokens=300, out=out,
+                   batch_tokens=150, seq_len=16, seqs_per_forward=4)
+    assert trained_saes("tinydigest") == (str(out),) and trained_saes("otherdigest") == ()
+    again = Engine(tiny_model("llama", seed=2), tiny_tokenizer(), source="tiny", weights_digest="tinydigest")
+    assert again.info.trained_saes == (str(out),)

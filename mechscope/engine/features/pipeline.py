@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from mechscope.engine.errors import Cancelled
+from mechscope.engine.features.cache import MANIFEST
 from mechscope.engine.features.corpus import token_chunks
 from mechscope.engine.features.formats import read_safetensors, save_saelens
 from mechscope.engine.features.reading import site_values
@@ -28,7 +29,6 @@ from mechscope.engine.interventions import parse_feature_site
 
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
