@@ -119,7 +119,6 @@ def _run(args: argparse.Namespace, body) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     def body(engine) -> int:
-
         from mechscope.engine.features.cache import trained_folder
         from mechscope.engine.features.pipeline import train
         from mechscope.engine.features.training import TrainConfig
