@@ -10,8 +10,8 @@ from typing import Any
 
 from mechscope.cli.common import add_model_args, load_engine_or_exit, positive_int
 
-DEFAULT_TOKENS = 200_000
-DEFAULT_CORPUS_TOKENS = 100_000  # the self-sampled corpus; training passes over it more than once
+DEFAULT_TOKENS = 600_000
+DEFAULT_CORPUS_TOKENS = 32_768  # the self-sampled part of the default corpus; training passes over it more than once
 HELD_OUT_SEED = 1_000
 
 
@@ -37,8 +37,9 @@ def register(subparsers: Any) -> None:
                        help=f"training tokens (default {DEFAULT_TOKENS})")
     train.add_argument("--out", metavar="DIR", help="output folder (default: in the cache, named by the settings)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--lr", type=float, default=None, help="default 2e-4 / sqrt(width / 16384)")
-    train.add_argument("--batch-tokens", type=positive_int, default=4096)
+    train.add_argument("--lr", type=float, default=None, help="default 1e-3 / sqrt(width / 4096)")
+    train.add_argument("--batch-tokens", type=positive_int, default=1024,
+                       help="site values per optimiser step (default 1024)")
     train.set_defaults(run=run_train)
 
     evaluate = sub.add_parser("eval", help="FVE, L0, dead fraction, CE-loss recovered and KL on held-out text")
@@ -73,9 +74,18 @@ def _engine(args: argparse.Namespace):
     return load_engine_or_exit(args)
 
 
-def _stream(engine, args: argparse.Namespace, seed: int, tokens: int):
-    """The corpus the options name, or the model-sampled one (sampled now on first use, then cached)."""
-    from mechscope.engine.features.corpus import file_digest, read_texts, sampled_corpus
+def _stream(engine, args: argparse.Namespace, seed: int, tokens: int, with_docs: bool = True):
+    """The corpus the options name, or the default: `tokens` of model-sampled text (sampled now on first
+    use, then cached), interleaved with Python's documentation unless `with_docs` is False."""
+    import hashlib
+
+    from mechscope.engine.features.corpus import (
+        file_digest,
+        interleaved,
+        python_docs,
+        read_texts,
+        sampled_corpus,
+    )
     from mechscope.engine.features.pipeline import Stream
 
     if args.corpus:
@@ -90,7 +100,13 @@ def _stream(engine, args: argparse.Namespace, seed: int, tokens: int):
 
     path = sampled_corpus(engine, tokens, seed=seed, progress=progress)
     print(file=sys.stderr)
-    return Stream(lambda: read_texts(path), file_digest(path), f"model-sampled text ({path.name}, seed {seed})")
+    sampled = f"model-sampled text ({path.name}, seed {seed})"
+    docs = python_docs() if with_docs else []
+    if not docs:
+        return Stream(lambda: read_texts(path), file_digest(path), sampled)
+    digest = hashlib.sha256("\0".join([file_digest(path), *docs]).encode()).hexdigest()
+    return Stream(lambda: interleaved(list(read_texts(path)), docs), digest,
+                  f"{sampled} + Python's documentation ({len(docs)} pydoc topics)")
 
 
 class _Fail(Exception):
@@ -159,7 +175,7 @@ def run_eval(args: argparse.Namespace) -> int:
         from mechscope.engine.features.quality import evaluate
 
         sae = _load(engine, args)
-        stream = _stream(engine, args, HELD_OUT_SEED, args.tokens + args.tokens // 4)
+        stream = _stream(engine, args, HELD_OUT_SEED, args.tokens + args.tokens // 4, with_docs=False)
         chunks = token_chunks(engine.tokenizer, stream.texts(), args.seq_len)
         quality = evaluate(engine, sae, chunks, args.tokens)
         print(f"SAE {args.sae} at {sae.site} ({sae.format}, {sae.activation}, {sae.d_sae} features) "

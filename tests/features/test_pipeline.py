@@ -146,3 +146,14 @@ def test_finished_runs_in_the_cache_are_offered_by_the_models_info(engine):
     assert trained_saes("tinydigest") == (str(out),) and trained_saes("otherdigest") == ()
     again = Engine(tiny_model("llama", seed=2), tiny_tokenizer(), source="tiny", weights_digest="tinydigest")
     assert again.info.trained_saes == (str(out),)
+
+
+def test_the_default_corpus_interleaves_samples_with_pythons_documentation():
+    from mechscope.engine.features.corpus import interleaved, python_docs
+
+    docs = python_docs()
+    assert len(docs) > 50 and sum(map(len, docs)) > 300_000  # pydoc_data ships with the interpreter
+    samples = ["s" * 10] * 30
+    mixed = list(interleaved(samples, ["d" * 100] * 3))
+    assert sorted(mixed) == sorted(samples + ["d" * 100] * 3)
+    assert [i for i, text in enumerate(mixed) if text[0] == "d"] == [1, 12, 23]  # in proportion to characters

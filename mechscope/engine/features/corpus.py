@@ -1,9 +1,10 @@
-"""Text to train and evaluate SAEs on: a user's .txt / .jsonl file, or text the model samples itself.
+"""Text to train and evaluate SAEs on: a user's .txt / .jsonl file, or a default that needs no download.
 
-The default corpus needs no download: the model continues SEEDS (varied openings: prose, dialogue,
-code, lists, facts) by sampling at temperature 1 in batches, each seed several times with different
-random draws. It costs one generation step per token (with the KV cache), so about as much as the
-forward passes training runs on it, and is cached by model digest, size and seed.
+The default corpus is text the model samples itself, interleaved with the Python documentation that
+ships inside the interpreter (`pydoc_data`, ~110k tokens of English prose and code, free). To sample,
+the model continues SEEDS (varied openings: prose, dialogue, code, lists, facts) at temperature 1,
+64 sequences at a time; that costs one generation step per token (with the KV cache) and is cached
+by model digest, size and seed.
 """
 
 from __future__ import annotations
@@ -71,6 +72,29 @@ def read_texts(path: str | Path) -> Iterator[str]:
                 yield "".join(paragraph).strip()
     except OSError as exc:
         raise FeatureError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def python_docs() -> list[str]:
+    """The interpreter's own documentation topics (`pydoc_data`), by name; empty where it was left out."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        return []
+    return [str(topics[name]) for name in sorted(topics)]
+
+
+def interleaved(first: list[str], second: list[str]) -> Iterator[str]:
+    """The documents of both lists, taking next from the one that has given the smaller share of its
+    characters, so every stretch of the stream mixes them in proportion."""
+    totals = [max(sum(len(d) for d in docs), 1) for docs in (first, second)]
+    given, at = [0, 0], [0, 0]
+    lists = (first, second)
+    while at[0] < len(first) or at[1] < len(second):
+        side = 0 if at[1] >= len(second) or (at[0] < len(first) and given[0] / totals[0] <= given[1] / totals[1]) else 1
+        document = lists[side][at[side]]
+        at[side] += 1
+        given[side] += len(document)
+        yield document
 
 
 def file_digest(path: str | Path) -> str:

@@ -119,7 +119,7 @@ def activation_batches(engine, site: str, schedule: ChunkSchedule, order: Iterat
 
 
 def train(engine, site: str, config: TrainConfig, stream: Stream, tokens: int, out: Path,
-          batch_tokens: int = 4096, seq_len: int = 128, seqs_per_forward: int = 8, checkpoint_every: int = 50,
+          batch_tokens: int = 1024, seq_len: int = 128, seqs_per_forward: int = 8, checkpoint_every: int = 50,
           memory_bytes: int = 1 << 30, on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None) -> SparseAutoencoder:
     """Train until `tokens` tokens have been used; writes the SAE and manifest.json to `out` and returns it."""

@@ -18,7 +18,9 @@ from mechscope.engine.features.sae import SparseAutoencoder
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """width: latents; k: active per token; lr None: 2e-4 / sqrt(width / 2^14) (Gao et al.);
+    """width: latents; k: active per token; lr None: 1e-3 / sqrt(width / 4096), for runs of 10^5-10^6
+    tokens (on the demo at width 4096 it reaches 0.67 held-out FVE in 60 steps of 1024 tokens where
+    Gao et al.'s 2e-4 / sqrt(width / 2^14), made for runs of 10^9 tokens, reaches 0.55);
     dead_after: tokens without firing before a latent counts as dead (AuxK then trains it);
     aux_k None: d_in // 2; aux_coeff: weight of the AuxK loss."""
 
@@ -36,7 +38,7 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.width / 2 ** 14)
+        return self.lr if self.lr is not None else 1e-3 / math.sqrt(self.width / 4096)
 
     def to_dict(self) -> dict:
         return asdict(self)
