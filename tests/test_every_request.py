@@ -43,6 +43,7 @@ from mechscope.requests.kinds import (
     DetectHeadsRequest,
     EstimateRequest,
     FeatureActivationsRequest,
+    FeatureCardRequest,
     FunctionVectorRequest,
     GenerateRequest,
     MassiveRequest,
@@ -79,11 +80,16 @@ CLOSE = Tolerance(1e-5, 1e-5, 0.0, "1e-5")
 
 def _sae_folder() -> str:
     """A random SAE on L1.resid_post of the tiny model, saved in the SAELens layout for the feature kinds."""
+    from mechscope.engine.features.cards import Context, FeatureIndex, save_index
     from mechscope.engine.features.formats import save_saelens
     from tests.features.saes import random_sae
 
     folder = Path(tempfile.mkdtemp(prefix="every-request-sae-")) / "sae"
-    return str(save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=3), folder))
+    saved = save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=3), folder)
+    # A fabricated index beside it, so the feature card carries contexts and a density.
+    top = [[Context(1.5 - 0.1 * i, ["When", " Mary", " and"], 1) for i in range(f % 3)] for f in range(64)]
+    save_index(FeatureIndex(tokens=1000, density=[f / 640 for f in range(64)], top=top), saved)
+    return str(saved)
 
 
 SAE_FOLDER = _sae_folder()
@@ -104,6 +110,7 @@ EXAMPLES: dict[str, Request] = {
     "detect_heads": DetectHeadsRequest(),
     "massive": MassiveRequest(ROWS, 3.0),
     "feature_activations": FeatureActivationsRequest(CLEAN, SAE_FOLDER, top_k=5),
+    "feature_card": FeatureCardRequest(SAE_FOLDER, 7, k=4),
     "function_vector": FunctionVectorRequest(ICL, 1, top_heads=3, coeff=2.0, name="fv-icl"),
     "set_attention": SetAttentionRequest(ROWS, 1, 2),
     "role_heads": RoleHeadsRequest(ROWS),

@@ -21,6 +21,7 @@ from mechscope.requests.kinds import (
     DetectHeadsRequest,
     EstimateRequest,
     FeatureActivationsRequest,
+    FeatureCardRequest,
     FunctionVectorRequest,
     GenerateRequest,
     MassiveRequest,
@@ -87,6 +88,7 @@ def requests_by_kind(pset: PromptSet) -> dict[str, list]:
                                         (HeadInputPatch(0, 1, "k", CORRUPT),))],
         "path_sweep": [PathSweepRequest("L2.H0.q", PROMPT, CORRUPT, METRIC)],
         "feature_activations": [FeatureActivationsRequest(PROMPT, SAE_FOLDER, top_k=4)],
+        "feature_card": [FeatureCardRequest(SAE_FOLDER, 5, k=3)],
     }
 
 
