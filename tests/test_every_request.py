@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mechscope.engine.interventions import HeadAblation, Metric
+from mechscope.engine.interventions import FeatureSteer, HeadAblation, Metric
 from mechscope.engine.prompt_sets import PromptRow, PromptSet
 from mechscope.requests import (
     HANDLERS,
@@ -96,7 +96,9 @@ SAE_FOLDER = _sae_folder()
 
 # One example request per kind, on the tiny model (d_model 32, 3 layers x 4 heads).
 EXAMPLES: dict[str, Request] = {
-    "run": RunRequest(CLEAN, CORRUPT, METRIC, (HeadAblation(1, 2),), top_k=5),
+    # a feature edit naming its SAE by folder replays and exports with nothing attached
+    "run": RunRequest(CLEAN, CORRUPT, METRIC, (HeadAblation(1, 2), FeatureSteer("L1.resid_post", SAE_FOLDER, 3, 2.0)),
+                      top_k=5),
     "validate": ValidateRequest(CLEAN, CORRUPT, (HeadAblation(0, 1),)),
     "sweep": SweepRequest("head", CLEAN, CORRUPT, METRIC, "noising", (HeadAblation(2, 0),)),
     "generate": GenerateRequest(CLEAN, None, (HeadAblation(0, 0),), max_new_tokens=6),
