@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mechscope.requests.kinds import Outcome
+from mechscope.requests.kinds import FeatureCardRequest, Outcome
 from mechscope.tui.commands import palette_title
 from mechscope.tui.widgets.features_view import FeaturesView
 from mechscope.workbench.features import MAX_LABEL, folder_name
@@ -26,6 +26,7 @@ class FeaturesPart:
 
     def __init__(self, screen: WorkbenchScreen) -> None:
         self.screen = screen
+        self.pending_card: FeatureCardRequest | None = None  # the card being read (not asked for twice)
 
     def commands(self) -> dict[str, Callable[..., object]]:
         return {"sae_folder": self.ask_folder, "feature_move": self.move_feature, "feature_token": self.move_token,
@@ -76,6 +77,8 @@ class FeaturesPart:
             self.screen.show_error(features.error)
 
     def card_finished(self, outcome: Outcome) -> None:
+        if outcome.request == self.pending_card:
+            self.pending_card = None
         if outcome.request == self.screen.bench.features.card_wanted():
             self.show_card()
 
@@ -93,7 +96,8 @@ class FeaturesPart:
         """Show the selected feature's card, reading it in a worker when it is not in hand."""
         request = self.screen.bench.features.card_request()
         self.show_card()
-        if request is not None:
+        if request is not None and request != self.pending_card:
+            self.pending_card = request
             self.screen.submit(request)
 
     def show_card(self) -> None:

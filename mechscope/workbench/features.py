@@ -126,7 +126,8 @@ class FeatureTab:
 
     def activation(self) -> float | None:
         """The selected feature's activation at the selected token."""
-        return dict(self.listed()).get(self.selected(), None)  # type: ignore[arg-type]
+        selected = self.selected()
+        return None if selected is None else dict(self.listed()).get(selected)
 
     # -- cards --------------------------------------------------------------------------------------
 
