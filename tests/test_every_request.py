@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mechscope.engine.interventions import HeadAblation, Metric
+from mechscope.engine.interventions import FeatureSteer, HeadAblation, Metric
 from mechscope.engine.prompt_sets import PromptRow, PromptSet
 from mechscope.requests import (
     HANDLERS,
@@ -43,6 +43,7 @@ from mechscope.requests.kinds import (
     DetectHeadsRequest,
     EstimateRequest,
     FeatureActivationsRequest,
+    FeatureCardRequest,
     FunctionVectorRequest,
     GenerateRequest,
     MassiveRequest,
@@ -79,18 +80,25 @@ CLOSE = Tolerance(1e-5, 1e-5, 0.0, "1e-5")
 
 def _sae_folder() -> str:
     """A random SAE on L1.resid_post of the tiny model, saved in the SAELens layout for the feature kinds."""
+    from mechscope.engine.features.cards import Context, FeatureIndex, save_index
     from mechscope.engine.features.formats import save_saelens
     from tests.features.saes import random_sae
 
     folder = Path(tempfile.mkdtemp(prefix="every-request-sae-")) / "sae"
-    return str(save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=3), folder))
+    saved = save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=3), folder)
+    # A fabricated index beside it, so the feature card carries contexts and a density.
+    top = [[Context(1.5 - 0.1 * i, ["When", " Mary", " and"], 1) for i in range(f % 3)] for f in range(64)]
+    save_index(FeatureIndex(tokens=1000, density=[f / 640 for f in range(64)], top=top), saved)
+    return str(saved)
 
 
 SAE_FOLDER = _sae_folder()
 
 # One example request per kind, on the tiny model (d_model 32, 3 layers x 4 heads).
 EXAMPLES: dict[str, Request] = {
-    "run": RunRequest(CLEAN, CORRUPT, METRIC, (HeadAblation(1, 2),), top_k=5),
+    # a feature edit naming its SAE by folder replays and exports with nothing attached
+    "run": RunRequest(CLEAN, CORRUPT, METRIC, (HeadAblation(1, 2), FeatureSteer("L1.resid_post", SAE_FOLDER, 3, 2.0)),
+                      top_k=5),
     "validate": ValidateRequest(CLEAN, CORRUPT, (HeadAblation(0, 1),)),
     "sweep": SweepRequest("head", CLEAN, CORRUPT, METRIC, "noising", (HeadAblation(2, 0),)),
     "generate": GenerateRequest(CLEAN, None, (HeadAblation(0, 0),), max_new_tokens=6),
@@ -104,6 +112,7 @@ EXAMPLES: dict[str, Request] = {
     "detect_heads": DetectHeadsRequest(),
     "massive": MassiveRequest(ROWS, 3.0),
     "feature_activations": FeatureActivationsRequest(CLEAN, SAE_FOLDER, top_k=5),
+    "feature_card": FeatureCardRequest(SAE_FOLDER, 7, k=4),
     "function_vector": FunctionVectorRequest(ICL, 1, top_heads=3, coeff=2.0, name="fv-icl"),
     "set_attention": SetAttentionRequest(ROWS, 1, 2),
     "role_heads": RoleHeadsRequest(ROWS),

@@ -30,6 +30,7 @@ from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (
     ComputeInfo,
     FeatureActivations,
+    FeatureCardResult,
     GeneratedToken,
     MetricInfo,
     ModelInfo,
@@ -195,6 +196,17 @@ class Engine:
 
         with self.guard():
             return top_features(self.passes, sae_from_folder(self.passes, sae_folder, site), check_text(prompt, "prompt"), top_k)
+
+    def feature_card(self, sae_folder: str, feature: int, site: str | None = None,
+                     k: int = 10) -> FeatureCardResult:
+        """Feature `feature` of the SAE in `sae_folder`: density and top contexts from the index beside
+        it (when `mechscope features index` built one) and the tokens its decoder direction promotes
+        and suppresses."""
+        from mechscope.engine.features.activations import sae_from_folder
+        from mechscope.engine.features.cards import card_of_folder
+
+        with self.guard():
+            return card_of_folder(self, sae_from_folder(self.passes, sae_folder, site), sae_folder, feature, k)
 
     def build_steering_vector(self, name: str, layer: int, positive: Sequence[str],
                               negative: Sequence[str]) -> np.ndarray:

@@ -440,7 +440,8 @@ def parse_feature_site(site: str) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class _FeatureEdit(Intervention):
-    """Shared fields of the feature edits: which SAE (attached to the engine by name at `site`), which feature."""
+    """Shared fields of the feature edits: which SAE (attached to the engine by name, or the folder it
+    is read from) at `site`, which feature."""
 
     site: str
     sae_id: str
@@ -458,6 +459,11 @@ class _FeatureEdit(Intervention):
     def start_layer(self) -> int:
         return parse_feature_site(self.site)[0]
 
+    @property
+    def sae_name(self) -> str:
+        """The SAE as labels name it: its attached name, or its folder's last part."""
+        return self.sae_id.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or self.sae_id
+
 
 @dataclass(frozen=True)
 class FeatureAblation(_FeatureEdit):
@@ -473,7 +479,7 @@ class FeatureAblation(_FeatureEdit):
 
     @property
     def label(self) -> str:
-        return f"ablate {self.site} {self.sae_id}#{self.feature}"
+        return f"ablate {self.site} {self.sae_name}#{self.feature}"
 
 
 @dataclass(frozen=True)
@@ -492,7 +498,7 @@ class FeatureClamp(_FeatureEdit):
 
     @property
     def label(self) -> str:
-        return f"clamp {self.site} {self.sae_id}#{self.feature}={self.value:g}"
+        return f"clamp {self.site} {self.sae_name}#{self.feature}={self.value:g}"
 
 
 @dataclass(frozen=True)
@@ -511,7 +517,7 @@ class FeatureSteer(_FeatureEdit):
 
     @property
     def label(self) -> str:
-        return f"steer {self.site} {self.sae_id}#{self.feature} x{self.coeff:g}"
+        return f"steer {self.site} {self.sae_name}#{self.feature} x{self.coeff:g}"
 
 
 # Feature edits need an SAE attached to the engine, so the every-kind tests over INTERVENTION_TYPES

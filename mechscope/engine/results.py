@@ -400,6 +400,7 @@ class VerifiedEstimate:
 
 
 MAX_TOP_FEATURES = 1000  # features a FeatureActivations lists per token at most
+MAX_CARD_ROWS = 100  # contexts and promoted / suppressed tokens a FeatureCardResult holds at most
 
 
 @dataclass
@@ -417,6 +418,31 @@ class FeatureActivations:
     l0: np.ndarray  # [pos] int64
     error_norm: np.ndarray  # [pos] float32
     site_norm: np.ndarray  # [pos] float32
+
+
+@dataclass
+class FeatureCardResult:
+    """One SAE feature's card. From the index beside the SAE (`indexed`; `mechscope features index`):
+    `density`, the fraction of the `index_tokens` scanned tokens it fires on, and its top contexts,
+    strongest first (`context_values` [n] activations, `context_tokens` [n][len] with the firing token
+    at `context_at` [n]). From the model: the decoder direction's logit lens, the `promoted` tokens
+    with their logits `promoted_logits` [k] (largest first) and the `suppressed` ones (most negative
+    first), the direction read through the final norm and the unembedding."""
+
+    site: str
+    sae_digest: str
+    d_sae: int
+    feature: int
+    indexed: bool
+    index_tokens: int
+    density: float | None  # None without an index
+    context_values: np.ndarray  # [n] float32
+    context_tokens: list[list[str]]
+    context_at: list[int]
+    promoted: list[str]
+    promoted_logits: np.ndarray  # [k] float32
+    suppressed: list[str]
+    suppressed_logits: np.ndarray  # [k] float32
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Handlers of the feature requests: which SAE features fire on a prompt."""
+"""Handlers of the feature requests: which SAE features fire on a prompt, one feature's card."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ from typing import Any
 
 import numpy as np
 
-from mechscope.engine.results import MAX_TOP_FEATURES, FeatureActivations
-from mechscope.requests.kinds import FeatureActivationsRequest
+from mechscope.engine.results import (
+    MAX_CARD_ROWS,
+    MAX_TOP_FEATURES,
+    FeatureActivations,
+    FeatureCardResult,
+)
+from mechscope.requests.kinds import FeatureActivationsRequest, FeatureCardRequest
 from mechscope.requests.registry import (
     Handler,
     OnPartial,
@@ -93,3 +98,100 @@ class FeatureActivationsHandler(Handler):
         pos, rank = np.unravel_index(int(np.argmax(values)), values.shape)
         return (f"{site}: strongest feature {int(ids[pos, rank])} at token {int(pos)} "
                 f"({values[pos, rank]:.4f}); mean L0 {l0.mean():.1f}")
+
+
+@handles(FeatureCardRequest, needs=("features",))
+class FeatureCardHandler(Handler):
+    """A card keeps its numbers as arrays (context activations, promoted / suppressed logits) and its
+    texts, density and the SAE's digest as JSON."""
+
+    def run(self, engine: Any, request: FeatureCardRequest, on_partial: OnPartial | None,
+            should_stop: ShouldStop | None) -> FeatureCardResult:
+        return engine_method(engine, "feature_card", "features")(
+            request.sae_folder, request.feature, request.site, request.k)
+
+    def summarise(self, result: FeatureCardResult) -> Summary:
+        return Summary({"site": result.site, "sae_digest": result.sae_digest, "d_sae": int(result.d_sae),
+                        "feature": int(result.feature), "indexed": bool(result.indexed),
+                        "index_tokens": int(result.index_tokens),
+                        "density": None if result.density is None else float(result.density),
+                        "context_tokens": [[str(t) for t in c] for c in result.context_tokens],
+                        "context_at": [int(a) for a in result.context_at],
+                        "promoted": [str(t) for t in result.promoted],
+                        "suppressed": [str(t) for t in result.suppressed]},
+                       {"context_values": np.asarray(result.context_values, dtype=np.float32).reshape(-1),  # [n]
+                        "promoted_logits": np.asarray(result.promoted_logits, dtype=np.float32).reshape(-1),  # [k]
+                        "suppressed_logits": np.asarray(result.suppressed_logits, dtype=np.float32).reshape(-1)})
+
+    def check(self, request: FeatureCardRequest, summary: Summary) -> None:
+        if not 1 <= request.k <= MAX_CARD_ROWS:
+            raise ValueError(f"k must be in 1..{MAX_CARD_ROWS}, got {request.k}")
+        for name in ("site", "sae_digest"):
+            need(summary.data, name, str, "a string")
+        for name in ("d_sae", "feature", "index_tokens"):
+            need(summary.data, name, int, "an integer")
+        need(summary.data, "indexed", bool, "a boolean")
+        density = summary.data.get("density")
+        if density is not None and (isinstance(density, bool) or not isinstance(density, (int, float))):
+            raise ValueError("outcome.density must be a number or null")
+        contexts = need(summary.data, "context_tokens", list, "a list of token lists")
+        if not all(isinstance(c, list) and all(isinstance(t, str) for t in c) for c in contexts):
+            raise ValueError("outcome.context_tokens must be a list of token lists")
+        at = need_list(summary.data, "context_at", int, "integers")
+        if need_array(summary, "context_values", 1).shape[0] != len(contexts) or len(at) != len(contexts):
+            raise ValueError("outcome: context activations, tokens and positions do not agree")
+        for side in ("promoted", "suppressed"):
+            tokens = need_list(summary.data, side, str, "strings")
+            if need_array(summary, f"{side}_logits", 1).shape[0] != len(tokens):
+                raise ValueError(f"outcome: {side} tokens and logits do not agree")
+        if len(contexts) > MAX_CARD_ROWS or len(summary.data["promoted"]) > MAX_CARD_ROWS:
+            raise ValueError(f"outcome: more than {MAX_CARD_ROWS} rows")
+
+    def compare(self, recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
+        old, new = recorded.data, recomputed.data
+        if old["sae_digest"] != new["sae_digest"]:
+            return [f"the SAE changed: digest {old['sae_digest'][:12]} -> {new['sae_digest'][:12]}"]
+        problems = []
+        if (old["indexed"], old["index_tokens"], old["context_tokens"], old["context_at"]) != (
+                new["indexed"], new["index_tokens"], new["context_tokens"], new["context_at"]) \
+                or not tolerance.metric_close(old["density"], new["density"]):
+            problems.append("the feature index beside the SAE changed")
+        problems += matrix_problems(recorded.arrays["context_values"], recomputed.arrays["context_values"],
+                                    tolerance, label="context activations")
+        for side in ("promoted", "suppressed"):
+            old_logits = np.asarray(recorded.arrays[f"{side}_logits"], dtype=np.float64)
+            new_logits = np.asarray(recomputed.arrays[f"{side}_logits"], dtype=np.float64)
+            problems += matrix_problems(old_logits, new_logits, tolerance, label=f"{side} logits")
+            if old_logits.shape == new_logits.shape:
+                # two tokens within the tolerance of each other may swap ranks
+                close = np.abs(old_logits - new_logits) <= tolerance.metric_atol + tolerance.metric_rtol * np.abs(old_logits)
+                moved = [i for i, (a, b) in enumerate(zip(old[side], new[side])) if a != b and not close[i]]
+                if moved:
+                    problems.append(f"{side} token at rank {moved[0] + 1}: {old[side][moved[0]]!r} -> "
+                                    f"{new[side][moved[0]]!r}")
+        return problems
+
+    def restore(self, request: FeatureCardRequest, summary: Summary) -> FeatureCardResult:
+        data, arrays = summary.data, summary.arrays
+        density = data.get("density")
+        return FeatureCardResult(
+            site=str(data["site"]), sae_digest=str(data["sae_digest"]), d_sae=int(data["d_sae"]),
+            feature=int(data["feature"]), indexed=bool(data["indexed"]), index_tokens=int(data["index_tokens"]),
+            density=None if density is None else float(density),
+            context_values=np.asarray(arrays["context_values"], dtype=np.float32),
+            context_tokens=[[str(t) for t in c] for c in data["context_tokens"]],
+            context_at=[int(a) for a in data["context_at"]], promoted=[str(t) for t in data["promoted"]],
+            promoted_logits=np.asarray(arrays["promoted_logits"], dtype=np.float32),
+            suppressed=[str(t) for t in data["suppressed"]],
+            suppressed_logits=np.asarray(arrays["suppressed_logits"], dtype=np.float32))
+
+    def describe(self, summary: Summary) -> str:
+        """`L1.resid_post feature 17: fires on 0.84% of 50000 indexed tokens; promotes ' Mary' (+1.23)`."""
+        data = summary.data
+        density = data.get("density")
+        where = (f"fires on {100 * density:.2f}% of {data['index_tokens']} indexed tokens" if density is not None
+                 else "no index")
+        promoted = data["promoted"]
+        logits = np.asarray(summary.arrays["promoted_logits"], dtype=np.float64)
+        top = f"; promotes {promoted[0]!r} ({logits[0]:+.4f})" if promoted and logits.size else ""
+        return f"{data['site']} feature {data['feature']}: {where}{top}"

@@ -242,6 +242,31 @@ class FeatureActivationsRequest:
 
 
 @dataclass(frozen=True)
+class FeatureCardRequest:
+    """One feature's card from the SAE in `sae_folder` (`Engine.feature_card`): density and `k` top
+    contexts from the index stored beside the SAE (`mechscope features index`), and the `k` tokens its
+    decoder direction promotes and suppresses. The outcome carries the SAE's digest."""
+
+    kind: ClassVar[str] = "feature_card"
+    sae_folder: str
+    feature: int
+    site: str | None = None
+    k: int = 10
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sae_folder, str) or not self.sae_folder.strip():
+            raise ValueError("sae_folder must be a non-empty string")
+        for name in ("feature", "k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if self.feature < 0:
+            raise ValueError(f"feature must be >= 0, got {self.feature}")
+        if self.site is not None and not isinstance(self.site, str):
+            raise ValueError("site must be a string or null")
+
+
+@dataclass(frozen=True)
 class FunctionVectorRequest:
     """A function vector from an in-context set (`Engine.function_vector`): each head's average
     indirect effect, the top heads' summed mean output registered as the steering vector `name`, and
@@ -279,7 +304,8 @@ Request = (RunRequest | SweepRequest | GenerateRequest | BuildVectorRequest | Ad
            | ValidateRequest | ReferencePromptsRequest | RunSetRequest | SweepSetRequest
            | EstimateRequest | DetectHeadsRequest | MassiveRequest | TemplateSetRequest
            | PathPatchRequest | PathSweepRequest
-           | FeatureActivationsRequest | FunctionVectorRequest | SetAttentionRequest | RoleHeadsRequest)
+           | FeatureActivationsRequest | FunctionVectorRequest | SetAttentionRequest | RoleHeadsRequest
+           | FeatureCardRequest)
 
 REQUEST_TYPES: dict[str, type] = {
     cls.kind: cls for cls in (RunRequest, SweepRequest, GenerateRequest, BuildVectorRequest,
@@ -287,7 +313,7 @@ REQUEST_TYPES: dict[str, type] = {
                               RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
                               MassiveRequest, TemplateSetRequest, PathPatchRequest, PathSweepRequest,
                               FeatureActivationsRequest, FunctionVectorRequest, SetAttentionRequest,
-                              RoleHeadsRequest)
+                              RoleHeadsRequest, FeatureCardRequest)
 }
 SET_REQUESTS: tuple[type, ...] = (RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
                                   MassiveRequest, TemplateSetRequest,

@@ -1,27 +1,36 @@
-"""The features tab's job: choose the SAE folder, read the clean prompt's features, show them."""
+"""The features tab's job: choose the SAE folder, read the clean prompt's features, move the selection
+over them, read the selected feature's card, name features and edit them as interventions."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mechscope.requests.kinds import Outcome
+from mechscope.requests.kinds import FeatureCardRequest, Outcome
+from mechscope.tui.commands import palette_title
 from mechscope.tui.widgets.features_view import FeaturesView
+from mechscope.workbench.features import MAX_LABEL, folder_name
+from mechscope.workbench.numbers import parse_number
 
 if TYPE_CHECKING:
     from mechscope.screens.workbench import WorkbenchScreen
 
 FEATURES_TAB = "tab-features"
+EDIT_WORDS = {"clamp": ("value", "the activation the feature is set to"),
+              "steer": ("coeff", "added to the feature's activation (coeff x its decoder direction)")}
 
 
 class FeaturesPart:
-    """Owns `FeatureActivationsRequest`: asks for the folder, submits when the tab is open, repaints."""
+    """Owns `FeatureActivationsRequest` and `FeatureCardRequest`: asks for the folder, submits when the
+    tab is open or the selection moves, repaints; feature edits go to the intervention list."""
 
     def __init__(self, screen: WorkbenchScreen) -> None:
         self.screen = screen
+        self.pending_card: FeatureCardRequest | None = None  # the card being read (not asked for twice)
 
     def commands(self) -> dict[str, Callable[..., object]]:
-        return {"sae_folder": self.ask_folder}
+        return {"sae_folder": self.ask_folder, "feature_move": self.move_feature, "feature_token": self.move_token,
+                "feature_edit": self.edit, "feature_label": self.ask_label}
 
     @property
     def view(self) -> FeaturesView:
@@ -67,6 +76,12 @@ class FeaturesPart:
         if features.error:
             self.screen.show_error(features.error)
 
+    def card_finished(self, outcome: Outcome) -> None:
+        if outcome.request == self.pending_card:
+            self.pending_card = None
+        if outcome.request == self.screen.bench.features.card_wanted():
+            self.show_card()
+
     def show(self) -> None:
         features = self.screen.bench.features
         result = features.result
@@ -74,4 +89,116 @@ class FeaturesPart:
             if features.error:
                 self.view.show_message(features.error)
             return
-        self.view.show(result, features.folder or "", features.strip())
+        self.view.show(features)
+        self.read_card()
+
+    def read_card(self) -> None:
+        """Show the selected feature's card, reading it in a worker when it is not in hand."""
+        request = self.screen.bench.features.card_request()
+        self.show_card()
+        if request is not None and request != self.pending_card:
+            self.pending_card = request
+            self.screen.submit(request)
+
+    def show_card(self) -> None:
+        self.view.show_card(self.screen.bench.features)
+
+    # ---------------------------------------------------------------- the selection
+
+    def ready(self) -> bool:
+        """Features are read (else the status says how to read them and the tab opens)."""
+        if self.screen.bench.features.result is not None:
+            return True
+        self.screen.show_tab(FEATURES_TAB)
+        self.screen.show_error(f"no features read: choose an SAE with the palette's '{palette_title('sae_folder')}'")
+        return False
+
+    def move_feature(self, step: int) -> None:
+        if self.ready():
+            self.screen.bench.features.move_feature(step)
+            self.selection_moved()
+
+    def move_token(self, step: int) -> None:
+        if self.ready():
+            self.screen.bench.features.move_token(step)
+            self.selection_moved()
+
+    def selection_moved(self) -> None:
+        if self.screen.tabs.active != FEATURES_TAB:
+            self.screen.show_tab(FEATURES_TAB)  # opening the tab shows the selection
+        else:
+            self.show()
+
+    # ---------------------------------------------------------------- names and edits
+
+    def ask_label(self) -> None:
+        from mechscope.screens.ask_value import AskValueScreen
+
+        screen = self.screen
+        features = screen.bench.features
+        feature = features.selected()
+        if not self.ready() or feature is None or features.folder is None:
+            return
+
+        def check(text: str) -> str | None:
+            label = " ".join(text.split())
+            return f"a name of at most {MAX_LABEL} characters, got {len(label)}" if len(label) > MAX_LABEL else None
+
+        def done(text: str | None) -> None:
+            if text is None:
+                return
+            problem = features.set_label(text)
+            if problem:
+                screen.show_error(problem)
+                return
+            label = features.label(feature)
+            screen.say(f"feature {feature} named {label!r}" if label else f"feature {feature}: name taken away")
+            self.show()
+
+        screen.app.push_screen(AskValueScreen(
+            f"name feature {feature} of {folder_name(features.folder)}",
+            "a short name (e.g. 'L15 res: Mary/John names'); empty takes the name away; recorded in the session",
+            features.label(feature), check), done)
+
+    def edit(self, kind: str) -> None:
+        screen = self.screen
+        if not self.ready() or not screen.loaded():
+            return
+        if kind == "ablate":
+            screen.apply(screen.bench.toggle_feature_ablation())
+            return
+        self.ask_amount(kind)
+
+    def ask_amount(self, kind: str) -> None:
+        """The clamp value or steering coefficient, checked by the engine's dry run before it is added."""
+        from mechscope.screens.ask_value import AskValueScreen, error_of
+
+        screen = self.screen
+        features = screen.bench.features
+        field, meaning = EDIT_WORDS[kind]
+        made = features.edit(kind)
+        if made is None:
+            screen.show_error("no feature selected")
+            return
+        activation = features.activation() or 0.0
+        initial = f"{activation:.4g}" if kind == "clamp" else "1"
+
+        async def check(text: str) -> str | None:
+            problem = error_of(parse_number, field, text)
+            if problem is not None:
+                return problem
+            edit = features.edit(kind, float(text))
+            return None if edit is None else await screen.dialogs.dry_run_problem(edit)
+
+        def done(text: str | None) -> None:
+            if text is None:
+                return
+            edit = features.edit(kind, float(text))
+            if edit is not None:
+                screen.apply(screen.bench.set_feature_edit(edit))
+
+        pos, feature = features.token(), features.selected()
+        screen.app.push_screen(AskValueScreen(
+            f"{kind} feature {feature} of {folder_name(features.folder or '')} at token {pos}",
+            f"{field}: {meaning}; its activation at token {pos} is now {activation:.4g} "
+            "(the SAE's error term is kept)", initial, check), done)

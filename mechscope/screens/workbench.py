@@ -26,6 +26,7 @@ from mechscope.requests.kinds import (
     AddVectorRequest,
     BuildVectorRequest,
     FeatureActivationsRequest,
+    FeatureCardRequest,
     GenerateRequest,
     Outcome,
     PathSweepRequest,
@@ -129,6 +130,7 @@ class WorkbenchScreen(Screen[None]):
             AddVectorRequest: vector,
             **dict.fromkeys(SET_REQUESTS, sets),
             FeatureActivationsRequest: Job("features", self.features.finished, exclusive=True),
+            FeatureCardRequest: Job("feature-card", self.features.card_finished, exclusive=True),
         })
         self.commands: dict[str, Callable[..., object]] = {
             **self.grid_part.commands(), **self.sweeps.commands(), **self.set_tab.commands(),

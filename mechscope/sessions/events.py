@@ -262,6 +262,8 @@ EVENT_FIELDS: dict[str, dict[str, Checker]] = {
                  "token_ids": list_of(check_count), "tokens": list_of(check_str)},
     "note": {"text": check_str},
     "effect_scale": {"scale": one_of(*EFFECT_SCALES)},
+    # the name a user gave feature `feature` of the SAE in `sae_folder` ("" takes it away)
+    "feature_label": {"sae_folder": check_str, "feature": check_count, "label": check_str},
     # a prompt set the later set_run / set_sweep events name by this event's seq
     "prompt_set": {"name": check_str, "source": check_str,
                    "rows": bounded_list(check_set_row, MAX_SET_ROWS)},

@@ -87,6 +87,9 @@ def _event_code(session: Session, event: Event) -> str | None:
                 f"engine.set_reference_prompts({literal(list(event['prompts']))})")
     if event.kind == "effect_scale":
         return f"# seq {seq}: the workbench shows patching effects as {_comment(str(event['scale']))} from here on"
+    if event.kind == "feature_label":
+        return (f"# seq {seq}: feature {event['feature']} of {_comment(str(event['sae_folder']))} is named "
+                f"{_comment(repr(event['label']))}")
     if event.kind == "note":
         return "\n".join(f"# note (seq {seq}): {_comment(line)}"
                          for line in event["text"].splitlines()[:50] or [""])

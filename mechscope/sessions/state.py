@@ -28,6 +28,7 @@ class SessionState:
     last_generate: Event | None = None
     notes: list[str] = field(default_factory=list)
     effect_scale: str = "delta"  # how sweeps were shown when the session stopped
+    feature_labels: dict[str, dict[int, str]] = field(default_factory=dict)  # SAE folder -> feature -> name
     prompt_set: dict[str, Any] | None = None  # the latest prompt_set event's payload (name, source, rows)
     work: dict[str, Event] = field(default_factory=dict)  # request kind -> its latest work event
     outcomes: list[Any] = field(default_factory=list)  # Outcomes rebuilt from the record, oldest first
@@ -55,6 +56,7 @@ class StateBuilder:
         self.last: dict[str, Event] = {}
         self.notes: list[str] = []
         self.effect_scale = "delta"
+        self.feature_labels: dict[str, dict[int, str]] = {}
         self.prompt_sets: dict[int, dict[str, Any]] = {}  # seq -> prompt_set payload
         self.prompt_set: dict[str, Any] | None = None
 
@@ -66,14 +68,8 @@ class StateBuilder:
             self.metric = payload["metric"]
         elif kind == "intervention":
             self._apply_intervention(payload)
-        elif kind == "vector":
-            self.vector_files[payload["name"]] = payload["file"]
-        elif kind == "reference_prompts":
-            self.reference_prompts = list(payload["prompts"])
-        elif kind == "note":
-            self.notes.append(payload["text"])
-        elif kind == "effect_scale":
-            self.effect_scale = payload["scale"]
+        elif kind in ("vector", "reference_prompts", "note", "effect_scale", "feature_label"):
+            self._apply_setting(kind, payload)
         elif kind == "prompt_set":
             self.prompt_sets[event.seq] = payload
             self.prompt_set = payload
@@ -93,6 +89,29 @@ class StateBuilder:
         work = work_kind(event)
         if work is not None:
             self.last[work] = event
+
+    def _apply_setting(self, kind: str, payload: dict[str, Any]) -> None:
+        """Workbench state a later event may change: vectors, reference prompts, notes, how effects
+        show, feature names."""
+        if kind == "vector":
+            self.vector_files[payload["name"]] = payload["file"]
+        elif kind == "reference_prompts":
+            self.reference_prompts = list(payload["prompts"])
+        elif kind == "note":
+            self.notes.append(payload["text"])
+        elif kind == "effect_scale":
+            self.effect_scale = payload["scale"]
+        else:
+            self._apply_label(payload)
+
+    def _apply_label(self, payload: dict[str, Any]) -> None:
+        """A feature's name ("" takes it away), per SAE folder."""
+        labels = dict(self.feature_labels.get(payload["sae_folder"], {}))
+        if payload["label"]:
+            labels[payload["feature"]] = payload["label"]
+        else:
+            labels.pop(payload["feature"], None)
+        self.feature_labels = {**self.feature_labels, payload["sae_folder"]: labels}
 
     def _apply_inputs(self, data: dict[str, Any]) -> None:
         """A request that was the live run sets the prompts and metric, as a prompt event would."""
@@ -139,6 +158,7 @@ class StateBuilder:
             last_generate=self.last.get("generate"),
             notes=list(self.notes),
             effect_scale=self.effect_scale,
+            feature_labels={folder: dict(labels) for folder, labels in self.feature_labels.items()},
             prompt_set=self.prompt_set,
             work=dict(self.last),
         )

@@ -439,6 +439,10 @@ class Session:
         """How the workbench shows patching effects from here on (`delta` or `normalised`)."""
         return self.record("effect_scale", scale=scale)
 
+    def record_feature_label(self, sae_folder: str, feature: int, label: str) -> Event:
+        """The name of feature `feature` of the SAE in `sae_folder` from here on ("" takes it away)."""
+        return self.record("feature_label", sae_folder=sae_folder, feature=int(feature), label=label)
+
     def record_note(self, text: str) -> Event:
         return self.record("note", text=text)
 

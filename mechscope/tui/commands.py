@@ -96,6 +96,23 @@ COMMANDS: tuple[Command, ...] = (
             "the strongest SAE features of the clean prompt (the SAE folder comes from 'Features: SAE folder…')"),
     Command("", "sae_folder", "Features: SAE folder…",
             "read SAE features from a folder (SAELens, sparsify or Gemma Scope layout) in the features tab"),
+    Command("comma", "feature_move(-1)", "Features: previous feature",
+            "select the feature above in the features tab's list (its card shows beside it)"),
+    Command("full_stop", "feature_move(1)", "Features: next feature",
+            "select the feature below in the features tab's list (its card shows beside it)"),
+    Command("less_than_sign", "feature_token(-1)", "Features: previous token",
+            "list the top features of the token before the selected one"),
+    Command("greater_than_sign", "feature_token(1)", "Features: next token",
+            "list the top features of the token after the selected one"),
+    Command("z", "feature_edit('ablate')", "Features: ablate feature",
+            "toggle ablating the selected feature at the selected token (the SAE's error term is kept)"),
+    Command("equals_sign", "feature_edit('clamp')", "Features: clamp feature…",
+            "set the selected feature's activation at the selected token to a value"),
+    Command("d", "feature_edit('steer')", "Features: steer with feature…",
+            "add a coefficient to the selected feature's activation at the selected token (coeff x its "
+            "decoder direction)"),
+    Command("t", "feature_label", "Features: name feature…",
+            "name the selected feature (e.g. 'L15 res: Mary/John names'); recorded in the session"),
     Command("6", "show_tab('tab-set')", "View: prompt set", "rows, set numbers, set sweep, estimate, massive activations"),
     Command("X", "clear_interventions", "Remove all interventions", "clear the list (undo brings it back)"),
     Command("n", "note", "Add a note", "write a note into the session"),
@@ -158,5 +175,6 @@ def key_label(keys: str) -> str:
     if not keys:
         return "palette"
     names = {"question_mark": "?", "slash": "/", "space": "space", "escape": "esc", "plus": "+",
-             "left_square_bracket": "[", "right_square_bracket": "]", "colon": ":", "percent_sign": "%"}
+             "left_square_bracket": "[", "right_square_bracket": "]", "colon": ":", "percent_sign": "%",
+             "comma": ",", "full_stop": ".", "less_than_sign": "<", "greater_than_sign": ">", "equals_sign": "="}
     return " / ".join(names.get(key, key) for key in keys.split(","))

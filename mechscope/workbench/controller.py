@@ -29,6 +29,7 @@ from mechscope.requests.kinds import (
     BuildVectorRequest,
     Direction,
     FeatureActivationsRequest,
+    FeatureCardRequest,
     GenerateRequest,
     Outcome,
     PathSweepRequest,
@@ -103,12 +104,14 @@ class Workbench(ResearchCommands):
             GenerateRequest: self._accept_generate, ValidateRequest: self._accept_check,
             ReferencePromptsRequest: self._accept_reference, BuildVectorRequest: self._accept_vector,
             AddVectorRequest: self._accept_vector, FeatureActivationsRequest: self.features.accept,
+            FeatureCardRequest: self.features.accept_card,
             **dict.fromkeys(self.sets.request_types(), self.sets.accept),
         }
         # How an outcome read back from a session is shown again (nothing is recorded).
         self._restorers: dict[type, Callable[[Outcome], None]] = {
             SweepRequest: self._restore_sweep, PathSweepRequest: self._restore_sweep,
-            FeatureActivationsRequest: self.features.restore, **self.sets.restorers(),
+            FeatureActivationsRequest: self.features.restore, FeatureCardRequest: self.features.restore_card,
+            **self.sets.restorers(),
         }
 
     # -- derived state --------------------------------------------------------------------------
@@ -361,6 +364,26 @@ class Workbench(ResearchCommands):
             return self.toggle_head(intervention)
         return self.add(intervention)
 
+    def toggle_feature_ablation(self) -> Request | None:
+        """Ablate the features tab's selected feature at its selected token, or take that ablation away."""
+        ablation = self.features.edit("ablate")
+        if ablation is None:
+            self.error = "no feature selected: read an SAE's features first (features tab)"
+            return None
+        if ablation in self.interventions():
+            return self.toggle_head(ablation)  # switching it off needs no check
+        return self.propose(ablation, toggle=True)
+
+    def set_feature_edit(self, edit: Intervention) -> RunRequest | None:
+        """A clamp or steer of the selected feature (checked by the dialog): it replaces one of the same
+        kind on the same feature and tokens, else it is added."""
+        for entry in self.stack.entries:
+            old = entry.intervention
+            if type(old) is type(edit) and old.with_enabled(True) == dataclasses.replace(
+                    edit, **{name: getattr(old, name) for name in ("value", "coeff") if hasattr(old, name)}):
+                return self.replace(entry.id, edit)
+        return self.add(edit)
+
     def knockout_marks(self, layer: int, head: int) -> dict[tuple[int, int], str]:
         """(query, key) -> mark for the enabled knockouts on one head."""
         return {(iv.query_pos, iv.key_pos): "×" for iv in self.interventions()
@@ -587,6 +610,7 @@ class Workbench(ResearchCommands):
         if state.reference_prompts:
             self.reference_prompts = tuple(state.reference_prompts)
         self.use_effect_scale(state.effect_scale)
+        self.features.restore_labels(getattr(state, "feature_labels", None) or {})
         self.sets.restore(state.prompt_set)
         for outcome in state.outcomes:
             self.restore_outcome(outcome)

@@ -194,6 +194,10 @@ class SessionRecorder:
     def effect_scale(self, scale: str) -> None:
         self._write("effect scale", lambda: self.session.record_effect_scale(scale), keep=True)
 
+    def feature_label(self, sae_folder: str, feature: int, label: str) -> None:
+        self._write(f"feature {feature} label",
+                    lambda: self.session.record_feature_label(sae_folder, feature, label), keep=True)
+
     def note(self, text: str) -> None:
         self._write("note", lambda: self.session.record_note(text), keep=True)
 

@@ -66,3 +66,28 @@ def test_logit_lens_is_the_direction_through_the_final_norm_and_unembedding(engi
     assert card.density is None and card.contexts == [] and card.promoted == promoted
     with pytest.raises(FeatureError, match="out of range"):
         logit_lens(engine, sae, 64)
+
+
+def test_engine_feature_card_reads_the_folder_and_the_index_beside_it(engine, tmp_path):
+    from mechscope.engine.features.cards import Context, FeatureIndex
+    from mechscope.engine.features.formats import save_saelens
+
+    sae = random_sae("L2.mlp_out", seed=5)
+    folder = str(save_saelens(sae, tmp_path / "sae"))
+    bare = engine.feature_card(folder, 7, k=5)
+    attached = engine.attach_sae("lens-again", sae)
+    promoted, suppressed = logit_lens(engine, attached, 7, k=5)
+    assert not bare.indexed and bare.density is None and bare.context_tokens == []
+    assert bare.promoted == [t for t, _ in promoted] and bare.suppressed == [t for t, _ in suppressed]
+    assert bare.promoted_logits.tolist() == pytest.approx([v for _, v in promoted], abs=1e-6)
+    assert bare.sae_digest == sae.digest and bare.d_sae == 64
+    top = [[Context(2.0 - i, ["a", " b", " c"], i) for i in range(f % 4)] for f in range(64)]
+    save_index(FeatureIndex(tokens=500, density=[f / 1000 for f in range(64)], top=top), folder)
+    card = engine.feature_card(folder, 7, k=2)
+    assert card.indexed and card.index_tokens == 500 and card.density == pytest.approx(0.007)
+    assert card.context_values.tolist() == [2.0, 1.0] and card.context_at == [0, 1]
+    assert card.context_tokens == [["a", " b", " c"]] * 2 and len(card.promoted) == 2
+    with pytest.raises(FeatureError, match="out of range 0..63"):
+        engine.feature_card(folder, 64)
+    with pytest.raises(FeatureError, match="k must be in 1..100"):
+        engine.feature_card(folder, 1, k=0)

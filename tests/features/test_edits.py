@@ -201,3 +201,38 @@ def test_misfit_feature_edits_are_refused_in_one_line(engine):
         engine.attach_sae("deep", random_sae("L7.mlp_out"))
     with pytest.raises(ValueError, match="site 'L1.hidden'"):
         FeatureAblation("L1.hidden", "fit", 0)
+
+
+def test_an_edit_naming_an_sae_folder_equals_attaching_that_sae_by_name(engine, tmp_path):
+    from mechscope.engine.features.formats import save_saelens
+
+    site = "L1.resid_post"
+    sae = random_sae(site, seed=12)
+    folder = str(save_saelens(sae, tmp_path / "sae"))
+    engine.attach_sae("named", sae)
+    acts = _acts_by_hand(sae, _site_value(engine, site))[0]  # [pos, d_sae]
+    feature = int(acts[4].argmax())
+    stacks = {
+        name: [FeatureAblation(site, name, feature, positions=[4]), FeatureClamp(site, name, feature, 2.0, positions=[2]),
+               FeatureSteer(site, name, feature + 1, 1.5)]
+        for name in ("named", folder)}
+    by_name = engine.run(PROMPT, stacks["named"], metric=METRIC)
+    by_folder = engine.run(PROMPT, stacks[folder], metric=METRIC)
+    clean = engine.run(PROMPT, metric=METRIC)
+    assert by_folder.metric != pytest.approx(clean.metric, abs=1e-4)
+    assert by_folder.metric == pytest.approx(by_name.metric, abs=1e-6)
+    np.testing.assert_allclose(by_folder.prediction.logits, by_name.prediction.logits, atol=1e-6, rtol=0)
+    assert stacks[folder][0].label == f"ablate {site} sae#{feature}"  # the folder by its last part
+
+
+def test_a_wrong_sae_folder_is_refused_in_one_line(engine, tmp_path):
+    from mechscope.engine.features.formats import save_saelens
+
+    folder = str(save_saelens(random_sae("L1.resid_post", seed=1), tmp_path / "sae"))
+    cases = [(FeatureAblation("L1.resid_post", str(tmp_path / "nowhere"), 0), "not a folder"),
+             (FeatureAblation("L2.mlp_out", folder, 0), "L2.mlp_out"),
+             (FeatureAblation("L1.resid_post", folder, 64), "feature 64 is out of range 0..63")]
+    for iv, needle in cases:
+        with pytest.raises(InterventionError, match=needle) as exc:
+            engine.validate([iv], PROMPT)
+        assert "\n" not in str(exc.value) and str(exc.value).startswith(iv.label)

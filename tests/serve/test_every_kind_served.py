@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mechscope.engine.interventions import HeadAblation, HeadInputPatch, Metric, SteeringVector
+from mechscope.engine.interventions import (
+    FeatureAblation,
+    FeatureClamp,
+    HeadAblation,
+    HeadInputPatch,
+    Metric,
+    SteeringVector,
+)
 from mechscope.engine.prompt_sets import PromptRow, PromptSet, template_set
 from mechscope.engine.views import Views
 from mechscope.requests.kinds import (
@@ -21,6 +28,7 @@ from mechscope.requests.kinds import (
     DetectHeadsRequest,
     EstimateRequest,
     FeatureActivationsRequest,
+    FeatureCardRequest,
     FunctionVectorRequest,
     GenerateRequest,
     MassiveRequest,
@@ -67,7 +75,10 @@ def requests_by_kind(pset: PromptSet) -> dict[str, list]:
         "validate": [ValidateRequest(PROMPT, interventions=(HeadAblation(0, 1),))],
         "run": [RunRequest(PROMPT, corrupted=CORRUPT, metric=METRIC, views=Views.all(("L1.H2",)),
                            interventions=(HeadAblation(1, 2, "resample"), SteeringVector(0, "mood"))),
-                RunRequest(PROMPT, metric=METRIC, views=Views(sinks=True, attribution=True), top_k=3)],
+                RunRequest(PROMPT, metric=METRIC, views=Views(sinks=True, attribution=True), top_k=3),
+                RunRequest(PROMPT, metric=METRIC, interventions=(
+                    FeatureAblation("L1.resid_post", SAE_FOLDER, 5, positions=(3, 7)),
+                    FeatureClamp("L1.resid_post", SAE_FOLDER, 9, 1.5)))],
         "sweep": [SweepRequest("head", PROMPT, CORRUPT, METRIC),
                   SweepRequest("head", PROMPT, CORRUPT, METRIC, head_input="k"),
                   SweepRequest("resid", PROMPT, CORRUPT, METRIC, "denoising", (HeadAblation(0, 0),))],
@@ -87,6 +98,7 @@ def requests_by_kind(pset: PromptSet) -> dict[str, list]:
                                         (HeadInputPatch(0, 1, "k", CORRUPT),))],
         "path_sweep": [PathSweepRequest("L2.H0.q", PROMPT, CORRUPT, METRIC)],
         "feature_activations": [FeatureActivationsRequest(PROMPT, SAE_FOLDER, top_k=4)],
+        "feature_card": [FeatureCardRequest(SAE_FOLDER, 5, k=3)],
     }
 
 

@@ -151,7 +151,7 @@ def test_cli_subprocess_corrupt_session_has_no_traceback(ioi: Session) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"error: {path}:{line}: unknown event kind 'hologram' (known: "
                                    "prompt, metric, intervention, vector, reference_prompts, run, "
-                                   "sweep, generate, note, effect_scale, prompt_set, set_run, set_sweep, request)")
+                                   "sweep, generate, note, effect_scale, feature_label, prompt_set, set_run, set_sweep, request)")
 
 
 def test_truncated_session_replays_with_a_warning(ioi: Session,

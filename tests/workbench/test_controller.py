@@ -214,3 +214,32 @@ def test_restore_puts_a_session_back_and_following_patches_follow(engine):
     resumed.restore(state.clean, state.corrupted, state.metric, state.interventions)
     assert resumed.inputs == edited and resumed.follows == {1}
     assert resumed.stack.next_id == 2
+
+
+def test_feature_edits_from_the_features_tab_toggle_replace_and_need_a_selection(engine, tmp_path):
+    from mechscope.engine.features.formats import save_saelens
+    from mechscope.engine.interventions import FeatureAblation, FeatureClamp
+    from tests.features.saes import random_sae
+
+    folder = str(save_saelens(random_sae("L1.resid_post", seed=2), tmp_path / "sae"))
+    bench = Workbench(IOI)
+    drive(bench, engine, bench.next_run())
+    assert bench.toggle_feature_ablation() is None and "no feature selected" in bench.error
+    drive(bench, engine, bench.features.use_folder(folder))
+    drive(bench, engine, bench.features.card_request())
+    features = bench.features
+    last, feature = features.token(), features.selected()
+    assert features.card_result().feature == feature and features.card_request() is None  # in hand
+    drive(bench, engine, bench.toggle_feature_ablation())  # checked by a dry run, then added
+    ablation = FeatureAblation("L1.resid_post", folder, feature, positions=(last,))
+    assert bench.interventions() == (ablation,)
+    drive(bench, engine, bench.toggle_feature_ablation())  # again: taken away
+    assert bench.interventions() == ()
+    drive(bench, engine, bench.set_feature_edit(features.edit("clamp", 1.0)))
+    drive(bench, engine, bench.set_feature_edit(features.edit("clamp", 3.0)))  # the same feature and token: replaced
+    assert bench.interventions() == (FeatureClamp("L1.resid_post", folder, feature, 3.0, positions=(last,)),)
+    features.move_token(-1)
+    drive(bench, engine, bench.set_feature_edit(features.edit("clamp", 3.0)))  # another token: added
+    assert len(bench.interventions()) == 2 and bench.interventions()[1].positions == (last - 1,)
+    expected = engine.run(IOI.clean, list(bench.interventions()), metric=bench.metric(), corrupted=IOI.corrupted)
+    assert bench.result.metric == pytest.approx(expected.metric, abs=1e-6)

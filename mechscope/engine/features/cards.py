@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mechscope.engine.features.reading import site_values
 from mechscope.engine.features.sae import FeatureError, SparseAutoencoder
+from mechscope.engine.results import MAX_CARD_ROWS, FeatureCardResult
 
 INDEX_FILE = "index.json"
 MAX_INDEX_BYTES = 1 << 28
@@ -135,3 +137,21 @@ def feature_card(engine, sae: SparseAutoencoder, feature: int, index: FeatureInd
     return FeatureCard(feature=feature, density=None if index is None else index.density[feature],
                        contexts=[] if index is None else index.top[feature][:k], promoted=promoted,
                        suppressed=suppressed)
+
+
+def card_of_folder(engine, sae: SparseAutoencoder, folder: str | Path, feature: int, k: int) -> FeatureCardResult:
+    """The card of `feature` of the SAE read from `folder`, from the index beside it when there is one
+    (`k` contexts and `k` tokens each way at most). Callers hold the engine's lock."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_CARD_ROWS:
+        raise FeatureError(f"k must be in 1..{MAX_CARD_ROWS}, got {k!r}")
+    index = load_index(Path(folder).expanduser())
+    card = feature_card(engine, sae, feature, index, k)
+    return FeatureCardResult(
+        site=sae.site, sae_digest=sae.digest, d_sae=sae.d_sae, feature=card.feature, indexed=index is not None,
+        index_tokens=0 if index is None else index.tokens, density=card.density,
+        context_values=np.asarray([c.activation for c in card.contexts], dtype=np.float32),
+        context_tokens=[list(c.tokens) for c in card.contexts], context_at=[c.at for c in card.contexts],
+        promoted=[t for t, _ in card.promoted],
+        promoted_logits=np.asarray([v for _, v in card.promoted], dtype=np.float32),
+        suppressed=[t for t, _ in card.suppressed],
+        suppressed_logits=np.asarray([v for _, v in card.suppressed], dtype=np.float32))

@@ -1,5 +1,8 @@
 """Feature edits compiled to hooks, keeping the SAE's error term: x' = x + sum_i (a'_i - a_i) W_dec[i].
 
+An edit names its SAE by the name it was attached under, or by its folder (read with
+`sae_from_folder`, cached by the files' stamps), so a recorded edit replays without attaching anything.
+
 Every feature edit on one SAE in one list shares a single hook, which encodes the site's value once
 and applies all changes to those activations, so an edit never sees another's output re-encoded.
 """
@@ -8,18 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from mechscope.engine.edits import Context, Edits, compiles
+from mechscope.engine.features.activations import sae_from_folder
 from mechscope.engine.features.attached import attached_saes
-from mechscope.engine.features.sae import SparseAutoencoder
+from mechscope.engine.features.reading import SITE_KINDS
+from mechscope.engine.features.sae import FeatureError, SparseAutoencoder
 from mechscope.engine.interventions import FeatureAblation, FeatureClamp, FeatureSteer
-from mechscope.engine.sites import Site, SiteKind
+from mechscope.engine.sites import Site
 
 Change = Callable[[torch.Tensor], torch.Tensor]  # activations [batch, n] -> their new values
-SITE_KINDS: dict[str, SiteKind] = {"resid_pre": "resid_pre", "resid_post": "resid_post", "attn_out": "attn",
-                                   "mlp_out": "mlp"}
 
 
 @dataclass
@@ -50,11 +54,29 @@ def feature_site_edits(edits: Edits) -> dict[str, FeatureSiteEdit]:
     return vars(edits).setdefault("feature_site_edits", {})
 
 
-def _compile(iv: FeatureAblation | FeatureClamp | FeatureSteer, ctx: Context, edits: Edits, change: Change) -> None:
-    table = attached_saes(ctx.hook_passes())
+def is_folder_id(sae_id: str) -> bool:
+    """An `sae_id` that names a folder rather than an attached SAE: a path, or an existing folder."""
+    return "/" in sae_id or "\\" in sae_id or sae_id.startswith("~") or Path(sae_id).is_dir()
+
+
+def _sae(iv: FeatureAblation | FeatureClamp | FeatureSteer, ctx: Context) -> SparseAutoencoder:
+    """The SAE attached as `iv.sae_id`, else the one in the folder `iv.sae_id` names."""
+    passes = ctx.hook_passes()
+    table = attached_saes(passes)
     sae = table.get(iv.sae_id)
-    if sae is None:
-        raise ctx.fail(f"no SAE named {iv.sae_id!r} (attached: {', '.join(sorted(table)) or 'none'})")
+    if sae is not None:
+        return sae
+    if not is_folder_id(iv.sae_id):
+        raise ctx.fail(f"no SAE named {iv.sae_id!r} (attached: {', '.join(sorted(table)) or 'none'}; "
+                       "or give an SAE folder)")
+    try:
+        return sae_from_folder(passes, iv.sae_id, iv.site)
+    except FeatureError as exc:
+        raise ctx.fail(str(exc)) from None
+
+
+def _compile(iv: FeatureAblation | FeatureClamp | FeatureSteer, ctx: Context, edits: Edits, change: Change) -> None:
+    sae = _sae(iv, ctx)
     if sae.site != iv.site:
         raise ctx.fail(f"SAE {iv.sae_id!r} reads {sae.site}, not {iv.site}")
     ctx.check_layer(sae.layer)

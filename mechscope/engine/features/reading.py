@@ -7,11 +7,14 @@ from typing import Any, cast
 
 import torch
 
-from mechscope.engine.features.edits import SITE_KINDS
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import parse_feature_site
 from mechscope.engine.passes import Passes
-from mechscope.engine.sites import Site
+from mechscope.engine.sites import Site, SiteKind
+
+# A feature site's kind (`L<k>.<kind>`) -> the engine's site kind it reads and edits.
+SITE_KINDS: dict[str, SiteKind] = {"resid_pre": "resid_pre", "resid_post": "resid_post", "attn_out": "attn",
+                                   "mlp_out": "mlp"}
 
 
 class _Reached(Exception):
