@@ -40,7 +40,7 @@ class FeaturesPart:
         from mechscope.screens.ask_value import AskValueScreen
 
         screen = self.screen
-        current = screen.bench.features.folder or ""
+        current = screen.bench.features.folder or screen.bench.features.offered or ""
 
         def check(text: str) -> str | None:
             return None if text.strip() else "give the folder of an SAE"
@@ -60,6 +60,10 @@ class FeaturesPart:
     def refresh(self) -> None:
         """The tab is open or the prompt changed: read the features of the current prompt if needed."""
         features = self.screen.bench.features
+        if features.folder is None and features.offered is not None:
+            features.use_offered()
+            self.view.show_message(f"reading the SAE trained here on this model: {features.folder}… "
+                                   f"(the palette's '{palette_title('sae_folder')}' picks another)")
         if features.folder is None:
             self.view.show_message(self.view.empty_text())
             return

@@ -257,6 +257,7 @@ class WorkbenchScreen(Screen[None]):
         self.engine = engine
         self.jobs.engine = engine
         self.bench.sets.check(engine.tokenize)  # a resumed session's set, and every set from now on
+        self.bench.features.offer(engine.info.trained_saes)
         if not self._mounted:
             return
         info = engine.info

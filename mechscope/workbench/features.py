@@ -39,6 +39,17 @@ class FeatureTab:
         self.feature: int | None = None  # the selected feature (None: the token's strongest)
         self.cards: dict[FeatureCardRequest, Outcome] = {}
         self.labels: dict[str, dict[int, str]] = {}  # SAE folder -> feature -> the user's name for it
+        self.offered: str | None = None  # an SAE trained here on this model, used when none is chosen
+
+    def offer(self, trained: tuple[str, ...]) -> None:
+        """The engine's SAEs trained on this model (newest first): the tab opens on the newest."""
+        self.offered = trained[0] if trained else None
+
+    def use_offered(self) -> FeatureActivationsRequest | None:
+        """No folder chosen: take the offered one (None when there is none)."""
+        if self.folder is not None or self.offered is None:
+            return None
+        return self.use_folder(self.offered)
 
     def use_folder(self, text: str) -> FeatureActivationsRequest | None:
         """Read the SAE in the folder typed (on the engine's machine) from now on."""

@@ -3,10 +3,13 @@ recorded, read again when the prompt changes and brought back by a resumed sessi
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from textual.widgets import Input
 
 from mechscope.engine.features.formats import save_saelens
+from mechscope.engine.testing import tiny_engine
 from mechscope.tui.widgets.features_view import FeaturesView
 from mechscope.tui.widgets.interventions import InterventionList
 from mechscope.tui.widgets.prompt_pane import show_token
@@ -209,3 +212,20 @@ async def test_the_card_reads_the_index_and_feature_names_are_recorded_and_resum
         await settle(pilot)
         assert "L1 res: Mary/John names" in view_text(resumed)
         assert f"feature {feature} 'L1 res: Mary/John names'" in card_text(resumed)
+
+
+async def test_an_sae_trained_here_is_offered_when_none_is_chosen(tmp_path):
+    folder = str(save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=4), tmp_path / "trained"))
+    engine = tiny_engine("llama")
+    engine.info = dataclasses.replace(engine.info, trained_saes=(folder, str(tmp_path / "older")))
+    app = make_app(engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("7")
+        await settle(pilot)
+        assert app.bench.features.folder == folder
+        expected = engine.feature_activations(app.bench.inputs.clean, folder, top_k=10)
+        assert f"SAE {folder}" in view_text(app) and f"digest {expected.sae_digest[:12]}" in view_text(app)
+        app.screen.action_command("sae_folder")
+        await settle(pilot)
+        assert app.screen.query_one("#ask-input", Input).value == folder  # the dialog starts from it
