@@ -5,7 +5,8 @@
     python benchmarks/features.py --tiny                  # a tiny random model (seconds; for tests)
 
 Training: tokens/s of the forward stopped at the site's layer (what feeds training), of one TopK
-optimiser step, and of both together (what `mechscope features train` gets), against a plain full
+optimiser step, and of both together (what `mechscope features train` gets on a corpus's first pass; later passes
+read held values and cost the step alone), against a plain full
 forward's tokens/s on the same batch. Toggle: for the IOI prompt, the extra time to encode the
 site's value and rank its features (the features view; the value comes from the cached clean pass),
 and an engine run with one feature clamped (incremental recompute from the site's layer), each as a
@@ -86,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"forward stopped at {site:<10}{n_tokens / partial:10.0f} tok/s  ({partial / full:.2f}x a full forward)")
     print(f"TopK step (forward+backward) {n_tokens / step:10.0f} tok/s")
     print(f"training (both)              {n_tokens / (partial + step):10.0f} tok/s  "
-          f"({(partial + step) / full:.2f}x a full forward's time per token)")
+          f"({(partial + step) / full:.2f}x a full forward's time per token; a corpus's first pass)")
+    print(f"training from held values    {n_tokens / step:10.0f} tok/s  "
+          f"({step / full:.2f}x; later passes over a corpus smaller than the run)")
 
     prompt_ids, _ = engine.passes.prompt_ids(PROMPT)
     with torch.no_grad():

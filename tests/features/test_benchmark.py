@@ -18,7 +18,7 @@ def test_features_benchmark_prints_throughputs_and_ratios(capsys):
                         "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     for label in ("plain full forward", "forward stopped at L1.resid_post", "TopK step (forward+backward)",
-                  "training (both)"):
+                  "training (both)", "training from held values"):
         assert re.search(rf"{re.escape(label)}\s+[\d.]+ tok/s", out), label
     assert re.search(r"features view .* [\d.]+x a plain forward", out)
     assert re.search(r"one feature clamped .* [\d.]+x a plain forward", out)
