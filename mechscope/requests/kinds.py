@@ -242,6 +242,25 @@ class FeatureActivationsRequest:
 
 
 @dataclass(frozen=True)
+class FeatureAttributionRequest:
+    """Attribution to the SAE features in `sae_folder` on `prompt` (`Engine.feature_attribution`):
+    every active (position, feature) ranked by its attribution-patching estimate of the change in
+    `metric` when ablated, the SAE's error term as its own node, the top `verify` of the `top_n`
+    listed ablated exactly (error kept), and each one's direct effect through the frozen final norm.
+    Runs on the model with `interventions` (resample ablations take `corrupted` as their source)."""
+
+    kind: ClassVar[str] = "feature_attribution"
+    prompt: str
+    sae_folder: str
+    site: str | None
+    metric: Metric
+    interventions: tuple[Intervention, ...] = ()
+    top_n: int = 20
+    verify: int = 10
+    corrupted: str | None = None
+
+
+@dataclass(frozen=True)
 class FunctionVectorRequest:
     """A function vector from an in-context set (`Engine.function_vector`): each head's average
     indirect effect, the top heads' summed mean output registered as the steering vector `name`, and
@@ -279,15 +298,15 @@ Request = (RunRequest | SweepRequest | GenerateRequest | BuildVectorRequest | Ad
            | ValidateRequest | ReferencePromptsRequest | RunSetRequest | SweepSetRequest
            | EstimateRequest | DetectHeadsRequest | MassiveRequest | TemplateSetRequest
            | PathPatchRequest | PathSweepRequest
-           | FeatureActivationsRequest | FunctionVectorRequest | SetAttentionRequest | RoleHeadsRequest)
+           | FeatureActivationsRequest | FeatureAttributionRequest | FunctionVectorRequest | SetAttentionRequest | RoleHeadsRequest)
 
 REQUEST_TYPES: dict[str, type] = {
     cls.kind: cls for cls in (RunRequest, SweepRequest, GenerateRequest, BuildVectorRequest,
                               AddVectorRequest, ValidateRequest, ReferencePromptsRequest,
                               RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
                               MassiveRequest, TemplateSetRequest, PathPatchRequest, PathSweepRequest,
-                              FeatureActivationsRequest, FunctionVectorRequest, SetAttentionRequest,
-                              RoleHeadsRequest)
+                              FeatureActivationsRequest, FeatureAttributionRequest, FunctionVectorRequest,
+                              SetAttentionRequest, RoleHeadsRequest)
 }
 SET_REQUESTS: tuple[type, ...] = (RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
                                   MassiveRequest, TemplateSetRequest,

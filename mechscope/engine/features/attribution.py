@@ -1,0 +1,175 @@
+"""Attribution to SAE features: activation x gradient per (position, feature), the error term as its own node, exact ablations of the top candidates and their direct effect through the frozen final norm.
+
+Everything runs from the SAE's layer on, on the base run (the prompt with the request's
+interventions): the layers below the site are the base pass's, recorded once (cached when there
+are no interventions). Attribution patching is one forward with grad and one backward to the
+site's value x; verification ablates each of the top candidates in its own batch row
+(x' = x - a_i W_dec[i] at one position, the SAE's error kept: `FeatureAblation`), VERIFY_BATCH rows
+a pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from mechscope.engine.errors import PromptError
+from mechscope.engine.features.edits import SITE_KINDS
+from mechscope.engine.features.sae import FeatureError, SparseAutoencoder
+from mechscope.engine.hooks import Hook
+from mechscope.engine.interventions import Metric
+from mechscope.engine.passes import CleanPass, Passes
+from mechscope.engine.protocol import ShouldStop
+from mechscope.engine.readouts import metric_direction, read_through_final_norm
+from mechscope.engine.results import (
+    MAX_ATTRIBUTED_FEATURES,
+    MAX_VERIFIED_FEATURES,
+    FeatureAttribution,
+    MetricInfo,
+)
+from mechscope.engine.sites import Site
+from mechscope.engine.sweeps import base_pass
+
+VERIFY_BATCH = 32  # ablated variants per batched pass
+EditHooks = Callable[[], list[Hook]]
+MetricOf = Callable[[torch.Tensor], torch.Tensor]  # final residuals [row, pos, d_model] -> [row]
+
+
+def check_sizes(top_n: int, verify: int) -> None:
+    """FeatureError unless 1 <= top_n <= MAX_ATTRIBUTED_FEATURES and 0 <= verify <= min(top_n, MAX_VERIFIED_FEATURES)."""
+    if not isinstance(top_n, int) or not 1 <= top_n <= MAX_ATTRIBUTED_FEATURES:
+        raise FeatureError(f"top_n must be in 1..{MAX_ATTRIBUTED_FEATURES}, got {top_n}")
+    if not isinstance(verify, int) or not 0 <= verify <= min(top_n, MAX_VERIFIED_FEATURES):
+        raise FeatureError(f"verify must be in 0..{min(top_n, MAX_VERIFIED_FEATURES)} (at most top_n), got {verify}")
+
+
+def feature_attribution(passes: Passes, sae: SparseAutoencoder, prompt: str, metric: Metric | None,
+                        edit_hooks: EditHooks | None = None, top_n: int = 20, verify: int = 10,
+                        should_stop: ShouldStop | None = None) -> FeatureAttribution:
+    """Rank the active features of `sae` on `prompt` by their attribution-patching estimate, ablate the
+    top `verify` exactly and read every listed one's direct effect; see `FeatureAttribution`.
+    `edit_hooks` makes fresh hooks of the interventions every pass runs under. Callers hold the
+    engine's lock."""
+    check_sizes(top_n, verify)
+    if metric is None or not metric.measurable:
+        raise PromptError("feature attribution needs a metric with a target token")
+    started = time.perf_counter()
+    ids, _ = passes.prompt_ids(prompt)
+    info = passes.metric_info(metric, ids.shape[1])
+    readout = info.position
+    with torch.no_grad():
+        reference = None  # kl: divergence from the prompt's own run without interventions
+        if info.kind == "kl":
+            reference = passes.logits(passes.clean(ids, should_stop=should_stop).final[:, readout])[0]  # [vocab]
+
+        def metric_of(final: torch.Tensor) -> torch.Tensor:
+            return passes.metric_of_resid(final[:, readout], info, reference)
+
+        base = base_pass(passes, ids, edit_hooks, should_stop)
+        base_metric = float(metric_of(base.final)[0])
+    x, grad = _site_gradient(passes, base, sae, metric_of, edit_hooks, should_stop)  # [pos, d_in] each
+    with torch.no_grad():
+        acts = sae.encode(x)  # [pos, d_sae]
+        x, grad = x.to(acts.device), grad.to(acts.device)
+        error = x - sae.decode(acts)  # [pos, d_in]
+        estimates = -acts * (grad @ sae.W_dec.T)  # [pos, d_sae]
+        position, feature = (acts > 0).nonzero(as_tuple=True)  # [active] each, by position then feature
+        scores = estimates[position, feature]  # [active]
+        order = torch.sort(scores.abs(), descending=True, stable=True).indices[:top_n]
+        position, feature = position[order], feature[order]
+        activation = acts[position, feature]  # [n]
+        exact = np.full(len(order), np.nan, dtype=np.float32)
+        if verify:
+            exact[:verify] = _ablations(passes, base, sae, position[:verify], feature[:verify],
+                                        activation[:verify], metric_of, edit_hooks, should_stop) - base_metric
+        direct, error_direct, label = _direct(passes, base, info, sae, position, feature, activation,
+                                              error[readout])
+    return FeatureAttribution(
+        site=sae.site, sae_digest=sae.digest, d_sae=sae.d_sae,
+        tokens=[passes.decode_token(int(i)) for i in ids[0].tolist()], metric_position=readout,
+        base_metric=base_metric, n_active=len(scores),
+        positions=position.cpu().numpy().astype(np.int64), features=feature.cpu().numpy().astype(np.int64),
+        activations=activation.cpu().numpy().astype(np.float32),
+        estimates=scores[order].cpu().numpy().astype(np.float32), exact=exact, direct=direct,
+        error_estimates=(-(error * grad).sum(-1)).cpu().numpy().astype(np.float32),
+        bias_estimates=(-(sae.b_dec * grad).sum(-1)).cpu().numpy().astype(np.float32),
+        feature_totals=estimates.sum(-1).cpu().numpy().astype(np.float32),
+        error_direct=error_direct, direct_label=label, seconds=time.perf_counter() - started)
+
+
+def _site_hooks(passes: Passes, sae: SparseAutoencoder, edit_hooks: EditHooks | None,
+                fn: Callable[[torch.Tensor], torch.Tensor]) -> list[Hook]:
+    """The interventions' hooks, then `fn` editing the SAE's site (so it sees the edited value)."""
+    hooks = edit_hooks() if edit_hooks is not None else []
+    return hooks + Site(SITE_KINDS[sae.site_kind], sae.layer).edit(passes.adapter, fn)
+
+
+def _site_gradient(passes: Passes, base: CleanPass, sae: SparseAutoencoder, metric_of: MetricOf,
+                   edit_hooks: EditHooks | None, should_stop: ShouldStop | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The site's value x and d metric / d x, both [pos, d_in] float32: the layers from the site's on,
+    replayed from the base pass with the site's value as the only leaf (weights need no gradient)."""
+    leaf: list[torch.Tensor] = []
+
+    def make_leaf(x: torch.Tensor) -> torch.Tensor:  # [1, pos, d_in]
+        leaf.append(x.detach().requires_grad_(True))
+        return leaf[-1]
+
+    layer = sae.layer
+    with torch.enable_grad():
+        final = passes.run_layers(base.calls, layer, base.calls[layer].hidden,
+                                  _site_hooks(passes, sae, edit_hooks, make_leaf), should_stop)
+        (grad,) = torch.autograd.grad(metric_of(final).sum(), [leaf[0]])
+    return leaf[0].detach()[0].float(), grad[0].float()
+
+
+def _ablations(passes: Passes, base: CleanPass, sae: SparseAutoencoder, position: torch.Tensor,
+               feature: torch.Tensor, activation: torch.Tensor, metric_of: MetricOf,
+               edit_hooks: EditHooks | None, should_stop: ShouldStop | None) -> np.ndarray:
+    """The metric with each candidate ablated, one batch row each: [n]. Row r's site value loses
+    activation[r] * W_dec[feature[r]] at position[r]; the layers below the site are the base pass's."""
+    layer = sae.layer
+    out: list[np.ndarray] = []
+    for start in range(0, len(position), VERIFY_BATCH):
+        rows = slice(start, start + VERIFY_BATCH)
+        where = position[rows]  # [row]
+        deltas = activation[rows, None] * sae.W_dec[feature[rows]]  # [row, d_in]
+        count = len(where)
+        hidden = base.calls[layer].hidden.expand(count, -1, -1).contiguous()  # [row, pos, d_model]
+        final = passes.run_layers(base.calls, layer, hidden,
+                                  _site_hooks(passes, sae, edit_hooks, _ablating(where, deltas)), should_stop)
+        out.append(metric_of(final).float().cpu().numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def _ablating(where: torch.Tensor, deltas: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An edit taking deltas[r] [d_in] off batch row r's site value at position where[r]."""
+    rows = torch.arange(len(where))
+
+    def ablate(x: torch.Tensor) -> torch.Tensor:  # [row, pos, d_in]
+        x[rows.to(x.device), where.to(x.device)] -= deltas.to(x.device, x.dtype)
+        return x
+
+    return ablate
+
+
+def _direct(passes: Passes, base: CleanPass, info: MetricInfo, sae: SparseAutoencoder, position: torch.Tensor,
+            feature: torch.Tensor, activation: torch.Tensor,
+            error: torch.Tensor) -> tuple[np.ndarray, float, str | None]:
+    """Each candidate's direct effect on the metric's logit direction: a * W_dec[i] read through the
+    final norm frozen at the base run's residual at the metric's position (0 at other positions: the
+    residual there never reaches the readout directly), the error term's at that position, and what
+    is read. logit_diff: logit(target) - logit(foil); prob and loss: logit(target), the logit they
+    are a function of; kl and post-LN models: NaN, no direction to read (kl moves every logit)."""
+    n = len(position)
+    if info.kind == "kl" or passes.adapter.post_ln:
+        return np.full(n, np.nan, dtype=np.float32), float("nan"), None
+    readout = info.position
+    direction, _, label = metric_direction(passes, info, passes.logits(base.final[0, readout]))
+    _, _, _, read = read_through_final_norm(passes, direction, base.final[0, readout])  # [d_model]
+    read = read.to(sae.device)
+    direct = activation * (sae.W_dec[feature] @ read)  # [n]
+    direct = torch.where(position == readout, direct, torch.zeros_like(direct))
+    return direct.cpu().numpy().astype(np.float32), float(error.float() @ read), label
