@@ -21,6 +21,7 @@ from mechscope.requests.kinds import (
     DetectHeadsRequest,
     EstimateRequest,
     FeatureActivationsRequest,
+    FeatureAttributionRequest,
     FunctionVectorRequest,
     GenerateRequest,
     MassiveRequest,
@@ -87,6 +88,9 @@ def requests_by_kind(pset: PromptSet) -> dict[str, list]:
                                         (HeadInputPatch(0, 1, "k", CORRUPT),))],
         "path_sweep": [PathSweepRequest("L2.H0.q", PROMPT, CORRUPT, METRIC)],
         "feature_activations": [FeatureActivationsRequest(PROMPT, SAE_FOLDER, top_k=4)],
+        "feature_attribution": [FeatureAttributionRequest(PROMPT, SAE_FOLDER, None, METRIC, top_n=6, verify=3),
+                                FeatureAttributionRequest(PROMPT, SAE_FOLDER, None, Metric("prob", " Mary"),
+                                                          (HeadAblation(1, 2, "resample"),), 4, 2, CORRUPT)],
     }
 
 
