@@ -125,7 +125,8 @@ class FeatureAttributionHandler(Handler):
             request.top_n, request.verify, request.corrupted, should_stop)
 
     def summarise(self, result: FeatureAttribution) -> Summary:
-        arrays = {name: np.asarray(getattr(result, name), dtype=np.int64).reshape(-1) for name in CANDIDATE_INTS}
+        arrays: dict[str, np.ndarray] = {name: np.asarray(getattr(result, name), dtype=np.int64).reshape(-1)
+                                         for name in CANDIDATE_INTS}
         for name in CANDIDATE_FLOATS + PER_TOKEN:
             arrays[name] = np.asarray(getattr(result, name), dtype=np.float32).reshape(-1)
         return Summary({"site": result.site, "sae_digest": result.sae_digest, "d_sae": int(result.d_sae),
