@@ -46,6 +46,9 @@ async def test_the_key_attributes_the_metric_to_features_records_it_and_a_resume
         assert "correlation" in text
         kinds = [e["request"]["kind"] for e in bench.recorder.session.events if e.kind == "request"]
         assert kinds.count("feature_attribution") == 1
+        await pilot.press("space")  # an ablation on the grid: the table says it no longer matches
+        await settle(pilot)
+        assert "stale: interventions changed since" in table_text(app)
 
     resumed = make_app(session_name="attributed")
     async with resumed.run_test(size=(140, 50)) as pilot:
