@@ -437,7 +437,10 @@ class FeatureAttribution:
     direction (kl). Per position [pos]: `error_estimates` = -(e . g) for the SAE's error e = x - x_hat,
     `bias_estimates` = -(b_dec . g), `feature_totals` = the sum of every active feature's estimate, so
     that feature_totals + error_estimates + bias_estimates = -(x . g) at every position.
-    `error_direct`: the error term's direct effect at `metric_position` (NaN like `direct`)."""
+    `error_exact`: the metric with the error removed at every position (the site's value replaced by
+    its reconstruction) minus `base_metric`, NaN when nothing was verified; its estimate is
+    error_estimates.sum(). `error_direct`: the error term's direct effect at `metric_position` (NaN
+    like `direct`)."""
 
     site: str
     sae_digest: str
@@ -455,6 +458,7 @@ class FeatureAttribution:
     error_estimates: np.ndarray  # [pos] float32
     bias_estimates: np.ndarray  # [pos] float32
     feature_totals: np.ndarray  # [pos] float32
+    error_exact: float = float("nan")
     error_direct: float = float("nan")
     direct_label: str | None = None
     seconds: float = 0.0

@@ -132,6 +132,7 @@ class FeatureAttributionHandler(Handler):
         return Summary({"site": result.site, "sae_digest": result.sae_digest, "d_sae": int(result.d_sae),
                         "tokens": [str(t) for t in result.tokens], "metric_position": int(result.metric_position),
                         "base_metric": float(result.base_metric), "n_active": int(result.n_active),
+                        "error_exact": _finite_or_none(result.error_exact),
                         "error_direct": _finite_or_none(result.error_direct),
                         "direct_label": result.direct_label}, arrays)
 
@@ -151,7 +152,8 @@ class FeatureAttributionHandler(Handler):
         if not 0 <= need(data, "metric_position", int, "an integer") < max(len(tokens), 1):
             raise ValueError("outcome.metric_position is outside the prompt")
         need(data, "base_metric", NUMBER, "a number")
-        need(data, "error_direct", (int, float, type(None)), "a number or null")
+        for key in ("error_exact", "error_direct"):
+            need(data, key, (int, float, type(None)), "a number or null")
         need(data, "direct_label", (str, type(None)), "a string or null")
         need(data, "sae_digest", str, "a string")
         need(data, "site", str, "a string")
@@ -163,6 +165,7 @@ class FeatureAttributionHandler(Handler):
         if old["tokens"] != new["tokens"]:
             return ["the prompt's tokens differ"]
         problems = metric_problems("base metric", old["base_metric"], new["base_metric"], tolerance)
+        problems += metric_problems("error removed", old["error_exact"], new["error_exact"], tolerance)
         for name in PER_TOKEN:
             problems += matrix_problems(recorded.arrays[name][None], recomputed.arrays[name][None], tolerance,
                                         "token {col}", name.replace("_", " "))
@@ -173,11 +176,12 @@ class FeatureAttributionHandler(Handler):
         values: dict[str, Any] = {name: np.asarray(arrays[name], dtype=np.int64) for name in CANDIDATE_INTS}
         for name in CANDIDATE_FLOATS + PER_TOKEN:
             values[name] = np.asarray(arrays[name], dtype=np.float32)
-        error_direct = data.get("error_direct")
+        error_exact, error_direct = data.get("error_exact"), data.get("error_direct")
         return FeatureAttribution(
             site=str(data["site"]), sae_digest=str(data["sae_digest"]), d_sae=int(data.get("d_sae", 0)),
             tokens=[str(t) for t in data["tokens"]], metric_position=int(data["metric_position"]),
             base_metric=float(data["base_metric"]), n_active=int(data.get("n_active", 0)),
+            error_exact=float("nan") if error_exact is None else float(error_exact),
             error_direct=float("nan") if error_direct is None else float(error_direct),
             direct_label=data.get("direct_label"), **values)
 

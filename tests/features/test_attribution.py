@@ -3,12 +3,15 @@ exact values equal runs with FeatureAblation, the direct effect equals the froze
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from mechscope.backends.nnsight_engine import NNsightEngine
 from mechscope.engine.features.formats import save_saelens
+from mechscope.engine.features.reading import logits_with_site
 from mechscope.engine.features.sae import FeatureError
 from mechscope.engine.interventions import FeatureAblation, HeadAblation, Metric
 from mechscope.engine.testing import tiny_engine, tiny_model, tiny_tokenizer
@@ -85,7 +88,7 @@ def test_estimates_equal_a_by_hand_gradient_and_the_nodes_add_up(family, kind, t
     np.testing.assert_allclose(result.feature_totals, listed, rtol=1e-4, atol=1e-5)
     total = result.feature_totals + result.error_estimates + result.bias_estimates
     np.testing.assert_allclose(total, (-(x * g).sum(-1)).numpy(), rtol=1e-4, atol=1e-5)
-    assert np.isnan(result.exact).all()
+    assert np.isnan(result.exact).all() and np.isnan(result.error_exact)
 
 
 @pytest.mark.parametrize(("family", "kind"), [("llama", "resid_post"), ("llama", "mlp_out"),
@@ -103,6 +106,10 @@ def test_exact_values_equal_runs_with_feature_ablation(family, kind, tmp_path):
         ablation = FeatureAblation(sae.site, "sae", int(result.features[n]), positions=[int(result.positions[n])])
         run = engine.run(PROMPT, [ablation], metric=METRIC).prediction.metric
         assert result.exact[n] == pytest.approx(run - plain, abs=1e-5)
+    with torch.no_grad():  # the error node removed: the site's value replaced by its reconstruction
+        logits = logits_with_site(engine.passes, engine.passes.prompt_ids(PROMPT)[0], sae.site,
+                                  lambda x: sae.decode(sae.encode(x)).to(x.dtype))[0, -1]
+    assert result.error_exact == pytest.approx(float(logit_diff_of(engine)(logits)) - plain, abs=1e-5)
 
 
 def test_with_interventions_every_run_is_on_the_edited_model(tmp_path):
@@ -201,3 +208,20 @@ def test_the_nnsight_backend_refuses_feature_attribution_by_capability(tmp_path)
     backend = NNsightEngine(tiny_model("llama"), tiny_tokenizer(), source="tiny-llama")
     outcome = execute(backend, FeatureAttributionRequest(PROMPT, str(tmp_path), None, METRIC))
     assert outcome.error == "NNsightEngine cannot read SAE features (capability 'features')"
+
+
+def test_an_sae_where_nothing_fires_lists_no_candidate_but_still_the_error_node(tmp_path):
+    engine = tiny_engine("llama")
+    silent = dataclasses.replace(random_sae("L1.resid_post", seed=1), b_enc=torch.full((64,), -1e3))
+    folder = str(save_saelens(silent, tmp_path / "sae"))
+    outcome = execute(engine, FeatureAttributionRequest(PROMPT, folder, None, METRIC, top_n=5, verify=5))
+    result = outcome.result
+    assert result.n_active == 0 and len(result.features) == 0 and np.isfinite(result.error_exact)
+    assert (result.feature_totals == 0).all()
+    plain = engine.run(PROMPT, metric=METRIC).prediction.metric
+    with torch.no_grad():  # nothing fires: removing the error leaves b_dec at every token
+        logits = logits_with_site(engine.passes, engine.passes.prompt_ids(PROMPT)[0], "L1.resid_post",
+                                  lambda x: silent.b_dec.expand_as(x).to(x.dtype).clone())[0, -1]
+    assert result.error_exact == pytest.approx(float(logit_diff_of(engine)(logits)) - plain, abs=1e-5)
+    handler = handler_for(outcome.request)
+    assert handler.describe(handler.summarise(result)).startswith("L1.resid_post: no feature fires; error node")

@@ -82,9 +82,11 @@ def feature_attribution(passes: Passes, sae: SparseAutoencoder, prompt: str, met
         position, feature = position[order], feature[order]
         activation = acts[position, feature]  # [n]
         exact = np.full(len(order), np.nan, dtype=np.float32)
+        error_exact = float("nan")
         if verify:
-            exact[:verify] = _ablations(passes, base, sae, position[:verify], feature[:verify],
-                                        activation[:verify], metric_of, edit_hooks, should_stop) - base_metric
+            ablated = _ablations(passes, base, sae, position[:verify], feature[:verify], activation[:verify],
+                                 error, metric_of, edit_hooks, should_stop) - base_metric
+            exact[:len(ablated) - 1], error_exact = ablated[:-1], float(ablated[-1])
         direct, error_direct, label = _direct(passes, base, info, sae, position, feature, activation,
                                               error[readout])
     return FeatureAttribution(
@@ -97,7 +99,7 @@ def feature_attribution(passes: Passes, sae: SparseAutoencoder, prompt: str, met
         error_estimates=(-(error * grad).sum(-1)).cpu().numpy().astype(np.float32),
         bias_estimates=(-(sae.b_dec * grad).sum(-1)).cpu().numpy().astype(np.float32),
         feature_totals=estimates.sum(-1).cpu().numpy().astype(np.float32),
-        error_direct=error_direct, direct_label=label, seconds=time.perf_counter() - started)
+        error_exact=error_exact, error_direct=error_direct, direct_label=label, seconds=time.perf_counter() - started)
 
 
 def _site_hooks(passes: Passes, sae: SparseAutoencoder, edit_hooks: EditHooks | None,
@@ -126,30 +128,37 @@ def _site_gradient(passes: Passes, base: CleanPass, sae: SparseAutoencoder, metr
 
 
 def _ablations(passes: Passes, base: CleanPass, sae: SparseAutoencoder, position: torch.Tensor,
-               feature: torch.Tensor, activation: torch.Tensor, metric_of: MetricOf,
+               feature: torch.Tensor, activation: torch.Tensor, error: torch.Tensor, metric_of: MetricOf,
                edit_hooks: EditHooks | None, should_stop: ShouldStop | None) -> np.ndarray:
-    """The metric with each candidate ablated, one batch row each: [n]. Row r's site value loses
+    """The metric with each candidate ablated, one batch row each, then with the SAE's error removed
+    at every position (the site's value becomes its reconstruction): [n + 1]. Row r's site value loses
     activation[r] * W_dec[feature[r]] at position[r]; the layers below the site are the base pass's."""
     layer = sae.layer
     out: list[np.ndarray] = []
-    for start in range(0, len(position), VERIFY_BATCH):
+    starts = list(range(0, len(position), VERIFY_BATCH)) or [0]
+    for start in starts:
         rows = slice(start, start + VERIFY_BATCH)
         where = position[rows]  # [row]
         deltas = activation[rows, None] * sae.W_dec[feature[rows]]  # [row, d_in]
-        count = len(where)
+        last = start == starts[-1]  # the error row joins the last chunk
+        count = len(where) + last
         hidden = base.calls[layer].hidden.expand(count, -1, -1).contiguous()  # [row, pos, d_model]
-        final = passes.run_layers(base.calls, layer, hidden,
-                                  _site_hooks(passes, sae, edit_hooks, _ablating(where, deltas)), should_stop)
+        edit = _ablating(where, deltas, error if last else None)
+        final = passes.run_layers(base.calls, layer, hidden, _site_hooks(passes, sae, edit_hooks, edit), should_stop)
         out.append(metric_of(final).float().cpu().numpy())
     return np.concatenate(out).astype(np.float64)
 
 
-def _ablating(where: torch.Tensor, deltas: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An edit taking deltas[r] [d_in] off batch row r's site value at position where[r]."""
+def _ablating(where: torch.Tensor, deltas: torch.Tensor,
+              error: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An edit taking deltas[r] [d_in] off batch row r's site value at position where[r], and, with
+    `error` [pos, d_in], the error off every position of the row after those."""
     rows = torch.arange(len(where))
 
     def ablate(x: torch.Tensor) -> torch.Tensor:  # [row, pos, d_in]
         x[rows.to(x.device), where.to(x.device)] -= deltas.to(x.device, x.dtype)
+        if error is not None:
+            x[len(where)] -= error.to(x.device, x.dtype)
         return x
 
     return ablate

@@ -65,9 +65,10 @@ def attribution_text(result: FeatureAttribution, metric: Metric, stale: str | No
     errors = result.error_estimates.astype(np.float64)
     top = np.argsort(-np.abs(errors), kind="stable")[:3]
     where = ", ".join(f"{int(p)} {show_token(tokens[int(p)])!r} {errors[p]:+.4f}" for p in top)
-    text.append(f"{'':>3} {'error':>8} {'all tokens':<16} {'':>8} {_number(float(errors.sum()))} {'':>9} "
-                f"{_number(result.error_direct)}\n", style="magenta")
-    text.append(f"error node (x − x̂) AtP by token, largest: {where}\n", style="dim")
+    text.append(f"{'':>3} {'error':>8} {'all tokens':<16} {'':>8} {_number(float(errors.sum()))} "
+                f"{_number(result.error_exact)} {_number(result.error_direct)}\n", style="magenta")
+    text.append(f"error node e = x − x̂ (exact Δ: x replaced by x̂ at every token); AtP by token, largest: "
+                f"{where}\n", style="dim")
     line = agreement(result)
     if line:
         text.append(line + "\n", style="dim")
