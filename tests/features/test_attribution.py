@@ -225,3 +225,21 @@ def test_an_sae_where_nothing_fires_lists_no_candidate_but_still_the_error_node(
     assert result.error_exact == pytest.approx(float(logit_diff_of(engine)(logits)) - plain, abs=1e-5)
     handler = handler_for(outcome.request)
     assert handler.describe(handler.summarise(result)).startswith("L1.resid_post: no feature fires; error node")
+
+
+def test_chunks_of_candidates_at_many_positions_each_reuse_the_base_runs_prefix(tmp_path, monkeypatch):
+    from mechscope.engine.features import attribution
+
+    monkeypatch.setattr(attribution, "VERIFY_BATCH", 3)  # many passes, each from its own first position
+    engine = tiny_engine("qwen2")
+    sae = random_sae("L0.mlp_out", d_in=engine.adapter.d_model, seed=9)
+    folder = str(save_saelens(sae, tmp_path / "sae"))
+    metric = Metric("logit_diff", " Mary", " John", position=-3)  # candidates after the readout change nothing
+    result = engine.feature_attribution(PROMPT, folder, None, metric, top_n=40, verify=40)
+    assert len(set(result.positions.tolist())) > 3
+    engine.attach_sae("sae", sae)
+    plain = engine.run(PROMPT, metric=metric).prediction.metric
+    for n in range(40):
+        ablation = FeatureAblation(sae.site, "sae", int(result.features[n]), positions=[int(result.positions[n])])
+        run = engine.run(PROMPT, [ablation], metric=metric).prediction.metric
+        assert result.exact[n] == pytest.approx(run - plain, abs=1e-5)

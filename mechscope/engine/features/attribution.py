@@ -5,7 +5,9 @@ interventions): the layers below the site are the base pass's, recorded once (ca
 are no interventions). Attribution patching is one forward with grad and one backward to the
 site's value x; verification ablates each of the top candidates in its own batch row
 (x' = x - a_i W_dec[i] at one position, the SAE's error kept: `FeatureAblation`), VERIFY_BATCH rows
-a pass.
+a pass taken in position order, each pass computing only the positions from its first ablated one
+on (attending to the base run's keys and values before it; every position under interventions,
+which may knock out attention edges into that prefix, as sweeps do).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from mechscope.engine.attention import AttentionControl
 from mechscope.engine.errors import PromptError
 from mechscope.engine.features.edits import SITE_KINDS
 from mechscope.engine.features.sae import FeatureError, SparseAutoencoder
@@ -31,11 +34,11 @@ from mechscope.engine.results import (
     MetricInfo,
 )
 from mechscope.engine.sites import Site
-from mechscope.engine.sweeps import base_pass
+from mechscope.engine.sweeps import base_pass, suffix_calls
 
 VERIFY_BATCH = 32  # ablated variants per batched pass
 EditHooks = Callable[[], list[Hook]]
-MetricOf = Callable[[torch.Tensor], torch.Tensor]  # final residuals [row, pos, d_model] -> [row]
+MetricAt = Callable[[torch.Tensor], torch.Tensor]  # final residuals at the readout [row, d_model] -> [row]
 
 
 def check_sizes(top_n: int, verify: int) -> None:
@@ -65,12 +68,12 @@ def feature_attribution(passes: Passes, sae: SparseAutoencoder, prompt: str, met
         if info.kind == "kl":
             reference = passes.logits(passes.clean(ids, should_stop=should_stop).final[:, readout])[0]  # [vocab]
 
-        def metric_of(final: torch.Tensor) -> torch.Tensor:
-            return passes.metric_of_resid(final[:, readout], info, reference)
+        def metric_at(resid: torch.Tensor) -> torch.Tensor:
+            return passes.metric_of_resid(resid, info, reference)
 
         base = base_pass(passes, ids, edit_hooks, should_stop)
-        base_metric = float(metric_of(base.final)[0])
-    x, grad = _site_gradient(passes, base, sae, metric_of, edit_hooks, should_stop)  # [pos, d_in] each
+        base_metric = float(metric_at(base.final[:, readout])[0])
+    x, grad = _site_gradient(passes, base, sae, readout, metric_at, edit_hooks, should_stop)  # [pos, d_in] each
     with torch.no_grad():
         acts = sae.encode(x)  # [pos, d_sae]
         x, grad = x.to(acts.device), grad.to(acts.device)
@@ -85,7 +88,7 @@ def feature_attribution(passes: Passes, sae: SparseAutoencoder, prompt: str, met
         error_exact = float("nan")
         if verify:
             ablated = _ablations(passes, base, sae, position[:verify], feature[:verify], activation[:verify],
-                                 error, metric_of, edit_hooks, should_stop) - base_metric
+                                 error, metric_at, readout, edit_hooks, should_stop) - base_metric
             exact[:len(ablated) - 1], error_exact = ablated[:-1], float(ablated[-1])
         direct, error_direct, label = _direct(passes, base, info, sae, position, feature, activation,
                                               error[readout])
@@ -109,7 +112,7 @@ def _site_hooks(passes: Passes, sae: SparseAutoencoder, edit_hooks: EditHooks | 
     return hooks + Site(SITE_KINDS[sae.site_kind], sae.layer).edit(passes.adapter, fn)
 
 
-def _site_gradient(passes: Passes, base: CleanPass, sae: SparseAutoencoder, metric_of: MetricOf,
+def _site_gradient(passes: Passes, base: CleanPass, sae: SparseAutoencoder, readout: int, metric_at: MetricAt,
                    edit_hooks: EditHooks | None, should_stop: ShouldStop | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The site's value x and d metric / d x, both [pos, d_in] float32: the layers from the site's on,
     replayed from the base pass with the site's value as the only leaf (weights need no gradient)."""
@@ -123,42 +126,56 @@ def _site_gradient(passes: Passes, base: CleanPass, sae: SparseAutoencoder, metr
     with torch.enable_grad():
         final = passes.run_layers(base.calls, layer, base.calls[layer].hidden,
                                   _site_hooks(passes, sae, edit_hooks, make_leaf), should_stop)
-        (grad,) = torch.autograd.grad(metric_of(final).sum(), [leaf[0]])
+        (grad,) = torch.autograd.grad(metric_at(final[:, readout]).sum(), [leaf[0]])
     return leaf[0].detach()[0].float(), grad[0].float()
 
 
 def _ablations(passes: Passes, base: CleanPass, sae: SparseAutoencoder, position: torch.Tensor,
-               feature: torch.Tensor, activation: torch.Tensor, error: torch.Tensor, metric_of: MetricOf,
-               edit_hooks: EditHooks | None, should_stop: ShouldStop | None) -> np.ndarray:
+               feature: torch.Tensor, activation: torch.Tensor, error: torch.Tensor, metric_at: MetricAt,
+               readout: int, edit_hooks: EditHooks | None, should_stop: ShouldStop | None) -> np.ndarray:
     """The metric with each candidate ablated, one batch row each, then with the SAE's error removed
     at every position (the site's value becomes its reconstruction): [n + 1]. Row r's site value loses
-    activation[r] * W_dec[feature[r]] at position[r]; the layers below the site are the base pass's."""
+    activation[r] * W_dec[feature[r]] at position[r]. The layers below the site are the base pass's;
+    without interventions, positions before a chunk's first ablated one are too (the chunk attends to
+    the base run's keys and values there), candidates taken in position order."""
+    order = torch.argsort(position.cpu(), stable=True)
+    out = np.zeros(len(position) + 1)
+    chunks = [order[start:start + VERIFY_BATCH] for start in range(0, len(order), VERIFY_BATCH)]
+    for chunk in chunks:
+        where = position[chunk.to(position.device)]  # [row]
+        deltas = activation[chunk.to(activation.device), None] * sae.W_dec[feature[chunk.to(feature.device)]]
+        prefix = 0 if edit_hooks is not None else min(int(where.min()), readout)
+        out[chunk.numpy()] = _pass(passes, base, sae, prefix, len(where), _ablating(where - prefix, deltas),
+                                   metric_at, readout, edit_hooks, should_stop)
+
+    def remove_error(x: torch.Tensor) -> torch.Tensor:  # [1, pos, d_in]
+        return x - error.to(x.device, x.dtype)
+
+    out[-1] = _pass(passes, base, sae, 0, 1, remove_error, metric_at, readout, edit_hooks, should_stop)[0]
+    return out
+
+
+def _pass(passes: Passes, base: CleanPass, sae: SparseAutoencoder, prefix: int, rows: int,
+          edit: Callable[[torch.Tensor], torch.Tensor], metric_at: MetricAt, readout: int,
+          edit_hooks: EditHooks | None, should_stop: ShouldStop | None) -> np.ndarray:
+    """The metric of `rows` copies of the base run from the site's layer on, positions prefix.. only,
+    with `edit` applied to the site's value [row, pos - prefix, d_in]: [row]."""
     layer = sae.layer
-    out: list[np.ndarray] = []
-    starts = list(range(0, len(position), VERIFY_BATCH)) or [0]
-    for start in starts:
-        rows = slice(start, start + VERIFY_BATCH)
-        where = position[rows]  # [row]
-        deltas = activation[rows, None] * sae.W_dec[feature[rows]]  # [row, d_in]
-        last = start == starts[-1]  # the error row joins the last chunk
-        count = len(where) + last
-        hidden = base.calls[layer].hidden.expand(count, -1, -1).contiguous()  # [row, pos, d_model]
-        edit = _ablating(where, deltas, error if last else None)
-        final = passes.run_layers(base.calls, layer, hidden, _site_hooks(passes, sae, edit_hooks, edit), should_stop)
-        out.append(metric_of(final).float().cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
+    calls, prefix_kv = suffix_calls(passes, base, prefix)
+    hooks = _site_hooks(passes, sae, edit_hooks, edit)
+    hooks += [Hook("attn", passes.adapter.layer_module(index, "attn"), control=AttentionControl(prefix_kv=kv))
+              for index, kv in prefix_kv.items() if index >= layer]
+    hidden = base.calls[layer].hidden[:, prefix:].expand(rows, -1, -1).contiguous()  # [row, pos - prefix, d_model]
+    final = passes.run_layers(calls, layer, hidden, hooks, should_stop)
+    return metric_at(final[:, readout - prefix]).float().cpu().numpy().astype(np.float64)
 
 
-def _ablating(where: torch.Tensor, deltas: torch.Tensor,
-              error: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An edit taking deltas[r] [d_in] off batch row r's site value at position where[r], and, with
-    `error` [pos, d_in], the error off every position of the row after those."""
+def _ablating(where: torch.Tensor, deltas: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An edit taking deltas[r] [d_in] off batch row r's site value at position where[r]."""
     rows = torch.arange(len(where))
 
     def ablate(x: torch.Tensor) -> torch.Tensor:  # [row, pos, d_in]
         x[rows.to(x.device), where.to(x.device)] -= deltas.to(x.device, x.dtype)
-        if error is not None:
-            x[len(where)] -= error.to(x.device, x.dtype)
         return x
 
     return ablate
