@@ -243,3 +243,13 @@ def test_chunks_of_candidates_at_many_positions_each_reuse_the_base_runs_prefix(
         ablation = FeatureAblation(sae.site, "sae", int(result.features[n]), positions=[int(result.positions[n])])
         run = engine.run(PROMPT, [ablation], metric=metric).prediction.metric
         assert result.exact[n] == pytest.approx(run - plain, abs=1e-5)
+    with torch.no_grad():  # the error node removed: the site's value replaced by its reconstruction
+        logits = logits_with_site(engine.passes, engine.passes.prompt_ids(PROMPT)[0], sae.site,
+                                  lambda x: sae.decode(sae.encode(x)).to(x.dtype))[0]  # [pos, vocab]
+    mary, john = (engine.tokenizer(t, add_special_tokens=False).input_ids[0] for t in (" Mary", " John"))
+    diff = logits[:, mary] - logits[:, john]  # [pos]
+    assert result.error_exact == pytest.approx(float(diff[-3]) - plain, abs=1e-5)  # a pass of its own
+    at_start = Metric("logit_diff", " Mary", " John", position=0)  # every chunk starts at 0: the row joins one
+    first = engine.feature_attribution(PROMPT, folder, None, at_start, top_n=5, verify=5)
+    base = engine.run(PROMPT, metric=at_start).prediction.metric
+    assert first.error_exact == pytest.approx(float(diff[0]) - base, abs=1e-5)

@@ -7,7 +7,9 @@ site's value x; verification ablates each of the top candidates in its own batch
 (x' = x - a_i W_dec[i] at one position, the SAE's error kept: `FeatureAblation`), VERIFY_BATCH rows
 a pass taken in position order, each pass computing only the positions from its first ablated one
 on (attending to the base run's keys and values before it; every position under interventions,
-which may knock out attention edges into that prefix, as sweeps do).
+which may knock out attention edges into that prefix, as sweeps do). The error node's row (the
+site's value replaced by its reconstruction everywhere) joins a pass that computes every position,
+or has its own.
 """
 
 from __future__ import annotations
@@ -139,19 +141,23 @@ def _ablations(passes: Passes, base: CleanPass, sae: SparseAutoencoder, position
     without interventions, positions before a chunk's first ablated one are too (the chunk attends to
     the base run's keys and values there), candidates taken in position order."""
     order = torch.argsort(position.cpu(), stable=True)
-    out = np.zeros(len(position) + 1)
+    out = np.full(len(position) + 1, np.nan)
     chunks = [order[start:start + VERIFY_BATCH] for start in range(0, len(order), VERIFY_BATCH)]
     for chunk in chunks:
         where = position[chunk.to(position.device)]  # [row]
         deltas = activation[chunk.to(activation.device), None] * sae.W_dec[feature[chunk.to(feature.device)]]
         prefix = 0 if edit_hooks is not None else min(int(where.min()), readout)
-        out[chunk.numpy()] = _pass(passes, base, sae, prefix, len(where), _ablating(where - prefix, deltas),
-                                   metric_at, readout, edit_hooks, should_stop)
-
-    def remove_error(x: torch.Tensor) -> torch.Tensor:  # [1, pos, d_in]
-        return x - error.to(x.device, x.dtype)
-
-    out[-1] = _pass(passes, base, sae, 0, 1, remove_error, metric_at, readout, edit_hooks, should_stop)[0]
+        with_error = prefix == 0 and np.isnan(out[-1])  # a chunk computing every position takes the error row
+        values = _pass(passes, base, sae, prefix, len(where) + with_error,
+                       _ablating(where - prefix, deltas, error if with_error else None), metric_at, readout,
+                       edit_hooks, should_stop)
+        out[chunk.numpy()] = values[:len(where)]
+        if with_error:
+            out[-1] = values[-1]
+    if np.isnan(out[-1]):
+        nothing = position[:0]
+        out[-1] = _pass(passes, base, sae, 0, 1, _ablating(nothing, sae.W_dec[nothing], error), metric_at,
+                        readout, edit_hooks, should_stop)[0]
     return out
 
 
@@ -170,12 +176,16 @@ def _pass(passes: Passes, base: CleanPass, sae: SparseAutoencoder, prefix: int, 
     return metric_at(final[:, readout - prefix]).float().cpu().numpy().astype(np.float64)
 
 
-def _ablating(where: torch.Tensor, deltas: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An edit taking deltas[r] [d_in] off batch row r's site value at position where[r]."""
+def _ablating(where: torch.Tensor, deltas: torch.Tensor,
+              error: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An edit taking deltas[r] [d_in] off batch row r's site value at position where[r] and, with
+    `error` [pos, d_in], the error off every position of the row after those."""
     rows = torch.arange(len(where))
 
     def ablate(x: torch.Tensor) -> torch.Tensor:  # [row, pos, d_in]
         x[rows.to(x.device), where.to(x.device)] -= deltas.to(x.device, x.dtype)
+        if error is not None:
+            x[len(where)] -= error.to(x.device, x.dtype)
         return x
 
     return ablate
