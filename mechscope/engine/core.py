@@ -197,11 +197,12 @@ class Engine:
 
     def feature_attribution(self, prompt: str, sae_folder: str, site: str | None, metric: Metric | None,
                             interventions: Iterable[Intervention] = (), top_n: int = 20, verify: int = 10,
-                            corrupted: str | None = None,
-                            should_stop: ShouldStop | None = None) -> FeatureAttribution:
+                            corrupted: str | None = None, should_stop: ShouldStop | None = None,
+                            include_first: bool = False) -> FeatureAttribution:
         """The active features of the SAE in `sae_folder` on `prompt` (with `interventions`; resample
         sources: `corrupted`) ranked by attribution patching, the top `verify` ablated exactly, each
-        with its direct effect; see `features.attribution.feature_attribution`."""
+        with its direct effect (the first token a candidate only with `include_first`); see
+        `features.attribution.feature_attribution`."""
         from mechscope.engine.features.activations import sae_from_folder
         from mechscope.engine.features.attribution import check_sizes, feature_attribution
 
@@ -209,7 +210,8 @@ class Engine:
         with self.guard():
             sae = sae_from_folder(self.passes, sae_folder, site)
             edit_hooks = self._edit_hooks(interventions, check_text(prompt, "prompt"), corrupted)
-            return feature_attribution(self.passes, sae, prompt, metric, edit_hooks, top_n, verify, should_stop)
+            return feature_attribution(self.passes, sae, prompt, metric, edit_hooks, top_n, verify, should_stop,
+                                       include_first)
 
     def build_steering_vector(self, name: str, layer: int, positive: Sequence[str],
                               negative: Sequence[str]) -> np.ndarray:

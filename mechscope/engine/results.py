@@ -430,6 +430,7 @@ class FeatureAttribution:
     For each listed candidate (position `positions[n]`, feature `features[n]`, activation
     `activations[n]` > 0), ranked by |estimate|: `estimates[n]` = -a * (W_dec[i] . g), the first-order
     change of the metric when the feature is ablated there (g = d metric / d x at the site's value x);
+    The first token (the attention sink) is a candidate only with `include_first`.
     `exact[n]` = metric with the feature ablated at that position (x' = x - a W_dec[i], the SAE's error
     kept) minus `base_metric`, NaN when not verified; `direct[n]` = the direct effect of a W_dec[i] on
     `direct_label` (a logit or logit difference) through the final norm with its scale frozen at the
@@ -448,7 +449,7 @@ class FeatureAttribution:
     tokens: list[str]
     metric_position: int
     base_metric: float
-    n_active: int  # (position, feature) pairs with activation > 0
+    n_active: int  # candidate (position, feature) pairs: activation > 0, position > 0 unless include_first
     positions: np.ndarray  # [n] int64
     features: np.ndarray  # [n] int64
     activations: np.ndarray  # [n] float32
@@ -460,6 +461,7 @@ class FeatureAttribution:
     feature_totals: np.ndarray  # [pos] float32
     error_exact: float = float("nan")
     error_direct: float = float("nan")
+    include_first: bool = False  # whether the first token's features were candidates
     direct_label: str | None = None
     seconds: float = 0.0
 

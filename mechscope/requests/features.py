@@ -122,7 +122,7 @@ class FeatureAttributionHandler(Handler):
             should_stop: ShouldStop | None) -> FeatureAttribution:
         return engine_method(engine, "feature_attribution", "features")(
             request.prompt, request.sae_folder, request.site, request.metric, request.interventions,
-            request.top_n, request.verify, request.corrupted, should_stop)
+            request.top_n, request.verify, request.corrupted, should_stop, request.include_first)
 
     def summarise(self, result: FeatureAttribution) -> Summary:
         arrays: dict[str, np.ndarray] = {name: np.asarray(getattr(result, name), dtype=np.int64).reshape(-1)
@@ -132,6 +132,7 @@ class FeatureAttributionHandler(Handler):
         return Summary({"site": result.site, "sae_digest": result.sae_digest, "d_sae": int(result.d_sae),
                         "tokens": [str(t) for t in result.tokens], "metric_position": int(result.metric_position),
                         "base_metric": float(result.base_metric), "n_active": int(result.n_active),
+                        "include_first": bool(result.include_first),
                         "error_exact": _finite_or_none(result.error_exact),
                         "error_direct": _finite_or_none(result.error_direct),
                         "direct_label": result.direct_label}, arrays)
@@ -181,6 +182,7 @@ class FeatureAttributionHandler(Handler):
             site=str(data["site"]), sae_digest=str(data["sae_digest"]), d_sae=int(data.get("d_sae", 0)),
             tokens=[str(t) for t in data["tokens"]], metric_position=int(data["metric_position"]),
             base_metric=float(data["base_metric"]), n_active=int(data.get("n_active", 0)),
+            include_first=bool(data.get("include_first", False)),
             error_exact=float("nan") if error_exact is None else float(error_exact),
             error_direct=float("nan") if error_direct is None else float(error_direct),
             direct_label=data.get("direct_label"), **values)

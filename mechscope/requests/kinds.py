@@ -247,7 +247,9 @@ class FeatureAttributionRequest:
     every active (position, feature) ranked by its attribution-patching estimate of the change in
     `metric` when ablated, the SAE's error term as its own node, the top `verify` of the `top_n`
     listed ablated exactly (error kept), and each one's direct effect through the frozen final norm.
-    Runs on the model with `interventions` (resample ablations take `corrupted` as their source)."""
+    Runs on the model with `interventions` (resample ablations take `corrupted` as their source). The
+    first token (the attention sink, which SAEs are trained without) is a candidate only with
+    `include_first`."""
 
     kind: ClassVar[str] = "feature_attribution"
     prompt: str
@@ -258,6 +260,7 @@ class FeatureAttributionRequest:
     top_n: int = 20
     verify: int = 10
     corrupted: str | None = None
+    include_first: bool = False
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def test_estimates_equal_a_by_hand_gradient_and_the_nodes_add_up(family, kind, t
     engine = tiny_engine(family)
     sae = random_sae(f"L{LAYER}.{kind}", d_in=engine.adapter.d_model, d_sae=48, seed=4)
     folder = str(save_saelens(sae, tmp_path / "sae"))
-    result = engine.feature_attribution(PROMPT, folder, None, METRIC, top_n=1000, verify=0)
+    result = engine.feature_attribution(PROMPT, folder, None, METRIC, top_n=1000, verify=0, include_first=True)
     x, g = by_hand(engine, sae, logit_diff_of(engine))  # [pos, d] float64
     w_enc, b_enc, w_dec, b_dec = (t.double() for t in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
     acts = torch.relu((x - b_dec) @ w_enc + b_enc)  # [pos, d_sae]
@@ -102,6 +102,7 @@ def test_exact_values_equal_runs_with_feature_ablation(family, kind, tmp_path):
     plain = engine.run(PROMPT, metric=METRIC).prediction.metric
     assert result.base_metric == pytest.approx(plain, abs=1e-5)
     assert result.verified == 6 and np.isnan(result.exact[6:]).all()
+    assert (result.positions > 0).all() and not result.include_first  # the attention sink is left out
     for n in range(6):
         ablation = FeatureAblation(sae.site, "sae", int(result.features[n]), positions=[int(result.positions[n])])
         run = engine.run(PROMPT, [ablation], metric=METRIC).prediction.metric

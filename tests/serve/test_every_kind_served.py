@@ -90,7 +90,8 @@ def requests_by_kind(pset: PromptSet) -> dict[str, list]:
         "feature_activations": [FeatureActivationsRequest(PROMPT, SAE_FOLDER, top_k=4)],
         "feature_attribution": [FeatureAttributionRequest(PROMPT, SAE_FOLDER, None, METRIC, top_n=6, verify=3),
                                 FeatureAttributionRequest(PROMPT, SAE_FOLDER, None, Metric("prob", " Mary"),
-                                                          (HeadAblation(1, 2, "resample"),), 4, 2, CORRUPT)],
+                                                          (HeadAblation(1, 2, "resample"),), 4, 2, CORRUPT,
+                                                          include_first=True)],
     }
 
 

@@ -53,11 +53,12 @@ def check_sizes(top_n: int, verify: int) -> None:
 
 def feature_attribution(passes: Passes, sae: SparseAutoencoder, prompt: str, metric: Metric | None,
                         edit_hooks: EditHooks | None = None, top_n: int = 20, verify: int = 10,
-                        should_stop: ShouldStop | None = None) -> FeatureAttribution:
+                        should_stop: ShouldStop | None = None, include_first: bool = False) -> FeatureAttribution:
     """Rank the active features of `sae` on `prompt` by their attribution-patching estimate, ablate the
     top `verify` exactly and read every listed one's direct effect; see `FeatureAttribution`.
-    `edit_hooks` makes fresh hooks of the interventions every pass runs under. Callers hold the
-    engine's lock."""
+    `edit_hooks` makes fresh hooks of the interventions every pass runs under. The first token is a
+    candidate only with `include_first`: it is the attention sink, whose outlier activations SAEs are
+    trained without (its estimates still count in `feature_totals`). Callers hold the engine's lock."""
     check_sizes(top_n, verify)
     if metric is None or not metric.measurable:
         raise PromptError("feature attribution needs a metric with a target token")
@@ -81,7 +82,10 @@ def feature_attribution(passes: Passes, sae: SparseAutoencoder, prompt: str, met
         x, grad = x.to(acts.device), grad.to(acts.device)
         error = x - sae.decode(acts)  # [pos, d_in]
         estimates = -acts * (grad @ sae.W_dec.T)  # [pos, d_sae]
-        position, feature = (acts > 0).nonzero(as_tuple=True)  # [active] each, by position then feature
+        active = acts > 0  # [pos, d_sae]
+        if not include_first:
+            active[0] = False
+        position, feature = active.nonzero(as_tuple=True)  # [active] each, by position then feature
         scores = estimates[position, feature]  # [active]
         order = torch.sort(scores.abs(), descending=True, stable=True).indices[:top_n]
         position, feature = position[order], feature[order]
@@ -97,7 +101,7 @@ def feature_attribution(passes: Passes, sae: SparseAutoencoder, prompt: str, met
     return FeatureAttribution(
         site=sae.site, sae_digest=sae.digest, d_sae=sae.d_sae,
         tokens=[passes.decode_token(int(i)) for i in ids[0].tolist()], metric_position=readout,
-        base_metric=base_metric, n_active=len(scores),
+        base_metric=base_metric, n_active=len(scores), include_first=include_first,
         positions=position.cpu().numpy().astype(np.int64), features=feature.cpu().numpy().astype(np.int64),
         activations=activation.cpu().numpy().astype(np.float32),
         estimates=scores[order].cpu().numpy().astype(np.float32), exact=exact, direct=direct,

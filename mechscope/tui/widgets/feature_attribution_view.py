@@ -45,7 +45,9 @@ def attribution_text(result: FeatureAttribution, metric: Metric, stale: str | No
     text = Text()
     text.append(f"feature attribution · {result.site} · {metric_label(metric)} at token {readout} "
                 f"{show_token(tokens[readout])!r} · base metric {result.base_metric:+.4f} · "
-                f"{result.n_active} active (token, feature) pairs\n", style="bold")
+                f"{result.n_active} active (token, feature) pairs"
+                + ("" if result.include_first else " after token 0 (the attention sink, left out)") + "\n",
+                style="bold")
     if stale:
         text.append(f"stale: {stale} (run it again)\n", style="yellow")
     direct = result.direct_label or "none for this metric"
