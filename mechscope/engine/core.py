@@ -30,6 +30,7 @@ from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (
     ComputeInfo,
     FeatureActivations,
+    FeatureAttribution,
     FeatureCardResult,
     GeneratedToken,
     MetricInfo,
@@ -208,6 +209,24 @@ class Engine:
         with self.guard():
             return card_of_folder(self, sae_from_folder(self.passes, sae_folder, site), sae_folder, feature, k)
 
+    def feature_attribution(self, prompt: str, sae_folder: str, site: str | None, metric: Metric | None,
+                            interventions: Iterable[Intervention] = (), top_n: int = 20, verify: int = 10,
+                            corrupted: str | None = None, should_stop: ShouldStop | None = None,
+                            include_first: bool = False) -> FeatureAttribution:
+        """The active features of the SAE in `sae_folder` on `prompt` (with `interventions`; resample
+        sources: `corrupted`) ranked by attribution patching, the top `verify` ablated exactly, each
+        with its direct effect (the first token a candidate only with `include_first`); see
+        `features.attribution.feature_attribution`."""
+        from mechscope.engine.features.activations import sae_from_folder
+        from mechscope.engine.features.attribution import check_sizes, feature_attribution
+
+        check_sizes(top_n, verify)
+        with self.guard():
+            sae = sae_from_folder(self.passes, sae_folder, site)
+            edit_hooks = self._edit_hooks(interventions, check_text(prompt, "prompt"), corrupted)
+            return feature_attribution(self.passes, sae, prompt, metric, edit_hooks, top_n, verify, should_stop,
+                                       include_first)
+
     def build_steering_vector(self, name: str, layer: int, positive: Sequence[str],
                               negative: Sequence[str]) -> np.ndarray:
         """Mean difference of the residual entering `layer` at the last token, positive minus negative."""
@@ -364,7 +383,7 @@ class Engine:
                          on_progress, should_stop, edit_hooks, **on_inputs)
 
     def _edit_hooks(self, interventions: Iterable[Intervention], clean: str,
-                    corrupt: str) -> Callable[[], list] | None:
+                    corrupt: str | None) -> Callable[[], list] | None:
         """A maker of fresh hooks applying `interventions` (resample sources: `corrupt`), checked
         once now; None when none is enabled."""
         active = [iv for iv in interventions if iv.enabled]

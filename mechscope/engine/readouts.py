@@ -88,6 +88,26 @@ def metric_direction(passes: TokenModel, info: MetricInfo | None, readout_logits
     return direction, bias_term, label
 
 
+def read_through_final_norm(passes: TokenModel, direction: torch.Tensor, resid: torch.Tensor,
+                            ) -> tuple[torch.Tensor, torch.Tensor, FrozenNorm, torch.Tensor]:
+    """A direction in the unembedding's input space [d_model] read before the final norm, whose scale
+    is frozen at the residual `resid` [d_model]: returns `resid` as float on the norm's device, the
+    direction at the norm's output (through the modules after it: OPT's project_out is linear
+    without bias), the frozen norm, and `read` [d_model], with c @ read the direct effect of a
+    residual component c. Every part is read along this one vector: dla(c) = linear(c) @ direction
+    = c @ read, so each head costs a dot product instead of a [head, d_model] image."""
+    a = passes.adapter
+    resid = resid.float().to(execution_device(a.final_norm))  # [d_model]
+    for module in reversed(a.post_final):
+        module_weight = loaded(module, "weight")
+        assert module_weight is not None  # post-final modules are linear
+        weight = module_weight.float()
+        direction = weight.T @ direction.to(weight.device)
+    direction = direction.to(resid.device)
+    final_norm = FrozenNorm(a.final_norm, resid)
+    return resid, direction, final_norm, final_norm.adjoint(direction)
+
+
 def attribution(passes: Passes, captures: Captures, clean: CleanPass, final: torch.Tensor, readout: int,
                 info: MetricInfo | None, edits: Edits | None, logits: torch.Tensor) -> Attribution:
     """Direct logit attribution of a pass: `final` [batch, pos, d_model] is its last residual,
@@ -109,19 +129,8 @@ def direct_attribution(passes: TokenModel, captures: Captures, embed: torch.Tens
     a = passes.adapter
     if a.post_ln:
         raise MechscopeError("direct logit attribution needs a pre-norm model (this one is post-LN)")
-    resid = resid.float().to(execution_device(a.final_norm))  # [d_model]
     direction, bias_term, label = metric_direction(passes, info, logits)
-    # Through modules after the final norm (OPT's project_out is linear without bias).
-    for module in reversed(a.post_final):
-        module_weight = loaded(module, "weight")
-        assert module_weight is not None  # post-final modules are linear
-        weight = module_weight.float()
-        direction = weight.T @ direction.to(weight.device)
-    direction = direction.to(resid.device)
-    final_norm = FrozenNorm(a.final_norm, resid)
-    # Every part is read through the frozen norm along one vector: dla(c) = linear(c) @ direction
-    # = c @ read, so each head costs a dot product instead of a [head, d_model] image.
-    read = final_norm.adjoint(direction)  # [d_model]
+    resid, direction, final_norm, read = read_through_final_norm(passes, direction, resid)
 
     def dla(vectors: torch.Tensor) -> torch.Tensor:
         return vectors.float().to(read.device) @ read

@@ -420,6 +420,58 @@ class FeatureActivations:
     site_norm: np.ndarray  # [pos] float32
 
 
+MAX_ATTRIBUTED_FEATURES = 1000  # candidates a FeatureAttribution lists at most
+MAX_VERIFIED_FEATURES = 200  # candidates it ablates exactly at most
+
+
+@dataclass
+class FeatureAttribution:
+    """Attribution of a metric to the SAE features active on a prompt (attribution patching: one
+    forward and backward from the SAE's layer on).
+
+    For each listed candidate (position `positions[n]`, feature `features[n]`, activation
+    `activations[n]` > 0), ranked by |estimate|: `estimates[n]` = -a * (W_dec[i] . g), the first-order
+    change of the metric when the feature is ablated there (g = d metric / d x at the site's value x);
+    The first token (the attention sink) is a candidate only with `include_first`.
+    `exact[n]` = metric with the feature ablated at that position (x' = x - a W_dec[i], the SAE's error
+    kept) minus `base_metric`, NaN when not verified; `direct[n]` = the direct effect of a W_dec[i] on
+    `direct_label` (a logit or logit difference) through the final norm with its scale frozen at the
+    base run's residual at `metric_position`, 0 at other positions, NaN when the metric has no logit
+    direction (kl). Per position [pos]: `error_estimates` = -(e . g) for the SAE's error e = x - x_hat,
+    `bias_estimates` = -(b_dec . g), `feature_totals` = the sum of every active feature's estimate, so
+    that feature_totals + error_estimates + bias_estimates = -(x . g) at every position.
+    `error_exact`: the metric with the error removed at every position (the site's value replaced by
+    its reconstruction) minus `base_metric`, NaN when nothing was verified; its estimate is
+    error_estimates.sum(). `error_direct`: the error term's direct effect at `metric_position` (NaN
+    like `direct`)."""
+
+    site: str
+    sae_digest: str
+    d_sae: int
+    tokens: list[str]
+    metric_position: int
+    base_metric: float
+    n_active: int  # candidate (position, feature) pairs: activation > 0, position > 0 unless include_first
+    positions: np.ndarray  # [n] int64
+    features: np.ndarray  # [n] int64
+    activations: np.ndarray  # [n] float32
+    estimates: np.ndarray  # [n] float32
+    exact: np.ndarray  # [n] float32, NaN where not verified
+    direct: np.ndarray  # [n] float32
+    error_estimates: np.ndarray  # [pos] float32
+    bias_estimates: np.ndarray  # [pos] float32
+    feature_totals: np.ndarray  # [pos] float32
+    error_exact: float = float("nan")
+    error_direct: float = float("nan")
+    include_first: bool = False  # whether the first token's features were candidates
+    direct_label: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def verified(self) -> int:
+        return int(np.isfinite(self.exact).sum())
+
+
 @dataclass
 class FeatureCardResult:
     """One SAE feature's card. From the index beside the SAE (`indexed`; `mechscope features index`):

@@ -1,19 +1,28 @@
-"""Handlers of the feature requests: which SAE features fire on a prompt, one feature's card."""
+"""Handlers of the feature requests: which SAE features fire on a prompt, attribution to them, one feature's card."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from mechscope.engine.results import (
+    MAX_ATTRIBUTED_FEATURES,
     MAX_CARD_ROWS,
     MAX_TOP_FEATURES,
+    MAX_VERIFIED_FEATURES,
     FeatureActivations,
+    FeatureAttribution,
     FeatureCardResult,
 )
-from mechscope.requests.kinds import FeatureActivationsRequest, FeatureCardRequest
+from mechscope.requests.kinds import (
+    FeatureActivationsRequest,
+    FeatureAttributionRequest,
+    FeatureCardRequest,
+)
 from mechscope.requests.registry import (
+    NUMBER,
     Handler,
     OnPartial,
     ShouldStop,
@@ -24,7 +33,7 @@ from mechscope.requests.registry import (
     need_array,
     need_list,
 )
-from mechscope.requests.tolerance import Tolerance, matrix_problems
+from mechscope.requests.tolerance import Tolerance, matrix_problems, metric_problems
 
 
 @handles(FeatureActivationsRequest, needs=("features",))
@@ -98,6 +107,142 @@ class FeatureActivationsHandler(Handler):
         pos, rank = np.unravel_index(int(np.argmax(values)), values.shape)
         return (f"{site}: strongest feature {int(ids[pos, rank])} at token {int(pos)} "
                 f"({values[pos, rank]:.4f}); mean L0 {l0.mean():.1f}")
+
+
+CANDIDATE_INTS = ("positions", "features")  # [n] int64
+CANDIDATE_FLOATS = ("activations", "estimates", "exact", "direct")  # [n] float32
+PER_TOKEN = ("error_estimates", "bias_estimates", "feature_totals")  # [pos] float32
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(float(value)) else None
+
+
+@handles(FeatureAttributionRequest, needs=("features",))
+class FeatureAttributionHandler(Handler):
+    """The ranked candidates and the per-token nodes are kept as arrays; the SAE's digest, the tokens
+    and the base metric as JSON. Replay matches candidates by (position, feature): two whose
+    estimates are within the tolerance may swap ranks or cross the top_n edge."""
+
+    def run(self, engine: Any, request: FeatureAttributionRequest, on_partial: OnPartial | None,
+            should_stop: ShouldStop | None) -> FeatureAttribution:
+        return engine_method(engine, "feature_attribution", "features")(
+            request.prompt, request.sae_folder, request.site, request.metric, request.interventions,
+            request.top_n, request.verify, request.corrupted, should_stop, request.include_first)
+
+    def summarise(self, result: FeatureAttribution) -> Summary:
+        arrays: dict[str, np.ndarray] = {name: np.asarray(getattr(result, name), dtype=np.int64).reshape(-1)
+                                         for name in CANDIDATE_INTS}
+        for name in CANDIDATE_FLOATS + PER_TOKEN:
+            arrays[name] = np.asarray(getattr(result, name), dtype=np.float32).reshape(-1)
+        return Summary({"site": result.site, "sae_digest": result.sae_digest, "d_sae": int(result.d_sae),
+                        "tokens": [str(t) for t in result.tokens], "metric_position": int(result.metric_position),
+                        "base_metric": float(result.base_metric), "n_active": int(result.n_active),
+                        "include_first": bool(result.include_first),
+                        "error_exact": _finite_or_none(result.error_exact),
+                        "error_direct": _finite_or_none(result.error_direct),
+                        "direct_label": result.direct_label}, arrays)
+
+    def check(self, request: FeatureAttributionRequest, summary: Summary) -> None:
+        if not 1 <= request.top_n <= MAX_ATTRIBUTED_FEATURES:
+            raise ValueError(f"top_n must be in 1..{MAX_ATTRIBUTED_FEATURES}, got {request.top_n}")
+        if not 0 <= request.verify <= min(request.top_n, MAX_VERIFIED_FEATURES):
+            raise ValueError(f"verify must be in 0..{min(request.top_n, MAX_VERIFIED_FEATURES)}, got {request.verify}")
+        data = summary.data
+        tokens = need_list(data, "tokens", str, "strings")
+        counts = {need_array(summary, name, 1).shape[0] for name in CANDIDATE_INTS + CANDIDATE_FLOATS}
+        if len(counts) != 1 or counts.pop() > request.top_n:
+            raise ValueError(f"outcome: the candidate arrays differ in length or list more than {request.top_n}")
+        for name in PER_TOKEN:
+            if need_array(summary, name, 1).shape[0] != len(tokens):
+                raise ValueError(f"outcome: array {name!r} has no value per token")
+        if not 0 <= need(data, "metric_position", int, "an integer") < max(len(tokens), 1):
+            raise ValueError("outcome.metric_position is outside the prompt")
+        need(data, "base_metric", NUMBER, "a number")
+        for key in ("error_exact", "error_direct"):
+            need(data, key, (int, float, type(None)), "a number or null")
+        need(data, "direct_label", (str, type(None)), "a string or null")
+        need(data, "sae_digest", str, "a string")
+        need(data, "site", str, "a string")
+
+    def compare(self, recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
+        old, new = recorded.data, recomputed.data
+        if old["sae_digest"] != new["sae_digest"]:
+            return [f"the SAE changed: digest {old['sae_digest'][:12]} -> {new['sae_digest'][:12]}"]
+        if old["tokens"] != new["tokens"]:
+            return ["the prompt's tokens differ"]
+        problems = metric_problems("base metric", old["base_metric"], new["base_metric"], tolerance)
+        problems += metric_problems("error removed", old["error_exact"], new["error_exact"], tolerance)
+        for name in PER_TOKEN:
+            problems += matrix_problems(recorded.arrays[name][None], recomputed.arrays[name][None], tolerance,
+                                        "token {col}", name.replace("_", " "))
+        return problems + _candidate_problems(recorded, recomputed, tolerance)
+
+    def restore(self, request: FeatureAttributionRequest, summary: Summary) -> FeatureAttribution:
+        data, arrays = summary.data, summary.arrays
+        values: dict[str, Any] = {name: np.asarray(arrays[name], dtype=np.int64) for name in CANDIDATE_INTS}
+        for name in CANDIDATE_FLOATS + PER_TOKEN:
+            values[name] = np.asarray(arrays[name], dtype=np.float32)
+        error_exact, error_direct = data.get("error_exact"), data.get("error_direct")
+        return FeatureAttribution(
+            site=str(data["site"]), sae_digest=str(data["sae_digest"]), d_sae=int(data.get("d_sae", 0)),
+            tokens=[str(t) for t in data["tokens"]], metric_position=int(data["metric_position"]),
+            base_metric=float(data["base_metric"]), n_active=int(data.get("n_active", 0)),
+            include_first=bool(data.get("include_first", False)),
+            error_exact=float("nan") if error_exact is None else float(error_exact),
+            error_direct=float("nan") if error_direct is None else float(error_direct),
+            direct_label=data.get("direct_label"), **values)
+
+    def describe(self, summary: Summary) -> str:
+        """`L1.resid_post: 464 active; top feature 13 at token 13 ' to': AtP +0.3211, exact +0.4012;
+        error node -0.0123; 10 verified`."""
+        data, arrays = summary.data, summary.arrays
+        error = float(np.nansum(np.asarray(arrays["error_estimates"], dtype=np.float64)))
+        if arrays["features"].shape[0] == 0:
+            return f"{data['site']}: no feature fires; error node {error:+.4f}"
+        pos, feature = int(arrays["positions"][0]), int(arrays["features"][0])
+        exact = float(arrays["exact"][0])
+        token = data["tokens"][pos] if 0 <= pos < len(data["tokens"]) else "?"
+        verified = int(np.isfinite(np.asarray(arrays["exact"], dtype=np.float64)).sum())
+        return (f"{data['site']}: {data.get('n_active', 0)} active; top feature {feature} at token {pos} "
+                f"{token!r}: AtP {float(arrays['estimates'][0]):+.4f}"
+                + (f", exact {exact:+.4f}" if math.isfinite(exact) else "")
+                + f"; error node {error:+.4f}; {verified} verified")
+
+    def short(self, summary: Summary) -> str:
+        """`f13@13 AtP +0.3211`."""
+        arrays = summary.arrays
+        if arrays["features"].shape[0] == 0:
+            return "no feature fires"
+        return (f"f{int(arrays['features'][0])}@{int(arrays['positions'][0])} "
+                f"AtP {float(arrays['estimates'][0]):+.4f}")
+
+
+def _candidate_problems(recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
+    """Candidates matched by (position, feature): their values within the tolerance (exact where both
+    verified it), and one listed on one side only no stronger than the other side's weakest listed
+    estimate allows."""
+    def table(summary: Summary) -> dict[tuple[int, int], tuple[float, ...]]:
+        a = summary.arrays
+        columns = [np.asarray(a[name], dtype=np.float64) for name in CANDIDATE_FLOATS]
+        return {(int(p), int(f)): tuple(float(c[i]) for c in columns)
+                for i, (p, f) in enumerate(zip(a["positions"], a["features"]))}
+
+    old, new = table(recorded), table(recomputed)
+
+    def close(a: float, b: float) -> bool:
+        return not (math.isfinite(a) and math.isfinite(b)) or tolerance.metric_close(a, b)
+
+    for key in sorted(old.keys() & new.keys(), key=lambda k: -abs(old[k][1])):
+        for name, a, b in zip(CANDIDATE_FLOATS, old[key], new[key]):
+            if not close(a, b):
+                return [f"token {key[0]} feature {key[1]}: {name} {a:+.6f} -> {b:+.6f}"]
+    for mine, other, verb in ((old, new, "dropped"), (new, old, "appeared")):
+        edge = min((abs(v[1]) for v in other.values()), default=0.0)
+        for key in mine.keys() - other.keys():
+            if len(other) and abs(mine[key][1]) > edge + tolerance.metric_atol + tolerance.metric_rtol * edge:
+                return [f"token {key[0]} feature {key[1]} (AtP {mine[key][1]:+.6f}) {verb} from the top candidates"]
+    return []
 
 
 @handles(FeatureCardRequest, needs=("features",))

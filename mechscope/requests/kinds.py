@@ -267,6 +267,28 @@ class FeatureCardRequest:
 
 
 @dataclass(frozen=True)
+class FeatureAttributionRequest:
+    """Attribution to the SAE features in `sae_folder` on `prompt` (`Engine.feature_attribution`):
+    every active (position, feature) ranked by its attribution-patching estimate of the change in
+    `metric` when ablated, the SAE's error term as its own node, the top `verify` of the `top_n`
+    listed ablated exactly (error kept), and each one's direct effect through the frozen final norm.
+    Runs on the model with `interventions` (resample ablations take `corrupted` as their source). The
+    first token (the attention sink, which SAEs are trained without) is a candidate only with
+    `include_first`."""
+
+    kind: ClassVar[str] = "feature_attribution"
+    prompt: str
+    sae_folder: str
+    site: str | None
+    metric: Metric
+    interventions: tuple[Intervention, ...] = ()
+    top_n: int = 20
+    verify: int = 10
+    corrupted: str | None = None
+    include_first: bool = False
+
+
+@dataclass(frozen=True)
 class FunctionVectorRequest:
     """A function vector from an in-context set (`Engine.function_vector`): each head's average
     indirect effect, the top heads' summed mean output registered as the steering vector `name`, and
@@ -304,16 +326,16 @@ Request = (RunRequest | SweepRequest | GenerateRequest | BuildVectorRequest | Ad
            | ValidateRequest | ReferencePromptsRequest | RunSetRequest | SweepSetRequest
            | EstimateRequest | DetectHeadsRequest | MassiveRequest | TemplateSetRequest
            | PathPatchRequest | PathSweepRequest
-           | FeatureActivationsRequest | FunctionVectorRequest | SetAttentionRequest | RoleHeadsRequest
-           | FeatureCardRequest)
+           | FeatureActivationsRequest | FeatureAttributionRequest | FunctionVectorRequest | SetAttentionRequest
+           | RoleHeadsRequest | FeatureCardRequest)
 
 REQUEST_TYPES: dict[str, type] = {
     cls.kind: cls for cls in (RunRequest, SweepRequest, GenerateRequest, BuildVectorRequest,
                               AddVectorRequest, ValidateRequest, ReferencePromptsRequest,
                               RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
                               MassiveRequest, TemplateSetRequest, PathPatchRequest, PathSweepRequest,
-                              FeatureActivationsRequest, FunctionVectorRequest, SetAttentionRequest,
-                              RoleHeadsRequest, FeatureCardRequest)
+                              FeatureActivationsRequest, FeatureAttributionRequest, FunctionVectorRequest,
+                              SetAttentionRequest, RoleHeadsRequest, FeatureCardRequest)
 }
 SET_REQUESTS: tuple[type, ...] = (RunSetRequest, SweepSetRequest, EstimateRequest, DetectHeadsRequest,
                                   MassiveRequest, TemplateSetRequest,

@@ -26,6 +26,7 @@ from mechscope.requests.kinds import (
     AddVectorRequest,
     BuildVectorRequest,
     FeatureActivationsRequest,
+    FeatureAttributionRequest,
     FeatureCardRequest,
     GenerateRequest,
     Outcome,
@@ -37,6 +38,7 @@ from mechscope.requests.kinds import (
     ValidateRequest,
 )
 from mechscope.screens.dialogs import InterventionDialogs
+from mechscope.screens.feature_attribution import FeatureAttributionPart
 from mechscope.screens.features import FEATURES_TAB, FeaturesPart
 from mechscope.screens.grid import GridPart
 from mechscope.screens.jobs import Job, JobRunner
@@ -48,6 +50,7 @@ from mechscope.screens.sweeps import SweepsPart
 from mechscope.tui.commands import COMMANDS, WIDGET_KEYS, key_label, key_of
 from mechscope.tui.messages import Finished, Partial
 from mechscope.tui.token_labels import token_labels
+from mechscope.tui.widgets.feature_attribution_view import FeatureAttributionView
 from mechscope.tui.widgets.features_view import FeaturesView
 from mechscope.tui.widgets.head_grid import HeadGrid
 from mechscope.tui.widgets.heatmap import Heatmap
@@ -111,6 +114,7 @@ class WorkbenchScreen(Screen[None]):
         self.sweeps = SweepsPart(self)
         self.set_tab = SetTab(self)
         self.features = FeaturesPart(self)
+        self.feature_attribution = FeatureAttributionPart(self)
         self.session_log = SessionLogPart(self)
         self.dialogs = InterventionDialogs(self)
         self.research = ResearchPart(self)
@@ -131,10 +135,11 @@ class WorkbenchScreen(Screen[None]):
             **dict.fromkeys(SET_REQUESTS, sets),
             FeatureActivationsRequest: Job("features", self.features.finished, exclusive=True),
             FeatureCardRequest: Job("feature-card", self.features.card_finished, exclusive=True),
+            FeatureAttributionRequest: Job("feature_attribution", self.feature_attribution.finished, exclusive=True),
         })
         self.commands: dict[str, Callable[..., object]] = {
             **self.grid_part.commands(), **self.sweeps.commands(), **self.set_tab.commands(),
-            **self.features.commands(),
+            **self.features.commands(), **self.feature_attribution.commands(),
             **self.dialogs.commands(), **self.research.commands(),
             "cancel": self.cancel,
             "use_spaced_tokens": self.use_spaced_tokens, "show_message": self.show_message,
@@ -231,6 +236,7 @@ class WorkbenchScreen(Screen[None]):
                         yield SetView()
                     with TabPane("features", id=FEATURES_TAB):
                         yield FeaturesView()
+                        yield FeatureAttributionView()
         with Vertical(id="bottom-bar"):
             yield Static("", id="status-bar")
             yield Footer(id="workbench-footer", show_command_palette=False)
@@ -476,6 +482,7 @@ class WorkbenchScreen(Screen[None]):
             self.query_one(StatsView).show(result.stats)
         elif tab == FEATURES_TAB:
             self.features.refresh()
+            self.feature_attribution.show()
 
     @on(TabbedContent.TabActivated)
     def tab_activated(self, event: TabbedContent.TabActivated) -> None:

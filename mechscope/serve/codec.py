@@ -43,7 +43,8 @@ for _cls in (results.ModelInfo, results.TokenProb, results.MetricInfo, results.L
              results.Attribution, results.ActivationStats, results.ComputeInfo, results.Prediction,
              results.RunResult, results.SweepResult, results.GeneratedToken, results.SetRunResult,
              results.SetSweepResult, results.Estimate, results.HeadScores, results.MassiveLayer,
-             results.VerifiedEstimate, results.FeatureActivations, results.FunctionVectorResult,
+             results.VerifiedEstimate, results.FeatureActivations, results.FeatureAttribution,
+             results.FunctionVectorResult,
              results.RoleAttention, PromptRow, PromptSet):
     register(_cls)
 register(results.PathPatchResult)

@@ -29,6 +29,7 @@ from mechscope.requests.kinds import (
     BuildVectorRequest,
     Direction,
     FeatureActivationsRequest,
+    FeatureAttributionRequest,
     FeatureCardRequest,
     GenerateRequest,
     Outcome,
@@ -40,6 +41,7 @@ from mechscope.requests.kinds import (
     SweepRequest,
     ValidateRequest,
 )
+from mechscope.workbench.feature_attribution import FeatureAttributionState
 from mechscope.workbench.features import FeatureTab
 from mechscope.workbench.recorder import SessionRecorder
 from mechscope.workbench.research import ResearchCommands, sweep_title
@@ -97,6 +99,7 @@ class Workbench(ResearchCommands):
         self.vector_norms: dict[str, float] = {}
         self.sets = PromptSets(self)  # the prompt set and its set-level results
         self.features = FeatureTab(self)  # the SAE folder the features tab reads, its latest outcome
+        self.feature_attribution = FeatureAttributionState(self)  # which features move the metric
         # What each request type's outcome does to this state (and what it records): the only
         # place outcomes are told apart, by the type of the request they carry.
         self._acceptors: dict[type, Callable[[Outcome], Request | None]] = {
@@ -105,13 +108,14 @@ class Workbench(ResearchCommands):
             ReferencePromptsRequest: self._accept_reference, BuildVectorRequest: self._accept_vector,
             AddVectorRequest: self._accept_vector, FeatureActivationsRequest: self.features.accept,
             FeatureCardRequest: self.features.accept_card,
+            FeatureAttributionRequest: self.feature_attribution.accept,
             **dict.fromkeys(self.sets.request_types(), self.sets.accept),
         }
         # How an outcome read back from a session is shown again (nothing is recorded).
         self._restorers: dict[type, Callable[[Outcome], None]] = {
             SweepRequest: self._restore_sweep, PathSweepRequest: self._restore_sweep,
             FeatureActivationsRequest: self.features.restore, FeatureCardRequest: self.features.restore_card,
-            **self.sets.restorers(),
+            FeatureAttributionRequest: self.feature_attribution.restore, **self.sets.restorers(),
         }
 
     # -- derived state --------------------------------------------------------------------------

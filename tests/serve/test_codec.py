@@ -154,6 +154,7 @@ def test_every_wire_type_round_trips_exactly(engine, isolated_mechscope_dirs, tm
               engine.sweep("attn", PROMPT, CORRUPT, METRIC), engine.generate(PROMPT, max_new_tokens=2),
               engine.feature_activations(PROMPT, str(save_saelens(random_sae("L1.resid_post"), tmp_path / "sae"))),
               engine.feature_card(str(tmp_path / "sae"), 3, k=4),
+              engine.feature_attribution(PROMPT, str(tmp_path / "sae"), None, METRIC, top_n=5, verify=2),
               engine.path_patch("L0.H1", ("L1.H2.q", "resid_final"), PROMPT, CORRUPT, METRIC),
               engine.set_attention(pset, 1, 2), engine.function_vector(ICL, 1, n_heads=2, coeff=2.0)]
     seen: set[str] = set()

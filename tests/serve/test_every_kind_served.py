@@ -28,6 +28,7 @@ from mechscope.requests.kinds import (
     DetectHeadsRequest,
     EstimateRequest,
     FeatureActivationsRequest,
+    FeatureAttributionRequest,
     FeatureCardRequest,
     FunctionVectorRequest,
     GenerateRequest,
@@ -99,6 +100,10 @@ def requests_by_kind(pset: PromptSet) -> dict[str, list]:
         "path_sweep": [PathSweepRequest("L2.H0.q", PROMPT, CORRUPT, METRIC)],
         "feature_activations": [FeatureActivationsRequest(PROMPT, SAE_FOLDER, top_k=4)],
         "feature_card": [FeatureCardRequest(SAE_FOLDER, 5, k=3)],
+        "feature_attribution": [FeatureAttributionRequest(PROMPT, SAE_FOLDER, None, METRIC, top_n=6, verify=3),
+                                FeatureAttributionRequest(PROMPT, SAE_FOLDER, None, Metric("prob", " Mary"),
+                                                          (HeadAblation(1, 2, "resample"),), 4, 2, CORRUPT,
+                                                          include_first=True)],
     }
 
 

@@ -1,0 +1,62 @@
+"""The features tab's attribution job: which SAE features move the metric, run on a key, shown as a ranked table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from mechscope.requests.kinds import FeatureAttributionRequest, Outcome
+from mechscope.screens.features import FEATURES_TAB
+from mechscope.tui.commands import palette_title
+from mechscope.tui.widgets.feature_attribution_view import FeatureAttributionView
+
+if TYPE_CHECKING:
+    from mechscope.screens.workbench import WorkbenchScreen
+
+
+class FeatureAttributionPart:
+    """Owns `FeatureAttributionRequest`: submits it on its key, repaints the table when it lands."""
+
+    def __init__(self, screen: WorkbenchScreen) -> None:
+        self.screen = screen
+
+    def commands(self) -> dict[str, Callable[..., object]]:
+        return {"feature_attribution": self.start}
+
+    @property
+    def view(self) -> FeatureAttributionView:
+        return self.screen.part(FeatureAttributionView, FeatureAttributionView)
+
+    def start(self) -> None:
+        screen = self.screen
+        state = screen.bench.feature_attribution
+        request = state.request()
+        if request is None:
+            hint = (f" (palette: '{palette_title('sae_folder')}')" if screen.bench.features.folder is None else "")
+            screen.show_error(f"{state.error}{hint}")
+            return
+        screen.show_tab(FEATURES_TAB)
+        self.view.show_message(f"attributing the metric to the features of {request.sae_folder}: AtP over every "
+                               f"active feature, then {request.verify} exact ablations…")
+        screen.submit(request)
+
+    def finished(self, outcome: Outcome) -> None:
+        state = self.screen.bench.feature_attribution
+        if outcome.request != state.issued:
+            return
+        if state.error:
+            self.view.show_message(state.error)
+            self.screen.show_error(state.error)
+        elif outcome.cancelled:
+            self.view.show_message("feature attribution stopped")
+        else:
+            self.show()
+
+    def show(self) -> None:
+        """Paint the attribution shown (restored from a session or just run), saying whether it is stale."""
+        state = self.screen.bench.feature_attribution
+        result = state.result
+        if result is None or state.outcome is None:
+            return
+        request = cast(FeatureAttributionRequest, state.outcome.request)
+        self.view.show(result, request.metric, state.staleness())

@@ -1,0 +1,77 @@
+"""The features tab's attribution: which SAE features of the clean prompt move the metric (the latest
+`FeatureAttributionRequest` and its outcome)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from mechscope.engine.results import FeatureAttribution
+from mechscope.requests.kinds import FeatureAttributionRequest, Outcome
+
+if TYPE_CHECKING:
+    from mechscope.workbench.controller import Workbench
+
+TOP_N = 20  # candidates the table lists
+VERIFY = 10  # of which ablated exactly
+
+
+class FeatureAttributionState:
+    """The attribution last asked for (`issued`), the outcome shown, and one line when it failed."""
+
+    def __init__(self, bench: Workbench) -> None:
+        self.bench = bench
+        self.issued: FeatureAttributionRequest | None = None
+        self.outcome: Outcome | None = None
+        self.error: str | None = None
+
+    def request(self) -> FeatureAttributionRequest | None:
+        """Attribute the current metric on the clean prompt, with the active interventions, to the
+        features of the tab's SAE; None (and `error`) without a folder, a prompt or a metric."""
+        bench = self.bench
+        folder = bench.features.folder
+        metric = bench.metric()
+        if folder is None:
+            self.error = "feature attribution needs an SAE: choose its folder first"
+        elif not bench.inputs.clean.strip():
+            self.error = "feature attribution needs a prompt"
+        elif metric is None or not metric.measurable:
+            self.error = bench.inputs.metric()[1] or "feature attribution needs a metric with a target token"
+        else:
+            self.error = None
+            self.issued = FeatureAttributionRequest(bench.inputs.clean, folder, None, metric, bench.interventions(),
+                                                    TOP_N, VERIFY, bench.inputs.corrupted or None)
+            return self.issued
+        return None
+
+    def accept(self, outcome: Outcome) -> None:
+        """Keep and record the outcome of the last request issued; an older one is dropped."""
+        if outcome.request != self.issued:
+            return
+        self.outcome = outcome
+        if outcome.ok:
+            self.error = None
+            self.bench.recorder.work(outcome, "feature attribution")
+        elif not outcome.cancelled:
+            self.error = f"feature attribution failed: {outcome.error}"
+
+    def restore(self, outcome: Outcome) -> None:
+        self.issued = cast(FeatureAttributionRequest, outcome.request)
+        self.outcome = outcome
+
+    @property
+    def result(self) -> FeatureAttribution | None:
+        outcome = self.outcome
+        return outcome.result if outcome is not None and outcome.ok else None
+
+    def staleness(self) -> str | None:
+        """None when the attribution shown ran on the current inputs, else what changed since."""
+        if self.outcome is None:
+            return None
+        request = cast(FeatureAttributionRequest, self.outcome.request)
+        bench = self.bench
+        changed = [what for what, differs in (
+            ("prompt", request.prompt != bench.inputs.clean),
+            ("metric", request.metric != bench.metric()),
+            ("interventions", request.interventions != bench.interventions()),
+            ("SAE", request.sae_folder != bench.features.folder)) if differs]
+        return f"{', '.join(changed)} changed since" if changed else None
