@@ -172,16 +172,22 @@ def _load(engine, args: argparse.Namespace):
 def run_eval(args: argparse.Namespace) -> int:
     def body(engine) -> int:
         from mechscope.engine.features.corpus import token_chunks
-        from mechscope.engine.features.quality import evaluate
+        from mechscope.engine.features.quality import evaluate, save_quality
 
         sae = _load(engine, args)
         stream = _stream(engine, args, HELD_OUT_SEED, args.tokens + args.tokens // 4, with_docs=False)
         chunks = token_chunks(engine.tokenizer, stream.texts(), args.seq_len)
-        quality = evaluate(engine, sae, chunks, args.tokens)
+        quality = evaluate(engine, sae, chunks, args.tokens, corpus=stream.description)
         print(f"SAE {args.sae} at {sae.site} ({sae.format}, {sae.activation}, {sae.d_sae} features) "
               f"on {stream.description}")
         for line in quality.lines():
             print(f"  {line}")
+        try:
+            path = save_quality(quality, args.sae, sae.digest)
+        except OSError as exc:
+            print(f"the figures were not saved beside the SAE: {exc.strerror or exc}", file=sys.stderr)
+        else:
+            print(f"saved to {path} (the features tab shows them)", file=sys.stderr)
         return 0
 
     return _run(args, body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -192,11 +193,15 @@ class Engine:
 
     def feature_activations(self, prompt: str, sae_folder: str, site: str | None = None,
                             top_k: int = 10) -> FeatureActivations:
-        """The strongest features of the SAE in `sae_folder` at every token of `prompt`."""
+        """The strongest features of the SAE in `sae_folder` at every token of `prompt`, with the quality
+        figures stored beside it (`mechscope features eval`) when they were measured on this SAE."""
         from mechscope.engine.features.activations import sae_from_folder, top_features
+        from mechscope.engine.features.quality import read_quality
 
         with self.guard():
-            return top_features(self.passes, sae_from_folder(self.passes, sae_folder, site), check_text(prompt, "prompt"), top_k)
+            sae = sae_from_folder(self.passes, sae_folder, site)
+            result = top_features(self.passes, sae, check_text(prompt, "prompt"), top_k)
+        return dataclasses.replace(result, quality=read_quality(sae_folder, sae.digest))
 
     def feature_card(self, sae_folder: str, feature: int, site: str | None = None,
                      k: int = 10) -> FeatureCardResult:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -403,6 +405,65 @@ MAX_TOP_FEATURES = 1000  # features a FeatureActivations lists per token at most
 MAX_CARD_ROWS = 100  # contexts and promoted / suppressed tokens a FeatureCardResult holds at most
 
 
+@dataclass(frozen=True)
+class SaeQuality:
+    """An SAE's quality on held-out text, as papers report it (`features.quality.evaluate`)."""
+
+    tokens: int  # site values measured
+    fve: float  # 1 - sum |x - x_hat|^2 / sum |x - mean x|^2
+    l0: float  # mean active features per token
+    dead_fraction: float  # features never active on these tokens
+    ce_clean: float
+    ce_sae: float
+    ce_zero: float
+    ce_recovered: float
+    kl: float  # mean KL(clean || with the reconstruction spliced in), nats per token
+    corpus: str = ""  # what text they were measured on
+
+    def lines(self) -> list[str]:
+        return [f"tokens         {self.tokens}",
+                f"FVE            {self.fve:.4f}",
+                f"L0             {self.l0:.2f}",
+                f"dead fraction  {self.dead_fraction:.4f}",
+                f"CE clean       {self.ce_clean:.4f}",
+                f"CE with SAE    {self.ce_sae:.4f}",
+                f"CE zero site   {self.ce_zero:.4f}",
+                f"CE recovered   {self.ce_recovered:.4f}",
+                f"KL             {self.kl:.4f}"]
+
+    def to_json(self) -> dict:
+        """Plain JSON (a figure that is not finite as null)."""
+        return {f.name: (v if not isinstance(v, float) or math.isfinite(v) else None)
+                for f in dataclasses.fields(self) for v in (getattr(self, f.name),)}
+
+    @classmethod
+    def from_json(cls, data: object) -> SaeQuality:
+        """What `to_json` wrote; ValueError naming the first field that is not."""
+        if not isinstance(data, dict):
+            raise ValueError("quality figures must be an object")
+        values: dict = {}
+        for f in dataclasses.fields(cls):
+            value = data.get(f.name)
+            if f.name == "corpus":
+                values[f.name] = value if isinstance(value, str) else ""
+            elif f.name == "tokens":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError("quality.tokens must be a non-negative integer")
+                values[f.name] = value
+            elif value is None:
+                values[f.name] = math.nan
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"quality.{f.name} must be a number or null")
+            else:
+                values[f.name] = float(value)
+        return cls(**values)
+
+    def summary(self) -> str:
+        """`FVE 0.832 · L0 32.0 · dead 0.4% · CE recovered 0.953 · KL 0.118 (16384 tokens)`."""
+        return (f"FVE {self.fve:.3f} · L0 {self.l0:.1f} · dead {self.dead_fraction:.1%} · "
+                f"CE recovered {self.ce_recovered:.3f} · KL {self.kl:.3f} ({self.tokens} tokens)")
+
+
 @dataclass
 class FeatureActivations:
     """The strongest SAE features at every token of a prompt: `ids` / `values` [pos, k] by activation,
@@ -418,6 +479,7 @@ class FeatureActivations:
     l0: np.ndarray  # [pos] int64
     error_norm: np.ndarray  # [pos] float32
     site_norm: np.ndarray  # [pos] float32
+    quality: SaeQuality | None = None  # figures `mechscope features eval` stored beside this very SAE
 
 
 MAX_ATTRIBUTED_FEATURES = 1000  # candidates a FeatureAttribution lists at most

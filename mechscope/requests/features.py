@@ -15,6 +15,7 @@ from mechscope.engine.results import (
     FeatureActivations,
     FeatureAttribution,
     FeatureCardResult,
+    SaeQuality,
 )
 from mechscope.requests.kinds import (
     FeatureActivationsRequest,
@@ -47,7 +48,8 @@ class FeatureActivationsHandler(Handler):
 
     def summarise(self, result: FeatureActivations) -> Summary:
         return Summary({"site": result.site, "sae_digest": result.sae_digest, "d_sae": int(result.d_sae),
-                        "tokens": [str(t) for t in result.tokens]},
+                        "tokens": [str(t) for t in result.tokens],
+                        "quality": None if result.quality is None else result.quality.to_json()},
                        {"ids": np.ascontiguousarray(np.asarray(result.ids, dtype=np.int64)),  # [pos, k]
                         "values": np.ascontiguousarray(np.asarray(result.values, dtype=np.float32)),  # [pos, k]
                         "l0": np.asarray(result.l0, dtype=np.int64).reshape(-1),  # [pos]
@@ -67,11 +69,15 @@ class FeatureActivationsHandler(Handler):
                 raise ValueError(f"outcome: array {name!r} has no value per token")
         need(summary.data, "sae_digest", str, "a string")
         need(summary.data, "site", str, "a string")
+        if summary.data.get("quality") is not None:
+            SaeQuality.from_json(summary.data["quality"])
 
     def compare(self, recorded: Summary, recomputed: Summary, tolerance: Tolerance) -> list[str]:
         if recorded.data["sae_digest"] != recomputed.data["sae_digest"]:
             return [f"the SAE changed: digest {recorded.data['sae_digest'][:12]} -> "
                     f"{recomputed.data['sae_digest'][:12]}"]
+        if recorded.data.get("quality") != recomputed.data.get("quality"):
+            return ["the quality figures beside the SAE (quality.json) changed"]
         if recorded.data["tokens"] != recomputed.data["tokens"]:
             return ["the prompt's tokens differ"]
         old_ids, new_ids = (np.asarray(s.arrays["ids"], dtype=np.int64) for s in (recorded, recomputed))
@@ -94,7 +100,8 @@ class FeatureActivationsHandler(Handler):
             tokens=[str(t) for t in data["tokens"]], ids=np.asarray(arrays["ids"], dtype=np.int64),
             values=np.asarray(arrays["values"], dtype=np.float32), l0=np.asarray(arrays["l0"], dtype=np.int64),
             error_norm=np.asarray(arrays["error_norm"], dtype=np.float32),
-            site_norm=np.asarray(arrays["site_norm"], dtype=np.float32))
+            site_norm=np.asarray(arrays["site_norm"], dtype=np.float32),
+            quality=None if data.get("quality") is None else SaeQuality.from_json(data["quality"]))
 
     def describe(self, summary: Summary) -> str:
         """`L1.resid_post: strongest feature 17 at token 5 (2.31); mean L0 12.3`."""

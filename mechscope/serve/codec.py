@@ -49,6 +49,7 @@ for _cls in (results.ModelInfo, results.TokenProb, results.MetricInfo, results.L
     register(_cls)
 register(results.PathPatchResult)
 register(results.FeatureCardResult)
+register(results.SaeQuality)
 
 # Plain numeric dtypes only: an object dtype could smuggle code through a later unpickle.
 DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",

@@ -3,17 +3,23 @@ read by a plain hook, the error term is what the SAE leaves, and a changed SAE f
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from mechscope.backends.nnsight_engine import NNsightEngine
 from mechscope.engine.features.formats import save_saelens
+from mechscope.engine.features.quality import QUALITY_FILE, read_quality, save_quality
 from mechscope.engine.features.sae import FeatureError
+from mechscope.engine.results import SaeQuality
 from mechscope.engine.testing import FAMILIES, tiny_engine, tiny_model, tiny_tokenizer
 from mechscope.requests import execute, handler_for
 from mechscope.requests.kinds import FeatureActivationsRequest
 from mechscope.requests.tolerance import Tolerance
+from mechscope.tui.widgets.features_view import features_text
 
 from .saes import random_sae
 
@@ -97,3 +103,32 @@ def test_the_nnsight_backend_refuses_features_by_capability(tmp_path):
     backend = NNsightEngine(tiny_model("llama"), tiny_tokenizer(), source="tiny-llama")
     outcome = execute(backend, FeatureActivationsRequest(PROMPT, str(tmp_path)))
     assert outcome.error == "NNsightEngine cannot read SAE features (capability 'features')"
+
+
+def test_quality_figures_beside_the_sae_travel_with_the_features_and_name_their_sae(tmp_path):
+    engine = tiny_engine("llama")
+    folder = tmp_path / "sae"
+    sae = random_sae("L1.resid_post", seed=1)
+    save_saelens(sae, folder)
+    request = FeatureActivationsRequest(PROMPT, str(folder), top_k=4)
+    before = execute(engine, request).result
+    assert before.quality is None
+    assert "held-out quality not measured: `mechscope features eval" in features_text(before, str(folder)).plain
+    figures = SaeQuality(tokens=4096, fve=0.8125, l0=31.5, dead_fraction=0.0125, ce_clean=3.0, ce_sae=3.25,
+                         ce_zero=9.0, ce_recovered=float("nan"), kl=0.125, corpus="held-out text")
+    save_quality(figures, folder, before.sae_digest)
+    back = read_quality(folder, before.sae_digest)
+    assert back is not None and back.fve == 0.8125 and math.isnan(back.ce_recovered) and back.corpus == "held-out text"
+    assert read_quality(folder, "another digest") is None  # figures of another SAE are not shown
+    outcome = execute(engine, request)
+    assert outcome.result.quality.fve == 0.8125 and outcome.result.quality.tokens == 4096
+    handler = handler_for(request)
+    summary = handler.summarise(outcome.result)
+    handler.check(request, summary)
+    restored = handler.restore(request, summary)
+    assert restored.quality.l0 == 31.5 and restored.quality.kl == 0.125
+    assert "held-out quality: FVE 0.812 · L0 31.5 · dead 1.2%" in features_text(restored, str(folder)).plain
+    problems = handler.compare(handler.summarise(before), summary, Tolerance(1e-5, 1e-5, 0.0))
+    assert problems == ["the quality figures beside the SAE (quality.json) changed"]
+    (folder / QUALITY_FILE).write_text(json.dumps({"sae_digest": before.sae_digest, "tokens": "many"}))
+    assert read_quality(folder, before.sae_digest) is None

@@ -143,7 +143,7 @@ ICL = PromptSet("icl", (
 def test_every_wire_type_round_trips_exactly(engine, isolated_mechscope_dirs, tmp_path):
     from mechscope.engine.features.formats import save_saelens
     from mechscope.engine.prompt_sets import template_set
-    from mechscope.engine.results import VerifiedEstimate
+    from mechscope.engine.results import SaeQuality, VerifiedEstimate
     from tests.features.saes import random_sae
 
     pset = template_set("ioi", engine.tokenizer, 4, 0)
@@ -153,6 +153,8 @@ def test_every_wire_type_round_trips_exactly(engine, isolated_mechscope_dirs, tm
               engine.run(PROMPT, views=Views.all(("L0.H1",)), metric=METRIC), engine.info,
               engine.sweep("attn", PROMPT, CORRUPT, METRIC), engine.generate(PROMPT, max_new_tokens=2),
               engine.feature_activations(PROMPT, str(save_saelens(random_sae("L1.resid_post"), tmp_path / "sae"))),
+              SaeQuality(tokens=64, fve=0.75, l0=4.0, dead_fraction=0.5, ce_clean=2.0, ce_sae=2.5, ce_zero=6.0,
+                         ce_recovered=0.875, kl=0.25, corpus="text"),
               engine.feature_card(str(tmp_path / "sae"), 3, k=4),
               engine.feature_attribution(PROMPT, str(tmp_path / "sae"), None, METRIC, top_n=5, verify=2),
               engine.path_patch("L0.H1", ("L1.H2.q", "resid_final"), PROMPT, CORRUPT, METRIC),

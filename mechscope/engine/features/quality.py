@@ -9,37 +9,18 @@ site's value set to zero at the same positions.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from mechscope.engine.features.reading import logits_with_site, site_values
 from mechscope.engine.features.sae import FeatureError, SparseAutoencoder
+from mechscope.engine.results import SaeQuality
 
-
-@dataclass(frozen=True)
-class Quality:
-    tokens: int  # site values measured
-    fve: float  # 1 - sum |x - x_hat|^2 / sum |x - mean x|^2
-    l0: float  # mean active features per token
-    dead_fraction: float  # features never active on these tokens
-    ce_clean: float
-    ce_sae: float
-    ce_zero: float
-    ce_recovered: float
-    kl: float  # mean KL(clean || with the reconstruction spliced in), nats per token
-
-    def lines(self) -> list[str]:
-        return [f"tokens         {self.tokens}",
-                f"FVE            {self.fve:.4f}",
-                f"L0             {self.l0:.2f}",
-                f"dead fraction  {self.dead_fraction:.4f}",
-                f"CE clean       {self.ce_clean:.4f}",
-                f"CE with SAE    {self.ce_sae:.4f}",
-                f"CE zero site   {self.ce_zero:.4f}",
-                f"CE recovered   {self.ce_recovered:.4f}",
-                f"KL             {self.kl:.4f}"]
+QUALITY_FILE = "quality.json"  # `mechscope features eval` writes its figures beside the SAE
+MAX_QUALITY_BYTES = 1 << 16
 
 
 def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -49,7 +30,7 @@ def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(engine, sae: SparseAutoencoder, chunks: Iterator[list[int]], tokens: int,
-             seqs_per_forward: int = 8) -> Quality:
+             seqs_per_forward: int = 8, corpus: str = "") -> SaeQuality:
     """Quality of `sae` on chunks of token ids until about `tokens` site values have been measured."""
     passes = engine.passes
     sums = {"sse": 0.0, "sq": 0.0, "l0": 0.0, "ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl": 0.0}
@@ -98,6 +79,30 @@ def evaluate(engine, sae: SparseAutoencoder, chunks: Iterator[list[int]], tokens
     variance = sums["sq"] - n_values * float(mean.pow(2).sum())
     ce_clean, ce_sae, ce_zero = (sums[k] / n_predictions for k in ("ce_clean", "ce_sae", "ce_zero"))
     recovered = (ce_zero - ce_sae) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan")
-    return Quality(tokens=n_values, fve=1.0 - sums["sse"] / variance, l0=sums["l0"] / n_values,
+    return SaeQuality(tokens=n_values, fve=1.0 - sums["sse"] / variance, l0=sums["l0"] / n_values,
                    dead_fraction=1.0 - float(fired.float().mean()), ce_clean=ce_clean, ce_sae=ce_sae,
-                   ce_zero=ce_zero, ce_recovered=recovered, kl=sums["kl"] / n_predictions)
+                   ce_zero=ce_zero, ce_recovered=recovered, kl=sums["kl"] / n_predictions, corpus=corpus)
+
+
+def save_quality(quality: SaeQuality, folder: str | Path, sae_digest: str) -> Path:
+    """Write the figures beside the SAE, with the digest of the SAE they were measured on."""
+    path = Path(folder) / QUALITY_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"sae_digest": sae_digest, **quality.to_json()}, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_quality(folder: str | Path, sae_digest: str) -> SaeQuality | None:
+    """The figures stored beside the SAE when they were measured on this very SAE (same digest);
+    None when there are none, they are for another file, or the file is not what `save_quality` writes."""
+    path = Path(folder).expanduser() / QUALITY_FILE
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_QUALITY_BYTES:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("sae_digest") != sae_digest:
+            return None
+        return SaeQuality.from_json(data)
+    except (OSError, ValueError):
+        return None

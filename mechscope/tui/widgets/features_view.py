@@ -43,6 +43,9 @@ def features_text(result: FeatureActivations, folder: str, position: int | None 
     text = Text()
     text.append(f"SAE {folder} · {result.site} · {result.d_sae} features · digest {result.sae_digest[:12]}\n",
                 style="bold")
+    quality = result.quality
+    text.append(f"held-out quality: {quality.summary()}\n" if quality is not None
+                else f"held-out quality not measured: `mechscope features eval {folder}`\n", style="dim")
     where = "last token" if pos == last else f"token {pos} of {last + 1}"
     text.append(f"clean prompt, no interventions · {where} {show_token(result.tokens[pos])!r}: "
                 f"L0 {int(result.l0[pos])}, error |x - x̂| {error:.3f} of |x| {norm:.3f}"
