@@ -405,6 +405,9 @@ MAX_TOP_FEATURES = 1000  # features a FeatureActivations lists per token at most
 MAX_CARD_ROWS = 100  # contexts and promoted / suppressed tokens a FeatureCardResult holds at most
 
 
+MASSIVE_NORM = 10.0  # a site value this many times the median norm is a massive activation (an attention sink)
+
+
 @dataclass(frozen=True)
 class SaeQuality:
     """An SAE's quality on held-out text, as papers report it (`features.quality.evaluate`)."""
@@ -419,10 +422,14 @@ class SaeQuality:
     ce_recovered: float
     kl: float  # mean KL(clean || with the reconstruction spliced in), nats per token
     corpus: str = ""  # what text they were measured on
+    fve_typical: float = math.nan  # FVE without the massive-activation tokens (see `massive_tokens`)
+    massive_tokens: int = 0  # tokens left out of fve_typical: |x| over MASSIVE_NORM x the first batch's median
 
     def lines(self) -> list[str]:
         return [f"tokens         {self.tokens}",
                 f"FVE            {self.fve:.4f}",
+                f"FVE typical    {self.fve_typical:.4f}  (without the {self.massive_tokens} massive-activation "
+                f"tokens, |x| > {MASSIVE_NORM:g}x the median)",
                 f"L0             {self.l0:.2f}",
                 f"dead fraction  {self.dead_fraction:.4f}",
                 f"CE clean       {self.ce_clean:.4f}",
@@ -446,9 +453,10 @@ class SaeQuality:
             value = data.get(f.name)
             if f.name == "corpus":
                 values[f.name] = value if isinstance(value, str) else ""
-            elif f.name == "tokens":
+            elif f.name in ("tokens", "massive_tokens"):
+                value = 0 if value is None and f.name == "massive_tokens" else value
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ValueError("quality.tokens must be a non-negative integer")
+                    raise ValueError(f"quality.{f.name} must be a non-negative integer")
                 values[f.name] = value
             elif value is None:
                 values[f.name] = math.nan
@@ -460,7 +468,8 @@ class SaeQuality:
 
     def summary(self) -> str:
         """`FVE 0.832 · L0 32.0 · dead 0.4% · CE recovered 0.953 · KL 0.118 (16384 tokens)`."""
-        return (f"FVE {self.fve:.3f} · L0 {self.l0:.1f} · dead {self.dead_fraction:.1%} · "
+        return (f"FVE {self.fve:.3f} ({self.fve_typical:.3f} without {self.massive_tokens} massive) · "
+                f"L0 {self.l0:.1f} · dead {self.dead_fraction:.1%} · "
                 f"CE recovered {self.ce_recovered:.3f} · KL {self.kl:.3f} ({self.tokens} tokens)")
 
 

@@ -115,7 +115,8 @@ def test_quality_figures_beside_the_sae_travel_with_the_features_and_name_their_
     assert before.quality is None
     assert "held-out quality not measured: `mechscope features eval" in features_text(before, str(folder)).plain
     figures = SaeQuality(tokens=4096, fve=0.8125, l0=31.5, dead_fraction=0.0125, ce_clean=3.0, ce_sae=3.25,
-                         ce_zero=9.0, ce_recovered=float("nan"), kl=0.125, corpus="held-out text")
+                         ce_zero=9.0, ce_recovered=float("nan"), kl=0.125, corpus="held-out text",
+                         fve_typical=0.75, massive_tokens=3)
     save_quality(figures, folder, before.sae_digest)
     back = read_quality(folder, before.sae_digest)
     assert back is not None and back.fve == 0.8125 and math.isnan(back.ce_recovered) and back.corpus == "held-out text"
@@ -127,7 +128,7 @@ def test_quality_figures_beside_the_sae_travel_with_the_features_and_name_their_
     handler.check(request, summary)
     restored = handler.restore(request, summary)
     assert restored.quality.l0 == 31.5 and restored.quality.kl == 0.125
-    assert "held-out quality: FVE 0.812 · L0 31.5 · dead 1.2%" in features_text(restored, str(folder)).plain
+    assert "held-out quality: FVE 0.812 (0.750 without 3 massive) · L0 31.5 · dead 1.2%" in features_text(restored, str(folder)).plain
     problems = handler.compare(handler.summarise(before), summary, Tolerance(1e-5, 1e-5, 0.0))
     assert problems == ["the quality figures beside the SAE (quality.json) changed"]
     (folder / QUALITY_FILE).write_text(json.dumps({"sae_digest": before.sae_digest, "tokens": "many"}))

@@ -74,4 +74,33 @@ def test_quality_matches_a_computation_by_hand():
     recovered = (losses["zero"] - losses["sae"]) / (losses["zero"] - losses["clean"])
     assert quality.ce_recovered == pytest.approx(recovered, abs=1e-3)
     assert quality.kl == pytest.approx(kl, abs=1e-5) and quality.kl > 0
-    assert not math.isnan(quality.ce_recovered) and len(quality.lines()) == 9
+    assert not math.isnan(quality.ce_recovered) and len(quality.lines()) == 10
+
+
+def test_typical_fve_leaves_out_massive_activations(monkeypatch):
+    from mechscope.engine.features import quality as quality_module
+
+    engine = Engine(tiny_model("llama", seed=4), tiny_tokenizer(), source="tiny")
+    sae = random_sae("L1.resid_post", seed=3, activation="topk", k=6)
+    chunks = _chunks()
+    real = quality_module.site_values
+    planted = []
+
+    def with_a_massive_token(passes, ids, site):
+        x = real(passes, ids, site).clone()  # [seqs, pos, d]
+        x[0, 3] *= 500.0  # an attention-sink-like norm past position 0
+        planted.append(x[:, 1:].double().reshape(-1, x.shape[-1]))
+        return x
+
+    monkeypatch.setattr(quality_module, "site_values", with_a_massive_token)
+    quality = evaluate(engine, sae, iter(chunks), tokens=10_000, seqs_per_forward=3)
+    x = torch.cat(planted)  # [tokens, d]
+    recon = sae.decode(sae.encode(x.float())).double()
+    norms = x.norm(dim=-1)
+    typical = norms <= 10.0 * float(planted[0].float().norm(dim=-1).median())
+    kept, kept_recon = x[typical], recon[typical]
+    expected = 1 - float((kept - kept_recon).pow(2).sum() / (kept - kept.mean(0)).pow(2).sum())
+    assert quality.massive_tokens == len(planted) == 2 and int((~typical).sum()) == 2
+    assert quality.fve_typical == pytest.approx(expected, abs=1e-5)
+    everything = 1 - float((x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    assert quality.fve == pytest.approx(everything, abs=1e-5) and quality.fve != pytest.approx(expected, abs=1e-3)
