@@ -215,15 +215,17 @@ class FeatureTab:
         return FeatureSteer(result.site, self.folder, feature, amount, positions=(pos,))
 
     def strip(self, rows: int = STRIP_FEATURES) -> tuple[list[int], np.ndarray] | None:
-        """The features strongest anywhere in the prompt (the selected one among them) and their
-        activation at every token: (feature ids, [feature, pos]); a token where a feature is not among
-        its top ones reads 0."""
+        """The features strongest anywhere in the prompt after its first token (the attention sink,
+        whose features fire in the hundreds and which SAEs are trained without), the selected one among
+        them, and their activation at every token: (feature ids, [feature, pos]); a token where a
+        feature is not among its top ones reads 0."""
         result = self.result
         if result is None:
             return None
         ids, values = np.asarray(result.ids), np.asarray(result.values)  # [pos, k] each
+        after_sink = slice(1, None) if ids.shape[0] > 1 else slice(None)
         peak: dict[int, float] = {}
-        for feature, value in zip(ids.ravel().tolist(), values.ravel().tolist()):
+        for feature, value in zip(ids[after_sink].ravel().tolist(), values[after_sink].ravel().tolist()):
             if feature >= 0:
                 peak[feature] = max(peak.get(feature, 0.0), value)
         chosen = sorted(peak, key=lambda f: (-peak[f], f))[:rows]

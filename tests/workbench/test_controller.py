@@ -243,3 +243,31 @@ def test_feature_edits_from_the_features_tab_toggle_replace_and_need_a_selection
     assert len(bench.interventions()) == 2 and bench.interventions()[1].positions == (last - 1,)
     expected = engine.run(IOI.clean, list(bench.interventions()), metric=bench.metric(), corrupted=IOI.corrupted)
     assert bench.result.metric == pytest.approx(expected.metric, abs=1e-6)
+
+
+def test_the_feature_strip_ranks_features_after_the_attention_sink(engine, tmp_path):
+    from mechscope.engine.features.formats import save_saelens
+    from tests.features.saes import random_sae
+
+    folder = str(save_saelens(random_sae("L1.resid_post", seed=2), tmp_path / "sae"))
+    bench = Workbench(IOI)
+    drive(bench, engine, bench.next_run())
+    drive(bench, engine, bench.features.use_folder(folder))
+    features = bench.features
+    result = features.result
+    ids, values = result.ids.copy(), result.values.copy()  # [pos, k]
+    ids[0, 0], values[0, 0] = 999_999, 500.0  # a feature firing hugely on the first token only
+    features.outcome = dataclasses.replace(features.outcome, result=dataclasses.replace(result, ids=ids, values=values))
+    chosen, grid = features.strip(rows=3)
+    peak: dict[int, float] = {}
+    for f, v in zip(ids[1:].ravel().tolist(), values[1:].ravel().tolist()):
+        if f >= 0:
+            peak[f] = max(peak.get(f, 0.0), v)
+    expected = sorted(peak, key=lambda f: (-peak[f], f))[:3]
+    selected = features.selected()
+    if selected not in expected:
+        expected[-1] = selected
+    assert chosen == expected and 999_999 not in chosen
+    for row, f in enumerate(chosen):
+        pos, rank = np.nonzero(ids == f)
+        assert grid[row, pos].tolist() == values[pos, rank].tolist()
