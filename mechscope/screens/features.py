@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from mechscope.requests.kinds import FeatureCardRequest, Outcome
 from mechscope.tui.commands import palette_title
 from mechscope.tui.widgets.features_view import FeaturesView
-from mechscope.workbench.features import MAX_LABEL, folder_name
+from mechscope.workbench.features import folder_name, label_problem
 from mechscope.workbench.numbers import parse_number
 
 if TYPE_CHECKING:
@@ -144,10 +144,6 @@ class FeaturesPart:
         if not self.ready() or feature is None or features.folder is None:
             return
 
-        def check(text: str) -> str | None:
-            label = " ".join(text.split())
-            return f"a name of at most {MAX_LABEL} characters, got {len(label)}" if len(label) > MAX_LABEL else None
-
         def done(text: str | None) -> None:
             if text is None:
                 return
@@ -162,7 +158,7 @@ class FeaturesPart:
         screen.app.push_screen(AskValueScreen(
             f"name feature {feature} of {folder_name(features.folder)}",
             "a short name (e.g. 'L15 res: Mary/John names'); empty takes the name away; recorded in the session",
-            features.label(feature), check), done)
+            features.label(feature), label_problem), done)
 
     def edit(self, kind: str) -> None:
         screen = self.screen

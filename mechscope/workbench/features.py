@@ -21,6 +21,12 @@ CARDS_KEPT = 64  # cards kept in memory, so moving back to a feature shows it at
 MAX_LABEL = 80  # characters of a feature's name
 
 
+def label_problem(text: str) -> str | None:
+    """What is wrong with `text` as a feature's name (whitespace runs count as one space), if anything."""
+    label = " ".join(text.split())
+    return f"a name of at most {MAX_LABEL} characters, got {len(label)}" if len(label) > MAX_LABEL else None
+
+
 def folder_name(folder: str) -> str:
     """An SAE folder as labels name it: its last part."""
     return folder.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or folder
@@ -183,9 +189,10 @@ class FeatureTab:
         feature, folder = self.selected(), self.folder
         if feature is None or folder is None:
             return "no feature selected"
+        problem = label_problem(text)
+        if problem is not None:
+            return problem
         label = " ".join(text.split())
-        if len(label) > MAX_LABEL:
-            return f"a name of at most {MAX_LABEL} characters, got {len(label)}"
         names = dict(self.labels.get(folder, {}))
         if names.get(feature, "") == label:
             return None

@@ -22,7 +22,7 @@ import torch
 
 from mechscope.engine.attention import AttentionControl
 from mechscope.engine.errors import PromptError
-from mechscope.engine.features.edits import SITE_KINDS
+from mechscope.engine.features.reading import SITE_KINDS
 from mechscope.engine.features.sae import FeatureError, SparseAutoencoder
 from mechscope.engine.hooks import Hook
 from mechscope.engine.interventions import Metric
