@@ -46,3 +46,16 @@ def test_tui_benchmark_prints_latencies(tmp_path):
     lines = re.findall(r"^  (.+?)\s+median\s+([\d.]+) ms\s+p90\s+([\d.]+) ms", proc.stdout, re.M)
     assert [label.strip() for label, _, _ in lines] == ["toggle ablation (space)", "grid cursor (j/k)"]
     assert all(float(median) > 0 for _, median, _ in lines)
+
+
+def test_replay_benchmark_prints_the_replay_against_the_recorded_steps(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "replay.py"), "--tiny", "--rows", "3"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MECHSCOPE_DATA_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(re.findall(r"^  recorded \S+\s+[\d.]+ s$", proc.stdout, re.M)) == 33
+    recorded = re.search(r"recorded steps' own durations\s+([\d.]+) s", proc.stdout)
+    replayed = re.search(r"replay --check \(after loading\)\s+([\d.]+) s\s+([\d.]+)x", proc.stdout)
+    assert recorded and replayed, proc.stdout[-2000:]
+    assert float(recorded.group(1)) > 0 and float(replayed.group(2)) > 0
+    assert re.search(r"progress lines on stderr: [1-9]", proc.stdout)

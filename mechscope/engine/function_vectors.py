@@ -9,7 +9,6 @@ from typing import cast
 import numpy as np
 import torch
 
-from mechscope.engine.attention import AttentionControl
 from mechscope.engine.detectors import head_writes
 from mechscope.engine.errors import PromptError
 from mechscope.engine.hooks import Hook
@@ -30,6 +29,7 @@ from mechscope.engine.set_runs import (
     set_edit_hooks,
     take_rows,
 )
+from mechscope.engine.sweeps import kv_recorders, recorded_kv
 
 MAX_TOP_HEADS = 256
 
@@ -58,11 +58,10 @@ def average_indirect_effects(engine: ResidentModel, batch: Batch, metric: SetMet
     a = engine.adapter
     n_heads, d_head = a.n_heads, a.d_head
     rows = batch.rows
-    controls = [AttentionControl(record_kv=True) for _ in range(a.n_layers)]
-    base = forward(engine, batch, [Hook("attn", a.layer_module(layer, "attn"), control=control)
-                                   for layer, control in enumerate(controls)], record_calls=True)
+    controls, recorders = kv_recorders(a)
+    base = forward(engine, batch, recorders, record_calls=True)
     base_metric = metric.value(engine, base.normed)  # [row]
-    kv = [cast(tuple[torch.Tensor, torch.Tensor], c.kv) for c in controls]  # [row, kv_head, pos, d_head] x2
+    kv = recorded_kv(controls)  # [row, kv_head, pos, d_head] x2 per layer
     start = batch.ids.shape[1] - 1  # left padding: every row's last token is the batch's last position
     if any(int(r) != start for r in batch.readout):
         raise ValueError("average indirect effects need a left-padded batch")

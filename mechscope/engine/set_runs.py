@@ -23,13 +23,14 @@ from mechscope.engine.edits import (
 from mechscope.engine.errors import InterventionError, PromptError
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import Intervention
-from mechscope.engine.passes import LayerCall, replay
+from mechscope.engine.passes import LayerCall, batch_tokens, replay
 from mechscope.engine.passes import take_rows as take_rows  # estimators select batch rows with it
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.resident import ResidentModel
 from mechscope.engine.results import SetRunResult, SetSweepResult
 from mechscope.engine.sites import Site, SiteKind
+from mechscope.engine.sweeps import kv_recorders, recorded_kv
 
 Padding = Literal["left", "right"]
 MetricKind = Literal["logit_diff", "prob", "loss"]
@@ -462,11 +463,10 @@ def sweep_set(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_
             source_z = head_outputs(engine, source_batch)
             source_metric = metric.value(engine, forward(engine, source_batch, []).normed)
             starts = shared_prefixes(base_batch, source_batch)
-        controls = [AttentionControl(record_kv=True) for _ in range(a.n_layers)]
-        base = forward(engine, base_batch, [Hook("attn", a.layer_module(layer, "attn"), control=control)
-                                            for layer, control in enumerate(controls)], record_calls=True)
+        controls, recorders = kv_recorders(a)
+        base = forward(engine, base_batch, recorders, record_calls=True)
         base_metric = metric.value(engine, base.normed)
-        kv = [cast(tuple[torch.Tensor, torch.Tensor], c.kv) for c in controls]  # [row, kv_head, pos, d_head] x2
+        kv = recorded_kv(controls)  # [row, kv_head, pos, d_head] x2 per layer
         per_row = np.full((rows, a.n_layers, n_heads), np.nan)
 
         def result(complete: bool) -> SetSweepResult:
@@ -479,10 +479,16 @@ def sweep_set(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_
         order = sorted(range(rows), key=lambda r: starts[r])
         pairs = torch.tensor([(r, h) for r in order for h in range(n_heads)], device=engine.device)
         chunks = []
-        for begin in range(0, len(pairs), max(1, max_batch)):
-            index, heads = pairs[begin:begin + max(1, max_batch), 0], pairs[begin:begin + max(1, max_batch), 1]
+        width = base_batch.ids.shape[1]
+        budget = batch_tokens(engine.device)
+        begin = 0
+        while begin < len(pairs):
+            # the first variant of a chunk has its smallest start, so the most positions
+            size = max(1, min(max_batch, budget // (width - starts[int(pairs[begin, 0])])))
+            index, heads = pairs[begin:begin + size, 0], pairs[begin:begin + size, 1]
             start = min(starts[r] for r in index.tolist())
             chunks.append((index, heads, start, _rows_after(base.calls, index, start)))
+            begin += size
         for layer in range(a.n_layers):
             for index, heads, start, calls in chunks:
                 src = source_z[layer].reshape(rows, -1, n_heads, d_head)[index, start:, heads]  # [n, suffix, d_head]

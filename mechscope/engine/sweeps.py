@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from mechscope.engine.adapters import Adapter
 from mechscope.engine.attention import AttentionControl
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook
@@ -114,28 +115,64 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
         differs = (base_ids[0] != source_ids[0]).nonzero()
         prefix = 0 if edit_hooks is not None else min(int(differs[0]) if len(differs) else n_pos, readout)
         calls, prefix_kv = suffix_calls(passes, base, prefix)
-        for layer in range(a.n_layers):
-            if should_stop is not None and should_stop():
-                raise Cancelled("sweep stopped")
-            hooks = edit_hooks() if edit_hooks is not None else []  # before the patch: the patch wins
+        per_layer = a.n_heads if kind == "head" else n_pos - prefix  # variants a layer adds
+
+        def variants(layer: int, row0: int) -> tuple[torch.Tensor, list[Hook]]:
             start_hidden = base.calls[layer].hidden[:, prefix:]
             if inputs is not None:
-                hidden, patch = _input_variants(passes, head_input, layer, start_hidden, inputs, prefix)
-            else:
-                hidden, patch = _variants(passes, kind, layer, start_hidden, source, prefix)
-            hooks += patch
-            hooks += [Hook("attn", a.layer_module(index, "attn"), control=AttentionControl(prefix_kv=kv))
-                      for index, kv in prefix_kv.items() if index >= layer]
-            final = passes.run_layers(calls, layer, hidden, hooks, should_stop)  # [row, suffix, d]
-            effect = passes.metric_of_resid(final[:, readout - prefix], info, reference) - base_metric
-            if kind == "head":
-                values[layer] = effect.float().cpu().numpy()
-            else:
-                values[layer, :prefix] = 0.0
-                values[layer, prefix:] = effect.float().cpu().numpy()
-            if on_progress is not None:
-                on_progress(result(False))
+                return _input_variants(passes, head_input, layer, start_hidden, inputs, prefix, row0)
+            return _variants(passes, kind, layer, start_hidden, source, prefix, row0)
+
+        for first, end in layer_chunks(a.n_layers, per_layer * (n_pos - prefix)):
+            final = joined_pass(passes, calls, first, end, variants, prefix_kv, edit_hooks, should_stop)
+            effects = passes.metric_of_resid(final[:, readout - prefix], info, reference) - base_metric
+            rows = effects.float().cpu().numpy().reshape(end - first, per_layer)  # variants joined in layer order
+            for layer in range(first, end):
+                if layer > first and should_stop is not None and should_stop():
+                    raise Cancelled("sweep stopped")
+                values[layer] = np.concatenate([np.zeros(values.shape[1] - per_layer), rows[layer - first]])
+                if on_progress is not None:
+                    on_progress(result(False))
         return result(True)
+
+
+JOINED_TOKENS = 8192  # variants x positions one joined pass carries at most (a layer's variants always fit)
+
+
+def layer_chunks(n_layers: int, tokens_per_layer: int, budget: int = JOINED_TOKENS) -> list[tuple[int, int]]:
+    """Consecutive layer ranges [first, end) whose variants share one joined pass: as many layers as
+    fit in `budget` tokens (at least one)."""
+    per_chunk = max(1, budget // max(1, tokens_per_layer))
+    return [(first, min(first + per_chunk, n_layers)) for first in range(0, n_layers, per_chunk)]
+
+
+def joined_pass(passes: Passes, calls: list, first: int, end: int,
+                variants: Callable[[int, int], tuple[torch.Tensor, list[Hook]]],
+                prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]], edit_hooks: EditHooks | None,
+                should_stop: ShouldStop | None) -> torch.Tensor:
+    """The variants of layers first..end-1 in one pass over the layers: layer L's variants join the
+    batch at L (`variants(L, row0)`: their inputs from the base run's residual at L and hooks that
+    patch batch rows row0.. only) and run on to the last layer with the ones that joined before.
+
+    A variant computes what it did alone (the same layers, positions and patch), but each layer runs
+    once for all of them, on a batch big enough to use the hardware (one pass per layer costs about
+    twice a batch of a few rows per token on two CPU cores). Returns the last layer's output
+    [variant, suffix, d_model], variants in layer order."""
+    a = passes.adapter
+    shared = edit_hooks() if edit_hooks is not None else []  # one pass: one set of intervention hooks
+    hidden: torch.Tensor | None = None
+    for layer in range(first, a.n_layers):
+        hooks = list(shared)  # before the patch: the patch wins
+        if layer < end:
+            fresh, patch = variants(layer, 0 if hidden is None else hidden.shape[0])
+            hidden = fresh if hidden is None else torch.cat([hidden, fresh])
+            hooks += patch
+        if layer in prefix_kv:
+            hooks.append(Hook("attn", a.layer_module(layer, "attn"), control=AttentionControl(prefix_kv=prefix_kv[layer])))
+        assert hidden is not None  # the first layer of the loop adds its variants
+        hidden = passes.run_layers(calls, layer, hidden, hooks, should_stop, stop=layer + 1)  # [row, suffix, d]
+    assert hidden is not None
+    return hidden
 
 
 def base_pass(passes: Passes, ids: torch.Tensor, edit_hooks: EditHooks | None,
@@ -146,17 +183,18 @@ def base_pass(passes: Passes, ids: torch.Tensor, edit_hooks: EditHooks | None,
         cached = passes.cached_clean(ids)
         if cached is not None:
             return cached
-        controls, hooks = _kv_recorders(passes)
+        controls, hooks = kv_recorders(passes.adapter)
         clean = passes.clean_forward(ids, should_stop=should_stop, extra_hooks=hooks)[0]
-        clean.views[("kv",)] = _recorded_kv(controls)
+        clean.views[("kv",)] = recorded_kv(controls)
         return clean
     return passes.clean_forward(ids, should_stop=should_stop, extra_hooks=edit_hooks(), cache=False)[0]
 
 
 def _variants(passes: Passes, kind: str, layer: int, start_hidden: torch.Tensor, source: SourceActs,
-              prefix: int) -> tuple[torch.Tensor, list[Hook]]:
+              prefix: int, row0: int = 0) -> tuple[torch.Tensor, list[Hook]]:
     """One batch row per cell of `layer`'s row of the matrix: the rows' input [row, suffix, d_model]
-    and the hooks patching row r's component (head r, or position prefix + r) from `source`."""
+    and the hooks patching batch row row0 + r's component (head r, or position prefix + r) from
+    `source` (rows before row0 belong to other layers' variants)."""
     a = passes.adapter
     suffix = start_hidden.shape[1]  # start_hidden [1, suffix, d_model]
     if kind == "head":
@@ -164,7 +202,7 @@ def _variants(passes: Passes, kind: str, layer: int, start_hidden: torch.Tensor,
         src_z = source.z[layer][0, prefix:]  # [suffix, head, d_head]
 
         def patch_each_head(z: torch.Tensor) -> torch.Tensor:  # [row, suffix, head, d_head]
-            z[rows, :, rows] = src_z[:, rows].transpose(0, 1)
+            z[row0 + rows, :, rows] = src_z[:, rows].transpose(0, 1)
             return z
 
         hidden = start_hidden.expand(a.n_heads, -1, -1).contiguous()  # [head, suffix, d_model]
@@ -177,7 +215,7 @@ def _variants(passes: Passes, kind: str, layer: int, start_hidden: torch.Tensor,
     src_out = (source.attn_out if kind == "attn" else source.mlp_out)[layer][0, prefix:]  # [suffix, d_model]
 
     def patch_each_position(x: torch.Tensor) -> torch.Tensor:  # [row, suffix, d_model]
-        x[rows, rows] = src_out
+        x[row0 + rows, rows] = src_out
         return x
 
     hidden = start_hidden.expand(suffix, -1, -1).contiguous()  # [variant, suffix, d_model]
@@ -185,9 +223,9 @@ def _variants(passes: Passes, kind: str, layer: int, start_hidden: torch.Tensor,
 
 
 def _input_variants(passes: Passes, which: str, layer: int, start_hidden: torch.Tensor, inputs: SourceQKV,
-                    prefix: int) -> tuple[torch.Tensor, list[Hook]]:
-    """One batch row per head of `layer`: row r's query (or the key / value of the KV head query head
-    r reads) patched from `inputs` at positions prefix.."""
+                    prefix: int, row0: int = 0) -> tuple[torch.Tensor, list[Hook]]:
+    """One batch row per head of `layer`: batch row row0 + r's query (or the key / value of the KV
+    head query head r reads) patched from `inputs` at positions prefix.."""
     a = passes.adapter
     rows = torch.arange(a.n_heads, device=start_hidden.device)
     index = rows if which == "q" else rows // (a.n_heads // a.n_kv_heads)
@@ -196,21 +234,21 @@ def _input_variants(passes: Passes, which: str, layer: int, start_hidden: torch.
 
     def patch_each_head(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
         x = (query, key, value)[slot]  # [row, head | kv_head, suffix, d_head]
-        x[rows, index] = source[index.to(source.device)].to(x.device)
+        x[row0 + rows, index] = source[index.to(source.device)].to(x.device)
         return query, key, value
 
     hidden = start_hidden.expand(a.n_heads, -1, -1).contiguous()  # [head, suffix, d_model]
     return hidden, [Hook("qkv", a.layer_module(layer, "attn"), patch_each_head)]
 
 
-def _kv_recorders(passes: Passes) -> tuple[list[AttentionControl], list[Hook]]:
-    a = passes.adapter
+def kv_recorders(a: Adapter) -> tuple[list[AttentionControl], list[Hook]]:
+    """Controls keeping each layer's keys and values on one pass, and the hooks attaching them."""
     controls = [AttentionControl(record_kv=True) for _ in range(a.n_layers)]
     return controls, [Hook("attn", a.layer_module(layer, "attn"), control=c) for layer, c in enumerate(controls)]
 
 
-def _recorded_kv(controls: list[AttentionControl]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each layer's keys and values [1, kv_head, pos, d_head] after a pass under `_kv_recorders`."""
+def recorded_kv(controls: list[AttentionControl]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's keys and values [batch, kv_head, pos, d_head] after a pass under `kv_recorders`."""
     recorded = []
     for control in controls:
         assert control.kv is not None  # record_kv controls hold the keys and values after the pass
@@ -223,9 +261,9 @@ def suffix_calls(passes: Passes, base: CleanPass, prefix: int):
     if prefix == 0:
         return base.calls, {}
     def record() -> list[tuple[torch.Tensor, torch.Tensor]]:
-        controls, hooks = _kv_recorders(passes)
+        controls, hooks = kv_recorders(passes.adapter)
         passes.run_layers(base.calls, 0, base.calls[0].hidden, hooks, None)
-        return _recorded_kv(controls)
+        return recorded_kv(controls)
 
     kv = base.view(("kv",), record)
     prefix_kv = {layer: (k[:, :, :prefix], v[:, :, :prefix]) for layer, (k, v) in enumerate(kv)}

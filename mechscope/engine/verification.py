@@ -4,7 +4,9 @@ The exact value of head (l, h) is what `set_runs.sweep_set` computes for that ce
 rows: metric(base with z_lh := z_lh(source)) - metric(base); noising, it equals `run_set` with a
 resample `HeadAblation(l, h)`. Verification runs every (head, row) variant of a chunk in one pass
 over the layers: a variant joins the batch at its head's layer (from the base run's residual there,
-with that head patched) and runs to the end, so no layer below a patch is recomputed.
+with that head patched) and runs to the end, so no layer below a patch is recomputed; and only the
+positions from the chunk's first differing token on are computed, attending to the base run's keys
+and values before it (the positions before hold the same activations in the base and source runs).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from mechscope.engine.attention import AttentionControl
 from mechscope.engine.errors import Cancelled
 from mechscope.engine.estimators import (
     Estimate,
@@ -42,8 +45,10 @@ from mechscope.engine.set_runs import (
     head_outputs,
     layer_output,
     paired_batches,
+    shared_prefixes,
     take_rows,
 )
+from mechscope.engine.sweeps import kv_recorders, recorded_kv
 
 if TYPE_CHECKING:
     from mechscope.engine.core import Engine
@@ -55,8 +60,10 @@ AUTO_ROUNDS = 3  # batched verification passes at most: the first candidates, th
 
 @dataclass
 class BasePass:
-    """What verification needs from the base run: each layer's call, the metric per row ([row]) and the
-    base and source head outputs ([row, pos, head*d_head] per layer)."""
+    """What verification needs from the base run: each layer's call, the metric per row ([row]), the
+    base and source head outputs ([row, pos, head*d_head] per layer), each row's first position that
+    differs from its source row (`set_runs.shared_prefixes`) and each layer's keys and values
+    ([row, kv_head, pos, d_head] each)."""
 
     batch: Batch
     calls: list[LayerCall]
@@ -64,6 +71,8 @@ class BasePass:
     base_metric: torch.Tensor
     base_z: list[torch.Tensor]
     source_z: list[torch.Tensor]
+    starts: list[int]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def patched_effects(engine: Engine, base: BasePass, heads: list[tuple[int, int]],
@@ -91,8 +100,9 @@ def _chunk_effects(engine: Engine, base: BasePass, heads: list[tuple[int, int]],
     a = engine.adapter
     device = base.calls[0].hidden.device
     rows = base.batch.rows
+    start = min(base.starts[r] for r in row_of)  # positions before it are the base run's in every variant
     layers = torch.tensor([layer for layer, _ in heads])
-    hidden: torch.Tensor | None = None  # [n, pos, d_model], variants that joined so far
+    hidden: torch.Tensor | None = None  # [n, suffix, d_model], variants that joined so far
     index = torch.zeros(0, dtype=torch.long, device=device)
     for layer in range(heads[0][0], a.n_layers):
         if should_stop is not None and should_stop():
@@ -104,10 +114,10 @@ def _chunk_effects(engine: Engine, base: BasePass, heads: list[tuple[int, int]],
         if joining:
             new_rows = torch.tensor([row_of[i] for i in joining], device=device)
             new_heads = torch.tensor([heads[i][1] for i in joining], device=device)
-            fresh = call.hidden.index_select(0, new_rows)
+            fresh = call.hidden.index_select(0, new_rows)[:, start:]
             hidden = fresh if hidden is None else torch.cat([hidden, fresh])
             index = torch.cat([index, new_rows])
-            src = base.source_z[layer].view(rows, -1, n_heads, d_head)[new_rows, :, new_heads]  # [new, pos, d_head]
+            src = base.source_z[layer].view(rows, -1, n_heads, d_head)[new_rows, start:, new_heads]  # [new, suffix, d_head]
 
             def patch(module, args, kwargs, joined=joined, new_heads=new_heads, src=src):
                 x = args[0]  # [n, pos, head*d_head]
@@ -116,12 +126,16 @@ def _chunk_effects(engine: Engine, base: BasePass, heads: list[tuple[int, int]],
                 return (z.view(x.shape), *args[1:]), kwargs
 
             hooks.append(Hook("pre", a.o_proj(layer), patch))
+        if start > 0:
+            key, value = base.kv[layer]
+            prefix = (key.index_select(0, index)[:, :, :start], value.index_select(0, index)[:, :, :start])
+            hooks.append(Hook("attn", a.layer_module(layer, "attn"), control=AttentionControl(prefix_kv=prefix)))
         assert hidden is not None  # the first layer of the loop is the first variant's
+        cut = LayerCall(call.hidden, take_rows(call.args, index, rows), take_rows(call.kwargs, index, rows)).suffix(start)
         with installed(hooks):
-            hidden = layer_output(a.layers[layer](hidden, *take_rows(call.args, index, rows),
-                                                  **take_rows(call.kwargs, index, rows)))
+            hidden = layer_output(a.layers[layer](hidden, *cut.args, **cut.kwargs))
     assert hidden is not None
-    picked = hidden[torch.arange(len(index), device=device), base.batch.readout[index]]  # [n, d_model]
+    picked = hidden[torch.arange(len(index), device=device), base.batch.readout[index] - start]  # [n, d_model]
     normed = _post_final(engine, a.final_norm(picked))
     effect = base.metric.rows(index).value(engine, normed) - base.base_metric[index]  # [n], joining order
     # variants joined in sorted (layer) order, which is their order in `heads`
@@ -135,8 +149,9 @@ def _atp_with_base(engine: Engine, pset: PromptSet, kind: MetricKind, direction:
     a = engine.adapter
     metric, base, source, source_z = _setup(engine, pset, kind, direction, padding)
     leaves: list = [None] * a.n_layers
+    controls, recorders = kv_recorders(engine.adapter)
     with torch.enable_grad():
-        run = forward(engine, base, _leaf_hooks(engine, leaves), record_calls=True)
+        run = forward(engine, base, _leaf_hooks(engine, leaves) + recorders, record_calls=True)
         values = metric.value(engine, run.normed)  # [row]
         grads = torch.autograd.grad(values.sum(), leaves)
     per_row = torch.stack([_per_head(engine, source_z[layer] - leaves[layer].detach(), grads[layer])
@@ -144,7 +159,8 @@ def _atp_with_base(engine: Engine, pset: PromptSet, kind: MetricKind, direction:
     calls = [LayerCall(c.hidden.detach(), c.args, c.kwargs) for c in run.calls]
     est = Estimate("atp", per_row.float().cpu().numpy().astype(np.float64), time.perf_counter() - started)
     base_z = [z.detach() for z in leaves]
-    return est, BasePass(base, calls, metric, values.detach(), base_z, source_z)
+    return est, BasePass(base, calls, metric, values.detach(), base_z, source_z, shared_prefixes(base, source),
+                         recorded_kv(controls))
 
 
 def _base_pass(engine: Engine, pset: PromptSet, kind: MetricKind, direction: str, padding: Padding) -> BasePass:
@@ -152,9 +168,11 @@ def _base_pass(engine: Engine, pset: PromptSet, kind: MetricKind, direction: str
     base, source = paired_batches(engine, pset, direction, padding)
     source_z = head_outputs(engine, source)
     leaves: list = [None] * engine.adapter.n_layers
-    run = forward(engine, base, _leaf_hooks(engine, leaves), record_calls=True)
+    controls, recorders = kv_recorders(engine.adapter)
+    run = forward(engine, base, _leaf_hooks(engine, leaves) + recorders, record_calls=True)
     return BasePass(base, run.calls, metric, metric.value(engine, run.normed), [z.detach() for z in leaves],
-                    source_z)
+                    source_z, shared_prefixes(base, source), recorded_kv(controls))
+
 
 
 def output_change(engine: Engine, base: BasePass) -> np.ndarray:

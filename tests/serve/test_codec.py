@@ -203,3 +203,19 @@ def test_a_prediction_travels_compact_unless_logits_are_asked_for(engine, monkey
     assert codec.wants_full_logits(RunRequest(PROMPT, views=Views.all())) is True
     assert codec.wants_full_logits(RunRequest(PROMPT)) is False
     assert codec.wants_full_logits(SweepRequest("head", PROMPT, CORRUPT, METRIC)) is True
+
+
+@pytest.mark.parametrize("size", [10, 1000, 49152, 50257])
+def test_top_ids_are_the_largest_values(size):
+    from mechscope.serve.codec import top_ids
+
+    rng = np.random.default_rng(size)
+    for trial in range(20):
+        values = (rng.standard_normal(size) * (trial + 1)).astype(np.float32)
+        if trial % 2:
+            values[rng.integers(0, size, size // 20 + 1)] = values.max() + 1  # a block of ties on top
+        k = min(256, size)
+        got = top_ids(values, k)
+        assert len(set(got.tolist())) == k
+        np.testing.assert_array_equal(np.sort(values[got]), np.sort(values)[-k:])
+    assert top_ids(np.zeros(5, np.float32), 0).size == 0
