@@ -131,7 +131,7 @@ def bench(name: str, model, tokenizer, clean: str, corrupt: str, repeats: int) -
     rows = [
         ("run, no interventions (uncached)", run_plain, "target <= 1.0x"),
         (f"toggle one head ablation at L{mid}", incremental, "target <= 0.45x"),
-        (f"head-patching sweep ({n_variants} heads)", head_sweep, "target <= 25x"),
+        (f"head-patching sweep ({n_variants} heads)", head_sweep, "target <= 22x"),
         ("AtP over every head", atp, "target <= 4x"),
         (f"path sweep into {receiver}", path_sweep, "target <= 10x"),
     ]

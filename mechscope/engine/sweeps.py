@@ -140,10 +140,11 @@ JOINED_TOKENS = 8192  # variants x positions one joined pass carries at most (a 
 
 
 def layer_chunks(n_layers: int, tokens_per_layer: int, budget: int = JOINED_TOKENS) -> list[tuple[int, int]]:
-    """Consecutive layer ranges [first, end) whose variants share one joined pass: as many layers as
-    fit in `budget` tokens (at least one)."""
+    """Consecutive layer ranges [first, end) whose variants share one joined pass: the first layer
+    alone (its row of cells shows at once, for a few percent more time), then as many layers as fit
+    in `budget` tokens (at least one)."""
     per_chunk = max(1, budget // max(1, tokens_per_layer))
-    return [(first, min(first + per_chunk, n_layers)) for first in range(0, n_layers, per_chunk)]
+    return [(0, min(1, n_layers))] + [(first, min(first + per_chunk, n_layers)) for first in range(1, n_layers, per_chunk)]
 
 
 def joined_pass(passes: Passes, calls: list, first: int, end: int,
