@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mechscope.engine.adapters import Adapter
+from mechscope.engine.attention import AttentionControl
 from mechscope.engine.captures import Captures, CaptureSpec, capture_hooks
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook, installed
@@ -30,13 +31,6 @@ V = TypeVar("V")
 CLEAN_CACHE_SIZE = 8
 SOURCE_CACHE_SIZE = 4
 TOKEN_CACHE_SIZE = 256
-CPU_BATCH_TOKENS = 640  # a batch that stays in cache: 10-15% faster per token on 2 cores than 1,280
-
-
-def batch_tokens(device: torch.device) -> int:
-    """Tokens (sequences x positions) one batched pass of a sweep carries at most on `device`: on a
-    GPU as many as the sweep's own row limits allow, on a CPU a few hundred."""
-    return CPU_BATCH_TOKENS if device.type == "cpu" else 1 << 30
 
 
 class BoundedCache(Generic[K, V]):
@@ -552,6 +546,21 @@ class Passes:
             picked = log_probs[:-1].gather(-1, ids[0, 1:, None].to(log_probs.device))[:, 0]
             out[1:] = picked.cpu().numpy()
         return out
+
+
+def kv_recorders(a: Adapter) -> tuple[list[AttentionControl], list[Hook]]:
+    """Controls keeping each layer's keys and values on one pass, and the hooks attaching them."""
+    controls = [AttentionControl(record_kv=True) for _ in range(a.n_layers)]
+    return controls, [Hook("attn", a.layer_module(layer, "attn"), control=c) for layer, c in enumerate(controls)]
+
+
+def recorded_kv(controls: list[AttentionControl]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's keys and values [batch, kv_head, pos, d_head] after a pass under `kv_recorders`."""
+    recorded = []
+    for control in controls:
+        assert control.kv is not None  # record_kv controls hold the keys and values after the pass
+        recorded.append(control.kv)
+    return recorded
 
 
 def metric_value(logits: torch.Tensor, info: MetricInfo | None,

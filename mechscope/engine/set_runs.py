@@ -23,19 +23,25 @@ from mechscope.engine.edits import (
 from mechscope.engine.errors import InterventionError, PromptError
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import Intervention
-from mechscope.engine.passes import LayerCall, batch_tokens, replay
+from mechscope.engine.passes import LayerCall, kv_recorders, recorded_kv, replay
 from mechscope.engine.passes import take_rows as take_rows  # estimators select batch rows with it
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.resident import ResidentModel
 from mechscope.engine.results import SetRunResult, SetSweepResult
 from mechscope.engine.sites import Site, SiteKind
-from mechscope.engine.sweeps import kv_recorders, recorded_kv
 
 Padding = Literal["left", "right"]
 MetricKind = Literal["logit_diff", "prob", "loss"]
 MeanRows = Literal["clean", "corrupted"]  # the set's prompts mean ablation averages over
 MAX_BATCH_ROWS = 256  # sequences per forward in a sweep (rows x heads are chunked to this)
+CPU_BATCH_TOKENS = 640  # and on a CPU, tokens: a batch that stays in cache is 10-15% faster per token than 1,280
+
+
+def sweep_batch_tokens(device: torch.device) -> int | None:
+    """Tokens (sequences x positions) one pass of a set sweep carries at most on `device`: a few
+    hundred on a CPU, no limit beyond MAX_BATCH_ROWS elsewhere (None)."""
+    return CPU_BATCH_TOKENS if device.type == "cpu" else None
 
 
 @dataclass
@@ -480,11 +486,12 @@ def sweep_set(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_
         pairs = torch.tensor([(r, h) for r in order for h in range(n_heads)], device=engine.device)
         chunks = []
         width = base_batch.ids.shape[1]
-        budget = batch_tokens(engine.device)
+        budget = sweep_batch_tokens(engine.device)
         begin = 0
         while begin < len(pairs):
-            # the first variant of a chunk has its smallest start, so the most positions
-            size = max(1, min(max_batch, budget // (width - starts[int(pairs[begin, 0])])))
+            size = max(1, max_batch)
+            if budget is not None:  # the first variant of a chunk has its smallest start, so the most positions
+                size = max(1, min(size, budget // (width - starts[int(pairs[begin, 0])])))
             index, heads = pairs[begin:begin + size, 0], pairs[begin:begin + size, 1]
             start = min(starts[r] for r in index.tolist())
             chunks.append((index, heads, start, _rows_after(base.calls, index, start)))

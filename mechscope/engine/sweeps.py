@@ -9,12 +9,19 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mechscope.engine.adapters import Adapter
 from mechscope.engine.attention import AttentionControl
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook
 from mechscope.engine.interventions import Metric
-from mechscope.engine.passes import CleanPass, Passes, SourceActs, SourceQKV
+from mechscope.engine.passes import (
+    CleanPass,
+    LayerCall,
+    Passes,
+    SourceActs,
+    SourceQKV,
+    kv_recorders,
+    recorded_kv,
+)
 from mechscope.engine.protocol import SWEEP_KINDS, ShouldStop, SweepKind
 from mechscope.engine.results import SweepResult
 from mechscope.engine.sites import Site
@@ -147,7 +154,7 @@ def layer_chunks(n_layers: int, tokens_per_layer: int, budget: int = JOINED_TOKE
     return [(0, min(1, n_layers))] + [(first, min(first + per_chunk, n_layers)) for first in range(1, n_layers, per_chunk)]
 
 
-def joined_pass(passes: Passes, calls: list, first: int, end: int,
+def joined_pass(passes: Passes, calls: list[LayerCall], first: int, end: int,
                 variants: Callable[[int, int], tuple[torch.Tensor, list[Hook]]],
                 prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]], edit_hooks: EditHooks | None,
                 should_stop: ShouldStop | None) -> torch.Tensor:
@@ -240,21 +247,6 @@ def _input_variants(passes: Passes, which: str, layer: int, start_hidden: torch.
 
     hidden = start_hidden.expand(a.n_heads, -1, -1).contiguous()  # [head, suffix, d_model]
     return hidden, [Hook("qkv", a.layer_module(layer, "attn"), patch_each_head)]
-
-
-def kv_recorders(a: Adapter) -> tuple[list[AttentionControl], list[Hook]]:
-    """Controls keeping each layer's keys and values on one pass, and the hooks attaching them."""
-    controls = [AttentionControl(record_kv=True) for _ in range(a.n_layers)]
-    return controls, [Hook("attn", a.layer_module(layer, "attn"), control=c) for layer, c in enumerate(controls)]
-
-
-def recorded_kv(controls: list[AttentionControl]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each layer's keys and values [batch, kv_head, pos, d_head] after a pass under `kv_recorders`."""
-    recorded = []
-    for control in controls:
-        assert control.kv is not None  # record_kv controls hold the keys and values after the pass
-        recorded.append(control.kv)
-    return recorded
 
 
 def suffix_calls(passes: Passes, base: CleanPass, prefix: int):

@@ -31,6 +31,7 @@ from mechscope.engine.estimators import (
     estimate,
 )
 from mechscope.engine.hooks import Hook, installed
+from mechscope.engine.passes import kv_recorders, recorded_kv
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.results import VerifiedEstimate
 from mechscope.engine.set_runs import (
@@ -48,7 +49,6 @@ from mechscope.engine.set_runs import (
     shared_prefixes,
     take_rows,
 )
-from mechscope.engine.sweeps import kv_recorders, recorded_kv
 
 if TYPE_CHECKING:
     from mechscope.engine.core import Engine

@@ -63,6 +63,14 @@ def logit_diff_of(engine):
     return lambda logits: logits[mary] - logits[john]
 
 
+def assert_exact_equals_ablations(engine, sae, result, metric, plain: float, n: int) -> None:
+    """The first `n` candidates' exact values equal runs with that feature ablated at its token."""
+    for k in range(n):
+        ablation = FeatureAblation(sae.site, "sae", int(result.features[k]), positions=[int(result.positions[k])])
+        run = engine.run(PROMPT, [ablation], metric=metric).prediction.metric
+        assert result.exact[k] == pytest.approx(run - plain, abs=1e-5)
+
+
 @pytest.mark.parametrize(("family", "kind"), [("llama", "resid_post"), ("gpt2", "resid_post"),
                                               ("gemma2", "resid_pre"), ("qwen2", "resid_pre")])
 def test_estimates_equal_a_by_hand_gradient_and_the_nodes_add_up(family, kind, tmp_path):
@@ -103,10 +111,7 @@ def test_exact_values_equal_runs_with_feature_ablation(family, kind, tmp_path):
     assert result.base_metric == pytest.approx(plain, abs=1e-5)
     assert result.verified == 6 and np.isnan(result.exact[6:]).all()
     assert (result.positions > 0).all() and not result.include_first  # the attention sink is left out
-    for n in range(6):
-        ablation = FeatureAblation(sae.site, "sae", int(result.features[n]), positions=[int(result.positions[n])])
-        run = engine.run(PROMPT, [ablation], metric=METRIC).prediction.metric
-        assert result.exact[n] == pytest.approx(run - plain, abs=1e-5)
+    assert_exact_equals_ablations(engine, sae, result, METRIC, plain, 6)
     with torch.no_grad():  # the error node removed: the site's value replaced by its reconstruction
         logits = logits_with_site(engine.passes, engine.passes.prompt_ids(PROMPT)[0], sae.site,
                                   lambda x: sae.decode(sae.encode(x)).to(x.dtype))[0, -1]
@@ -240,10 +245,7 @@ def test_chunks_of_candidates_at_many_positions_each_reuse_the_base_runs_prefix(
     assert len(set(result.positions.tolist())) > 3
     engine.attach_sae("sae", sae)
     plain = engine.run(PROMPT, metric=metric).prediction.metric
-    for n in range(40):
-        ablation = FeatureAblation(sae.site, "sae", int(result.features[n]), positions=[int(result.positions[n])])
-        run = engine.run(PROMPT, [ablation], metric=metric).prediction.metric
-        assert result.exact[n] == pytest.approx(run - plain, abs=1e-5)
+    assert_exact_equals_ablations(engine, sae, result, metric, plain, 40)
     with torch.no_grad():  # the error node removed: the site's value replaced by its reconstruction
         logits = logits_with_site(engine.passes, engine.passes.prompt_ids(PROMPT)[0], sae.site,
                                   lambda x: sae.decode(sae.encode(x)).to(x.dtype))[0]  # [pos, vocab]
