@@ -24,6 +24,7 @@ from mechscope.engine.placement import align_hooks, execution_device, loaded
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import MetricInfo, Prediction, TokenProb
 from mechscope.engine.sites import Site, first
+from mechscope.engine.unembedding import unembed
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -482,7 +483,7 @@ class Passes:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Unembed residual rows [..., d_model] -> float32 logits [..., vocab]."""
-        logits = self.adapter.unembed(self.normed(hidden)).float()
+        logits = unembed(self.adapter.unembed, self.normed(hidden)).float()
         cap = self.adapter.final_softcap
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -30,6 +30,7 @@ from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.resident import ResidentModel
 from mechscope.engine.results import SetRunResult, SetSweepResult
 from mechscope.engine.sites import Site, SiteKind
+from mechscope.engine.unembedding import unembed
 
 Padding = Literal["left", "right"]
 MetricKind = Literal["logit_diff", "prob", "loss"]
@@ -169,7 +170,7 @@ def run_layers(engine: ResidentModel, calls: list[LayerCall], start: int, hidden
 
 def logits_of(engine: ResidentModel, normed: torch.Tensor) -> torch.Tensor:
     """Normed residual rows [..., d_model] -> float32 logits [..., vocab] (soft-capped where the model is)."""
-    logits = engine.adapter.unembed(normed).float()
+    logits = unembed(engine.adapter.unembed, normed).float()
     cap = engine.adapter.final_softcap
     if cap:
         logits = torch.tanh(logits / cap) * cap
