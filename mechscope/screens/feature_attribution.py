@@ -40,6 +40,10 @@ class FeatureAttributionPart:
                                f"active feature, then {request.verify} exact ablations…")
         screen.submit(request)
 
+    def cancel(self) -> bool:
+        """Esc: stop a running attribution; True when one was running."""
+        return self.screen.jobs.cancel("feature_attribution")
+
     def finished(self, outcome: Outcome) -> None:
         state = self.screen.bench.feature_attribution
         if outcome.request != state.issued:

@@ -622,11 +622,12 @@ class WorkbenchScreen(Screen[None]):
     # ---------------------------------------------------------------- screen-wide commands
 
     def cancel(self) -> None:
-        """esc / ctrl+c: leave a text field, else stop the running sweep, generation or set job."""
+        """esc / ctrl+c: leave a text field, else stop the running sweep, generation, set job or
+        feature attribution."""
         if isinstance(self.app.focused, (Input, AttentionMap)):
             self.grid.focus()
             return
-        if self.sweeps.cancel() | self.set_tab.cancel():
+        if self.sweeps.cancel() | self.set_tab.cancel() | self.feature_attribution.cancel():
             self.say("cancelled")
 
     def use_spaced_tokens(self) -> None:

@@ -52,7 +52,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("a", "sweep('atp')", "Sweep: attribution patching", "AtP estimate for every head"),
     Command("r", "sweep('resid')", "Sweep: residual patching", "patch the residual stream per layer and position"),
     Command("escape,ctrl+c", "cancel", "Cancel",
-            "stop a running sweep, generation, set sweep or estimate; leave a text field"),
+            "stop a running sweep, generation, set sweep, estimate or feature attribution; leave a text field"),
     Command("T", "use_spaced_tokens", "Use the spaced target / foil",
             "replace a target typed without its leading space by the token the model predicts "
             "(in every row of a prompt set whose rows fail the checks)"),
