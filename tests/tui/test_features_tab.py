@@ -161,7 +161,7 @@ async def test_the_card_reads_the_index_and_feature_names_are_recorded_and_resum
         feature = app.bench.features.selected()
         card = app.engine.feature_card(folder, feature, "L1.resid_post", k=4)
         text = card_text(app)
-        assert f"feature {feature} · L1.resid_post of sae" in text
+        assert f"feature {feature} · L1.resid_post\n" in text
         assert f"density: fires on {100 * (feature + 1) / 800:.3g}% of 1,000 indexed tokens" in text
         assert "When[·Mary]·and·John" in text.replace(" ", "·") or "When[ Mary] and John" in text
         assert "3.000" in text and "2.000" in text
@@ -225,7 +225,24 @@ async def test_an_sae_trained_here_is_offered_when_none_is_chosen(tmp_path):
         await settle(pilot)
         assert app.bench.features.folder == folder
         expected = engine.feature_activations(app.bench.inputs.clean, folder, top_k=10)
-        assert f"SAE {folder}" in view_text(app) and f"digest {expected.sae_digest[:12]}" in view_text(app)
+        assert f"{folder} · digest {expected.sae_digest[:12]}" in view_text(app)
         app.screen.action_command("sae_folder")
         await settle(pilot)
         assert app.screen.query_one("#ask-input", Input).value == folder  # the dialog starts from it
+
+
+async def test_at_120x40_the_selected_feature_and_several_strip_rows_are_on_screen(tmp_path):
+    from mechscope.tui.widgets.heatmap import Heatmap
+
+    long_name = "b179c9523d0e-L1.resid_post-w64-k32-006718e4-600000-s0"  # as `features train` names folders
+    folder = str(save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=4), tmp_path / long_name))
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_folder(app, pilot, folder)
+        summary = app.screen.query_one("#features-summary")
+        lines = summary.render_lines(summary.region.reset_offset)  # wrapped and cut as on screen
+        shown = ["".join(s.text for s in line).rstrip() for line in lines]
+        selected = app.bench.features.selected()
+        assert any(line.startswith(f"▸ feature {selected} ") for line in shown), shown
+        assert shown[0].startswith("SAE b179c9523d0e-…") and len(shown[0]) < 60  # the name elided
+        assert app.screen.query_one("#features-strip", Heatmap).region.height >= 5

@@ -31,43 +31,54 @@ def keys_hint() -> str:
             f"edit at the token: {ablate} ablate · {clamp} clamp · {steer} steer")
 
 
+def short_name(folder: str, width: int = 28) -> str:
+    """An SAE folder's last part, its middle elided past `width` characters (trained folders' names
+    repeat the site and width the line states anyway)."""
+    name = folder_name(folder)
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return f"{name[:head]}…{name[len(name) - (width - 1 - head):]}"
+
+
 def features_text(result: FeatureActivations, folder: str, position: int | None = None,
                   selected: int | None = None, labels: dict[int, str] | None = None, shown: int = 6) -> Text:
-    """What the SAE is, what it leaves unexplained at the selected token (default: the last) and that
-    token's strongest features, the selected one marked and each with its name."""
+    """Which SAE, then the selected token's (default: the last) strongest features, the selected one
+    marked and each with its name, and the keys; then what the SAE leaves unexplained there and its
+    held-out quality: the list comes first, so a short pane still shows it."""
     last = len(result.tokens) - 1
     pos = last if position is None else position
     error = float(result.error_norm[pos])
     norm = float(result.site_norm[pos])
     labels = labels or {}
     text = Text()
-    text.append(f"SAE {folder} · {result.site} · {result.d_sae} features · digest {result.sae_digest[:12]}\n",
-                style="bold")
-    quality = result.quality
-    text.append(f"held-out quality: {quality.summary()}\n" if quality is not None
-                else f"held-out quality not measured: `mechscope features eval {folder}`\n", style="dim")
+    text.append(f"SAE {short_name(folder)} · {result.site} · {result.d_sae} features\n", style="bold")
     where = "last token" if pos == last else f"token {pos} of {last + 1}"
-    text.append(f"clean prompt, no interventions · {where} {show_token(result.tokens[pos])!r}: "
-                f"L0 {int(result.l0[pos])}, error |x - x̂| {error:.3f} of |x| {norm:.3f}"
-                + (f" ({error / norm:.0%})" if norm > 0 else "") + "\n", style="dim")
     fired = [(int(f), float(v)) for f, v in zip(result.ids[pos], result.values[pos]) if f >= 0 and v > 0]
     if not fired:
         text.append(f"no feature fires at token {pos}\n")
-        return text
-    text.append(f"  feature     activation at token {pos}\n", style="dim")
-    start = 0
-    if selected is not None and selected in [f for f, _ in fired]:
-        start = max(0, [f for f, _ in fired].index(selected) - shown + 1)
-    for feature, value in fired[start:start + shown]:
-        mark = "▸ " if feature == selected else "  "
-        line = Text(f"{mark}feature {feature:<7} {value:8.3f}", style="reverse" if feature == selected else "")
-        if feature in labels:
-            line.append(f"  {labels[feature]}", style="italic")
-        text.append_text(line)
-        text.append("\n")
-    if len(fired) > shown:
-        text.append(f"  ({len(fired)} fire here; {key_of('feature_move(1)')} moves on)\n", style="dim")
-    text.append(keys_hint(), style="dim")
+    else:
+        text.append(f"  feature     activation at token {pos} {show_token(result.tokens[pos])!r}\n", style="dim")
+        start = 0
+        if selected is not None and selected in [f for f, _ in fired]:
+            start = max(0, [f for f, _ in fired].index(selected) - shown + 1)
+        for feature, value in fired[start:start + shown]:
+            mark = "▸ " if feature == selected else "  "
+            line = Text(f"{mark}feature {feature:<7} {value:8.3f}", style="reverse" if feature == selected else "")
+            if feature in labels:
+                line.append(f"  {labels[feature]}", style="italic")
+            text.append_text(line)
+            text.append("\n")
+        if len(fired) > shown:
+            text.append(f"  ({len(fired)} fire here; {key_of('feature_move(1)')} moves on)\n", style="dim")
+        text.append(keys_hint() + "\n", style="dim")
+    text.append(f"clean prompt, no interventions · {where}: L0 {int(result.l0[pos])}, error |x - x̂| "
+                f"{error:.3f} of |x| {norm:.3f}" + (f" ({error / norm:.0%})" if norm > 0 else "") + "\n",
+                style="dim")
+    quality = result.quality
+    text.append(f"held-out quality: {quality.summary()}\n" if quality is not None
+                else f"held-out quality not measured: `mechscope features eval {folder}`\n", style="dim")
+    text.append(f"{folder} · digest {result.sae_digest[:12]}", style="dim")
     return text
 
 
@@ -90,7 +101,7 @@ def card_text(card: FeatureCardResult, folder: str, label: str) -> Text:
     logit lens."""
     text = Text()
     text.append(f"feature {card.feature}" + (f" {label!r}" if label else "")
-                + f" · {card.site} of {folder_name(folder)}\n", style="bold")
+                + f" · {card.site}\n", style="bold")
     if not card.indexed:
         text.append(f"no index: run `mechscope features index {folder}`\n", style="dim")
     else:
@@ -115,7 +126,7 @@ class FeaturesView(Vertical):
     features strongest anywhere in the prompt; columns: tokens) below."""
 
     DEFAULT_CSS = """
-    FeaturesView #features-top { height: auto; max-height: 14; }
+    FeaturesView #features-top { height: auto; max-height: 60%; }
     FeaturesView #features-summary { width: 1fr; height: auto; max-height: 14; }
     FeaturesView #features-card { width: 1fr; height: auto; max-height: 14; padding-left: 1; }
     FeaturesView Heatmap { height: 1fr; }
