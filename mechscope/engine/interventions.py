@@ -438,6 +438,16 @@ def parse_feature_site(site: str) -> tuple[int, str]:
     return int(layer_text[1:]), kind
 
 
+def sae_label(sae_id: str, width: int = 28) -> str:
+    """An SAE as labels name it: its attached name or its folder's last part, the middle elided past
+    `width` characters (the names `features train` gives repeat the site a label states anyway)."""
+    name = sae_id.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or sae_id
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return f"{name[:head]}…{name[len(name) - (width - 1 - head):]}"
+
+
 @dataclass(frozen=True)
 class _FeatureEdit(Intervention):
     """Shared fields of the feature edits: which SAE (attached to the engine by name, or the folder it
@@ -461,8 +471,7 @@ class _FeatureEdit(Intervention):
 
     @property
     def sae_name(self) -> str:
-        """The SAE as labels name it: its attached name, or its folder's last part."""
-        return self.sae_id.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or self.sae_id
+        return sae_label(self.sae_id)
 
 
 @dataclass(frozen=True)

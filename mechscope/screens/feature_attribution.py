@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, cast
 
 from mechscope.requests.kinds import FeatureAttributionRequest, Outcome
 from mechscope.screens.features import FEATURES_TAB
-from mechscope.tui.commands import palette_title
+from mechscope.tui.commands import key_of, palette_title
 from mechscope.tui.widgets.feature_attribution_view import FeatureAttributionView
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ class FeatureAttributionPart:
         self.screen = screen
 
     def commands(self) -> dict[str, Callable[..., object]]:
-        return {"feature_attribution": self.start}
+        return {"feature_attribution": self.start, "feature_pick": self.ask_row}
 
     @property
     def view(self) -> FeatureAttributionView:
@@ -39,6 +39,33 @@ class FeatureAttributionPart:
         self.view.show_message(f"attributing the metric to the features of {request.sae_folder}: AtP over every "
                                f"active feature, then {request.verify} exact ablations…")
         screen.submit(request)
+
+    def ask_row(self) -> None:
+        """Select a row of the table (its feature at its token) in the features tab, where the card
+        shows it and the feature keys edit it."""
+        from mechscope.screens.ask_value import AskValueScreen, error_of
+
+        screen = self.screen
+        state = screen.bench.feature_attribution
+        problem = state.unpickable()
+        if problem is not None:
+            screen.show_error(f"{problem} ({key_of('feature_attribution')})")
+            return
+        rows = len(state.result.features) if state.result is not None else 0
+        ablate = key_of("feature_edit('ablate')")
+
+        def done(text: str | None) -> None:
+            if text is None:
+                return
+            position, feature, activation = state.row(text)
+            screen.bench.features.pick(screen.bench.inputs.clean, position, feature, activation)
+            screen.say(f"feature {feature} at token {position} selected: {ablate} ablates it there")
+            screen.features.selection_moved()
+            self.show()
+
+        screen.app.push_screen(AskValueScreen(
+            "pick an attribution row", f"the row's # in the feature attribution table, 1..{rows}", "1",
+            lambda text: error_of(state.row, text)), done)
 
     def cancel(self) -> bool:
         """Esc: stop a running attribution; True when one was running."""
@@ -63,4 +90,7 @@ class FeatureAttributionPart:
         if result is None or state.outcome is None:
             return
         request = cast(FeatureAttributionRequest, state.outcome.request)
-        self.view.show(result, request.metric, state.staleness())
+        features = self.screen.bench.features
+        token, feature = features.token(), features.selected()
+        selected = None if token is None or feature is None else (token, feature)
+        self.view.show(result, request.metric, state.staleness(), selected)

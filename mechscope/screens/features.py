@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from mechscope.engine.interventions import sae_label
 from mechscope.requests.kinds import FeatureCardRequest, Outcome
 from mechscope.tui.commands import palette_title
 from mechscope.tui.widgets.features_view import FeaturesView
-from mechscope.workbench.features import folder_name, label_problem
+from mechscope.workbench.features import label_problem
 from mechscope.workbench.numbers import parse_number
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class FeaturesPart:
                 self.view.show_message(features.error)
             return
         self.view.show(features)
+        self.screen.feature_attribution.show()  # its table marks the selected (token, feature)
         self.read_card()
 
     def read_card(self) -> None:
@@ -156,7 +158,7 @@ class FeaturesPart:
             self.show()
 
         screen.app.push_screen(AskValueScreen(
-            f"name feature {feature} of {folder_name(features.folder)}",
+            f"name feature {feature} of {sae_label(features.folder)}",
             "a short name (e.g. 'L15 res: Mary/John names'); empty takes the name away; recorded in the session",
             features.label(feature), label_problem), done)
 
@@ -199,6 +201,6 @@ class FeaturesPart:
 
         pos, feature = features.token(), features.selected()
         screen.app.push_screen(AskValueScreen(
-            f"{kind} feature {feature} of {folder_name(features.folder or '')} at token {pos}",
+            f"{kind} feature {feature} of {sae_label(features.folder or '')} at token {pos}",
             f"{field}: {meaning}; its activation at token {pos} is now {activation:.4g} "
             "(the SAE's error term is kept)", initial, check), done)

@@ -116,6 +116,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("U", "feature_attribution", "Features: attribute the metric",
             "AtP of the metric over every active SAE feature of the clean prompt (the SAE's error its own node), "
             "the top 10 ablated exactly, each one's direct effect; a ranked table in the features tab"),
+    Command("J", "feature_pick", "Features: pick an attribution row…",
+            "select a row of the feature attribution table by its #: its feature at its token, with its "
+            "card; the feature keys then edit it there"),
     Command("6", "show_tab('tab-set')", "View: prompt set", "rows, set numbers, set sweep, estimate, massive activations"),
     Command("X", "clear_interventions", "Remove all interventions", "clear the list (undo brings it back)"),
     Command("n", "note", "Add a note", "write a note into the session"),

@@ -63,6 +63,33 @@ class FeatureAttributionState:
         outcome = self.outcome
         return outcome.result if outcome is not None and outcome.ok else None
 
+    def unpickable(self) -> str | None:
+        """Why no row of the table can be picked now (no table, or one read on another prompt or
+        SAE, so its tokens and features are not the tab's), None when one can."""
+        result, outcome = self.result, self.outcome
+        if result is None or outcome is None:
+            return "no feature attribution shown: run it first"
+        request = cast(FeatureAttributionRequest, outcome.request)
+        if request.prompt != self.bench.inputs.clean or request.sae_folder != self.bench.features.folder:
+            return "the attribution shown ran on another prompt or SAE: run it again"
+        return None if len(result.features) else "the attribution lists no feature"
+
+    def row(self, text: str) -> tuple[int, int, float]:
+        """The (token, feature, activation) of the table's row numbered `text`; ValueError saying why
+        there is none."""
+        problem, result = self.unpickable(), self.result
+        if problem is not None or result is None:
+            raise ValueError(problem)
+        rows = len(result.features)
+        try:
+            rank = int(text.strip())
+        except ValueError:
+            raise ValueError(f"a row number, 1..{rows}; got {text.strip()!r}") from None
+        if not 1 <= rank <= rows:
+            raise ValueError(f"a row number, 1..{rows}; got {rank}")
+        return (int(result.positions[rank - 1]), int(result.features[rank - 1]),
+                float(result.activations[rank - 1]))
+
     def staleness(self) -> str | None:
         """None when the attribution shown ran on the current inputs, else what changed since."""
         if self.outcome is None:

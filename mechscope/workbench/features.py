@@ -27,11 +27,6 @@ def label_problem(text: str) -> str | None:
     return f"a name of at most {MAX_LABEL} characters, got {len(label)}" if len(label) > MAX_LABEL else None
 
 
-def folder_name(folder: str) -> str:
-    """An SAE folder as labels name it: its last part."""
-    return folder.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or folder
-
-
 class FeatureTab:
     """Which SAE folder the features tab reads (None: none chosen), its latest outcome, the selection
     (a token and one of its listed features), cards by request and feature names by folder."""
@@ -46,6 +41,9 @@ class FeatureTab:
         self.cards: dict[FeatureCardRequest, Outcome] = {}
         self.labels: dict[str, dict[int, str]] = {}  # SAE folder -> feature -> the user's name for it
         self.offered: str | None = None  # an SAE trained here on this model, used when none is chosen
+        # A row picked from the attribution table: (prompt, token, feature, activation), listed at its
+        # token even when the feature is not among the strongest there.
+        self.picked: tuple[str, int, int, float] | None = None
 
     def offer(self, trained: tuple[str, ...]) -> None:
         """The engine's SAEs trained on this model (newest first): the tab opens on the newest."""
@@ -64,7 +62,7 @@ class FeatureTab:
             self.error = "give the folder of an SAE (SAELens, sparsify or Gemma Scope layout)"
             return None
         if folder != self.folder:
-            self.position = self.feature = None
+            self.position = self.feature = self.picked = None
         self.folder, self.error = folder, None
         return self.request()
 
@@ -117,7 +115,17 @@ class FeatureTab:
         result, pos = self.result, self.token()
         if result is None or pos is None:
             return []
-        return [(int(f), float(v)) for f, v in zip(result.ids[pos], result.values[pos]) if f >= 0 and v > 0]
+        fired = [(int(f), float(v)) for f, v in zip(result.ids[pos], result.values[pos]) if f >= 0 and v > 0]
+        picked = self.picked
+        if (picked is not None and self.outcome is not None and picked[1] == pos
+                and cast(FeatureActivationsRequest, self.outcome.request).prompt == picked[0]
+                and picked[2] not in [f for f, _ in fired]):
+            fired = sorted([*fired, (picked[2], picked[3])], key=lambda item: -item[1])
+        return fired
+
+    def pick(self, prompt: str, position: int, feature: int, activation: float) -> None:
+        """Select `feature` at token `position` of `prompt` (a row of the attribution table)."""
+        self.position, self.feature, self.picked = position, feature, (prompt, position, feature, activation)
 
     def selected(self) -> int | None:
         """The selected feature: the one moved to while it is listed at this token, else the strongest."""

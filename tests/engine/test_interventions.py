@@ -938,3 +938,13 @@ def test_every_intervention_type_round_trips_through_json():
 def test_from_dict_rejects_malformed_input(data):
     with pytest.raises(ValueError):
         Intervention.from_dict(data)
+
+
+def test_sae_labels_name_the_folder_and_elide_the_middle_of_long_names():
+    from mechscope.engine.interventions import FeatureAblation, sae_label
+
+    trained = "/root/.cache/mechscope/features/b179c9523d0e-L15.resid_post-w4096-k32-006718e4-600000-s0/"
+    assert sae_label(trained) == "b179c9523d0e-…18e4-600000-s0" and len(sae_label(trained)) == 28
+    assert sae_label("C:\\saes\\res-jb") == "res-jb" and sae_label("gpt2-small-res-jb") == "gpt2-small-res-jb"
+    assert FeatureAblation("L15.resid_post", trained, 1759, positions=(9,)).label == (
+        "ablate L15.resid_post b179c9523d0e-…18e4-600000-s0#1759")

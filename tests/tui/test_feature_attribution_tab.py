@@ -17,6 +17,14 @@ from tests.features.saes import random_sae
 from tests.tui.helpers import make_app, settle
 
 
+async def choose_sae(app, pilot, folder: str) -> None:
+    app.screen.action_command("sae_folder")
+    await settle(pilot)
+    app.screen.query_one("#ask-input", Input).value = folder
+    await pilot.press("enter")
+    await settle(pilot)
+
+
 def table_text(app) -> str:
     return app.screen.query_one(FeatureAttributionView).text
 
@@ -29,11 +37,7 @@ async def test_the_key_attributes_the_metric_to_features_records_it_and_a_resume
         await pilot.press(key_of("feature_attribution"))
         await settle(pilot)
         assert "feature attribution needs an SAE" in app.bench.error
-        app.screen.action_command("sae_folder")
-        await settle(pilot)
-        app.screen.query_one("#ask-input", Input).value = folder
-        await pilot.press("enter")
-        await settle(pilot)
+        await choose_sae(app, pilot, folder)
         await pilot.press(key_of("feature_attribution"))
         await settle(pilot)
         bench = app.bench
@@ -81,11 +85,7 @@ async def test_escape_stops_a_running_attribution_and_nothing_is_recorded(tmp_pa
 
     async with app.run_test(size=(140, 50)) as pilot:
         await settle(pilot)
-        app.screen.action_command("sae_folder")
-        await settle(pilot)
-        app.screen.query_one("#ask-input", Input).value = folder
-        await pilot.press("enter")
-        await settle(pilot)
+        await choose_sae(app, pilot, folder)
         app.engine.feature_attribution = until_stopped
         await pilot.press(key_of("feature_attribution"))
         for _ in range(100):
@@ -100,3 +100,48 @@ async def test_escape_stops_a_running_attribution_and_nothing_is_recorded(tmp_pa
         assert app.bench.feature_attribution.error is None
         kinds = [e["request"]["kind"] for e in app.bench.recorder.session.events if e.kind == "request"]
         assert "feature_attribution" not in kinds
+
+
+async def test_a_picked_row_is_selected_in_the_tab_and_the_feature_keys_edit_it_there(tmp_path):
+    from mechscope.engine.interventions import FeatureAblation
+    from mechscope.tui.widgets.features_view import FeaturesView
+
+    folder = str(save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=4), tmp_path / "sae"))
+    app = make_app()
+    async with app.run_test(size=(140, 50)) as pilot:
+        await settle(pilot)
+        await choose_sae(app, pilot, folder)
+        await pilot.press(key_of("feature_pick"))
+        await settle(pilot)
+        assert "no feature attribution shown" in app.bench.error  # nothing to pick from yet
+        await pilot.press(key_of("feature_attribution"))
+        await settle(pilot)
+        result = app.bench.feature_attribution.result
+        features = app.bench.features
+        strongest = features.result
+        # a row whose feature is not among the strongest the tab lists at its token
+        rank = next(n for n in range(len(result.features))
+                    if int(result.features[n]) not in strongest.ids[int(result.positions[n])].tolist())
+        pos, feature = int(result.positions[rank]), int(result.features[rank])
+
+        await pilot.press(key_of("feature_pick"))
+        await settle(pilot)
+        field = app.screen.query_one("#ask-input", Input)
+        for typed, problem in (("two", "a row number, 1..20; got 'two'"), ("21", "a row number, 1..20; got 21")):
+            field.value = typed
+            await pilot.press("enter")
+            await settle(pilot)
+            assert problem in str(app.screen.query_one("#ask-error").render())  # the dialog stays open
+        field.value = str(rank + 1)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert (features.token(), features.selected()) == (pos, feature)
+        assert features.activation() == float(result.activations[rank])
+        listing = str(app.screen.query_one(FeaturesView).query_one("#features-summary").render())
+        assert f"▸ feature {feature:<7}" in listing
+        table = table_text(app).splitlines()
+        assert [line for line in table if line.startswith("▸")] == [
+            next(line for line in table if line[1:].split()[:2] == [str(rank + 1), str(feature)])]
+        await pilot.press(key_of("feature_edit('ablate')"))
+        await settle(pilot)
+        assert FeatureAblation("L1.resid_post", folder, feature, positions=(pos,)) in app.bench.interventions()

@@ -38,8 +38,10 @@ def agreement(result: FeatureAttribution) -> str:
             f"mean |AtP − exact| {float(np.mean(np.abs(estimate - exact))):.4f}")
 
 
-def attribution_text(result: FeatureAttribution, metric: Metric, stale: str | None = None, shown: int = 20) -> Text:
-    """Header (what ran and what each column is), the ranked rows, then the error node's row."""
+def attribution_text(result: FeatureAttribution, metric: Metric, stale: str | None = None, shown: int = 20,
+                     selected: tuple[int, int] | None = None) -> Text:
+    """Header (what ran and what each column is), the ranked rows (the one whose (token, feature) is
+    selected in the features tab marked), then the error node's row."""
     tokens = result.tokens
     readout = result.metric_position
     text = Text()
@@ -54,20 +56,22 @@ def attribution_text(result: FeatureAttribution, metric: Metric, stale: str | No
     text.append(f"AtP = −a·(W_dec·∂metric/∂x), the first-order Δ metric if ablated · exact = Δ metric with the "
                 f"feature ablated there, error kept ({result.verified} verified) · direct = a·W_dec read on "
                 f"{direct} through the final norm frozen at token {readout}\n", style="dim")
-    text.append(f"{'#':>3} {'feature':>8} {'token':<16} {'act':>8} {'AtP':>9} {'exact Δ':>9} {'direct':>9}\n",
+    text.append(f"{'#':>4} {'feature':>8} {'token':<16} {'act':>8} {'AtP':>9} {'exact Δ':>9} {'direct':>9}\n",
                 style="bold")
     for n in range(min(shown, len(result.features))):
         pos = int(result.positions[n])
         token = f"{pos} {show_token(tokens[pos])}"[:16]
-        text.append(f"{n + 1:>3} {int(result.features[n]):>8} {token:<16} {float(result.activations[n]):8.3f} "
-                    f"{_number(float(result.estimates[n]))} {_number(float(result.exact[n]))} "
-                    f"{_number(float(result.direct[n]))}\n")
+        mark = selected == (pos, int(result.features[n]))
+        text.append(f"{'▸' if mark else ' '} {n + 1:>2} {int(result.features[n]):>8} {token:<16} "
+                    f"{float(result.activations[n]):8.3f} {_number(float(result.estimates[n]))} "
+                    f"{_number(float(result.exact[n]))} {_number(float(result.direct[n]))}\n",
+                    style="reverse" if mark else "")
     if not len(result.features):
         text.append("  no feature fires on this prompt\n")
     errors = result.error_estimates.astype(np.float64)
     top = np.argsort(-np.abs(errors), kind="stable")[:3]
     where = ", ".join(f"{int(p)} {show_token(tokens[int(p)])!r} {errors[p]:+.4f}" for p in top)
-    text.append(f"{'':>3} {'error':>8} {'all tokens':<16} {'':>8} {_number(float(errors.sum()))} "
+    text.append(f"{'':>4} {'error':>8} {'all tokens':<16} {'':>8} {_number(float(errors.sum()))} "
                 f"{_number(result.error_exact)} {_number(result.error_direct)}\n", style="magenta")
     text.append(f"error node e = x − x̂ (exact Δ: x replaced by x̂ at every token); AtP by token, largest: "
                 f"{where}\n", style="dim")
@@ -82,7 +86,7 @@ class FeatureAttributionView(VerticalScroll):
     summary and strip, taking two thirds of the tab."""
 
     DEFAULT_CSS = """
-    FeatureAttributionView { height: 2fr; display: none; }
+    FeatureAttributionView { height: 1fr; display: none; }
     FeatureAttributionView #feature-attribution-table { height: auto; }
     """
 
@@ -99,6 +103,8 @@ class FeatureAttributionView(VerticalScroll):
         self.display = True
         self.query_one("#feature-attribution-table", Static).update(text)
 
-    def show(self, result: FeatureAttribution, metric: Metric, stale: str | None) -> None:
+    def show(self, result: FeatureAttribution, metric: Metric, stale: str | None,
+             selected: tuple[int, int] | None = None) -> None:
         self.display = True
-        self.query_one("#feature-attribution-table", Static).update(attribution_text(result, metric, stale))
+        self.query_one("#feature-attribution-table", Static).update(
+            attribution_text(result, metric, stale, selected=selected))

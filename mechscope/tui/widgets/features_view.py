@@ -10,11 +10,11 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
+from mechscope.engine.interventions import sae_label
 from mechscope.engine.results import FeatureActivations, FeatureCardResult
 from mechscope.tui.commands import key_of, palette_title
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.prompt_pane import show_token
-from mechscope.workbench.features import folder_name
 
 if TYPE_CHECKING:
     from mechscope.workbench.features import FeatureTab
@@ -31,18 +31,9 @@ def keys_hint() -> str:
             f"edit at the token: {ablate} ablate · {clamp} clamp · {steer} steer")
 
 
-def short_name(folder: str, width: int = 28) -> str:
-    """An SAE folder's last part, its middle elided past `width` characters (trained folders' names
-    repeat the site and width the line states anyway)."""
-    name = folder_name(folder)
-    if len(name) <= width:
-        return name
-    head = (width - 1) // 2
-    return f"{name[:head]}…{name[len(name) - (width - 1 - head):]}"
-
-
 def features_text(result: FeatureActivations, folder: str, position: int | None = None,
-                  selected: int | None = None, labels: dict[int, str] | None = None, shown: int = 6) -> Text:
+                  selected: int | None = None, labels: dict[int, str] | None = None, shown: int = 6,
+                  fired: list[tuple[int, float]] | None = None) -> Text:
     """Which SAE, then the selected token's (default: the last) strongest features, the selected one
     marked and each with its name, and the keys; then what the SAE leaves unexplained there and its
     held-out quality: the list comes first, so a short pane still shows it."""
@@ -52,16 +43,17 @@ def features_text(result: FeatureActivations, folder: str, position: int | None 
     norm = float(result.site_norm[pos])
     labels = labels or {}
     text = Text()
-    text.append(f"SAE {short_name(folder)} · {result.site} · {result.d_sae} features\n", style="bold")
+    text.append(f"SAE {sae_label(folder)} · {result.site} · {result.d_sae} features\n", style="bold")
     where = "last token" if pos == last else f"token {pos} of {last + 1}"
-    fired = [(int(f), float(v)) for f, v in zip(result.ids[pos], result.values[pos]) if f >= 0 and v > 0]
+    if fired is None:
+        fired = [(int(f), float(v)) for f, v in zip(result.ids[pos], result.values[pos]) if f >= 0 and v > 0]
     if not fired:
         text.append(f"no feature fires at token {pos}\n")
     else:
         text.append(f"  feature     activation at token {pos} {show_token(result.tokens[pos])!r}\n", style="dim")
-        start = 0
+        start = 0  # the selected one second (one stronger above it), so a short pane still shows it
         if selected is not None and selected in [f for f, _ in fired]:
-            start = max(0, [f for f, _ in fired].index(selected) - shown + 1)
+            start = max(0, min([f for f, _ in fired].index(selected) - 1, len(fired) - shown))
         for feature, value in fired[start:start + shown]:
             mark = "▸ " if feature == selected else "  "
             line = Text(f"{mark}feature {feature:<7} {value:8.3f}", style="reverse" if feature == selected else "")
@@ -155,7 +147,7 @@ class FeaturesView(Vertical):
         labels = features.labels.get(folder, {})
         pos, selected = features.token(), features.selected()
         self.query_one("#features-summary", Static).update(
-            features_text(result, folder, pos, selected, labels))
+            features_text(result, folder, pos, selected, labels, fired=features.listed()))
         strip = features.strip()
         if strip is not None and strip[0]:
             rows, grid = strip  # grid [feature, pos]
