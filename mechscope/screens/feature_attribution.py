@@ -57,14 +57,18 @@ class FeatureAttributionPart:
         def done(text: str | None) -> None:
             if text is None:
                 return
-            position, feature, activation = state.row(text)
+            try:
+                position, feature, activation = state.row(text)
+            except ValueError as exc:  # the table changed while the dialog was open
+                screen.show_error(str(exc))
+                return
             screen.bench.features.pick(screen.bench.inputs.clean, position, feature, activation)
             screen.say(f"feature {feature} at token {position} selected: {ablate} ablates it there")
             screen.features.selection_moved()
             self.show()
 
         screen.app.push_screen(AskValueScreen(
-            "pick an attribution row", f"the row's # in the feature attribution table, 1..{rows}", "1",
+            "pick an attribution row", f"the row's # in the feature attribution table, 1..{rows}", "",
             lambda text: error_of(state.row, text)), done)
 
     def cancel(self) -> bool:
