@@ -24,11 +24,11 @@ from mechscope.engine.set_runs import (
     SetMetric,
     encode,
     forward,
-    logits_of,
     run_layers,
     set_edit_hooks,
     take_rows,
 )
+from mechscope.engine.unembedding import logits_of
 
 MAX_TOP_HEADS = 256
 
@@ -114,7 +114,7 @@ def zero_shot_accuracy(engine: ResidentModel, prompts: PromptSet, metric: SetMet
     batch = encode(engine, prompts.column("clean"))
     hooks = [] if vector is None else set_edit_hooks(
         engine, prompts, batch, [SteeringVector(layer, name, coeff, positions="last")], vectors={name: vector})
-    logits = logits_of(engine, forward(engine, batch, hooks).normed)  # [row, vocab]
+    logits = logits_of(engine.adapter, forward(engine, batch, hooks).normed)  # [row, vocab]
     correct = (logits.argmax(-1) == metric.target).double()
     prob = torch.softmax(logits, -1).gather(1, metric.target[:, None])[:, 0].double()
     return correct.cpu().numpy(), prob.cpu().numpy()

@@ -24,7 +24,7 @@ from mechscope.engine.placement import align_hooks, execution_device, loaded
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import MetricInfo, Prediction, TokenProb
 from mechscope.engine.sites import Site, first
-from mechscope.engine.unembedding import unembed
+from mechscope.engine.unembedding import logits_of, softcapped
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -483,11 +483,7 @@ class Passes:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Unembed residual rows [..., d_model] -> float32 logits [..., vocab]."""
-        logits = unembed(self.adapter.unembed, self.normed(hidden)).float()
-        cap = self.adapter.final_softcap
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return logits_of(self.adapter, self.normed(hidden))
 
     def metric_of_resid(self, hidden: torch.Tensor, info: MetricInfo,
                         reference: torch.Tensor | None = None) -> torch.Tensor:
@@ -503,9 +499,7 @@ class Passes:
         normed = self.normed(hidden).to(weight.device)
         logits = torch.nn.functional.linear(normed, weight[ids],
                                             bias[ids] if bias is not None else None).float()  # [row, 2]
-        cap = self.adapter.final_softcap
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        logits = softcapped(logits, self.adapter.final_softcap)
         return logits[:, 0] - logits[:, 1]
 
     def source_metric(self, interventions: Sequence[Intervention], metric: Metric | None,

@@ -30,7 +30,7 @@ from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.resident import ResidentModel
 from mechscope.engine.results import SetRunResult, SetSweepResult
 from mechscope.engine.sites import Site, SiteKind
-from mechscope.engine.unembedding import unembed
+from mechscope.engine.unembedding import logits_of, softcapped
 
 Padding = Literal["left", "right"]
 MetricKind = Literal["logit_diff", "prob", "loss"]
@@ -168,15 +168,6 @@ def run_layers(engine: ResidentModel, calls: list[LayerCall], start: int, hidden
     return _post_final(engine, a.final_norm(picked))
 
 
-def logits_of(engine: ResidentModel, normed: torch.Tensor) -> torch.Tensor:
-    """Normed residual rows [..., d_model] -> float32 logits [..., vocab] (soft-capped where the model is)."""
-    logits = unembed(engine.adapter.unembed, normed).float()
-    cap = engine.adapter.final_softcap
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
 def first_token(engine: ResidentModel, text: str, what: str) -> int:
     ids = engine.tokenizer(text, add_special_tokens=False).input_ids
     if not ids:
@@ -227,11 +218,8 @@ class SetMetric:
                 logits_t = logits_t + bias[self.target]
                 logits_f = logits_f + bias[self.foil]
             cap = engine.adapter.final_softcap
-            if cap:
-                logits_t = torch.tanh(logits_t / cap) * cap
-                logits_f = torch.tanh(logits_f / cap) * cap
-            return logits_t - logits_f
-        logits = logits_of(engine, normed)  # [row, vocab]
+            return softcapped(logits_t, cap) - softcapped(logits_f, cap)
+        logits = logits_of(engine.adapter, normed)  # [row, vocab]
         log_p = logits.gather(1, self.target[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
         return log_p.exp() if self.kind == "prob" else -log_p
 

@@ -1,9 +1,12 @@
-"""The unembedding of normed residual rows, with a single row on the CPU spread over torch's threads."""
+"""The unembedding of normed residual rows (soft-capped where the model is), with a single row on
+the CPU spread over torch's threads."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from mechscope.engine.adapters import Adapter
 
 # A single row's unembedding is a matrix-vector product, which the CPU BLAS runs on one thread at
 # about a third of the memory bandwidth; as a batch of this many slices of the vocabulary torch runs
@@ -34,3 +37,13 @@ def unembed(module: nn.Module, normed: torch.Tensor) -> torch.Tensor:
         parts.append(nn.functional.linear(row, weight[sliced:]).reshape(vocab - sliced))
     logits = torch.cat(parts) if len(parts) > 1 else parts[0]  # [vocab]
     return logits.reshape(*normed.shape[:-1], vocab)
+
+
+def softcapped(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Logits through the model's final soft cap (Gemma 2's cap * tanh(logits / cap)); as they are without one."""
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def logits_of(adapter: Adapter, normed: torch.Tensor) -> torch.Tensor:
+    """Normed residual rows [..., d_model] -> float32 logits [..., vocab]."""
+    return softcapped(unembed(adapter.unembed, normed).float(), adapter.final_softcap)

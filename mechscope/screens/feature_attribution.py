@@ -58,14 +58,13 @@ class FeatureAttributionPart:
             if text is None:
                 return
             try:
-                position, feature, activation = state.row(text)
+                picked = state.row(text)
             except ValueError as exc:  # the table changed while the dialog was open
                 screen.show_error(str(exc))
                 return
-            screen.bench.features.pick(screen.bench.inputs.clean, position, feature, activation)
-            screen.say(f"feature {feature} at token {position} selected: {ablate} ablates it there")
-            screen.features.selection_moved()
-            self.show()
+            screen.bench.features.pick(picked)
+            screen.say(f"feature {picked.feature} at token {picked.position} selected: {ablate} ablates it there")
+            screen.features.selection_moved()  # repaints the tab, the table's mark with it
 
         screen.app.push_screen(AskValueScreen(
             "pick an attribution row", f"the row's # in the feature attribution table, 1..{rows}", "",

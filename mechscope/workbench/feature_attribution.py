@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, cast
 
 from mechscope.engine.results import FeatureAttribution
 from mechscope.requests.kinds import FeatureAttributionRequest, Outcome
+from mechscope.workbench.features import Picked
 
 if TYPE_CHECKING:
     from mechscope.workbench.controller import Workbench
@@ -74,11 +75,10 @@ class FeatureAttributionState:
             return "the attribution shown ran on another prompt or SAE: run it again"
         return None if len(result.features) else "the attribution lists no feature"
 
-    def row(self, text: str) -> tuple[int, int, float]:
-        """The (token, feature, activation) of the table's row numbered `text`; ValueError saying why
-        there is none."""
-        problem, result = self.unpickable(), self.result
-        if problem is not None or result is None:
+    def row(self, text: str) -> Picked:
+        """The table's row numbered `text`; ValueError saying why there is none."""
+        problem, result, outcome = self.unpickable(), self.result, self.outcome
+        if problem is not None or result is None or outcome is None:
             raise ValueError(problem)
         rows = len(result.features)
         try:
@@ -87,8 +87,8 @@ class FeatureAttributionState:
             raise ValueError(f"a row number, 1..{rows}; got {text.strip()!r}") from None
         if not 1 <= rank <= rows:
             raise ValueError(f"a row number, 1..{rows}; got {rank}")
-        return (int(result.positions[rank - 1]), int(result.features[rank - 1]),
-                float(result.activations[rank - 1]))
+        return Picked(cast(FeatureAttributionRequest, outcome.request).prompt, int(result.positions[rank - 1]),
+                      int(result.features[rank - 1]), float(result.activations[rank - 1]))
 
     def staleness(self) -> str | None:
         """None when the attribution shown ran on the current inputs, else what changed since."""

@@ -3,6 +3,7 @@ token and feature, its card, the names the user gave features, and the feature e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -27,6 +28,22 @@ def label_problem(text: str) -> str | None:
     return f"a name of at most {MAX_LABEL} characters, got {len(label)}" if len(label) > MAX_LABEL else None
 
 
+def fired_at(result: FeatureActivations, position: int) -> list[tuple[int, float]]:
+    """The features firing at token `position`, strongest first: (feature, activation)."""
+    return [(int(f), float(v)) for f, v in zip(result.ids[position], result.values[position]) if f >= 0 and v > 0]
+
+
+@dataclass(frozen=True)
+class Picked:
+    """A row picked from the attribution table: listed at its token of its prompt even when the
+    feature is not among the strongest there, with the activation the table gave it."""
+
+    prompt: str
+    position: int
+    feature: int
+    activation: float
+
+
 class FeatureTab:
     """Which SAE folder the features tab reads (None: none chosen), its latest outcome, the selection
     (a token and one of its listed features), cards by request and feature names by folder."""
@@ -41,9 +58,7 @@ class FeatureTab:
         self.cards: dict[FeatureCardRequest, Outcome] = {}
         self.labels: dict[str, dict[int, str]] = {}  # SAE folder -> feature -> the user's name for it
         self.offered: str | None = None  # an SAE trained here on this model, used when none is chosen
-        # A row picked from the attribution table: (prompt, token, feature, activation), listed at its
-        # token even when the feature is not among the strongest there.
-        self.picked: tuple[str, int, int, float] | None = None
+        self.picked: Picked | None = None
 
     def offer(self, trained: tuple[str, ...]) -> None:
         """The engine's SAEs trained on this model (newest first): the tab opens on the newest."""
@@ -115,17 +130,17 @@ class FeatureTab:
         result, pos = self.result, self.token()
         if result is None or pos is None:
             return []
-        fired = [(int(f), float(v)) for f, v in zip(result.ids[pos], result.values[pos]) if f >= 0 and v > 0]
+        fired = fired_at(result, pos)
         picked = self.picked
-        if (picked is not None and self.outcome is not None and picked[1] == pos
-                and cast(FeatureActivationsRequest, self.outcome.request).prompt == picked[0]
-                and picked[2] not in [f for f, _ in fired]):
-            fired = sorted([*fired, (picked[2], picked[3])], key=lambda item: -item[1])
+        if (picked is not None and self.outcome is not None and picked.position == pos
+                and cast(FeatureActivationsRequest, self.outcome.request).prompt == picked.prompt
+                and picked.feature not in [f for f, _ in fired]):
+            fired = sorted([*fired, (picked.feature, picked.activation)], key=lambda item: -item[1])
         return fired
 
-    def pick(self, prompt: str, position: int, feature: int, activation: float) -> None:
-        """Select `feature` at token `position` of `prompt` (a row of the attribution table)."""
-        self.position, self.feature, self.picked = position, feature, (prompt, position, feature, activation)
+    def pick(self, picked: Picked) -> None:
+        """Select a row of the attribution table: its feature at its token."""
+        self.position, self.feature, self.picked = picked.position, picked.feature, picked
 
     def selected(self) -> int | None:
         """The selected feature: the one moved to while it is listed at this token, else the strongest."""

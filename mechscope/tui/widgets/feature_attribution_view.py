@@ -83,7 +83,7 @@ def attribution_text(result: FeatureAttribution, metric: Metric, stale: str | No
 
 class FeatureAttributionView(VerticalScroll):
     """Hidden until an attribution is asked for; then its table (scrollable) under the features tab's
-    summary and strip, taking two thirds of the tab."""
+    summary and strip, taking half of the tab."""
 
     DEFAULT_CSS = """
     FeatureAttributionView { height: 1fr; display: none; }

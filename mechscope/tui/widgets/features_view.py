@@ -15,6 +15,7 @@ from mechscope.engine.results import FeatureActivations, FeatureCardResult
 from mechscope.tui.commands import key_of, palette_title
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.prompt_pane import show_token
+from mechscope.workbench.features import fired_at
 
 if TYPE_CHECKING:
     from mechscope.workbench.features import FeatureTab
@@ -45,15 +46,15 @@ def features_text(result: FeatureActivations, folder: str, position: int | None 
     text = Text()
     text.append(f"SAE {sae_label(folder)} · {result.site} · {result.d_sae} features\n", style="bold")
     where = "last token" if pos == last else f"token {pos} of {last + 1}"
-    if fired is None:
-        fired = [(int(f), float(v)) for f, v in zip(result.ids[pos], result.values[pos]) if f >= 0 and v > 0]
+    fired = fired_at(result, pos) if fired is None else fired
+    ids = [f for f, _ in fired]
     if not fired:
         text.append(f"no feature fires at token {pos}\n")
     else:
         text.append(f"  feature     activation at token {pos} {show_token(result.tokens[pos])!r}\n", style="dim")
         start = 0  # the selected one second (one stronger above it), so a short pane still shows it
-        if selected is not None and selected in [f for f, _ in fired]:
-            start = max(0, min([f for f, _ in fired].index(selected) - 1, len(fired) - shown))
+        if selected in ids:
+            start = max(0, min(ids.index(selected) - 1, len(fired) - shown))
         for feature, value in fired[start:start + shown]:
             mark = "▸ " if feature == selected else "  "
             line = Text(f"{mark}feature {feature:<7} {value:8.3f}", style="reverse" if feature == selected else "")
