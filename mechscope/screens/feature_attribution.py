@@ -81,8 +81,11 @@ class FeatureAttributionPart:
         if state.error:
             self.view.show_message(state.error)
             self.screen.show_error(state.error)
-        elif outcome.cancelled:
+        elif outcome.cancelled and state.result is None:
             self.view.show_message("feature attribution stopped")
+        elif outcome.cancelled:
+            self.show()
+            self.screen.say("feature attribution stopped: the table is the earlier one")
         else:
             self.show()
 

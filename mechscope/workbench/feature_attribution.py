@@ -45,14 +45,15 @@ class FeatureAttributionState:
         return None
 
     def accept(self, outcome: Outcome) -> None:
-        """Keep and record the outcome of the last request issued; an older one is dropped."""
-        if outcome.request != self.issued:
+        """Keep and record the outcome of the last request issued; an older one is dropped, and a
+        stopped one leaves the table shown as it was."""
+        if outcome.request != self.issued or outcome.cancelled:
             return
         self.outcome = outcome
         if outcome.ok:
             self.error = None
             self.bench.recorder.work(outcome, "feature attribution")
-        elif not outcome.cancelled:
+        else:
             self.error = f"feature attribution failed: {outcome.error}"
 
     def restore(self, outcome: Outcome) -> None:

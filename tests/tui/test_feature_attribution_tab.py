@@ -68,12 +68,9 @@ async def test_the_key_attributes_the_metric_to_features_records_it_and_a_resume
         assert f"base metric {expected.base_metric:+.4f}" in table_text(resumed)
 
 
-async def test_escape_stops_a_running_attribution_and_nothing_is_recorded(tmp_path):
-    folder = str(save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=4), tmp_path / "sae"))
-    app = make_app(session_name="stopped")
-    running = threading.Event()
-
-    def until_stopped(*args):
+def until_stopped(running: threading.Event):
+    """An engine method that runs until the job is asked to stop (then raises `Cancelled`)."""
+    def attribution(*args):
         should_stop = args[8]  # the handler passes it positionally, after the corrupted prompt
         running.set()
         deadline = time.monotonic() + 5  # a screen that never stops it fails the test, not hangs it
@@ -82,24 +79,49 @@ async def test_escape_stops_a_running_attribution_and_nothing_is_recorded(tmp_pa
                 raise RuntimeError("never asked to stop")
             time.sleep(0.01)
         raise Cancelled("stopped")
+    return attribution
 
+
+async def start_then_escape(app, pilot) -> None:
+    running = threading.Event()
+    app.engine.feature_attribution = until_stopped(running)
+    await pilot.press(key_of("feature_attribution"))
+    for _ in range(100):
+        if running.is_set():
+            break
+        await pilot.pause(0.02)
+    assert running.is_set() and "attributing the metric" in table_text(app)
+    await pilot.press("escape")
+    await settle(pilot)
+    assert not any(w.is_running for w in app.screen.workers)
+
+
+async def test_escape_stops_a_running_attribution_and_nothing_is_recorded(tmp_path):
+    folder = str(save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=4), tmp_path / "sae"))
+    app = make_app(session_name="stopped")
     async with app.run_test(size=(140, 50)) as pilot:
         await settle(pilot)
         await choose_sae(app, pilot, folder)
-        app.engine.feature_attribution = until_stopped
-        await pilot.press(key_of("feature_attribution"))
-        for _ in range(100):
-            if running.is_set():
-                break
-            await pilot.pause(0.02)
-        assert running.is_set() and "attributing the metric" in table_text(app)
-        await pilot.press("escape")
-        await settle(pilot)
+        await start_then_escape(app, pilot)
         assert "feature attribution stopped" in table_text(app)
-        assert not any(w.is_running for w in app.screen.workers)
         assert app.bench.feature_attribution.error is None
         kinds = [e["request"]["kind"] for e in app.bench.recorder.session.events if e.kind == "request"]
         assert "feature_attribution" not in kinds
+
+
+async def test_a_stopped_attribution_leaves_the_earlier_table_shown(tmp_path):
+    folder = str(save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=4), tmp_path / "sae"))
+    app = make_app()
+    async with app.run_test(size=(140, 50)) as pilot:
+        await settle(pilot)
+        await choose_sae(app, pilot, folder)
+        await pilot.press(key_of("feature_attribution"))
+        await settle(pilot)
+        earlier = app.bench.feature_attribution.result
+        await start_then_escape(app, pilot)
+        assert app.bench.feature_attribution.result is earlier
+        assert f"base metric {earlier.base_metric:+.4f}" in table_text(app)
+        assert "feature attribution stopped: the table is the earlier one" in app.bench.info
 
 
 async def test_a_picked_row_is_selected_in_the_tab_and_the_feature_keys_edit_it_there(tmp_path):
