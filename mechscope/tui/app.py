@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from textual import events, work
+from textual._dispatch_key import dispatch_key
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -18,6 +19,7 @@ from mechscope.screens.workbench import TYPING_DEBOUNCE_S, WorkbenchScreen
 from mechscope.tui.commands import COMMANDS, key_label
 from mechscope.tui.messages import EngineFailed, EngineLoaded, EngineProgress
 from mechscope.tui.remote import AttachedMixin
+from mechscope.tui.type_ahead import TypeAhead
 from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.workbench.controller import GenerationSettings, Inputs, Workbench
 from mechscope.workbench.recorder import SessionRecorder
@@ -51,6 +53,21 @@ class MechscopeApp(AttachedMixin, App[int]):
                 Binding("tab", "move_focus(1)", "Next field", show=False, priority=True),
                 Binding("shift+tab", "move_focus(-1)", "Previous field", show=False, priority=True)]
 
+    def push_screen(self, screen: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(screen, Screen):
+            self.type_ahead.opening(screen)
+        return super().push_screen(screen, *args, **kwargs)
+
+    async def _on_key(self, event: events.Key) -> None:
+        """A key no widget took: typed ahead of a dialog, it goes into the dialog; else the bindings
+        (this replaces App's own handler, which would run them a second time)."""
+        event.prevent_default()
+        if not self.type_ahead.take(event) and not await self._check_bindings(event.key):
+            await dispatch_key(self, event)
+
+    def on_descendant_focus(self) -> None:
+        self.type_ahead.deliver()  # a dialog focused its field: the keys typed ahead go in now
+
     def action_move_focus(self, step: int) -> None:
         """Tab / shift+tab: a prompt field being edited hands the editing on to the next field."""
         focused = self.focused
@@ -76,6 +93,7 @@ class MechscopeApp(AttachedMixin, App[int]):
                                generation=GenerationSettings(max_new_tokens=GENERATE_TOKENS))
         self.bench.info = "loading model…"
         self.workbench = WorkbenchScreen(self.bench, source=source, deterministic=deterministic)
+        self.type_ahead = TypeAhead(self)
 
     @property
     def recorder(self) -> SessionRecorder:

@@ -89,3 +89,33 @@ def test_every_text_field_is_an_ordered_input() -> None:
              for number, line in enumerate(path.read_text().splitlines(), 1)
              if re.search(r"(?<![\w.])Input\(", line)]
     assert plain == []
+
+
+async def burst_into_workbench(keys: list[tuple[str, str | None]]):
+    from tests.tui.helpers import make_app, settle
+
+    app = make_app()
+    async with app.run_test(size=(140, 50)) as pilot:
+        await settle(pilot)
+        send_burst(app, keys)
+        for _ in range(20):  # the dialog mounts, focuses its field, then takes the keys typed ahead
+            await pilot.pause(0.02)
+        await settle(pilot)
+        return app, type(app.screen).__name__, app.screen.query_one("#views").active
+
+
+async def test_keys_typed_ahead_of_a_dialog_go_into_it_in_order() -> None:
+    """`: L 1 . H 2 enter space` in one burst: the go-to dialog gets the address and enter, the grid
+    moves, and space then ablates the head it moved to."""
+    from mechscope.engine import HeadAblation
+
+    address = [("L", "L"), ("1", "1"), ("full_stop", "."), ("H", "H"), ("2", "2")]
+    app, screen, _ = await burst_into_workbench([("colon", ":"), *address, ("enter", None), ("space", " ")])
+    assert screen == "WorkbenchScreen" and app.bench.selected == (1, 2)
+    assert app.bench.interventions() == (HeadAblation(1, 2),)
+
+
+async def test_a_burst_that_closes_a_dialog_goes_on_to_the_workbench_keys() -> None:
+    """`? escape 2`: the help opens, escape closes it, and 2 shows the logit lens tab."""
+    _, screen, tab = await burst_into_workbench([("question_mark", "?"), ("escape", None), ("2", "2")])
+    assert screen == "WorkbenchScreen" and tab == "tab-lens"
