@@ -114,7 +114,7 @@ def main() -> None:
             tiny_tokenizer().save_pretrained(folder)
             bench(Path(folder), args.repeats)
     else:
-        from mechscope.engine.loading import demo_model_dir
+        from mechscope.engine.model_cache import demo_model_dir
 
         bench(demo_model_dir(), args.repeats)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-# Must match mechscope.engine.loading.DEMO_DIR_NAME (not imported here: conftest stays import-light).
+# Must match mechscope.engine.model_cache.DEMO_DIR_NAME (not imported here: conftest stays import-light).
 DEMO_DIR_NAME = "smollm2-135m-instruct"
 
 
@@ -37,7 +37,7 @@ def shared_cache_dir(pytestconfig: pytest.Config) -> Path:
 @pytest.fixture(scope="session")
 def demo_model_folder(shared_cache_dir: Path) -> Path:
     """The converted demo model folder in the shared cache (fetched/converted on first use)."""
-    from mechscope.engine.loading import demo_model_dir
+    from mechscope.engine.model_cache import demo_model_dir
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MECHSCOPE_CACHE_DIR", str(shared_cache_dir))

@@ -139,3 +139,12 @@ def test_a_mistyped_sub_command_names_the_closest_one(capsys: pytest.CaptureFixt
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == "mechscope: error: unknown command 'sesions'; did you mean 'sessions'?\n"
+
+
+def test_the_cli_copies_of_the_engine_spellings_agree() -> None:
+    """The CLI refuses bad dtypes and hub ids without importing torch, from copies of the engine's rules."""
+    from mechscope.cli import common
+    from mechscope.engine import loading, model_cache
+
+    assert set(common.DTYPES) == {"auto", *loading._DTYPE_NAMES}
+    assert common._HUB_ID.pattern == model_cache._HUB_ID.pattern

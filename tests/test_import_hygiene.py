@@ -13,6 +13,7 @@ CORE_MODULES = [
     "mechscope.engine.core",
     "mechscope.engine.sweeps",
     "mechscope.engine.loading",
+    "mechscope.engine.model_cache",
     "mechscope.sessions",
     "mechscope.workbench",
     "mechscope.workbench.controller",

@@ -15,8 +15,8 @@ from mechscope.backends import load_engine, model_settings
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 
-# The spellings `mechscope.engine.loading` accepts; repeated here so a bad value is refused
-# without importing torch.
+# The spellings `mechscope.engine.loading` (dtypes, devices) and `mechscope.engine.model_cache`
+# (hub ids) accept; repeated here so a bad value is refused without importing torch.
 DTYPES = ("auto", "float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

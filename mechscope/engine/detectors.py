@@ -150,7 +150,7 @@ def compute_scores(engine: ResidentModel) -> HeadScores:
 
 
 def cache_path(digest: str) -> Path:
-    from mechscope.engine.loading import cache_dir
+    from mechscope.engine.model_cache import cache_dir
 
     return cache_dir() / "detectors" / f"{digest}-v{PROBE_VERSION}.json"
 

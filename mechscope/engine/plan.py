@@ -67,13 +67,13 @@ def _human(n: int | None) -> str:
 def model_config(source: str, trust_remote_code: bool = False) -> tuple[Any, str]:
     """The transformers config of `source` and a display name, reading no weights (a GGUF's header
     only)."""
-    from mechscope.engine import loading
+    from mechscope.engine import model_cache
 
     if source == "demo":
-        folder = loading.models_dir() / loading.DEMO_DIR_NAME
-        if loading._converted_manifest(folder) is None:
-            return _gguf_config(loading.demo_gguf_file()), loading.DEMO_NAME
-        return _folder_config(folder, trust_remote_code), loading.DEMO_NAME
+        folder = model_cache.models_dir() / model_cache.DEMO_DIR_NAME
+        if model_cache.converted_manifest(folder) is None:
+            return _gguf_config(model_cache.demo_gguf_file()), model_cache.DEMO_NAME
+        return _folder_config(folder, trust_remote_code), model_cache.DEMO_NAME
     path = Path(source).expanduser()
     if path.is_dir():
         return _folder_config(path, trust_remote_code), path.resolve().name
@@ -81,7 +81,7 @@ def model_config(source: str, trust_remote_code: bool = False) -> tuple[Any, str
         if path.suffix.lower() != ".gguf":
             raise LoadError(f"{path} is a file but not a .gguf; pass a model folder, a .gguf file or a hub id")
         return _gguf_config(path), path.stem
-    if loading._looks_like_hub_id(source):
+    if model_cache.looks_like_hub_id(source):
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -99,7 +99,7 @@ def _folder_config(folder: Path, trust_remote_code: bool) -> Any:
 
     from mechscope.engine import loading
 
-    config_dict = loading._read_folder_config(folder)
+    config_dict = loading.read_folder_config(folder)
     loading.check_architecture(config_dict, str(folder), trust_remote_code)
     try:
         return transformers.AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code,

@@ -211,14 +211,14 @@ def test_array_of_scalars_is_kept_only_when_small(tmp_path):
 
 @pytest.mark.demo
 def test_demo_gguf_passes_the_checks_and_still_converts(shared_cache_dir, tmp_path, monkeypatch):
-    from mechscope.engine import loading
+    from mechscope.engine import loading, model_cache
 
     monkeypatch.setenv("MECHSCOPE_CACHE_DIR", str(shared_cache_dir))
-    gguf_path = loading.demo_gguf_file()
+    gguf_path = model_cache.demo_gguf_file()
     header = check_gguf(gguf_path)
     assert header.arch_value("block_count") == 30 and len(header.tensors) == 272
     assert expected_parameters(header) == header.n_elements == 134_515_008
-    manifest = loading.convert_gguf(gguf_path, tmp_path / "demo", "demo")
-    assert manifest["weights_digest"] == loading._converted_manifest(loading.demo_model_dir())["weights_digest"]
+    manifest = model_cache.convert_gguf(gguf_path, tmp_path / "demo", "demo")
+    assert manifest["weights_digest"] == model_cache.converted_manifest(model_cache.demo_model_dir())["weights_digest"]
     loaded = loading.load_model(str(tmp_path / "demo"), device="cpu")
     assert loaded.model.config.num_hidden_layers == 30

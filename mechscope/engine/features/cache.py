@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mechscope.engine.loading import cache_dir
+from mechscope.engine.model_cache import cache_dir
 
 MANIFEST = "manifest.json"  # written last by a finished training run
 

@@ -121,7 +121,7 @@ def token_chunks(tokenizer, texts: Iterable[str], seq_len: int) -> Iterator[list
 def sampled_corpus(engine, n_tokens: int, seed: int = 0, batch: int = 64, length: int = 128,
                    folder: Path | None = None, progress=None) -> Path:
     """A .jsonl of about `n_tokens` tokens the model sampled from SEEDS, cached by model digest."""
-    from mechscope.engine.loading import cache_dir
+    from mechscope.engine.model_cache import cache_dir
 
     folder = folder or cache_dir() / "features"
     key = hashlib.sha256(f"{engine.weights_digest or engine.source}|{n_tokens}|{seed}|{length}|{batch}".encode()).hexdigest()
