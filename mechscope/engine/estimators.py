@@ -20,13 +20,13 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from mechscope.engine import attention
 from mechscope.engine.hooks import Hook, installed
+from mechscope.engine.interventions import SetMetricKind
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.resident import ResidentModel
 from mechscope.engine.results import Estimate
 from mechscope.engine.set_runs import (
     MAX_BATCH_ROWS,
     Batch,
-    MetricKind,
     Padding,
     SetMetric,
     forward,
@@ -130,19 +130,19 @@ def _source_z(engine: ResidentModel, batch: Batch) -> list[torch.Tensor]:
     return [z.detach() for z in leaves]
 
 
-def _setup(engine: ResidentModel, pset: PromptSet, kind: MetricKind, direction: str, padding: Padding):
+def _setup(engine: ResidentModel, pset: PromptSet, kind: SetMetricKind, direction: str, padding: Padding):
     metric = SetMetric.of(engine, pset, kind)
     base, source = paired_batches(engine, pset, direction, padding)
     return metric, base, source, _source_z(engine, source)
 
 
-def atp(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff", direction: str = "noising",
+def atp(engine: ResidentModel, pset: PromptSet, kind: SetMetricKind = "logit_diff", direction: str = "noising",
         padding: Padding = "left") -> Estimate:
     """AtP: (z_source - z_base) . d metric / d z at the base run, summed over positions and d_head."""
     return eap_ig(engine, pset, steps=1, kind=kind, direction=direction, padding=padding, name="atp")
 
 
-def eap_ig(engine: ResidentModel, pset: PromptSet, steps: int = 5, kind: MetricKind = "logit_diff",
+def eap_ig(engine: ResidentModel, pset: PromptSet, steps: int = 5, kind: SetMetricKind = "logit_diff",
            direction: str = "noising", padding: Padding = "left", name: str = "eap-ig") -> Estimate:
     """EAP-IG: (z_source - z_base) . mean_k d metric / d z at the inputs e_base + (k/steps)(e_source - e_base),
     k = 0..steps-1 (token embeddings interpolated; a left Riemann sum, so steps=1 is AtP)."""
@@ -190,7 +190,7 @@ class _Gate(torch.autograd.Function):
         return grad * ctx.scales[ctx.index], None, None
 
 
-def graddrop(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff", direction: str = "noising",
+def graddrop(engine: ResidentModel, pset: PromptSet, kind: SetMetricKind = "logit_diff", direction: str = "noising",
              padding: Padding = "left") -> Estimate:
     """GradDrop: for each layer m, AtP_m = AtP with the gradient through layer m's own computation zeroed
     (the layer passes the residual's gradient through, nothing else); a head in layer l scores
@@ -278,7 +278,7 @@ def recomputed_patterns(engine: ResidentModel, probes: list[_Probe], calls, laye
         return weights
 
 
-def atp_star(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff", direction: str = "noising",
+def atp_star(engine: ResidentModel, pset: PromptSet, kind: SetMetricKind = "logit_diff", direction: str = "noising",
              padding: Padding = "left", max_batch: int = MAX_BATCH_ROWS, return_parts: bool = False):
     """AtP* (QK fix): for head n = (l, h) with residual change dr_n = attn_out(z patched) - attn_out(z),
 
@@ -329,7 +329,7 @@ def atp_star(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_d
     return estimate
 
 
-def estimate(engine: ResidentModel, pset: PromptSet, method: Method, steps: int = 5, kind: MetricKind = "logit_diff",
+def estimate(engine: ResidentModel, pset: PromptSet, method: Method, steps: int = 5, kind: SetMetricKind = "logit_diff",
              direction: str = "noising", padding: Padding = "left") -> Estimate:
     """One estimator by name: "atp", "atp*", "graddrop" or "eap-ig" (with `steps`)."""
     if method == "atp":

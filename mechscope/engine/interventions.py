@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from mechscope.engine.errors import InvalidIntervention
 
@@ -535,7 +535,12 @@ FEATURE_INTERVENTION_TYPES: tuple[type[Intervention], ...] = (FeatureAblation, F
 
 
 MetricKind = Literal["logit_diff", "prob", "loss", "kl"]
-METRIC_KINDS: tuple[str, ...] = ("logit_diff", "prob", "loss", "kl")
+METRIC_KINDS: tuple[str, ...] = get_args(MetricKind)
+# What a prompt set measures per row: KL needs a distribution per row to compare with, not one number.
+SetMetricKind = Literal["logit_diff", "prob", "loss"]
+SET_METRIC_KINDS: tuple[str, ...] = get_args(SetMetricKind)
+# Each kind as the screens and reports name it.
+METRIC_TITLES: dict[str, str] = {"logit_diff": "logit diff", "prob": "prob", "loss": "loss", "kl": "KL"}
 
 
 @dataclass(frozen=True)

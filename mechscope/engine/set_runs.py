@@ -22,7 +22,7 @@ from mechscope.engine.edits import (
 )
 from mechscope.engine.errors import InterventionError, PromptError
 from mechscope.engine.hooks import Hook, installed
-from mechscope.engine.interventions import Intervention
+from mechscope.engine.interventions import SET_METRIC_KINDS, Intervention, SetMetricKind
 from mechscope.engine.passes import LayerCall, kv_recorders, recorded_kv, replay
 from mechscope.engine.passes import take_rows as take_rows  # estimators select batch rows with it
 from mechscope.engine.prompt_sets import PromptSet
@@ -33,7 +33,6 @@ from mechscope.engine.sites import Site, SiteKind
 from mechscope.engine.unembedding import logits_of, softcapped
 
 Padding = Literal["left", "right"]
-MetricKind = Literal["logit_diff", "prob", "loss"]
 MeanRows = Literal["clean", "corrupted"]  # the set's prompts mean ablation averages over
 MAX_BATCH_ROWS = 256  # sequences per forward in a sweep (rows x heads are chunked to this)
 CPU_BATCH_TOKENS = 640  # and on a CPU, tokens: a batch that stays in cache is 10-15% faster per token than 1,280
@@ -179,14 +178,14 @@ def first_token(engine: ResidentModel, text: str, what: str) -> int:
 class SetMetric:
     """Per-row target/foil token ids and the metric kind, resolved once per set."""
 
-    kind: MetricKind
+    kind: SetMetricKind
     target: torch.Tensor  # [row]
     foil: torch.Tensor  # [row]
 
     @staticmethod
-    def of(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff") -> SetMetric:
-        if kind not in ("logit_diff", "prob", "loss"):
-            raise ValueError(f"metric kind must be logit_diff, prob or loss, got {kind!r}")
+    def of(engine: ResidentModel, pset: PromptSet, kind: SetMetricKind = "logit_diff") -> SetMetric:
+        if kind not in SET_METRIC_KINDS:
+            raise ValueError(f"metric kind must be {', '.join(SET_METRIC_KINDS)}, got {kind!r}")
         targets, foils = [], []
         for i, row in enumerate(pset.rows):
             if not row.target:
@@ -365,7 +364,7 @@ def _spread(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------- entry points
 
 
-def run_set(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff",
+def run_set(engine: ResidentModel, pset: PromptSet, kind: SetMetricKind = "logit_diff",
             interventions: Iterable[Intervention] = (), prompt: Literal["clean", "corrupted"] = "clean",
             padding: Padding = "left", vectors: Mapping[str, np.ndarray] | None = None,
             means: MeanRows = "clean") -> SetRunResult:
@@ -421,7 +420,7 @@ def _rows_after(calls: list[LayerCall], index: torch.Tensor, start: int) -> list
     return [LayerCall(c.hidden, take_rows(c.args, index, rows), take_rows(c.kwargs, index, rows)) for c in cut]
 
 
-def sweep_set(engine: ResidentModel, pset: PromptSet, kind: MetricKind = "logit_diff",
+def sweep_set(engine: ResidentModel, pset: PromptSet, kind: SetMetricKind = "logit_diff",
               direction: str = "noising", padding: Padding = "left",
               on_progress: Callable[[SetSweepResult], None] | None = None,
               should_stop: ShouldStop | None = None,

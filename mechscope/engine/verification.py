@@ -31,6 +31,7 @@ from mechscope.engine.estimators import (
     estimate,
 )
 from mechscope.engine.hooks import Hook, installed
+from mechscope.engine.interventions import SetMetricKind
 from mechscope.engine.passes import kv_recorders, recorded_kv
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.results import VerifiedEstimate
@@ -38,7 +39,6 @@ from mechscope.engine.set_runs import (
     MAX_BATCH_ROWS,
     Batch,
     LayerCall,
-    MetricKind,
     Padding,
     SetMetric,
     _post_final,
@@ -142,7 +142,7 @@ def _chunk_effects(engine: Engine, base: BasePass, heads: list[tuple[int, int]],
     return effect.float().cpu().tolist()
 
 
-def _atp_with_base(engine: Engine, pset: PromptSet, kind: MetricKind, direction: str,
+def _atp_with_base(engine: Engine, pset: PromptSet, kind: SetMetricKind, direction: str,
                    padding: Padding) -> tuple[Estimate, BasePass]:
     """AtP (as `estimators.atp`) whose one forward also records the base pass verification resumes from."""
     started = time.perf_counter()
@@ -163,7 +163,7 @@ def _atp_with_base(engine: Engine, pset: PromptSet, kind: MetricKind, direction:
                          recorded_kv(controls))
 
 
-def _base_pass(engine: Engine, pset: PromptSet, kind: MetricKind, direction: str, padding: Padding) -> BasePass:
+def _base_pass(engine: Engine, pset: PromptSet, kind: SetMetricKind, direction: str, padding: Padding) -> BasePass:
     metric = SetMetric.of(engine, pset, kind)
     base, source = paired_batches(engine, pset, direction, padding)
     source_z = head_outputs(engine, source)
@@ -222,7 +222,7 @@ def candidates(estimated: np.ndarray, change: np.ndarray, exact: dict[tuple[int,
 
 
 def estimate_and_verify(engine: Engine, pset: PromptSet, method: Method = "atp", steps: int = 5,
-                        kind: MetricKind = "logit_diff", direction: str = "noising",
+                        kind: SetMetricKind = "logit_diff", direction: str = "noising",
                         verify: int | None = None, padding: Padding = "left", max_batch: int = MAX_BATCH_ROWS,
                         should_stop: Callable[[], bool] | None = None,
                         max_verify: int = MAX_AUTO_VERIFY) -> VerifiedEstimate:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from mechscope.engine.addresses import parse_head, parse_receiver
-from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.interventions import Intervention, Metric, SetMetricKind
 from mechscope.engine.prompt_sets import DEFAULT_SHOTS, PromptSet, PromptSetError
 from mechscope.engine.views import Views
 
@@ -103,7 +103,6 @@ class ReferencePromptsRequest:
     prompts: tuple[str, ...]
 
 
-SetMetricKind = Literal["logit_diff", "prob", "loss"]
 EstimateMethod = Literal["atp", "atp*", "graddrop", "eap-ig"]
 
 

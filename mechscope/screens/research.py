@@ -90,11 +90,11 @@ class ResearchPart:
         import dataclasses
 
         from mechscope.screens.choose import ChooseScreen
-        from mechscope.tui.widgets.prompt_pane import METRIC_KINDS
+        from mechscope.tui.widgets.prompt_pane import METRIC_CHOICES
 
         screen = self.screen
         current = screen.bench.inputs.metric_kind
-        items = [(kind, title, "current" if kind == current else "") for title, kind in METRIC_KINDS]
+        items = [(kind, title, "current" if kind == current else "") for title, kind in METRIC_CHOICES]
 
         def chosen(kind: str | None) -> None:
             if kind is None or kind == screen.bench.inputs.metric_kind:

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mechscope.engine.interventions import SET_METRIC_KINDS, Intervention, Metric
 from mechscope.engine.results import EFFECT_SCALES
 
 TENSOR_FILE = re.compile(r"^tensors/[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$")
 INTERVENTION_ACTIONS = ("added", "changed", "toggled", "removed")
 SWEEP_KINDS = ("head", "resid", "atp", "attn", "mlp")
 SWEEP_DIRECTIONS = ("noising", "denoising")
-SET_METRIC_KINDS = ("logit_diff", "prob", "loss")
 SET_SOURCES = ("prompts", "mean")
 MAX_SET_ROWS = 10_000  # rows of one recorded prompt set (the engine's limit)
 ROW_FIELDS = ("clean", "corrupted", "target", "foil")
@@ -130,14 +130,10 @@ def check_metric(name: str, value: Any) -> None:
     """None, or a `Metric.to_dict()` object."""
     if value is None:
         return
-    from mechscope.engine.interventions import Metric
-
     Metric.from_dict(value)
 
 
 def check_intervention(name: str, value: Any) -> None:
-    from mechscope.engine.interventions import Intervention
-
     Intervention.from_dict(value)
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
 
+from mechscope.engine.interventions import METRIC_TITLES, SET_METRIC_KINDS
 from mechscope.engine.prompt_sets import (
     DEFAULT_SHOTS,
     ICL_TASKS,
@@ -47,7 +48,6 @@ from mechscope.workbench.state import Inputs
 if TYPE_CHECKING:
     from mechscope.workbench.controller import Workbench
 
-SET_METRIC_KINDS = ("logit_diff", "prob", "loss")
 ESTIMATE_METHODS: tuple[EstimateMethod, ...] = ("atp", "atp*", "graddrop", "eap-ig")
 SET_SWEEP_GRID = "set patching"
 ESTIMATE_GRID = "estimate"
@@ -98,7 +98,7 @@ class PromptSets:
         if run is None or not run.ok:
             return text + " · set numbers not computed"
         request, result = cast(RunSetRequest, run.request), run.result
-        text += f" · {request.metric_kind} baseline {mean_std(result.baseline)}"
+        text += f" · {METRIC_TITLES[request.metric_kind]} baseline {mean_std(result.baseline)}"
         if request.interventions:
             effect = np.asarray(result.values) - np.asarray(result.baseline)
             text += (f" → with {len(request.interventions)} intervention(s) {mean_std(result.values)}"

@@ -44,7 +44,7 @@ async def test_the_key_attributes_the_metric_to_features_records_it_and_a_resume
         expected = app.engine.feature_attribution(bench.inputs.clean, folder, None, bench.metric(),
                                                   bench.interventions(), 20, 10)
         text = table_text(app)
-        assert "feature attribution · L1.resid_post" in text and "10 verified" in text
+        assert "feature attribution · L1.resid_post · logit diff ' Mary' − ' John'" in text and "10 verified" in text
         assert f"base metric {expected.base_metric:+.4f}" in text
         lines = text.splitlines()
         first = lines[next(n for n, line in enumerate(lines) if line.lstrip().startswith("#")) + 1]

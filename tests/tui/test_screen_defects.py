@@ -561,7 +561,7 @@ async def test_set_numbers_scroll_into_view_at_80x24(tmp_path):
         summary = app.query_one("#set-numbers")
         lines = summary.render_lines(summary.region.reset_offset)  # wrapped as on screen
         shown = ["".join(s.text for s in line).strip() for line in lines]
-        first = next(i for i, line in enumerate(shown) if line.startswith("logit_diff baseline"))
+        first = next(i for i, line in enumerate(shown) if line.startswith("logit diff baseline"))
         assert summary.virtual_region.y + first == view.scroll_offset.y  # the numbers at the top
         table = app.query_one(SetRowTable)
         assert table.virtual_region.y < view.scroll_offset.y + view.scrollable_content_region.height

@@ -66,7 +66,7 @@ def test_set_numbers_with_and_without_interventions(engine):
     np.testing.assert_allclose(result.values, direct.values, atol=1e-6)
     np.testing.assert_allclose(result.baseline, direct.baseline, atol=1e-6)
     line = bench.sets.describe()
-    assert f"baseline {np.mean(direct.baseline):+.3f}" in line and "with 1 intervention" in line
+    assert f"logit diff baseline {np.mean(direct.baseline):+.3f}" in line and "with 1 intervention" in line
     assert "stale" not in line
     bench.remove(bench.stack.entries[0].id)
     assert "stale" in bench.sets.describe()

@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from mechscope.engine.interventions import Metric
+from mechscope.engine.interventions import METRIC_TITLES, Metric
 from mechscope.engine.results import FeatureAttribution
 from mechscope.tui.widgets.prompt_pane import show_token
 
@@ -20,10 +20,11 @@ def _number(value: float) -> str:
 
 
 def metric_label(metric: Metric) -> str:
-    """`logit_diff ' Mary' − ' John'`, `prob ' Mary'`, `kl`."""
+    """`logit diff ' Mary' − ' John'`, `prob ' Mary'`, `KL`."""
+    title = METRIC_TITLES[metric.kind]
     if metric.kind == "logit_diff":
-        return f"logit_diff {metric.target!r} − {metric.foil!r}"
-    return metric.kind if metric.kind == "kl" else f"{metric.kind} {metric.target!r}"
+        return f"{title} {metric.target!r} − {metric.foil!r}"
+    return title if metric.kind == "kl" else f"{title} {metric.target!r}"
 
 
 def agreement(result: FeatureAttribution) -> str:

@@ -7,10 +7,11 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, Select, Static
 
+from mechscope.engine.interventions import METRIC_KINDS, METRIC_TITLES
 from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.workbench.controller import Inputs
 
-METRIC_KINDS = (("logit diff", "logit_diff"), ("prob", "prob"), ("loss", "loss"), ("KL", "kl"))
+METRIC_CHOICES = tuple((METRIC_TITLES[kind], kind) for kind in METRIC_KINDS)  # (title, kind) for the select
 PromptValues = Inputs  # what the pane shows and returns: the Workbench's inputs
 
 
@@ -72,7 +73,7 @@ class PromptPane(Vertical):
             yield Label("foil", classes="-inline")
             yield PromptInput(values.foil, id="foil", compact=True, select_on_focus=False)
             yield Label("metric", classes="-inline")
-            yield Select(METRIC_KINDS, value=values.metric_kind, allow_blank=False, compact=True,
+            yield Select(METRIC_CHOICES, value=values.metric_kind, allow_blank=False, compact=True,
                          id="metric-kind")
         yield Static("", id="tokens")
         yield Static("", id="prompt-notes", classes="-hidden")

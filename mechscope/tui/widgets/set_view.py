@@ -15,6 +15,7 @@ from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
+from mechscope.engine.interventions import METRIC_TITLES
 from mechscope.tui.commands import key_of, palette_title
 from mechscope.workbench.research import sweep_runs
 from mechscope.workbench.sets import EXACT_MARK, PromptSets
@@ -76,7 +77,7 @@ def numbers_text(sets: PromptSets) -> Text:
         text.append(f"\nset numbers not computed ({key_of('set_numbers')})", style="dim")
         return text
     request, result = run.request, run.result
-    kind = getattr(request, "metric_kind", "metric")
+    kind = METRIC_TITLES.get(getattr(request, "metric_kind", ""), "metric")
     text.append(f"\n{kind} baseline {mean_std(result.baseline)} (no interventions)")
     count = len(getattr(request, "interventions", ()))
     if count:
