@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import SetMetricKind
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.resident import ResidentModel
-from mechscope.engine.results import Estimate
+from mechscope.engine.results import ESTIMATE_METHODS, Estimate, EstimateMethod
 from mechscope.engine.set_runs import (
     MAX_BATCH_ROWS,
     Batch,
@@ -36,7 +36,6 @@ from mechscope.engine.set_runs import (
 )
 
 GRAD_ATTENTION = "mechscope_grad"
-Method = Literal["atp", "atp*", "graddrop", "eap-ig"]
 
 
 # ---------------------------------------------------------------------------- attention probes
@@ -329,7 +328,7 @@ def atp_star(engine: ResidentModel, pset: PromptSet, kind: SetMetricKind = "logi
     return estimate
 
 
-def estimate(engine: ResidentModel, pset: PromptSet, method: Method, steps: int = 5, kind: SetMetricKind = "logit_diff",
+def estimate(engine: ResidentModel, pset: PromptSet, method: EstimateMethod, steps: int = 5, kind: SetMetricKind = "logit_diff",
              direction: str = "noising", padding: Padding = "left") -> Estimate:
     """One estimator by name: "atp", "atp*", "graddrop" or "eap-ig" (with `steps`)."""
     if method == "atp":
@@ -340,4 +339,4 @@ def estimate(engine: ResidentModel, pset: PromptSet, method: Method, steps: int 
         return graddrop(engine, pset, kind, direction, padding)
     if method == "eap-ig":
         return eap_ig(engine, pset, steps, kind, direction, padding)
-    raise ValueError(f"unknown estimator {method!r} (known: atp, atp*, graddrop, eap-ig)")
+    raise ValueError(f"unknown estimator {method!r} (known: {', '.join(ESTIMATE_METHODS)})")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 from mechscope.engine.errors import InvalidIntervention
 
 AblationMode = Literal["zero", "mean", "resample"]
+ABLATION_MODES: tuple[str, ...] = get_args(AblationMode)
 Positions = tuple[int, ...] | None
 
 
@@ -158,8 +159,8 @@ class HeadAblation(Intervention):
     def __post_init__(self) -> None:
         _check_int("layer", self.layer)
         _check_int("head", self.head)
-        if self.mode not in ("zero", "mean", "resample"):
-            raise ValueError(f"mode must be zero, mean or resample, got {self.mode!r}")
+        if self.mode not in ABLATION_MODES:
+            raise ValueError(f"mode must be {', '.join(ABLATION_MODES[:-1])} or {ABLATION_MODES[-1]}, got {self.mode!r}")
         object.__setattr__(self, "positions", _positions(self.positions))
 
     @classmethod
@@ -219,8 +220,8 @@ class ComponentAblation(Intervention):
         _check_int("layer", self.layer)
         if self.component not in ("attn", "mlp"):
             raise ValueError(f"component must be attn or mlp, got {self.component!r}")
-        if self.mode not in ("zero", "mean", "resample"):
-            raise ValueError(f"mode must be zero, mean or resample, got {self.mode!r}")
+        if self.mode not in ABLATION_MODES:
+            raise ValueError(f"mode must be {', '.join(ABLATION_MODES[:-1])} or {ABLATION_MODES[-1]}, got {self.mode!r}")
         object.__setattr__(self, "positions", _positions(self.positions))
 
     @classmethod

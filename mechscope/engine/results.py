@@ -207,8 +207,14 @@ class RunResult:
         return self.prediction.logits
 
 
-SweepKind = Literal["head", "resid", "attn", "mlp", "atp"]
+SweepKind = Literal["head", "attn", "mlp", "resid", "atp"]  # in the order the sweep dialog lists them
 SWEEP_KINDS: tuple[SweepKind, ...] = get_args(SweepKind)
+Direction = Literal["noising", "denoising"]  # patch the clean run from the corrupted one, or the reverse
+DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
+HeadInputKind = Literal["output", "q", "k", "v"]  # what a head cell of a sweep patches
+HEAD_INPUTS: tuple[HeadInputKind, ...] = get_args(HeadInputKind)
+EstimateMethod = Literal["atp", "atp*", "graddrop", "eap-ig"]
+ESTIMATE_METHODS: tuple[EstimateMethod, ...] = get_args(EstimateMethod)
 
 
 EffectScale = Literal["delta", "normalised"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
 import torch
@@ -22,15 +21,19 @@ from mechscope.engine.passes import (
     kv_recorders,
     recorded_kv,
 )
-from mechscope.engine.protocol import SWEEP_KINDS, ShouldStop, SweepKind
-from mechscope.engine.results import SweepResult
+from mechscope.engine.protocol import ShouldStop
+from mechscope.engine.results import (
+    DIRECTIONS,
+    HEAD_INPUTS,
+    SWEEP_KINDS,
+    Direction,
+    SweepKind,
+    SweepResult,
+)
 from mechscope.engine.sites import Site
 
 ProgressCallback = Callable[[SweepResult], None]
 EditHooks = Callable[[], list[Hook]]
-
-
-HEAD_INPUTS: tuple[str, ...] = ("output", "q", "k", "v")
 
 
 def _check_arguments(kind: str, direction: str, metric: Metric | None, head_input: str = "output") -> None:
@@ -40,14 +43,14 @@ def _check_arguments(kind: str, direction: str, metric: Metric | None, head_inpu
         raise ValueError(f"head_input must be one of {', '.join(HEAD_INPUTS)}, got {head_input!r}")
     if head_input != "output" and kind != "head":
         raise ValueError(f"only the head sweep patches a head's {head_input}; a {kind} sweep patches outputs")
-    if direction not in ("noising", "denoising"):
-        raise ValueError(f"direction must be noising or denoising, got {direction!r}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be {' or '.join(DIRECTIONS)}, got {direction!r}")
     if metric is None or not metric.measurable:
         raise PromptError("a sweep needs a metric with a target token")
 
 
 def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Metric,
-          direction: Literal["noising", "denoising"] = "noising",
+          direction: Direction = "noising",
           on_progress: ProgressCallback | None = None,
           should_stop: ShouldStop | None = None,
           edit_hooks: EditHooks | None = None, head_input: str = "output") -> SweepResult:

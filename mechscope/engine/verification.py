@@ -23,7 +23,6 @@ from mechscope.engine.attention import AttentionControl
 from mechscope.engine.errors import Cancelled
 from mechscope.engine.estimators import (
     Estimate,
-    Method,
     _leaf_hooks,
     _per_head,
     _setup,
@@ -34,7 +33,7 @@ from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import SetMetricKind
 from mechscope.engine.passes import kv_recorders, recorded_kv
 from mechscope.engine.prompt_sets import PromptSet
-from mechscope.engine.results import VerifiedEstimate
+from mechscope.engine.results import EstimateMethod, VerifiedEstimate
 from mechscope.engine.set_runs import (
     MAX_BATCH_ROWS,
     Batch,
@@ -221,7 +220,7 @@ def candidates(estimated: np.ndarray, change: np.ndarray, exact: dict[tuple[int,
     return [divmod(i, n_heads) for i in chosen], uncertain.reshape(estimated.shape)
 
 
-def estimate_and_verify(engine: Engine, pset: PromptSet, method: Method = "atp", steps: int = 5,
+def estimate_and_verify(engine: Engine, pset: PromptSet, method: EstimateMethod = "atp", steps: int = 5,
                         kind: SetMetricKind = "logit_diff", direction: str = "noising",
                         verify: int | None = None, padding: Padding = "left", max_batch: int = MAX_BATCH_ROWS,
                         should_stop: Callable[[], bool] | None = None,

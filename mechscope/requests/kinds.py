@@ -16,11 +16,8 @@ import numpy as np
 from mechscope.engine.addresses import parse_head, parse_receiver
 from mechscope.engine.interventions import Intervention, Metric, SetMetricKind
 from mechscope.engine.prompt_sets import DEFAULT_SHOTS, PromptSet, PromptSetError
+from mechscope.engine.results import Direction, EstimateMethod, HeadInputKind, SweepKind
 from mechscope.engine.views import Views
-
-SweepKind = Literal["head", "resid", "attn", "mlp", "atp"]
-Direction = Literal["noising", "denoising"]
-HeadInputKind = Literal["output", "q", "k", "v"]
 
 
 @dataclass(frozen=True)
@@ -103,7 +100,6 @@ class ReferencePromptsRequest:
     prompts: tuple[str, ...]
 
 
-EstimateMethod = Literal["atp", "atp*", "graddrop", "eap-ig"]
 
 
 @dataclass(frozen=True)

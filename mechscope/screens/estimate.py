@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from mechscope.engine.results import ESTIMATE_METHODS
 from mechscope.screens.ask_value import AskValueScreen
-from mechscope.workbench.sets import ESTIMATE_METHODS
 
 ESTIMATE_HELP = (f"method ({', '.join(ESTIMATE_METHODS)}), then optional steps N (eap-ig) and verify K or "
                  "auto: exact patching of the estimate's top K heads (auto: the heads its uncertainty "

@@ -10,13 +10,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Label, Select
 
-from mechscope.workbench.research import (
-    DIRECTIONS,
-    HEAD_INPUT_NAMES,
-    HEAD_INPUTS,
-    SWEEP_KINDS,
-    SWEEP_NAMES,
-)
+from mechscope.engine.results import DIRECTIONS, HEAD_INPUTS, SWEEP_KINDS
+from mechscope.workbench.research import HEAD_INPUT_NAMES, SWEEP_NAMES
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mechscope.engine.results import SweepResult
+from mechscope.engine.results import DIRECTIONS, SweepResult
 from mechscope.requests.kinds import (
     GenerateRequest,
     Outcome,
@@ -100,7 +100,7 @@ class SweepsPart:
                 return None
             if len(parts) == 1:
                 return parts[0], "noising"
-            return (parts[0], parts[1]) if len(parts) == 2 and parts[1] in ("noising", "denoising") else None
+            return (parts[0], parts[1]) if len(parts) == 2 and parts[1] in DIRECTIONS else None
 
         def validate(text: str) -> str | None:
             return None if parse(text) else "q, k or v, optionally followed by noising or denoising"

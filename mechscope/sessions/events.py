@@ -9,12 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mechscope.engine.interventions import SET_METRIC_KINDS, Intervention, Metric
-from mechscope.engine.results import EFFECT_SCALES
+from mechscope.engine.results import DIRECTIONS, EFFECT_SCALES, SWEEP_KINDS
 
 TENSOR_FILE = re.compile(r"^tensors/[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$")
 INTERVENTION_ACTIONS = ("added", "changed", "toggled", "removed")
-SWEEP_KINDS = ("head", "resid", "atp", "attn", "mlp")
-SWEEP_DIRECTIONS = ("noising", "denoising")
 SET_SOURCES = ("prompts", "mean")
 MAX_SET_ROWS = 10_000  # rows of one recorded prompt set (the engine's limit)
 ROW_FIELDS = ("clean", "corrupted", "target", "foil")
@@ -250,7 +248,7 @@ EVENT_FIELDS: dict[str, dict[str, Checker]] = {
             "interventions": list_of(check_intervention), "top_k": at_most(MAX_TOP_K),
             "outcome": check_outcome},
     "sweep": {"sweep": one_of(*SWEEP_KINDS), "clean": check_str, "corrupt": check_str,
-              "metric": check_metric, "direction": one_of(*SWEEP_DIRECTIONS),
+              "metric": check_metric, "direction": one_of(*DIRECTIONS),
               "file": check_tensor_file, "shape": rank(2), "base_metric": check_number,
               "source_metric": check_opt_number, "complete": check_bool},
     "generate": {"prompt": check_str, "corrupted": check_opt_str,
@@ -268,7 +266,7 @@ EVENT_FIELDS: dict[str, dict[str, Checker]] = {
                 "values": bounded_list(check_number, MAX_SET_ROWS),
                 "baseline": bounded_list(check_number, MAX_SET_ROWS)},
     "set_sweep": {"set": check_count, "metric_kind": one_of(*SET_METRIC_KINDS),
-                  "direction": one_of(*SWEEP_DIRECTIONS), "source": one_of(*SET_SOURCES),
+                  "direction": one_of(*DIRECTIONS), "source": one_of(*SET_SOURCES),
                   "file": check_tensor_file, "shape": rank(2), "base_metric": check_number,
                   "complete": check_bool},
     # a piece of work: the request as `request_to_dict` writes it, its outcome summary (plain JSON)

@@ -22,12 +22,11 @@ from mechscope.engine.interventions import (
     Metric,
     SteeringVector,
 )
-from mechscope.engine.results import GeneratedToken, RunResult, SweepResult
+from mechscope.engine.results import Direction, GeneratedToken, RunResult, SweepKind, SweepResult
 from mechscope.engine.views import Views
 from mechscope.requests.kinds import (
     AddVectorRequest,
     BuildVectorRequest,
-    Direction,
     FeatureActivationsRequest,
     FeatureAttributionRequest,
     FeatureCardRequest,
@@ -37,7 +36,6 @@ from mechscope.requests.kinds import (
     ReferencePromptsRequest,
     Request,
     RunRequest,
-    SweepKind,
     SweepRequest,
     ValidateRequest,
 )

@@ -15,20 +15,23 @@ import numpy as np
 
 from mechscope.engine.interventions import Intervention, Metric, SteeringVector
 from mechscope.engine.results import (
+    DIRECTIONS,
     EFFECT_SCALES,
+    HEAD_INPUTS,
+    SWEEP_KINDS,
+    Direction,
     EffectScale,
+    HeadInputKind,
     RunResult,
     SetSweepResult,
+    SweepKind,
     SweepResult,
 )
 from mechscope.requests.kinds import (
-    Direction,
-    HeadInputKind,
     Outcome,
     PathSweepRequest,
     ReferencePromptsRequest,
     RunRequest,
-    SweepKind,
     SweepRequest,
 )
 from mechscope.workbench.state import GenerationSettings, SweepState
@@ -38,16 +41,13 @@ if TYPE_CHECKING:
     from mechscope.workbench.recorder import SessionRecorder
     from mechscope.workbench.sets import PromptSets
 
-SWEEP_KINDS: tuple[SweepKind, ...] = ("head", "attn", "mlp", "resid", "atp")
 SWEEP_NAMES = {"head": "heads", "attn": "attention output per layer and position",
                "mlp": "MLP output per layer and position", "resid": "residual per layer and position",
                "atp": "heads, attribution patching (estimate)"}
-DIRECTIONS: tuple[Direction, ...] = ("noising", "denoising")
 EFFECT_SCALE_NOTES = {
     "delta": "Δ metric (patched - base), in the metric's units",
     "normalised": "normalised effect (patched - base) / (source - base): 1 = the patch recovers the whole gap",
 }
-HEAD_INPUTS: tuple[HeadInputKind, ...] = ("output", "q", "k", "v")
 HEAD_INPUT_NAMES = {"output": "output", "q": "query", "k": "key", "v": "value"}
 SWEEPS_ON_TOP = False  # every sweep entry point sweeps the unedited model unless asked (W): like set sweeps
 MAX_NEW_TOKENS = 512

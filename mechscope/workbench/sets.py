@@ -18,11 +18,10 @@ from mechscope.engine.prompt_sets import (
     PromptSetError,
     load_prompt_set,
 )
+from mechscope.engine.results import ESTIMATE_METHODS, Direction, EstimateMethod
 from mechscope.requests.kinds import (
     AUTO_VERIFY,
     DetectHeadsRequest,
-    Direction,
-    EstimateMethod,
     EstimateRequest,
     MassiveRequest,
     Outcome,
@@ -48,7 +47,6 @@ from mechscope.workbench.state import Inputs
 if TYPE_CHECKING:
     from mechscope.workbench.controller import Workbench
 
-ESTIMATE_METHODS: tuple[EstimateMethod, ...] = ("atp", "atp*", "graddrop", "eap-ig")
 SET_SWEEP_GRID = "set patching"
 ESTIMATE_GRID = "estimate"
 EXACT_MARK = "="  # a verified head: the estimate's value there is the exact patching effect
