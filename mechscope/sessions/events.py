@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mechscope.engine.interventions import SET_METRIC_KINDS, Intervention, Metric
+from mechscope.engine.prompt_sets import FIELDS
 from mechscope.engine.results import DIRECTIONS, EFFECT_SCALES, SWEEP_KINDS
 
 TENSOR_FILE = re.compile(r"^tensors/[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$")
 INTERVENTION_ACTIONS = ("added", "changed", "toggled", "removed")
 SET_SOURCES = ("prompts", "mean")
 MAX_SET_ROWS = 10_000  # rows of one recorded prompt set (the engine's limit)
-ROW_FIELDS = ("clean", "corrupted", "target", "foil")
 RESERVED = ("seq", "time", "kind")
 MAX_ARRAYS = 64  # named arrays of one request event
 ARRAY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,63}$")
@@ -178,7 +178,7 @@ def check_set_row(name: str, value: Any) -> None:
     """One prompt-set row: clean, corrupted, target and foil strings."""
     if not isinstance(value, dict):
         raise ValueError(f"{name} must be an object, got {_type_name(value)}")
-    _check_fields(name, value, dict.fromkeys(ROW_FIELDS, check_str))
+    _check_fields(name, value, dict.fromkeys(FIELDS, check_str))
 
 
 def bounded_list(check: Checker, limit: int) -> Checker:
