@@ -448,6 +448,7 @@ class WorkbenchScreen(Screen[None]):
         result = run.result
         self.mark_panes_stale(None)
         self.research.show_predictions(result, bool(getattr(run.request, "interventions", ())))
+        self.relabel_interventions()
         self.show_prompt_info(result)
         self.grid_part.show()
         self.stale_views = set(VIEW_TABS)
@@ -595,10 +596,14 @@ class WorkbenchScreen(Screen[None]):
 
     # ---------------------------------------------------------------- interventions
 
-    def refresh_interventions(self) -> None:
+    def relabel_interventions(self) -> None:
+        """The list's lines; a steering vector's compares its norm with the latest run's residual."""
         entries = self.bench.stack.entries
         self.part(InterventionList, InterventionList).show_entries(
             entries, tuple(self.bench.list_label(e) for e in entries))
+
+    def refresh_interventions(self) -> None:
+        self.relabel_interventions()
         self.grid_part.show_marks()
         view = self.attention_view
         if view.address is not None:

@@ -94,6 +94,14 @@ async def test_build_steering_vector_steers_toggles_off_exactly_and_is_saved():
     np.testing.assert_array_equal(state.vectors["love-hate"], engine.vectors["love-hate"])
     assert state.interventions == [(1, steer.with_enabled(False))]
 
+    resumed = make_app(tiny_engine("llama"), session_name="steer-study")
+    async with resumed.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        resid = float(np.median(resumed.bench.result.stats.resid_norm[0][1:]))
+        # the list was drawn before the resumed session's first run: it says the residual once the run is in
+        assert list_lines(resumed) == [f"[ ] steer L1 love-hate x6 (|Δ| {added:.3g} vs median resid {resid:.3g} "
+                                       f"after pos 0{': LARGER than the residual' if added > resid else ''})"]
+
 
 async def test_steering_dialog_refuses_bad_fields_and_positions_last_steers_only_the_last_token():
     engine = tiny_engine("llama")

@@ -6,11 +6,13 @@ import numpy as np
 
 from mechscope.engine.errors import InterventionError, LoadError
 from mechscope.engine.interventions import HeadAblation, HeadScale
+from mechscope.engine.results import GeneratedToken
 from mechscope.screens.help import HelpScreen
 from mechscope.screens.load_error import LoadErrorScreen
 from mechscope.tui.app import COMMANDS, IOI_PAIR, TYPING_DEBOUNCE_S, MechscopeApp, key_label
 from mechscope.tui.widgets.head_grid import HeadGrid
 from mechscope.tui.widgets.interventions import InterventionList
+from mechscope.tui.widgets.views import GenerationView, shown_continuation
 from tests.tui.helpers import CountingEngine, make_app, screen_text, settle
 
 
@@ -362,7 +364,35 @@ async def test_generation_side_by_side():
         assert len(baseline) == len(intervened) > 0
         assert [t.id for t in baseline] == [t.id for t in intervened]  # no interventions yet
         shown = text_of(app, "#gen-baseline")
-        assert shown == IOI_PAIR.clean + "".join(t.text for t in baseline)
+        assert shown == IOI_PAIR.clean + "".join(shown_continuation(t.text).plain for t in baseline)
+
+
+def test_generated_line_breaks_and_control_characters_show():
+    """A continuation of newlines must not look empty, and no control character reaches the terminal."""
+    assert shown_continuation("a\nb").plain == "a↵\nb"
+    assert shown_continuation("\t\x1b[2J ok").plain == "→\\x1b[2J ok"
+    assert shown_continuation("·Mary é").plain == "·Mary é"
+
+
+async def test_a_generation_lane_follows_its_newest_token():
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("g")  # the generate tab, with a generation of its own
+        await settle(pilot)
+        view = app.query_one(GenerationView)
+        view.reset("prompt")
+        for i in range(60):
+            view.append("baseline", GeneratedToken(i, "\n", 0.9))
+        await settle(pilot)
+        box = app.query_one("#gen-baseline-box")
+        assert box.max_scroll_y > 0 and box.scroll_y == box.max_scroll_y  # the newest line is in view
+        assert text_of(app, "#gen-baseline").count("↵") == 60
+        box.scroll_home(animate=False)
+        await settle(pilot)
+        view.append("baseline", GeneratedToken(1, "more", 0.9))
+        await settle(pilot)
+        assert box.scroll_y == 0  # scrolled back to read: left where the reader put it
 
 
 async def test_attention_view_follows_the_cursor():

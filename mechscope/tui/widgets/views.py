@@ -301,7 +301,7 @@ class GenerationView(Horizontal):
     def reset(self, prompt: str) -> None:
         self.query_one("#gen-intervened-box").border_subtitle = ""
         for lane in ("baseline", "intervened"):
-            self.texts[lane] = Text(prompt, style="dim")
+            self.texts[lane] = shown_continuation(prompt, "dim")
             self.query_one(f"#gen-{lane}", Static).update(self.texts[lane])
 
     def mark_stale(self) -> None:
@@ -309,8 +309,30 @@ class GenerationView(Horizontal):
         self.query_one("#gen-intervened-box").border_subtitle = f"stale: {key_of('generate')} to rerun"
 
     def append(self, lane: str, token: GeneratedToken) -> None:
-        self.texts[lane].append(token.text, style="bold" if token.prob > 0.5 else "")
+        """Add a token to a lane; a lane scrolled to its end stays there, so the newest token shows."""
+        box = self.query_one(f"#gen-{lane}-box", VerticalScroll)
+        following = box.scroll_y >= box.max_scroll_y
+        self.texts[lane].append_text(shown_continuation(token.text, "bold" if token.prob > 0.5 else ""))
         self.query_one(f"#gen-{lane}", Static).update(self.texts[lane])
+        if following:
+            box.call_after_refresh(box.scroll_end, animate=False)
+
+
+def shown_continuation(text: str, style: str = "") -> Text:
+    """Generated text as a lane shows it: a line break marked ↵ before it breaks the line, a tab →,
+    other control characters escaped (never sent raw), so a run of newlines does not look empty."""
+    shown = Text()
+    for char in text:
+        if char == "\n":
+            shown.append("↵", style="dim")
+            shown.append("\n")
+        elif char == "\t":
+            shown.append("→", style="dim")
+        elif not char.isprintable() and char != " ":
+            shown.append(repr(char)[1:-1], style="dim")
+        else:
+            shown.append(char, style=style)
+    return shown
 
 
 def stats_text(stats: ActivationStats | None) -> Text:
