@@ -322,16 +322,18 @@ def shown_continuation(text: str, style: str = "") -> Text:
     """Generated text as a lane shows it: a line break marked ↵ before it breaks the line, a tab →,
     other control characters escaped (never sent raw), so a run of newlines does not look empty."""
     shown = Text()
-    for char in text:
+    start = 0
+    for index, char in enumerate(text):
+        if char.isprintable():
+            continue
+        shown.append(text[start:index], style=style)  # the printable run before it
+        start = index + 1
         if char == "\n":
             shown.append("↵", style="dim")
             shown.append("\n")
-        elif char == "\t":
-            shown.append("→", style="dim")
-        elif not char.isprintable() and char != " ":
-            shown.append(repr(char)[1:-1], style="dim")
         else:
-            shown.append(char, style=style)
+            shown.append("→" if char == "\t" else repr(char)[1:-1], style="dim")
+    shown.append(text[start:], style=style)
     return shown
 
 
