@@ -537,7 +537,7 @@ FEATURE_INTERVENTION_TYPES: tuple[type[Intervention], ...] = (FeatureAblation, F
 
 MetricKind = Literal["logit_diff", "prob", "loss", "kl"]
 METRIC_KINDS: tuple[str, ...] = get_args(MetricKind)
-# What a prompt set measures per row: KL needs a distribution per row to compare with, not one number.
+# The kinds set runs, set sweeps and estimates measure per row (KL is single-prompt only).
 SetMetricKind = Literal["logit_diff", "prob", "loss"]
 SET_METRIC_KINDS: tuple[str, ...] = get_args(SetMetricKind)
 # Each kind as the screens and reports name it.
