@@ -1,13 +1,12 @@
 """The workbench screen: lays out the panes, turns keys into commands of the parts that own each job
-(grid, sweeps, set tab, dialogs, research), runs the requests they return through one job table and
-repaints from the Workbench when each outcome comes back."""
+(grid, attention view, sweeps, set tab, dialogs, research), runs the requests they return through
+one job table and repaints from the Workbench when each outcome comes back."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
-import numpy as np
 from textual import events, on
 from textual.actions import parse as parse_action
 from textual.app import ComposeResult, ScreenStackError
@@ -19,7 +18,6 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input, Select, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
-from mechscope.engine.addresses import parse_address
 from mechscope.engine.results import RunResult
 from mechscope.requests.kinds import (
     SET_REQUESTS,
@@ -37,6 +35,7 @@ from mechscope.requests.kinds import (
     SweepRequest,
     ValidateRequest,
 )
+from mechscope.screens.attention import AttentionPart
 from mechscope.screens.dialogs import InterventionDialogs
 from mechscope.screens.feature_attribution import FeatureAttributionPart
 from mechscope.screens.features import FEATURES_TAB, FeaturesPart
@@ -71,7 +70,6 @@ from mechscope.workbench.controller import Workbench
 from mechscope.workbench.spacing import SpacingHint, first_ids, spacing_hints, with_spaces
 
 TYPING_DEBOUNCE_S = 0.3
-CURSOR_DEBOUNCE_S = 0.12
 BUSY_NOTICE_S = 0.15
 PAINT_HOLD_S = 0.05  # an edit's repaint waits this long for its recompute, so a fast one paints once
 W = TypeVar("W", bound=Widget)
@@ -101,7 +99,6 @@ class WorkbenchScreen(Screen[None]):
         self.engine: Any = None
         self.stale_views: set[str] = set()  # view tabs not yet showing the latest result
         self._run_timer: Timer | None = None
-        self._attention_timer: Timer | None = None
         self._busy_timer: Timer | None = None
         self._paint_hold: Any = None  # an entered App.batch_update() while an edit waits for its run
         self._paint_hold_timer: Timer | None = None
@@ -111,6 +108,7 @@ class WorkbenchScreen(Screen[None]):
         self._parts: dict[tuple[Any, type], Widget] = {}
         self.spacing: list[SpacingHint] = []  # metric tokens typed without the space the model predicts
         self.grid_part = GridPart(self)
+        self.attention = AttentionPart(self)
         self.sweeps = SweepsPart(self)
         self.set_tab = SetTab(self)
         self.features = FeaturesPart(self)
@@ -362,7 +360,7 @@ class WorkbenchScreen(Screen[None]):
 
     def run_finished(self, outcome: Outcome) -> None:
         if self.bench.is_attention_request(outcome.request):
-            self.show_selected_attention()
+            self.attention.show()
             return
         self.stop_busy()
         self.call_next(self.release_paint)  # after this handler's updates: one paint for all
@@ -476,7 +474,7 @@ class WorkbenchScreen(Screen[None]):
             return
         self.stale_views.discard(tab)
         if tab == "tab-attention":
-            self.show_selected_attention()
+            self.attention.show()
         elif tab == "tab-lens":
             self.query_one(LensView).show(result.logit_lens)
         elif tab == "tab-stats":
@@ -524,42 +522,7 @@ class WorkbenchScreen(Screen[None]):
         self.update_status()
         if self.engine is not None:
             self.set_tab.follow_head()
-        if self.engine is None or self.bench.result is None:
-            return
-        if self.show_selected_attention():
-            return
-        if self._attention_timer is not None:
-            self._attention_timer.stop()
-        self._attention_timer = self.set_timer(CURSOR_DEBOUNCE_S, self.start_attention)
-
-    def start_attention(self) -> None:
-        if self.alive and self.engine is not None:
-            self.submit(self.bench.attention_request())
-
-    def selected_pattern(self) -> tuple[str, np.ndarray, list[str]] | None:
-        """The selected head's attention pattern: from the latest run or a light run after it."""
-        result, selected = self.bench.result, self.bench.selected
-        if result is None or selected is None:
-            return None
-        address = f"L{selected[0]}.H{selected[1]}"
-        if address in result.attention and self.bench.result_is_current:
-            return address, result.attention[address], result.tokens
-        if address in self.bench.attention:
-            pattern, tokens = self.bench.attention[address]
-            return address, pattern, tokens
-        if address in result.attention:
-            return address, result.attention[address], result.tokens
-        return None
-
-    def show_selected_attention(self) -> bool:
-        shown = self.selected_pattern()
-        if shown is None:
-            return False
-        address, pattern, tokens = shown
-        parsed = parse_address(address)
-        self.attention_view.show(address, pattern, tokens,
-                                 self.bench.knockout_marks(parsed.layer, int(parsed.head)))  # type: ignore[arg-type]
-        return True
+        self.attention.follow_cursor()
 
     def selected_head(self) -> tuple[int, int] | None:
         if not self.loaded():
@@ -605,10 +568,7 @@ class WorkbenchScreen(Screen[None]):
     def refresh_interventions(self) -> None:
         self.relabel_interventions()
         self.grid_part.show_marks()
-        view = self.attention_view
-        if view.address is not None:
-            parsed = parse_address(view.address)
-            view.set_knockouts(self.bench.knockout_marks(parsed.layer, int(parsed.head)))  # type: ignore[arg-type]
+        self.attention.show_knockouts()
         self.update_status()
 
     @on(SetRowTable.Picked)
