@@ -15,7 +15,7 @@ from mechscope.engine.errors import PromptError
 from mechscope.engine.generation import check_generation, eos_ids, sample_tokens
 from mechscope.engine.interventions import Intervention, Metric
 from mechscope.engine.protocol import ShouldStop
-from mechscope.engine.results import DIRECTIONS, GeneratedToken, SweepResult
+from mechscope.engine.results import GeneratedToken, SweepResult, check_direction
 
 if TYPE_CHECKING:
     from mechscope.backends.nnsight_engine import NNsightEngine
@@ -27,8 +27,7 @@ def sweep(engine: NNsightEngine, kind: str, clean: str, corrupt: str, metric: Me
     """Head or residual patching as batched traces (one row per variant), or AtP in one trace."""
     if kind not in ("head", "resid", "atp"):
         raise ValueError(f"sweep kind must be head, resid or atp, got {kind!r}")
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be {' or '.join(DIRECTIONS)}, got {direction!r}")
+    check_direction(direction)
     if metric is None or not metric.target:
         raise PromptError("a sweep needs a metric with a target token")
     started = time.perf_counter()

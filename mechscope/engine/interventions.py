@@ -137,6 +137,11 @@ def _finite(iv: Intervention, name: str, value: Any) -> float:
     return number
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in ABLATION_MODES:
+        raise ValueError(f"mode must be {', '.join(ABLATION_MODES[:-1])} or {ABLATION_MODES[-1]}, got {mode!r}")
+
+
 def _check_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer, got {value!r}")
@@ -159,8 +164,7 @@ class HeadAblation(Intervention):
     def __post_init__(self) -> None:
         _check_int("layer", self.layer)
         _check_int("head", self.head)
-        if self.mode not in ABLATION_MODES:
-            raise ValueError(f"mode must be {', '.join(ABLATION_MODES[:-1])} or {ABLATION_MODES[-1]}, got {self.mode!r}")
+        _check_mode(self.mode)
         object.__setattr__(self, "positions", _positions(self.positions))
 
     @classmethod
@@ -220,8 +224,7 @@ class ComponentAblation(Intervention):
         _check_int("layer", self.layer)
         if self.component not in ("attn", "mlp"):
             raise ValueError(f"component must be attn or mlp, got {self.component!r}")
-        if self.mode not in ABLATION_MODES:
-            raise ValueError(f"mode must be {', '.join(ABLATION_MODES[:-1])} or {ABLATION_MODES[-1]}, got {self.mode!r}")
+        _check_mode(self.mode)
         object.__setattr__(self, "positions", _positions(self.positions))
 
     @classmethod

@@ -30,7 +30,7 @@ from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import Metric
 from mechscope.engine.passes import LayerCall, Passes
 from mechscope.engine.protocol import ShouldStop
-from mechscope.engine.results import DIRECTIONS, MetricInfo, PathPatchResult, SweepResult
+from mechscope.engine.results import MetricInfo, PathPatchResult, SweepResult, check_direction
 from mechscope.engine.sites import Site
 from mechscope.engine.sweeps import EditHooks, base_pass, suffix_calls
 
@@ -165,8 +165,7 @@ def _path_run(passes: Passes, calls: Sequence[LayerCall], hidden: torch.Tensor, 
 
 
 def _prepare(passes: Passes, clean: str, corrupt: str, metric: Metric | None, direction: str):
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be {' or '.join(DIRECTIONS)}, got {direction!r}")
+    check_direction(direction)
     if metric is None or not metric.measurable:
         raise PromptError("path patching needs a metric with a target token")
     if passes.adapter.post_ln:

@@ -217,6 +217,12 @@ EstimateMethod = Literal["atp", "atp*", "graddrop", "eap-ig"]
 ESTIMATE_METHODS: tuple[EstimateMethod, ...] = get_args(EstimateMethod)
 
 
+def check_direction(direction: str) -> None:
+    """ValueError unless `direction` is one of DIRECTIONS."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be {' or '.join(DIRECTIONS)}, got {direction!r}")
+
+
 EffectScale = Literal["delta", "normalised"]
 EFFECT_SCALES: tuple[EffectScale, ...] = get_args(EffectScale)
 GAP_EPSILON = 1e-9  # a source metric this close to the base leaves nothing to recover

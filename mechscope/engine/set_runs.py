@@ -28,7 +28,7 @@ from mechscope.engine.passes import take_rows as take_rows  # estimators select 
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.resident import ResidentModel
-from mechscope.engine.results import DIRECTIONS, SetRunResult, SetSweepResult
+from mechscope.engine.results import SetRunResult, SetSweepResult, check_direction
 from mechscope.engine.sites import Site, SiteKind
 from mechscope.engine.unembedding import logits_of, softcapped
 
@@ -385,8 +385,7 @@ def run_set(engine: ResidentModel, pset: PromptSet, kind: SetMetricKind = "logit
 
 def paired_batches(engine: ResidentModel, pset: PromptSet, direction: str, padding: Padding) -> tuple[Batch, Batch]:
     """(base, source) batches of a sweep: noising patches corrupted into clean, denoising the reverse."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be {' or '.join(DIRECTIONS)}, got {direction!r}")
+    check_direction(direction)
     for i, row in enumerate(pset.rows):
         if not row.corrupted:
             raise PromptError(f"row {i + 1}: a sweep needs a corrupted prompt")

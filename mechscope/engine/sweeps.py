@@ -23,12 +23,12 @@ from mechscope.engine.passes import (
 )
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (
-    DIRECTIONS,
     HEAD_INPUTS,
     SWEEP_KINDS,
     Direction,
     SweepKind,
     SweepResult,
+    check_direction,
 )
 from mechscope.engine.sites import Site
 
@@ -43,8 +43,7 @@ def _check_arguments(kind: str, direction: str, metric: Metric | None, head_inpu
         raise ValueError(f"head_input must be one of {', '.join(HEAD_INPUTS)}, got {head_input!r}")
     if head_input != "output" and kind != "head":
         raise ValueError(f"only the head sweep patches a head's {head_input}; a {kind} sweep patches outputs")
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be {' or '.join(DIRECTIONS)}, got {direction!r}")
+    check_direction(direction)
     if metric is None or not metric.measurable:
         raise PromptError("a sweep needs a metric with a target token")
 

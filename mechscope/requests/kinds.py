@@ -100,8 +100,6 @@ class ReferencePromptsRequest:
     prompts: tuple[str, ...]
 
 
-
-
 @dataclass(frozen=True)
 class RunSetRequest:
     """The metric on every row of a prompt set, with and without interventions (`Engine.run_set`)."""

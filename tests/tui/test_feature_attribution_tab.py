@@ -7,6 +7,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from textual.widgets import Input
 
 from mechscope.engine.errors import Cancelled
@@ -17,6 +18,12 @@ from tests.features.saes import random_sae
 from tests.tui.helpers import make_app, settle
 
 
+@pytest.fixture
+def folder(tmp_path) -> str:
+    """A random SAE on L1.resid_post of the tiny model, saved in SAELens' layout."""
+    return str(save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=4), tmp_path / "sae"))
+
+
 async def choose_sae(app, pilot, folder: str) -> None:
     app.screen.action_command("sae_folder")
     await settle(pilot)
@@ -25,21 +32,24 @@ async def choose_sae(app, pilot, folder: str) -> None:
     await settle(pilot)
 
 
+async def command(pilot, name: str) -> None:
+    """Press the key bound to a key-table command and wait for what it starts."""
+    await pilot.press(key_of(name))
+    await settle(pilot)
+
+
 def table_text(app) -> str:
     return app.screen.query_one(FeatureAttributionView).text
 
 
-async def test_the_key_attributes_the_metric_to_features_records_it_and_a_resumed_session_shows_it(tmp_path):
-    folder = str(save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=4), tmp_path / "sae"))
+async def test_the_key_attributes_the_metric_to_features_records_it_and_a_resumed_session_shows_it(folder):
     app = make_app(session_name="attributed")
     async with app.run_test(size=(140, 50)) as pilot:
         await settle(pilot)
-        await pilot.press(key_of("feature_attribution"))
-        await settle(pilot)
+        await command(pilot, "feature_attribution")
         assert "feature attribution needs an SAE" in app.bench.error
         await choose_sae(app, pilot, folder)
-        await pilot.press(key_of("feature_attribution"))
-        await settle(pilot)
+        await command(pilot, "feature_attribution")
         bench = app.bench
         expected = app.engine.feature_attribution(bench.inputs.clean, folder, None, bench.metric(),
                                                   bench.interventions(), 20, 10)
@@ -96,8 +106,7 @@ async def start_then_escape(app, pilot) -> None:
     assert not any(w.is_running for w in app.screen.workers)
 
 
-async def test_escape_stops_a_running_attribution_and_nothing_is_recorded(tmp_path):
-    folder = str(save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=4), tmp_path / "sae"))
+async def test_escape_stops_a_running_attribution_and_nothing_is_recorded(folder):
     app = make_app(session_name="stopped")
     async with app.run_test(size=(140, 50)) as pilot:
         await settle(pilot)
@@ -109,14 +118,12 @@ async def test_escape_stops_a_running_attribution_and_nothing_is_recorded(tmp_pa
         assert "feature_attribution" not in kinds
 
 
-async def test_a_stopped_attribution_leaves_the_earlier_table_shown(tmp_path):
-    folder = str(save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=4), tmp_path / "sae"))
+async def test_a_stopped_attribution_leaves_the_earlier_table_shown(folder):
     app = make_app()
     async with app.run_test(size=(140, 50)) as pilot:
         await settle(pilot)
         await choose_sae(app, pilot, folder)
-        await pilot.press(key_of("feature_attribution"))
-        await settle(pilot)
+        await command(pilot, "feature_attribution")
         earlier = app.bench.feature_attribution.result
         await start_then_escape(app, pilot)
         assert app.bench.feature_attribution.result is earlier
@@ -124,20 +131,17 @@ async def test_a_stopped_attribution_leaves_the_earlier_table_shown(tmp_path):
         assert "feature attribution stopped: the table is the earlier one" in app.bench.info
 
 
-async def test_a_picked_row_is_selected_in_the_tab_and_the_feature_keys_edit_it_there(tmp_path):
+async def test_a_picked_row_is_selected_in_the_tab_and_the_feature_keys_edit_it_there(folder):
     from mechscope.engine.interventions import FeatureAblation
     from mechscope.tui.widgets.features_view import FeaturesView
 
-    folder = str(save_saelens(random_sae("L1.resid_post", d_in=32, d_sae=64, seed=4), tmp_path / "sae"))
     app = make_app()
     async with app.run_test(size=(140, 50)) as pilot:
         await settle(pilot)
         await choose_sae(app, pilot, folder)
-        await pilot.press(key_of("feature_pick"))
-        await settle(pilot)
+        await command(pilot, "feature_pick")
         assert "no feature attribution shown" in app.bench.error  # nothing to pick from yet
-        await pilot.press(key_of("feature_attribution"))
-        await settle(pilot)
+        await command(pilot, "feature_attribution")
         result = app.bench.feature_attribution.result
         features = app.bench.features
         strongest = features.result
@@ -146,8 +150,7 @@ async def test_a_picked_row_is_selected_in_the_tab_and_the_feature_keys_edit_it_
                     if int(result.features[n]) not in strongest.ids[int(result.positions[n])].tolist())
         pos, feature = int(result.positions[rank]), int(result.features[rank])
 
-        await pilot.press(key_of("feature_pick"))
-        await settle(pilot)
+        await command(pilot, "feature_pick")
         field = app.screen.query_one("#ask-input", Input)
         for typed, problem in (("two", "a row number, 1..20; got 'two'"), ("21", "a row number, 1..20; got 21")):
             field.value = typed
