@@ -23,6 +23,8 @@ class FamilySpec:
     attn_out: the module whose output is what attention adds to the residual (a post-norm, if any).
     mlp_out: the module whose output is what the MLP adds to the residual.
     mlp_down: the MLP's down projection (from a layer); its input holds the MLP neurons.
+    mlp: the whole MLP (from a layer), called on the normed residual [batch, pos, d_model]; None
+        where the layer calls the MLP's parts itself (OPT).
     post_final: modules applied after final_norm and before the unembedding (OPT's project_out).
     """
 
@@ -35,6 +37,7 @@ class FamilySpec:
     attn_out: str
     mlp_out: str
     mlp_down: str
+    mlp: str | None = "mlp"
     post_final: tuple[str, ...] = ()
 
 
@@ -98,6 +101,7 @@ FAMILIES: tuple[FamilySpec, ...] = (
         attn_out="self_attn",
         mlp_out="fc2",
         mlp_down="fc2",
+        mlp=None,
         post_final=("model.decoder.project_out",),
     ),
     FamilySpec(

@@ -286,7 +286,9 @@ class Engine:
             if edits.hooks or edits.knockouts:
                 start = edits.start
                 captures = Captures()
-                hooks = edits.hooks + passes.capture_hooks(spec, captures, start, edits.knockouts)
+                # per-token log-probs and activation stats read the last layer at every position
+                narrow = [] if views.logprobs or views.stats else passes.readout_row_hooks(readout, edits.hooks)
+                hooks = narrow + edits.hooks + passes.capture_hooks(spec, captures, start, edits.knockouts)
                 final = passes.run_layers(clean.calls, start, clean.calls[start].hidden, hooks, should_stop)
                 captures = captures.merged_below(clean.captures, start)
                 mode = "incremental" if start > 0 else "full"

@@ -392,6 +392,33 @@ class Passes:
         per-layer arguments."""
         return replay(self.adapter.layers, calls, start, hidden, self.align_hooks() + hooks, should_stop, stop)
 
+    def readout_row_hooks(self, readout: int, edit_hooks: Sequence[Hook]) -> list[Hook]:
+        """Hooks that run the last layer's MLP at position `readout` alone, for a pass read only
+        there: that MLP is most of the last layer's work, and no later layer reads the other
+        positions. The last layer's output is then right at `readout` only (the MLP adds zero
+        elsewhere). None where an edit acts inside the last layer, or the layer calls its MLP's
+        parts itself."""
+        a = self.adapter
+        if a.family.mlp is None:
+            return []
+        inside = {id(module) for module in a.layers[-1].modules()}
+        if any(id(hook.module) in inside for hook in edit_hooks):
+            return []
+        n_pos: list[int] = []
+
+        def keep_row(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict]:
+            hidden = args[0]  # [batch, pos, d_model]
+            n_pos[:] = [hidden.shape[1]]
+            return (hidden[:, readout:readout + 1], *args[1:]), kwargs
+
+        def widen(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            full = output.new_zeros(output.shape[0], n_pos[0], output.shape[-1])  # [batch, pos, d_model]
+            full[:, readout] = output[:, 0]
+            return full
+
+        mlp = a.layer_module(a.n_layers - 1, "mlp")
+        return [Hook("pre", mlp, keep_row), Hook("fwd", mlp, widen)]
+
     def source_acts(self, ids: torch.Tensor, edit_hooks: Sequence[Hook] | None = None) -> SourceActs:
         """Full-sequence activations of `ids` at every site: cached, or, under `edit_hooks`, of a
         fresh edited pass (not cached)."""

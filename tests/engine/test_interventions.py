@@ -525,6 +525,48 @@ def test_random_stacks_equal_a_full_forward(engine, plain):
     np.testing.assert_allclose(engine.run(PROMPT).logits, plain.logits(PROMPT)[-1].numpy(), atol=TOL)
 
 
+def test_random_stacks_read_at_one_position_equal_a_full_forward(engine, plain):
+    """Without per-token log-probs the last layer's MLP runs at the readout position alone; the
+    readout still equals a full forward, at the last position and at earlier ones."""
+    rng = random.Random(f"readout-{plain.family}")
+    n_pos = token_ids(PROMPT).shape[1]
+    engine.run(PROMPT)
+    for index in range(10):
+        stack = random_stack(rng, plain.n_layers, plain.n_heads, plain.d_mlp, n_pos)
+        position = -1 if index % 2 else rng.randrange(-9, -1)  # a patch source may be 10 tokens long
+        result = engine.run(PROMPT, stack, metric=Metric("kl", position=position), corrupted=CORRUPT)
+        expected = plain.intervention_logits(PROMPT, stack, CORRUPT, engine.vectors, REFERENCE_SET)
+        np.testing.assert_allclose(result.logits, expected[position].numpy(), atol=TOL, rtol=TOL,
+                                   err_msg=f"position {position}, stack {[iv.label for iv in stack]}")
+        assert count_hooks(engine.model) == 0
+
+
+def test_the_last_mlp_runs_at_every_position_only_when_something_reads_them(engine, plain):
+    """A toggle read at one position runs the last MLP on that row; per-token log-probs, or an edit
+    inside the last layer, keep every position (OPT calls its MLP's parts itself: always every one)."""
+    layout = LAYOUTS[plain.family]
+    last = plain.n_layers - 1
+    mlp = _get(_get(engine.model, layout.layers)[last], "fc2" if plain.family == "opt" else "mlp")
+    rows: list[int] = []
+    handle = mlp.register_forward_hook(
+        lambda module, args, output: rows.append(output.reshape(-1, output.shape[-1]).shape[0]))
+    n_pos = token_ids(PROMPT).shape[1]
+    try:
+        engine.run(PROMPT)
+        cases = [
+            ([HeadAblation(1, 0)], Views(), 1),
+            ([HeadAblation(1, 0)], Views(logprobs=True), n_pos),
+            ([HeadAblation(1, 0), ComponentAblation(last, "mlp")], Views(), n_pos),
+        ]
+        for stack, views, expected in cases:
+            rows.clear()
+            engine.run(PROMPT, stack, views=views)
+            wanted = n_pos if plain.family == "opt" else expected
+            assert rows == [wanted], ([iv.label for iv in stack], views)
+    finally:
+        handle.remove()
+
+
 def test_attention_views_under_random_stacks_equal_a_full_forward(engine, plain):
     """Patterns and sink scores read during an intervened run (eager path on every layer) are the
     intervened model's, including layers before the first intervention (served from the clean pass)."""
