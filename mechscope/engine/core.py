@@ -25,7 +25,7 @@ from mechscope.engine.features.cache import trained_saes
 from mechscope.engine.features.sae import SparseAutoencoder
 from mechscope.engine.generation import generate
 from mechscope.engine.interventions import Intervention, Metric
-from mechscope.engine.passes import Passes, check_text
+from mechscope.engine.passes import Passes, check_text, last_mlp_at_readout
 from mechscope.engine.placement import placement_summary
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (
@@ -287,7 +287,7 @@ class Engine:
                 start = edits.start
                 captures = Captures()
                 # per-token log-probs and activation stats read the last layer at every position
-                narrow = [] if views.logprobs or views.stats else passes.readout_row_hooks(readout, edits.hooks)
+                narrow = [] if views.logprobs or views.stats else last_mlp_at_readout(self.adapter, readout, edits.hooks)
                 hooks = narrow + edits.hooks + passes.capture_hooks(spec, captures, start, edits.knockouts)
                 final = passes.run_layers(clean.calls, start, clean.calls[start].hidden, hooks, should_stop)
                 captures = captures.merged_below(clean.captures, start)

@@ -166,6 +166,44 @@ def replay(layers: torch.nn.ModuleList, calls: Sequence[LayerCall], start: int, 
     return hidden
 
 
+def last_mlp_at_readout(adapter: Adapter, readout: int | torch.Tensor, edit_hooks: Sequence[Hook]) -> list[Hook]:
+    """Hooks that run the last layer's MLP at the readout alone (`readout`: one position, or one per
+    batch row [batch]), for a pass read only there: that MLP is most of the last layer's work, and
+    nothing after it reads the other positions. The last layer's output is then right at the
+    readout only (the MLP adds zero elsewhere). None where an edit acts inside that MLP, on what it
+    adds or on the layer's output (edits before the MLP still see every position), or where the
+    layer calls its MLP's parts itself."""
+    if adapter.family.mlp is None:
+        return []
+    last = adapter.n_layers - 1
+    mlp = adapter.layer_module(last, "mlp")
+    after = {id(module) for module in mlp.modules()} | {id(adapter.layer_module(last, "mlp_out"))}
+    layer = adapter.layers[last]
+    if any(id(hook.module) in after or (hook.module is layer and hook.where == "fwd") for hook in edit_hooks):
+        return []
+    n_pos: list[int] = []
+
+    def rows_of(hidden: torch.Tensor) -> torch.Tensor | slice:
+        if isinstance(readout, int):
+            return slice(None)
+        return torch.arange(hidden.shape[0], device=hidden.device)
+
+    def positions(hidden: torch.Tensor) -> int | torch.Tensor:
+        return readout if isinstance(readout, int) else readout.to(hidden.device)
+
+    def keep_readout(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict]:
+        hidden = args[0]  # [batch, pos, d_model]
+        n_pos[:] = [hidden.shape[1]]
+        return (hidden[rows_of(hidden), positions(hidden)][:, None], *args[1:]), kwargs  # [batch, 1, d_model]
+
+    def widen(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        full = output.new_zeros(output.shape[0], n_pos[0], output.shape[-1])  # [batch, pos, d_model]
+        full[rows_of(full), positions(full)] = output[:, 0]
+        return full
+
+    return [Hook("pre", mlp, keep_readout), Hook("fwd", mlp, widen)]
+
+
 @dataclass
 class CleanPass:
     """A prompt's run with no interventions: every layer's call, the final residual and captures."""
@@ -391,33 +429,6 @@ class Passes:
         """Re-run decoder layers start..stop-1 (stop None: to the last) from `hidden` with the cached
         per-layer arguments."""
         return replay(self.adapter.layers, calls, start, hidden, self.align_hooks() + hooks, should_stop, stop)
-
-    def readout_row_hooks(self, readout: int, edit_hooks: Sequence[Hook]) -> list[Hook]:
-        """Hooks that run the last layer's MLP at position `readout` alone, for a pass read only
-        there: that MLP is most of the last layer's work, and no later layer reads the other
-        positions. The last layer's output is then right at `readout` only (the MLP adds zero
-        elsewhere). None where an edit acts inside the last layer, or the layer calls its MLP's
-        parts itself."""
-        a = self.adapter
-        if a.family.mlp is None:
-            return []
-        inside = {id(module) for module in a.layers[-1].modules()}
-        if any(id(hook.module) in inside for hook in edit_hooks):
-            return []
-        n_pos: list[int] = []
-
-        def keep_row(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict]:
-            hidden = args[0]  # [batch, pos, d_model]
-            n_pos[:] = [hidden.shape[1]]
-            return (hidden[:, readout:readout + 1], *args[1:]), kwargs
-
-        def widen(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            full = output.new_zeros(output.shape[0], n_pos[0], output.shape[-1])  # [batch, pos, d_model]
-            full[:, readout] = output[:, 0]
-            return full
-
-        mlp = a.layer_module(a.n_layers - 1, "mlp")
-        return [Hook("pre", mlp, keep_row), Hook("fwd", mlp, widen)]
 
     def source_acts(self, ids: torch.Tensor, edit_hooks: Sequence[Hook] | None = None) -> SourceActs:
         """Full-sequence activations of `ids` at every site: cached, or, under `edit_hooks`, of a

@@ -23,7 +23,13 @@ from mechscope.engine.edits import (
 from mechscope.engine.errors import InterventionError, PromptError
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import SET_METRIC_KINDS, Intervention, SetMetricKind
-from mechscope.engine.passes import LayerCall, kv_recorders, recorded_kv, replay
+from mechscope.engine.passes import (
+    LayerCall,
+    kv_recorders,
+    last_mlp_at_readout,
+    recorded_kv,
+    replay,
+)
 from mechscope.engine.passes import take_rows as take_rows  # estimators select batch rows with it
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.protocol import ShouldStop
@@ -162,7 +168,8 @@ def run_layers(engine: ResidentModel, calls: list[LayerCall], start: int, hidden
     a = engine.adapter
     controls = [Hook("attn", a.layer_module(layer, "attn"), control=AttentionControl(prefix_kv=kv))
                 for layer, kv in (prefix_kv or {}).items() if layer >= start]
-    hidden = replay(a.layers, calls, start, hidden, hooks + controls, should_stop)
+    narrow = last_mlp_at_readout(a, readout, hooks)
+    hidden = replay(a.layers, calls, start, hidden, narrow + hooks + controls, should_stop)
     picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), readout]  # [n, d_model]
     return _post_final(engine, a.final_norm(picked))
 

@@ -19,6 +19,7 @@ from mechscope.engine.passes import (
     SourceActs,
     SourceQKV,
     kv_recorders,
+    last_mlp_at_readout,
     recorded_kv,
 )
 from mechscope.engine.protocol import ShouldStop
@@ -133,7 +134,8 @@ def sweep(passes: Passes, kind: SweepKind, clean: str, corrupt: str, metric: Met
             return _variants(passes, kind, layer, start_hidden, source, prefix, row0)
 
         for first, end in layer_chunks(a.n_layers, per_layer * (n_pos - prefix)):
-            final = joined_pass(passes, calls, first, end, variants, prefix_kv, edit_hooks, should_stop)
+            final = joined_pass(passes, calls, first, end, variants, prefix_kv, edit_hooks, should_stop,
+                                readout - prefix)
             effects = passes.metric_of_resid(final[:, readout - prefix], info, reference) - base_metric
             rows = effects.float().cpu().numpy().reshape(end - first, per_layer)  # variants joined in layer order
             for layer in range(first, end):
@@ -159,7 +161,7 @@ def layer_chunks(n_layers: int, tokens_per_layer: int, budget: int = JOINED_TOKE
 def joined_pass(passes: Passes, calls: list[LayerCall], first: int, end: int,
                 variants: Callable[[int, int], tuple[torch.Tensor, list[Hook]]],
                 prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]], edit_hooks: EditHooks | None,
-                should_stop: ShouldStop | None) -> torch.Tensor:
+                should_stop: ShouldStop | None, readout: int) -> torch.Tensor:
     """The variants of layers first..end-1 in one pass over the layers: layer L's variants join the
     batch at L (`variants(L, row0)`: their inputs from the base run's residual at L and hooks that
     patch batch rows row0.. only) and run on to the last layer with the ones that joined before.
@@ -167,7 +169,7 @@ def joined_pass(passes: Passes, calls: list[LayerCall], first: int, end: int,
     A variant computes what it did alone (the same layers, positions and patch), but each layer runs
     once for all of them, on a batch big enough to use the hardware (one pass per layer costs about
     twice a batch of a few rows per token on two CPU cores). Returns the last layer's output
-    [variant, suffix, d_model], variants in layer order."""
+    [variant, suffix, d_model], variants in layer order, right at suffix position `readout` only."""
     a = passes.adapter
     shared = edit_hooks() if edit_hooks is not None else []  # one pass: one set of intervention hooks
     hidden: torch.Tensor | None = None
@@ -179,6 +181,8 @@ def joined_pass(passes: Passes, calls: list[LayerCall], first: int, end: int,
             hooks += patch
         if layer in prefix_kv:
             hooks.append(Hook("attn", a.layer_module(layer, "attn"), control=AttentionControl(prefix_kv=prefix_kv[layer])))
+        if layer == a.n_layers - 1:
+            hooks = last_mlp_at_readout(a, readout, hooks) + hooks
         assert hidden is not None  # the first layer of the loop adds its variants
         hidden = passes.run_layers(calls, layer, hidden, hooks, should_stop, stop=layer + 1)  # [row, suffix, d]
     assert hidden is not None

@@ -31,7 +31,7 @@ from mechscope.engine.estimators import (
 )
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import SetMetricKind
-from mechscope.engine.passes import kv_recorders, recorded_kv
+from mechscope.engine.passes import kv_recorders, last_mlp_at_readout, recorded_kv
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.results import EstimateMethod, VerifiedEstimate
 from mechscope.engine.set_runs import (
@@ -130,6 +130,8 @@ def _chunk_effects(engine: Engine, base: BasePass, heads: list[tuple[int, int]],
             prefix = (key.index_select(0, index)[:, :, :start], value.index_select(0, index)[:, :, :start])
             hooks.append(Hook("attn", a.layer_module(layer, "attn"), control=AttentionControl(prefix_kv=prefix)))
         assert hidden is not None  # the first layer of the loop is the first variant's
+        if layer == a.n_layers - 1:
+            hooks = last_mlp_at_readout(a, base.batch.readout[index] - start, hooks) + hooks
         cut = LayerCall(call.hidden, take_rows(call.args, index, rows), take_rows(call.kwargs, index, rows)).suffix(start)
         with installed(hooks):
             hidden = layer_output(a.layers[layer](hidden, *cut.args, **cut.kwargs))

@@ -542,8 +542,9 @@ def test_random_stacks_read_at_one_position_equal_a_full_forward(engine, plain):
 
 
 def test_the_last_mlp_runs_at_every_position_only_when_something_reads_them(engine, plain):
-    """A toggle read at one position runs the last MLP on that row; per-token log-probs, or an edit
-    inside the last layer, keep every position (OPT calls its MLP's parts itself: always every one)."""
+    """A toggle read at one position runs the last MLP on that row; per-token log-probs, or an edit of
+    that MLP, what it adds or the layer's output, keep every position (OPT calls its MLP's parts
+    itself: always every one)."""
     layout = LAYOUTS[plain.family]
     last = plain.n_layers - 1
     mlp = _get(_get(engine.model, layout.layers)[last], "fc2" if plain.family == "opt" else "mlp")
@@ -557,6 +558,9 @@ def test_the_last_mlp_runs_at_every_position_only_when_something_reads_them(engi
             ([HeadAblation(1, 0)], Views(), 1),
             ([HeadAblation(1, 0)], Views(logprobs=True), n_pos),
             ([HeadAblation(1, 0), ComponentAblation(last, "mlp")], Views(), n_pos),
+            ([HeadAblation(last, 0)], Views(), 1),  # attention still sees every position
+            ([ActivationPatch(f"L{last}.resid_post", CORRUPT, positions=[0])], Views(), n_pos),
+            ([NeuronClamp(last, 0, 1.0)], Views(), n_pos),
         ]
         for stack, views, expected in cases:
             rows.clear()
