@@ -25,7 +25,8 @@ from mechscope.engine.features.cache import trained_saes
 from mechscope.engine.features.sae import SparseAutoencoder
 from mechscope.engine.generation import generate
 from mechscope.engine.interventions import Intervention, Metric
-from mechscope.engine.passes import Passes, check_text, last_mlp_at_readout
+from mechscope.engine.layer_replay import last_mlp_at_readout
+from mechscope.engine.passes import Passes, check_text
 from mechscope.engine.placement import placement_summary
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (

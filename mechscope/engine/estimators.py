@@ -21,6 +21,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from mechscope.engine import attention
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import SetMetricKind
+from mechscope.engine.layer_replay import take_rows
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.resident import ResidentModel
 from mechscope.engine.results import ESTIMATE_METHODS, Estimate, EstimateMethod
@@ -32,7 +33,6 @@ from mechscope.engine.set_runs import (
     forward,
     layer_output,
     paired_batches,
-    take_rows,
 )
 
 GRAD_ATTENTION = "mechscope_grad"

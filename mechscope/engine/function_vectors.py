@@ -13,7 +13,7 @@ from mechscope.engine.detectors import head_writes
 from mechscope.engine.errors import PromptError
 from mechscope.engine.hooks import Hook
 from mechscope.engine.interventions import SteeringVector
-from mechscope.engine.passes import LayerCall, kv_recorders, recorded_kv
+from mechscope.engine.layer_replay import LayerCall, kv_recorders, recorded_kv, take_rows
 from mechscope.engine.prompt_sets import PromptRow, PromptSet, zero_shot_prompt
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.resident import ResidentModel
@@ -26,7 +26,6 @@ from mechscope.engine.set_runs import (
     forward,
     run_layers,
     set_edit_hooks,
-    take_rows,
 )
 from mechscope.engine.unembedding import logits_of
 

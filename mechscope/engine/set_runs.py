@@ -23,14 +23,14 @@ from mechscope.engine.edits import (
 from mechscope.engine.errors import InterventionError, PromptError
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import SET_METRIC_KINDS, Intervention, SetMetricKind
-from mechscope.engine.passes import (
+from mechscope.engine.layer_replay import (
     LayerCall,
     kv_recorders,
     last_mlp_at_readout,
     recorded_kv,
     replay,
+    take_rows,
 )
-from mechscope.engine.passes import take_rows as take_rows  # estimators select batch rows with it
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.resident import ResidentModel

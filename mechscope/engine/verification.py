@@ -31,13 +31,18 @@ from mechscope.engine.estimators import (
 )
 from mechscope.engine.hooks import Hook, installed
 from mechscope.engine.interventions import SetMetricKind
-from mechscope.engine.passes import kv_recorders, last_mlp_at_readout, recorded_kv
+from mechscope.engine.layer_replay import (
+    LayerCall,
+    kv_recorders,
+    last_mlp_at_readout,
+    recorded_kv,
+    take_rows,
+)
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.results import EstimateMethod, VerifiedEstimate
 from mechscope.engine.set_runs import (
     MAX_BATCH_ROWS,
     Batch,
-    LayerCall,
     Padding,
     SetMetric,
     _post_final,
@@ -46,7 +51,6 @@ from mechscope.engine.set_runs import (
     layer_output,
     paired_batches,
     shared_prefixes,
-    take_rows,
 )
 
 if TYPE_CHECKING:
