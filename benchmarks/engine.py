@@ -106,6 +106,10 @@ def bench(name: str, model, tokenizer, clean: str, corrupt: str, repeats: int) -
     incremental = beside_plain(
         lambda: engine.run(clean, [HeadAblation(mid, next(toggles) % engine.adapter.n_heads)], metric=METRIC),
         repeats)
+    late = engine.adapter.n_layers - 2
+    late_toggle = beside_plain(
+        lambda: engine.run(clean, [HeadAblation(late, next(toggles) % engine.adapter.n_heads)], metric=METRIC),
+        repeats)
 
     sweep_repeats = max(1, repeats // 5)
     head_sweep = beside_plain(lambda: engine.sweep("head", clean, corrupt, METRIC), sweep_repeats, setup=clear)
@@ -131,6 +135,7 @@ def bench(name: str, model, tokenizer, clean: str, corrupt: str, repeats: int) -
     rows = [
         ("run, no interventions (uncached)", run_plain, "target <= 1.0x"),
         (f"toggle one head ablation at L{mid}", incremental, "target <= 0.45x"),
+        (f"toggle one head ablation at L{late}", late_toggle, "re-runs 2 layers"),
         (f"head-patching sweep ({n_variants} heads)", head_sweep, "target <= 22x"),
         ("AtP over every head", atp, "target <= 4x"),
         (f"path sweep into {receiver}", path_sweep, "target <= 10x"),
