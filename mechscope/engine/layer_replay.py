@@ -4,7 +4,7 @@ recorders."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from mechscope.engine.adapters import Adapter
 from mechscope.engine.attention import AttentionControl
 from mechscope.engine.errors import Cancelled
 from mechscope.engine.hooks import Hook, installed
+from mechscope.engine.placement import map_tensors
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.sites import first
 
@@ -49,19 +50,6 @@ class LayerCall:
         of earlier positions come from elsewhere, see `AttentionControl.prefix_kv`)."""
         n_pos = self.hidden.shape[1]
         return LayerCall(self.hidden[:, start:], _cut(self.args, start, n_pos), _cut(self.kwargs, start, n_pos))
-
-
-def map_tensors(change: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
-    """`value` with `change` applied to every tensor inside it (tuples, lists and dicts kept)."""
-    if isinstance(value, torch.Tensor):
-        return change(value)
-    if isinstance(value, tuple):
-        return tuple(map_tensors(change, v) for v in value)
-    if isinstance(value, list):
-        return [map_tensors(change, v) for v in value]
-    if isinstance(value, dict):
-        return {k: map_tensors(change, v) for k, v in value.items()}
-    return value
 
 
 def take_rows(value: Any, index: torch.Tensor, rows: int) -> Any:
@@ -118,22 +106,20 @@ def last_mlp_at_readout(adapter: Adapter, readout: int | torch.Tensor, edit_hook
         return []
     n_pos: list[int] = []
 
-    def rows_of(hidden: torch.Tensor) -> torch.Tensor | slice:
+    def at(tensor: torch.Tensor) -> tuple:
+        """The index of each batch row's readout in `tensor` [batch, pos, ...]."""
         if isinstance(readout, int):
-            return slice(None)
-        return torch.arange(hidden.shape[0], device=hidden.device)
-
-    def positions(hidden: torch.Tensor) -> int | torch.Tensor:
-        return readout if isinstance(readout, int) else readout.to(hidden.device)
+            return slice(None), readout
+        return torch.arange(tensor.shape[0], device=tensor.device), readout.to(tensor.device)
 
     def keep_readout(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict]:
         hidden = args[0]  # [batch, pos, d_model]
         n_pos[:] = [hidden.shape[1]]
-        return (hidden[rows_of(hidden), positions(hidden)][:, None], *args[1:]), kwargs  # [batch, 1, d_model]
+        return (hidden[at(hidden)][:, None], *args[1:]), kwargs  # [batch, 1, d_model]
 
     def widen(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         full = output.new_zeros(output.shape[0], n_pos[0], output.shape[-1])  # [batch, pos, d_model]
-        full[rows_of(full), positions(full)] = output[:, 0]
+        full[at(full)] = output[:, 0]
         return full
 
     return [Hook("pre", mlp, keep_readout), Hook("fwd", mlp, widen)]

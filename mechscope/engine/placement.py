@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +36,22 @@ def execution_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def map_tensors(change: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
+    """`value` with `change` applied to every tensor inside it (tuples, lists and dicts kept)."""
+    if isinstance(value, torch.Tensor):
+        return change(value)
+    if isinstance(value, tuple):
+        return tuple(map_tensors(change, v) for v in value)
+    if isinstance(value, list):
+        return [map_tensors(change, v) for v in value]
+    if isinstance(value, dict):
+        return {k: map_tensors(change, v) for k, v in value.items()}
+    return value
+
+
 def to_device(tree: Any, device: torch.device) -> Any:
     """Tensors inside tuples, lists and dicts moved to `device`; everything else unchanged."""
-    if isinstance(tree, torch.Tensor):
-        return tree.to(device, non_blocking=True) if tree.device != device else tree
-    if isinstance(tree, tuple):
-        return tuple(to_device(v, device) for v in tree)
-    if isinstance(tree, list):
-        return [to_device(v, device) for v in tree]
-    if isinstance(tree, dict):
-        return {k: to_device(v, device) for k, v in tree.items()}
-    return tree
+    return map_tensors(lambda t: t.to(device, non_blocking=True) if t.device != device else t, tree)
 
 
 def loaded(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
@@ -256,5 +261,5 @@ def device_name(value: Any) -> str:
     return f"cuda:{value}" if isinstance(value, int) else str(value)
 
 
-__all__ = ["align_hooks", "device_name", "execution_device", "layer_placements", "loaded", "meta_model",
+__all__ = ["align_hooks", "device_name", "execution_device", "layer_placements", "loaded", "map_tensors", "meta_model",
            "parse_device_map", "parse_max_memory", "placement_summary", "resolve_map", "to_device"]
