@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
+from mechscope.screens.dialog import Dialog
 from mechscope.tui.widgets.ordered_input import OrderedInput
 
 
@@ -24,7 +24,7 @@ def error_of(check: Callable[..., object], *args: object) -> str | None:
     return None
 
 
-class AskValueScreen(ModalScreen[str | None]):
+class AskValueScreen(Dialog[str | None]):
     """Returns the typed text on enter (when `validate` gives no error), None on escape."""
 
     DEFAULT_CSS = """

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import ActiveBinding, Binding
 from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
+
+from mechscope.screens.dialog import Dialog
 
 
 def choice_prompts(items: list[tuple[str, str, str]]) -> list[Text]:
@@ -22,7 +23,7 @@ def choice_prompts(items: list[tuple[str, str, str]]) -> list[Text]:
     return prompts
 
 
-class ChooseScreen(ModalScreen[str | None]):
+class ChooseScreen(Dialog[str | None]):
     """Returns the id of the chosen (id, title, description) item on enter, None on escape."""
 
     DEFAULT_CSS = """
@@ -46,6 +47,12 @@ class ChooseScreen(ModalScreen[str | None]):
             box.border_title = self.title_text
             yield OptionList(*options, id="choose-list")
             yield Static("enter chooses, esc cancels", classes="dim")
+
+    def answered_by(self, binding: ActiveBinding) -> bool:
+        """Enter on the list chooses the highlighted item, which closes the dialog."""
+        node = binding.node
+        return ((isinstance(node, OptionList) and binding.binding.action == "select"
+                 and node.highlighted is not None) or super().answered_by(binding))
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()

@@ -11,10 +11,10 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from mechscope.engine.interventions import Intervention
+from mechscope.screens.dialog import Dialog
 from mechscope.tui.widgets.ordered_input import OrderedInput
 from mechscope.workbench.numbers import number_problem
 
@@ -84,7 +84,7 @@ def field_at_fault(original: Intervention, texts: dict[str, str], message: str) 
     return None
 
 
-class EditInterventionScreen(ModalScreen[Intervention | None]):
+class EditInterventionScreen(Dialog[Intervention | None]):
     """One input per field; enter saves (errors stay in the dialog), esc cancels."""
 
     DEFAULT_CSS = """

@@ -7,16 +7,16 @@ from collections.abc import Callable
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
+from mechscope.screens.dialog import Dialog
 from mechscope.tui.widgets.ordered_input import OrderedInput
 from mechscope.workbench.state import GenerationSettings
 
 Validate = Callable[[str, str, str], str | None]
 
 
-class GenerationOptionsScreen(ModalScreen[tuple[str, str, str] | None]):
+class GenerationOptionsScreen(Dialog[tuple[str, str, str] | None]):
     """Returns the three typed values once `validate` accepts them (enter in any field), None on escape."""
 
     DEFAULT_CSS = """

@@ -6,9 +6,9 @@ from rich.table import Table
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from mechscope.screens.dialog import Dialog
 from mechscope.tui.commands import key_of
 
 GRID_LEGEND = (
@@ -30,7 +30,7 @@ def detector_definitions() -> str:
     return heading + "\n".join(f"  {text}" for text in DEFINITIONS.values())
 
 
-class HelpScreen(ModalScreen[None]):
+class HelpScreen(Dialog[None]):
     """Lists (keys, description) pairs given by the app; any of escape, q, ? closes it."""
 
     DEFAULT_CSS = """

@@ -5,11 +5,12 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from mechscope.screens.dialog import Dialog
 
-class MessageScreen(ModalScreen[None]):
+
+class MessageScreen(Dialog[None]):
     """One message, wrapped in full; esc, enter or q closes it."""
 
     DEFAULT_CSS = """

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static, TextArea
 
+from mechscope.screens.dialog import Dialog
 from mechscope.workbench.research import parse_reference_prompts
 
 
-class ReferencePromptsScreen(ModalScreen[str | None]):
+class ReferencePromptsScreen(Dialog[str | None]):
     """Returns the text (validated: at least one non-blank line) on ctrl+s / save, None on escape."""
 
     DEFAULT_CSS = """

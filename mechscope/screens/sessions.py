@@ -12,17 +12,18 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
-from textual.screen import ModalScreen, Screen
+from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from mechscope.screens.dialog import Dialog
 from mechscope.sessions import Session, SessionError, SessionSummary, StepResult
 from mechscope.tui.widgets.ordered_input import OrderedInput
 
 STATUS_STYLES = {"ok": "green", "DRIFT": "bold red", "ERROR": "bold magenta"}
 
 
-class RenameSessionScreen(ModalScreen[str | None]):
+class RenameSessionScreen(Dialog[str | None]):
     """Asks for a new session name; returns it on enter (if it is free and valid), None on escape."""
 
     DEFAULT_CSS = """
@@ -66,7 +67,7 @@ class RenameSessionScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class ConfirmDeleteScreen(ModalScreen[bool]):
+class ConfirmDeleteScreen(Dialog[bool]):
     """y deletes, n or escape keeps."""
 
     DEFAULT_CSS = """

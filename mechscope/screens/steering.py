@@ -9,9 +9,9 @@ from pathlib import Path
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static, TextArea
 
+from mechscope.screens.dialog import Dialog
 from mechscope.tui.widgets.ordered_input import OrderedInput
 from mechscope.workbench.numbers import number_problem
 
@@ -50,7 +50,7 @@ def prompt_lines(text: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-class SteeringScreen(ModalScreen[SteeringRequest | None]):
+class SteeringScreen(Dialog[SteeringRequest | None]):
     """Build (`mode="build"`) or load (`mode="load"`) a vector and steer with it; esc cancels."""
 
     DEFAULT_CSS = """

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Label, Select
 
 from mechscope.engine.results import DIRECTIONS, HEAD_INPUTS, SWEEP_KINDS
+from mechscope.screens.dialog import Dialog
 from mechscope.workbench.research import HEAD_INPUT_NAMES, SWEEP_NAMES
 
 
@@ -22,7 +22,7 @@ class SweepChoice:
     head_input: str = "output"  # what a head sweep patches of each head
 
 
-class SweepOptionsScreen(ModalScreen[SweepChoice | None]):
+class SweepOptionsScreen(Dialog[SweepChoice | None]):
     """Returns a `SweepChoice` on "run" (or ctrl+s), None on escape."""
 
     DEFAULT_CSS = """

@@ -62,8 +62,22 @@ class MechscopeApp(AttachedMixin, App[int]):
         """A key no widget took: typed ahead of a dialog, it goes into the dialog; else the bindings
         (this replaces App's own handler, which would run them a second time)."""
         event.prevent_default()
-        if not self.type_ahead.take(event) and not await self._check_bindings(event.key):
+        if self.type_ahead.take(event):
+            return
+        if not await self._check_bindings(event.key):
             await dispatch_key(self, event)
+        self.type_ahead.handled(event)
+
+    async def on_event(self, event: events.Event) -> None:
+        """A key as it arrives: kept while a dialog has keys typed ahead or an answer to give; one
+        handed on from there has run its priority binding when it returns here, if it has one."""
+        if isinstance(event, events.Key) and not event.is_forwarded:
+            if self.type_ahead.hold(event):
+                return
+            if self.type_ahead.is_handed_on(event) and await self._check_bindings(event.key, priority=True):
+                self.type_ahead.handled(event)
+                return
+        await super().on_event(event)
 
     def on_descendant_focus(self) -> None:
         self.type_ahead.deliver()  # a dialog focused its field: the keys typed ahead go in now

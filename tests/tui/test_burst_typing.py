@@ -119,3 +119,103 @@ async def test_a_burst_that_closes_a_dialog_goes_on_to_the_workbench_keys() -> N
     """`? escape 2`: the help opens, escape closes it, and 2 shows the logit lens tab."""
     _, screen, tab = await burst_into_workbench([("question_mark", "?"), ("escape", None), ("2", "2")])
     assert screen == "WorkbenchScreen" and tab == "tab-lens"
+
+
+def slow_answers(monkeypatch, seconds: float) -> None:
+    """The go-to dialog's check takes `seconds` to answer (as a dry run on a busy or remote engine
+    does): longer than any fixed wait the keys typed after enter might be given."""
+    import asyncio
+
+    from mechscope.screens import ask_value
+
+    check = ask_value.error_of
+
+    async def slow(*args):
+        await asyncio.sleep(seconds)
+        return check(*args)
+
+    monkeypatch.setattr(ask_value, "error_of", slow)
+
+
+async def burst_and_wait(keys: list[tuple[str, str | None]], seconds: float):
+    from tests.tui.helpers import make_app, settle
+
+    app = make_app()
+    async with app.run_test(size=(140, 50)) as pilot:
+        await settle(pilot)
+        send_burst(app, keys)
+        await pilot.pause(seconds)
+        for _ in range(20):
+            await pilot.pause(0.02)
+        await settle(pilot)
+        return app, type(app.screen).__name__
+
+
+async def test_keys_after_enter_wait_for_a_dialog_that_is_slow_to_close(monkeypatch) -> None:
+    """`: L 1 . H 2 enter space` where the dialog takes 1.5 s to accept: space still ablates the head
+    moved to, not a space typed into the closing dialog."""
+    from mechscope.engine import HeadAblation
+
+    slow_answers(monkeypatch, 1.5)
+    address = [("L", "L"), ("1", "1"), ("full_stop", "."), ("H", "H"), ("2", "2")]
+    app, screen = await burst_and_wait([("colon", ":"), *address, ("enter", None), ("space", " ")], 1.8)
+    assert screen == "WorkbenchScreen" and app.bench.selected == (1, 2)
+    assert app.bench.interventions() == (HeadAblation(1, 2),)
+
+
+async def test_keys_after_a_refused_enter_go_into_the_dialog_that_stayed(monkeypatch) -> None:
+    """`: L 9 enter backspace 1 . H 2 enter space`, each answer slow: L9 is refused (3 layers), the
+    keys after it fix the address in the dialog, the second enter moves there and space ablates."""
+    from mechscope.engine import HeadAblation
+
+    slow_answers(monkeypatch, 1.2)
+    fixed = [("backspace", None), ("1", "1"), ("full_stop", "."), ("H", "H"), ("2", "2")]
+    keys = [("colon", ":"), ("L", "L"), ("9", "9"), ("enter", None), *fixed, ("enter", None), ("space", " ")]
+    app, screen = await burst_and_wait(keys, 3.0)
+    assert screen == "WorkbenchScreen" and app.bench.selected == (1, 2)
+    assert app.bench.interventions() == (HeadAblation(1, 2),)
+
+
+async def test_a_burst_typed_into_an_open_dialog_waits_for_its_slow_answer(monkeypatch) -> None:
+    """The go-to dialog already open and focused, `L 1 . H 2 enter space` arrives at once and the
+    check takes 1.5 s: the space, typed after enter, ablates the head moved to instead of going into
+    the field the dialog is about to close."""
+    from mechscope.engine import HeadAblation
+    from tests.tui.helpers import make_app, settle
+
+    slow_answers(monkeypatch, 1.5)
+    app = make_app()
+    async with app.run_test(size=(140, 50)) as pilot:
+        await settle(pilot)
+        await pilot.press("colon")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "AskValueScreen" and app.screen.focused is not None
+        send_burst(app, [("L", "L"), ("1", "1"), ("full_stop", "."), ("H", "H"), ("2", "2"),
+                         ("enter", None), ("space", " ")])
+        await pilot.pause(1.8)
+        for _ in range(20):
+            await pilot.pause(0.02)
+        await settle(pilot)
+        assert type(app.screen).__name__ == "WorkbenchScreen" and app.bench.selected == (1, 2)
+        assert app.bench.interventions() == (HeadAblation(1, 2),)
+
+
+def test_every_dialog_answers_its_closing_keys() -> None:
+    """A modal screen that is not a Dialog gives the keys typed after enter or escape a fixed wait
+    instead of its answer; only the screen that swallows every key until the terminal grows is not."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    from textual.screen import ModalScreen
+
+    import mechscope.screens
+    from mechscope.screens.dialog import Dialog
+
+    modal = {cls.__name__: cls
+             for info in pkgutil.iter_modules(mechscope.screens.__path__)
+             for _, cls in inspect.getmembers(importlib.import_module(f"mechscope.screens.{info.name}"),
+                                              inspect.isclass)
+             if issubclass(cls, ModalScreen) and cls.__module__.startswith("mechscope.")}
+    assert len(modal) >= 12
+    assert sorted(name for name, cls in modal.items() if not issubclass(cls, Dialog)) == ["TooSmallScreen"]
