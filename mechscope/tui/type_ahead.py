@@ -21,9 +21,11 @@ from textual._time import get_time
 from textual.app import App, ScreenStackError
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import Input
+from textual.widget import Widget
+from textual.widgets import Input, TextArea
 
 from mechscope.screens.dialog import Dialog
+from mechscope.tui.widgets.prompt_input import PromptInput
 
 FOCUS_WAIT_S = 0.2  # a dialog with nothing to focus gets its typed-ahead keys after this long
 POLL_S = 0.01
@@ -37,6 +39,16 @@ def retyped(key: str, character: str | None) -> events.Key:
     event = events.Key(key, character)
     setattr(event, RETYPED, True)
     return event
+
+
+def takes_text(focused: Widget | None, key: str, character: str | None) -> bool:
+    """Whether the focused widget takes `key` as text: a printable character typed into a field (a
+    prompt field only once entered), or enter in a text area."""
+    if isinstance(focused, TextArea):
+        return key == "enter" or (character is not None and character.isprintable())
+    if isinstance(focused, Input) and not (isinstance(focused, PromptInput) and not focused.armed):
+        return character is not None and character.isprintable()
+    return False
 
 
 class TypeAhead:
@@ -73,7 +85,7 @@ class TypeAhead:
         screen = self.top()
         if screen is None:
             return False
-        if not self.busy and (screen not in self.opened or self.awaits(screen, event.key) is None):
+        if not self.busy and (screen not in self.opened or self.awaits(screen, event.key, event.character) is None):
             return False
         self.keep(screen, event)
         return True
@@ -100,21 +112,18 @@ class TypeAhead:
         self.pending.append((screen, event.key, event.character))
         self.deliver()
 
-    def awaits(self, screen: Screen, key: str) -> str | None:
+    def awaits(self, screen: Screen, key: str, character: str | None) -> str | None:
         """What the keys after `key` wait for once `screen` has it: "answer" (a dialog closes or counts
         an answer), "binding" (the app has run the key's binding, a priority one as it takes the key),
-        "clock" (a modal screen not ours closes, or has had CLOSE_WAIT_S), None (their turn)."""
-        if not isinstance(screen, ModalScreen):
-            return None
-        if not isinstance(screen, Dialog):
-            return "clock" if key in CLOSING_KEYS else None
+        "clock" (a modal screen not ours closes, or has had CLOSE_WAIT_S), None (their turn: the key
+        is typed into a field, or nothing is bound to it)."""
         binding = screen.active_bindings.get(key)
-        if binding is None:
-            return None
-        if screen.answered_by(binding):
+        if isinstance(screen, Dialog) and binding is not None and screen.answered_by(binding):
             return "answer"
-        if isinstance(binding.node, Input):  # a field runs its own bindings as the key reaches it
-            return None
+        if binding is None or isinstance(binding.node, Input) or takes_text(screen.focused, key, character):
+            # a field runs its own bindings as the key reaches it, and takes what it types
+            return "clock" if isinstance(screen, ModalScreen) and not isinstance(screen, Dialog) \
+                and key in CLOSING_KEYS else None
         return "binding"
 
     def answer(self, kind: str | None, screen: Screen, event: events.Key) -> Callable[[], bool] | None:
@@ -133,12 +142,13 @@ class TypeAhead:
         return None
 
     def deliver(self) -> None:
-        """Once the dialog has answered the key before, and has focused its field (or has had time
-        to), type the kept keys again, one at a time, as the app takes a key: its priority bindings,
-        then the focused widget. The next goes only after the dialog has answered this one (a key that
-        submits or closes the dialog has done so), or, for any other key, after the app, the widget,
-        the dialog and the app again have handled it. Keys left when the dialog has closed go to the
-        app, for whatever is on top now."""
+        """Once the key before has been answered, and the screen on top has focused a widget (or has
+        had time to), type the next kept key again, as the app takes a key: its priority bindings,
+        then the focused widget. The key after it waits for the answer `awaits` names (a key that
+        submits or closes the dialog has done so), or, for a key typed into a field, until the app,
+        the widget, the dialog and the app again have handled it. Once the dialog has closed, the keys
+        left go on in the same way to whatever is on top now (a key among them may open another
+        dialog, which the keys after it then reach)."""
         if self.answered is not None:
             if not self.answered():
                 self.wait()
@@ -151,17 +161,15 @@ class TypeAhead:
         if top is None:  # the app is closing
             self.pending = []
             return
-        if screen is not top:
-            keys, self.pending = self.pending, []
-            for _, key, character in keys:
-                self.app.post_message(retyped(key, character))
-            return
+        if screen is not top:  # the dialog has closed: the keys go on, one at a time, to what is on top now
+            self.pending = [(top, key, character) for _, key, character in self.pending]
+            screen = top
         if screen.focused is None and self.waited < FOCUS_WAIT_S:
             self.wait()
             return
         self.pending.pop(0)
         self.waited = 0.0
-        kind = self.awaits(screen, key)
+        kind = self.awaits(screen, key, character)
         event = retyped(key, character)
         self.app.post_message(event)
         self.answered = self.answer(kind, screen, event)

@@ -219,3 +219,23 @@ def test_every_dialog_answers_its_closing_keys() -> None:
              if issubclass(cls, ModalScreen) and cls.__module__.startswith("mechscope.")}
     assert len(modal) >= 12
     assert sorted(name for name, cls in modal.items() if not issubclass(cls, Dialog)) == ["TooSmallScreen"]
+
+
+async def test_a_burst_through_two_dialogs_in_a_row_reaches_each_then_the_workbench() -> None:
+    """`+ enter enter j`: + opens the list of kinds, enter picks the first (head ablation), which
+    opens its form; the second enter saves the form as filled in (L0.H0), and j then moves the cursor
+    down, not into the form's layer field."""
+    from mechscope.engine import HeadAblation
+
+    app, screen, _ = await burst_into_workbench([("plus", "+"), ("enter", None), ("enter", None), ("j", "j")])
+    assert screen == "WorkbenchScreen"
+    assert app.bench.interventions() == (HeadAblation(0, 0),) and app.bench.selected == (1, 0)
+
+
+async def test_a_burst_picks_from_the_sweep_dialogs_list_and_runs_it() -> None:
+    """`W enter down enter ctrl+s`: the sweep dialog opens on its kind list, enter opens the list,
+    down and enter pick the second kind (attention output per layer), ctrl+s runs that sweep."""
+    app, screen, _ = await burst_into_workbench([("W", "W"), ("enter", None), ("down", None), ("enter", None),
+                                                  ("ctrl+s", None)])
+    assert screen == "WorkbenchScreen"
+    assert list(app.bench.sweeps) == ["attn"] and app.bench.sweeps["attn"].result is not None
