@@ -15,6 +15,7 @@ from textual.widgets import Input, Label, Static
 
 from mechscope.engine.interventions import Intervention
 from mechscope.screens.dialog import Dialog
+from mechscope.screens.field_errors import FieldError, show_problems
 from mechscope.tui.widgets.ordered_input import OrderedInput
 from mechscope.workbench.numbers import number_problem
 
@@ -95,8 +96,7 @@ class EditInterventionScreen(Dialog[Intervention | None]):
     EditInterventionScreen Label { width: 14; color: $text-muted; }
     EditInterventionScreen Input { width: 1fr; }
     EditInterventionScreen #edit-error { color: $error; height: auto; }
-    EditInterventionScreen .field-error { color: $error; height: auto; padding-left: 14; }
-    EditInterventionScreen .field-error.-hidden { display: none; }
+    EditInterventionScreen FieldError { padding-left: 14; }
     EditInterventionScreen Input.-invalid { background: $error 25%; }
     """
 
@@ -121,7 +121,7 @@ class EditInterventionScreen(Dialog[Intervention | None]):
                     yield Label(name)
                     yield OrderedInput(field_text(getattr(self.original, name)), id=f"field-{name}",
                                 compact=True)
-                yield Static("", id=f"error-{name}", classes="field-error -hidden")
+                yield FieldError(name)
             yield Static("", id="edit-error")
             yield Static(f"enter saves, esc cancels; {self.hint}", classes="dim")
 
@@ -142,15 +142,9 @@ class EditInterventionScreen(Dialog[Intervention | None]):
 
     def show_problem(self, field: str | None, problem: str) -> None:
         """The error under its field (and the field marked), or under the form when no field is named."""
-        for name in self.field_names:
-            here = name == field
-            self.query_one(f"#field-{name}", Input).set_class(here, "-invalid")
-            error = self.query_one(f"#error-{name}", Static)
-            error.update(problem if here else "")
-            error.set_class(not here, "-hidden")
+        fields = {name: self.query_one(f"#field-{name}", Input) for name in self.field_names}
+        show_problems(self, fields, {field: problem} if field else {})
         self.query_one("#edit-error", Static).update("" if field else problem)
-        if field is not None:
-            self.query_one(f"#field-{field}", Input).focus()
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -10,14 +10,17 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, Static
 
 from mechscope.screens.dialog import Dialog
+from mechscope.screens.field_errors import FieldError, show_problems
 from mechscope.tui.widgets.ordered_input import OrderedInput
 from mechscope.workbench.state import GenerationSettings
 
-Validate = Callable[[str, str, str], str | None]
+Validate = Callable[[str, str, str], dict[str, str]]  # the typed values -> each faulty field's problem
+FIELDS = ("max_new_tokens", "temperature", "seed")
 
 
 class GenerationOptionsScreen(Dialog[tuple[str, str, str] | None]):
-    """Returns the three typed values once `validate` accepts them (enter in any field), None on escape."""
+    """Returns the three typed values once `validate` finds no problem (enter in any field; each problem
+    shows under its field), None on escape."""
 
     DEFAULT_CSS = """
     GenerationOptionsScreen { align: center middle; }
@@ -26,7 +29,8 @@ class GenerationOptionsScreen(Dialog[tuple[str, str, str] | None]):
     GenerationOptionsScreen Horizontal { height: 1; }
     GenerationOptionsScreen Label { width: 16; }
     GenerationOptionsScreen Input { width: 1fr; }
-    GenerationOptionsScreen #gen-error { color: $error; height: auto; }
+    GenerationOptionsScreen FieldError { padding-left: 16; }
+    GenerationOptionsScreen Input.-invalid { background: $error 25%; }
     """
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
@@ -40,27 +44,25 @@ class GenerationOptionsScreen(Dialog[tuple[str, str, str] | None]):
         settings = self.settings
         with Vertical() as box:
             box.border_title = "generation settings"
-            for label, ident, value in (("max new tokens", "gen-max", str(settings.max_new_tokens)),
-                                        ("temperature", "gen-temperature", f"{settings.temperature:g}"),
-                                        ("seed", "gen-seed", str(settings.seed))):
+            for name, value in zip(FIELDS, (str(settings.max_new_tokens), f"{settings.temperature:g}",
+                                            str(settings.seed)), strict=True):
                 with Horizontal():
-                    yield Label(label)
-                    yield OrderedInput(value, id=ident, compact=True)
-            yield Static("", id="gen-error")
+                    yield Label(name.replace("_", " "))
+                    yield OrderedInput(value, id=f"gen-{name}", compact=True)
+                yield FieldError(name)
             yield Static("1..512 tokens; temperature 0 = greedy; enter accepts, esc cancels", classes="dim")
 
-    def values(self) -> tuple[str, str, str]:
-        return tuple(self.query_one(f"#{ident}", Input).value  # type: ignore[return-value]
-                     for ident in ("gen-max", "gen-temperature", "gen-seed"))
+    def fields(self) -> dict[str, Input]:
+        return {name: self.query_one(f"#gen-{name}", Input) for name in FIELDS}
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        values = self.values()
-        error = self.validate(*values)
-        if error:
-            self.query_one("#gen-error", Static).update(error)
+        max_new_tokens, temperature, seed = (field.value for field in self.fields().values())
+        problems = self.validate(max_new_tokens, temperature, seed)
+        if problems:
+            show_problems(self, self.fields(), problems)
             return
-        self.dismiss(values)
+        self.dismiss((max_new_tokens, temperature, seed))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

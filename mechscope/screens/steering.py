@@ -12,6 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, Static, TextArea
 
 from mechscope.screens.dialog import Dialog
+from mechscope.screens.field_errors import FieldError, show_problems
 from mechscope.tui.widgets.ordered_input import OrderedInput
 from mechscope.workbench.numbers import number_problem
 
@@ -50,6 +51,10 @@ def prompt_lines(text: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
+INPUT_FIELDS = ("path", "name", "layer", "coeff", "positions")
+FIELD_OF_LABEL = {"file": "path", "name": "name", "layer": "layer", "coefficient": "coeff", "positions": "positions"}
+
+
 class SteeringScreen(Dialog[SteeringRequest | None]):
     """Build (`mode="build"`) or load (`mode="load"`) a vector and steer with it; esc cancels."""
 
@@ -63,6 +68,8 @@ class SteeringScreen(Dialog[SteeringRequest | None]):
     SteeringScreen TextArea { height: 3; background: $boost; }
     SteeringScreen .prompts-label { width: 100%; }
     SteeringScreen #steer-error { color: $error; height: auto; }
+    SteeringScreen FieldError { padding-left: 12; }
+    SteeringScreen Input.-invalid { background: $error 25%; }
     """
 
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "submit", "Done")]
@@ -81,6 +88,7 @@ class SteeringScreen(Dialog[SteeringRequest | None]):
         with Horizontal():
             yield Label(label)
             yield OrderedInput(self.initial[name], id=f"steer-{name}", compact=True)
+        yield FieldError(name)
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
@@ -157,9 +165,17 @@ class SteeringScreen(Dialog[SteeringRequest | None]):
         try:
             request = self.request()
         except ValueError as exc:
-            self.query_one("#steer-error", Static).update(str(exc))
+            self.show_problem(str(exc))
             return
         self.dismiss(request)
+
+    def show_problem(self, problem: str) -> None:
+        """The problem under the field its message names (`layer: ...`), else under the form."""
+        fields = {name: self.query_one(f"#steer-{name}", Input) for name in INPUT_FIELDS
+                  if self.query(f"#steer-{name}")}  # the load dialog alone has a file field
+        field = FIELD_OF_LABEL.get(problem.split(":", 1)[0])
+        show_problems(self, fields, {field: problem} if field in fields else {})
+        self.query_one("#steer-error", Static).update("" if field in fields else problem)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

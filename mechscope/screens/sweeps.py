@@ -203,9 +203,8 @@ class SweepsPart:
         self.screen.bench.info = "generation cancelled" if outcome.cancelled else "generated"
 
     def generation_settings(self) -> None:
-        from mechscope.screens.ask_value import error_of
         from mechscope.screens.generation_options import GenerationOptionsScreen
-        from mechscope.workbench.research import parse_generation
+        from mechscope.workbench.research import generation_problems
 
         screen = self.screen
 
@@ -218,4 +217,4 @@ class SweepsPart:
                     screen.update_status()
 
         screen.app.push_screen(GenerationOptionsScreen(screen.bench.generation_settings,
-                                                       lambda *values: error_of(parse_generation, *values)), done)
+                                                       generation_problems), done)

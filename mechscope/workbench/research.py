@@ -111,10 +111,30 @@ def parse_reference_prompts(text: str) -> tuple[str, ...]:
     return prompts
 
 
+def parse_max_new_tokens(text: str) -> int:
+    return parse_int("max new tokens", text, 1, MAX_NEW_TOKENS)
+
+
+def parse_seed(text: str) -> int:
+    return parse_int("seed", text, 0, MAX_SEED)
+
+
 def parse_generation(max_new_tokens: str, temperature: str, seed: str) -> GenerationSettings:
     """Generation settings from typed text: bounded ints and a finite temperature ≥ 0 (ValueError otherwise)."""
-    return GenerationSettings(parse_int("max new tokens", max_new_tokens, 1, MAX_NEW_TOKENS),
-                              parse_temperature(temperature), parse_int("seed", seed, 0, MAX_SEED))
+    return GenerationSettings(parse_max_new_tokens(max_new_tokens), parse_temperature(temperature),
+                              parse_seed(seed))
+
+
+def generation_problems(max_new_tokens: str, temperature: str, seed: str) -> dict[str, str]:
+    """Each typed generation setting that `parse_generation` refuses, with why (by the same parsers)."""
+    problems = {}
+    for name, parse, text in (("max_new_tokens", parse_max_new_tokens, max_new_tokens),
+                              ("temperature", parse_temperature, temperature), ("seed", parse_seed, seed)):
+        try:
+            parse(text)
+        except ValueError as exc:
+            problems[name] = str(exc)
+    return problems
 
 
 @dataclass(frozen=True)

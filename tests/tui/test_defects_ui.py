@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from textual.widgets import Input
+from textual.widgets import Input, TextArea
 
 from mechscope.tui.app import IOI_PAIR
 from mechscope.tui.widgets.head_grid import HeadGrid
@@ -114,6 +114,64 @@ async def test_a_form_stays_open_on_a_value_the_engine_refuses_with_the_error_be
         await settle(pilot)
         assert not isinstance(app.screen, EditInterventionScreen)
         assert [e.intervention.label for e in app.bench.stack.entries] == ["zero L0.H1"]
+
+
+def beside(app, field: str) -> str:
+    """The error line under a form's field, '' while it is hidden."""
+    error = app.screen.query_one(f"#error-{field}")
+    return str(error.render()) if error.display else ""
+
+
+async def test_generation_settings_show_each_problem_beside_its_field():
+    from mechscope.screens.generation_options import GenerationOptionsScreen
+
+    app = make_app(record=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await press_each(pilot, "G")
+        assert isinstance(app.screen, GenerationOptionsScreen)
+        fields = {name: app.screen.query_one(f"#gen-{name}", Input)
+                  for name in ("max_new_tokens", "temperature", "seed")}
+        fields["max_new_tokens"].value, fields["temperature"].value = "999", "nan"
+        fields["seed"].focus()
+        await press_each(pilot, "enter")
+        assert isinstance(app.screen, GenerationOptionsScreen)
+        assert beside(app, "max_new_tokens") == "max new tokens must be in 1..512, got 999"
+        assert "temperature must be a finite number" in beside(app, "temperature")
+        assert beside(app, "seed") == ""
+        assert [name for name, field in fields.items() if field.has_class("-invalid")] == ["max_new_tokens",
+                                                                                          "temperature"]
+        assert app.screen.focused is fields["max_new_tokens"]  # the first field to fix
+        fields["max_new_tokens"].value = "12"
+        await press_each(pilot, "enter")
+        assert beside(app, "max_new_tokens") == "" and not fields["max_new_tokens"].has_class("-invalid")
+        assert app.screen.focused is fields["temperature"] and "finite" in beside(app, "temperature")
+        fields["temperature"].value = "0.7"
+        await press_each(pilot, "enter")
+        assert not isinstance(app.screen, GenerationOptionsScreen)
+        settings = app.bench.generation_settings
+        assert (settings.max_new_tokens, settings.temperature, settings.seed) == (12, 0.7, 0)
+
+
+async def test_the_steering_dialog_shows_a_fields_problem_beside_it_and_the_rest_under_the_form():
+    from mechscope.screens.steering import SteeringScreen
+
+    app = make_app(record=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await press_each(pilot, "v")
+        assert isinstance(app.screen, SteeringScreen)
+        layer = app.screen.query_one("#steer-layer", Input)
+        layer.value = "7"
+        await press_each(pilot, "ctrl+s")
+        assert beside(app, "layer") == "layer: 7 is out of range 0..2"
+        assert layer.has_class("-invalid") and app.screen.focused is layer
+        assert str(app.screen.query_one("#steer-error").render()) == ""
+        layer.value = "1"
+        app.screen.query_one("#steer-negative", TextArea).clear()
+        await press_each(pilot, "ctrl+s")  # no negative prompt: a problem of no one field
+        assert beside(app, "layer") == "" and not layer.has_class("-invalid")
+        assert "type at least one positive and one negative prompt" in str(app.screen.query_one("#steer-error").render())
 
 
 async def test_an_edge_out_of_range_keeps_the_knockout_dialog_open():

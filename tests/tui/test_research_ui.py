@@ -147,7 +147,7 @@ async def test_generation_settings_dialog_validates_and_generate_uses_them():
         await pilot.press("G")
         await settle(pilot)
         assert isinstance(app.screen, GenerationOptionsScreen)
-        app.screen.query_one("#gen-max", Input).value = "4"
+        app.screen.query_one("#gen-max_new_tokens", Input).value = "4"
         app.screen.query_one("#gen-temperature", Input).value = "inf"
         app.screen.query_one("#gen-seed", Input).focus()
         await pilot.press("enter")
