@@ -321,3 +321,13 @@ def test_an_engine_without_what_a_kind_needs_refuses_it(kind: str) -> None:
     need = handler_for(REQUEST_TYPES[kind]).needs[0]
     assert outcome.error is not None and outcome.error.startswith("Bare cannot ")
     assert outcome.error.endswith(f"(capability '{need}')")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_request_stopped_before_it_starts_never_reaches_the_engine(kind: str) -> None:
+    class Untouchable:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the engine was asked for {name!r}")
+
+    outcome = execute(Untouchable(), EXAMPLES[kind], should_stop=lambda: True)
+    assert outcome.cancelled and outcome.result is None and outcome.error is None

@@ -157,8 +157,12 @@ def execute(engine: Any, request: Request, on_partial: OnPartial | None = None,
 
     A request whose needs the engine lacks is refused before anything runs. An engine with the
     "forward" capability gets the whole request (`engine.forward`); otherwise its handler runs it.
-    `on_partial` receives streamed pieces (partial sweep results, generated tokens)."""
+    `on_partial` receives streamed pieces (partial sweep results, generated tokens). A request
+    stopped before it starts (superseded while its worker waited for a thread) never reaches the
+    engine: it would take the engine from the request that replaced it."""
     started = time.perf_counter()
+    if should_stop is not None and should_stop():
+        return Outcome(request, cancelled=True)
     try:
         handler = handler_for(request)
         refusal = missing_capability(engine, request)

@@ -12,27 +12,41 @@ from tests.tui.helpers import make_app, settle
 from tests.workbench.helpers import LoggingEngine
 
 
-class GatedEngine(LoggingEngine):
-    """Holds `held` calls ("run", "generate") until `release()`, like a slow model."""
+class Gate:
+    """Holds an engine's `held` calls ("run", "generate") until `release()`, like a slow model."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, engine) -> None:
+        self.engine = engine
         self.held: set[str] = set()
-        self.gate = threading.Event()
+        self.opened = threading.Event()
 
-    def release(self) -> None:
-        self.held.clear()
-        self.gate.set()
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)
 
     def run(self, *args, **kwargs):
         if "run" in self.held:
-            self.gate.wait(10)
-        return super().run(*args, **kwargs)
+            self.opened.wait(10)
+        return self.engine.run(*args, **kwargs)
 
     def generate(self, *args, **kwargs):
         if "generate" in self.held:
-            self.gate.wait(10)
-        return super().generate(*args, **kwargs)
+            self.opened.wait(10)
+        return self.engine.generate(*args, **kwargs)
+
+
+class GatedEngine(LoggingEngine):
+    """Logs each call as it arrives, then holds the `held` ones until `release()`: the log is the
+    order the engine received the calls in, whichever held call's thread wakes first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = Gate(self.inner)
+        self.inner = self.gate
+        self.held = self.gate.held
+
+    def release(self) -> None:
+        self.held.clear()
+        self.gate.opened.set()
 
 
 def recorded(kind: str, keys: tuple[str, ...]) -> list[dict]:
