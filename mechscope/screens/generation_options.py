@@ -12,10 +12,11 @@ from textual.widgets import Input, Label, Static
 from mechscope.screens.dialog import Dialog
 from mechscope.screens.field_errors import FieldError, show_problems
 from mechscope.tui.widgets.ordered_input import OrderedInput
+from mechscope.workbench.research import GENERATION_PARSERS
 from mechscope.workbench.state import GenerationSettings
 
 Validate = Callable[[str, str, str], dict[str, str]]  # the typed values -> each faulty field's problem
-FIELDS = ("max_new_tokens", "temperature", "seed")
+FIELDS = tuple(GENERATION_PARSERS)
 
 
 class GenerationOptionsScreen(Dialog[tuple[str, str, str] | None]):
@@ -57,10 +58,11 @@ class GenerationOptionsScreen(Dialog[tuple[str, str, str] | None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        max_new_tokens, temperature, seed = (field.value for field in self.fields().values())
+        fields = self.fields()
+        max_new_tokens, temperature, seed = (field.value for field in fields.values())
         problems = self.validate(max_new_tokens, temperature, seed)
         if problems:
-            show_problems(self, self.fields(), problems)
+            show_problems(self, fields, problems)
             return
         self.dismiss((max_new_tokens, temperature, seed))
 

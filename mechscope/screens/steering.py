@@ -51,7 +51,6 @@ def prompt_lines(text: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-INPUT_FIELDS = ("path", "name", "layer", "coeff", "positions")
 FIELD_OF_LABEL = {"file": "path", "name": "name", "layer": "layer", "coefficient": "coeff", "positions": "positions"}
 
 
@@ -171,7 +170,7 @@ class SteeringScreen(Dialog[SteeringRequest | None]):
 
     def show_problem(self, problem: str) -> None:
         """The problem under the field its message names (`layer: ...`), else under the form."""
-        fields = {name: self.query_one(f"#steer-{name}", Input) for name in INPUT_FIELDS
+        fields = {name: self.query_one(f"#steer-{name}", Input) for name in FIELD_OF_LABEL.values()
                   if self.query(f"#steer-{name}")}  # the load dialog alone has a file field
         field = FIELD_OF_LABEL.get(problem.split(":", 1)[0])
         show_problems(self, fields, {field: problem} if field in fields else {})

@@ -58,7 +58,7 @@ class TypeAhead:
     def __init__(self, app: App) -> None:
         self.app = app
         self.opened: weakref.WeakKeyDictionary[Screen, float] = weakref.WeakKeyDictionary()
-        self.pending: list[tuple[Screen, str, str | None]] = []
+        self.pending: list[tuple[str, str | None]] = []  # kept keys, for whatever screen is on top as each goes
         self.waited = 0.0
         self.timer: Timer | None = None
         self.answered: Callable[[], bool] | None = None  # has the dialog answered the key last handed on?
@@ -87,7 +87,7 @@ class TypeAhead:
             return False
         if not self.busy and (screen not in self.opened or self.awaits(screen, event.key, event.character) is None):
             return False
-        self.keep(screen, event)
+        self.keep(event)
         return True
 
     def take(self, event: events.Key) -> bool:
@@ -100,7 +100,7 @@ class TypeAhead:
             return False
         if event.time >= self.opened[screen] and screen.focused is not None and not self.busy:
             return False
-        self.keep(screen, event)
+        self.keep(event)
         return True
 
     def handled(self, event: events.Key) -> None:
@@ -108,8 +108,8 @@ class TypeAhead:
         if self.is_handed_on(event):
             self.reached = event
 
-    def keep(self, screen: Screen, event: events.Key) -> None:
-        self.pending.append((screen, event.key, event.character))
+    def keep(self, event: events.Key) -> None:
+        self.pending.append((event.key, event.character))
         self.deliver()
 
     def awaits(self, screen: Screen, key: str, character: str | None) -> str | None:
@@ -120,11 +120,13 @@ class TypeAhead:
         binding = screen.active_bindings.get(key)
         if isinstance(screen, Dialog) and binding is not None and screen.answered_by(binding):
             return "answer"
-        if binding is None or isinstance(binding.node, Input) or takes_text(screen.focused, key, character):
-            # a field runs its own bindings as the key reaches it, and takes what it types
-            return "clock" if isinstance(screen, ModalScreen) and not isinstance(screen, Dialog) \
-                and key in CLOSING_KEYS else None
-        return "binding"
+        # a field runs its own bindings as the key reaches it, and takes what it types
+        if binding is not None and not isinstance(binding.node, Input) \
+                and not takes_text(screen.focused, key, character):
+            return "binding"
+        if key in CLOSING_KEYS and isinstance(screen, ModalScreen) and not isinstance(screen, Dialog):
+            return "clock"
+        return None
 
     def answer(self, kind: str | None, screen: Screen, event: events.Key) -> Callable[[], bool] | None:
         """When the dialog has answered `event`, handed on now: closed, or what `kind` says."""
@@ -156,18 +158,14 @@ class TypeAhead:
             self.answered = None
         if not self.pending:
             return
-        screen, key, character = self.pending[0]
-        top = self.top()
-        if top is None:  # the app is closing
+        screen = self.top()  # once the dialog has closed, whatever is on top now
+        if screen is None:  # the app is closing
             self.pending = []
             return
-        if screen is not top:  # the dialog has closed: the keys go on, one at a time, to what is on top now
-            self.pending = [(top, key, character) for _, key, character in self.pending]
-            screen = top
         if screen.focused is None and self.waited < FOCUS_WAIT_S:
             self.wait()
             return
-        self.pending.pop(0)
+        key, character = self.pending.pop(0)
         self.waited = 0.0
         kind = self.awaits(screen, key, character)
         event = retyped(key, character)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -125,11 +126,14 @@ def parse_generation(max_new_tokens: str, temperature: str, seed: str) -> Genera
                               parse_seed(seed))
 
 
+GENERATION_PARSERS: dict[str, Callable[[str], float]] = {  # each typed setting, by the field it is typed in
+    "max_new_tokens": parse_max_new_tokens, "temperature": parse_temperature, "seed": parse_seed}
+
+
 def generation_problems(max_new_tokens: str, temperature: str, seed: str) -> dict[str, str]:
     """Each typed generation setting that `parse_generation` refuses, with why (by the same parsers)."""
     problems = {}
-    for name, parse, text in (("max_new_tokens", parse_max_new_tokens, max_new_tokens),
-                              ("temperature", parse_temperature, temperature), ("seed", parse_seed, seed)):
+    for (name, parse), text in zip(GENERATION_PARSERS.items(), (max_new_tokens, temperature, seed), strict=True):
         try:
             parse(text)
         except ValueError as exc:

@@ -91,16 +91,25 @@ def test_every_text_field_is_an_ordered_input() -> None:
     assert plain == []
 
 
-async def burst_into_workbench(keys: list[tuple[str, str | None]]):
+async def land(pilot, seconds: float = 0.0) -> None:
+    """Let a burst land: `seconds` of the dialogs' own checks, then each dialog mounts, focuses its
+    field and takes the keys typed ahead."""
+    from tests.tui.helpers import settle
+
+    await pilot.pause(seconds)
+    for _ in range(20):
+        await pilot.pause(0.02)
+    await settle(pilot)
+
+
+async def burst_into_workbench(keys: list[tuple[str, str | None]], seconds: float = 0.0):
     from tests.tui.helpers import make_app, settle
 
     app = make_app()
     async with app.run_test(size=(140, 50)) as pilot:
         await settle(pilot)
         send_burst(app, keys)
-        for _ in range(20):  # the dialog mounts, focuses its field, then takes the keys typed ahead
-            await pilot.pause(0.02)
-        await settle(pilot)
+        await land(pilot, seconds)
         return app, type(app.screen).__name__, app.screen.query_one("#views").active
 
 
@@ -137,20 +146,6 @@ def slow_answers(monkeypatch, seconds: float) -> None:
     monkeypatch.setattr(ask_value, "error_of", slow)
 
 
-async def burst_and_wait(keys: list[tuple[str, str | None]], seconds: float):
-    from tests.tui.helpers import make_app, settle
-
-    app = make_app()
-    async with app.run_test(size=(140, 50)) as pilot:
-        await settle(pilot)
-        send_burst(app, keys)
-        await pilot.pause(seconds)
-        for _ in range(20):
-            await pilot.pause(0.02)
-        await settle(pilot)
-        return app, type(app.screen).__name__
-
-
 async def test_keys_after_enter_wait_for_a_dialog_that_is_slow_to_close(monkeypatch) -> None:
     """`: L 1 . H 2 enter space` where the dialog takes 1.5 s to accept: space still ablates the head
     moved to, not a space typed into the closing dialog."""
@@ -158,7 +153,7 @@ async def test_keys_after_enter_wait_for_a_dialog_that_is_slow_to_close(monkeypa
 
     slow_answers(monkeypatch, 1.5)
     address = [("L", "L"), ("1", "1"), ("full_stop", "."), ("H", "H"), ("2", "2")]
-    app, screen = await burst_and_wait([("colon", ":"), *address, ("enter", None), ("space", " ")], 1.8)
+    app, screen, _ = await burst_into_workbench([("colon", ":"), *address, ("enter", None), ("space", " ")], 1.8)
     assert screen == "WorkbenchScreen" and app.bench.selected == (1, 2)
     assert app.bench.interventions() == (HeadAblation(1, 2),)
 
@@ -171,7 +166,7 @@ async def test_keys_after_a_refused_enter_go_into_the_dialog_that_stayed(monkeyp
     slow_answers(monkeypatch, 1.2)
     fixed = [("backspace", None), ("1", "1"), ("full_stop", "."), ("H", "H"), ("2", "2")]
     keys = [("colon", ":"), ("L", "L"), ("9", "9"), ("enter", None), *fixed, ("enter", None), ("space", " ")]
-    app, screen = await burst_and_wait(keys, 3.0)
+    app, screen, _ = await burst_into_workbench(keys, 3.0)
     assert screen == "WorkbenchScreen" and app.bench.selected == (1, 2)
     assert app.bench.interventions() == (HeadAblation(1, 2),)
 
@@ -192,10 +187,7 @@ async def test_a_burst_typed_into_an_open_dialog_waits_for_its_slow_answer(monke
         assert type(app.screen).__name__ == "AskValueScreen" and app.screen.focused is not None
         send_burst(app, [("L", "L"), ("1", "1"), ("full_stop", "."), ("H", "H"), ("2", "2"),
                          ("enter", None), ("space", " ")])
-        await pilot.pause(1.8)
-        for _ in range(20):
-            await pilot.pause(0.02)
-        await settle(pilot)
+        await land(pilot, 1.8)
         assert type(app.screen).__name__ == "WorkbenchScreen" and app.bench.selected == (1, 2)
         assert app.bench.interventions() == (HeadAblation(1, 2),)
 
