@@ -8,6 +8,9 @@ Layout of a session folder:
 Reading never runs code: JSON and safetensors only. Every line is validated on open; a truncated last
 line (a crash mid-write) is dropped with a warning, anything else wrong raises SessionError naming the
 file and line.
+
+`Session` is the API (create, open, record, read back); the log and tensors are written by
+`writer.LogWriter`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import logging
 import math
 import os
 import platform
-import stat
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,7 +35,6 @@ from mechscope.sessions.folders import (
     FILE_MODE,
     SessionSummary,
     atomic_write,
-    clear_lock_info,
     fsync_dir,
     list_sessions,
     load_manifest,
@@ -44,7 +45,6 @@ from mechscope.sessions.folders import (
     rename_session,
     session_folder,
     summarise,
-    write_lock_info,
 )
 from mechscope.sessions.log import Log, read_log, reason, stamp
 from mechscope.sessions.paths import (
@@ -61,6 +61,7 @@ from mechscope.sessions.reading import (
     shown,
 )
 from mechscope.sessions.state import SessionState, copy_builder
+from mechscope.sessions.writer import LogWriter, write_manifest
 
 if TYPE_CHECKING:
     from mechscope.engine.interventions import Intervention, Metric
@@ -125,19 +126,15 @@ class Session:
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], log: Log) -> None:
-        self.path = path
         self.manifest = manifest
-        self._fd: int | None = None
+        self._writer = LogWriter(path, log)
         self._adopt(log)
 
     def _adopt(self, log: Log) -> None:
         self.events = log.events
         self.warnings = log.warnings
-        self._valid_size = log.valid_size  # bytes of events.jsonl holding complete events
-        self._needs_newline = log.needs_newline
         self._tensors = log.tensors  # file -> array, every tensor the events reference
         self._builder = log.builder
-        self._stamp = log.stamp  # (size, mtime_ns, inode) of the log when it was read
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -225,6 +222,11 @@ class Session:
     # -- reading ------------------------------------------------------------------------------
 
     @property
+    def path(self) -> Path:
+        """The session folder (the writer's, so a rename moves both)."""
+        return self._writer.folder
+
+    @property
     def name(self) -> str:
         return self.path.name
 
@@ -235,7 +237,7 @@ class Session:
 
     @property
     def events_path(self) -> Path:
-        return self.path / EVENTS_FILE
+        return self._writer.events_path
 
     def __iter__(self) -> Iterator[Event]:
         return iter(list(self.events))
@@ -295,7 +297,7 @@ class Session:
         recorded = self.manifest.get("model")
         if recorded is None:
             self.manifest["model"] = current
-            self._write_manifest()
+            write_manifest(self.path, self.manifest)
         elif (recorded.get("source"), recorded.get("weights_digest")) != (
                 current["source"], current["weights_digest"]):
             self.warnings.append(f"session {self.name!r} was recorded on {shown(recorded.get('source'))}; "
@@ -308,7 +310,7 @@ class Session:
         event's `seq` and its validation follow what is on disk.
         """
         payload = _jsonable(payload)
-        self._open_for_append()
+        self._open_log()
         seq = self.events[-1].seq + 1 if self.events else 1
         event = Event(seq=seq, time=round(time.time(), 3), kind=kind, payload=payload,
                       line=len(self.events) + 1)
@@ -324,7 +326,7 @@ class Session:
                               separators=(",", ":")) + "\n"
         except (TypeError, ValueError) as exc:
             raise SessionError(f"cannot record {_article(kind)} {kind} event: {reason(exc)}") from None
-        self._append(line.encode("utf-8"))
+        self._writer.append(line.encode("utf-8"))
         self._builder.apply(event)
         self.events.append(event)
         return event
@@ -448,9 +450,9 @@ class Session:
 
     def rename(self, new_name: str) -> None:
         """Rename the folder and the manifest's name; refuses a name in use or a session being recorded."""
-        if self._fd is not None:
+        if self._writer.is_open:
             raise SessionError(f"cannot rename session {self.name!r} while recording into it")
-        self.path = rename_folder(self.path, new_name)
+        self._writer.folder = rename_folder(self.path, new_name)
         self.manifest["name"] = new_name
 
     def delete(self) -> None:
@@ -460,10 +462,7 @@ class Session:
 
     def close(self) -> None:
         """Release the write lock (events are already on disk)."""
-        if self._fd is not None:
-            clear_lock_info(self.path)
-            os.close(self._fd)
-            self._fd = None
+        self._writer.close()
 
     def __enter__(self) -> Session:
         return self
@@ -471,121 +470,20 @@ class Session:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            os.close(fd)
-
     # -- internals ----------------------------------------------------------------------------
 
-    def _write_manifest(self) -> None:
-        try:
-            atomic_write(self.path / MANIFEST_FILE, (json.dumps(self.manifest, indent=2) + "\n").encode())
-        except OSError as exc:
-            raise SessionError(f"{self.path / MANIFEST_FILE}: cannot write ({exc.strerror})") from None
-
-    def _open_for_append(self) -> int:
-        """Open and lock the log; re-read it if it changed since it was read; cut an interrupted last line."""
-        if self._fd is not None:
-            return self._fd
-        try:
-            fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0))
-        except OSError as exc:
-            raise SessionError(f"{self.events_path}: cannot open for writing ({exc.strerror}); "
-                               "recording stopped") from None
-        try:
-            self._lock(fd)
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise SessionError(f"{self.events_path}: not a regular file")
-            if stamp(info) != self._stamp:
-                # Another process wrote (or a crash left a partial line) since this log was read.
-                log = read_log(self.path)
-                if log.stamp[2] != info.st_ino:
-                    raise SessionError(f"{self.events_path}: replaced while opening it; reopen the session")
-                self._adopt(log)
-            if info.st_size != self._valid_size:
-                os.ftruncate(fd, self._valid_size)
-            if self._needs_newline:
-                _write_all(fd, b"\n")
-                os.fsync(fd)
-                self._valid_size += 1
-                self._needs_newline = False
-        except OSError as exc:
-            os.close(fd)
-            raise SessionError(f"{self.events_path}: cannot write ({exc.strerror}); "
-                               "recording stopped") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        write_lock_info(self.path)
-        self._fd = fd
-        return fd
-
-    def _lock(self, fd: int) -> None:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; a single writer is the user's job
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            from mechscope.sessions.folders import lock_holder
-
-            raise SessionError(f"session {self.name!r} is being recorded by "
-                               f"{lock_holder(self.path)}") from None
-
-    def _append(self, data: bytes) -> None:
-        """Write one line and fsync it; on any failure cut the log back to its last good size."""
-        fd = self._open_for_append()
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        except OSError as exc:
-            lost = f"{self.events_path}: cannot write ({exc.strerror}); the event was not saved"
-            try:
-                os.ftruncate(fd, self._valid_size)
-                os.fsync(fd)
-            except OSError:
-                # The log may end in a partial line: stop writing through this handle; the next
-                # append reopens, re-reads and cuts the partial line before writing.
-                self.close()
-                self._stamp = (-1, -1, -1)
-            raise SessionError(lost) from None
-        self._valid_size += len(data)
-        self._stamp = stamp(os.fstat(fd))
+    def _open_log(self) -> None:
+        """Take the write lock; a log another process changed since it was read is adopted first."""
+        self._writer.open(self._adopt)
 
     def _save_tensor(self, prefix: str, key: str, array: np.ndarray) -> str:
         """Write `array` to tensors/<prefix>-<next seq>.safetensors (before its event) and cache it."""
-        from safetensors.numpy import save_file
-
-        self._open_for_append()  # the lock first: the file name takes the next seq on disk
+        self._open_log()  # the lock first: the file name takes the next seq on disk
         seq = self.events[-1].seq + 1 if self.events else 1
         file = f"{TENSORS_DIR}/{prefix}-{seq:06d}.safetensors"
-        path = self.path / file
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            if not path.parent.is_dir():
-                make_dir(path.parent)
-            save_file({key: array}, str(tmp))
-            os.chmod(tmp, FILE_MODE)
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
-        except OSError as exc:
-            if tmp.exists():
-                tmp.unlink()
-            raise SessionError(f"{path}: cannot write ({exc.strerror}); recording stopped") from None
+        self._writer.save_tensor(file, key, array)
         self._tensors[file] = array.copy()
         return file
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def _interventions(items: Sequence[Any]) -> tuple[Intervention, ...]:

@@ -127,14 +127,14 @@ class FailingDisk:
         monkeypatch.setattr(os, "fsync", self.fsync)
 
     def write(self, fd: int, data) -> int:
-        if self.fail_write and fd == self.session._fd:
+        if self.fail_write and fd == self.session._writer.fd:
             self.fail_write = False
             self.real_write(fd, bytes(data)[:len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
         return self.real_write(fd, data)
 
     def fsync(self, fd: int) -> None:
-        if self.fail_fsync and fd == self.session._fd:
+        if self.fail_fsync and fd == self.session._writer.fd:
             self.fail_fsync = False
             raise OSError(errno.EIO, "Input/output error")
         return self.real_fsync(fd)
