@@ -387,7 +387,7 @@ class HeadInputPatch(Intervention):
     kind: ClassVar[str] = "head_input_patch"
     title: ClassVar[str] = "head input patch"
     chooser_rank: ClassVar[int] = 8
-    description: ClassVar[str] = "copy one head's query, key or value from another prompt"
+    description: ClassVar[str] = "copy a head's q, k or v from another prompt"
     hint: ClassVar[str] = "which q, k or v (k and v are shared under grouped-query attention); empty positions = all"
     layer: int
     head: int

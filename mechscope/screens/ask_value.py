@@ -8,10 +8,11 @@ from collections.abc import Awaitable, Callable
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import Input, Label, Static
+from textual.widgets import Input, Static
 
 from mechscope.screens.dialog import Dialog
 from mechscope.tui.widgets.ordered_input import OrderedInput
+from mechscope.tui.widgets.plain import Plain, PlainLabel, plain_title
 
 
 def error_of(check: Callable[..., object], *args: object) -> str | None:
@@ -46,11 +47,11 @@ class AskValueScreen(Dialog[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
-            box.border_title = self.title_text
-            yield Static(self.label, id="ask-label")  # wraps: a long description is never cut
+            box.border_title = plain_title(self.title_text)
+            yield Plain(self.label, id="ask-label")  # wraps: a long description is never cut
             yield OrderedInput(self.initial, id="ask-input")
-            yield Static("", id="ask-error")
-            yield Label("enter accepts, esc cancels", classes="dim")
+            yield Plain("", id="ask-error")
+            yield PlainLabel("enter accepts, esc cancels", classes="dim")
 
     async def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

@@ -6,10 +6,11 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import ActiveBinding, Binding
 from textual.containers import Vertical
-from textual.widgets import OptionList, Static
+from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
 from mechscope.screens.dialog import Dialog
+from mechscope.tui.widgets.plain import Plain, plain_title
 
 
 def choice_prompts(items: list[tuple[str, str, str]]) -> list[Text]:
@@ -44,9 +45,9 @@ class ChooseScreen(Dialog[str | None]):
         options = [Option(prompt, id=item[0]) for item, prompt in zip(self.items, choice_prompts(self.items),
                                                                          strict=True)]
         with Vertical() as box:
-            box.border_title = self.title_text
+            box.border_title = plain_title(self.title_text)
             yield OptionList(*options, id="choose-list")
-            yield Static("enter chooses, esc cancels", classes="dim")
+            yield Plain("enter chooses, esc cancels", classes="dim")
 
     def answered_by(self, binding: ActiveBinding) -> bool:
         """Enter on the list chooses the highlighted item, which closes the dialog."""

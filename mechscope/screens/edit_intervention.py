@@ -11,12 +11,13 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Input, Label, Static
+from textual.widgets import Input, Static
 
 from mechscope.engine.interventions import Intervention
 from mechscope.screens.dialog import Dialog
 from mechscope.screens.field_errors import FieldError, show_problems
 from mechscope.tui.widgets.ordered_input import OrderedInput
+from mechscope.tui.widgets.plain import Plain, PlainLabel, plain_title
 from mechscope.workbench.numbers import number_problem
 
 HIDDEN_FIELDS = ("enabled",)
@@ -93,7 +94,7 @@ class EditInterventionScreen(Dialog[Intervention | None]):
     EditInterventionScreen > Vertical { width: 70; max-width: 100%; height: auto; max-height: 100%;
                                         border: round $accent; background: $surface; padding: 0 1; }
     EditInterventionScreen Horizontal { height: 1; }
-    EditInterventionScreen Label { width: 14; color: $text-muted; }
+    EditInterventionScreen PlainLabel { width: 14; color: $text-muted; }
     EditInterventionScreen Input { width: 1fr; }
     EditInterventionScreen #edit-error { color: $error; height: auto; }
     EditInterventionScreen FieldError { padding-left: 14; }
@@ -115,15 +116,15 @@ class EditInterventionScreen(Dialog[Intervention | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
-            box.border_title = self.title_text
+            box.border_title = plain_title(self.title_text)
             for name in self.field_names:
                 with Horizontal():
-                    yield Label(name)
+                    yield PlainLabel(name)
                     yield OrderedInput(field_text(getattr(self.original, name)), id=f"field-{name}",
                                 compact=True)
                 yield FieldError(name)
-            yield Static("", id="edit-error")
-            yield Static(f"enter saves, esc cancels; {self.hint}", classes="dim")
+            yield Plain("", id="edit-error")
+            yield Plain(f"enter saves, esc cancels; {self.hint}", classes="dim")
 
     async def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from textual.widget import Widget
-from textual.widgets import Static
+
+from mechscope.tui.widgets.plain import Plain
 
 
-class FieldError(Static):
+class FieldError(Plain):
     """The line under one field of a form: its problem, hidden while it has none."""
 
     DEFAULT_CSS = """

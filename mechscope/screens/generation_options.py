@@ -7,11 +7,12 @@ from collections.abc import Callable
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Input, Label, Static
+from textual.widgets import Input
 
 from mechscope.screens.dialog import Dialog
 from mechscope.screens.field_errors import FieldError, show_problems
 from mechscope.tui.widgets.ordered_input import OrderedInput
+from mechscope.tui.widgets.plain import Plain, PlainLabel
 from mechscope.workbench.research import GENERATION_PARSERS
 from mechscope.workbench.state import GenerationSettings
 
@@ -28,7 +29,7 @@ class GenerationOptionsScreen(Dialog[tuple[str, str, str] | None]):
     GenerationOptionsScreen > Vertical { width: 60; max-width: 100%; height: auto; border: round $accent;
                                          background: $surface; padding: 0 1; }
     GenerationOptionsScreen Horizontal { height: 1; }
-    GenerationOptionsScreen Label { width: 16; }
+    GenerationOptionsScreen PlainLabel { width: 16; }
     GenerationOptionsScreen Input { width: 1fr; }
     GenerationOptionsScreen FieldError { padding-left: 16; }
     GenerationOptionsScreen Input.-invalid { background: $error 25%; }
@@ -48,10 +49,10 @@ class GenerationOptionsScreen(Dialog[tuple[str, str, str] | None]):
             for name, value in zip(FIELDS, (str(settings.max_new_tokens), f"{settings.temperature:g}",
                                             str(settings.seed)), strict=True):
                 with Horizontal():
-                    yield Label(name.replace("_", " "))
+                    yield PlainLabel(name.replace("_", " "))
                     yield OrderedInput(value, id=f"gen-{name}", compact=True)
                 yield FieldError(name)
-            yield Static("1..512 tokens; temperature 0 = greedy; enter accepts, esc cancels", classes="dim")
+            yield Plain("1..512 tokens; temperature 0 = greedy; enter accepts, esc cancels", classes="dim")
 
     def fields(self) -> dict[str, Input]:
         return {name: self.query_one(f"#gen-{name}", Input) for name in FIELDS}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import Static
 
 from mechscope.screens.dialog import Dialog
 from mechscope.tui.commands import key_of
+from mechscope.tui.widgets.plain import Plain
 
 GRID_LEGEND = (
     "\nGrid marks: x zero, m mean, r resample, s scale, p patch, k knockout, * another kind on a head; "
@@ -50,12 +51,12 @@ class HelpScreen(Dialog[None]):
         table.add_column(style="bold cyan", width=min(max(len(key) for key, _ in self.keys), 16))
         table.add_column(ratio=1)
         for key, description in self.keys:
-            table.add_row(key, description)
+            table.add_row(Text(key), Text(description))
         with VerticalScroll() as scroll:
             scroll.border_title = "keys (esc closes)"
-            yield Static(table)
-            yield Static(GRID_LEGEND, id="grid-legend")
-            yield Static(detector_definitions(), id="detector-definitions")
+            yield Plain(table)
+            yield Plain(GRID_LEGEND, id="grid-legend")
+            yield Plain(detector_definitions(), id="detector-definitions")
 
     def action_close(self) -> None:
         self.dismiss(None)

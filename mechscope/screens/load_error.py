@@ -6,7 +6,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import Static
+
+from mechscope.tui.widgets.plain import Plain
 
 
 class LoadErrorScreen(Screen[None]):
@@ -29,10 +30,10 @@ class LoadErrorScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         with Vertical() as box:
             box.border_title = "mechscope could not load the model"
-            yield Static(f"model: {self.source}")
-            yield Static(self.reason, id="load-error-reason")
-            yield Static("Try --model demo, a local Hugging Face folder, a .gguf file or a cached hub id. "
-                         "Press q to quit.")
+            yield Plain(f"model: {self.source}")
+            yield Plain(self.reason, id="load-error-reason")
+            yield Plain("Try --model demo, a local Hugging Face folder, a .gguf file or a cached hub id. "
+                        "Press q to quit.")
 
     def action_quit_app(self) -> None:
         self.app.exit(return_code=2)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import Static
 
 from mechscope.screens.dialog import Dialog
+from mechscope.tui.widgets.plain import Plain, plain_title
 
 
 class MessageScreen(Dialog[None]):
@@ -30,8 +30,8 @@ class MessageScreen(Dialog[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="-error" if self.error else "") as box:
-            box.border_title = f"{self.title_text} (esc closes)"
-            yield Static(self.text, id="message-text", markup=False)
+            box.border_title = plain_title(f"{self.title_text} (esc closes)")
+            yield Plain(self.text, id="message-text")
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import Button, Label, Static, TextArea
+from textual.widgets import Button, Static, TextArea
 
 from mechscope.screens.dialog import Dialog
+from mechscope.tui.widgets.plain import Plain, PlainLabel, PlainTextArea
 from mechscope.workbench.research import parse_reference_prompts
 
 
@@ -33,11 +34,11 @@ class ReferencePromptsScreen(Dialog[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical() as box:
             box.border_title = "mean-ablation reference prompts"
-            yield Label("one prompt per line; mean ablation replaces a head by its mean over these")
-            yield TextArea("\n".join(self.prompts), id="ref-text")
-            yield Static("", id="ref-error")
+            yield PlainLabel("one prompt per line; mean ablation replaces a head by its mean over these")
+            yield PlainTextArea("\n".join(self.prompts), id="ref-text")
+            yield Plain("", id="ref-error")
             yield Button("save (ctrl+s)", variant="primary", id="ref-save")
-            yield Label("esc cancels", classes="dim")
+            yield PlainLabel("esc cancels", classes="dim")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()

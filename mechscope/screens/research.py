@@ -11,6 +11,7 @@ from mechscope.engine.results import RunResult
 from mechscope.tui.commands import key_of
 from mechscope.tui.token_labels import token_labels
 from mechscope.tui.widgets.pinned import pinned_text
+from mechscope.tui.widgets.plain import plain_title
 from mechscope.tui.widgets.predictions import PredictionsPane
 from mechscope.workbench import exports
 
@@ -50,7 +51,7 @@ class ResearchPart:
             return
         pane.update(pinned_text(result, deltas), layout=False)
         pane.border_title = "predictions"
-        pane.border_subtitle = self.screen.bench.pin_label()
+        pane.border_subtitle = plain_title(self.screen.bench.pin_label())
 
     def repaint_predictions(self) -> None:
         run = self.screen.bench.run

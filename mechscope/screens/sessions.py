@@ -13,12 +13,13 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Label, Static
+from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from mechscope.screens.dialog import Dialog
 from mechscope.sessions import Session, SessionError, SessionSummary, StepResult
 from mechscope.tui.widgets.ordered_input import OrderedInput
+from mechscope.tui.widgets.plain import Plain, PlainLabel, cell, plain_title
 
 STATUS_STYLES = {"ok": "green", "DRIFT": "bold red", "ERROR": "bold magenta"}
 
@@ -42,11 +43,11 @@ class RenameSessionScreen(Dialog[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
-            box.border_title = f"rename {self.old_name}"
-            yield Label("new name (letters, digits, '.', '_', '-')")
+            box.border_title = plain_title(f"rename {self.old_name}")
+            yield PlainLabel("new name (letters, digits, '.', '_', '-')")
             yield OrderedInput(self.old_name, id="rename-input")
-            yield Static("", id="rename-error")
-            yield Label("enter renames, esc cancels", classes="dim")
+            yield Plain("", id="rename-error")
+            yield PlainLabel("enter renames, esc cancels", classes="dim")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         from mechscope.sessions.paths import check_name
@@ -85,8 +86,8 @@ class ConfirmDeleteScreen(Dialog[bool]):
     def compose(self) -> ComposeResult:
         with Vertical() as box:
             box.border_title = "delete session"
-            yield Label(f"Delete {self.summary.name} ({self.summary.n_events} events) for good?")
-            yield Label("y deletes, n keeps", classes="dim")
+            yield PlainLabel(f"Delete {self.summary.name} ({self.summary.n_events} events) for good?")
+            yield PlainLabel("y deletes, n keeps", classes="dim")
 
     def action_answer(self, delete: bool) -> None:
         self.dismiss(delete)
@@ -153,8 +154,8 @@ class SessionsScreen(Screen[str | None]):
         yield DataTable(id="sessions-table", cursor_type="row", zebra_stripes=True)
         with Vertical(id="timeline-box", classes="-hidden"):
             yield DataTable(id="timeline", cursor_type="row")
-            yield Static("", id="step-detail")
-        yield Static("", id="sessions-status")
+            yield Plain("", id="step-detail")
+        yield Plain("", id="sessions-status")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -186,12 +187,12 @@ class SessionsScreen(Screen[str | None]):
         self.summaries = {s.name: s for s in Session.list(self.root)}
         table.clear()
         for summary in self.summaries.values():
-            name = Text(summary.name + (" *" if summary.name == self.current else ""))
+            name = cell(summary.name + (" *" if summary.name == self.current else ""))
             if summary.error:
-                prompt = Text(f"unusable: {summary.error}", style="red")
+                prompt = cell(f"unusable: {summary.error}", style="red")
             else:
                 prompt = Text(repr(summary.last_prompt) if summary.last_prompt else "-")
-            table.add_row(name, summary.model, summary.created[:16].replace("T", " "),
+            table.add_row(name, cell(summary.model), cell(summary.created[:16].replace("T", " ")),
                           str(summary.n_events), prompt, key=summary.name)
         if keep in self.summaries:
             table.move_cursor(row=table.get_row_index(keep))
@@ -328,9 +329,9 @@ class SessionsScreen(Screen[str | None]):
         timeline = self.query_one("#timeline", DataTable)
         style = STATUS_STYLES.get(step.status, "")
         drift = "" if step.matches else style
-        timeline.add_row(str(step.seq), step.kind, Text(step.status, style=style),
-                         Text(_clip(step.recorded_short)),
-                         Text(_clip(step.recomputed_short), style=drift),
+        timeline.add_row(str(step.seq), cell(step.kind), cell(step.status, style=style),
+                         cell(_clip(step.recorded_short)),
+                         cell(_clip(step.recomputed_short), style=drift),
                          key=str(step.seq))
         self.set_status(f"replaying {message.session}: step {len(self.steps)}/{message.total}")
 

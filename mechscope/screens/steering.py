@@ -9,11 +9,12 @@ from pathlib import Path
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Input, Label, Static, TextArea
+from textual.widgets import Input, Static, TextArea
 
 from mechscope.screens.dialog import Dialog
 from mechscope.screens.field_errors import FieldError, show_problems
 from mechscope.tui.widgets.ordered_input import OrderedInput
+from mechscope.tui.widgets.plain import Plain, PlainLabel, PlainTextArea
 from mechscope.workbench.numbers import number_problem
 
 VECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -62,7 +63,7 @@ class SteeringScreen(Dialog[SteeringRequest | None]):
     SteeringScreen > Vertical { width: 76; max-width: 100%; height: auto; max-height: 100%;
                                 border: round $accent; background: $surface; padding: 0 1; }
     SteeringScreen Horizontal { height: 1; }
-    SteeringScreen Label { width: 12; color: $text-muted; }
+    SteeringScreen PlainLabel { width: 12; color: $text-muted; }
     SteeringScreen Input { width: 1fr; }
     SteeringScreen TextArea { height: 3; background: $boost; }
     SteeringScreen .prompts-label { width: 100%; }
@@ -85,7 +86,7 @@ class SteeringScreen(Dialog[SteeringRequest | None]):
 
     def field(self, name: str, label: str) -> ComposeResult:
         with Horizontal():
-            yield Label(label)
+            yield PlainLabel(label)
             yield OrderedInput(self.initial[name], id=f"steer-{name}", compact=True)
         yield FieldError(name)
 
@@ -102,14 +103,14 @@ class SteeringScreen(Dialog[SteeringRequest | None]):
             yield from self.field("coeff", "coefficient")
             yield from self.field("positions", "positions")
             if self.mode == "build":
-                yield Label("positive prompts, one per line", classes="prompts-label")
-                yield TextArea(self.initial["positive"], id="steer-positive", soft_wrap=True, compact=True)
-                yield Label("negative prompts, one per line", classes="prompts-label")
-                yield TextArea(self.initial["negative"], id="steer-negative", soft_wrap=True, compact=True)
-            yield Static("", id="steer-error")
+                yield PlainLabel("positive prompts, one per line", classes="prompts-label")
+                yield PlainTextArea(self.initial["positive"], id="steer-positive", soft_wrap=True, compact=True)
+                yield PlainLabel("negative prompts, one per line", classes="prompts-label")
+                yield PlainTextArea(self.initial["negative"], id="steer-negative", soft_wrap=True, compact=True)
+            yield Plain("", id="steer-error")
             hint = "builds" if self.mode == "build" else "loads"
-            yield Static(f"enter in a field or ctrl+s {hint} and steers; tab moves; esc cancels",
-                         classes="dim")
+            yield Plain(f"enter in a field or ctrl+s {hint} and steers; tab moves; esc cancels",
+                        classes="dim")
 
     def text(self, name: str) -> str:
         if name in ("positive", "negative"):

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Checkbox, Label, Select
+from textual.widgets import Button, Checkbox, Select
 
 from mechscope.engine.results import DIRECTIONS, HEAD_INPUTS, SWEEP_KINDS
 from mechscope.screens.dialog import Dialog
+from mechscope.tui.widgets.plain import PlainLabel
 from mechscope.workbench.research import HEAD_INPUT_NAMES, SWEEP_NAMES
 
 
@@ -30,7 +31,7 @@ class SweepOptionsScreen(Dialog[SweepChoice | None]):
     SweepOptionsScreen > Vertical { width: 64; max-width: 100%; height: auto; border: round $accent;
                                     background: $surface; padding: 0 1; }
     SweepOptionsScreen Horizontal { height: auto; }
-    SweepOptionsScreen Label { width: 11; padding: 1 0 0 0; }
+    SweepOptionsScreen PlainLabel { width: 11; padding: 1 0 0 0; }
     SweepOptionsScreen Select { width: 1fr; }
     """
 
@@ -46,15 +47,15 @@ class SweepOptionsScreen(Dialog[SweepChoice | None]):
         with Vertical() as box:
             box.border_title = "sweep"
             with Horizontal():
-                yield Label("over")
+                yield PlainLabel("over")
                 yield Select([(SWEEP_NAMES[k], k) for k in SWEEP_KINDS], value=self.initial.kind,
                              allow_blank=False, id="sweep-kind")
             with Horizontal():
-                yield Label("component")
+                yield PlainLabel("component")
                 yield Select([(f"each head's {HEAD_INPUT_NAMES[k]}" + (" (k/v: shared KV head)" if k in "kv" else ""),
                                k) for k in HEAD_INPUTS], value="output", allow_blank=False, id="sweep-head-input")
             with Horizontal():
-                yield Label("direction")
+                yield PlainLabel("direction")
                 yield Select([("noising: patch corrupted into clean", "noising"),
                               ("denoising: patch clean into corrupted", "denoising")],
                              value=self.initial.direction, allow_blank=False, id="sweep-direction")
@@ -62,7 +63,7 @@ class SweepOptionsScreen(Dialog[SweepChoice | None]):
                            self.initial.on_top and self.n_interventions > 0, id="sweep-on-top",
                            disabled=self.n_interventions == 0)
             yield Button("run (ctrl+s)", variant="primary", id="sweep-run")
-            yield Label("esc cancels", classes="dim")
+            yield PlainLabel("esc cancels", classes="dim")
 
     def on_mount(self) -> None:
         self.query_one("#sweep-kind", Select).focus()

@@ -7,6 +7,8 @@ from textual.app import ComposeResult
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from mechscope.tui.widgets.plain import Plain
+
 MIN_WIDTH, MIN_HEIGHT = 80, 24
 
 
@@ -28,7 +30,7 @@ class TooSmallScreen(ModalScreen[None]):
         self.shown_size = (width, height)
 
     def compose(self) -> ComposeResult:
-        yield Static(self.message(*self.shown_size), id="too-small")
+        yield Plain(self.message(*self.shown_size), id="too-small")
 
     @staticmethod
     def message(width: int, height: int) -> str:

@@ -54,6 +54,7 @@ from mechscope.tui.widgets.features_view import FeaturesView
 from mechscope.tui.widgets.head_grid import HeadGrid
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.interventions import InterventionList
+from mechscope.tui.widgets.plain import Plain, plain_title
 from mechscope.tui.widgets.predictions import PredictionsPane
 from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.tui.widgets.prompt_pane import PromptPane
@@ -210,8 +211,8 @@ class WorkbenchScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="title-bar"):
-            yield Static(f"mechscope · loading {self.source}…", id="title-model")
-            yield Static("", id="title-session")
+            yield Plain(f"mechscope · loading {self.source}…", id="title-model")
+            yield Plain("", id="title-session")
         yield PromptPane(self.bench.inputs, id="prompt-pane")
         with Horizontal(id="body"):
             yield HeadGrid(id="grid")
@@ -236,7 +237,7 @@ class WorkbenchScreen(Screen[None]):
                         yield FeaturesView()
                         yield FeatureAttributionView()
         with Vertical(id="bottom-bar"):
-            yield Static("", id="status-bar")
+            yield Plain("", id="status-bar")
             yield Footer(id="workbench-footer", show_command_palette=False)
 
     def on_mount(self) -> None:
@@ -464,7 +465,7 @@ class WorkbenchScreen(Screen[None]):
     def mark_panes_stale(self, why: str | None) -> None:
         """The grid and the views still show the last good run: say so over them (None: current again)."""
         self.tabs.set_class(why is not None, "-stale")
-        self.tabs.border_title = f"stale: {why}" if why else ""
+        self.tabs.border_title = plain_title(f"stale: {why}" if why else "")
         self.grid.set_class(why is not None, "-stale")
 
     def show_view(self, tab: str) -> None:

@@ -12,6 +12,7 @@ from textual import events, work
 from textual._dispatch_key import dispatch_key
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.markup import escape
 from textual.screen import Screen
 
 from mechscope.engine.errors import MechscopeError
@@ -239,7 +240,8 @@ class MechscopeApp(AttachedMixin, App[int]):
             if command.action in ("help", "quit"):
                 continue
             title = f"{command.title} ({key_label(command.keys)})" if command.keys else command.title
-            yield SystemCommand(title, command.help,
+            # the palette reads help as markup: `vector [d_model]` would lose its bracket
+            yield SystemCommand(title, escape(command.help),
                                 lambda action=command.action: self.workbench.run_command(action))
         yield SystemCommand("Keys (?)", "show every key", self.workbench.help)
 

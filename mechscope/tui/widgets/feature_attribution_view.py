@@ -12,6 +12,7 @@ from textual.widgets import Static
 
 from mechscope.engine.interventions import METRIC_TITLES, Metric
 from mechscope.engine.results import FeatureAttribution
+from mechscope.tui.widgets.plain import Plain
 from mechscope.tui.widgets.prompt_pane import show_token
 
 
@@ -92,7 +93,7 @@ class FeatureAttributionView(VerticalScroll):
     """
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="feature-attribution-table")
+        yield Plain("", id="feature-attribution-table")
 
     @property
     def text(self) -> str:

@@ -14,6 +14,7 @@ from mechscope.engine.interventions import sae_label
 from mechscope.engine.results import FeatureActivations, FeatureCardResult
 from mechscope.tui.commands import key_of, palette_title
 from mechscope.tui.widgets.heatmap import Heatmap
+from mechscope.tui.widgets.plain import Plain
 from mechscope.tui.widgets.prompt_pane import show_token
 from mechscope.workbench.features import fired_at
 
@@ -127,8 +128,8 @@ class FeaturesView(Vertical):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="features-top"):
-            yield Static(self.empty_text(), id="features-summary")
-            yield Static("", id="features-card")
+            yield Plain(self.empty_text(), id="features-summary")
+            yield Plain("", id="features-card")
         yield Heatmap(cell_width=3, diverging=False, id="features-strip")
 
     @staticmethod

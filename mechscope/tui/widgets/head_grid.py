@@ -9,6 +9,7 @@ from textual.binding import Binding
 from textual.geometry import Size
 
 from mechscope.tui.widgets.heatmap import Heatmap, legend_markup
+from mechscope.tui.widgets.plain import plain_title
 from mechscope.workbench.sets import EXACT_MARK
 
 WIDE = 110  # the app's wide breakpoint (columns)
@@ -101,7 +102,7 @@ class HeadGrid(Heatmap, can_focus=True):
             swatches = 5 if self.n_heads >= 7 else 2  # a narrow grid has room for a short legend only
             self.border_subtitle = legend_markup(float(finite.min()), float(finite.max()), diverging, swatches)
         else:
-            self.border_subtitle = empty_note
+            self.border_subtitle = plain_title(empty_note)
         self.metric_title = title
         self.show_cursor_value()
 
@@ -120,7 +121,7 @@ class HeadGrid(Heatmap, can_focus=True):
         room = self.outer_size.width - 6  # the border's corners, a line and a blank either side of the title
         if room > 0 and len(title) > room and self.metric_title in SHORT_TITLES:
             title = f"{SHORT_TITLES[self.metric_title]} ·{shown}" if shown else SHORT_TITLES[self.metric_title]
-        self.border_title = title
+        self.border_title = plain_title(title)
 
     def on_resize(self) -> None:
         self.show_cursor_value()

@@ -8,13 +8,14 @@ from textual.message import Message
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
+from mechscope.tui.widgets.plain import visible
 from mechscope.workbench.stack import Entry
 
 
 def entry_line(entry: Entry, label: str) -> Text:
     box = "[x]" if entry.intervention.enabled else "[ ]"
     line = Text(f"{box} ", style="bold" if entry.intervention.enabled else "dim")
-    line.append(label, style="" if entry.intervention.enabled else "dim strike")
+    line.append(visible(label, lines=False), style="" if entry.intervention.enabled else "dim strike")
     return line
 
 

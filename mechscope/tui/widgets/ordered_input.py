@@ -3,18 +3,27 @@
 Textual's Input inserts a printable key as soon as the key reaches it, but a key bound to an action
 (backspace, left, end, ...) first bubbles up to the App, which then runs the binding: in a burst, the
 printable keys typed after it are inserted before it runs (`backspace 1 0` on "auto" gave "auto1").
-Running the field's own bindings as the key reaches it keeps every key in order.
+Running the field's own bindings as the key reaches it keeps every key in order. Every field of the
+TUI is one, and shows control characters in its value (from a file or a session) as control pictures.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from textual import events
 from textual.actions import parse
 from textual.widgets import Input
 
+from mechscope.tui.widgets.plain import ControlPictures
+
 
 class OrderedInput(Input):
     """An Input that runs its own key bindings at once instead of after the key has bubbled."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("highlighter", ControlPictures())
+        super().__init__(*args, **kwargs)
 
     async def _on_key(self, event: events.Key) -> None:
         for key in event.aliases:

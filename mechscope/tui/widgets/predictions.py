@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 import numpy as np
 from rich.text import Text
-from textual.widgets import Static
 
 from mechscope.engine.results import RunResult, normalised_effect
+from mechscope.tui.widgets.plain import Plain, plain_title
 from mechscope.tui.widgets.prompt_pane import show_token
 
 METRIC_LABELS = {"logit_diff": "logit diff", "prob": "p(target)", "loss": "loss", "kl": "KL(clean‖run)"}
@@ -56,7 +56,7 @@ def predictions_text(result: RunResult, intervened: bool, labels: Mapping[int, s
     return text
 
 
-class PredictionsPane(Static):
+class PredictionsPane(Plain):
     """Shows the latest RunResult; the app calls `show` from its RunFinished handler."""
 
     DEFAULT_CSS = """
@@ -73,4 +73,4 @@ class PredictionsPane(Static):
 
     def mark_stale(self, why: str) -> None:
         """The numbers shown are not for the current inputs (a failed run, an empty prompt)."""
-        self.border_title = f"predictions ({why})"
+        self.border_title = plain_title(f"predictions ({why})")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Input, Label, Select, Static
+from textual.widgets import Input, Select, Static
 
 from mechscope.engine.interventions import METRIC_KINDS, METRIC_TITLES
+from mechscope.tui.widgets.plain import Plain, PlainLabel
 from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.workbench.controller import Inputs
 
@@ -41,8 +42,8 @@ class PromptPane(Vertical):
     DEFAULT_CSS = """
     PromptPane { height: auto; padding: 0 1; }
     PromptPane Horizontal { height: 1; }
-    PromptPane Label { width: 8; color: $text-muted; }
-    PromptPane Label.-inline { width: auto; padding: 0 1; }
+    PromptPane PlainLabel { width: 8; color: $text-muted; }
+    PromptPane PlainLabel.-inline { width: auto; padding: 0 1; }
     PromptPane Input { width: 1fr; }
     PromptPane #target, PromptPane #foil { width: 14; }
     PromptPane Select { width: 18; }
@@ -60,23 +61,23 @@ class PromptPane(Vertical):
     def compose(self) -> ComposeResult:
         values = self.initial
         with Horizontal():
-            yield Label("clean")
+            yield PlainLabel("clean")
             yield PromptInput(values.clean, placeholder="the prompt to study", id="clean", compact=True,
                         select_on_focus=False)
         with Horizontal():
-            yield Label("corrupt")
+            yield PlainLabel("corrupt")
             yield PromptInput(values.corrupted, placeholder="optional: the same prompt with the key fact changed",
                         id="corrupted", compact=True, select_on_focus=False)
         with Horizontal():
-            yield Label("target")
+            yield PlainLabel("target")
             yield PromptInput(values.target, id="target", compact=True, select_on_focus=False)
-            yield Label("foil", classes="-inline")
+            yield PlainLabel("foil", classes="-inline")
             yield PromptInput(values.foil, id="foil", compact=True, select_on_focus=False)
-            yield Label("metric", classes="-inline")
+            yield PlainLabel("metric", classes="-inline")
             yield Select(METRIC_CHOICES, value=values.metric_kind, allow_blank=False, compact=True,
                          id="metric-kind")
-        yield Static("", id="tokens")
-        yield Static("", id="prompt-notes", classes="-hidden")
+        yield Plain("", id="tokens")
+        yield Plain("", id="prompt-notes", classes="-hidden")
 
     def values(self) -> PromptValues:
         kind = self.query_one("#metric-kind", Select).value

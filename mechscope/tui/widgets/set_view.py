@@ -17,6 +17,7 @@ from textual.widgets import DataTable, Static
 
 from mechscope.engine.interventions import METRIC_TITLES
 from mechscope.tui.commands import key_of, palette_title
+from mechscope.tui.widgets.plain import Plain, cell
 from mechscope.workbench.research import sweep_runs
 from mechscope.workbench.sets import EXACT_MARK, PromptSets
 
@@ -235,10 +236,9 @@ class SetRowTable(DataTable):
             self.shown_key = key
             self.clear()
             for index, cells in row_cells(sets):
-                shown = [f"{c:+.3f}" if isinstance(c, float) else str(c) for c in cells]
-                if cells[4] == "!":
-                    shown = [Text(c, style="bold yellow") for c in shown]  # type: ignore[misc]
-                self.add_row(*shown, key=str(index))
+                style = "bold yellow" if cells[4] == "!" else ""
+                self.add_row(*(cell(f"{c:+.3f}" if isinstance(c, float) else c, style) for c in cells),
+                             key=str(index))
             self.apply_sort()
         if sets.pset is not None and self.row_count:
             row = self.get_row_index(str(sets.row))
@@ -287,10 +287,10 @@ class SetView(VerticalScroll):
     """
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="set-numbers")
+        yield Plain("", id="set-numbers")
         yield SetRowTable()
-        yield Static("", id="set-results")
-        yield Static("", id="set-massive")
+        yield Plain("", id="set-results")
+        yield Plain("", id="set-massive")
 
     def show_numbers(self, sets: PromptSets) -> None:
         """Scroll the set numbers (below the set's name and failing rows) to the top, the table under them."""

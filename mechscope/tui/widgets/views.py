@@ -19,6 +19,7 @@ from mechscope.engine.results import (
 )
 from mechscope.tui.commands import key_of
 from mechscope.tui.widgets.heatmap import Heatmap
+from mechscope.tui.widgets.plain import Plain, cell
 from mechscope.tui.widgets.prompt_pane import show_token
 
 SWEEP_TITLES = {"head": "head patching", "resid": "residual patching", "atp": "attribution patching",
@@ -88,8 +89,8 @@ class AttentionView(Vertical):
         self.caption_text = ""
 
     def compose(self) -> ComposeResult:
-        yield Static("move the grid cursor to a head", id="attention-caption")
-        yield Static("", id="attention-roles")
+        yield Plain("move the grid cursor to a head", id="attention-caption")
+        yield Plain("", id="attention-roles")
         yield AttentionMap(cell_width=2, diverging=False, id="attention-map")
 
     def show_roles(self, table: str | None) -> None:
@@ -161,7 +162,7 @@ class LensView(Vertical):
     """
 
     def compose(self) -> ComposeResult:
-        yield Static("logit lens: waiting for a run", id="lens-caption")
+        yield Plain("logit lens: waiting for a run", id="lens-caption")
         table: DataTable = DataTable(id="lens-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("layer", "target rank", "p(target)", "top tokens")
         yield table
@@ -180,7 +181,7 @@ class LensView(Vertical):
             tops = " ".join(f"{show_token(tok)[:8]}:{p:.2f}" for tok, p in
                             zip(lens.top_tokens[layer], lens.top_probs[layer], strict=False))
             label = f"L{layer}" + (" ◀" if layer == critical else "")
-            table.add_row(label, rank, prob, tops, key=str(layer))
+            table.add_row(label, rank, prob, cell(tops), key=str(layer))
         if table.row_count:  # open on what matters: the critical layer, else the last layers
             table.move_cursor(row=critical if critical is not None else table.row_count - 1, animate=False)
         where = f"critical layer L{critical}" if critical is not None else "target never stays top-1"
@@ -208,8 +209,8 @@ class SweepView(Vertical):
 
     def compose(self) -> ComposeResult:
         head, atp, resid = (key_of(f"sweep('{kind}')") for kind in ("head", "atp", "resid"))
-        yield Static(f"no sweep yet: {head} runs head patching, {atp} AtP, {resid} residual patching, "
-                     f"{key_of('sweep_options')} chooses", id="sweep-summary")
+        yield Plain(f"no sweep yet: {head} runs head patching, {atp} AtP, {resid} residual patching, "
+                    f"{key_of('sweep_options')} chooses", id="sweep-summary")
         yield Heatmap(cell_width=3, diverging=True, id="sweep-map")
 
     def show(self, result: SweepResult, running: bool, header: str = "", note: str = "",
@@ -289,9 +290,9 @@ class GenerationView(Horizontal):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="gen-baseline-box"):
-            yield Static("g generates from the clean prompt", id="gen-baseline")
+            yield Plain("g generates from the clean prompt", id="gen-baseline")
         with VerticalScroll(id="gen-intervened-box"):
-            yield Static("", id="gen-intervened")
+            yield Plain("", id="gen-intervened")
 
     def on_mount(self) -> None:
         self.query_one("#gen-baseline-box").border_title = "baseline"
@@ -359,7 +360,7 @@ def stats_text(stats: ActivationStats | None) -> Text:
 
 class StatsView(VerticalScroll):
     def compose(self) -> ComposeResult:
-        yield Static(stats_text(None), id="stats-text")
+        yield Plain(stats_text(None), id="stats-text")
 
     def show(self, stats: ActivationStats | None) -> None:
         self.query_one("#stats-text", Static).update(stats_text(stats))
