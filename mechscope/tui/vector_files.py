@@ -2,33 +2,42 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
+
+# The widest residual streams are 16k; a file naming more values than this is not a vector, and is
+# refused from its header before anything is read (a model's weights picked by mistake).
+MAX_VECTOR_VALUES = 1 << 20
 
 
 def read_vector_file(path: str | Path, name: str | None = None) -> np.ndarray:
     """The 1-D float32 vector stored in `path`; ValueError with one line for the user otherwise.
 
     A .safetensors file may hold several tensors: the one called `name` is taken, or the only one.
-    A [1, d_model] array is accepted as a vector.
+    A [1, d_model] array is accepted as a vector. Only the chosen tensor is read, after its shape.
     """
     file = Path(path).expanduser()
     suffix = file.suffix.lower()
     try:
         if suffix == ".npy":
-            array = np.load(file, allow_pickle=False)
+            array = _checked(file, np.load(file, mmap_mode="r", allow_pickle=False))
         elif suffix == ".safetensors":
-            from safetensors.numpy import load_file
+            from safetensors import safe_open
 
-            tensors = load_file(str(file))
-            if name is not None and name in tensors:
-                array = tensors[name]
-            elif len(tensors) == 1:
-                array = next(iter(tensors.values()))
-            else:
-                names = ", ".join(sorted(tensors)) or "none"
-                raise ValueError(f"{file.name} holds several tensors ({names}); name the vector after one")
+            with safe_open(str(file), framework="numpy") as tensors:
+                names = list(tensors.keys())
+                if name is not None and name in names:
+                    chosen = name
+                elif len(names) == 1:
+                    chosen = names[0]
+                else:
+                    listed = ", ".join(sorted(names)[:8]) + (", …" if len(names) > 8 else "") if names else "none"
+                    raise ValueError(f"{file.name} holds {len(names)} tensors ({listed}); "
+                                     "name the vector after one")
+                _check_shape(file, tensors.get_slice(chosen).get_shape())
+                array = tensors.get_tensor(chosen)
         else:
             raise ValueError(f"{file.name} is not a .safetensors or .npy file")
     except FileNotFoundError:
@@ -44,8 +53,20 @@ def read_vector_file(path: str | Path, name: str | None = None) -> np.ndarray:
     array = np.asarray(array)
     if array.dtype.kind not in "fiu":
         raise ValueError(f"{file.name} holds {array.dtype} values, not numbers")
-    if array.ndim == 2 and 1 in array.shape:
-        array = array.reshape(-1)
-    if array.ndim != 1:
-        raise ValueError(f"{file.name} holds an array of shape {list(array.shape)}, not a vector")
-    return array.astype(np.float32)
+    return array.reshape(-1).astype(np.float32)
+
+
+def _check_shape(file: Path, shape: list[int] | tuple[int, ...]) -> None:
+    """A vector is [d] or [1, d] (or [d, 1]) with at most MAX_VECTOR_VALUES values."""
+    shape = list(shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and 1 in shape)):
+        raise ValueError(f"{file.name} holds an array of shape {shape}, not a vector")
+    if math.prod(shape) > MAX_VECTOR_VALUES:
+        raise ValueError(f"{file.name} holds {math.prod(shape)} values; a steering vector has at most "
+                         f"{MAX_VECTOR_VALUES}")
+
+
+def _checked(file: Path, mapped: np.ndarray) -> np.ndarray:
+    """The memory-mapped .npy array read into memory once its shape is known to be a vector's."""
+    _check_shape(file, mapped.shape)
+    return np.array(mapped)

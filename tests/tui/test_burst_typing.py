@@ -76,6 +76,22 @@ async def test_an_entered_prompt_field_takes_a_burst_in_order_and_an_unentered_o
         assert field.value == "When Ma1x0"
 
 
+async def test_a_paste_into_the_entered_prompt_keeps_every_line() -> None:
+    """Input keeps only the first line of a paste: a chat-formatted prompt was cut short without a word."""
+    app = OneField(lambda: PromptInput("", select_on_focus=False))
+    async with app.run_test() as pilot:
+        field = app.field
+        field.focus()
+        field.post_message(events.Paste("<|user|>\r\nWhen Mary"))
+        await pilot.pause()
+        assert field.value == ""  # not entered: a paste is not typing into it
+        field.arm()
+        field.post_message(events.Paste("<|user|>\r\nWhen Mary and John\n<|assistant|>"))
+        await pilot.pause()
+        assert field.value == "<|user|>\nWhen Mary and John\n<|assistant|>"
+        assert field.render_line(0).text.startswith("<|user|>␊When Mary and John␊<|assistant|>")
+
+
 def test_every_text_field_is_an_ordered_input() -> None:
     """A plain `Input(...)` anywhere in the package would bring the out-of-order burst back."""
     import re

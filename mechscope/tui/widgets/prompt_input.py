@@ -45,8 +45,17 @@ class PromptInput(OrderedInput):
             event.prevent_default()  # skip Input's own handler; the key still bubbles to the hotkeys
 
     def _on_paste(self, event: events.Paste) -> None:
-        if not self.armed:
-            event.prevent_default()
+        """Paste all of the text: Input keeps only its first line, which cut a chat-formatted prompt
+        short without a word. Newlines stay in the prompt the model reads (the field shows ␊)."""
+        event.prevent_default()
+        if not self.armed or not event.text:
+            return
+        event.stop()
+        text = event.text.replace("\r\n", "\n").replace("\r", "\n")
+        if self.selection.is_empty:
+            self.insert_text_at_cursor(text)
+        else:
+            self.replace(text, *self.selection)
 
     async def _on_mouse_down(self, event: events.MouseDown) -> None:
         self.arm()  # a click into the field is a deliberate entry
