@@ -24,7 +24,7 @@ from mechscope.engine.interventions import SetMetricKind
 from mechscope.engine.layer_replay import take_rows
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.resident import ResidentModel
-from mechscope.engine.results import ESTIMATE_METHODS, Estimate, EstimateMethod
+from mechscope.engine.results import ESTIMATE_METHODS, MAX_IG_STEPS, Estimate, EstimateMethod
 from mechscope.engine.set_runs import (
     MAX_BATCH_ROWS,
     Batch,
@@ -145,8 +145,8 @@ def eap_ig(engine: ResidentModel, pset: PromptSet, steps: int = 5, kind: SetMetr
            direction: str = "noising", padding: Padding = "left", name: str = "eap-ig") -> Estimate:
     """EAP-IG: (z_source - z_base) . mean_k d metric / d z at the inputs e_base + (k/steps)(e_source - e_base),
     k = 0..steps-1 (token embeddings interpolated; a left Riemann sum, so steps=1 is AtP)."""
-    if not 1 <= steps <= 64:
-        raise ValueError(f"steps must be 1..64, got {steps}")
+    if not 1 <= steps <= MAX_IG_STEPS:
+        raise ValueError(f"steps must be 1..{MAX_IG_STEPS}, got {steps}")
     started = time.perf_counter()
     a = engine.adapter
     with engine.guard():

@@ -215,6 +215,7 @@ HeadInputKind = Literal["output", "q", "k", "v"]  # what a head cell of a sweep 
 HEAD_INPUTS: tuple[HeadInputKind, ...] = get_args(HeadInputKind)
 EstimateMethod = Literal["atp", "atp*", "graddrop", "eap-ig"]
 ESTIMATE_METHODS: tuple[EstimateMethod, ...] = get_args(EstimateMethod)
+MAX_IG_STEPS = 64  # EAP-IG's interpolation steps: each is a forward and backward over the set
 
 
 def check_direction(direction: str) -> None:

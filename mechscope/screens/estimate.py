@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mechscope.engine.results import ESTIMATE_METHODS
 from mechscope.screens.ask_value import AskValueScreen
+from mechscope.workbench.set_texts import estimate_text_problem
 
 ESTIMATE_HELP = (f"method ({', '.join(ESTIMATE_METHODS)}), then optional steps N (eap-ig) and verify K or "
                  "auto: exact patching of the estimate's top K heads (auto: the heads its uncertainty "
@@ -11,9 +12,9 @@ ESTIMATE_HELP = (f"method ({', '.join(ESTIMATE_METHODS)}), then optional steps N
 
 
 class EstimateScreen(AskValueScreen):
-    """Returns the typed text, e.g. "eap-ig steps 5 verify 10"; `sets.estimate_text` reads it."""
+    """Returns the typed text, e.g. "eap-ig steps 5 verify 10", once `set_texts` reads it as an
+    estimate (the dialog stays open on a wrong one); `sets.estimate_text` reads it."""
 
     def __init__(self, initial: str = "atp verify auto") -> None:
         super().__init__("attribution estimate over the set", ESTIMATE_HELP, initial,
-                         validate=lambda text: None if text.split() and text.split()[0].lower()
-                         in ESTIMATE_METHODS else f"the method is one of {', '.join(ESTIMATE_METHODS)}")
+                         validate=estimate_text_problem)

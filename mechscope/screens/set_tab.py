@@ -13,6 +13,7 @@ from mechscope.tui.commands import key_of, palette_title
 from mechscope.tui.widgets.set_view import SetRowTable, SetView, sweep_progress
 from mechscope.workbench.set_circuits import FV_GRID
 from mechscope.workbench.set_rows import problems_note
+from mechscope.workbench.set_texts import function_vector_text_problem
 from mechscope.workbench.sets import ESTIMATE_GRID, SET_SWEEP_GRID
 
 if TYPE_CHECKING:
@@ -249,7 +250,8 @@ class SetTab:
 
         screen.app.push_screen(AskValueScreen(
             "function vector", "the layer to add it at (zero-shot prompts), then optionally the number of "
-            "top heads and a coefficient: 12 · 12 10 3", f"{n_layers * 2 // 5} 10 1"), done)
+            "top heads and a coefficient: 12 · 12 10 3", f"{n_layers * 2 // 5} 10 1",
+            lambda text: function_vector_text_problem(text, n_layers)), done)
 
     def role_heads(self) -> None:
         if self.screen.loaded():

@@ -16,12 +16,12 @@ from mechscope.requests.kinds import (
     RoleHeadsRequest,
     SetAttentionRequest,
 )
+from mechscope.workbench.set_texts import DEFAULT_TOP_HEADS, parse_function_vector_text
 
 if TYPE_CHECKING:
     from mechscope.workbench.sets import PromptSets
 
 FV_GRID = "function vector AIE"
-DEFAULT_TOP_HEADS = 10
 
 
 class SetCircuits:
@@ -61,25 +61,14 @@ class SetCircuits:
     # -- commands -------------------------------------------------------------------------------
 
     def function_vector_text(self, text: str, n_layers: int) -> FunctionVectorRequest | None:
-        """What the dialog typed: "LAYER [TOP_HEADS [COEFF]]" (e.g. "12", "12 10 3")."""
-        words = text.replace("L", " ").replace("l", " ").split()
+        """What the dialog typed (`set_texts.parse_function_vector_text`): "LAYER [TOP_HEADS [COEFF]]"
+        (e.g. "12", "12 10 3")."""
         try:
-            layer = int(words[0])
-            top = int(words[1]) if len(words) > 1 else DEFAULT_TOP_HEADS
-            coeff = float(words[2]) if len(words) > 2 else 1.0
-        except (ValueError, IndexError):
-            self.sets.error = f"{text!r}: type a layer, then optionally top heads and a coefficient (12 10 3)"
+            parsed = parse_function_vector_text(text, n_layers)
+        except ValueError as exc:
+            self.sets.error = str(exc)
             return None
-        if len(words) > 3:
-            self.sets.error = f"{text!r}: at most a layer, top heads and a coefficient"
-            return None
-        if not 0 <= layer < n_layers:
-            self.sets.error = f"layer {layer} is out of range 0..{n_layers - 1}"
-            return None
-        if top < 1:
-            self.sets.error = f"top heads must be at least 1, got {top}"
-            return None
-        return self.function_vector_request(layer, top, coeff)
+        return self.function_vector_request(parsed.layer, parsed.top_heads, parsed.coeff)
 
     def function_vector_request(self, layer: int, top_heads: int = DEFAULT_TOP_HEADS,
                                 coeff: float = 1.0) -> FunctionVectorRequest | None:

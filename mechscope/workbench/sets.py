@@ -12,7 +12,6 @@ import numpy as np
 from mechscope.engine.interventions import METRIC_TITLES, SET_METRIC_KINDS
 from mechscope.engine.prompt_sets import (
     DEFAULT_SHOTS,
-    ICL_TASKS,
     TEMPLATES,
     PromptSet,
     PromptSetError,
@@ -42,6 +41,12 @@ from mechscope.workbench.set_rows import (
     with_spacing_fixed,
     without_rows,
 )
+from mechscope.workbench.set_texts import (
+    MAX_VERIFY,
+    parse_estimate_text,
+    parse_set_text,
+    row_count_problem,
+)
 from mechscope.workbench.state import Inputs
 
 if TYPE_CHECKING:
@@ -50,7 +55,6 @@ if TYPE_CHECKING:
 SET_SWEEP_GRID = "set patching"
 ESTIMATE_GRID = "estimate"
 EXACT_MARK = "="  # a verified head: the estimate's value there is the exact patching effect
-MAX_VERIFY = 64
 
 _R = TypeVar("_R", bound=Request)
 
@@ -157,48 +161,35 @@ class PromptSets:
         return self.use(pset)
 
     def open_text(self, text: str) -> Request | None:
-        """What the prompt-set dialog typed: "ioi 20" (a template and a row count, then optionally a
-        seed and, for an in-context task, the shots per prompt: "antonyms 20 0 10") or a file path."""
-        words = text.split()
-        if not words:
-            self.error = f"type a file path or a template ({', '.join(TEMPLATES)}) and a count"
+        """What the prompt-set dialog typed (`set_texts.parse_set_text`): "ioi 20" (a template and a
+        row count, then optionally a seed and, for an in-context task, the shots per prompt:
+        "antonyms 20 0 10") or a file path."""
+        try:
+            parsed = parse_set_text(text)
+        except ValueError as exc:
+            self.error = str(exc)
             return None
-        if words[0] in TEMPLATES and len(words) <= (4 if words[0] in ICL_TASKS else 3):
-            try:
-                numbers = [int(w) for w in words[1:]]
-            except ValueError:
-                self.error = (f"{text!r}: a template takes a row count and a seed (e.g. ioi 20 0; an "
-                              "in-context task then the shots, e.g. antonyms 20 0 10)")
-                return None
-            return self.template(words[0], *numbers) if numbers else self.template(words[0], 20)
-        return self.load(text.strip())
+        if isinstance(parsed, Path):
+            return self.load(str(parsed))
+        return self.template(parsed.template, *parsed.numbers)
 
     def estimate_text(self, text: str) -> EstimateRequest | None:
-        """What the estimate dialog typed: a method, then optional "steps N" and "verify K"."""
-        words = text.lower().split() or ["atp"]
-        options = {"steps": 5, "verify": AUTO_VERIFY}
-        rest = words[1:]
-        if len(rest) % 2 or any(name not in options for name in rest[::2]):
-            self.error = f"{text!r}: a method then steps N / verify K, e.g. eap-ig steps 5 verify 10"
+        """What the estimate dialog typed (`set_texts.parse_estimate_text`): a method, then optional
+        "steps N" and "verify K"."""
+        try:
+            parsed = parse_estimate_text(text)
+        except ValueError as exc:
+            self.error = str(exc)
             return None
-        for name, value in zip(rest[::2], rest[1::2]):
-            if name == "verify" and value == "auto":
-                options[name] = AUTO_VERIFY
-                continue
-            try:
-                options[name] = int(value)
-            except ValueError:
-                self.error = f"{name} must be a whole number, got {value!r}"
-                return None
-        return self.estimate_request(words[0], options["steps"], options["verify"])  # type: ignore[arg-type]
+        return self.estimate_request(parsed.method, parsed.steps, parsed.verify_top_k)
 
     def template(self, template: str, count: int, seed: int = 0,
                  shots: int = DEFAULT_SHOTS) -> TemplateSetRequest | None:
         if template not in TEMPLATES:
             self.error = f"unknown template {template!r} (known: {', '.join(TEMPLATES)})"
             return None
-        if not 1 <= count <= 10_000:
-            self.error = f"a set needs 1 to 10000 rows, got {count}"
+        if problem := row_count_problem(count):
+            self.error = problem
             return None
         return self._issue(TemplateSetRequest(template, count, seed, shots))
 

@@ -114,9 +114,13 @@ async def test_failing_rows_are_named_then_spaced_or_dropped_and_old_errors_go(t
     async with app.run_test(size=(140, 48)) as pilot:
         await settle(pilot)
         sets = app.bench.sets
-        for path in (bad_file, good_file):
-            await pilot.press("L")
-            await fill(app, pilot, str(path))
+        await pilot.press("L")
+        await fill(app, pilot, str(bad_file))  # the dialog stays open, the file's problem under the field
+        assert isinstance(app.screen, PromptSetScreen)
+        assert str(app.screen.query_one("#ask-error").render()).startswith(
+            f"prompt set not loaded: {bad_file}:1: invalid JSON")
+        await fill(app, pilot, str(good_file))
+        assert not isinstance(app.screen, PromptSetScreen)
         assert "prompt set not loaded" not in status_line(app)
         assert "set good: 1 rows" in status_line(app)
 
@@ -140,3 +144,25 @@ async def test_failing_rows_are_named_then_spaced_or_dropped_and_old_errors_go(t
         await pilot.press("O")
         await settle(pilot)
         assert sets.run is not None and sets.run.ok and len(sets.run.result.baseline) == 2
+
+
+async def test_set_and_estimate_dialogs_stay_open_on_what_the_set_commands_refuse():
+    """A count or an estimate the set commands refuse used to close the dialog and land in the status bar."""
+    app = make_app()
+    async with app.run_test(size=(140, 48)) as pilot:
+        await settle(pilot)
+        await pilot.press("L")
+        await fill(app, pilot, "ioi 100000")
+        assert isinstance(app.screen, PromptSetScreen)
+        assert str(app.screen.query_one("#ask-error").render()) == "a set needs 1 to 10000 rows, got 100000"
+        await fill(app, pilot, "ioi 3")
+        assert app.bench.sets.pset is not None and len(app.bench.sets.pset) == 3
+        await pilot.press("Z")
+        for text, problem in (("eap-ig steps 0", "steps must be 1 to 64, got 0"),
+                              ("atp verify 99", "verify must be auto or 0 to 64, got 99")):
+            await fill(app, pilot, text)
+            assert isinstance(app.screen, EstimateScreen)
+            assert str(app.screen.query_one("#ask-error").render()) == problem
+        await fill(app, pilot, "atp verify 2")
+        assert not isinstance(app.screen, EstimateScreen)
+        assert app.bench.sets.estimate is not None and len(app.bench.sets.estimate.result.exact) == 2
