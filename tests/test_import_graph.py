@@ -126,6 +126,8 @@ ENGINE_DATA = (
     "mechscope.engine.backend_info",
     "mechscope.engine.capabilities",
     "mechscope.engine.errors",
+    "mechscope.engine.features",  # the package itself holds only its docstring
+    "mechscope.engine.features.results",
     "mechscope.engine.interventions",
     "mechscope.engine.prompt_sets",
     "mechscope.engine.protocol",

@@ -22,6 +22,11 @@ from mechscope.engine.errors import InterventionError, OutOfMemory
 from mechscope.engine.features import edits as _feature_edits  # noqa: F401 - registers their compile functions
 from mechscope.engine.features.attached import attach, attached_saes
 from mechscope.engine.features.cache import trained_saes
+from mechscope.engine.features.results import (
+    FeatureActivations,
+    FeatureAttribution,
+    FeatureCardResult,
+)
 from mechscope.engine.features.sae import SparseAutoencoder
 from mechscope.engine.generation import generate
 from mechscope.engine.interventions import Intervention, Metric
@@ -31,9 +36,6 @@ from mechscope.engine.placement import placement_summary
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (
     ComputeInfo,
-    FeatureActivations,
-    FeatureAttribution,
-    FeatureCardResult,
     GeneratedToken,
     MetricInfo,
     ModelInfo,

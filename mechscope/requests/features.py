@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from mechscope.engine.results import (
+from mechscope.engine.features.results import (
     MAX_ATTRIBUTED_FEATURES,
     MAX_CARD_ROWS,
     MAX_TOP_FEATURES,

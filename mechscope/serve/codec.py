@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mechscope.engine import results
+from mechscope.engine.features import results as feature_results
 from mechscope.engine.prompt_sets import PromptRow, PromptSet
 from mechscope.requests.kinds import Outcome, Request
 
@@ -43,13 +44,11 @@ for _cls in (results.ModelInfo, results.TokenProb, results.MetricInfo, results.L
              results.Attribution, results.ActivationStats, results.ComputeInfo, results.Prediction,
              results.RunResult, results.SweepResult, results.GeneratedToken, results.SetRunResult,
              results.SetSweepResult, results.Estimate, results.HeadScores, results.MassiveLayer,
-             results.VerifiedEstimate, results.FeatureActivations, results.FeatureAttribution,
-             results.FunctionVectorResult,
-             results.RoleAttention, PromptRow, PromptSet):
+             results.VerifiedEstimate, results.FunctionVectorResult, results.RoleAttention,
+             feature_results.FeatureActivations, feature_results.FeatureAttribution,
+             feature_results.FeatureCardResult, feature_results.SaeQuality, PromptRow, PromptSet):
     register(_cls)
 register(results.PathPatchResult)
-register(results.FeatureCardResult)
-register(results.SaeQuality)
 
 # Plain numeric dtypes only: an object dtype could smuggle code through a later unpickle.
 DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
-from mechscope.engine.results import FeatureAttribution
+from mechscope.engine.features.results import FeatureAttribution
 from mechscope.requests.kinds import FeatureAttributionRequest, Outcome
 from mechscope.workbench.features import Picked
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from mechscope.engine.features.results import FeatureActivations, FeatureCardResult
 from mechscope.engine.interventions import FeatureAblation, FeatureClamp, FeatureSteer, Intervention
-from mechscope.engine.results import FeatureActivations, FeatureCardResult
 from mechscope.requests.kinds import FeatureActivationsRequest, FeatureCardRequest, Outcome
 
 if TYPE_CHECKING:

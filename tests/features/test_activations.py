@@ -13,8 +13,8 @@ import torch
 from mechscope.backends.nnsight_engine import NNsightEngine
 from mechscope.engine.features.formats import save_saelens
 from mechscope.engine.features.quality import QUALITY_FILE, read_quality, save_quality
+from mechscope.engine.features.results import SaeQuality
 from mechscope.engine.features.sae import FeatureError
-from mechscope.engine.results import SaeQuality
 from mechscope.engine.testing import FAMILIES, tiny_engine, tiny_model, tiny_tokenizer
 from mechscope.requests import execute, handler_for
 from mechscope.requests.kinds import FeatureActivationsRequest

@@ -142,8 +142,9 @@ ICL = PromptSet("icl", (
 
 def test_every_wire_type_round_trips_exactly(engine, isolated_mechscope_dirs, tmp_path):
     from mechscope.engine.features.formats import save_saelens
+    from mechscope.engine.features.results import SaeQuality
     from mechscope.engine.prompt_sets import template_set
-    from mechscope.engine.results import SaeQuality, VerifiedEstimate
+    from mechscope.engine.results import VerifiedEstimate
     from tests.features.saes import random_sae
 
     pset = template_set("ioi", engine.tokenizer, 4, 0)

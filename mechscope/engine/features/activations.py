@@ -9,10 +9,10 @@ import torch
 
 from mechscope.engine.features.formats import load_sae
 from mechscope.engine.features.reading import site_values
+from mechscope.engine.features.results import MAX_TOP_FEATURES, FeatureActivations
 from mechscope.engine.features.sae import FeatureError, SparseAutoencoder
 from mechscope.engine.passes import BoundedCache, Passes
 from mechscope.engine.placement import execution_device
-from mechscope.engine.results import MAX_TOP_FEATURES, FeatureActivations
 
 SAE_FILES_CACHED = 4
 

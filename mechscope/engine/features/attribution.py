@@ -23,18 +23,18 @@ import torch
 from mechscope.engine.attention import AttentionControl
 from mechscope.engine.errors import PromptError
 from mechscope.engine.features.reading import SITE_KINDS
+from mechscope.engine.features.results import (
+    MAX_ATTRIBUTED_FEATURES,
+    MAX_VERIFIED_FEATURES,
+    FeatureAttribution,
+)
 from mechscope.engine.features.sae import FeatureError, SparseAutoencoder
 from mechscope.engine.hooks import Hook
 from mechscope.engine.interventions import Metric
 from mechscope.engine.passes import CleanPass, Passes
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.readouts import metric_direction, read_through_final_norm
-from mechscope.engine.results import (
-    MAX_ATTRIBUTED_FEATURES,
-    MAX_VERIFIED_FEATURES,
-    FeatureAttribution,
-    MetricInfo,
-)
+from mechscope.engine.results import MetricInfo
 from mechscope.engine.sites import Site
 from mechscope.engine.sweeps import base_pass, suffix_calls
 

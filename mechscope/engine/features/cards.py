@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from mechscope.engine.features.reading import site_values
+from mechscope.engine.features.results import MAX_CARD_ROWS, FeatureCardResult
 from mechscope.engine.features.sae import FeatureError, SparseAutoencoder
-from mechscope.engine.results import MAX_CARD_ROWS, FeatureCardResult
 
 INDEX_FILE = "index.json"
 MAX_INDEX_BYTES = 1 << 28

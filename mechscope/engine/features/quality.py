@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from mechscope.engine.features.reading import logits_with_site, site_values
+from mechscope.engine.features.results import MASSIVE_NORM, SaeQuality
 from mechscope.engine.features.sae import FeatureError, SparseAutoencoder
-from mechscope.engine.results import MASSIVE_NORM, SaeQuality
 
 QUALITY_FILE = "quality.json"  # `mechscope features eval` writes its figures beside the SAE
 MAX_QUALITY_BYTES = 1 << 16

@@ -10,8 +10,8 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
+from mechscope.engine.features.results import FeatureAttribution
 from mechscope.engine.interventions import METRIC_TITLES, Metric
-from mechscope.engine.results import FeatureAttribution
 from mechscope.tui.widgets.plain import Plain
 from mechscope.tui.widgets.prompt_pane import show_token
 

@@ -10,8 +10,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
+from mechscope.engine.features.results import FeatureActivations, FeatureCardResult
 from mechscope.engine.interventions import sae_label
-from mechscope.engine.results import FeatureActivations, FeatureCardResult
 from mechscope.tui.commands import key_of, palette_title
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.plain import Plain
