@@ -12,6 +12,7 @@ from textual import events, work
 from textual._dispatch_key import dispatch_key
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.command import CommandPalette
 from textual.markup import escape
 from textual.screen import Screen
 
@@ -21,6 +22,7 @@ from mechscope.tui.commands import COMMANDS, key_label
 from mechscope.tui.messages import EngineFailed, EngineLoaded, EngineProgress
 from mechscope.tui.remote import AttachedMixin
 from mechscope.tui.type_ahead import TypeAhead
+from mechscope.tui.widgets.ordered_input import OrderedCommandPalette
 from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.workbench.controller import GenerationSettings, Inputs, Workbench
 from mechscope.workbench.recorder import SessionRecorder
@@ -140,8 +142,9 @@ class MechscopeApp(AttachedMixin, App[int]):
     def action_command_palette(self) -> None:
         from mechscope.screens.too_small import TooSmallScreen
 
-        if not isinstance(self.screen, TooSmallScreen):
-            super().action_command_palette()
+        if not isinstance(self.screen, TooSmallScreen) and self.use_command_palette \
+                and not isinstance(self.screen, CommandPalette):
+            self.push_screen(OrderedCommandPalette(id="--command-palette"))
 
     # ---------------------------------------------------------------- loading
 

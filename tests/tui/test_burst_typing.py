@@ -7,10 +7,11 @@ from collections.abc import Callable
 
 from textual import events
 from textual.app import App, ComposeResult
+from textual.command import CommandInput
 from textual.widgets import Input
 
 from mechscope.screens.ask_value import AskValueScreen
-from mechscope.tui.widgets.ordered_input import OrderedInput
+from mechscope.tui.widgets.ordered_input import OrderedCommandInput, OrderedInput
 from mechscope.tui.widgets.prompt_input import PromptInput
 
 BURST = [("end", None), ("backspace", None), ("backspace", None), ("1", "1"), ("0", "0"),
@@ -90,6 +91,23 @@ async def test_a_paste_into_the_entered_prompt_keeps_every_line() -> None:
         await pilot.pause()
         assert field.value == "<|user|>\nWhen Mary and John\n<|assistant|>"
         assert field.render_line(0).text.startswith("<|user|>␊When Mary and John␊<|assistant|>")
+
+
+async def test_the_command_palettes_search_takes_a_burst_in_order() -> None:
+    """Textual's own palette field ran backspace after the letters typed behind it: `[load ste`."""
+    from tests.tui.helpers import make_app, settle
+
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        field = app.screen.query_one(CommandInput)
+        assert isinstance(field, OrderedCommandInput)
+        send_burst(app, [("x", "x"), ("y", "y"), ("backspace", None), ("backspace", None),
+                         *((c, c) for c in "load"), ("left", None), ("backspace", None), ("o", "o")])
+        await land(pilot, 0.5)
+        assert field.value == "lood"
 
 
 def test_every_text_field_is_an_ordered_input() -> None:

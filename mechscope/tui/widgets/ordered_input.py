@@ -4,7 +4,8 @@ Textual's Input inserts a printable key as soon as the key reaches it, but a key
 (backspace, left, end, ...) first bubbles up to the App, which then runs the binding: in a burst, the
 printable keys typed after it are inserted before it runs (`backspace 1 0` on "auto" gave "auto1").
 Running the field's own bindings as the key reaches it keeps every key in order. Every field of the
-TUI is one, and shows control characters in its value (from a file or a session) as control pictures.
+TUI is one, and shows control characters in its value (from a file or a session) as control pictures;
+the command palette's search field does the same.
 """
 
 from __future__ import annotations
@@ -13,9 +14,25 @@ from typing import Any
 
 from textual import events
 from textual.actions import parse
-from textual.widgets import Input
+from textual.app import ComposeResult
+from textual.command import CommandInput, CommandList, CommandPalette, SearchIcon
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, Input, LoadingIndicator
 
 from mechscope.tui.widgets.plain import ControlPictures
+
+
+async def run_own_binding(field: Input, event: events.Key) -> None:
+    """Run `field`'s own binding for the key now, in its turn, and stop the key; else leave it be."""
+    for key in event.aliases:
+        for binding in field._bindings.key_to_bindings.get(key, ()):
+            _, action, parameters = parse(binding.action)
+            if field.check_action(action, parameters) is False:
+                continue
+            event.stop()
+            event.prevent_default()
+            await field.run_action(binding.action)
+            return
 
 
 class OrderedInput(Input):
@@ -26,13 +43,26 @@ class OrderedInput(Input):
         super().__init__(*args, **kwargs)
 
     async def _on_key(self, event: events.Key) -> None:
-        for key in event.aliases:
-            for binding in self._bindings.key_to_bindings.get(key, ()):
-                _, action, parameters = parse(binding.action)
-                if self.check_action(action, parameters) is False:
-                    continue
-                event.stop()
-                event.prevent_default()
-                await self.run_action(binding.action)
-                return
-        # Anything else goes on to Input's own handler (Textual calls each class's in turn).
+        await run_own_binding(self, event)  # anything else goes on to Input's own handler
+
+
+class OrderedCommandInput(CommandInput):
+    """The command palette's search field, keeping a burst's order as every other field does."""
+
+    async def _on_key(self, event: events.Key) -> None:
+        await run_own_binding(self, event)
+
+
+class OrderedCommandPalette(CommandPalette):
+    """Textual's command palette with `OrderedCommandInput` as its search field (its layout as Textual's)."""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="--container"):
+            with Horizontal(id="--input"):
+                yield SearchIcon()
+                yield OrderedCommandInput(placeholder=self._placeholder, select_on_focus=False)
+                if not self.run_on_select:
+                    yield Button("\u25b6")
+            with Vertical(id="--results"):
+                yield CommandList()
+                yield LoadingIndicator()
