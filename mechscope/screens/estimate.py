@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from mechscope.engine.results import ESTIMATE_METHODS
-from mechscope.screens.ask_value import AskValueScreen
-from mechscope.workbench.set_texts import estimate_text_problem
+from mechscope.screens.ask_value import AskValueScreen, error_of
+from mechscope.workbench.set_texts import parse_estimate_text
 
 ESTIMATE_HELP = (f"method ({', '.join(ESTIMATE_METHODS)}), then optional steps N (eap-ig) and verify K or "
                  "auto: exact patching of the estimate's top K heads (auto: the heads its uncertainty "
@@ -17,4 +17,4 @@ class EstimateScreen(AskValueScreen):
 
     def __init__(self, initial: str = "atp verify auto") -> None:
         super().__init__("attribution estimate over the set", ESTIMATE_HELP, initial,
-                         validate=estimate_text_problem)
+                         validate=lambda text: error_of(parse_estimate_text, text))

@@ -13,7 +13,7 @@ from mechscope.tui.commands import key_of, palette_title
 from mechscope.tui.widgets.set_view import SetRowTable, SetView, sweep_progress
 from mechscope.workbench.set_circuits import FV_GRID
 from mechscope.workbench.set_rows import problems_note
-from mechscope.workbench.set_texts import function_vector_text_problem
+from mechscope.workbench.set_texts import parse_function_vector_text
 from mechscope.workbench.sets import ESTIMATE_GRID, SET_SWEEP_GRID
 
 if TYPE_CHECKING:
@@ -157,18 +157,19 @@ class SetTab:
         from mechscope.screens.prompt_set import PromptSetScreen
 
         screen = self.screen
+        dialog = PromptSetScreen()
 
         def done(text: str | None) -> None:
-            if text is None or not screen.loaded():
+            if text is None or dialog.chosen is None or not screen.loaded():
                 return
-            request = screen.bench.sets.open_text(text)
+            request = screen.bench.sets.open(dialog.chosen)
             self.submit_or_say(request)
             building = request is not None and request.kind == "template_set"  # checked once built
             if screen.bench.sets.error is None and not building:
                 self.say_checks()
             screen.tabs.active = "tab-set"
 
-        screen.app.push_screen(PromptSetScreen(), done)
+        screen.app.push_screen(dialog, done)
 
     def step_row(self, delta: int) -> None:
         sets = self.screen.bench.sets
@@ -233,7 +234,7 @@ class SetTab:
 
     def function_vector(self) -> None:
         """The function vector of the current (in-context) set: asks for the layer it steers at."""
-        from mechscope.screens.ask_value import AskValueScreen
+        from mechscope.screens.ask_value import AskValueScreen, error_of
 
         screen = self.screen
         if not screen.loaded():
@@ -251,7 +252,7 @@ class SetTab:
         screen.app.push_screen(AskValueScreen(
             "function vector", "the layer to add it at (zero-shot prompts), then optionally the number of "
             "top heads and a coefficient: 12 · 12 10 3", f"{n_layers * 2 // 5} 10 1",
-            lambda text: function_vector_text_problem(text, n_layers)), done)
+            lambda text: error_of(parse_function_vector_text, text, n_layers)), done)
 
     def role_heads(self) -> None:
         if self.screen.loaded():

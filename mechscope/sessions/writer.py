@@ -15,6 +15,7 @@ from mechscope.sessions.folders import (
     atomic_write,
     clear_lock_info,
     fsync_dir,
+    lock_holder,
     make_dir,
     write_lock_info,
 )
@@ -101,8 +102,6 @@ class LogWriter:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            from mechscope.sessions.folders import lock_holder
-
             raise SessionError(f"session {self.folder.name!r} is being recorded by "
                                f"{lock_holder(self.folder)}") from None
 

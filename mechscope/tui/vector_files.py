@@ -22,7 +22,9 @@ def read_vector_file(path: str | Path, name: str | None = None) -> np.ndarray:
     suffix = file.suffix.lower()
     try:
         if suffix == ".npy":
-            array = _checked(file, np.load(file, mmap_mode="r", allow_pickle=False))
+            mapped = np.load(file, mmap_mode="r", allow_pickle=False)
+            _check_shape(file, mapped.shape)
+            array = np.array(mapped)  # read once its shape is a vector's
         elif suffix == ".safetensors":
             from safetensors import safe_open
 
@@ -33,7 +35,7 @@ def read_vector_file(path: str | Path, name: str | None = None) -> np.ndarray:
                 elif len(names) == 1:
                     chosen = names[0]
                 else:
-                    listed = ", ".join(sorted(names)[:8]) + (", …" if len(names) > 8 else "") if names else "none"
+                    listed = ", ".join(sorted(names)[:8]) + (", …" if len(names) > 8 else "") or "none"
                     raise ValueError(f"{file.name} holds {len(names)} tensors ({listed}); "
                                      "name the vector after one")
                 _check_shape(file, tensors.get_slice(chosen).get_shape())
@@ -61,12 +63,5 @@ def _check_shape(file: Path, shape: list[int] | tuple[int, ...]) -> None:
     shape = list(shape)
     if not (len(shape) == 1 or (len(shape) == 2 and 1 in shape)):
         raise ValueError(f"{file.name} holds an array of shape {shape}, not a vector")
-    if math.prod(shape) > MAX_VECTOR_VALUES:
-        raise ValueError(f"{file.name} holds {math.prod(shape)} values; a steering vector has at most "
-                         f"{MAX_VECTOR_VALUES}")
-
-
-def _checked(file: Path, mapped: np.ndarray) -> np.ndarray:
-    """The memory-mapped .npy array read into memory once its shape is known to be a vector's."""
-    _check_shape(file, mapped.shape)
-    return np.array(mapped)
+    if (values := math.prod(shape)) > MAX_VECTOR_VALUES:
+        raise ValueError(f"{file.name} holds {values} values; a steering vector has at most {MAX_VECTOR_VALUES}")

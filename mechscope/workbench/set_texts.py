@@ -7,7 +7,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from mechscope.engine.prompt_sets import ICL_TASKS, TEMPLATES, PromptSetError, load_prompt_set
+from mechscope.engine.prompt_sets import (
+    ICL_TASKS,
+    TEMPLATES,
+    PromptSet,
+    PromptSetError,
+    load_prompt_set,
+)
 from mechscope.engine.results import ESTIMATE_METHODS, MAX_IG_STEPS, EstimateMethod
 from mechscope.requests.kinds import AUTO_VERIFY
 
@@ -55,17 +61,19 @@ def parse_set_text(text: str) -> TemplateText | Path:
     return Path(text.strip()).expanduser()
 
 
-def set_text_problem(text: str) -> str | None:
-    """Why the prompt-set dialog's text cannot make a set (a file is read to find out), or None."""
+def read_set_file(path: Path) -> PromptSet:
+    """The set a JSONL or CSV file holds; ValueError says why it cannot be read."""
     try:
-        parsed = parse_set_text(text)
-        if isinstance(parsed, Path):
-            load_prompt_set(parsed)
-    except ValueError as exc:
-        return str(exc)
+        return load_prompt_set(path)
     except (PromptSetError, OSError) as exc:
-        return f"prompt set not loaded: {exc}"
-    return None
+        raise ValueError(f"prompt set not loaded: {exc}") from None
+
+
+def load_set_text(text: str) -> TemplateText | PromptSet:
+    """The template a text names, or the set read from the file it names; ValueError says what is wrong."""
+    parsed = parse_set_text(text)
+    return read_set_file(parsed) if isinstance(parsed, Path) else parsed
+
 
 
 def parse_estimate_text(text: str) -> EstimateText:
@@ -121,19 +129,3 @@ def parse_function_vector_text(text: str, n_layers: int) -> FunctionVectorText:
     return FunctionVectorText(layer, top_heads, coeff)
 
 
-def function_vector_text_problem(text: str, n_layers: int) -> str | None:
-    """Why the function-vector dialog's text is not a layer, top heads and coefficient, or None."""
-    try:
-        parse_function_vector_text(text, n_layers)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def estimate_text_problem(text: str) -> str | None:
-    """Why the estimate dialog's text is not an estimate, or None."""
-    try:
-        parse_estimate_text(text)
-    except ValueError as exc:
-        return str(exc)
-    return None

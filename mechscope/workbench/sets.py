@@ -15,7 +15,6 @@ from mechscope.engine.prompt_sets import (
     TEMPLATES,
     PromptSet,
     PromptSetError,
-    load_prompt_set,
 )
 from mechscope.engine.results import ESTIMATE_METHODS, Direction, EstimateMethod
 from mechscope.requests.kinds import (
@@ -43,8 +42,9 @@ from mechscope.workbench.set_rows import (
 )
 from mechscope.workbench.set_texts import (
     MAX_VERIFY,
+    TemplateText,
     parse_estimate_text,
-    parse_set_text,
+    read_set_file,
     row_count_problem,
 )
 from mechscope.workbench.state import Inputs
@@ -154,24 +154,19 @@ class PromptSets:
     def load(self, path: str) -> RunRequest | None:
         """Read a JSONL or CSV set; its first row becomes the inputs. None (and `error`) on a bad file."""
         try:
-            pset = load_prompt_set(Path(path).expanduser())
-        except (PromptSetError, OSError) as exc:
-            self.error = f"prompt set not loaded: {exc}"
-            return None
-        return self.use(pset)
-
-    def open_text(self, text: str) -> Request | None:
-        """What the prompt-set dialog typed (`set_texts.parse_set_text`): "ioi 20" (a template and a
-        row count, then optionally a seed and, for an in-context task, the shots per prompt:
-        "antonyms 20 0 10") or a file path."""
-        try:
-            parsed = parse_set_text(text)
+            pset = read_set_file(Path(path).expanduser())
         except ValueError as exc:
             self.error = str(exc)
             return None
-        if isinstance(parsed, Path):
-            return self.load(str(parsed))
-        return self.template(parsed.template, *parsed.numbers)
+        return self.use(pset)
+
+    def open(self, chosen: TemplateText | PromptSet) -> Request | None:
+        """What the prompt-set dialog chose (`set_texts.load_set_text`): a template to build ("ioi 20",
+        a row count, then optionally a seed and, for an in-context task, the shots per prompt:
+        "antonyms 20 0 10"), or a set the dialog already read from its file to check it."""
+        if isinstance(chosen, PromptSet):
+            return self.use(chosen)
+        return self.template(chosen.template, *chosen.numbers)
 
     def estimate_text(self, text: str) -> EstimateRequest | None:
         """What the estimate dialog typed (`set_texts.parse_estimate_text`): a method, then optional

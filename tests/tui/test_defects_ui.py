@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 from textual.widgets import Input, TextArea
 
 from mechscope.tui.app import IOI_PAIR
@@ -116,6 +118,17 @@ async def test_a_form_stays_open_on_a_value_the_engine_refuses_with_the_error_be
         assert [e.intervention.label for e in app.bench.stack.entries] == ["zero L0.H1"]
 
 
+@asynccontextmanager
+async def dialog_opened_by(key: str, kind: type):
+    """A workbench on the tiny model with the dialog `key` opens (of type `kind`) on top."""
+    app = make_app(record=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await press_each(pilot, key)
+        assert isinstance(app.screen, kind)
+        yield app, pilot
+
+
 def beside(app, field: str) -> str:
     """The error line under a form's field, '' while it is hidden."""
     error = app.screen.query_one(f"#error-{field}")
@@ -125,11 +138,7 @@ def beside(app, field: str) -> str:
 async def test_generation_settings_show_each_problem_beside_its_field():
     from mechscope.screens.generation_options import GenerationOptionsScreen
 
-    app = make_app(record=False)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await settle(pilot)
-        await press_each(pilot, "G")
-        assert isinstance(app.screen, GenerationOptionsScreen)
+    async with dialog_opened_by("G", GenerationOptionsScreen) as (app, pilot):
         fields = {name: app.screen.query_one(f"#gen-{name}", Input)
                   for name in ("max_new_tokens", "temperature", "seed")}
         fields["max_new_tokens"].value, fields["temperature"].value = "999", "nan"
@@ -156,11 +165,7 @@ async def test_generation_settings_show_each_problem_beside_its_field():
 async def test_the_steering_dialog_shows_a_fields_problem_beside_it_and_the_rest_under_the_form():
     from mechscope.screens.steering import SteeringScreen
 
-    app = make_app(record=False)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await settle(pilot)
-        await press_each(pilot, "v")
-        assert isinstance(app.screen, SteeringScreen)
+    async with dialog_opened_by("v", SteeringScreen) as (app, pilot):
         layer = app.screen.query_one("#steer-layer", Input)
         layer.value = "7"
         await press_each(pilot, "ctrl+s")

@@ -8,16 +8,15 @@ from pathlib import Path
 import pytest
 
 from mechscope.requests.kinds import AUTO_VERIFY
+from mechscope.screens.ask_value import error_of
 from mechscope.workbench.set_texts import (
     EstimateText,
     FunctionVectorText,
     TemplateText,
-    estimate_text_problem,
-    function_vector_text_problem,
+    load_set_text,
     parse_estimate_text,
     parse_function_vector_text,
     parse_set_text,
-    set_text_problem,
 )
 
 
@@ -37,15 +36,15 @@ def test_templates_and_paths_are_told_apart():
     ("/no/such/set.jsonl", "prompt set not loaded: /no/such/set.jsonl: cannot read"),
 ])
 def test_a_set_text_that_makes_no_set_says_why(text, problem):
-    assert (set_text_problem(text) or "").startswith(problem)
+    assert (error_of(load_set_text, text) or "").startswith(problem)
 
 
 def test_a_file_is_read_to_check_it(tmp_path):
     good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
     good.write_text(json.dumps({"clean": "a b", "corrupted": "a c", "target": " b", "foil": " c"}) + "\n")
     bad.write_text(json.dumps({"clean": "a b"}) + "\n{oops\n")
-    assert set_text_problem(str(good)) is None
-    assert set_text_problem(str(bad)) == f"prompt set not loaded: {bad}:2: invalid JSON (Expecting property name enclosed in double quotes)"
+    assert error_of(load_set_text, str(good)) is None
+    assert error_of(load_set_text, str(bad)) == f"prompt set not loaded: {bad}:2: invalid JSON (Expecting property name enclosed in double quotes)"
 
 
 def test_estimate_texts():
@@ -63,7 +62,7 @@ def test_estimate_texts():
     ("atp verify 65", "verify must be auto or 0 to 64, got 65"),
 ])
 def test_an_estimate_text_that_is_no_estimate_says_why(text, problem):
-    assert (estimate_text_problem(text) or "").startswith(problem)
+    assert (error_of(parse_estimate_text, text) or "").startswith(problem)
 
 
 def test_function_vector_texts():
@@ -80,4 +79,4 @@ def test_function_vector_texts():
     ("12 10 3 4", "'12 10 3 4': at most a layer, top heads and a coefficient"),
 ])
 def test_a_function_vector_text_that_is_wrong_says_why(text, problem):
-    assert (function_vector_text_problem(text, 30) or "").startswith(problem)
+    assert (error_of(parse_function_vector_text, text, 30) or "").startswith(problem)

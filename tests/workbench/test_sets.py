@@ -28,6 +28,7 @@ from mechscope.sessions import Session
 from mechscope.sessions.replaying import replay
 from mechscope.workbench.controller import Inputs, Workbench
 from mechscope.workbench.recorder import SessionRecorder
+from mechscope.workbench.set_texts import load_set_text
 from mechscope.workbench.sets import ESTIMATE_GRID, EXACT_MARK, SET_SWEEP_GRID
 from tests.workbench.helpers import IOI, drive, events, recorded_bench, work
 
@@ -208,12 +209,12 @@ def test_replay_notices_a_changed_set_run(engine):
 
 def test_dialog_texts(tmp_path):
     bench = Workbench(IOI)
-    request = bench.sets.open_text("capitals 3 1")
+    request = bench.sets.open(load_set_text("capitals 3 1"))
     assert request == TemplateSetRequest("capitals", 3, 1)
-    assert bench.sets.open_text("ioi") == TemplateSetRequest("ioi", 20, 0)
+    assert bench.sets.open(load_set_text("ioi")) == TemplateSetRequest("ioi", 20, 0)
     path = tmp_path / "s.jsonl"
     path.write_text(json.dumps(ROWS.rows[0].to_dict()) + "\n")
-    assert bench.sets.open_text(str(path)).prompt == ROWS.rows[0].clean
+    assert bench.sets.open(load_set_text(str(path))).prompt == ROWS.rows[0].clean
     assert bench.sets.estimate_text("eap-ig steps 3 verify 2") == EstimateRequest(
         bench.sets.pset, "eap-ig", 3, verify_top_k=2)
     assert bench.sets.estimate_text("atp verify x") is None and "whole number" in bench.sets.error

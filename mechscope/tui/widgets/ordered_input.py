@@ -15,9 +15,8 @@ from typing import Any
 from textual import events
 from textual.actions import parse
 from textual.app import ComposeResult
-from textual.command import CommandInput, CommandList, CommandPalette, SearchIcon
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Input, LoadingIndicator
+from textual.command import CommandInput, CommandPalette
+from textual.widgets import Input
 
 from mechscope.tui.widgets.plain import ControlPictures
 
@@ -54,15 +53,11 @@ class OrderedCommandInput(CommandInput):
 
 
 class OrderedCommandPalette(CommandPalette):
-    """Textual's command palette with `OrderedCommandInput` as its search field (its layout as Textual's)."""
+    """Textual's command palette, its layout as Textual composes it, with `OrderedCommandInput` as
+    its search field."""
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="--container"):
-            with Horizontal(id="--input"):
-                yield SearchIcon()
-                yield OrderedCommandInput(placeholder=self._placeholder, select_on_focus=False)
-                if not self.run_on_select:
-                    yield Button("\u25b6")
-            with Vertical(id="--results"):
-                yield CommandList()
-                yield LoadingIndicator()
+        for widget in super().compose():
+            if type(widget) is CommandInput:
+                widget = OrderedCommandInput(placeholder=widget.placeholder, select_on_focus=False)
+            yield widget
