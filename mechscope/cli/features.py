@@ -115,6 +115,7 @@ class _Fail(Exception):
 
 def _run(args: argparse.Namespace, body) -> int:
     from mechscope.engine.errors import MechscopeError
+    from mechscope.engine.features.pipeline import site_layer
     from mechscope.engine.interventions import parse_feature_site
 
     if getattr(args, "site", None) is not None:
@@ -127,6 +128,8 @@ def _run(args: argparse.Namespace, body) -> int:
     if engine is None:
         return 2
     try:
+        if getattr(args, "site", None) is not None:
+            site_layer(engine, args.site)  # before the corpus is sampled
         return int(body(engine))
     except (MechscopeError, _Fail, ValueError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)

@@ -43,9 +43,26 @@ def test_mistakes_are_one_line_with_exit_2(model_folder, tmp_path, capsys):
     base = ["--model", str(model_folder), "--device", "cpu"]
     assert main(["features", "eval", str(tmp_path / "nowhere"), *base]) == 2
     assert "not a folder" in capsys.readouterr().err
-    assert main(["features", "train", *base, "--site", "L9.resid_post", "--corpus", str(tmp_path / "x.txt")]) == 2
+    assert main(["features", "train", *base, "--site", "L1.resid_post", "--corpus", str(tmp_path / "x.txt")]) == 2
     assert "no such corpus file" in capsys.readouterr().err
     (tmp_path / "c.txt").write_text("hello world\n")
     assert main(["features", "train", *base, "--site", "L1.bogus", "--corpus", str(tmp_path / "c.txt")]) == 2
     err = capsys.readouterr().err
     assert err == "error: site 'L1.bogus' is not L<layer>.{resid_pre,resid_post,attn_out,mlp_out}\n"
+
+
+def test_a_layer_the_model_lacks_or_a_bad_learning_rate_is_refused_before_the_corpus_is_read(model_folder, monkeypatch, capsys):
+    from mechscope.engine.features import corpus
+
+    def sampled(*args, **kwargs):
+        raise AssertionError("the corpus was sampled for a site the model does not have")
+
+    monkeypatch.setattr(corpus, "sampled_corpus", sampled)
+    base = ["features", "train", "--model", str(model_folder), "--device", "cpu"]
+    assert main([*base, "--site", "L9.resid_post"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("error: site L9.resid_post: the model has layers 0..2"), err
+    for lr in ("nan", "inf", "-1", "0"):
+        assert main([*base, "--site", "L1.resid_post", "--lr", lr]) == 2
+        err = capsys.readouterr().err
+        assert "error: the learning rate must be a finite number above 0" in err, err

@@ -118,14 +118,20 @@ def activation_batches(engine, site: str, schedule: ChunkSchedule, order: Iterat
             buffer, held = [pool], pool.shape[0]
 
 
+def site_layer(engine, site: str) -> int:
+    """The layer `site` names, checked against the engine's model; FeatureError when it has no such layer."""
+    layer, _ = parse_feature_site(site)
+    if not 0 <= layer < engine.adapter.n_layers:
+        raise FeatureError(f"site {site}: the model has layers 0..{engine.adapter.n_layers - 1}")
+    return layer
+
+
 def train(engine, site: str, config: TrainConfig, stream: Stream, tokens: int, out: Path,
           batch_tokens: int = 1024, seq_len: int = 128, seqs_per_forward: int = 8, checkpoint_every: int = 50,
           memory_bytes: int = 1 << 30, on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None) -> SparseAutoencoder:
     """Train until `tokens` tokens have been used; writes the SAE and manifest.json to `out` and returns it."""
-    layer, _ = parse_feature_site(site)
-    if not 0 <= layer < engine.adapter.n_layers:
-        raise FeatureError(f"site {site}: the model has layers 0..{engine.adapter.n_layers - 1}")
+    site_layer(engine, site)
     out.mkdir(parents=True, exist_ok=True)
     trainer = TopKTrainer(engine.adapter.d_model, config, engine.device)
     settings = {"site": site, "config": config.to_dict(), "corpus_digest": stream.digest, "tokens": tokens,

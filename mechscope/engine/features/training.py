@@ -35,6 +35,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.width < 1 or not 0 < self.k <= self.width:
             raise ValueError(f"need width >= 1 and 0 < k <= width, got width={self.width} k={self.k}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"the learning rate must be a finite number above 0, got {self.lr}")
 
     @property
     def learning_rate(self) -> float:
