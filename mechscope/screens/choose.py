@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import ActiveBinding, Binding
@@ -13,14 +14,17 @@ from mechscope.screens.dialog import Dialog
 from mechscope.tui.widgets.plain import Plain, plain_title
 
 
-def choice_prompts(items: list[tuple[str, str, str]]) -> list[Text]:
-    """Each item's title, padded so that its description never runs into it, then the description."""
-    width = max((len(title) for _, title, _ in items), default=0) + 2
+def choice_prompts(items: list[tuple[str, str, str]]) -> list[Table]:
+    """Each item as a title column and a description column: a description too long for the line wraps
+    within its own column, so its second line never reads as another item's title."""
+    width = max((len(title) for _, title, _ in items), default=0)
     prompts = []
     for _, title, description in items:
-        prompt = Text(f"{title:<{width}}", style="bold")
-        prompt.append(description, style="dim")
-        prompts.append(prompt)
+        row = Table.grid(padding=(0, 2))
+        row.add_column(width=width, no_wrap=True, style="bold")
+        row.add_column(style="dim")
+        row.add_row(Text(title), Text(description))
+        prompts.append(row)
     return prompts
 
 

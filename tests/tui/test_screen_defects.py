@@ -319,9 +319,6 @@ async def test_dialogs_wrap_their_descriptions_and_the_header_names_the_server()
     from types import SimpleNamespace
 
     from mechscope.engine.testing import tiny_engine
-    from mechscope.screens.choose import choice_prompts
-    from mechscope.screens.research import EXPORTS
-
     class Attached:
         def __init__(self) -> None:
             self.inner = tiny_engine("llama")
@@ -343,8 +340,30 @@ async def test_dialogs_wrap_their_descriptions_and_the_header_names_the_server()
         await settle(pilot)
         hint = [w for w in app.screen.query("Static.dim")][-1]
         assert hint.size.width > 40  # not squeezed into the labels' 16-column width
-    prompts = [text.plain for text in choice_prompts(list(EXPORTS))]
-    assert "sweep matrix as safetensors  the latest sweep's values" in prompts[1]
+
+
+async def test_a_choice_whose_description_wraps_continues_under_its_description():
+    """'attribution' wrapped to the start of the next line of the export chooser and read like an item."""
+    from textual.widgets import OptionList
+
+    from mechscope.screens.research import EXPORTS
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("e")
+        await settle(pilot)
+        options = app.screen.query_one(OptionList)
+        lines = ["".join(segment.text for segment in options.render_line(y)).rstrip()
+                 for y in range(options.size.height)]
+    titles = [title for _, title, _ in EXPORTS]
+    column = max(len(title) for title in titles) + 2
+    drawn = [line.strip() for line in lines if line.strip()]
+    assert len(drawn) > len(EXPORTS)  # one description does wrap at this width
+    assert drawn[0] == "sweep as CSV" + " " * (column - len("sweep as CSV")) + "the latest sweep, one row per cell"
+    for line in lines:
+        if line.strip() and not any(line.lstrip().startswith(title) for title in titles):
+            assert line[:column].strip() == "" and line[column] != " ", line
 
 
 def test_sweep_csv_labels_keep_the_token():
