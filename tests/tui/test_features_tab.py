@@ -30,6 +30,9 @@ async def test_choosing_an_sae_folder_shows_the_last_tokens_strongest_features(t
         await pilot.press("7")
         await settle(pilot)
         assert "no SAE chosen: the palette's 'Features: SAE folder…'" in view_text(app)
+        view = app.screen.query_one(FeaturesView)
+        summary, card = view.query_one("#features-summary"), view.query_one("#features-card")
+        assert not card.display and summary.size.width == view.size.width  # the hint is not squeezed
         app.screen.action_command("sae_folder")
         await settle(pilot)
         app.screen.query_one("#ask-input", Input).value = folder
@@ -39,6 +42,7 @@ async def test_choosing_an_sae_folder_shows_the_last_tokens_strongest_features(t
         last = len(expected.tokens) - 1
         text = view_text(app)
         assert f"digest {expected.sae_digest[:12]}" in text and "L1.resid_post" in text
+        assert card.display and summary.size.width < view.size.width  # the card beside the list
         top = [int(f) for f in expected.ids[last] if f >= 0][:3]
         for feature, value in zip(top, expected.values[last]):
             assert f"feature {feature:<7} {value:8.3f}" in text

@@ -122,7 +122,8 @@ class FeaturesView(Vertical):
     DEFAULT_CSS = """
     FeaturesView #features-top { height: auto; max-height: 60%; }
     FeaturesView #features-summary { width: 1fr; height: auto; max-height: 14; }
-    FeaturesView #features-card { width: 1fr; height: auto; max-height: 14; padding-left: 1; }
+    FeaturesView #features-card { width: 1fr; height: auto; max-height: 14; padding-left: 1; display: none; }
+    FeaturesView.-with-card #features-card { display: block; }
     FeaturesView Heatmap { height: 1fr; }
     """
 
@@ -138,6 +139,8 @@ class FeaturesView(Vertical):
                 "(SAELens, sparsify or Gemma Scope layout); `mechscope features train` makes one")
 
     def show_message(self, text: str) -> None:
+        """`text` across the whole width: with no features read there is no card beside it."""
+        self.set_class(False, "-with-card")
         self.query_one("#features-summary", Static).update(text)
         self.query_one("#features-card", Static).update("")
 
@@ -145,6 +148,7 @@ class FeaturesView(Vertical):
         result = features.result
         if result is None:
             return
+        self.set_class(True, "-with-card")
         folder = features.folder or ""
         labels = features.labels.get(folder, {})
         pos, selected = features.token(), features.selected()
