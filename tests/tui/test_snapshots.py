@@ -11,8 +11,17 @@ def snapshot_app() -> MechscopeApp:
     return make_app(session_name="snapshot", deterministic=True)
 
 
-async def loaded(pilot) -> None:
+async def steady(pilot) -> None:
+    """Settle, then stop every cursor blinking: a blink timer that fires before the screenshot under
+    load would otherwise change it."""
     await settle(pilot)
+    for widget in pilot.app.screen.query("Input, TextArea"):
+        widget.cursor_blink = False
+    await pilot.pause()
+
+
+async def loaded(pilot) -> None:
+    await steady(pilot)
 
 
 def test_first_screen_80x24(snap_compare):
@@ -27,7 +36,7 @@ def test_ablations_and_logit_lens_120x40(snap_compare):
     async def ablate(pilot) -> None:
         await settle(pilot)
         await pilot.press("space", "j", "l", "m", "2")
-        await settle(pilot)
+        await steady(pilot)
 
     assert snap_compare(snapshot_app(), terminal_size=(120, 40), run_before=ablate)
 
@@ -36,7 +45,7 @@ def test_head_patching_sweep_80x24(snap_compare):
     async def sweep(pilot) -> None:
         await settle(pilot)
         await pilot.press("w")
-        await settle(pilot)
+        await steady(pilot)
 
     assert snap_compare(snapshot_app(), terminal_size=(80, 24), run_before=sweep)
 
@@ -45,7 +54,7 @@ def test_help_80x24(snap_compare):
     async def help_screen(pilot) -> None:
         await settle(pilot)
         await pilot.press("question_mark")
-        await pilot.pause()
+        await steady(pilot)
 
     assert snap_compare(snapshot_app(), terminal_size=(80, 24), run_before=help_screen)
 
@@ -64,7 +73,7 @@ def test_attention_knockout_120x40(snap_compare):
         await pilot.press("K")
         await settle(pilot)
         await pilot.press("up", "right", "right", "k")
-        await settle(pilot)
+        await steady(pilot)
 
     assert snap_compare(snapshot_app(), terminal_size=(120, 40), run_before=knockout)
 
@@ -73,7 +82,7 @@ def test_build_steering_vector_dialog_80x24(snap_compare):
     async def dialog(pilot) -> None:
         await settle(pilot)
         await pilot.press("v")
-        await pilot.pause()
+        await steady(pilot)
 
     assert snap_compare(snapshot_app(), terminal_size=(80, 24), run_before=dialog)
 

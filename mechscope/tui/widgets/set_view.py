@@ -225,16 +225,22 @@ class SetRowTable(DataTable):
         self.sort_by = "row"
         self.shown_key: tuple[Any, ...] | None = None
 
+    COLUMNS = (("row", "row"), ("without", "without"), ("with", "with"), ("Δ", "Δ"), ("", "flag"),
+               ("target/foil", "tokens"), ("clean", "clean"), ("corrupted", "corrupted"))  # (label, key)
+
     def on_mount(self) -> None:
-        for label, key in (("row", "row"), ("without", "without"), ("with", "with"), ("Δ", "Δ"), ("", "flag"),
-                           ("target/foil", "tokens"), ("clean", "clean"), ("corrupted", "corrupted")):
+        self.add_set_columns()
+
+    def add_set_columns(self) -> None:
+        for label, key in self.COLUMNS:
             self.add_column(label, key=key)
 
     def fill(self, sets: PromptSets) -> None:
         key = (sets.pset, id(sets.run), sets.run_is_stale() if sets.pset is not None else None)
         if key != self.shown_key:
             self.shown_key = key
-            self.clear()
+            self.clear(columns=True)  # a column keeps the widest content it ever held; this set sizes them
+            self.add_set_columns()
             for index, cells in row_cells(sets):
                 style = "bold yellow" if cells[4] == "!" else ""
                 self.add_row(*(cell(f"{c:+.3f}" if isinstance(c, float) else c, style) for c in cells),

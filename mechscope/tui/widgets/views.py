@@ -161,15 +161,18 @@ class LensView(Vertical):
     LensView DataTable { height: 1fr; }
     """
 
+    COLUMNS = ("layer", "target rank", "p(target)", "top tokens")
+
     def compose(self) -> ComposeResult:
         yield Plain("logit lens: waiting for a run", id="lens-caption")
         table: DataTable = DataTable(id="lens-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("layer", "target rank", "p(target)", "top tokens")
+        table.add_columns(*self.COLUMNS)
         yield table
 
     def show(self, lens: LogitLens | None) -> None:
         table = self.query_one(DataTable)
-        table.clear()
+        table.clear(columns=True)  # a column keeps the widest content it ever held; this lens sizes them
+        table.add_columns(*self.COLUMNS)
         caption = self.query_one("#lens-caption", Static)
         if lens is None:
             caption.update("logit lens: not computed")
