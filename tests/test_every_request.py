@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -331,3 +332,19 @@ def test_a_request_stopped_before_it_starts_never_reaches_the_engine(kind: str) 
 
     outcome = execute(Untouchable(), EXAMPLES[kind], should_stop=lambda: True)
     assert outcome.cancelled and outcome.result is None and outcome.error is None
+
+
+@pytest.mark.parametrize("kind, edit, message", [
+    ("sweep", lambda d: d["metric"].update(position=0.5), "sweep.metric.position must be an integer, got float"),
+    ("sweep", lambda d: d.update(sweep_kind=None), "sweep.sweep_kind must be one of"),
+    ("sweep", lambda d: d.update(clean=7), "sweep.clean must be a string, got int"),
+    ("run_set", lambda d: d.update(prompt="x"), "run_set.prompt must be one of"),
+    ("estimate", lambda d: d.update(method="x/y"), "estimate.method must be one of"),
+])
+def test_a_field_of_the_wrong_type_is_refused_by_every_reader_naming_it(kind: str, edit, message: str) -> None:
+    """A session line, a served message and an exported script all rebuild requests here: a float
+    position used to reach the engine and fail mid-replay with an IndexError."""
+    data = json.loads(json.dumps(request_to_dict(EXAMPLES[kind])))
+    edit(data)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        request_from_dict(data)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from mechscope.cli.output import guarded, printable
+
 FORMATS = ("csv", "safetensors")
 
 
@@ -21,7 +23,7 @@ def register(subparsers: Any) -> None:
                         help="the Δ metric (patched - base), its share of the gap (patched - base) / "
                         "(source - base), or both (default)")
     parser.add_argument("-o", "--output", help="output file ('-' for stdout, csv only; default ./sweep-KIND-DIRECTION.FORMAT)")
-    parser.set_defaults(run=cmd_export_sweep)
+    parser.set_defaults(run=guarded(cmd_export_sweep))
 
 
 def _grid(kind: str, request: Any, summary: Any) -> tuple[str, Any, float, float]:
@@ -41,7 +43,8 @@ def _grid(kind: str, request: Any, summary: Any) -> tuple[str, Any, float, float
     values = np.asarray(summary.arrays["estimated"], dtype=np.float64).copy()  # [layer, head]
     for layer, head, exact in summary.data["exact"]:  # verified heads hold their exact value
         values[int(layer), int(head)] = exact
-    return f"estimate-{summary.data['method']}", values, nan, nan
+    # the request's method, a checked word: the outcome's copy is free text and names the output file
+    return f"estimate-{request.method}", values, nan, nan
 
 
 GRID_KINDS = ("sweep", "sweep_set", "estimate")
@@ -50,10 +53,12 @@ GRID_KINDS = ("sweep", "sweep_set", "estimate")
 def cmd_export_sweep(args: argparse.Namespace) -> int:
     import sys
 
+    from safetensors import SafetensorError  # what save_file raises for a path it cannot write
+
     from mechscope.engine.results import SweepResult
     from mechscope.sessions import Session
-    from mechscope.sessions.errors import SessionError
     from mechscope.sessions.events import work_kind
+    from mechscope.sessions.log import reason
     from mechscope.workbench.exports import (
         default_name,
         sweep_to_csv,
@@ -61,42 +66,46 @@ def cmd_export_sweep(args: argparse.Namespace) -> int:
         write_text,
     )
 
-    try:
-        session = Session.open(args.name)
-    except SessionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    session = Session.open(args.name)
     sweeps = [e for e in session.work() if work_kind(e) in GRID_KINDS]
     if not sweeps:
-        print(f"session {args.name!r} has no sweep", file=sys.stderr)
+        print(f"error: session {printable(repr(session.name))} has no sweep", file=sys.stderr)
         return 2
     if not -len(sweeps) <= args.sweep < len(sweeps):
-        print(f"--sweep {args.sweep}: the session has {len(sweeps)} sweep(s)", file=sys.stderr)
+        print(f"error: --sweep {args.sweep}: the session has {len(sweeps)} sweep(s)", file=sys.stderr)
         return 2
     event = sweeps[args.sweep]
     try:
         request, summary = session.outcome(event)
         name, values, base_metric, source_metric = _grid(str(work_kind(event)), request, summary)
-    except (KeyError, TypeError, ValueError) as exc:
-        print(f"error: seq {event.seq} cannot be exported ({exc})", file=sys.stderr)
+        data = summary.data
+        # labels as the workbench restores them: a falsy value is no labels, any item a string
+        result = SweepResult(kind=name, values=values, base_metric=base_metric,  # type: ignore[arg-type]
+                             source_metric=source_metric,
+                             row_labels=[str(x) for x in data.get("row_labels") or []],
+                             col_labels=[str(x) for x in data.get("col_labels") or []],
+                             complete=bool(data.get("complete", True)), seconds=0.0)
+    except Exception as exc:  # a record read from disk: whatever fails is the line's fault
+        message = f"{session.events_path}:{event.line}: cannot export this sweep ({reason(exc)})"
+        print(f"error: {printable(message)}", file=sys.stderr)
         return 2
-    data = summary.data
-    result = SweepResult(kind=name, values=values, base_metric=base_metric,  # type: ignore[arg-type]
-                         source_metric=source_metric,
-                         row_labels=list(data.get("row_labels", [])), col_labels=list(data.get("col_labels", [])),
-                         complete=bool(data.get("complete", True)), seconds=0.0)
     direction = str(getattr(request, "direction", "noising"))  # every grid kind has one
     output = args.output or default_name("sweep", f"{name}-{direction}", args.format)
-    if args.format == "csv":
-        text = sweep_to_csv(result, direction=direction, effect=args.effect)
-        if output == "-":
-            sys.stdout.write(text)
-            return 0
-        write_text(output, text)
-    else:
-        if output == "-":
-            print("safetensors cannot go to stdout: give -o FILE", file=sys.stderr)
-            return 2
-        sweep_to_safetensors(result, output, direction=direction, effect=args.effect)
-    print(f"wrote {output}")
+    try:
+        if args.format == "csv":
+            text = sweep_to_csv(result, direction=direction, effect=args.effect)
+            if output == "-":
+                sys.stdout.write(text)
+                return 0
+            write_text(output, text)
+        else:
+            if output == "-":
+                print("error: safetensors cannot go to stdout: give -o FILE", file=sys.stderr)
+                return 2
+            sweep_to_safetensors(result, output, direction=direction, effect=args.effect)
+    except (OSError, SafetensorError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else reason(exc)
+        print(f"error: cannot write {printable(output, 200)} ({printable(detail, 200)})", file=sys.stderr)
+        return 2
+    print(f"wrote {printable(output, 200)}")
     return 0

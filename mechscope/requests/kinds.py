@@ -18,6 +18,7 @@ from mechscope.engine.interventions import Intervention, Metric, SetMetricKind
 from mechscope.engine.prompt_sets import DEFAULT_SHOTS, PromptSet, PromptSetError
 from mechscope.engine.results import Direction, EstimateMethod, HeadInputKind, SweepKind
 from mechscope.engine.views import Views
+from mechscope.requests.field_types import check_typed
 
 
 @dataclass(frozen=True)
@@ -386,9 +387,11 @@ def request_from_dict(data: Any) -> Request:
     values = {name: _field_from_json(str(kind), name, value) for name, value in data.items()
               if name != "kind"}
     try:
-        return cls(**values)
+        request = cls(**values)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{kind}: {exc}") from None
+    check_typed(str(kind), request, cls)
+    return request
 
 
 def _views_from_json(value: Any) -> Views:

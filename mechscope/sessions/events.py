@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +10,14 @@ from typing import Any
 from mechscope.engine.interventions import SET_METRIC_KINDS, Intervention, Metric
 from mechscope.engine.prompt_sets import FIELDS
 from mechscope.engine.results import DIRECTIONS, EFFECT_SCALES, SWEEP_KINDS
+from mechscope.requests.field_types import (
+    check_bool,
+    check_int,
+    check_number,
+    check_str,
+    check_typed,
+    type_name,
+)
 
 TENSOR_FILE = re.compile(r"^tensors/[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$")
 INTERVENTION_ACTIONS = ("added", "changed", "toggled", "removed")
@@ -47,31 +54,9 @@ class Event:
 Checker = Callable[[str, Any], None]
 
 
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
-
-
-def check_str(name: str, value: Any) -> None:
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, got {_type_name(value)}")
-
-
 def check_opt_str(name: str, value: Any) -> None:
     if value is not None:
         check_str(name, value)
-
-
-def check_int(name: str, value: Any) -> None:
-    if not _is_int(value):
-        raise ValueError(f"{name} must be an integer, got {_type_name(value)}")
 
 
 def check_count(name: str, value: Any) -> None:
@@ -80,19 +65,9 @@ def check_count(name: str, value: Any) -> None:
         raise ValueError(f"{name} must not be negative, got {value}")
 
 
-def check_number(name: str, value: Any) -> None:
-    if not _is_number(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-
-
 def check_opt_number(name: str, value: Any) -> None:
     if value is not None:
         check_number(name, value)
-
-
-def check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {_type_name(value)}")
 
 
 def check_opt_bool(name: str, value: Any) -> None:
@@ -103,7 +78,7 @@ def check_opt_bool(name: str, value: Any) -> None:
 def list_of(check: Checker) -> Checker:
     def check_list(name: str, value: Any) -> None:
         if not isinstance(value, list):
-            raise ValueError(f"{name} must be a list, got {_type_name(value)}")
+            raise ValueError(f"{name} must be a list, got {type_name(value)}")
         for index, item in enumerate(value):
             check(f"{name}[{index}]", item)
 
@@ -128,7 +103,7 @@ def check_metric(name: str, value: Any) -> None:
     """None, or a `Metric.to_dict()` object."""
     if value is None:
         return
-    Metric.from_dict(value)
+    check_typed(name, Metric.from_dict(value), Metric)
 
 
 def check_intervention(name: str, value: Any) -> None:
@@ -138,7 +113,7 @@ def check_intervention(name: str, value: Any) -> None:
 def check_outcome(name: str, value: Any) -> None:
     """The recorded result of a run: top-k ids, token texts and probabilities, metric and baseline metric."""
     if not isinstance(value, dict):
-        raise ValueError(f"{name} must be an object, got {_type_name(value)}")
+        raise ValueError(f"{name} must be an object, got {type_name(value)}")
     fields: dict[str, Checker] = {
         "top_ids": list_of(check_count),
         "top_tokens": list_of(check_str),
@@ -153,7 +128,7 @@ def check_outcome(name: str, value: Any) -> None:
 
 def check_object(name: str, value: Any) -> None:
     if not isinstance(value, dict):
-        raise ValueError(f"{name} must be an object, got {_type_name(value)}")
+        raise ValueError(f"{name} must be an object, got {type_name(value)}")
 
 
 def check_arrays(name: str, value: Any) -> None:
@@ -177,7 +152,7 @@ def check_arrays(name: str, value: Any) -> None:
 def check_set_row(name: str, value: Any) -> None:
     """One prompt-set row: clean, corrupted, target and foil strings."""
     if not isinstance(value, dict):
-        raise ValueError(f"{name} must be an object, got {_type_name(value)}")
+        raise ValueError(f"{name} must be an object, got {type_name(value)}")
     _check_fields(name, value, dict.fromkeys(FIELDS, check_str))
 
 
@@ -192,7 +167,7 @@ def bounded_list(check: Checker, limit: int) -> Checker:
 
 def check_generate_params(name: str, value: Any) -> None:
     if not isinstance(value, dict):
-        raise ValueError(f"{name} must be an object, got {_type_name(value)}")
+        raise ValueError(f"{name} must be an object, got {type_name(value)}")
     _check_fields(name, value, {"max_new_tokens": at_most(MAX_NEW_TOKENS),
                                 "temperature": check_number, "seed": check_int})
     if value["temperature"] < 0:
@@ -356,7 +331,7 @@ def _check_sweep_labels(payload: dict[str, Any]) -> None:
 def event_from_json(data: Any, line: int) -> Event:
     """Validate one decoded JSON line; ValueError with a one-line reason on anything malformed."""
     if not isinstance(data, dict):
-        raise ValueError(f"an event must be a JSON object, got {_type_name(data)}")
+        raise ValueError(f"an event must be a JSON object, got {type_name(data)}")
     for key in RESERVED:
         if key not in data:
             raise ValueError(f"missing field {key!r}")

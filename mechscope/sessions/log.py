@@ -51,13 +51,13 @@ def read_log(path: Path) -> Log:
 
 def parse_log(path: Path, data: bytes) -> Log:
     events_path = path / EVENTS_FILE
-    lines = data.split(b"\n")
-    complete, tail = lines[:-1], lines[-1]  # tail: bytes after the last newline
+    tail_start = data.rfind(b"\n") + 1
+    tail = data[tail_start:]  # bytes after the last newline
     events: list[Event] = []
     warnings: list[str] = []
     tensors: dict[str, np.ndarray] = {}
     builder = StateBuilder()
-    valid_size, needs_newline = len(data) - len(tail), False
+    valid_size, needs_newline = tail_start, False
 
     def accept(raw: bytes, number: int, is_tail: bool) -> bool:
         """Validate one line and fold it in; False for an unparseable unterminated last line."""
@@ -83,9 +83,15 @@ def parse_log(path: Path, data: bytes) -> Log:
         events.append(event)
         return True
 
-    for number, raw in enumerate(complete, 1):
-        accept(raw, number, is_tail=False)
-    if tail and accept(tail, len(complete) + 1, is_tail=True):
+    # One line at a time, not `data.split`: a 64 MiB log of empty lines would be 64 million byte
+    # strings (a gigabyte, ten seconds) before its first line is refused.
+    start, number = 0, 0
+    while start < tail_start:
+        end = data.index(b"\n", start)
+        number += 1
+        accept(data[start:end], number, is_tail=False)
+        start = end + 1
+    if tail and accept(tail, number + 1, is_tail=True):
         needs_newline, valid_size = True, len(data)
     return Log(events, warnings, valid_size, needs_newline, tensors, builder, (-1, -1, -1))
 

@@ -247,3 +247,66 @@ def test_replay_progress_is_a_bar_on_a_terminal() -> None:
     assert "\r[" + "." * 24 + "] 0/4 · seq 3 run" in text
     assert "\r[" + "#" * 6 + "." * 18 + "] 1/4 · seq 7 sweep" in text
     assert "\n" not in text and text.endswith("\r")
+
+
+def _edit_sweep_outcome(session: Session, **fields: object) -> None:
+    """Set fields of the recorded outcome of the session's last grid (sweep or estimate)."""
+    events = session.path / "events.jsonl"
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    event = next(e for e in reversed(lines) if e["kind"] == "request"
+                 and e["request"]["kind"] in ("sweep", "estimate"))
+    event["outcome"].update(fields)
+    events.write_text("".join(json.dumps(e) + "\n" for e in lines))
+
+
+def test_export_sweep_with_null_labels_writes_default_labels(ioi: Session, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The handler's check lets a falsy label list through (resuming shows L0, L1...): export-sweep
+    raised TypeError on `list(None)`."""
+    _edit_sweep_outcome(ioi, row_labels=None, col_labels=None)
+    out = tmp_path / "sweep.csv"
+    assert main(["export-sweep", "ioi", "-o", str(out)]) == 0
+    rows = out.read_text().splitlines()
+    assert len(rows) == 1 + 3 * 4 and rows[1].startswith("head,noising,0,0,L0.H0,")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "safetensors"])
+def test_export_sweep_to_a_folder_that_is_missing_exits_2(ioi: Session, tmp_path: Path, fmt: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "missing" / f"sweep.{fmt}"
+    assert main(["export-sweep", "ioi", "--format", fmt, "-o", str(out)]) == 2
+    message = _one_error_line(capsys.readouterr().err)
+    assert message.startswith(f"error: cannot write {out} (")
+    assert "No such file or directory" in message
+
+
+def test_export_sweep_names_its_file_from_the_request_not_the_recorded_outcome(
+        folder_engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An estimate's outcome carries its method as free text: `x/y` named the default output file
+    `sweep-estimate-x/y-noising.csv` (FileNotFoundError, or a file under another folder)."""
+    from mechscope.engine.prompt_sets import PromptRow, PromptSet
+    from mechscope.requests import execute
+    from mechscope.requests.kinds import EstimateRequest
+    from tests.sessions.helpers import CLEAN, CORRUPT
+
+    session = Session.create("estimate", engine=folder_engine)
+    rows = PromptSet("one", (PromptRow(CLEAN, CORRUPT, " Mary", " John"),))
+    outcome = execute(folder_engine, EstimateRequest(rows, "atp"))
+    assert outcome.ok, outcome.error
+    session.record_outcome(outcome)
+    session.close()
+    _edit_sweep_outcome(session, method="x/y")
+    monkeypatch.chdir(tmp_path)
+    assert main(["export-sweep", "estimate"]) == 0
+    assert capsys.readouterr().out == "wrote sweep-estimate-atp-noising.csv\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep-estimate-atp-noising.csv"]
+
+
+def test_export_sweep_without_a_sweep_exits_2_with_an_error_line(folder_engine,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    Session.create("no-sweep").close()
+    assert main(["export-sweep", "no-sweep"]) == 2
+    assert _one_error_line(capsys.readouterr().err) == "error: session 'no-sweep' has no sweep"
+    assert main(["export-sweep", "nothing-here"]) == 2
+    assert "no session named 'nothing-here'" in _one_error_line(capsys.readouterr().err)

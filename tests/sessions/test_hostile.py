@@ -113,7 +113,8 @@ def _damage(session: Session, how: str) -> int:
     index = {"run": 0, "vector": 0, "sweep": 0, "note": 0}
     kind = {"inf clamp": "run", "surrogate": "note", "megabyte": "note", "deep": "note",
             "sweep rank 1": "sweep", "sweep rank 3": "sweep", "vector rank 0": "vector",
-            "sweep dtype": "sweep", "huge header": "sweep", "huge top_k": "run"}[how]
+            "sweep dtype": "sweep", "huge header": "sweep", "huge top_k": "run",
+            "float position": "sweep", "null sweep kind": "sweep"}[how]
     line = next(i for i, e in enumerate(events) if _kind(e) == kind) + index[kind]
     event = events[line]
     request = event.get("request", {})
@@ -130,6 +131,10 @@ def _damage(session: Session, how: str) -> int:
         raw = json.dumps(event).replace(json.dumps(event["text"]), "[" * 100_000 + "]" * 100_000)
     elif how == "huge top_k":
         request["top_k"] = 10**12
+    elif how == "float position":
+        request["metric"]["position"] = 0.5
+    elif how == "null sweep kind":
+        request["sweep_kind"] = None
     elif how.startswith(("sweep rank", "vector rank")):
         shape = {"sweep rank 1": [6], "sweep rank 3": [1, 2, 3], "vector rank 0": []}[how]
         key = "values" if kind == "sweep" else "vector"
@@ -154,22 +159,36 @@ def _damage(session: Session, how: str) -> int:
 
 
 HOW = ["inf clamp", "surrogate", "megabyte", "deep", "sweep rank 1", "sweep rank 3", "vector rank 0",
-       "sweep dtype", "huge header", "huge top_k"]
+       "sweep dtype", "huge header", "huge top_k", "float position", "null sweep kind"]
 
 
 @pytest.mark.parametrize("how", HOW)
-@pytest.mark.parametrize("command", ["show", "replay", "export"])
+@pytest.mark.parametrize("command", ["show", "replay", "export", "export-sweep"])
 def test_malformed_events_exit_2_with_file_and_line(ioi: Session, tiny_folder: Path, how: str,
                                                     command: str, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     line = _damage(ioi, how)
     argv = {"show": ["sessions", "show", "ioi"],
             "replay": ["replay", "ioi", "--check", "--model", str(tiny_folder)],
-            "export": ["export", "ioi", "-o", str(tmp_path / "out.py")]}[command]
+            "export": ["export", "ioi", "-o", str(tmp_path / "out.py")],
+            "export-sweep": ["export-sweep", "ioi", "-o", str(tmp_path / "out.py")]}[command]
     assert main(argv) == 2
     message = _error_line(capsys)
     assert message.startswith(f"error: {ioi.events_path}:{line}: "), message
     assert not (tmp_path / "out.py").exists()
+
+
+@pytest.mark.parametrize(("how", "message"), [
+    ("float position", "sweep.metric.position must be an integer, got float"),
+    ("null sweep kind", "sweep.sweep_kind must be one of head, attn, mlp, resid, atp, got None"),
+])
+def test_a_request_field_of_the_wrong_type_is_refused_on_open(ioi: Session, how: str, message: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """request_from_dict passes plain fields through: replay failed mid-run (IndexError on a float
+    position) and export-sweep on a sweep kind that is not a word."""
+    line = _damage(ioi, how)
+    assert main(["sessions", "show", "ioi"]) == 2
+    assert _error_line(capsys) == f"error: {ioi.events_path}:{line}: {message}"
 
 
 def test_a_lone_surrogate_is_refused_when_recording() -> None:
@@ -178,6 +197,20 @@ def test_a_lone_surrogate_is_refused_when_recording() -> None:
         session.record_note("bad \ud800 text")
     session.record_note("fine")
     assert [e.payload["text"] for e in Session.open("surrogate").events] == ["fine"]
+
+
+def cli_with_peak_memory(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """`mechscope ARGS` in a fresh process limited to 2 GiB of address space; its last stderr line is
+    `peak <KiB>`, the process's peak resident memory."""
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+            "from mechscope.cli import main\n"
+            f"code = main({args!r})\n"
+            "peak = next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]\n"
+            "print('peak', peak, file=sys.stderr)\n"
+            "sys.exit(code)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_listing_damaged_sessions_marks_them_in_bounded_memory(ioi: Session) -> None:
@@ -206,16 +239,7 @@ def test_listing_damaged_sessions_marks_them_in_bounded_memory(ioi: Session) -> 
     os.symlink("/dev/zero", root / "damaged-03" / "session.json.tmp")
     (root / "damaged-04" / "session.json").unlink()
     os.symlink("/dev/zero", root / "damaged-04" / "session.json")
-    code = ("import resource, sys\n"
-            "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
-            "from mechscope.cli import main\n"
-            "code = main(['sessions'])\n"
-            "peak = next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]\n"
-            "print('peak', peak, file=sys.stderr)\n"
-            "sys.exit(code)\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=120)
+    proc = cli_with_peak_memory(["sessions"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = proc.stdout.splitlines()[1:]
     assert len(rows) == 62
@@ -261,3 +285,17 @@ def test_a_read_only_data_dir_stops_recording_and_damages_nothing(monkeypatch: p
     after = {p.name: p.read_bytes() for p in session.path.iterdir() if p.is_file()}
     assert after == before
     assert [e["text"] for e in Session.open("ro").events] == ["saved before"]
+
+
+def test_a_log_of_empty_lines_is_refused_at_the_first_in_bounded_memory(ioi: Session) -> None:
+    """The log was split into lines all at once: 60 MiB of newlines made 60 million byte strings (a
+    gigabyte, ten seconds) before the first empty line was refused."""
+    with open(ioi.events_path, "ab") as handle:
+        handle.write(b"\n" * (60 << 20))
+    proc = cli_with_peak_memory(["sessions", "show", "ioi"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    error, peak = proc.stderr.splitlines()
+    assert error == f"error: {ioi.events_path}:{len(ioi) + 1}: empty line"
+    peak_kib = int(peak.split()[1])
+    print(f"refusing a log of 60 MiB of empty lines: peak RSS {peak_kib / 1024:.0f} MiB")
+    assert peak_kib < 400 << 10

@@ -100,3 +100,20 @@ def test_old_session_exports_a_script_that_reproduces_it(old: Session, tiny_fold
         recomputed = Summary(item["outcome"], {k: np.asarray(v, dtype=np.float32)
                                                for k, v in item["arrays"].items()})
         assert handler.compare(recorded, recomputed, tolerance) == [], event.seq
+
+
+@pytest.mark.parametrize("line", [2, 3, 6])  # a metric event, an old run, an old sweep
+def test_an_old_metric_with_a_fractional_position_is_refused_on_open(old: Session, line: int,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Metric.from_dict does not check the position's type: replaying the old run or sweep raised
+    IndexError from the engine."""
+    from mechscope.cli import main
+
+    lines = old.events_path.read_text().splitlines()
+    event = json.loads(lines[line - 1])
+    event["metric"]["position"] = 0.5
+    lines[line - 1] = json.dumps(event)
+    old.events_path.write_text("\n".join(lines) + "\n")
+    assert main(["replay", str(old.path), "--check", "--model", "tiny-llama"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {old.events_path}:{line}: metric.position must be an integer, got float\n"
