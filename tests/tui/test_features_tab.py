@@ -32,7 +32,9 @@ async def test_choosing_an_sae_folder_shows_the_last_tokens_strongest_features(t
         assert "no SAE chosen: the palette's 'Features: SAE folder…'" in view_text(app)
         view = app.screen.query_one(FeaturesView)
         summary, card = view.query_one("#features-summary"), view.query_one("#features-card")
-        assert not card.display and summary.size.width == view.size.width  # the hint is not squeezed
+        strip = view.query_one("#features-strip")
+        assert not card.display and not strip.display  # the hint has the tab to itself
+        assert summary.size.width == view.size.width
         app.screen.action_command("sae_folder")
         await settle(pilot)
         app.screen.query_one("#ask-input", Input).value = folder
@@ -42,11 +44,10 @@ async def test_choosing_an_sae_folder_shows_the_last_tokens_strongest_features(t
         last = len(expected.tokens) - 1
         text = view_text(app)
         assert f"digest {expected.sae_digest[:12]}" in text and "L1.resid_post" in text
-        assert card.display and summary.size.width < view.size.width  # the card beside the list
+        assert card.display and strip.display and summary.size.width < view.size.width
         top = [int(f) for f in expected.ids[last] if f >= 0][:3]
         for feature, value in zip(top, expected.values[last]):
             assert f"feature {feature:<7} {value:8.3f}" in text
-        strip = app.screen.query_one(FeaturesView).query_one("#features-strip")
         assert strip.values.shape[1] == len(expected.tokens)
         recorded = [e for e in app.bench.recorder.session.events
                     if e.kind == "request" and e["request"]["kind"] == "feature_activations"]
@@ -250,3 +251,16 @@ async def test_at_120x40_the_selected_feature_and_several_strip_rows_are_on_scre
         assert any(line.startswith(f"▸ feature {selected} ") for line in shown), shown
         assert shown[0].startswith("SAE b179c9523d0e-…") and len(shown[0]) < 60  # the name elided
         assert app.screen.query_one("#features-strip", Heatmap).region.height >= 5
+
+
+async def test_at_80x24_the_whole_no_sae_hint_is_on_screen():
+    """The hint shared the tab with an empty card and strip: at 80x24 it was cut after 'reads one'."""
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("7")
+        await settle(pilot)
+        update = app.screen._compositor.render_full_update()
+        screen = "\n".join("".join(segment.text for segment in line) for line in update.strips)
+    assert "`mechscope features train` makes one" in " ".join(line.split("│")[-1].strip()
+                                                                for line in screen.splitlines())

@@ -119,12 +119,15 @@ class FeaturesView(Vertical):
     """The selected token's features with the selected feature's card beside them, the strip (rows:
     features strongest anywhere in the prompt; columns: tokens) below."""
 
+    DEFAULT_CLASSES = "-message"  # until features are read: the text says what to do
+
     DEFAULT_CSS = """
     FeaturesView #features-top { height: auto; max-height: 60%; }
     FeaturesView #features-summary { width: 1fr; height: auto; max-height: 14; }
-    FeaturesView #features-card { width: 1fr; height: auto; max-height: 14; padding-left: 1; display: none; }
-    FeaturesView.-with-card #features-card { display: block; }
+    FeaturesView #features-card { width: 1fr; height: auto; max-height: 14; padding-left: 1; }
     FeaturesView Heatmap { height: 1fr; }
+    FeaturesView.-message #features-top { max-height: 100%; }
+    FeaturesView.-message #features-card, FeaturesView.-message Heatmap { display: none; }
     """
 
     def compose(self) -> ComposeResult:
@@ -139,8 +142,8 @@ class FeaturesView(Vertical):
                 "(SAELens, sparsify or Gemma Scope layout); `mechscope features train` makes one")
 
     def show_message(self, text: str) -> None:
-        """`text` across the whole width: with no features read there is no card beside it."""
-        self.set_class(False, "-with-card")
+        """`text` across the whole tab: with no features read there is no card beside it, no strip below."""
+        self.set_class(True, "-message")
         self.query_one("#features-summary", Static).update(text)
         self.query_one("#features-card", Static).update("")
 
@@ -148,7 +151,7 @@ class FeaturesView(Vertical):
         result = features.result
         if result is None:
             return
-        self.set_class(True, "-with-card")
+        self.set_class(False, "-message")
         folder = features.folder or ""
         labels = features.labels.get(folder, {})
         pos, selected = features.token(), features.selected()
