@@ -25,6 +25,7 @@ from mechscope.screens.message import MessageScreen
 from mechscope.screens.sessions import SessionsScreen
 from mechscope.sessions import Session
 from mechscope.tui.commands import COMMANDS, key_label
+from mechscope.tui.widgets.ordered_input import OrderedInput
 from mechscope.tui.widgets.plain import Plain, visible
 from mechscope.tui.widgets.views import LensView
 from tests.tui.helpers import make_app, settle
@@ -219,3 +220,30 @@ def test_visible_maps_each_control_character_to_one_visible_character():
     assert visible(text) == "a␛b␀c␡d\ufffde\tf\ng␍"
     assert visible(text, lines=False) == "a␛b␀c␡d\ufffde␉f␊g␍"
     assert visible("Mary · [/INST] ünïcödé 日本") == "Mary · [/INST] ünïcödé 日本"
+
+
+class FieldHost(App[None]):
+    CSS = "OrderedInput { width: 24; }"
+
+    def compose(self) -> ComposeResult:
+        yield OrderedInput(value="a\x1bb\ncd")
+
+
+async def test_the_field_scrolls_and_clicks_by_the_cells_drawn_for_control_characters():
+    """Textual measures ESC and a pasted newline as zero cells, but the field draws each as a one-cell
+    picture: a long value full of them did not scroll to its end (the cursor and the last characters
+    were off the field), and a click landed on the wrong character."""
+    app = FieldHost()
+    async with app.run_test(size=(40, 5)) as pilot:
+        field = app.query_one(OrderedInput)
+        field.focus()
+        field.cursor_blink = False
+        middle = field.size.height // 2
+        await pilot.click(OrderedInput, offset=(field.gutter.left + 2, middle))
+        await pilot.pause()
+        assert field.cursor_position == 2  # on 'b', the third cell drawn
+        field.value = "\n" * 40 + "xyz"
+        field.cursor_position = len(field.value)
+        await pilot.pause()
+        drawn_text = "".join(segment.text for segment in field.render_line(middle))
+        assert "␊xyz" in drawn_text, drawn_text

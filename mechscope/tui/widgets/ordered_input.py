@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.cells import cell_len, get_character_cell_size
 from textual import events
 from textual.actions import parse
 from textual.app import ComposeResult
 from textual.command import CommandInput, CommandPalette
 from textual.widgets import Input
 
-from mechscope.tui.widgets.plain import ControlPictures
+from mechscope.tui.widgets.plain import ControlPictures, visible
 
 
 async def run_own_binding(field: Input, event: events.Key) -> None:
@@ -43,6 +44,22 @@ class OrderedInput(Input):
 
     async def _on_key(self, event: events.Key) -> None:
         await run_own_binding(self, event)  # anything else goes on to Input's own handler
+
+    # The field draws each control character (a pasted newline, an ESC from a file) as a one-cell
+    # picture, where Textual measures it as zero cells: measure what is drawn, or the cursor and a
+    # click land one cell off per such character.
+    def _position_to_cell(self, position: int) -> int:
+        return cell_len(visible(self.value[:position], lines=False))
+
+    def _cell_offset_to_index(self, offset: int) -> int:
+        offset += self.scroll_offset.x
+        cells = 0
+        for index, char in enumerate(visible(self.value, lines=False)):
+            width = get_character_cell_size(char)
+            if cells <= offset < cells + width:
+                return index
+            cells += width
+        return max(0, min(offset, len(self.value)))
 
 
 class OrderedCommandInput(CommandInput):
