@@ -11,7 +11,11 @@ from mechscope.cli.output import guarded, printable
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("export", help="write a Python script reproducing a session's runs")
+    parser = subparsers.add_parser(
+        "export", help="write a Python script reproducing a session's runs",
+        description="Write a standalone Python script that re-runs each piece of work the session "
+        "recorded, in order, and prints its outcome. The session's values (prompts, numbers, vectors) "
+        "enter the script only as Python literals. Exit 2 when the session cannot be read.")
     parser.add_argument("name", help="session name or folder")
     parser.add_argument("-o", "--output", help="output file ('-' for stdout; default ./NAME.py)")
     parser.add_argument("--attach", dest="script_attach", metavar="NAME|PATH",

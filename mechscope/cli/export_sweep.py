@@ -13,8 +13,11 @@ FORMATS = ("csv", "safetensors")
 
 def register(subparsers: Any) -> None:
     """Register `export-sweep` on the main parser's sub-parsers."""
-    parser = subparsers.add_parser("export-sweep", help="write a session's recorded sweep, set sweep or "
-                                   "estimate as CSV or safetensors")
+    parser = subparsers.add_parser(
+        "export-sweep", help="write a session's recorded sweep, set sweep or estimate as CSV or safetensors",
+        description="Write one recorded sweep, set sweep or attribution estimate of a session as CSV (one "
+        "row per cell, with its labels) or as a safetensors matrix [rows, cols], from the recorded "
+        "values: no model is loaded. Exit 2 when the session or the sweep cannot be used.")
     parser.add_argument("name", help="session name or folder")
     parser.add_argument("--format", choices=FORMATS, default="csv", help="csv (default) or safetensors")
     parser.add_argument("--sweep", type=int, default=-1, metavar="N",

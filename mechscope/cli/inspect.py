@@ -10,9 +10,12 @@ from mechscope.cli.common import IOI_PROMPT, add_model_args, load_engine_or_exit
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("inspect", help="run one prompt and print predictions and top heads")
+    parser = subparsers.add_parser(
+        "inspect", help="run one prompt and print predictions and top heads",
+        description="Run one prompt on the model and print the next-token predictions, the metric "
+        "(target minus foil logit) and the heads whose direct contribution to it is largest.")
     add_model_args(parser)
-    parser.add_argument("prompt", nargs="?", default=IOI_PROMPT)
+    parser.add_argument("prompt", nargs="?", default=IOI_PROMPT, help="the prompt (default: the IOI prompt)")
     parser.add_argument("--target", default=" Mary", help="target token text (default ' Mary')")
     parser.add_argument("--foil", default=" John", help="foil token text (default ' John')")
     parser.add_argument("--top-k", type=positive_int, default=10, help="how many next tokens to list")

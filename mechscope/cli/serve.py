@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--socket", help="serve on this socket path instead of a named one")
     serve.add_argument("--list", action="store_true", help="list the running servers and exit")
     serve.set_defaults(run=dispatch, uses_model=True)
-    stop = sub.add_parser("stop", help="stop a running server cleanly")
+    stop = sub.add_parser("stop", help="stop a running server cleanly",
+                          description="Ask a running `mechscope serve` to cancel the work in hand and exit.")
     stop.add_argument("server", nargs="?", default=None, help="server name or socket path (default 'default')")
     stop.set_defaults(run=dispatch)
 

@@ -12,7 +12,10 @@ from mechscope.cli.output import guarded, printable
 
 
 def register(subparsers: Any) -> None:
-    sessions = subparsers.add_parser("sessions", help="list, show, rename or delete recorded sessions")
+    sessions = subparsers.add_parser(
+        "sessions", help="list, show, rename or delete recorded sessions",
+        description="Recorded sessions in the data folder (MECHSCOPE_DATA_DIR, else the platform's "
+        "data folder). With no action, list them.")
     sessions.set_defaults(run=guarded(run))
     actions = sessions.add_subparsers(dest="sessions_action", metavar="ACTION")
     actions.add_parser("list", help="list sessions (the default)")
