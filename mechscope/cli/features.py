@@ -28,7 +28,11 @@ def register(subparsers: Any) -> None:
         p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per chunk (default 128)")
         p.set_defaults(uses_model=True)
 
-    train = sub.add_parser("train", help="train a TopK SAE on a site; resumable; writes the SAELens layout")
+    train = sub.add_parser(
+        "train", help="train a TopK SAE on a site; resumable; writes the SAELens layout",
+        description="Train a TopK sparse autoencoder on a site's values over a corpus (default: text the "
+        "model samples, cached, interleaved with Python's documentation). It checkpoints as it goes: run "
+        "the same command again to resume. Writes the SAELens layout and manifest.json and prints the folder.")
     common(train, ".txt (paragraphs) or .jsonl ({\"text\": ...} per line); default: model-sampled text")
     train.add_argument("--site", required=True, help="e.g. L15.resid_post")
     train.add_argument("--width", type=positive_int, default=4096, help="latents (default 4096)")
@@ -42,14 +46,20 @@ def register(subparsers: Any) -> None:
                        help="site values per optimiser step (default 1024)")
     train.set_defaults(run=run_train)
 
-    evaluate = sub.add_parser("eval", help="FVE, L0, dead fraction, CE-loss recovered and KL on held-out text")
+    evaluate = sub.add_parser(
+        "eval", help="FVE, L0, dead fraction, CE-loss recovered and KL on held-out text",
+        description="Measure an SAE on held-out text: fraction of variance explained, L0, dead fraction, "
+        "and the CE loss recovered and KL when its reconstruction replaces the site.")
     common(evaluate, "held-out text; default: model-sampled text from another seed than training's")
     evaluate.add_argument("sae", metavar="SAE_DIR")
     evaluate.add_argument("--site", help="where the SAE reads, when its folder does not say")
     evaluate.add_argument("--tokens", type=positive_int, default=16_384, help="tokens to measure (default 16384)")
     evaluate.set_defaults(run=run_eval)
 
-    index = sub.add_parser("index", help="top-activating contexts and density per feature, stored beside the SAE")
+    index = sub.add_parser(
+        "index", help="top-activating contexts and density per feature, stored beside the SAE",
+        description="Scan text for each feature's top-activating contexts and density and store them "
+        "beside the SAE (index.json), where cards in the workbench and `features card` read them.")
     common(index, "text to scan; default: the model-sampled training corpus")
     index.add_argument("sae", metavar="SAE_DIR")
     index.add_argument("--site")
@@ -57,7 +67,10 @@ def register(subparsers: Any) -> None:
     index.add_argument("--top", type=positive_int, default=20, help="contexts kept per feature (default 20)")
     index.set_defaults(run=run_index)
 
-    card = sub.add_parser("card", help="a feature's card: density, top contexts, tokens it promotes/suppresses")
+    card = sub.add_parser(
+        "card", help="a feature's card: density, top contexts, tokens it promotes/suppresses",
+        description="Print a feature's card: its density and top contexts (from `features index`) and the "
+        "tokens its decoder direction promotes and suppresses.")
     add_model_args(card)
     card.add_argument("sae", metavar="SAE_DIR")
     card.add_argument("feature", type=int)
