@@ -14,7 +14,7 @@ from typing import Any
 
 from mechscope.engine.interventions import Intervention
 
-MAX_SHOWN = 60  # characters of a refused value quoted in a message
+MAX_SHOWN = 120  # characters of a value quoted in a message
 
 
 def type_name(value: Any) -> str:
@@ -59,9 +59,10 @@ def _field_types(cls: type) -> tuple[tuple[str, Any], ...]:
     return tuple((item.name, hints[item.name]) for item in dataclasses.fields(cls))
 
 
-def _shown(value: Any) -> str:
-    text = repr(value[:MAX_SHOWN] if isinstance(value, str) else value)
-    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 1] + "…"
+def shown(value: Any, width: int = MAX_SHOWN) -> str:
+    """`repr(value)` cut to `width` characters, for messages about values read from a file or a socket."""
+    text = repr(value) if not isinstance(value, str) or len(value) < 4 * width else repr(value[:width])
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def check_typed(name: str, value: Any, hint: Any) -> None:
@@ -70,7 +71,7 @@ def check_typed(name: str, value: Any, hint: Any) -> None:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Literal:
         if not isinstance(value, str) or value not in args:
-            raise ValueError(f"{name} must be one of {', '.join(map(str, args))}, got {_shown(value)}")
+            raise ValueError(f"{name} must be one of {', '.join(map(str, args))}, got {shown(value, 60)}")
     elif origin in (typing.Union, types.UnionType):
         options = [option for option in args if option is not type(None)]
         if value is None and len(options) < len(args):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mechscope.requests.field_types import shown
 from mechscope.sessions.errors import SessionError
 from mechscope.sessions.paths import (
     EVENTS_FILE,
@@ -36,7 +37,6 @@ from mechscope.sessions.reading import (
     check_values,
     loads,
     read_regular,
-    shown,
 )
 
 FILE_MODE = 0o600  # prompts and findings can be confidential: user-only

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from mechscope.requests.field_types import shown
 from mechscope.sessions.errors import SessionError
 
 MAX_MANIFEST_BYTES = 1 << 20  # session.json
@@ -33,17 +34,10 @@ MAX_TENSOR_HEADER = 64 << 10
 MAX_DEPTH = 32  # JSON nesting
 MAX_STRING = 1 << 20  # characters in one string (a prompt of a long context)
 MAX_INT = (1 << 63) - 1
-MAX_SHOWN = 120  # characters of a value quoted in a message
 TENSOR_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2"}
 
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 _BRACKET = re.compile(rb"[\[\]{}]")
-
-
-def shown(value: Any, width: int = MAX_SHOWN) -> str:
-    """`repr(value)` cut to `width` characters, for messages about values read from a file."""
-    text = repr(value) if not isinstance(value, str) or len(value) < 4 * width else repr(value[:width])
-    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def read_regular(path: Path, limit: int) -> bytes:

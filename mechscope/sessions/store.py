@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mechscope.engine.backend_info import backend_record
+from mechscope.requests.field_types import shown
 from mechscope.sessions.errors import SessionError
 from mechscope.sessions.events import Event, tensor_files, validate_payload, work_kind
 from mechscope.sessions.folders import (
@@ -56,10 +57,7 @@ from mechscope.sessions.paths import (
     generate_name,
     sessions_root,
 )
-from mechscope.sessions.reading import (
-    check_values,
-    shown,
-)
+from mechscope.sessions.reading import check_values
 from mechscope.sessions.state import SessionState, copy_builder
 from mechscope.sessions.writer import LogWriter, write_manifest
 

@@ -75,7 +75,6 @@ def load_set_text(text: str) -> TemplateText | PromptSet:
     return read_set_file(parsed) if isinstance(parsed, Path) else parsed
 
 
-
 def parse_estimate_text(text: str) -> EstimateText:
     """A method, then optional `steps N` and `verify K|auto`; ValueError says what is wrong."""
     words = text.lower().split() or ["atp"]
@@ -127,5 +126,3 @@ def parse_function_vector_text(text: str, n_layers: int) -> FunctionVectorText:
     if not math.isfinite(coeff):
         raise ValueError(f"the coefficient must be a finite number, got {words[2]!r}")
     return FunctionVectorText(layer, top_heads, coeff)
-
-

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from textual.app import App, ComposeResult
+
 from mechscope.engine.testing import tiny_engine
 from mechscope.tui.app import MechscopeApp
+from mechscope.tui.widgets.views import LensView
 
 
 class CountingEngine:
@@ -47,3 +50,16 @@ def screen_text(app) -> str:
         rendered = widget.render()
         parts.append(getattr(rendered, "plain", str(rendered)))
     return "\n".join(parts)
+
+
+def drawn_lines(app) -> list[str]:
+    """Each row of text the screen would send to the terminal (Textual 8's full-screen update)."""
+    update = app.screen._compositor.render_full_update()
+    return ["".join(segment.text for segment in line) for line in update.strips]
+
+
+class LensHost(App[None]):
+    """The logit-lens view alone."""
+
+    def compose(self) -> ComposeResult:
+        yield LensView()

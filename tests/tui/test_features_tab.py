@@ -14,7 +14,7 @@ from mechscope.tui.widgets.features_view import FeaturesView
 from mechscope.tui.widgets.interventions import InterventionList
 from mechscope.tui.widgets.prompt_pane import show_token
 from tests.features.saes import random_sae
-from tests.tui.helpers import make_app, settle
+from tests.tui.helpers import drawn_lines, make_app, settle
 
 
 def view_text(app) -> str:
@@ -260,7 +260,5 @@ async def test_at_80x24_the_whole_no_sae_hint_is_on_screen():
         await settle(pilot)
         await pilot.press("7")
         await settle(pilot)
-        update = app.screen._compositor.render_full_update()
-        screen = "\n".join("".join(segment.text for segment in line) for line in update.strips)
-    assert "`mechscope features train` makes one" in " ".join(line.split("│")[-1].strip()
-                                                                for line in screen.splitlines())
+        screen = drawn_lines(app)
+    assert "`mechscope features train` makes one" in " ".join(line.split("│")[-1].strip() for line in screen)

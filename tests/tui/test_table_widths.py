@@ -7,17 +7,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Input
 
 from mechscope.engine.results import LogitLens
 from mechscope.tui.widgets.views import LensView
-from tests.tui.helpers import make_app, settle
-
-
-class LensHost(App[None]):
-    def compose(self) -> ComposeResult:
-        yield LensView()
+from tests.tui.helpers import LensHost, make_app, settle
 
 
 def lens(tokens: list[str]) -> LogitLens:

@@ -28,7 +28,7 @@ from mechscope.tui.commands import COMMANDS, key_label
 from mechscope.tui.widgets.ordered_input import OrderedInput
 from mechscope.tui.widgets.plain import Plain, visible
 from mechscope.tui.widgets.views import LensView
-from tests.tui.helpers import make_app, settle
+from tests.tui.helpers import LensHost, drawn_lines, make_app, settle
 
 MARKUP_LIKE = "[/INST] [b]Mary[/b] [d_model]"
 
@@ -120,11 +120,6 @@ async def test_help_keeps_the_brackets_of_its_descriptions():
         assert "A[t,k]" in text
 
 
-class LensHost(App[None]):
-    def compose(self) -> ComposeResult:
-        yield LensView()
-
-
 async def test_lens_tokens_that_look_like_tags_are_shown_as_written():
     lens = LogitLens(position=3, top_ids=np.array([[1, 2], [3, 4]]),
                      top_tokens=[["[/b", "]"], ["[b", "x]"]],
@@ -188,9 +183,8 @@ async def test_the_command_palette_shows_each_title_and_help_as_written():
 
 
 def drawn(app) -> str:
-    """Every character the screen would send to the terminal as text (Textual 8's full-screen update)."""
-    update = app.screen._compositor.render_full_update()
-    return "".join(segment.text for line in update.strips for segment in line)
+    """Every character the screen would send to the terminal as text."""
+    return "".join(drawn_lines(app))
 
 
 async def test_control_characters_from_a_file_are_drawn_as_pictures_never_sent_raw(tmp_path):
