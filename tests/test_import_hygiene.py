@@ -27,36 +27,63 @@ WORKBENCH_MODULES = [
     "mechscope.workbench",
     "mechscope.workbench.controller",
     "mechscope.workbench.recorder",
-    "mechscope.requests.registry",
     "mechscope.requests.kinds",
     "mechscope.workbench.stack",
     "mechscope.workbench.numbers",
     "mechscope.workbench.state",
     "mechscope.workbench.sets",
+    "mechscope.workbench.sweeps",
+    "mechscope.workbench.generation",
+    "mechscope.workbench.pin",
+    "mechscope.workbench.vectors",
+    "mechscope.workbench.typed_values",
     "mechscope.requests.tolerance",
 ]
 
 
-@pytest.mark.parametrize("module", CORE_MODULES)
-def test_core_module_imports_no_ui(module):
+def new_imports(modules: list[str], roots: tuple[str, ...]) -> dict[str, list[str]]:
+    """Each module's import in one fresh interpreter, in order: the modules under `roots` that import
+    brought in (one process for all of them: each would otherwise import torch anew)."""
     code = (
-        f"import sys, json, importlib; importlib.import_module({module!r}); "
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich'))))"
+        "import sys, json, importlib\n"
+        f"roots = {roots!r}\n"
+        "loaded = lambda: {m for m in sys.modules if m.split('.')[0] in roots}\n"
+        "found = {}\n"
+        f"for module in {modules!r}:\n"
+        "    before = loaded()\n"
+        "    importlib.import_module(module)\n"
+        "    found[module] = sorted(loaded() - before)\n"
+        "print(json.dumps(found))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def core_imports() -> dict[str, list[str]]:
+    return new_imports(CORE_MODULES, ("textual", "rich"))
+
+
+@pytest.fixture(scope="module")
+def workbench_imports() -> dict[str, list[str]]:
+    return new_imports(WORKBENCH_MODULES, ("textual", "rich", "torch", "transformers"))
+
+
+@pytest.mark.parametrize("module", CORE_MODULES)
+def test_core_module_imports_no_ui(module, core_imports):
+    assert core_imports[module] == []
 
 
 @pytest.mark.parametrize("module", WORKBENCH_MODULES)
-def test_workbench_imports_neither_textual_nor_torch(module):
+def test_workbench_imports_neither_textual_nor_torch(module, workbench_imports):
     """The workbench core runs on any engine (in-process, served, remote): no UI, no torch."""
-    code = (
-        f"import sys, json, importlib; importlib.import_module({module!r}); "
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('textual', 'rich', 'torch', 'transformers'))))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    assert workbench_imports[module] == []
+
+
+def test_the_check_sees_a_ui_import():
+    """The one-process check names the module whose import brought the UI in."""
+    found = new_imports(["json", "rich.text", "mechscope.requests.kinds"], ("rich",))
+    assert found["json"] == [] and "rich.text" in found["rich.text"] and found["mechscope.requests.kinds"] == []
 
 
 def test_cli_start_imports_nothing_heavy():

@@ -278,7 +278,7 @@ class InterventionDialogs:
             steer = SteeringVector(asked.layer, asked.name, asked.coeff, asked.positions)  # type: ignore[arg-type]
             self.steer_after = (asked.name, steer)
             if asked.path is None:
-                screen.submit(screen.bench.vector_request(asked.name, asked.layer, asked.positive, asked.negative))
+                screen.submit(screen.bench.vectors.request(asked.name, asked.layer, asked.positive, asked.negative))
             else:
                 screen.jobs.start(group="vector", prepare=lambda: vector_from_file(asked.path or "", asked.name))
 

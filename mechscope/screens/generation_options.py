@@ -13,8 +13,8 @@ from mechscope.screens.dialog import Dialog
 from mechscope.screens.field_errors import FieldError, show_problems
 from mechscope.tui.widgets.ordered_input import OrderedInput
 from mechscope.tui.widgets.plain import Plain, PlainLabel
-from mechscope.workbench.research import GENERATION_PARSERS
 from mechscope.workbench.state import GenerationSettings
+from mechscope.workbench.typed_values import GENERATION_PARSERS
 
 Validate = Callable[[str, str, str], dict[str, str]]  # the typed values -> each faulty field's problem
 FIELDS = tuple(GENERATION_PARSERS)

@@ -70,23 +70,23 @@ class GridPart:
             return None if result is None else result.sink_scores
         if name not in SWEEP_OF_GRID:
             return bench.sets.grid_values(name)
-        return bench.sweep_values(SWEEP_OF_GRID[name])
+        return bench.sweeps.values(SWEEP_OF_GRID[name])
 
     def show(self, name: str | None = None) -> None:
         if name is not None:
             self.metric = name
         bench = self.screen.bench
         values = self.values(self.metric)
-        stale = bench.sweep_staleness(SWEEP_OF_GRID.get(self.metric, ""))
+        stale = bench.sweeps.staleness(SWEEP_OF_GRID.get(self.metric, ""))
         note = f"{stale}: rerun the sweep" if stale else "not computed"
-        normalised = (bench.effect_scale == "normalised" and values is not None
+        normalised = (bench.sweeps.effect_scale == "normalised" and values is not None
                       and self.metric in NORMALISABLE_GRIDS)
         self.grid.show_metric(self.metric, values, note, self.sweep_direction(values), normalised)
         self.show_marks()
 
     def sweep_direction(self, values: np.ndarray | None) -> str:
         """The direction of the sweep behind a sweep grid ("" for the other grids)."""
-        sweep = self.screen.bench.sweeps.get(SWEEP_OF_GRID.get(self.metric, ""))
+        sweep = self.screen.bench.sweeps.states.get(SWEEP_OF_GRID.get(self.metric, ""))
         return sweep.request.direction if sweep is not None and values is not None else ""
 
     def show_marks(self) -> None:
@@ -105,7 +105,7 @@ class GridPart:
         self.show(name)
         if self.values(self.metric) is None and self.metric in SWEEP_OF_GRID:
             key = key_of(f"sweep('{SWEEP_OF_GRID[self.metric]}')")
-            stale = self.screen.bench.sweep_staleness(SWEEP_OF_GRID[self.metric])
+            stale = self.screen.bench.sweeps.staleness(SWEEP_OF_GRID[self.metric])
             why = f"{stale} since the sweep: " if stale else ""
             self.screen.say(f"grid: {self.title()} ({why}press {key} to run the sweep)")
         else:
@@ -162,7 +162,7 @@ class GridPart:
     def toggle_effect_scale(self) -> None:
         """Δ metric or normalised effect in the sweep grids, the sweep view and the set tab."""
         screen = self.screen
-        screen.bench.toggle_effect_scale()
+        screen.bench.sweeps.toggle_effect_scale()
         self.show()
         screen.sweeps.rescale()
         screen.set_tab.show()

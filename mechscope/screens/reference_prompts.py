@@ -11,7 +11,7 @@ from textual.widgets import Button, Static, TextArea
 
 from mechscope.screens.dialog import Dialog
 from mechscope.tui.widgets.plain import Plain, PlainLabel, PlainTextArea
-from mechscope.workbench.research import parse_reference_prompts
+from mechscope.workbench.typed_values import parse_reference_prompts
 
 
 class ReferencePromptsScreen(Dialog[str | None]):

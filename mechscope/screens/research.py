@@ -42,7 +42,7 @@ class ResearchPart:
 
     def show_predictions(self, result: RunResult, intervened: bool) -> None:
         pane = self.screen.part(PredictionsPane, PredictionsPane)
-        deltas = self.screen.bench.deltas_against_pin()
+        deltas = self.screen.bench.pinned.deltas()
         if deltas is None:
             top_ids = [token.id for token in result.top]
             labels = dict(zip(top_ids, token_labels(self.screen.engine, top_ids, [t.text for t in result.top]),
@@ -51,7 +51,7 @@ class ResearchPart:
             return
         pane.update(pinned_text(result, deltas), layout=False)
         pane.border_title = "predictions"
-        pane.border_subtitle = plain_title(self.screen.bench.pin_label())
+        pane.border_subtitle = plain_title(self.screen.bench.pinned.label())
 
     def repaint_predictions(self) -> None:
         run = self.screen.bench.run
@@ -60,9 +60,9 @@ class ResearchPart:
 
     def pin_baseline(self) -> None:
         """Pin the current result, or unpin when one is pinned."""
-        if self.screen.bench.pinned is not None:
-            self.screen.bench.unpin()
-        elif not self.screen.bench.pin():
+        if self.screen.bench.pinned.outcome is not None:
+            self.screen.bench.pinned.unpin()
+        elif not self.screen.bench.pinned.pin():
             self.screen.update_status()
             return
         self.repaint_predictions()
@@ -127,7 +127,7 @@ class ResearchPart:
         """(default file name, what to write) for an export choice; None (and a message) when there is nothing."""
         bench = self.screen.bench
         if choice.startswith("sweep"):
-            state = bench.last_sweep
+            state = bench.sweeps.last
             if state is None or state.result is None:
                 self.screen.show_error(f"no sweep to export yet ({key_of('sweep')} or {key_of('sweep_options')} "
                                        "runs one)")
@@ -156,7 +156,7 @@ class ResearchPart:
             if isinstance(payload, str):
                 exports.write_text(path, payload)
             else:
-                state = self.screen.bench.last_sweep
+                state = self.screen.bench.sweeps.last
                 direction = state.request.direction if state is not None else "noising"
                 exports.sweep_to_safetensors(payload, Path(path).expanduser(), direction=direction)
         except OSError as exc:

@@ -12,7 +12,7 @@ from textual.widgets import Button, Checkbox, Select
 from mechscope.engine.results import DIRECTIONS, HEAD_INPUTS, SWEEP_KINDS
 from mechscope.screens.dialog import Dialog
 from mechscope.tui.widgets.plain import PlainLabel
-from mechscope.workbench.research import HEAD_INPUT_NAMES, SWEEP_NAMES
+from mechscope.workbench.sweeps import HEAD_INPUT_NAMES, SWEEP_NAMES
 
 
 @dataclass(frozen=True)

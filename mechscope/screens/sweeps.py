@@ -16,7 +16,7 @@ from mechscope.requests.kinds import (
 from mechscope.screens.grid import GRID_OF_SWEEP
 from mechscope.tui.commands import key_of
 from mechscope.tui.widgets.views import GenerationView, SweepView
-from mechscope.workbench.research import sweep_title
+from mechscope.workbench.sweeps import sweep_title
 
 if TYPE_CHECKING:
     from mechscope.screens.workbench import WorkbenchScreen
@@ -42,10 +42,10 @@ class SweepsPart:
     def show_restored(self) -> None:
         """A resumed session's sweeps, in the view and as the grid's metric."""
         bench = self.screen.bench
-        for kind, state in bench.sweeps.items():
+        for kind, state in bench.sweeps.states.items():
             if state.done and state.result is not None:
                 self.show(state.request, state.result, running=False, note=" (from the session)")
-                if kind in GRID_OF_SWEEP and bench.sweep_values(kind) is not None:
+                if kind in GRID_OF_SWEEP and bench.sweeps.values(kind) is not None:
                     self.screen.grid_part.metric = GRID_OF_SWEEP[kind]
 
     @property
@@ -56,19 +56,19 @@ class SweepsPart:
              note: str = "") -> None:
         """A sweep in the view, with its header in full and in two short lines (the view picks by size)."""
         bench = self.screen.bench
-        normalised = bench.effect_scale == "normalised"
+        normalised = bench.sweeps.effect_scale == "normalised"
         if normalised and result.kind != "atp":
             note += f" · cells: share of the gap ({key_of('toggle_effect_scale')}: Δ)"
         info = self.screen.engine.info
         group = max(info.n_heads // max(info.n_kv_heads, 1), 1)
         self.view.show(result, running=running, note=note,
-                       header=bench.sweep_header(request, result, kv_group=group),
-                       short_header=bench.sweep_header(request, result, short=True, kv_group=group),
+                       header=bench.sweeps.header(request, result, kv_group=group),
+                       short_header=bench.sweeps.header(request, result, short=True, kv_group=group),
                        normalised=normalised, title=view_title(request))
 
     def rescale(self) -> None:
         """The last sweep again, in the effect scale just chosen."""
-        state = self.screen.bench.last_sweep
+        state = self.screen.bench.sweeps.last
         if state is not None and state.result is not None:
             self.show(state.request, state.result, running=not state.done)
 
@@ -82,7 +82,7 @@ class SweepsPart:
         """Every sweep entry point: the Workbench applies one rule for what the sweep runs on."""
         screen = self.screen
         if screen.loaded():
-            screen.submit(screen.bench.sweep_with(kind, direction, on_top, head_input))  # type: ignore[arg-type]
+            screen.submit(screen.bench.sweeps.start(kind, direction, on_top, head_input))  # type: ignore[arg-type]
             screen.update_status()
 
     def path_sweep(self) -> None:
@@ -108,7 +108,7 @@ class SweepsPart:
         def done(text: str | None) -> None:
             choice = parse(text) if text else None
             if choice is not None:
-                screen.submit(screen.bench.path_sweep(choice[0], choice[1]))  # type: ignore[arg-type]
+                screen.submit(screen.bench.sweeps.path(choice[0], choice[1]))  # type: ignore[arg-type]
                 screen.update_status()
 
         group = max(screen.engine.info.n_heads // max(screen.engine.info.n_kv_heads, 1), 1)
@@ -123,7 +123,7 @@ class SweepsPart:
         screen = self.screen
         if not screen.loaded():
             return
-        last = screen.bench.last_sweep
+        last = screen.bench.sweeps.last
         kind, direction = (last.request.sweep_kind, last.request.direction) if last else ("head", "noising")
 
         def done(choice: SweepChoice | None) -> None:
@@ -131,7 +131,7 @@ class SweepsPart:
                 self.sweep_with(choice.kind, choice.direction, choice.on_top, choice.head_input)
 
         active = len(screen.bench.interventions())
-        screen.app.push_screen(SweepOptionsScreen(kind, direction, screen.bench.sweep_on_top_default(), active),
+        screen.app.push_screen(SweepOptionsScreen(kind, direction, screen.bench.sweeps.on_top_default(), active),
                                done)
 
     def started(self, request: SweepRequest | PathSweepRequest) -> None:
@@ -140,7 +140,7 @@ class SweepsPart:
 
     def partial(self, request: Request, value: Any) -> None:
         assert isinstance(value, SweepResult)
-        state = self.screen.bench.sweep_partial(request, value)  # type: ignore[arg-type]
+        state = self.screen.bench.sweeps.partial(request, value)  # type: ignore[arg-type]
         if state is None or not self.screen.alive:
             return
         self.show(state.request, value, running=not value.complete)
@@ -150,7 +150,7 @@ class SweepsPart:
     def finished(self, outcome: Outcome) -> None:
         request = outcome.request
         bench = self.screen.bench
-        state = next((s for s in bench.sweeps.values() if s.request is request), None)
+        state = next((s for s in bench.sweeps.states.values() if s.request is request), None)
         if state is None or not outcome.ok:
             return
         result = outcome.result
@@ -167,7 +167,7 @@ class SweepsPart:
         sweeping = screen.jobs.cancel("sweep")
         generating = screen.jobs.cancel("generate")
         if sweeping:
-            state = screen.bench.cancel_sweep()
+            state = screen.bench.sweeps.cancel()
             if state is not None and state.result is not None:
                 self.show(state.request, state.result, running=False, note=" (cancelled)")
         return sweeping or generating
@@ -177,7 +177,7 @@ class SweepsPart:
     def generate(self) -> None:
         screen = self.screen
         if screen.loaded():
-            screen.submit(screen.bench.generate())
+            screen.submit(screen.bench.generations.start())
             screen.update_status()
 
     def generation_started(self, request: GenerateRequest) -> None:
@@ -187,34 +187,34 @@ class SweepsPart:
 
     def generation_lanes(self, request: GenerateRequest) -> tuple[Request, ...]:
         """Both lanes in one worker: the same request without interventions, then the request itself."""
-        generation = self.screen.bench.generation
+        generation = self.screen.bench.generations.latest
         baseline = request if generation is None else generation.baseline
         return (baseline, request) if baseline is not request else (request,)
 
     def token(self, request: Request, value: Any) -> None:
-        lane = self.screen.bench.generation_token(request, value)  # type: ignore[arg-type]
+        lane = self.screen.bench.generations.token(request, value)  # type: ignore[arg-type]
         if lane is not None and self.screen.alive:
             self.screen.part(GenerationView, GenerationView).append(lane, value)
 
     def generation_finished(self, outcome: Outcome) -> None:
-        generation = self.screen.bench.generation
+        generation = self.screen.bench.generations.latest
         if generation is None or outcome.request is not generation.request:
             return
         self.screen.bench.info = "generation cancelled" if outcome.cancelled else "generated"
 
     def generation_settings(self) -> None:
         from mechscope.screens.generation_options import GenerationOptionsScreen
-        from mechscope.workbench.research import generation_problems
+        from mechscope.workbench.typed_values import generation_problems
 
         screen = self.screen
 
         def done(values: tuple[str, str, str] | None) -> None:
             if values is not None:
-                error = screen.bench.set_generation(*values)
+                error = screen.bench.generations.set_settings(*values)
                 if error:
                     screen.show_error(error)
                 else:
                     screen.update_status()
 
-        screen.app.push_screen(GenerationOptionsScreen(screen.bench.generation_settings,
+        screen.app.push_screen(GenerationOptionsScreen(screen.bench.generations.settings,
                                                        generation_problems), done)

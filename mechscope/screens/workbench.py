@@ -459,7 +459,7 @@ class WorkbenchScreen(Screen[None]):
             self.bench.info = f"{mode}{timing}"
         else:
             self.bench.info = "done"
-        if self.bench.generation is not None and not self.bench.generation_is_current():
+        if self.bench.generations.latest is not None and not self.bench.generations.is_current():
             self.part(GenerationView, GenerationView).mark_stale()
 
     def mark_panes_stale(self, why: str | None) -> None:

@@ -1,4 +1,5 @@
-"""The Workbench controller: owns the inputs, the intervention stack, the latest outcomes and the sweeps.
+"""The Workbench controller: owns the inputs, the intervention stack, the live run and the parts that
+hold sweeps, generation, the pin, steering vectors, the prompt set and features.
 
 Commands update state and return the request to run next (or None). `accept(outcome)` stores an
 outcome and records exactly the request it carries; an outcome whose request no longer matches the
@@ -22,7 +23,7 @@ from mechscope.engine.interventions import (
     Metric,
     SteeringVector,
 )
-from mechscope.engine.results import Direction, GeneratedToken, RunResult, SweepKind, SweepResult
+from mechscope.engine.results import RunResult
 from mechscope.engine.views import Views
 from mechscope.requests.kinds import (
     AddVectorRequest,
@@ -41,11 +42,15 @@ from mechscope.requests.kinds import (
 )
 from mechscope.workbench.feature_attribution import FeatureAttributionState
 from mechscope.workbench.features import FeatureTab
+from mechscope.workbench.generation import Generations
+from mechscope.workbench.pin import PinnedRun
 from mechscope.workbench.recorder import SessionRecorder
-from mechscope.workbench.research import ResearchCommands, sweep_title
 from mechscope.workbench.sets import PromptSets
 from mechscope.workbench.stack import Change, Entry, InterventionStack
 from mechscope.workbench.state import Generation, GenerationSettings, Inputs, Lane, SweepState
+from mechscope.workbench.sweeps import Sweeps
+from mechscope.workbench.typed_values import check_position, parse_position, parse_reference_prompts
+from mechscope.workbench.vectors import SteeringVectors
 
 __all__ = ["Generation", "GenerationSettings", "Inputs", "Lane", "SweepState", "Workbench"]
 
@@ -70,7 +75,7 @@ def positions_note(intervention: Intervention) -> str:
     return " @" + ",".join(str(p) for p in positions)
 
 
-class Workbench(ResearchCommands):
+class Workbench:
     """The UI-free state of one workbench; the TUI renders it and runs the requests it returns."""
 
     def __init__(self, inputs: Inputs, recorder: SessionRecorder | None = None, *, top_k: int = 10,
@@ -81,37 +86,38 @@ class Workbench(ResearchCommands):
         self.stack = InterventionStack()
         self.follows: set[int] = set()  # ids of patches whose source is the corrupted prompt
         self.top_k = top_k
-        self.generation_settings = generation or GenerationSettings()
         self.selected: tuple[int, int] | None = None
         self.run: Outcome | None = None  # the latest shown run (its request and result)
         self.run_error: str | None = None  # the latest run failed: `run` is the last good one
         self.attention: dict[str, tuple[np.ndarray, list[str]]] = {}  # address -> ([query, key], tokens)
-        self.sweeps: dict[str, SweepState] = {}
-        self.last_sweep: SweepState | None = None
-        self.generation: Generation | None = None
         self.error: str | None = None  # one line for the status bar, cleared by the next success
         self.info = ""
         self._issued_run: RunRequest | None = None
         self._issued_attention: RunRequest | None = None
         self._checks: list[_Check] = []
-        self.vector_norms: dict[str, float] = {}
+        self.metric_position = -1  # the token the metric reads (-1: the last)
+        self.reference_prompts: tuple[str, ...] | None = None  # what mean ablations average over (None: the engine's)
+        self.sweeps = Sweeps(self)  # the latest sweep of each kind and the scale grids show
+        self.generations = Generations(self, generation)
+        self.pinned = PinnedRun(self)  # the run deltas are shown against
+        self.vectors = SteeringVectors(self)
         self.sets = PromptSets(self)  # the prompt set and its set-level results
         self.features = FeatureTab(self)  # the SAE folder the features tab reads, its latest outcome
         self.feature_attribution = FeatureAttributionState(self)  # which features move the metric
         # What each request type's outcome does to this state (and what it records): the only
         # place outcomes are told apart, by the type of the request they carry.
         self._acceptors: dict[type, Callable[[Outcome], Request | None]] = {
-            RunRequest: self._accept_run, SweepRequest: self._accept_sweep, PathSweepRequest: self._accept_sweep,
-            GenerateRequest: self._accept_generate, ValidateRequest: self._accept_check,
-            ReferencePromptsRequest: self._accept_reference, BuildVectorRequest: self._accept_vector,
-            AddVectorRequest: self._accept_vector, FeatureActivationsRequest: self.features.accept,
+            RunRequest: self._accept_run, SweepRequest: self.sweeps.accept, PathSweepRequest: self.sweeps.accept,
+            GenerateRequest: self.generations.accept, ValidateRequest: self._accept_check,
+            ReferencePromptsRequest: self._accept_reference, BuildVectorRequest: self.vectors.accept,
+            AddVectorRequest: self.vectors.accept, FeatureActivationsRequest: self.features.accept,
             FeatureCardRequest: self.features.accept_card,
             FeatureAttributionRequest: self.feature_attribution.accept,
             **dict.fromkeys(self.sets.request_types(), self.sets.accept),
         }
         # How an outcome read back from a session is shown again (nothing is recorded).
         self._restorers: dict[type, Callable[[Outcome], None]] = {
-            SweepRequest: self._restore_sweep, PathSweepRequest: self._restore_sweep,
+            SweepRequest: self.sweeps.restore, PathSweepRequest: self.sweeps.restore,
             FeatureActivationsRequest: self.features.restore, FeatureCardRequest: self.features.restore_card,
             FeatureAttributionRequest: self.feature_attribution.restore, **self.sets.restorers(),
         }
@@ -123,7 +129,18 @@ class Workbench(ResearchCommands):
         return None if self.run is None else self.run.result
 
     def metric(self) -> Metric | None:
-        return self.with_position(self.inputs.metric()[0])
+        """The inputs' metric, read at the chosen position."""
+        metric = self.inputs.metric()[0]
+        if metric is None or metric.position == self.metric_position:
+            return metric
+        return dataclasses.replace(metric, position=self.metric_position)
+
+    def n_tokens(self) -> int | None:
+        """Tokens of the clean prompt, when the shown run is of it."""
+        result = self.result
+        if result is None or result.prompt != self.inputs.clean:
+            return None
+        return len(result.tokens)
 
     def resolved(self, entry: Entry) -> Intervention:
         """The intervention an entry runs as: a following patch takes the corrupted prompt now."""
@@ -152,35 +169,6 @@ class Workbench(ResearchCommands):
         return self.run is not None and self.run_error is None \
             and self.is_current(cast(RunRequest, self.run.request))
 
-    def sweep_staleness(self, kind: str) -> str | None:
-        """None when the sweep of `kind` ran on the current inputs, else what changed since."""
-        state = self.sweeps.get(kind)
-        if state is None:
-            return None
-        request = state.request
-        prompts = (request.clean, request.corrupt) != (self.inputs.clean, self.inputs.corrupted)
-        metric = request.metric != self.metric()
-        if prompts and metric:
-            return "prompts and metric changed"
-        if prompts:
-            return "prompts changed"
-        if metric:
-            return "metric changed"
-        return None
-
-    def sweep_values(self, kind: str) -> np.ndarray | None:
-        """The sweep's values when it ran on the current inputs (stale ones are not shown as current)."""
-        state = self.sweeps.get(kind)
-        if state is None or state.result is None or self.sweep_staleness(kind) is not None:
-            return None
-        return self.effect_values(state.result)
-
-    def generation_is_current(self) -> bool:
-        gen = self.generation
-        return gen is not None and gen.request.prompt == self.inputs.clean \
-            and gen.request.interventions == self.interventions() \
-            and gen.request.corrupted == (self.inputs.corrupted or None)
-
     def label(self, entry: Entry) -> str:
         """An entry as the list shows it: a patch says where its source comes from."""
         intervention = self.resolved(entry)
@@ -197,7 +185,7 @@ class Workbench(ResearchCommands):
     def list_label(self, entry: Entry) -> str:
         """An entry as the interventions list shows it: a steering vector adds its norm beside the residual's."""
         intervention = self.resolved(entry)
-        note = self.steering_note(intervention) if isinstance(intervention, SteeringVector) else ""
+        note = self.vectors.note(intervention) if isinstance(intervention, SteeringVector) else ""
         return self.label(entry) + note
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -249,6 +237,36 @@ class Workbench(ResearchCommands):
                                             interventions=self.interventions(),
                                             views=Views(attention=(address,)), top_k=1)
         return self._issued_attention
+
+    def set_metric_position(self, text: str) -> RunRequest | None:
+        """`-1` (last token) or any position of the prompt; an error (and no run) otherwise."""
+        problem = self.position_error(text)
+        if problem:
+            self.error = problem
+            return None
+        position = parse_position(text)
+        self.metric_position = position
+        self.error = None
+        self.info = "metric at the last token" if position == -1 else f"metric at position {position}"
+        return self.next_run()
+
+    def position_error(self, text: str) -> str | None:
+        """For a dialog: the error `set_metric_position` would give, without changing anything."""
+        try:
+            position = parse_position(text)
+        except ValueError as exc:
+            return str(exc)
+        return check_position(position, self.n_tokens())
+
+    def set_reference_prompts(self, text: str) -> ReferencePromptsRequest | None:
+        """The request that makes mean ablations average over these prompts (one per line)."""
+        try:
+            prompts = parse_reference_prompts(text)
+        except ValueError as exc:
+            self.error = str(exc)
+            return None
+        self.error = None
+        return ReferencePromptsRequest(prompts)
 
     # -- interventions --------------------------------------------------------------------------
 
@@ -341,11 +359,9 @@ class Workbench(ResearchCommands):
         Returns the ValidateRequest to run (its accepted outcome applies the change), or, when there
         is nothing to check against (no prompt, a disabled intervention), applies it at once.
         """
-        if not self.inputs.clean.strip() or not intervention.enabled:
+        request = self.dry_run_request(intervention, replace_id)
+        if request is None:
             return self._apply(intervention, replace_id, toggle, follows)
-        others = tuple(self.resolved(e) for e in self.stack.entries
-                       if e.intervention.enabled and e.id != replace_id)
-        request = ValidateRequest(self.inputs.clean, self.inputs.corrupted or None, (*others, intervention))
         self._checks.append(_Check(request, intervention, replace_id, toggle, follows))
         return request
 
@@ -397,69 +413,6 @@ class Workbench(ResearchCommands):
             return self.toggle_head(knockout)  # switching it off needs no check
         return self.propose(knockout, toggle=True)
 
-    # -- sweeps, generation, vectors --------------------------------------------------------------
-
-    def sweep(self, kind: SweepKind, direction: Direction = "noising") -> SweepRequest | None:
-        if not self.inputs.clean.strip() or not self.inputs.corrupted.strip():
-            self.error = "a sweep needs both a clean and a corrupted prompt"
-            return None
-        metric, note = self.metric(), self.inputs.metric()[1]
-        if metric is None:
-            self.error = note or "a sweep needs a metric"
-            return None
-        request = SweepRequest(kind, self.inputs.clean, self.inputs.corrupted, metric, direction)
-        self.sweeps[kind] = self.last_sweep = SweepState(request)
-        self.error = None
-        return request
-
-    def sweep_partial(self, request: SweepRequest | PathSweepRequest, result: SweepResult) -> SweepState | None:
-        """A streamed partial result; None when it belongs to a sweep that was replaced or cancelled."""
-        state = self.sweeps.get(request.sweep_kind)
-        if state is None or state.request is not request or state.done or state.cancelled:
-            return None
-        state.result = result
-        return state
-
-    def cancel_sweep(self) -> SweepState | None:
-        state = self.last_sweep
-        if state is None or state.done:
-            return None
-        state.cancelled = True
-        return state
-
-    def generate(self) -> GenerateRequest | None:
-        """The intervened lane's request; `generation.baseline` runs the same without interventions."""
-        if not self.inputs.clean.strip():
-            self.error = "empty prompt: nothing to generate from"
-            return None
-        settings = self.generation_settings
-        request = GenerateRequest(self.inputs.clean, self.inputs.corrupted or None, self.interventions(),
-                                  settings.max_new_tokens, settings.temperature, settings.seed)
-        self.generation = Generation(request, dataclasses.replace(request, interventions=()))
-        self.error = None
-        return request
-
-    def generation_token(self, request: GenerateRequest, token: GeneratedToken) -> Lane | None:
-        """A streamed token; the lane it belongs to, or None for a superseded generation."""
-        lane = self._lane(request)
-        if lane is not None and self.generation is not None:
-            self.generation.tokens[lane].append(token)
-        return lane
-
-    def _lane(self, request: Request) -> Lane | None:
-        gen = self.generation
-        if gen is None:
-            return None
-        if request is gen.request:
-            return "intervened"
-        if request is gen.baseline:
-            return "baseline"
-        return None
-
-    def vector_request(self, name: str, layer: int, positive: tuple[str, ...],
-                       negative: tuple[str, ...]) -> BuildVectorRequest:
-        return BuildVectorRequest(name, layer, positive, negative)
-
     # -- outcomes -------------------------------------------------------------------------------
 
     def accept(self, outcome: Outcome) -> Request | None:
@@ -467,14 +420,16 @@ class Workbench(ResearchCommands):
         acceptor = self._acceptors.get(type(outcome.request))
         return None if acceptor is None else acceptor(outcome)
 
-    def _accept_vector(self, outcome: Outcome) -> None:
-        request = cast(BuildVectorRequest | AddVectorRequest, outcome.request)
-        if outcome.ok:
-            self.recorder.vector(request.name, np.asarray(outcome.result, dtype=np.float32))
-            self.remember_vector(request.name, outcome.result)
-            self.invalidate()  # a vector of this name may already steer: its values changed
-        else:
-            self.error = None if outcome.cancelled else f"no steering vector: {outcome.error}"
+    def _accept_reference(self, outcome: Outcome) -> RunRequest | None:
+        request = cast(ReferencePromptsRequest, outcome.request)
+        if not outcome.ok:
+            self.error = None if outcome.cancelled else f"reference prompts not set: {outcome.error}"
+            return None
+        self.reference_prompts = request.prompts
+        self.recorder.reference_prompts(request.prompts)
+        self.info = f"mean ablation now averages over {self.sets.mean_origin()}"
+        self.invalidate()  # mean ablations changed: the same inputs run again
+        return self.next_run()
 
     def is_attention_request(self, request: Request) -> bool:
         """The light run `attention_request` made (its outcome fills `attention`, never `run`)."""
@@ -526,42 +481,6 @@ class Workbench(ResearchCommands):
         if changes:
             self.recorder.changes(changes)
 
-    def _accept_sweep(self, outcome: Outcome) -> None:
-        request = cast(SweepRequest | PathSweepRequest, outcome.request)
-        state = self.sweeps.get(request.sweep_kind)
-        if state is None or state.request is not request:
-            return None  # a newer sweep of this kind replaced it
-        if outcome.cancelled:
-            state.cancelled = True
-            return None
-        state.done = True
-        if not outcome.ok:
-            state.error = outcome.error
-            self.error = f"sweep failed: {outcome.error}"
-            return None
-        state.result = outcome.result
-        self.recorder.prompt_and_metric(request.clean, request.corrupt, request.metric)
-        self.recorder.work(outcome, sweep_title(request))
-        return None
-
-    def _accept_generate(self, outcome: Outcome) -> None:
-        request = cast(GenerateRequest, outcome.request)
-        lane = self._lane(request)
-        gen = self.generation
-        if lane is None or gen is None:
-            return None
-        if outcome.cancelled:
-            gen.cancelled = True
-            return None
-        if not outcome.ok:
-            self.error = f"generate failed: {outcome.error}"
-            return None
-        gen.tokens[lane] = list(outcome.result)
-        if lane == "intervened":
-            gen.done = True
-            self.recorder.work(outcome, "generation")
-        return None
-
     def _accept_check(self, outcome: Outcome) -> RunRequest | None:
         request = outcome.request
         check = next((c for c in self._checks if c.request is request), None)
@@ -595,10 +514,9 @@ class Workbench(ResearchCommands):
         self.recorder.remember_state(clean, corrupted, metric, interventions)
         self.run = None
         self.run_error = None
-        self.pinned = None
+        self.pinned.outcome = None
         self.sweeps.clear()
-        self.last_sweep = None
-        self.generation = None
+        self.generations.latest = None
         self._issued_run = None
 
     def restore_session(self, state: Any) -> None:
@@ -608,10 +526,10 @@ class Workbench(ResearchCommands):
         massive activations). Nothing is recorded again."""
         self.restore(state.clean or "", state.corrupted, state.metric, list(state.interventions))
         for name, values in (state.vectors or {}).items():
-            self.remember_vector(name, values)
+            self.vectors.remember(name, values)
         if state.reference_prompts:
             self.reference_prompts = tuple(state.reference_prompts)
-        self.use_effect_scale(state.effect_scale)
+        self.sweeps.use_effect_scale(state.effect_scale)
         self.features.restore_labels(getattr(state, "feature_labels", None) or {})
         self.sets.restore(state.prompt_set)
         for outcome in state.outcomes:
@@ -622,10 +540,6 @@ class Workbench(ResearchCommands):
         restorer = self._restorers.get(type(outcome.request))
         if restorer is not None and outcome.ok:
             restorer(outcome)
-
-    def _restore_sweep(self, outcome: Outcome) -> None:
-        request = cast(SweepRequest | PathSweepRequest, outcome.request)
-        self.sweeps[request.sweep_kind] = SweepState(request, outcome.result, done=True)
 
     def switch_recorder(self, recorder: SessionRecorder) -> None:
         self.recorder.close()

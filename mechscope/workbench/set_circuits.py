@@ -105,7 +105,7 @@ class SetCircuits:
         bench = self.sets.bench
         result = outcome.result
         bench.recorder.vector(result.name, np.asarray(result.vector, dtype=np.float32))
-        bench.remember_vector(result.name, result.vector)
+        bench.vectors.remember(result.name, result.vector)
         bench.invalidate()  # a vector of this name may already steer: its values changed
 
     def _accept_roles(self, outcome: Outcome) -> None:

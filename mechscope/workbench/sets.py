@@ -30,7 +30,6 @@ from mechscope.requests.kinds import (
     SweepSetRequest,
     TemplateSetRequest,
 )
-from mechscope.workbench.research import MAX_REFERENCE_PROMPTS
 from mechscope.workbench.set_circuits import SetCircuits
 from mechscope.workbench.set_rows import (
     RowProblem,
@@ -48,6 +47,7 @@ from mechscope.workbench.set_texts import (
     row_count_problem,
 )
 from mechscope.workbench.state import Inputs
+from mechscope.workbench.typed_values import MAX_REFERENCE_PROMPTS
 
 if TYPE_CHECKING:
     from mechscope.workbench.controller import Workbench
@@ -132,7 +132,7 @@ class PromptSets:
 
     def sweep_values(self) -> np.ndarray | None:
         result = self.sweep.result if self.sweep is not None and self.sweep.ok else self.sweep_partial
-        return None if result is None else self.bench.effect_values(result)
+        return None if result is None else self.bench.sweeps.effect_values(result)
 
     def grid_values(self, name: str) -> np.ndarray | None:
         if name == SET_SWEEP_GRID:

@@ -13,7 +13,7 @@ from mechscope.requests.kinds import Outcome
 from mechscope.serve import codec
 from mechscope.serve.jobs import outcome_frame
 from mechscope.workbench.controller import Workbench
-from mechscope.workbench.research import pin_deltas, softmax
+from mechscope.workbench.pin import pin_deltas, softmax
 from mechscope.workbench.state import Inputs
 
 IOI = Inputs("When Mary and John went to the store, John gave a drink to",

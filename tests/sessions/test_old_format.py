@@ -73,10 +73,10 @@ def test_old_session_resumes_with_its_prompt_set_and_results(old: Session) -> No
     np.testing.assert_allclose(bench.sets.run.result.values, recorded["values"])
     sweep_event = [e for e in old.events if e.kind == "set_sweep"][0]
     np.testing.assert_allclose(bench.sets.sweep_values(), old.tensor(sweep_event), atol=1e-7)
-    assert bench.sweeps["head"].done
-    np.testing.assert_allclose(bench.sweeps["head"].result.values,
+    assert bench.sweeps.states["head"].done
+    np.testing.assert_allclose(bench.sweeps.states["head"].result.values,
                                old.tensor([e for e in old.events if e.kind == "sweep"][0]))
-    assert "happy" in bench.vector_norms
+    assert "happy" in bench.vectors.norms
     assert bench.reference_prompts == ("The cat sat on the mat", "One two three")
 
 

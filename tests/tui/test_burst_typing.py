@@ -264,4 +264,4 @@ async def test_a_burst_picks_from_the_sweep_dialogs_list_and_runs_it() -> None:
     app, screen, _ = await burst_into_workbench([("W", "W"), ("enter", None), ("down", None), ("enter", None),
                                                   ("ctrl+s", None)])
     assert screen == "WorkbenchScreen"
-    assert list(app.bench.sweeps) == ["attn"] and app.bench.sweeps["attn"].result is not None
+    assert list(app.bench.sweeps.states) == ["attn"] and app.bench.sweeps.states["attn"].result is not None

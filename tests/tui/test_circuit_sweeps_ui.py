@@ -26,7 +26,7 @@ async def test_sweep_dialog_patches_each_heads_key():
         app.screen.query_one("#sweep-head-input", Select).value = "k"
         await pilot.press("ctrl+s")
         await settle(pilot)
-        state = app.bench.sweeps["head"]
+        state = app.bench.sweeps.states["head"]
         assert state.request.head_input == "k"
         expected = app.engine.sweep("head", IOI_PAIR.clean, IOI_PAIR.corrupted, state.request.metric,
                                     head_input="k")
@@ -53,7 +53,7 @@ async def test_senders_into_the_selected_heads_query_fill_the_grid():
         field.value = "q denoising"
         await pilot.press("enter")
         await settle(pilot)
-        state = app.bench.sweeps["head"]
+        state = app.bench.sweeps.states["head"]
         assert state.request.receiver == "L2.H1.q" and state.request.direction == "denoising"
         expected = app.engine.path_sweep("L2.H1.q", IOI_PAIR.clean, IOI_PAIR.corrupted, state.request.metric,
                                          direction="denoising")

@@ -27,7 +27,7 @@ async def test_after_a_dialog_closes_keys_act_on_the_grid_not_the_prompt():
         await pilot.press("g")
         await settle(pilot)
         assert app.query_one("#clean", Input).value == IOI_PAIR.clean
-        assert app.bench.generation is not None and app.bench.generation.done
+        assert app.bench.generations.latest is not None and app.bench.generations.latest.done
 
 
 async def test_non_finite_or_huge_numbers_keep_the_dialog_open_with_the_reason():

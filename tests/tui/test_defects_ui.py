@@ -75,7 +75,7 @@ async def test_a_too_small_terminal_says_so_and_acts_on_nothing():
         await press_each(pilot, "space", "g", "w", "slash", "x", "ctrl+p")
         await settle(pilot)
         assert isinstance(app.screen, TooSmallScreen)
-        assert app.bench.stack.entries == () and app.bench.generation is None and not app.bench.sweeps
+        assert app.bench.stack.entries == () and app.bench.generations.latest is None and not app.bench.sweeps.states
         await pilot.resize_terminal(80, 24)
         await settle(pilot)
         assert not isinstance(app.screen, TooSmallScreen)
@@ -158,7 +158,7 @@ async def test_generation_settings_show_each_problem_beside_its_field():
         fields["temperature"].value = "0.7"
         await press_each(pilot, "enter")
         assert not isinstance(app.screen, GenerationOptionsScreen)
-        settings = app.bench.generation_settings
+        settings = app.bench.generations.settings
         assert (settings.max_new_tokens, settings.temperature, settings.seed) == (12, 0.7, 0)
 
 
@@ -349,7 +349,7 @@ async def test_resuming_a_session_brings_its_sweep_back_to_the_grid():
         await settle(pilot)
         await press_each(pilot, "w")
         await settle(pilot)
-        swept = app.bench.sweeps["head"].result.values.copy()
+        swept = app.bench.sweeps.states["head"].result.values.copy()
         app.bench.recorder.close()
     again = make_app(session_name="sweeps")
     async with again.run_test(size=(120, 40)) as pilot:

@@ -81,11 +81,11 @@ async def test_percent_shows_sweeps_normalised_records_it_and_a_resumed_session_
         await settle(pilot)
         await pilot.press("w")
         await settle(pilot)
-        result = app.bench.sweeps["head"].result
+        result = app.bench.sweeps.states["head"].result
         assert app.screen.grid.metric_title == "noising"
         await pilot.press("percent_sign")
         await settle(pilot)
-        assert app.bench.effect_scale == "normalised"
+        assert app.bench.sweeps.effect_scale == "normalised"
         np.testing.assert_allclose(app.screen.grid.values, result.normalised, equal_nan=True)
         assert app.screen.grid.metric_title == "noising ÷gap"
         text = screen_text(app)

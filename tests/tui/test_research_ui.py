@@ -78,7 +78,7 @@ async def test_sweep_dialog_runs_denoising_on_top_of_interventions_and_says_so()
         app.screen.query_one("#sweep-on-top", Checkbox).value = True
         await pilot.press("ctrl+s")
         await settle(pilot)
-        state = app.bench.sweeps["attn"]
+        state = app.bench.sweeps.states["attn"]
         assert state.request.direction == "denoising" and state.request.interventions == (HeadAblation(1, 0),)
         expected = app.engine.sweep("attn", IOI_PAIR.clean, IOI_PAIR.corrupted, state.request.metric,
                                     direction="denoising", interventions=[HeadAblation(1, 0)])
@@ -91,7 +91,7 @@ async def test_sweep_dialog_runs_denoising_on_top_of_interventions_and_says_so()
         assert sweep["interventions"] == [HeadAblation(1, 0).to_dict()]
         await pilot.press("w")  # the plain key keeps its head noising sweep
         await settle(pilot)
-        assert app.bench.sweeps["head"].request.direction == "noising"
+        assert app.bench.sweeps.states["head"].request.direction == "noising"
         assert "head noising" in screen_text(app)
 
 
@@ -159,7 +159,7 @@ async def test_generation_settings_dialog_validates_and_generate_uses_them():
         await settle(pilot)
         await pilot.press("g")
         await settle(pilot)
-        request = app.bench.generation.request
+        request = app.bench.generations.latest.request
         assert (request.max_new_tokens, request.temperature, request.seed) == (4, 0.5, 7)
         generated = events(app, "generate")[-1]
         assert (generated["max_new_tokens"], generated["temperature"], generated["seed"]) == (4, 0.5, 7)
@@ -185,7 +185,7 @@ async def test_export_sweep_csv_from_the_ui(tmp_path):
         await pilot.press("enter")
         await settle(pilot)
         rows = list(csv.DictReader((tmp_path / "s.csv").open()))
-        values = app.bench.sweeps["head"].result.values
+        values = app.bench.sweeps.states["head"].result.values
         assert len(rows) == values.size
         assert rows[5]["label"] == f"L{5 // values.shape[1]}.H{5 % values.shape[1]}"
         assert float(rows[5]["delta_metric"]) == pytest.approx(values.reshape(-1)[5])
@@ -218,6 +218,6 @@ async def test_palette_sweep_entries_run_their_kind_and_direction():
                 "Export… (e)"} <= titles
         app.workbench.run_command("sweep_with('head','denoising')")
         await settle(pilot)
-        request = app.bench.sweeps["head"].request
+        request = app.bench.sweeps.states["head"].request
         assert (request.sweep_kind, request.direction, request.interventions) == ("head", "denoising", ())
         assert "head denoising · on the" in screen_text(app)

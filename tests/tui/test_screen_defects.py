@@ -108,11 +108,11 @@ def sweep_result(base: float, source: float):
 
 def test_denoising_header_names_the_patched_run_the_source_and_the_normalisation():
     bench = plain_bench()
-    request = bench.sweep_with("head", "denoising")
-    header = bench.sweep_header(request, sweep_result(-5.485, 6.120))
+    request = bench.sweeps.start("head", "denoising")
+    header = bench.sweeps.header(request, sweep_result(-5.485, 6.120))
     assert "head denoising · on the unedited model" in header
     assert "patched run corrupted -5.485 · from clean +6.120 · gap +11.605" in header
-    noising = bench.sweep_header(bench.sweep_with("head", "noising"), sweep_result(6.120, -5.485))
+    noising = bench.sweeps.header(bench.sweeps.start("head", "noising"), sweep_result(6.120, -5.485))
     assert "patched run clean +6.120 · from corrupted -5.485" in noising
 
 
@@ -123,9 +123,9 @@ async def test_sweep_view_shows_the_header_and_normalised_cells():
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         bench = app.bench
-        request = bench.sweep_with("head", "denoising")
+        request = bench.sweeps.start("head", "denoising")
         app.workbench.part(SweepView, SweepView).show(sweep_result(-5.485, 6.120), running=False,
-                                                      header=bench.sweep_header(request, sweep_result(-5.485, 6.120)))
+                                                      header=bench.sweeps.header(request, sweep_result(-5.485, 6.120)))
         await pilot.pause()
         text = str(app.workbench.query_one("#sweep-summary").render())
         assert "metric clean" not in text
@@ -138,15 +138,15 @@ def test_every_sweep_entry_point_follows_one_rule_and_the_header_says_so():
 
     bench = plain_bench()
     bench.add(HeadAblation(0, 1))
-    assert bench.sweep_on_top_default() is False
+    assert bench.sweeps.on_top_default() is False
     for kind in ("head", "attn", "mlp", "resid", "atp"):
-        request = bench.sweep_with(kind, "denoising")
+        request = bench.sweeps.start(kind, "denoising")
         assert request.interventions == ()
         assert "on the unedited model (1 active intervention not applied)" in \
-            bench.sweep_header(request)
-    on_top = bench.sweep_with("attn", "noising", on_top=True)
+            bench.sweeps.header(request)
+    on_top = bench.sweeps.start("attn", "noising", on_top=True)
     assert on_top.interventions == (HeadAblation(0, 1),)
-    assert "on top of 1 intervention: zero L0.H1" in bench.sweep_header(on_top)
+    assert "on top of 1 intervention: zero L0.H1" in bench.sweeps.header(on_top)
 
 
 # ---------------------------------------------------------------- key hints (item 3)
@@ -198,15 +198,15 @@ def test_steering_norm_compares_with_the_median_after_the_first_position_and_war
     from mechscope.engine.interventions import SteeringVector
 
     bench = plain_bench()
-    bench.remember_vector("v", np.full(4, 100.0))  # norm 200
+    bench.vectors.remember("v", np.full(4, 100.0))  # norm 200
     stats = SimpleNamespace(resid_norm=np.array([[22000.0, 170.0, 160.0, 180.0]]))  # [layer, pos]
     bench.run = SimpleNamespace(result=SimpleNamespace(stats=stats))
     steer = SteeringVector(1, "v", 4.0)
-    added, resid = bench.steering_norm(steer)
+    added, resid = bench.vectors.norm(steer)
     assert (added, resid) == (800.0, 170.0)
-    assert bench.steering_note(steer) == " (|Δ| 800 vs median resid 170 after pos 0: LARGER than the residual)"
+    assert bench.vectors.note(steer) == " (|Δ| 800 vs median resid 170 after pos 0: LARGER than the residual)"
     small = SteeringVector(1, "v", 0.5)
-    assert bench.steering_note(small) == " (|Δ| 100 vs median resid 170 after pos 0)"
+    assert bench.vectors.note(small) == " (|Δ| 100 vs median resid 170 after pos 0)"
 
 
 # ---------------------------------------------------------------- number mode (item 6)
@@ -384,11 +384,11 @@ def test_the_short_sweep_header_keeps_every_fact_in_two_short_lines():
 
     bench = plain_bench()
     bench.add(HeadAblation(0, 1))
-    request = bench.sweep_with("head", "denoising")
-    short = bench.sweep_header(request, sweep_result(-5.485, 6.120), short=True)
+    request = bench.sweeps.start("head", "denoising")
+    short = bench.sweeps.header(request, sweep_result(-5.485, 6.120), short=True)
     assert short == "head denoising · unedited (1 not applied)\ncorrupted -5.485 ← clean +6.120 · gap +11.605"
     assert all(len(line) <= 46 for line in short.splitlines())  # the sweep view's width at 80 columns
-    on_top = bench.sweep_header(bench.sweep_with("head", "noising", on_top=True), sweep_result(6.12, -5.485),
+    on_top = bench.sweeps.header(bench.sweeps.start("head", "noising", on_top=True), sweep_result(6.12, -5.485),
                                 short=True)
     assert on_top.splitlines()[0] == "head noising · on top of 1 intervention"
 
@@ -403,7 +403,7 @@ async def test_after_a_sweep_at_80x24_the_header_facts_and_the_first_rows_are_on
         await settle(pilot)
         app.workbench.run_command("sweep_with('head','denoising')")
         await settle(pilot)
-        result = app.bench.sweeps["head"].result
+        result = app.bench.sweeps.states["head"].result
         assert result is not None and result.complete
         summary = app.workbench.query_one("#sweep-summary")
         text = str(summary.render())
@@ -472,8 +472,8 @@ async def test_the_patching_grid_names_its_direction_and_keeps_the_cursor_value_
         for action, direction in (("sweep('head')", "noising"), ("sweep_with('head','denoising')", "denoising")):
             app.workbench.run_command(action)
             await settle(pilot)
-            value = float(app.bench.sweeps["head"].result.values[0, 0])
-            assert app.bench.sweeps["head"].request.direction == direction
+            value = float(app.bench.sweeps.states["head"].result.values[0, 0])
+            assert app.bench.sweeps.states["head"].request.direction == direction
             assert grid.border_title == f"{direction} · L0.H0 {value:+.4g}"
             assert len(f"{direction} · L29.H8 {-value:+.4g}") <= 34 - 6  # a 9-head grid's border keeps it
             assert f"L0.H0 patching {direction} {value:+.4g}" in str(app.query_one("#status-bar").render())

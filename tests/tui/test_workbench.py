@@ -323,7 +323,7 @@ async def test_head_patching_sweep_streams_into_grid_and_sweep_tab():
         await settle(pilot)
         await pilot.press("w")
         await settle(pilot)
-        sweep = app.bench.sweeps["head"].result
+        sweep = app.bench.sweeps.states["head"].result
         assert sweep.complete and sweep.values.shape == (3, 4)
         grid = app.query_one(HeadGrid)
         assert grid.metric_name == "patching"
@@ -351,7 +351,7 @@ async def test_grid_hides_a_sweep_once_the_prompt_changes():
         app.query_one("#clean").value = IOI_PAIR.clean
         await pilot.press("enter")
         await settle(pilot)
-        np.testing.assert_array_equal(grid.values, app.bench.sweeps["head"].result.values)  # back to its inputs
+        np.testing.assert_array_equal(grid.values, app.bench.sweeps.states["head"].result.values)  # back to its inputs
 
 
 async def test_generation_side_by_side():
@@ -360,7 +360,7 @@ async def test_generation_side_by_side():
         await settle(pilot)
         await pilot.press("g")
         await settle(pilot)
-        baseline, intervened = app.bench.generation.tokens["baseline"], app.bench.generation.tokens["intervened"]
+        baseline, intervened = app.bench.generations.latest.tokens["baseline"], app.bench.generations.latest.tokens["intervened"]
         assert len(baseline) == len(intervened) > 0
         assert [t.id for t in baseline] == [t.id for t in intervened]  # no interventions yet
         shown = text_of(app, "#gen-baseline")

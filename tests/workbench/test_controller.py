@@ -84,27 +84,27 @@ def test_failed_run_keeps_the_last_result_but_not_as_current(engine):
 
 def test_sweeps_go_stale_and_say_what_changed(engine):
     bench = Workbench(IOI)
-    request = bench.sweep("head")
+    request = bench.sweeps.start("head")
     assert isinstance(request, SweepRequest) and request.metric == bench.metric()
     drive(bench, engine, request)
-    values = bench.sweeps["head"].result.values
-    np.testing.assert_array_equal(bench.sweep_values("head"), values)
-    assert bench.sweep_staleness("head") is None
+    values = bench.sweeps.states["head"].result.values
+    np.testing.assert_array_equal(bench.sweeps.values("head"), values)
+    assert bench.sweeps.staleness("head") is None
     bench.set_inputs(dataclasses.replace(IOI, target=" John", foil=" Mary"))
-    assert bench.sweep_staleness("head") == "metric changed" and bench.sweep_values("head") is None
+    assert bench.sweeps.staleness("head") == "metric changed" and bench.sweeps.values("head") is None
     bench.set_inputs(dataclasses.replace(IOI, clean=IOI.clean.replace("drink", "book")))
-    assert bench.sweep_staleness("head") == "prompts changed"
+    assert bench.sweeps.staleness("head") == "prompts changed"
     bench.set_inputs(dataclasses.replace(IOI, corrupted="x", foil=" Bob"))
-    assert bench.sweep_staleness("head") == "prompts and metric changed"
+    assert bench.sweeps.staleness("head") == "prompts and metric changed"
     bench.set_inputs(IOI)
-    np.testing.assert_array_equal(bench.sweep_values("head"), values)  # back to its inputs
+    np.testing.assert_array_equal(bench.sweeps.values("head"), values)  # back to its inputs
 
 
 def test_sweep_needs_both_prompts_and_a_metric():
     bench = Workbench(dataclasses.replace(IOI, corrupted=""))
-    assert bench.sweep("head") is None and "corrupted" in bench.error
+    assert bench.sweeps.start("head") is None and "corrupted" in bench.error
     bench = Workbench(dataclasses.replace(IOI, target=""))
-    assert bench.sweep("head") is None and "target" in bench.error
+    assert bench.sweeps.start("head") is None and "target" in bench.error
 
 
 def test_proposed_intervention_is_checked_before_it_enters_the_list(engine):
@@ -137,14 +137,14 @@ def test_patch_follows_the_corrupted_prompt_until_pinned(engine):
 def test_generation_records_the_interventions_it_ran_with(engine):
     bench = recorded_bench(engine)
     bench.ablate("zero")
-    request = bench.generate()
+    request = bench.generations.start()
     assert isinstance(request, GenerateRequest) and request.interventions == (HeadAblation(0, 0),)
-    baseline = bench.generation.baseline
+    baseline = bench.generations.latest.baseline
     assert baseline.interventions == () and baseline.prompt == request.prompt
     bench.accept(execute(engine, baseline))
     bench.undo()  # while the intervened lane runs
     bench.accept(execute(engine, request))
-    assert bench.generation.done and not bench.generation_is_current()
+    assert bench.generations.latest.done and not bench.generations.is_current()
     generated = work("generate")
     assert len(generated) == 1 and generated[0]["interventions"] == [HeadAblation(0, 0).to_dict()]
     assert generated[0]["max_new_tokens"] == request.max_new_tokens
@@ -174,7 +174,7 @@ def test_recorder_status_never_contradicts_itself_and_lost_sweeps_can_be_retried
     drive(bench, engine, bench.next_run())
     assert bench.recorder.status == "saved" and bench.recorder.describe() == "session study saved"
     flaky.failing = True
-    drive(bench, engine, bench.sweep("head"))
+    drive(bench, engine, bench.sweeps.start("head"))
     recorder = bench.recorder
     assert recorder.status == "not saved" and "No space left" in recorder.reason
     assert [u.what for u in recorder.unsaved] == ["head sweep"]

@@ -54,8 +54,8 @@ def test_toggling_an_intervention_during_a_generation():
     engine = LoggingEngine()
     bench = recorded_bench(engine)
     drive(bench, engine, bench.ablate("zero"))
-    request = bench.generate()
-    bench.accept(run(engine, bench.generation.baseline))
+    request = bench.generations.start()
+    bench.accept(run(engine, bench.generations.latest.baseline))
     drive(bench, engine, bench.toggle(bench.stack.entries[0].id))  # off while the intervened lane runs
     bench.accept(run(engine, request))
     generated = recorded_inputs("generate")
@@ -83,12 +83,12 @@ def test_changing_the_metric_during_a_sweep():
     engine = LoggingEngine()
     bench = recorded_bench(engine)
     drive(bench, engine, bench.next_run())
-    sweep = bench.sweep("head")
+    sweep = bench.sweeps.start("head")
     drive(bench, engine, bench.set_inputs(dataclasses.replace(IOI, target=" John", foil=" Mary")))
     drive(bench, engine, sweep)  # finishes after the metric changed
     sweeps = recorded_inputs("sweep")
     assert sweeps == engine.received("sweep")
     assert sweeps[0]["metric"]["target"] == " Mary"  # the metric it ran with, not the one typed since
-    assert bench.sweep_staleness("head") == "metric changed"
-    assert bench.sweep_values("head") is None  # not shown as current on the grid
+    assert bench.sweeps.staleness("head") == "metric changed"
+    assert bench.sweeps.values("head") is None  # not shown as current on the grid
     assert_recorded_is_what_ran(engine)

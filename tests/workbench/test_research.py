@@ -60,14 +60,14 @@ def test_kl_metric_needs_no_target_and_is_zero_without_interventions(engine):
 def test_sweeps_on_top_of_interventions_match_the_engine_and_replay(engine, kind, direction):
     bench = recorded_bench(engine)
     drive(bench, engine, bench.add(HeadAblation(0, 1)))
-    request = bench.sweep_with(kind, direction, on_top=True)
+    request = bench.sweeps.start(kind, direction, on_top=True)
     assert request.interventions == (HeadAblation(0, 1),) and request.direction == direction
-    assert "on top of 1 intervention: zero L0.H1" in bench.sweep_header(request)
-    assert f"{kind} {direction}" in bench.sweep_header(request)
+    assert "on top of 1 intervention: zero L0.H1" in bench.sweeps.header(request)
+    assert f"{kind} {direction}" in bench.sweeps.header(request)
     drive(bench, engine, request)
     expected = engine.inner.sweep(kind, IOI.clean, IOI.corrupted, request.metric, direction=direction,
                                   interventions=[HeadAblation(0, 1)])
-    np.testing.assert_allclose(bench.sweeps[kind].result.values, expected.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bench.sweeps.states[kind].result.values, expected.values, rtol=1e-5, atol=1e-6)
     sweep = work("sweep")[-1]
     assert sweep["interventions"] == [HeadAblation(0, 1).to_dict()] and sweep["direction"] == direction
     results = replay(Session.open("study"), engine.inner)
@@ -76,28 +76,28 @@ def test_sweeps_on_top_of_interventions_match_the_engine_and_replay(engine, kind
 
 def test_sweep_without_interventions_says_so(engine):
     bench = recorded_bench(engine)
-    request = bench.sweep_with("head", "noising", on_top=False)
-    assert request.interventions == () and "unedited model" in bench.sweep_header(request)
+    request = bench.sweeps.start("head", "noising", on_top=False)
+    assert request.interventions == () and "unedited model" in bench.sweeps.header(request)
 
 
 def test_pinned_baseline_deltas(engine):
     bench = recorded_bench(engine)
-    assert bench.pin() is False and "nothing to pin" in bench.error
+    assert bench.pinned.pin() is False and "nothing to pin" in bench.error
     drive(bench, engine, bench.next_run())
     drive(bench, engine, bench.add(HeadScale(0, 0, 3.0)))
-    assert bench.pin()
+    assert bench.pinned.pin()
     pinned = bench.result
-    assert "PINNED (scale L0.H0" in bench.pin_label()
+    assert "PINNED (scale L0.H0" in bench.pinned.label()
     drive(bench, engine, bench.add(HeadAblation(1, 1)))
-    deltas = bench.deltas_against_pin()
+    deltas = bench.pinned.deltas()
     assert deltas.metric == pytest.approx(bench.result.metric - pinned.metric)
     logits = pinned.logits.astype(np.float64)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     for change, token in zip(deltas.probs, bench.result.top, strict=True):
         assert change == pytest.approx(token.prob - probs[token.id], abs=1e-6)
-    bench.unpin()
-    assert bench.pinned is None and bench.deltas_against_pin() is None and bench.pin_label() == ""
+    bench.pinned.unpin()
+    assert bench.pinned.outcome is None and bench.pinned.deltas() is None and bench.pinned.label() == ""
 
 
 def test_reference_prompts_are_validated_sent_and_recorded(engine):
@@ -121,12 +121,12 @@ def test_reference_prompts_are_validated_sent_and_recorded(engine):
 
 def test_generation_settings_validated_and_used(engine):
     bench = recorded_bench(engine)
-    assert "1..512" in bench.set_generation("0", "0", "0")
-    assert "finite" in bench.set_generation("5", "nan", "0")
-    assert "finite" in bench.set_generation("5", "-1", "0")
-    assert "seed" in bench.set_generation("5", "0", "x")
-    assert bench.set_generation("5", "0.7", "42") is None
-    request = bench.generate()
+    assert "1..512" in bench.generations.set_settings("0", "0", "0")
+    assert "finite" in bench.generations.set_settings("5", "nan", "0")
+    assert "finite" in bench.generations.set_settings("5", "-1", "0")
+    assert "seed" in bench.generations.set_settings("5", "0", "x")
+    assert bench.generations.set_settings("5", "0.7", "42") is None
+    request = bench.generations.start()
     assert (request.max_new_tokens, request.temperature, request.seed) == (5, 0.7, 42)
     drive(bench, engine, request)
     generated = work("generate")[-1]
@@ -136,10 +136,10 @@ def test_generation_settings_validated_and_used(engine):
 
 def test_steering_norm_beside_residual_norm(engine):
     bench = recorded_bench(engine)
-    drive(bench, engine, bench.vector_request("v", 1, ("I love it",), ("I hate it",)))
+    drive(bench, engine, bench.vectors.request("v", 1, ("I love it",), ("I hate it",)))
     steer = SteeringVector(1, "v", 2.0)
     drive(bench, engine, bench.add(steer))
-    added, resid = bench.steering_norm(steer)
+    added, resid = bench.vectors.norm(steer)
     assert added == pytest.approx(2.0 * float(np.linalg.norm(engine.inner.vectors["v"])), rel=1e-5)
     assert resid == pytest.approx(float(np.median(bench.result.stats.resid_norm[0][1:])), rel=1e-6)
     assert f"|Δ| {added:.3g} vs median resid {resid:.3g} after pos 0" in bench.list_label(bench.stack.entries[-1])
@@ -148,8 +148,8 @@ def test_steering_norm_beside_residual_norm(engine):
 def test_exports_hold_the_values_and_labels(engine, tmp_path):
     bench = recorded_bench(engine)
     drive(bench, engine, bench.next_run())
-    drive(bench, engine, bench.sweep_with("head", "denoising"))
-    result = bench.sweeps["head"].result
+    drive(bench, engine, bench.sweeps.start("head", "denoising"))
+    result = bench.sweeps.states["head"].result
     rows = list(csv.DictReader(io.StringIO(sweep_to_csv(result, direction="denoising"))))
     assert len(rows) == result.values.size
     row = rows[3]
@@ -175,11 +175,11 @@ def test_export_sweep_cli(engine, tmp_path, capsys):
     from mechscope.cli import main
 
     bench = recorded_bench(engine)
-    drive(bench, engine, bench.sweep_with("resid", "noising"))
+    drive(bench, engine, bench.sweeps.start("resid", "noising"))
     out = tmp_path / "r.csv"
     assert main(["export-sweep", "study", "-o", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
-    values = bench.sweeps["resid"].result.values
+    values = bench.sweeps.states["resid"].result.values
     assert len(rows) == values.size and float(rows[-1]["delta_metric"]) == pytest.approx(values[-1, -1])
     st = tmp_path / "r.safetensors"
     assert main(["export-sweep", "study", "--format", "safetensors", "-o", str(st)]) == 0

@@ -54,7 +54,7 @@ def test_function_vector_is_recorded_and_steers(engine):
     assert recorded["pset"]["name"] == "icl" and recorded["layer"] == 1
     assert recorded["outcome"]["heads"] == [list(h) for h in result.heads]
     np.testing.assert_array_equal(Session.open("study").vector("fv-icl"), result.vector)
-    assert "fv-icl" in bench.vector_norms
+    assert "fv-icl" in bench.vectors.norms
     run = bench.add(SteeringVector(1, "fv-icl", 2.0, positions="last"))
     outcome = execute(engine, run)
     assert outcome.ok, outcome.error

@@ -244,7 +244,7 @@ def test_resuming_brings_back_the_set_its_row_and_every_set_result(engine):
     drive(bench, engine, bench.sets.estimate_request("atp", verify_top_k=2))
     drive(bench, engine, bench.sets.detect_request())
     drive(bench, engine, bench.sets.massive_request(3.0))
-    drive(bench, engine, bench.sweep_with("head"))
+    drive(bench, engine, bench.sweeps.start("head"))
     bench.recorder.close()
     recorded = [e["request"]["kind"] for e in events() if e.kind == "request"]
     assert {"run_set", "sweep_set", "estimate", "detect_heads", "massive", "sweep"} <= set(recorded)
@@ -266,7 +266,7 @@ def test_resuming_brings_back_the_set_its_row_and_every_set_result(engine):
         np.testing.assert_allclose(sets.detectors.scores[name], grid, atol=1e-6)
     assert [m.dims for m in sets.massive.result] == [m.dims for m in before.massive.result]
     assert sets.grid_names() == before.grid_names()
-    np.testing.assert_allclose(resumed.sweeps["head"].result.values, bench.sweeps["head"].result.values,
+    np.testing.assert_allclose(resumed.sweeps.states["head"].result.values, bench.sweeps.states["head"].result.values,
                                atol=1e-6)
     drive(resumed, engine, resumed.sets.run_request())  # the same set: not recorded again
     after = Session.open("study").events[written:]

@@ -7,7 +7,7 @@ from rich.text import Text
 from mechscope.engine.results import RunResult
 from mechscope.tui.widgets.predictions import METRIC_LABELS
 from mechscope.tui.widgets.prompt_pane import show_token
-from mechscope.workbench.research import PinDeltas
+from mechscope.workbench.pin import PinDeltas
 
 
 def pinned_text(result: RunResult, deltas: PinDeltas) -> Text:

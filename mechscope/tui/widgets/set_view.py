@@ -18,8 +18,8 @@ from textual.widgets import DataTable, Static
 from mechscope.engine.interventions import METRIC_TITLES
 from mechscope.tui.commands import key_of, palette_title
 from mechscope.tui.widgets.plain import Plain, cell
-from mechscope.workbench.research import sweep_runs
 from mechscope.workbench.sets import EXACT_MARK, PromptSets
+from mechscope.workbench.sweeps import sweep_runs
 
 SHOWN_CELLS = 5  # strongest cells of a set sweep
 OUTLIER_MADS = 3.5  # a row whose Δ (or metric) is this many scaled MADs from the median is flagged
@@ -120,7 +120,7 @@ def sweep_text(sets: PromptSets) -> Text:
         layer, head = divmod(int(index), mean.shape[1])
         share = shares[layer, head]
         share_text = f" ({share:+.2f} of the gap)" if np.isfinite(share) else ""
-        if sets.bench.effect_scale == "normalised" and np.isfinite(share):
+        if sets.bench.sweeps.effect_scale == "normalised" and np.isfinite(share):
             text.append(f"  L{layer}.H{head} {share:+.2f} of the gap (Δ {mean[layer, head]:+.3f} "
                         f"± {std[layer, head]:.3f})\n")
         else:

@@ -218,7 +218,7 @@ class SweepView(Vertical):
 
     def show(self, result: SweepResult, running: bool, header: str = "", note: str = "",
              short_header: str = "", normalised: bool = False, title: str = "") -> None:
-        """`header` names the runs and the model (Workbench.sweep_header), `short_header` says it in two
+        """`header` names the runs and the model (Workbench.sweeps.header), `short_header` says it in two
         short lines for a short view; `note` follows the state. `normalised`: the matrix shows each
         cell's share of the gap source - base instead of its Δ metric (the strongest cells list both)."""
         self.shown = (result, running, header, note, short_header)
