@@ -103,7 +103,7 @@ class ResearchPart:
             inputs = dataclasses.replace(screen.bench.inputs, metric_kind=kind)
             screen.prompt_pane.set_values(inputs)
             screen.bench.edit(inputs)
-            screen.schedule_run(0)
+            screen.live.schedule(0)
 
         screen.app.push_screen(ChooseScreen("metric", items), chosen)
 

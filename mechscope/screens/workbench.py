@@ -1,5 +1,5 @@
 """The workbench screen: lays out the panes, turns keys into commands of the parts that own each job
-(grid, attention view, sweeps, set tab, dialogs, research), runs the requests they return through
+(live run, grid, attention view, sweeps, set tab, dialogs, research), runs the requests they return through
 one job table and repaints from the Workbench when each outcome comes back."""
 
 from __future__ import annotations
@@ -9,16 +9,14 @@ from typing import Any, ClassVar, TypeVar
 
 from textual import events, on
 from textual.actions import parse as parse_action
-from textual.app import ComposeResult, ScreenStackError
+from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input, Select, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
-from mechscope.engine.results import RunResult
 from mechscope.requests.kinds import (
     SET_REQUESTS,
     AddVectorRequest,
@@ -41,20 +39,20 @@ from mechscope.screens.feature_attribution import FeatureAttributionPart
 from mechscope.screens.features import FEATURES_TAB, FeaturesPart
 from mechscope.screens.grid import GridPart
 from mechscope.screens.jobs import Job, JobRunner
+from mechscope.screens.live_run import LiveRunPart
 from mechscope.screens.research import ResearchPart
 from mechscope.screens.session_log import SessionLogPart
 from mechscope.screens.set_tab import SetTab
 from mechscope.screens.status_text import model_title, session_title, status_text
 from mechscope.screens.sweeps import SweepsPart
-from mechscope.tui.commands import COMMANDS, WIDGET_KEYS, key_label, key_of
+from mechscope.tui.commands import COMMANDS, WIDGET_KEYS, key_label
 from mechscope.tui.messages import Finished, Partial
-from mechscope.tui.token_labels import token_labels
 from mechscope.tui.widgets.feature_attribution_view import FeatureAttributionView
 from mechscope.tui.widgets.features_view import FeaturesView
 from mechscope.tui.widgets.head_grid import HeadGrid
 from mechscope.tui.widgets.heatmap import Heatmap
 from mechscope.tui.widgets.interventions import InterventionList
-from mechscope.tui.widgets.plain import Plain, plain_title
+from mechscope.tui.widgets.plain import Plain
 from mechscope.tui.widgets.predictions import PredictionsPane
 from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.tui.widgets.prompt_pane import PromptPane
@@ -68,13 +66,8 @@ from mechscope.tui.widgets.views import (
     SweepView,
 )
 from mechscope.workbench.controller import Workbench
-from mechscope.workbench.spacing import SpacingHint, first_ids, spacing_hints, with_spaces
 
-TYPING_DEBOUNCE_S = 0.3
-BUSY_NOTICE_S = 0.15
-PAINT_HOLD_S = 0.05  # an edit's repaint waits this long for its recompute, so a fast one paints once
 W = TypeVar("W", bound=Widget)
-VIEW_TABS = ("tab-attention", "tab-lens", "tab-stats", FEATURES_TAB)  # filled from the latest run
 
 
 def command_binding(action: str) -> str:
@@ -98,16 +91,10 @@ class WorkbenchScreen(Screen[None]):
         self.source = source
         self.deterministic = deterministic  # snapshot mode: no timings on screen
         self.engine: Any = None
-        self.stale_views: set[str] = set()  # view tabs not yet showing the latest result
-        self._run_timer: Timer | None = None
-        self._busy_timer: Timer | None = None
-        self._paint_hold: Any = None  # an entered App.batch_update() while an edit waits for its run
-        self._paint_hold_timer: Timer | None = None
-        self._shown_run: Any = None  # the run on screen when an outcome arrived (before accepting it)
         self._mounted = False
         self._prompt_pane: PromptPane | None = None
         self._parts: dict[tuple[Any, type], Widget] = {}
-        self.spacing: list[SpacingHint] = []  # metric tokens typed without the space the model predicts
+        self.live = LiveRunPart(self)
         self.grid_part = GridPart(self)
         self.attention = AttentionPart(self)
         self.sweeps = SweepsPart(self)
@@ -121,7 +108,7 @@ class WorkbenchScreen(Screen[None]):
         sets = Job("sets", self.set_tab.finished, self.set_tab.partial, started=self.set_tab.started)
         # The one table: a request type -> its worker group, what handles its outcome and its stream.
         self.jobs = JobRunner(self, {
-            RunRequest: Job("engine", self.run_finished, exclusive=True, started=self.run_started),
+            RunRequest: Job("engine", self.live.finished, exclusive=True, started=self.live.started),
             **dict.fromkeys((SweepRequest, PathSweepRequest),
                             Job("sweep", self.sweeps.finished, self.sweeps.partial, exclusive=True,
                                 started=self.sweeps.started)),
@@ -141,7 +128,7 @@ class WorkbenchScreen(Screen[None]):
             **self.features.commands(), **self.feature_attribution.commands(),
             **self.dialogs.commands(), **self.research.commands(),
             "cancel": self.cancel,
-            "use_spaced_tokens": self.use_spaced_tokens, "show_message": self.show_message,
+            "use_spaced_tokens": self.live.use_spaced_tokens, "show_message": self.show_message,
             "focus_prompt": self.focus_prompt, "show_tab": self.show_tab, "help": self.help,
             **self.session_log.commands(),
             "scroll_view": self.scroll_view,
@@ -314,7 +301,7 @@ class WorkbenchScreen(Screen[None]):
     def submit(self, request: Request | None) -> None:
         """Run a request the Workbench returned, in the worker its job names (None: nothing to run)."""
         if request is None:
-            self.release_paint()  # callers have shown why nothing runs
+            self.live.release_paint()  # callers have shown why nothing runs
             return
         if self.engine is None:
             self.bench.invalidate()  # loading: engine_ready runs the current inputs
@@ -331,7 +318,7 @@ class WorkbenchScreen(Screen[None]):
         if not self.alive:
             return
         outcome = message.outcome
-        self._shown_run = self.bench.run
+        self.live.shown_run = self.bench.run
         follow_up = self.bench.accept(outcome)
         self.jobs.job(outcome.request).finished(outcome)
         self.update_title()
@@ -347,165 +334,27 @@ class WorkbenchScreen(Screen[None]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """Unexpected exceptions in workers land here: show them, keep the app running."""
         if event.state == WorkerState.ERROR:
-            self.release_paint()
-            self.stop_busy()
+            self.live.release_paint()
+            self.live.stop_busy()
             error = event.worker.error
             if event.worker.group == "engine":
                 self.bench.invalidate()  # the same inputs may be retried
             self.show_error(f"{event.worker.group} failed: {type(error).__name__}: {error}")
 
-    def run_started(self, request: Request) -> None:
-        if self._busy_timer is None and not self.bench.is_attention_request(request):
-            # Say "running" only for runs slow enough to notice; a repaint now would delay fast ones.
-            self._busy_timer = self.set_timer(BUSY_NOTICE_S, self.show_busy)
-
-    def run_finished(self, outcome: Outcome) -> None:
-        if self.bench.is_attention_request(outcome.request):
-            self.attention.show()
-            return
-        self.stop_busy()
-        self.call_next(self.release_paint)  # after this handler's updates: one paint for all
-        if self.bench.run is not self._shown_run:
-            self.show_result()
-        elif outcome.error:
-            self.part(PredictionsPane, PredictionsPane).mark_stale("stale: the last run failed")
-            self.mark_panes_stale(f"the last run failed ({key_of('show_message')} shows why)")
-
     def check_finished(self, outcome: Outcome) -> None:
         """A dry run or reference prompts came back: an accepted one returns its run as the follow-up."""
-
-    def show_busy(self) -> None:
-        self._busy_timer = None
-        if self.alive:
-            self.say("running…")
-
-    def stop_busy(self) -> None:
-        if self._busy_timer is not None:
-            self._busy_timer.stop()
-            self._busy_timer = None
-
-    def hold_paint(self) -> None:
-        """Paint an edit together with its recomputed result when that comes within PAINT_HOLD_S.
-
-        Without this the list repaints at once and the result one or two frames later (Textual
-        paints at most once per frame): two paints where one shows the same thing sooner.
-        """
-        if self._paint_hold is not None or self.engine is None:
-            return
-        self._paint_hold = self.app.batch_update()
-        self._paint_hold.__enter__()
-        self._paint_hold_timer = self.set_timer(PAINT_HOLD_S, self.release_paint)
-
-    def release_paint(self) -> None:
-        if self._paint_hold is None:
-            return
-        hold, self._paint_hold = self._paint_hold, None
-        if self._paint_hold_timer is not None:
-            self._paint_hold_timer.stop()
-            self._paint_hold_timer = None
-        hold.__exit__(None, None, None)
-        try:
-            self.app.screen.check_idle()  # the screen skipped its repaint while held: ask again now
-        except ScreenStackError:
-            pass  # the app is closing
-
-    # ---------------------------------------------------------------- live runs
-
-    def schedule_run(self, delay: float = TYPING_DEBOUNCE_S) -> None:
-        if self._run_timer is not None:
-            self._run_timer.stop()
-            self._run_timer = None
-        if delay > 0:
-            self._run_timer = self.set_timer(delay, self.start_run)
-        else:
-            self.start_run()
-
-    def start_run(self) -> None:
-        if not self.alive or self.engine is None:
-            return
-        request = self.bench.next_run()
-        if request is None and not self.bench.inputs.clean.strip():
-            self.jobs.cancel_group("engine")
-            self.prompt_pane.show_tokens([])
-            self.prompt_pane.show_notes(["empty prompt: type a prompt to run the model"])
-            self.part(PredictionsPane, PredictionsPane).mark_stale("stale: the prompt is empty")
-            self.mark_panes_stale("the prompt is empty")
-            self.say("waiting for a prompt")
-        self.submit(request)
 
     def apply(self, request: Request | None) -> None:
         """After a command that may have edited the list: redraw the list and marks, run what it returned."""
         if request is not None and self.jobs.job(request).group == "engine":
-            self.hold_paint()
+            self.live.hold_paint()
         self.refresh_interventions()
         self.submit(request)
-
-    def show_result(self) -> None:
-        run = self.bench.run
-        if run is None or not isinstance(run.result, RunResult):
-            return
-        result = run.result
-        self.mark_panes_stale(None)
-        self.research.show_predictions(result, bool(getattr(run.request, "interventions", ())))
-        self.relabel_interventions()
-        self.show_prompt_info(result)
-        self.grid_part.show()
-        self.stale_views = set(VIEW_TABS)
-        self.show_view(self.tabs.active)
-        compute = result.compute
-        if compute is not None:
-            mode = compute.mode + (f" from L{compute.start_layer}" if compute.mode == "incremental" else "")
-            timing = "" if self.deterministic else f" in {compute.seconds * 1000:.0f} ms"
-            self.bench.info = f"{mode}{timing}"
-        else:
-            self.bench.info = "done"
-        if self.bench.generations.latest is not None and not self.bench.generations.is_current():
-            self.part(GenerationView, GenerationView).mark_stale()
-
-    def mark_panes_stale(self, why: str | None) -> None:
-        """The grid and the views still show the last good run: say so over them (None: current again)."""
-        self.tabs.set_class(why is not None, "-stale")
-        self.tabs.border_title = plain_title(f"stale: {why}" if why else "")
-        self.grid.set_class(why is not None, "-stale")
-
-    def show_view(self, tab: str) -> None:
-        """Fill a view tab from the latest result; hidden tabs wait until they are opened."""
-        result = self.bench.result
-        if result is None or tab not in self.stale_views:
-            return
-        self.stale_views.discard(tab)
-        if tab == "tab-attention":
-            self.attention.show()
-        elif tab == "tab-lens":
-            self.query_one(LensView).show(result.logit_lens)
-        elif tab == "tab-stats":
-            self.query_one(StatsView).show(result.stats)
-        elif tab == FEATURES_TAB:
-            self.features.refresh()
-            self.feature_attribution.show()
 
     @on(TabbedContent.TabActivated)
     def tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.pane is not None and event.pane.id:
-            self.show_view(event.pane.id)
-
-    def show_prompt_info(self, result: RunResult) -> None:
-        notes: list[str] = []
-        readout = len(result.tokens) - 1
-        if result.metric_info is not None:
-            readout = result.metric_info.position % max(len(result.tokens), 1)
-            notes.extend(result.metric_info.warnings)
-        if result.truncated_from:
-            context = self.engine.info.max_context
-            notes.insert(0, f"prompt truncated: {result.truncated_from} tokens cut to "
-                            f"{len(result.token_ids)} (model context {context})")
-        metric_note = self.bench.inputs.metric()[1]
-        if metric_note:
-            notes.append(metric_note)
-        self.spacing = spacing_hints(self.bench.inputs, result.baseline.logits, first_ids(self.engine.tokenize))
-        notes.extend(hint.note for hint in self.spacing)
-        self.prompt_pane.show_tokens(token_labels(self.engine, result.token_ids, result.tokens), readout)
-        self.prompt_pane.show_notes(notes)
+            self.live.show_view(event.pane.id)
 
     # ---------------------------------------------------------------- selection
 
@@ -539,18 +388,18 @@ class WorkbenchScreen(Screen[None]):
     @on(Input.Changed, "#prompt-pane Input")
     def prompt_typed(self, event: Input.Changed) -> None:
         self.bench.edit(self.prompt_pane.values())  # runs of the old text are superseded now
-        self.schedule_run(TYPING_DEBOUNCE_S)
+        self.live.schedule()
 
     @on(Input.Submitted, "#prompt-pane Input")
     def prompt_submitted(self, event: Input.Submitted) -> None:
         self.bench.edit(self.prompt_pane.values())
-        self.schedule_run(0)
+        self.live.schedule(0)
 
     @on(Select.Changed, "#metric-kind")
     def metric_kind_changed(self, event: Select.Changed) -> None:
         if self.prompt_pane.values() != self.bench.inputs:
             self.bench.edit(self.prompt_pane.values())
-            self.schedule_run(0)
+            self.live.schedule(0)
 
     @on(events.DescendantFocus)
     def prompt_field_focused(self, event: events.DescendantFocus) -> None:
@@ -595,20 +444,6 @@ class WorkbenchScreen(Screen[None]):
             return
         if self.sweeps.cancel() | self.set_tab.cancel() | self.feature_attribution.cancel():
             self.say("cancelled")
-
-    def use_spaced_tokens(self) -> None:
-        """T: the target / foil the model predicts with their leading space (see the prompt notes)."""
-        if self.bench.sets.spaceable():
-            self.set_tab.fix_spacing()
-            return
-        if not self.spacing:
-            self.say("target and foil already match what the model predicts")
-            return
-        inputs = with_spaces(self.bench.inputs, self.spacing)
-        self.spacing = []
-        self.prompt_pane.set_values(inputs)
-        self.bench.edit(inputs)
-        self.schedule_run(0)
 
     def show_tab(self, tab: str) -> None:
         self.tabs.active = tab
@@ -661,5 +496,5 @@ class WorkbenchScreen(Screen[None]):
         """The App switched sessions: the Workbench holds the new state; show it and run."""
         self.bench.error = None
         self.bench.info = f"opened session {name}"
-        self.stale_views.clear()
+        self.live.stale_views.clear()
         self.refresh_all()

@@ -17,7 +17,8 @@ from textual.markup import escape
 from textual.screen import Screen
 
 from mechscope.engine.errors import MechscopeError
-from mechscope.screens.workbench import TYPING_DEBOUNCE_S, WorkbenchScreen
+from mechscope.screens.live_run import TYPING_DEBOUNCE_S
+from mechscope.screens.workbench import WorkbenchScreen
 from mechscope.tui.commands import COMMANDS, key_label
 from mechscope.tui.messages import EngineFailed, EngineLoaded, EngineProgress
 from mechscope.tui.remote import AttachedMixin
