@@ -118,6 +118,8 @@ class SessionsScreen(Screen[str | None]):
         Binding("d", "delete", "Delete"),
         Binding("f5", "refresh", "Refresh"),
         Binding("escape", "close", "Back"),
+        Binding("j", "cursor('down')", "Down", show=False),
+        Binding("k", "cursor('up')", "Up", show=False),
     ]
 
     @dataclass
@@ -231,6 +233,14 @@ class SessionsScreen(Screen[str | None]):
             self.set_status("replay cancelled")
             return
         self.dismiss(None)
+
+    def action_cursor(self, direction: str) -> None:
+        """j / k move through the focused list as the arrows do, like h j k l on the workbench's grid."""
+        table = self.focused
+        if isinstance(table, DataTable) and direction == "down":
+            table.action_cursor_down()
+        elif isinstance(table, DataTable):
+            table.action_cursor_up()
 
     def action_refresh(self) -> None:
         self.refresh_sessions()

@@ -169,3 +169,26 @@ async def test_replay_needs_an_engine() -> None:
         await pilot.press("escape")
         await settle(pilot)
     assert app.dismissed == [None]
+
+
+async def test_j_and_k_move_through_the_list_and_the_timeline() -> None:
+    engine = tiny_engine()
+    for name in ("a-first", "b-second", "c-third"):
+        record(engine, name)
+    app = ScreenHost(engine)
+    async with app.run_test(size=(110, 32)) as pilot:
+        await settle(pilot)
+        table = app.screen.query_one("#sessions-table", DataTable)
+        names = [row[0] for row in rows(app, "#sessions-table")]
+        table.move_cursor(row=0)
+        await pilot.press("j", "j", "k")
+        assert table.cursor_row == 1
+        await pilot.press("p")
+        await settle(pilot)
+        timeline = app.screen.query_one("#timeline", DataTable)
+        timeline.focus()
+        timeline.move_cursor(row=0)
+        await pilot.press("j")
+        await settle(pilot)
+        assert timeline.cursor_row == 1 and table.cursor_row == 1
+        assert "replayed " + names[1] in status(app)
