@@ -10,6 +10,7 @@ from mechscope.engine.results import GeneratedToken
 from mechscope.screens.help import HelpScreen
 from mechscope.screens.load_error import LoadErrorScreen
 from mechscope.tui.app import COMMANDS, IOI_PAIR, TYPING_DEBOUNCE_S, MechscopeApp, key_label
+from mechscope.tui.type_ahead import FOCUS_WAIT_S
 from mechscope.tui.widgets.head_grid import HeadGrid
 from mechscope.tui.widgets.interventions import InterventionList
 from mechscope.tui.widgets.views import GenerationView, shown_continuation
@@ -249,7 +250,7 @@ async def test_model_that_fails_to_load_shows_error_screen():
         assert isinstance(app.screen, LoadErrorScreen)
         assert "/nope is not a model folder" in screen_text(app)
         await pilot.press("q")
-        await pilot.pause()
+        await pilot.pause(FOCUS_WAIT_S + 0.1)  # a screen with nothing to focus gets its keys after this
     assert app.return_code == 2
 
 
