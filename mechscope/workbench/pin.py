@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class PinDeltas:
     """The current run against the pinned one: the metric change and each top token's probability change."""
 
-    metric: float | None  # current - pinned (None when either has no metric or the kinds differ)
+    metric: float | None  # current - pinned (None when either has no metric or they read different ones)
     pinned_metric: float | None
     probs: tuple[float, ...]  # per top token of the current run: p(now) - p(pinned), in [0, 1] units
     same_prompt: bool
@@ -30,13 +30,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
+def reads_the_same_metric(result: RunResult, pinned: RunResult) -> bool:
+    """Both metrics are one quantity: the same kind of the same target and foil tokens, read at the
+    same position (or each at its prompt's last token)."""
+    now, then = result.metric_info, pinned.metric_info
+    if now is None or then is None:
+        return False
+    both_last = now.position == len(result.tokens) - 1 and then.position == len(pinned.tokens) - 1
+    return ((now.kind, now.target_ids, now.foil_ids) == (then.kind, then.target_ids, then.foil_ids)
+            and (now.position == then.position or both_last))
+
+
 def pin_deltas(result: RunResult, pinned: RunResult) -> PinDeltas:
     pinned_probs = softmax(pinned.logits)  # [vocab]
     probs = tuple(float(t.prob - pinned_probs[t.id]) for t in result.top)
-    same_kind = (result.metric_info is not None and pinned.metric_info is not None
-                 and result.metric_info.kind == pinned.metric_info.kind)
     metric = None
-    if same_kind and result.metric is not None and pinned.metric is not None:
+    if reads_the_same_metric(result, pinned) and result.metric is not None and pinned.metric is not None:
         metric = float(result.metric - pinned.metric)
     return PinDeltas(metric, pinned.metric, probs, result.token_ids == pinned.token_ids)
 

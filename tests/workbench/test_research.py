@@ -80,6 +80,26 @@ def test_sweep_without_interventions_says_so(engine):
     assert request.interventions == () and "unedited model" in bench.sweeps.header(request)
 
 
+def test_pin_gives_no_metric_delta_against_another_metric(engine):
+    """Another target, foil or read-out position is another quantity: no Δ against the pin."""
+    bench = recorded_bench(engine)
+    drive(bench, engine, bench.next_run())
+    assert bench.pinned.pin()
+    n = len(bench.result.tokens)
+    drive(bench, engine, bench.set_metric_position(str(n - 1)))  # the last token, named by its index
+    assert bench.pinned.deltas().metric == pytest.approx(0.0, abs=1e-6)
+    drive(bench, engine, bench.set_metric_position("3"))
+    assert bench.result.metric is not None and bench.pinned.deltas().metric is None
+    drive(bench, engine, bench.set_metric_position("-1"))
+    drive(bench, engine, bench.set_inputs(dataclasses.replace(IOI, target=" John", foil=" Mary")))
+    assert bench.result.metric == pytest.approx(-bench.pinned.outcome.result.metric, abs=1e-4)
+    assert bench.pinned.deltas().metric is None
+    drive(bench, engine, bench.set_inputs(dataclasses.replace(IOI, clean=IOI.clean + " the")))
+    deltas = bench.pinned.deltas()  # another prompt, both read at their last token
+    assert not deltas.same_prompt and deltas.metric == pytest.approx(
+        bench.result.metric - bench.pinned.outcome.result.metric)
+
+
 def test_pinned_baseline_deltas(engine):
     bench = recorded_bench(engine)
     assert bench.pinned.pin() is False and "nothing to pin" in bench.error
