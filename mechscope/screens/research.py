@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 EXPORTS: tuple[tuple[str, str, str], ...] = (
     ("sweep-csv", "sweep as CSV", "the latest sweep, one row per cell"),
     ("sweep-safetensors", "sweep matrix as safetensors", "the latest sweep's values [rows, cols]"),
+    ("set-sweep-csv", "set sweep as CSV", "the prompt set's head sweep: per head, the mean over its rows"),
     ("attribution-csv", "attribution as CSV", "every part of the direct logit attribution"),
     ("lens-csv", "logit lens as CSV", "per layer, the top decoded tokens"),
 )
@@ -140,6 +141,14 @@ class ResearchPart:
                 tokens = run.tokens if run is not None and bench.result_is_current else None
                 return name, exports.sweep_to_csv(state.result, direction=request.direction, tokens=tokens)
             return name, state.result
+        if choice == "set-sweep-csv":
+            sets = bench.sets
+            done = sets.sweep.result if sets.sweep is not None and sets.sweep.ok else sets.sweep_partial
+            if done is None:
+                self.screen.show_error(f"no set sweep to export yet ({key_of('set_sweep')} runs one on the set)")
+                return None
+            return (exports.default_name("sweep", f"set-{done.direction}", "csv"),
+                    exports.sweep_to_csv(exports.set_sweep_grid(done), direction=done.direction))
         result = bench.result
         if choice == "attribution-csv":
             if result is None or result.attribution is None:

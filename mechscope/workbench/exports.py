@@ -8,14 +8,14 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from mechscope.engine.results import normalised_effect
+from mechscope.engine.results import SweepKind, SweepResult, normalised_effect
 
 if TYPE_CHECKING:
-    from mechscope.engine.results import Attribution, LogitLens, SweepResult
+    from mechscope.engine.results import Attribution, LogitLens, SetSweepResult
 
 EFFECTS = ("delta", "normalised", "both")  # which effect columns an exported sweep holds
 HEAD_GRIDS = ("head", "atp", "set")  # kinds whose columns are heads (and every "estimate-<method>")
@@ -115,6 +115,15 @@ def sweep_to_safetensors(result: SweepResult, path: str | Path, *, direction: st
                 "row_labels": ",".join(map(str, result.row_labels)),
                 "col_labels": ",".join(map(str, result.col_labels))}
     save_file(tensors, str(path), metadata=metadata)
+
+
+def set_sweep_grid(result: SetSweepResult) -> SweepResult:
+    """A set sweep as the grid the set tab shows and `export-sweep` writes: the mean Δ over the rows
+    per head ([layer, head]), against the mean base and source metrics."""
+    return SweepResult(kind=cast(SweepKind, "set"), values=np.asarray(result.mean, dtype=np.float64),
+                       base_metric=float(np.mean(result.base_metric)),
+                       source_metric=float(np.mean(result.source_metric)),
+                       row_labels=[], col_labels=[], complete=result.complete, seconds=result.seconds)
 
 
 def default_name(what: str, kind: str, fmt: str) -> str:

@@ -221,3 +221,50 @@ async def test_palette_sweep_entries_run_their_kind_and_direction():
         request = app.bench.sweeps.states["head"].request
         assert (request.sweep_kind, request.direction, request.interventions) == ("head", "denoising", ())
         assert "head denoising · on the" in screen_text(app)
+
+
+async def test_export_set_sweep_csv_from_the_ui_equals_export_sweep_of_the_session(tmp_path):
+    """The set sweep H ran is exported from the screen, cell for cell what `export-sweep` writes from
+    the session (to float32 precision: the session keeps float32 arrays). Before, the export said
+    "no sweep to export yet"."""
+    from mechscope.cli import main
+
+    app = make_app(session_name="set-export")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("e")
+        await settle(pilot)
+        await pilot.press("down", "down", "enter")  # set sweep as CSV, before any set sweep ran
+        await settle(pilot)
+        assert "no set sweep to export yet" in (app.bench.error or "")
+        await pilot.press("L")
+        await settle(pilot)
+        app.screen.query_one("#ask-input", Input).value = "ioi 3"
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("H")
+        await settle(pilot)
+        result = app.bench.sets.sweep.result
+        await pilot.press("e")
+        await settle(pilot)
+        await pilot.press("down", "down", "enter")
+        await settle(pilot)
+        field = app.screen.query_one("#ask-input", Input)
+        assert field.value == "sweep-set-noising.csv"
+        field.value = str(tmp_path / "ui.csv")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "exported set sweep csv" in screen_text(app)
+    rows = list(csv.DictReader((tmp_path / "ui.csv").open()))
+    mean = result.per_row.mean(axis=0)  # [layer, head]
+    assert len(rows) == mean.size and rows[7]["label"] == f"L{7 // mean.shape[1]}.H{7 % mean.shape[1]}"
+    assert float(rows[7]["delta_metric"]) == pytest.approx(mean.reshape(-1)[7])
+    assert float(rows[7]["base_metric"]) == pytest.approx(float(np.mean(result.base_metric)))
+    assert main(["export-sweep", "set-export", "-o", str(tmp_path / "cli.csv")]) == 0
+    recorded = list(csv.DictReader((tmp_path / "cli.csv").open()))  # from the session's float32 arrays
+    assert [row.keys() for row in recorded] == [row.keys() for row in rows]
+    for ui_row, cli_row in zip(rows, recorded, strict=True):
+        assert [ui_row[k] for k in ("kind", "direction", "layer", "head", "label")] == \
+            [cli_row[k] for k in ("kind", "direction", "layer", "head", "label")]
+        for key in ("delta_metric", "normalised_effect", "base_metric", "source_metric"):
+            assert float(ui_row[key]) == pytest.approx(float(cli_row[key]), rel=1e-5, abs=1e-6)
