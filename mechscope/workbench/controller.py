@@ -418,7 +418,14 @@ class Workbench:
     def accept(self, outcome: Outcome) -> Request | None:
         """Store an outcome and record exactly its request; returns the request to run next, if any."""
         acceptor = self._acceptors.get(type(outcome.request))
-        return None if acceptor is None else acceptor(outcome)
+        if acceptor is None:
+            return None
+        earlier = self.error
+        follow_up = acceptor(outcome)
+        if outcome.ok and self.error is earlier and self.run_error is None \
+                and not self.is_attention_request(outcome.request):
+            self.error = None  # work that succeeded clears an earlier error line (a failed run's stays)
+        return follow_up
 
     def _accept_reference(self, outcome: Outcome) -> RunRequest | None:
         request = cast(ReferencePromptsRequest, outcome.request)

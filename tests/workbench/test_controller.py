@@ -82,6 +82,31 @@ def test_failed_run_keeps_the_last_result_but_not_as_current(engine):
     assert bench.run is not shown and bench.result_is_current and bench.error is None
 
 
+def test_work_that_succeeds_clears_an_earlier_error_but_not_a_failed_runs(engine):
+    """The status line's error goes with the next success of any work, not only of a live run."""
+    bench = Workbench(IOI)
+    drive(bench, engine, bench.next_run())
+    sweep = bench.sweeps.start("head")
+    bench.undo()
+    assert bench.error == "nothing to undo"
+    drive(bench, engine, sweep)
+    assert bench.error is None
+    sweep = bench.sweeps.start("head")
+    bench.select(0, 99)  # a head the model does not have: the live run fails while the sweep runs
+    drive(bench, engine, bench.ablate("zero"))
+    failed = bench.error
+    assert failed.startswith("run failed: ")
+    drive(bench, engine, sweep)
+    assert bench.sweeps.states["head"].result is not None
+    assert bench.error == failed  # the panes still say the last run failed: E must show why
+    bench.select(0, 0)
+    drive(bench, engine, bench.undo())
+    assert bench.error is None and bench.result_is_current
+    bench.undo()
+    drive(bench, engine, bench.attention_request())  # the cursor moved: not work the user asked for
+    assert bench.attention and bench.error == "nothing to undo"
+
+
 def test_sweeps_go_stale_and_say_what_changed(engine):
     bench = Workbench(IOI)
     request = bench.sweeps.start("head")
