@@ -142,8 +142,7 @@ class ResearchPart:
                 return name, exports.sweep_to_csv(state.result, direction=request.direction, tokens=tokens)
             return name, state.result
         if choice == "set-sweep-csv":
-            sets = bench.sets
-            done = sets.sweep.result if sets.sweep is not None and sets.sweep.ok else sets.sweep_partial
+            done = bench.sets.sweep_result()
             if done is None:
                 self.screen.show_error(f"no set sweep to export yet ({key_of('set_sweep')} runs one on the set)")
                 return None

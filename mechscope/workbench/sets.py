@@ -16,7 +16,7 @@ from mechscope.engine.prompt_sets import (
     PromptSet,
     PromptSetError,
 )
-from mechscope.engine.results import ESTIMATE_METHODS, Direction, EstimateMethod
+from mechscope.engine.results import ESTIMATE_METHODS, Direction, EstimateMethod, SetSweepResult
 from mechscope.requests.kinds import (
     AUTO_VERIFY,
     DetectHeadsRequest,
@@ -130,8 +130,13 @@ class PromptSets:
             names.extend(self.detectors.scores)
         return names + self.circuits.grid_names()
 
+    def sweep_result(self) -> SetSweepResult | None:
+        """The latest set sweep's `SetSweepResult`: the finished one, else what the running one has
+        streamed so far (None before any)."""
+        return self.sweep.result if self.sweep is not None and self.sweep.ok else self.sweep_partial
+
     def sweep_values(self) -> np.ndarray | None:
-        result = self.sweep.result if self.sweep is not None and self.sweep.ok else self.sweep_partial
+        result = self.sweep_result()
         return None if result is None else self.bench.sweeps.effect_values(result)
 
     def grid_values(self, name: str) -> np.ndarray | None:

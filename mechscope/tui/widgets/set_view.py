@@ -102,7 +102,7 @@ def sweep_progress(result: Any) -> str:
 
 
 def sweep_text(sets: PromptSets) -> Text:
-    result = sets.sweep.result if sets.sweep is not None and sets.sweep.ok else sets.sweep_partial
+    result = sets.sweep_result()
     if result is None:
         return Text(f"set sweep: not run ({key_of('set_sweep')})\n", style="dim")
     mean, std = np.asarray(result.mean), np.asarray(result.std)
