@@ -37,7 +37,7 @@ ATTACH = """
 import time
 started = time.perf_counter()
 from mechscope.serve import connect
-from mechscope.engine.interventions import Metric
+from mechscope.engine.metric import Metric
 engine = connect({socket!r})
 result = engine.run({prompt!r}, metric=Metric("logit_diff", target=" Mary", foil=" John"))
 print(time.perf_counter() - started, result.top[0].text)
@@ -142,7 +142,8 @@ def main() -> None:
     import torch
 
     from mechscope.engine.core import Engine
-    from mechscope.engine.interventions import HeadAblation, Metric
+    from mechscope.engine.interventions import HeadAblation
+    from mechscope.engine.metric import Metric
     from mechscope.engine.views import Views
     from mechscope.requests.kinds import RunRequest
     from mechscope.serve import connect

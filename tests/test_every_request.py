@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mechscope.engine.interventions import FeatureSteer, HeadAblation, Metric
+from mechscope.engine.interventions import FeatureSteer, HeadAblation
+from mechscope.engine.metric import Metric
 from mechscope.engine.prompt_sets import PromptRow, PromptSet
 from mechscope.requests import (
     HANDLERS,

@@ -129,6 +129,7 @@ ENGINE_DATA = (
     "mechscope.engine.features",  # the package itself holds only its docstring
     "mechscope.engine.features.results",
     "mechscope.engine.interventions",
+    "mechscope.engine.metric",
     "mechscope.engine.prompt_sets",
     "mechscope.engine.protocol",
     "mechscope.engine.results",

@@ -17,7 +17,8 @@ import time
 import numpy as np
 
 from mechscope.engine.errors import MechscopeError
-from mechscope.engine.interventions import HeadAblation, Metric
+from mechscope.engine.interventions import HeadAblation
+from mechscope.engine.metric import Metric
 from mechscope.engine.views import Views
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"

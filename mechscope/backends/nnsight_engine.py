@@ -21,7 +21,8 @@ from mechscope.engine.captures import Captures
 from mechscope.engine.core import DEFAULT_REFERENCE_PROMPTS
 from mechscope.engine.edits import Edits
 from mechscope.engine.errors import Cancelled, MechscopeError, PromptError
-from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.interventions import Intervention
+from mechscope.engine.metric import Metric
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (
     Attribution,

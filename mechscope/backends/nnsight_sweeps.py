@@ -13,7 +13,8 @@ import mechscope.backends.plan as plans
 from mechscope.backends.ndif import RequestSize
 from mechscope.engine.errors import PromptError
 from mechscope.engine.generation import check_generation, eos_ids, sample_tokens
-from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.interventions import Intervention
+from mechscope.engine.metric import Metric
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import GeneratedToken, SweepResult, check_direction
 

@@ -27,7 +27,7 @@ _EXPORTS: dict[str, str] = {
     "HeadAblation": "interventions",
     "HeadScale": "interventions",
     "Intervention": "interventions",
-    "Metric": "interventions",
+    "Metric": "metric",
     "NeuronClamp": "interventions",
     "SteeringVector": "interventions",
     "ActivationStats": "results",
@@ -117,10 +117,10 @@ if TYPE_CHECKING:
         HeadAblation,
         HeadScale,
         Intervention,
-        Metric,
         NeuronClamp,
         SteeringVector,
     )
+    from mechscope.engine.metric import Metric
     from mechscope.engine.results import (
         ActivationStats,
         Attribution,

@@ -17,7 +17,6 @@ from mechscope.engine.adapters import Adapter
 from mechscope.engine.addresses import parse_address
 from mechscope.engine.capabilities import LOCAL_CAPABILITIES
 from mechscope.engine.captures import Captures, CaptureSpec
-from mechscope.engine.edits import compile_edits
 from mechscope.engine.errors import InterventionError, OutOfMemory
 from mechscope.engine.features import edits as _feature_edits  # noqa: F401 - registers their compile functions
 from mechscope.engine.features.attached import attach, attached_saes
@@ -29,10 +28,12 @@ from mechscope.engine.features.results import (
 )
 from mechscope.engine.features.sae import SparseAutoencoder
 from mechscope.engine.generation import generate
-from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.interventions import Intervention
 from mechscope.engine.layer_replay import last_mlp_at_readout
+from mechscope.engine.metric import Metric
 from mechscope.engine.passes import Passes, check_text
 from mechscope.engine.placement import placement_summary
+from mechscope.engine.prompt_edits import compile_edits
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (
     ComputeInfo,

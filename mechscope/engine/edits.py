@@ -2,7 +2,7 @@
 
 A compile function checks its intervention against the model and prompt (ranges, lengths, names)
 and, unless it is a dry run, records `SiteEdit`s: plain data (a site, positions, set / scale / add and
-a value) that three appliers read — hooks on the native engine (`native_hooks`), prompt-set runs
+a value) that three appliers read — hooks on the native engine (`prompt_edits.native_hooks`), prompt-set runs
 (`set_runs`) and the nnsight trace plan (`backends.plan`). Values it needs (reference means, source
 activations, steering vectors on the right device) come from the `Context`, which each of those
 supplies. Adding an intervention type: its dataclass in `interventions.py`, a `@compiles(Type)`
@@ -11,7 +11,7 @@ function here, and a test.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, TypeVar, cast, overload
 
@@ -35,7 +35,7 @@ from mechscope.engine.interventions import (
 )
 from mechscope.engine.passes import Passes
 from mechscope.engine.placement import execution_device
-from mechscope.engine.sites import Site, SiteKind
+from mechscope.engine.sites import SiteKind
 
 SiteOp = Literal["set", "scale", "add"]
 EditPositions = list[int] | Literal["last"] | None
@@ -52,8 +52,9 @@ class SiteEdit:
 
     site / layer: where (see `Site`; "q", "k", "v": the attention function's query, key or value,
     [batch, head, pos, d_head]); index: the head of a "heads" site, the neuron of a "neurons"
-    site, the query head of "q", the KV head of "k" / "v", None for the whole vector. positions: prompt positions (a negative one counts from the
-    end), None for every position, "last" for the last wherever the sequence ends. op: set (value
+    site, the query head of "q", the KV head of "k" / "v", None for the whole vector. positions:
+    prompt positions (a negative one counts from the end), None for every position, "last" for the
+    last wherever the sequence ends. op: set (value
     replaces), scale (multiplies) or add. value: a number, a tensor broadcast over the positions
     ([d], [head, d_head]) or rows from `Context.source`, aligned with the positions it returned.
     """
@@ -143,7 +144,7 @@ class Context:
 
     This base checks against one prompt of `n_pos` tokens; a context names how its refusals read
     (`where`: "over a prompt set") and supplies reference means, source activations and tensors on
-    the right device. `PromptContext` is one prompt on the native engine; prompt sets
+    the right device. `prompt_edits.PromptContext` is one prompt on the native engine; prompt sets
     (`set_runs.SetContext`) and the nnsight plan (`backends.plan.TraceContext`) bring their own.
     """
 
@@ -264,37 +265,6 @@ class Context:
                             f" (largest {limit:g})")
 
 
-_SOURCE_FIELDS: dict[str, str] = {"heads": "z", "attn": "attn_out", "mlp": "mlp_out", "resid_pre": "resid_pre",
-                                  "resid_post": "resid_post"}
-
-
-class PromptContext(Context):
-    """One prompt on the native engine: sources from its passes, means over the reference prompts."""
-
-    def __init__(self, passes: Passes, n_pos: int, corrupted: str | None, vectors: Mapping[str, np.ndarray],
-                 reference_prompts: Sequence[str], dry_run: bool) -> None:
-        super().__init__(passes.adapter, passes.dtype, n_pos, corrupted, vectors, dry_run)
-        self.passes = passes
-        self.reference_prompts = reference_prompts
-
-    def prompt_length(self, prompt: str) -> int:
-        return int(self.passes.prompt_ids(prompt)[0].shape[1])
-
-    def source_rows(self, prompt: str, site: SourceSite, layer: int, positions: list[int]) -> torch.Tensor:
-        acts = self.passes.source_acts(self.passes.prompt_ids(prompt)[0])
-        return getattr(acts, _SOURCE_FIELDS[site])[layer][:, positions]  # [1, n, ...]
-
-    def mean(self, site: MeanSite, layer: int) -> torch.Tensor:
-        return getattr(self.passes.reference_means(self.reference_prompts), _SOURCE_FIELDS[site])[layer]
-
-    def input_rows(self, prompt: str, which: QKVSite, layer: int, positions: list[int]) -> torch.Tensor:
-        acts = self.passes.source_qkv(self.passes.prompt_ids(prompt)[0])
-        return acts.of(which)[layer][:, :, positions]  # [1, head, n, d_head]
-
-    def hook_passes(self) -> Passes:
-        return self.passes
-
-
 Compiler = Callable[[Intervention, Context, Edits], None]
 COMPILERS: dict[type[Intervention], Compiler] = {}
 IV = TypeVar("IV", bound=Intervention)
@@ -330,84 +300,6 @@ def compile_with(context: Context, interventions: Iterable[Intervention]) -> Edi
         if edits.knockouts and not context.knockouts:
             raise context.refuse()
     return edits
-
-
-def compile_edits(passes: Passes, interventions: Iterable[Intervention], n_pos: int, corrupted: str | None,
-                  vectors: Mapping[str, np.ndarray], reference_prompts: Sequence[str],
-                  dry_run: bool = False) -> Edits:
-    """The native hooks of `interventions` (enabled ones only) on a prompt of `n_pos` tokens;
-    InterventionError naming the first one that does not fit. A dry run only checks and builds no hooks."""
-    context = PromptContext(passes, n_pos, corrupted, vectors, reference_prompts, dry_run)
-    edits = compile_with(context, interventions)
-    if not dry_run:
-        edits.hooks = native_hooks(edits, passes.adapter)
-    return edits
-
-
-# ---------------------------------------------------------------- the native applier
-
-
-def native_hooks(edits: Edits, adapter: Adapter) -> list[Hook]:
-    """Hooks applying `edits.records` in order, each on a plain [batch, pos, ...] tensor."""
-    hooks: list[Hook] = []
-    for record in edits.records:
-        if isinstance(record, HookEdit):
-            hooks += record.hooks
-            continue
-        if record.site in QKV_SITES:
-            hooks.append(Hook("qkv", adapter.layer_module(record.layer, "attn"), _native_qkv_edit(record)))
-            continue
-        deltas = edits.resid_delta(record.layer) if record.site in RESID_SITES else None
-        hooks += Site(cast(SiteKind, record.site), record.layer).edit(adapter, _native_edit(record, deltas))
-    return hooks
-
-
-def _native_qkv_edit(record: SiteEdit) -> Callable:
-    """An `attention.QKVEdit` applying a "q" / "k" / "v" record to its head's [batch, pos, d_head]."""
-    which = QKV_SITES.index(cast(QKVSite, record.site))
-    positions = record.positions
-    dst: slice | int | list[int] = slice(None) if positions is None else -1 if positions == "last" else positions
-    at = (slice(None), record.index, dst)
-    op, value = record.op, record.value
-
-    def change(query: torch.Tensor, key: torch.Tensor, value_states: torch.Tensor):
-        x = (query, key, value_states)[which]  # [batch, head, pos, d_head], a private copy
-        if op == "set":
-            x[at] = value
-        elif op == "scale":
-            x[at] = x[at] * value
-        else:
-            x[at] = x[at] + value
-        return query, key, value_states
-
-    return change
-
-
-def _native_edit(record: SiteEdit, deltas: list[torch.Tensor] | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    positions = record.positions
-    dst: slice | int | list[int] = slice(None) if positions is None else -1 if positions == "last" else positions
-    at = (slice(None), dst) if record.index is None else (slice(None), dst, record.index)
-    op, value = record.op, record.value
-
-    def change(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, ...], a private copy
-        if op == "set":
-            x[at] = value
-        elif op == "scale":
-            x[at] = x[at] * value
-        else:
-            x[at] = x[at] + value
-        return x
-
-    if deltas is None:
-        return change
-
-    def recorded(x: torch.Tensor) -> torch.Tensor:  # also keeps what the edit added to the residual
-        original = x.clone()
-        x = change(x)
-        deltas.append((x - original).detach())
-        return x
-
-    return recorded
 
 
 # ---------------------------------------------------------------- one compile function per type

@@ -20,8 +20,8 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from mechscope.engine import attention
 from mechscope.engine.hooks import Hook, installed
-from mechscope.engine.interventions import SetMetricKind
 from mechscope.engine.layer_replay import take_rows
+from mechscope.engine.metric import SetMetricKind
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.resident import ResidentModel
 from mechscope.engine.results import ESTIMATE_METHODS, MAX_IG_STEPS, Estimate, EstimateMethod

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from mechscope.engine.captures import Captures, CaptureSpec
-from mechscope.engine.edits import compile_edits
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.interventions import Intervention
 from mechscope.engine.passes import Passes
+from mechscope.engine.prompt_edits import compile_edits
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import GeneratedToken
 

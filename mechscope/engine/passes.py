@@ -18,8 +18,9 @@ from mechscope.engine.adapters import Adapter
 from mechscope.engine.captures import Captures, CaptureSpec, capture_hooks
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook, installed
-from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.interventions import Intervention
 from mechscope.engine.layer_replay import LayerCall, replay
+from mechscope.engine.metric import Metric
 from mechscope.engine.placement import align_hooks, execution_device, loaded
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import MetricInfo, Prediction, TokenProb

@@ -27,8 +27,8 @@ from mechscope.engine.addresses import Receiver, parse_head, parse_receiver
 from mechscope.engine.attention import AttentionControl
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook, installed
-from mechscope.engine.interventions import Metric
 from mechscope.engine.layer_replay import LayerCall
+from mechscope.engine.metric import Metric
 from mechscope.engine.passes import Passes
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import MetricInfo, PathPatchResult, SweepResult, check_direction

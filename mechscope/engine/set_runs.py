@@ -22,7 +22,7 @@ from mechscope.engine.edits import (
 )
 from mechscope.engine.errors import InterventionError, PromptError
 from mechscope.engine.hooks import Hook, installed
-from mechscope.engine.interventions import SET_METRIC_KINDS, Intervention, SetMetricKind
+from mechscope.engine.interventions import Intervention
 from mechscope.engine.layer_replay import (
     LayerCall,
     kv_recorders,
@@ -31,6 +31,7 @@ from mechscope.engine.layer_replay import (
     replay,
     take_rows,
 )
+from mechscope.engine.metric import SET_METRIC_KINDS, SetMetricKind
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.resident import ResidentModel

@@ -11,8 +11,8 @@ import torch
 from mechscope.engine.attention import AttentionControl
 from mechscope.engine.errors import Cancelled, PromptError
 from mechscope.engine.hooks import Hook
-from mechscope.engine.interventions import Metric
 from mechscope.engine.layer_replay import LayerCall, kv_recorders, last_mlp_at_readout, recorded_kv
+from mechscope.engine.metric import Metric
 from mechscope.engine.passes import CleanPass, Passes, SourceActs, SourceQKV
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import (

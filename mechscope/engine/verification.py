@@ -30,7 +30,6 @@ from mechscope.engine.estimators import (
     estimate,
 )
 from mechscope.engine.hooks import Hook, installed
-from mechscope.engine.interventions import SetMetricKind
 from mechscope.engine.layer_replay import (
     LayerCall,
     kv_recorders,
@@ -38,6 +37,7 @@ from mechscope.engine.layer_replay import (
     recorded_kv,
     take_rows,
 )
+from mechscope.engine.metric import SetMetricKind
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.results import EstimateMethod, VerifiedEstimate
 from mechscope.engine.set_runs import (

@@ -14,7 +14,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from mechscope.engine.addresses import parse_head, parse_receiver
-from mechscope.engine.interventions import Intervention, Metric, SetMetricKind
+from mechscope.engine.interventions import Intervention
+from mechscope.engine.metric import Metric, SetMetricKind
 from mechscope.engine.prompt_sets import DEFAULT_SHOTS, PromptSet, PromptSetError
 from mechscope.engine.results import Direction, EstimateMethod, HeadInputKind, SweepKind
 from mechscope.engine.views import Views

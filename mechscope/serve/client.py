@@ -25,7 +25,8 @@ import numpy as np
 import mechscope.serve.codec as codec
 from mechscope.engine.capabilities import MissingCapability
 from mechscope.engine.errors import Cancelled, EngineUnreachable, MechscopeError
-from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.interventions import Intervention
+from mechscope.engine.metric import Metric
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.results import GeneratedToken, ModelInfo, RunResult, SweepResult
 from mechscope.engine.views import Views

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mechscope.engine.interventions import SET_METRIC_KINDS, Intervention, Metric
+from mechscope.engine.interventions import Intervention
+from mechscope.engine.metric import SET_METRIC_KINDS, Metric
 from mechscope.engine.prompt_sets import FIELDS
 from mechscope.engine.results import DIRECTIONS, EFFECT_SCALES, SWEEP_KINDS
 from mechscope.requests.field_types import (

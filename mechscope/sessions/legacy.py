@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.interventions import Intervention
+from mechscope.engine.metric import Metric
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.requests.kinds import (
     GenerateRequest,

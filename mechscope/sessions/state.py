@@ -10,7 +10,8 @@ import numpy as np
 from mechscope.sessions.events import Event, work_kind
 
 if TYPE_CHECKING:
-    from mechscope.engine.interventions import Intervention, Metric
+    from mechscope.engine.interventions import Intervention
+    from mechscope.engine.metric import Metric
 
 
 @dataclass
@@ -144,7 +145,7 @@ class StateBuilder:
             del self.interventions[ident]
 
     def state(self, tensors: dict[str, np.ndarray]) -> SessionState:
-        from mechscope.engine.interventions import Metric
+        from mechscope.engine.metric import Metric
 
         return SessionState(
             clean=self.clean,

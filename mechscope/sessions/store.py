@@ -62,7 +62,8 @@ from mechscope.sessions.state import SessionState, copy_builder
 from mechscope.sessions.writer import LogWriter, write_manifest
 
 if TYPE_CHECKING:
-    from mechscope.engine.interventions import Intervention, Metric
+    from mechscope.engine.interventions import Intervention
+    from mechscope.engine.metric import Metric
     from mechscope.requests.kinds import Outcome, Request
     from mechscope.requests.registry import Summary
 

@@ -20,9 +20,9 @@ from mechscope.engine.interventions import (
     AttentionKnockout,
     HeadAblation,
     Intervention,
-    Metric,
     SteeringVector,
 )
+from mechscope.engine.metric import Metric
 from mechscope.engine.results import RunResult
 from mechscope.engine.views import Views
 from mechscope.requests.kinds import (

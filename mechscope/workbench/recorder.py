@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.interventions import Intervention
+from mechscope.engine.metric import Metric
 from mechscope.requests.kinds import Outcome
 from mechscope.workbench.stack import Change, Entry, diff_entries
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
 
-from mechscope.engine.interventions import METRIC_TITLES, SET_METRIC_KINDS
+from mechscope.engine.metric import METRIC_TITLES, SET_METRIC_KINDS
 from mechscope.engine.prompt_sets import (
     DEFAULT_SHOTS,
     TEMPLATES,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mechscope.engine.interventions import Metric
+from mechscope.engine.metric import Metric
 from mechscope.engine.results import GeneratedToken, SweepResult
 from mechscope.requests.kinds import GenerateRequest, PathSweepRequest, SweepRequest
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from mechscope.engine.interventions import Intervention, Metric
+from mechscope.engine.interventions import Intervention
+from mechscope.engine.metric import Metric
 from mechscope.engine.results import (
     DIRECTIONS,
     EFFECT_SCALES,

@@ -9,7 +9,7 @@ nnsight = pytest.importorskip("nnsight", reason="the NDIF backend needs the opti
 from mechscope.backends import load_backend  # noqa: E402
 from mechscope.backends.ndif import NdifError, Preflight, RequestSize  # noqa: E402
 from mechscope.backends.nnsight_engine import NNsightEngine  # noqa: E402
-from mechscope.engine.interventions import Metric  # noqa: E402
+from mechscope.engine.metric import Metric  # noqa: E402
 from mechscope.engine.testing import tiny_model, tiny_tokenizer  # noqa: E402
 
 REPO = "tiny/llama"

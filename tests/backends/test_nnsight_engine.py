@@ -9,7 +9,7 @@ pytest.importorskip("nnsight", reason="the nnsight backend needs the optional nn
 
 from mechscope.backends.nnsight_engine import NNsightEngine  # noqa: E402
 from mechscope.engine.errors import InterventionError, MechscopeError  # noqa: E402
-from mechscope.engine.interventions import (  # noqa: E402
+from mechscope.engine.interventions import (
     INTERVENTION_TYPES,
     ActivationPatch,
     AttentionKnockout,
@@ -17,11 +17,11 @@ from mechscope.engine.interventions import (  # noqa: E402
     HeadAblation,
     HeadInputPatch,
     HeadScale,
-    Metric,
     NeuronClamp,
     Place,
     SteeringVector,
 )
+from mechscope.engine.metric import Metric
 from mechscope.engine.protocol import EngineProtocol  # noqa: E402
 from mechscope.engine.testing import FAMILIES, tiny_engine, tiny_model, tiny_tokenizer  # noqa: E402
 from mechscope.engine.views import Views  # noqa: E402

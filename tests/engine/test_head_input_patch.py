@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mechscope.engine.errors import InterventionError
-from mechscope.engine.interventions import HeadInputPatch, Metric, Place
+from mechscope.engine.interventions import HeadInputPatch, Place
+from mechscope.engine.metric import Metric
 from mechscope.engine.testing import FAMILIES, tiny_engine
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"

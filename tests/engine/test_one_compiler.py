@@ -20,13 +20,13 @@ from mechscope.engine.interventions import (
     HeadAblation,
     HeadScale,
     Intervention,
-    Metric,
     NeuronClamp,
     Place,
     Positions,
     SteeringVector,
     chooser_types,
 )
+from mechscope.engine.metric import Metric
 from mechscope.engine.prompt_sets import PromptRow, PromptSet
 from mechscope.engine.set_runs import run_set
 from mechscope.engine.testing import FAMILIES, tiny_engine, tiny_model, tiny_tokenizer

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mechscope.engine.interventions import ActivationPatch, HeadAblation, HeadInputPatch, Metric
+from mechscope.engine.interventions import ActivationPatch, HeadAblation, HeadInputPatch
+from mechscope.engine.metric import Metric
 from mechscope.engine.paths import downstream_receivers
 from mechscope.engine.testing import FAMILIES, tiny_engine
 

@@ -13,7 +13,8 @@ from mechscope.backends.nnsight_engine import NNsightEngine
 from mechscope.engine.features.formats import save_saelens
 from mechscope.engine.features.reading import logits_with_site
 from mechscope.engine.features.sae import FeatureError
-from mechscope.engine.interventions import FeatureAblation, HeadAblation, Metric
+from mechscope.engine.interventions import FeatureAblation, HeadAblation
+from mechscope.engine.metric import Metric
 from mechscope.engine.testing import tiny_engine, tiny_model, tiny_tokenizer
 from mechscope.requests import execute, handler_for
 from mechscope.requests.kinds import FeatureAttributionRequest

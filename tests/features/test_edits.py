@@ -9,7 +9,8 @@ import torch
 from mechscope.engine.core import Engine
 from mechscope.engine.errors import InterventionError
 from mechscope.engine.features.sae import FeatureError
-from mechscope.engine.interventions import FeatureAblation, FeatureClamp, FeatureSteer, Metric
+from mechscope.engine.interventions import FeatureAblation, FeatureClamp, FeatureSteer
+from mechscope.engine.metric import Metric
 from mechscope.engine.testing import tiny_model, tiny_tokenizer
 from mechscope.engine.views import Views
 

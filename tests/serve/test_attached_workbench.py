@@ -77,7 +77,7 @@ def _status(app) -> str:
 
 @pytest.mark.asyncio
 async def test_status_bar_names_the_job_we_wait_behind(tmp_path, monkeypatch):
-    from mechscope.engine.interventions import Metric
+    from mechscope.engine.metric import Metric
     from mechscope.requests.kinds import RunRequest
     from mechscope.serve import connect
     from mechscope.tui.app import MechscopeApp

@@ -8,7 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
-from mechscope.engine.interventions import HeadAblation, Metric, SteeringVector
+from mechscope.engine.interventions import HeadAblation, SteeringVector
+from mechscope.engine.metric import Metric
 from mechscope.engine.prompt_sets import PromptRow, PromptSet
 from mechscope.engine.views import Views
 from mechscope.requests.kinds import Outcome, RunRequest, SweepRequest

@@ -16,9 +16,9 @@ from mechscope.engine.interventions import (
     FeatureClamp,
     HeadAblation,
     HeadInputPatch,
-    Metric,
     SteeringVector,
 )
+from mechscope.engine.metric import Metric
 from mechscope.engine.prompt_sets import PromptRow, PromptSet, template_set
 from mechscope.engine.views import Views
 from mechscope.requests.kinds import (

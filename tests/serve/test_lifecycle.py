@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from mechscope.engine.errors import EngineUnreachable
-from mechscope.engine.interventions import HeadAblation, Metric
+from mechscope.engine.interventions import HeadAblation
+from mechscope.engine.metric import Metric
 from mechscope.engine.views import Views
 from tests.serve.conftest import (
     PROMPT,

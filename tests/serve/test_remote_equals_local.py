@@ -18,10 +18,10 @@ from mechscope.engine.interventions import (
     ComponentAblation,
     HeadAblation,
     HeadScale,
-    Metric,
     NeuronClamp,
     SteeringVector,
 )
+from mechscope.engine.metric import Metric
 from mechscope.engine.views import Views
 from mechscope.requests.kinds import (
     AddVectorRequest,

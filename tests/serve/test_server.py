@@ -16,7 +16,8 @@ import time
 import pytest
 
 from mechscope.engine.errors import Cancelled, MechscopeError
-from mechscope.engine.interventions import HeadAblation, Metric
+from mechscope.engine.interventions import HeadAblation
+from mechscope.engine.metric import Metric
 from mechscope.engine.views import Views
 from mechscope.serve.client import describe_wait
 from mechscope.serve.wire import PROTOCOL_VERSION

@@ -9,7 +9,8 @@ import io
 import numpy as np
 import pytest
 
-from mechscope.engine.interventions import ActivationPatch, HeadAblation, Metric
+from mechscope.engine.interventions import ActivationPatch, HeadAblation
+from mechscope.engine.metric import Metric
 from mechscope.engine.results import SetSweepResult, SweepResult, normalised_effect
 from mechscope.engine.testing import FAMILIES, tiny_engine
 from mechscope.sessions.state import StateBuilder

@@ -41,7 +41,7 @@ def list_lines(app) -> list[str]:
 
 def direct_run(engine, interventions):
     """The same request the workbench makes, straight to the engine (the values the UI must show)."""
-    from mechscope.engine.interventions import Metric
+    from mechscope.engine.metric import Metric
 
     return engine.run(IOI_PAIR.clean, interventions=interventions, corrupted=IOI_PAIR.corrupted,
                       metric=Metric("logit_diff", IOI_PAIR.target, IOI_PAIR.foil))

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mechscope.engine.interventions import HeadAblation, HeadScale, Metric, SteeringVector
+from mechscope.engine.interventions import HeadAblation, HeadScale, SteeringVector
+from mechscope.engine.metric import Metric
 from mechscope.engine.testing import tiny_engine
 from mechscope.sessions import Session
 from mechscope.tui.app import IOI_PAIR, TOP_K

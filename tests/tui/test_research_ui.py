@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from textual.widgets import Checkbox, Input, Select, TextArea
 
-from mechscope.engine.interventions import HeadAblation, Metric
+from mechscope.engine.interventions import HeadAblation
+from mechscope.engine.metric import Metric
 from mechscope.engine.testing import tiny_engine
 from mechscope.screens.generation_options import GenerationOptionsScreen
 from mechscope.screens.sweep_options import SweepOptionsScreen

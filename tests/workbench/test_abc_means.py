@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mechscope.engine.interventions import HeadAblation, Metric
+from mechscope.engine.interventions import HeadAblation
+from mechscope.engine.metric import Metric
 from mechscope.engine.prompt_sets import PromptRow, PromptSet
 from mechscope.engine.testing import FAMILIES, tiny_engine
 from mechscope.requests.kinds import ReferencePromptsRequest, RunSetRequest

@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mechscope.engine.interventions import ActivationPatch, HeadAblation, HeadScale, Metric
+from mechscope.engine.interventions import ActivationPatch, HeadAblation, HeadScale
+from mechscope.engine.metric import Metric
 from mechscope.engine.testing import tiny_engine
 from mechscope.requests import execute
 from mechscope.requests.kinds import GenerateRequest, RunRequest, SweepRequest, ValidateRequest

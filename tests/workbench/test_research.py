@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from mechscope.engine.interventions import HeadAblation, HeadScale, Metric, SteeringVector
+from mechscope.engine.interventions import HeadAblation, HeadScale, SteeringVector
+from mechscope.engine.metric import Metric
 from mechscope.engine.testing import tiny_engine
 from mechscope.sessions import Session
 from mechscope.sessions.replaying import (

@@ -30,7 +30,7 @@ from mechscope.engine.features.results import (
 )
 from mechscope.engine.features.sae import FeatureError, SparseAutoencoder
 from mechscope.engine.hooks import Hook
-from mechscope.engine.interventions import Metric
+from mechscope.engine.metric import Metric
 from mechscope.engine.passes import CleanPass, Passes
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.readouts import metric_direction, read_through_final_norm

@@ -11,7 +11,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from mechscope.engine.features.results import FeatureAttribution
-from mechscope.engine.interventions import METRIC_TITLES, Metric
+from mechscope.engine.metric import METRIC_TITLES, Metric
 from mechscope.tui.widgets.plain import Plain
 from mechscope.tui.widgets.prompt_pane import show_token
 

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Select, Static
 
-from mechscope.engine.interventions import METRIC_KINDS, METRIC_TITLES
+from mechscope.engine.metric import METRIC_KINDS, METRIC_TITLES
 from mechscope.tui.widgets.plain import Plain, PlainLabel
 from mechscope.tui.widgets.prompt_input import PromptInput
 from mechscope.workbench.controller import Inputs

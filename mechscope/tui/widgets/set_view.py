@@ -15,7 +15,7 @@ from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from mechscope.engine.interventions import METRIC_TITLES
+from mechscope.engine.metric import METRIC_TITLES
 from mechscope.tui.commands import key_of, palette_title
 from mechscope.tui.widgets.plain import Plain, cell
 from mechscope.workbench.sets import EXACT_MARK, PromptSets
