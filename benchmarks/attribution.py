@@ -31,7 +31,8 @@ from scipy import stats
 from mechscope.engine import Engine, Metric
 from mechscope.engine.estimators import Estimate, atp, atp_star, eap_ig, graddrop
 from mechscope.engine.prompt_sets import PromptRow, PromptSet, ioi_set
-from mechscope.engine.set_runs import encode, forward, sweep_set
+from mechscope.engine.set_batches import encode, forward
+from mechscope.engine.set_runs import sweep_set
 from mechscope.engine.verification import estimate_and_verify, recall_at
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"

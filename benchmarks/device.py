@@ -33,7 +33,8 @@ from mechscope.engine import Engine, HeadAblation, Metric
 from mechscope.engine.attention import ATTN_IMPLEMENTATION
 from mechscope.engine.errors import OutOfMemory
 from mechscope.engine.prompt_sets import PromptRow, PromptSet, ioi_set
-from mechscope.engine.set_runs import encode, sweep_set
+from mechscope.engine.set_batches import encode
+from mechscope.engine.set_runs import sweep_set
 from mechscope.engine.testing import tiny_config, tiny_tokenizer
 from mechscope.engine.verification import estimate_and_verify
 

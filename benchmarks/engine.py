@@ -150,7 +150,8 @@ def bench_set(name: str, model, tokenizer, rows: int, repeats: int) -> None:
     """Mean-metric head-patching sweep over `rows` IOI prompts, against one plain forward of the
     same padded batch (attention mask and position ids as the sweep uses them)."""
     from mechscope.engine.prompt_sets import ioi_set
-    from mechscope.engine.set_runs import encode, sweep_set
+    from mechscope.engine.set_batches import encode
+    from mechscope.engine.set_runs import sweep_set
 
     engine = Engine(model, tokenizer, source=name)
     pset = ioi_set(tokenizer, n=rows)
@@ -190,7 +191,7 @@ def bench_function_vector(name: str, model, tokenizer, rows: int, repeats: int, 
     `rows` in-context antonym prompts, against one plain forward of the same padded batch."""
     from mechscope.engine.function_vectors import function_vector
     from mechscope.engine.prompt_sets import PromptSetError, icl_set
-    from mechscope.engine.set_runs import encode
+    from mechscope.engine.set_batches import encode
 
     engine = Engine(model, tokenizer, source=name)
     try:

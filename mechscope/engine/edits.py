@@ -3,7 +3,7 @@
 A compile function checks its intervention against the model and prompt (ranges, lengths, names)
 and, unless it is a dry run, records `SiteEdit`s: plain data (a site, positions, set / scale / add and
 a value) that three appliers read — hooks on the native engine (`prompt_edits.native_hooks`), prompt-set runs
-(`set_runs`) and the nnsight trace plan (`backends.plan`). Values it needs (reference means, source
+(`set_edits`) and the nnsight trace plan (`backends.plan`). Values it needs (reference means, source
 activations, steering vectors on the right device) come from the `Context`, which each of those
 supplies. Adding an intervention type: its dataclass in `interventions.py`, a `@compiles(Type)`
 function here, and a test.
@@ -145,7 +145,7 @@ class Context:
     This base checks against one prompt of `n_pos` tokens; a context names how its refusals read
     (`where`: "over a prompt set") and supplies reference means, source activations and tensors on
     the right device. `prompt_edits.PromptContext` is one prompt on the native engine; prompt sets
-    (`set_runs.SetContext`) and the nnsight plan (`backends.plan.TraceContext`) bring their own.
+    (`set_edits.SetContext`) and the nnsight plan (`backends.plan.TraceContext`) bring their own.
     """
 
     where: ClassVar[str] = ""

@@ -25,15 +25,15 @@ from mechscope.engine.metric import SetMetricKind
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.resident import ResidentModel
 from mechscope.engine.results import ESTIMATE_METHODS, MAX_IG_STEPS, Estimate, EstimateMethod
-from mechscope.engine.set_runs import (
+from mechscope.engine.set_batches import (
     MAX_BATCH_ROWS,
     Batch,
     Padding,
     SetMetric,
     forward,
     layer_output,
-    paired_batches,
 )
+from mechscope.engine.set_runs import paired_batches
 
 GRAD_ATTENTION = "mechscope_grad"
 

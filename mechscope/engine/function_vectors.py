@@ -18,15 +18,15 @@ from mechscope.engine.prompt_sets import PromptRow, PromptSet, zero_shot_prompt
 from mechscope.engine.protocol import ShouldStop
 from mechscope.engine.resident import ResidentModel
 from mechscope.engine.results import FunctionVectorResult
-from mechscope.engine.set_runs import (
+from mechscope.engine.set_batches import (
     MAX_BATCH_ROWS,
     Batch,
     SetMetric,
     encode,
     forward,
     run_layers,
-    set_edit_hooks,
 )
+from mechscope.engine.set_edits import set_edit_hooks
 from mechscope.engine.unembedding import logits_of
 
 MAX_TOP_HEADS = 256

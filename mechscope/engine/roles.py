@@ -12,7 +12,7 @@ from mechscope.engine.hooks import Hook
 from mechscope.engine.prompt_sets import ICL_TASKS, PromptSet
 from mechscope.engine.resident import ResidentModel
 from mechscope.engine.results import ROLE_DETECTORS, HeadScores, RoleAttention
-from mechscope.engine.set_runs import Batch, encode, forward
+from mechscope.engine.set_batches import Batch, encode, forward
 
 IOI_ROLES: tuple[str, ...] = ("IO", "S1", "S2", "END")
 INDUCTION_ROLES: tuple[str, ...] = ("A", "B", "END")  # A: the earlier copy of the last token; B: the token after it

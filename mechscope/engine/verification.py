@@ -40,18 +40,17 @@ from mechscope.engine.layer_replay import (
 from mechscope.engine.metric import SetMetricKind
 from mechscope.engine.prompt_sets import PromptSet
 from mechscope.engine.results import EstimateMethod, VerifiedEstimate
-from mechscope.engine.set_runs import (
+from mechscope.engine.set_batches import (
     MAX_BATCH_ROWS,
     Batch,
     Padding,
     SetMetric,
-    _post_final,
     forward,
     head_outputs,
     layer_output,
-    paired_batches,
-    shared_prefixes,
+    post_final,
 )
+from mechscope.engine.set_runs import paired_batches, shared_prefixes
 
 if TYPE_CHECKING:
     from mechscope.engine.core import Engine
@@ -141,7 +140,7 @@ def _chunk_effects(engine: Engine, base: BasePass, heads: list[tuple[int, int]],
             hidden = layer_output(a.layers[layer](hidden, *cut.args, **cut.kwargs))
     assert hidden is not None
     picked = hidden[torch.arange(len(index), device=device), base.batch.readout[index] - start]  # [n, d_model]
-    normed = _post_final(engine, a.final_norm(picked))
+    normed = post_final(engine, a.final_norm(picked))
     effect = base.metric.rows(index).value(engine, normed) - base.base_metric[index]  # [n], joining order
     # variants joined in sorted (layer) order, which is their order in `heads`
     return effect.float().cpu().tolist()
