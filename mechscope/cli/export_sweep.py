@@ -56,8 +56,6 @@ GRID_KINDS = ("sweep", "sweep_set", "estimate")
 def cmd_export_sweep(args: argparse.Namespace) -> int:
     import sys
 
-    from safetensors import SafetensorError  # what save_file raises for a path it cannot write
-
     from mechscope.engine.results import SweepResult
     from mechscope.sessions import Session
     from mechscope.sessions.events import work_kind
@@ -106,8 +104,8 @@ def cmd_export_sweep(args: argparse.Namespace) -> int:
                 print("error: safetensors cannot go to stdout: give -o FILE", file=sys.stderr)
                 return 2
             sweep_to_safetensors(result, output, direction=direction, effect=args.effect)
-    except (OSError, SafetensorError) as exc:
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else reason(exc)
+    except OSError as exc:
+        detail = exc.strerror or reason(exc)
         print(f"error: cannot write {printable(output, 200)} ({printable(detail, 200)})", file=sys.stderr)
         return 2
     print(f"wrote {printable(output, 200)}")

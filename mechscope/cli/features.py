@@ -147,6 +147,16 @@ def _run(args: argparse.Namespace, body) -> int:
     except (MechscopeError, _Fail, ValueError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file the command writes (the SAE, a checkpoint, an index)
+        print(f"\nerror: {_os_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def _os_error(exc: OSError) -> str:
+    """`/path: No space left on device`, or the error as Python words it when it names no file."""
+    if exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -176,6 +186,12 @@ def run_train(args: argparse.Namespace) -> int:
         print(out)
         return 0
 
+    if args.out:  # before the model loads: a folder that cannot be made fails in a second, not after training
+        try:
+            Path(args.out).expanduser().mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"error: --out: cannot make the folder ({_os_error(exc)})", file=sys.stderr)
+            return 2
     return _run(args, body)
 
 

@@ -1,5 +1,6 @@
 """The research commands' job: predictions against a pinned baseline, metric position and kind,
-reference prompts and exports. Each command goes through the Workbench (`workbench/research.py`)."""
+reference prompts and exports. Each command goes through the Workbench and its parts (`bench.pinned`,
+`bench.sweeps`, `bench.sets`); exports are written by `workbench/exports.py`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ EXPORTS: tuple[tuple[str, str, str], ...] = (
     ("sweep-csv", "sweep as CSV", "the latest sweep, one row per cell"),
     ("sweep-safetensors", "sweep matrix as safetensors", "the latest sweep's values [rows, cols]"),
     ("set-sweep-csv", "set sweep as CSV", "the prompt set's head sweep: per head, the mean over its rows"),
+    ("set-sweep-safetensors", "set sweep matrix as safetensors",
+     "the prompt set's head sweep: the mean over its rows [layer, head]"),
     ("attribution-csv", "attribution as CSV", "every part of the direct logit attribution"),
     ("lens-csv", "logit lens as CSV", "per layer, the top decoded tokens"),
 )
@@ -125,7 +128,8 @@ class ResearchPart:
     # ---------------------------------------------------------------- exports
 
     def export_text(self, choice: str) -> tuple[str, Any] | None:
-        """(default file name, what to write) for an export choice; None (and a message) when there is nothing."""
+        """(default file name, what to write) for an export choice: a CSV's text, or a sweep matrix and its
+        direction; None (and a message) when there is nothing."""
         bench = self.screen.bench
         if choice.startswith("sweep"):
             state = bench.sweeps.last
@@ -140,14 +144,17 @@ class ResearchPart:
                 run = bench.result
                 tokens = run.tokens if run is not None and bench.result_is_current else None
                 return name, exports.sweep_to_csv(state.result, direction=request.direction, tokens=tokens)
-            return name, state.result
-        if choice == "set-sweep-csv":
+            return name, (state.result, request.direction)
+        if choice.startswith("set-sweep"):
             done = bench.sets.sweep_result()
             if done is None:
                 self.screen.show_error(f"no set sweep to export yet ({key_of('set_sweep')} runs one on the set)")
                 return None
-            return (exports.default_name("sweep", f"set-{done.direction}", "csv"),
-                    exports.sweep_to_csv(exports.set_sweep_grid(done), direction=done.direction))
+            grid = exports.set_sweep_grid(done)
+            if choice == "set-sweep-csv":
+                return (exports.default_name("sweep", f"set-{done.direction}", "csv"),
+                        exports.sweep_to_csv(grid, direction=done.direction))
+            return exports.default_name("sweep", f"set-{done.direction}", "safetensors"), (grid, done.direction)
         result = bench.result
         if choice == "attribution-csv":
             if result is None or result.attribution is None:
@@ -164,9 +171,8 @@ class ResearchPart:
             if isinstance(payload, str):
                 exports.write_text(path, payload)
             else:
-                state = self.screen.bench.sweeps.last
-                direction = state.request.direction if state is not None else "noising"
-                exports.sweep_to_safetensors(payload, Path(path).expanduser(), direction=direction)
+                result, direction = payload
+                exports.sweep_to_safetensors(result, Path(path).expanduser(), direction=direction)
         except OSError as exc:
             self.screen.show_error(f"not exported: {exc.strerror or exc}: {path}")
             return

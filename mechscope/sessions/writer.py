@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -134,22 +135,24 @@ class LogWriter:
 
         Called with the log open, so no other writer takes the same file name meanwhile.
         """
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         path = self.folder / file
         tmp = path.with_name(f".{path.name}.tmp")
+        data = save({key: array})  # serialised here, so a failed write is an OSError like any other
         try:
             if not path.parent.is_dir():
                 make_dir(path.parent)
-            save_file({key: array}, str(tmp))
-            os.chmod(tmp, FILE_MODE)
-            with open(tmp, "rb+") as handle:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
                 os.fsync(handle.fileno())
+            os.chmod(tmp, FILE_MODE)
             os.replace(tmp, path)
             fsync_dir(path.parent)
         except OSError as exc:
-            if tmp.exists():
-                tmp.unlink()
+            with contextlib.suppress(OSError):  # the first error is the one to report
+                tmp.unlink(missing_ok=True)
             raise SessionError(f"{path}: cannot write ({exc.strerror}); recording stopped") from None
 
     def close(self) -> None:

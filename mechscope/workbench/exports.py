@@ -101,8 +101,9 @@ def lens_to_csv(lens: LogitLens) -> str:
 def sweep_to_safetensors(result: SweepResult, path: str | Path, *, direction: str = "noising",
                          effect: str = "both") -> None:
     """The matrix as `values` [rows, cols] float32 (Δ metric) and / or `normalised` (its share of the gap
-    source - base; `effect`: delta, normalised or both), with kind, direction and labels as metadata."""
-    from safetensors.numpy import save_file
+    source - base; `effect`: delta, normalised or both), with kind, direction and labels as metadata.
+    A path that cannot be written raises OSError (serialised first, then written as plain bytes)."""
+    from safetensors.numpy import save
 
     check_effect(effect)
     values = np.ascontiguousarray(np.asarray(result.values, dtype=np.float32))  # [rows, cols]
@@ -114,7 +115,7 @@ def sweep_to_safetensors(result: SweepResult, path: str | Path, *, direction: st
                 "source_metric": repr(float(result.source_metric)),
                 "row_labels": ",".join(map(str, result.row_labels)),
                 "col_labels": ",".join(map(str, result.col_labels))}
-    save_file(tensors, str(path), metadata=metadata)
+    Path(path).write_bytes(save(tensors, metadata=metadata))
 
 
 def set_sweep_grid(result: SetSweepResult) -> SweepResult:

@@ -51,6 +51,21 @@ def test_mistakes_are_one_line_with_exit_2(model_folder, tmp_path, capsys):
     assert err == "error: site 'L1.bogus' is not L<layer>.{resid_pre,resid_post,attn_out,mlp_out}\n"
 
 
+def test_an_out_folder_that_cannot_be_made_is_refused_before_the_model_loads(model_folder, tmp_path, monkeypatch,
+                                                                              capsys):
+    from mechscope.cli import features as features_cli
+
+    def load(args):
+        raise AssertionError("the model loaded for an --out that cannot be made")
+
+    monkeypatch.setattr(features_cli, "_engine", load)
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "sae"
+    assert main(["features", "train", "--model", str(model_folder), "--device", "cpu", "--site", "L1.resid_post",
+                 "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: --out: cannot make the folder ({out}: Not a directory)\n"
+
+
 def test_a_layer_the_model_lacks_or_a_bad_learning_rate_is_refused_before_the_corpus_is_read(model_folder, monkeypatch, capsys):
     from mechscope.engine.features import corpus
 

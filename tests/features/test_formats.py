@@ -139,6 +139,9 @@ def test_saved_saelens_layout_reads_back_identically(tmp_path):
         assert torch.equal(getattr(sae, name), getattr(back, name))
     assert (back.site, back.activation, back.k) == (sae.site, sae.activation, sae.k)
     assert json.loads((tmp_path / "copy" / "cfg.json").read_text())["metadata"]["model"] == "tiny"
+    (tmp_path / "blocked" / "sae_weights.safetensors").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):  # an OSError the features CLI reports in one line
+        save_saelens(sae, tmp_path / "blocked")
 
 
 def test_site_given_must_agree_with_the_folder(tmp_path):

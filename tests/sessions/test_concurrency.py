@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mechscope.cli import main
@@ -171,3 +172,16 @@ def test_a_failed_append_leaves_the_log_as_it_was(monkeypatch: pytest.MonkeyPatc
     assert "not acknowledged" not in json.dumps(log)
     assert main(["replay", "full-disk", "--check", "--model", str(tiny_folder)]) == 0
     assert "4 steps: 4 ok, 0 drifted" in capsys.readouterr().out
+
+
+def test_a_tensor_that_cannot_be_written_is_a_session_error_and_records_nothing() -> None:
+    """The tensor is serialised first and written as plain bytes, so a failed write is the same one-line
+    SessionError as a failed append (before, safetensors' own error escaped the recorder)."""
+    session = Session.create("blocked-tensor")
+    session.record_note("before")
+    (session.path / "tensors" / ".vector-000002.safetensors.tmp").mkdir(parents=True)
+    with pytest.raises(SessionError, match="cannot write"):
+        session.save_vector("v", np.ones(4))
+    session.record_note("after")
+    session.close()
+    assert [event["kind"] for event in _log("blocked-tensor")] == ["note", "note"]

@@ -224,6 +224,18 @@ async def test_palette_sweep_entries_run_their_kind_and_direction():
         assert "head denoising · on the" in screen_text(app)
 
 
+async def sweep_an_ioi_set(app, pilot):
+    """Load a 3-row IOI set (L) and run its head sweep (H); the finished sweep."""
+    await pilot.press("L")
+    await settle(pilot)
+    app.screen.query_one("#ask-input", Input).value = "ioi 3"
+    await pilot.press("enter")
+    await settle(pilot)
+    await pilot.press("H")
+    await settle(pilot)
+    return app.bench.sets.sweep.result
+
+
 async def test_export_set_sweep_csv_from_the_ui_equals_export_sweep_of_the_session(tmp_path):
     """The set sweep H ran is exported from the screen, cell for cell what `export-sweep` writes from
     the session (to float32 precision: the session keeps float32 arrays). Before, the export said
@@ -238,14 +250,7 @@ async def test_export_set_sweep_csv_from_the_ui_equals_export_sweep_of_the_sessi
         await pilot.press("down", "down", "enter")  # set sweep as CSV, before any set sweep ran
         await settle(pilot)
         assert "no set sweep to export yet" in (app.bench.error or "")
-        await pilot.press("L")
-        await settle(pilot)
-        app.screen.query_one("#ask-input", Input).value = "ioi 3"
-        await pilot.press("enter")
-        await settle(pilot)
-        await pilot.press("H")
-        await settle(pilot)
-        result = app.bench.sets.sweep.result
+        result = await sweep_an_ioi_set(app, pilot)
         await pilot.press("e")
         await settle(pilot)
         await pilot.press("down", "down", "enter")
@@ -269,3 +274,31 @@ async def test_export_set_sweep_csv_from_the_ui_equals_export_sweep_of_the_sessi
             [cli_row[k] for k in ("kind", "direction", "layer", "head", "label")]
         for key in ("delta_metric", "normalised_effect", "base_metric", "source_metric"):
             assert float(ui_row[key]) == pytest.approx(float(cli_row[key]), rel=1e-5, abs=1e-6)
+
+
+async def test_set_sweep_matrix_as_safetensors_and_a_path_that_cannot_be_written(tmp_path):
+    """The set sweep's mean grid as safetensors, in export-sweep's layout. A path the dialog accepts but
+    the disk refuses (a link into a missing folder) leaves one error line and the app running; before,
+    safetensors' own error ended the app."""
+    from safetensors.numpy import load_file
+
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        result = await sweep_an_ioi_set(app, pilot)
+        (tmp_path / "dangling.safetensors").symlink_to(tmp_path / "missing" / "x.safetensors")
+        for target in ("dangling.safetensors", "set.safetensors"):
+            await pilot.press("e")
+            await settle(pilot)
+            await pilot.press("down", "down", "down", "enter")  # set sweep matrix as safetensors
+            await settle(pilot)
+            field = app.screen.query_one("#ask-input", Input)
+            assert field.value == "sweep-set-noising.safetensors"
+            field.value = str(tmp_path / target)
+            await pilot.press("enter")
+            await settle(pilot)
+            if target.startswith("dangling"):
+                assert app.bench.error.startswith("not exported: No such file or directory")
+        assert "exported set sweep safetensors" in screen_text(app)
+    saved = load_file(str(tmp_path / "set.safetensors"))
+    np.testing.assert_allclose(saved["values"], result.per_row.mean(axis=0).astype(np.float32), rtol=1e-6)

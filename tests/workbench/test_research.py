@@ -180,6 +180,9 @@ def test_exports_hold_the_values_and_labels(engine, tmp_path):
     path = tmp_path / "s.safetensors"
     sweep_to_safetensors(result, path, direction="denoising")
     np.testing.assert_array_equal(load_file(str(path))["values"], result.values.astype(np.float32))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(NotADirectoryError):  # an OSError, as the screen and the CLI catch (not SafetensorError)
+        sweep_to_safetensors(result, tmp_path / "a-file" / "s.safetensors")
     attribution = bench.result.attribution
     parts = list(csv.DictReader(io.StringIO(attribution_to_csv(attribution))))
     total = [float(p["value"]) for p in parts if p["component"] == "total"][0]

@@ -323,7 +323,7 @@ def load_sae(folder: str | Path, site: str | None = None, d_model: int | None = 
 
 def save_saelens(sae: SparseAutoencoder, folder: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
     """Write `sae` as SAELens reads it (cfg.json + sae_weights.safetensors, float32); returns the folder."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -342,7 +342,7 @@ def save_saelens(sae: SparseAutoencoder, folder: str | Path, metadata: Mapping[s
     tensors = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
     if sae.threshold is not None:
         tensors["threshold"] = sae.threshold
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
-              str(folder / SAELENS_WEIGHTS))
+    weights = save({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()})
+    (folder / SAELENS_WEIGHTS).write_bytes(weights)  # a failed write is an OSError
     (folder / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     return folder

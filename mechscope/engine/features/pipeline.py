@@ -175,11 +175,11 @@ def train(engine, site: str, config: TrainConfig, stream: Stream, tokens: int, o
 
 
 def _checkpoint(trainer: TopKTrainer, out: Path, settings: dict, chunks: int) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors, numbers = trainer.state()
     tmp = out / (CHECKPOINT + ".tmp")
-    save_file(tensors, str(tmp))
+    tmp.write_bytes(save(tensors))  # a failed write is an OSError
     state_tmp = out / (CHECKPOINT_STATE + ".tmp")
     state_tmp.write_text(json.dumps({"settings": settings, "trainer": numbers, "chunks": chunks}), encoding="utf-8")
     tmp.replace(out / CHECKPOINT)
