@@ -70,7 +70,12 @@ class PinnedRun:
         return True
 
     def unpin(self) -> None:
-        self.bench.info = "unpinned: Δ is against no interventions" if self.outcome is not None else "nothing pinned"
+        """Show deltas against the run without interventions again; an earlier error line gives way to saying so."""
+        if self.outcome is None:
+            self.bench.info = "nothing pinned"
+            return
+        self.bench.info = "unpinned: Δ is against no interventions"
+        self.bench.error = None
         self.outcome = None
 
     def label(self) -> str:

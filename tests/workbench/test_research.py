@@ -117,8 +117,10 @@ def test_pinned_baseline_deltas(engine):
     probs /= probs.sum()
     for change, token in zip(deltas.probs, bench.result.top, strict=True):
         assert change == pytest.approx(token.prob - probs[token.id], abs=1e-6)
+    bench.error = "no sweep to export yet"  # an earlier error gives way to the unpin's own line
     bench.pinned.unpin()
     assert bench.pinned.outcome is None and bench.pinned.deltas() is None and bench.pinned.label() == ""
+    assert bench.error is None and bench.info == "unpinned: Δ is against no interventions"
 
 
 def test_reference_prompts_are_validated_sent_and_recorded(engine):
