@@ -70,4 +70,4 @@ class AttentionPart:
 
     def knockouts(self, address: str) -> dict[tuple[int, int], str]:
         parsed = parse_address(address)
-        return self.screen.bench.knockout_marks(parsed.layer, int(parsed.head))  # type: ignore[arg-type]
+        return self.screen.bench.edits.knockout_marks(parsed.layer, int(parsed.head))  # type: ignore[arg-type]

@@ -48,17 +48,17 @@ class InterventionDialogs:
 
     def ablate(self, mode: str) -> None:
         if self.screen.selected_head() is not None:
-            self.screen.apply(self.screen.bench.ablate(mode))
+            self.screen.apply(self.screen.bench.edits.ablate(mode))
 
     def patch_head(self) -> None:
         if self.screen.selected_head() is not None:
-            self.screen.apply(self.screen.bench.patch_selected())
+            self.screen.apply(self.screen.bench.edits.patch_selected())
 
     def undo(self) -> None:
-        self.screen.apply(self.screen.bench.undo())
+        self.screen.apply(self.screen.bench.edits.undo())
 
     def clear_interventions(self) -> None:
-        self.screen.apply(self.screen.bench.clear())
+        self.screen.apply(self.screen.bench.edits.clear())
 
     def scale_head(self) -> None:
         from mechscope.screens.ask_value import AskValueScreen, error_of
@@ -67,16 +67,16 @@ class InterventionDialogs:
         head = screen.selected_head()
         if head is None:
             return
-        existing = [e for e in screen.bench.stack.on_head(*head) if isinstance(e.intervention, HeadScale)]
+        existing = [e for e in screen.bench.edits.stack.on_head(*head) if isinstance(e.intervention, HeadScale)]
 
         def done(text: str | None) -> None:
             if text is None:
                 return
             scale = HeadScale(head[0], head[1], factor=float(text))
             if existing:
-                screen.apply(screen.bench.replace(existing[-1].id, scale))
+                screen.apply(screen.bench.edits.replace(existing[-1].id, scale))
             else:
-                screen.apply(screen.bench.add(scale))
+                screen.apply(screen.bench.edits.add(scale))
 
         initial = f"{existing[-1].intervention.factor:g}" if existing else "2"  # type: ignore[attr-defined]
         screen.app.push_screen(AskValueScreen(f"scale L{head[0]}.H{head[1]}",
@@ -89,7 +89,7 @@ class InterventionDialogs:
         head = screen.selected_head()
         if head is None:
             return
-        entries = screen.bench.stack.on_head(*head)
+        entries = screen.bench.edits.stack.on_head(*head)
         if not entries:
             screen.show_error(f"no intervention on L{head[0]}.H{head[1]} ({key_of('ablate')} ablates it)")
             return
@@ -99,17 +99,17 @@ class InterventionDialogs:
         from mechscope.screens.edit_intervention import EditInterventionScreen
 
         screen = self.screen
-        entry = screen.bench.stack.get(entry_id)
+        entry = screen.bench.edits.stack.get(entry_id)
         if entry is None:
             return
-        shown = screen.bench.resolved(entry)
+        shown = screen.bench.edits.resolved(entry)
 
         def done(edited: Intervention | None) -> None:
             if edited is not None and edited != shown:
-                screen.apply(screen.bench.propose(edited, replace_id=entry_id))
+                screen.apply(screen.bench.edits.propose(edited, replace_id=entry_id))
 
         hint = "source_prompt follows the corrupted prompt until you change it" \
-            if entry_id in screen.bench.follows else ""
+            if entry_id in screen.bench.edits.follows else ""
 
         async def check(edited: Intervention) -> str | None:
             return await self.dry_run_problem(edited, entry_id)
@@ -122,7 +122,7 @@ class InterventionDialogs:
         screen = self.screen
         if screen.engine is None:
             return None
-        request = screen.bench.dry_run_request(intervention, replace_id)
+        request = screen.bench.edits.dry_run_request(intervention, replace_id)
         if request is None:
             return None
         outcome = await screen.jobs.outcome(request)
@@ -131,7 +131,7 @@ class InterventionDialogs:
     def propose(self, intervention: Intervention, replace_id: int | None = None, toggle: bool = False) -> None:
         screen = self.screen
         if screen.loaded():
-            screen.apply(screen.bench.propose(intervention, replace_id=replace_id, toggle=toggle))
+            screen.apply(screen.bench.edits.propose(intervention, replace_id=replace_id, toggle=toggle))
 
     def open_new_form(self, template: Intervention, title: str, hint: str) -> None:
         """The edit form filled with `template`; what the user saves is added after a dry run."""
@@ -214,7 +214,7 @@ class InterventionDialogs:
 
     def toggle_knockout(self, address: str, query: int, key: int) -> None:
         parsed = parse_address(address)
-        self.screen.apply(self.screen.bench.toggle_knockout(parsed.layer, int(parsed.head), query, key))  # type: ignore[arg-type]
+        self.screen.apply(self.screen.bench.edits.toggle_knockout(parsed.layer, int(parsed.head), query, key))  # type: ignore[arg-type]
 
     def knockout_at(self) -> None:
         from mechscope.screens.ask_value import AskValueScreen
@@ -295,7 +295,7 @@ class InterventionDialogs:
         if steer in screen.bench.interventions():
             screen.submit(screen.bench.next_run())  # already steering: its values changed
         else:
-            screen.apply(screen.bench.propose(steer))
+            screen.apply(screen.bench.edits.propose(steer))
 
 
 def vector_from_file(path: str, name: str) -> Request | Outcome:

@@ -167,7 +167,7 @@ class FeaturesPart:
         if not self.ready() or not screen.loaded():
             return
         if kind == "ablate":
-            screen.apply(screen.bench.toggle_feature_ablation())
+            screen.apply(screen.bench.edits.toggle_feature_ablation())
             return
         self.ask_amount(kind)
 
@@ -197,7 +197,7 @@ class FeaturesPart:
                 return
             edit = features.edit(kind, float(text))
             if edit is not None:
-                screen.apply(screen.bench.set_feature_edit(edit))
+                screen.apply(screen.bench.edits.set_feature_edit(edit))
 
         pos, feature = features.token(), features.selected()
         screen.app.push_screen(AskValueScreen(

@@ -90,7 +90,7 @@ class GridPart:
         return sweep.request.direction if sweep is not None and values is not None else ""
 
     def show_marks(self) -> None:
-        stack = self.screen.bench.stack
+        stack = self.screen.bench.edits.stack
         sets = self.screen.bench.sets
         exact = (sets.exact_marks() if self.metric == ESTIMATE_GRID
                  else sets.circuits.marks() if self.metric == FV_GRID else {})

@@ -54,8 +54,8 @@ def status_text(bench: Workbench, grid: HeadGrid, ready: bool) -> Text:
         if value is not None:
             direction = f" {grid.metric_direction}" if grid.metric_direction else ""
             text.append(f" {grid.metric_name.replace('_', '-')}{direction} {value:+.4g}")  # as the grid's title
-        stack = bench.stack
-        marks = [bench.label(e) for e in (*stack.on_head(layer, head), *stack.on_layer(layer))
+        stack = bench.edits.stack
+        marks = [bench.edits.label(e) for e in (*stack.on_head(layer, head), *stack.on_layer(layer))
                  if e.intervention.enabled]
         if marks:
             listed = ", ".join(marks)

@@ -411,9 +411,9 @@ class WorkbenchScreen(Screen[None]):
 
     def relabel_interventions(self) -> None:
         """The list's lines; a steering vector's compares its norm with the latest run's residual."""
-        entries = self.bench.stack.entries
+        entries = self.bench.edits.stack.entries
         self.part(InterventionList, InterventionList).show_entries(
-            entries, tuple(self.bench.list_label(e) for e in entries))
+            entries, tuple(self.bench.edits.list_label(e) for e in entries))
 
     def refresh_interventions(self) -> None:
         self.relabel_interventions()
@@ -428,9 +428,9 @@ class WorkbenchScreen(Screen[None]):
     @on(InterventionList.Requested)
     def list_requested(self, event: InterventionList.Requested) -> None:
         if event.action == "toggle":
-            self.apply(self.bench.toggle(event.entry_id))
+            self.apply(self.bench.edits.toggle(event.entry_id))
         elif event.action == "delete":
-            self.apply(self.bench.remove(event.entry_id))
+            self.apply(self.bench.edits.remove(event.entry_id))
         elif event.action == "edit":
             self.dialogs.edit_entry(event.entry_id)
 

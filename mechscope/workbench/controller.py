@@ -1,5 +1,5 @@
-"""The Workbench controller: owns the inputs, the intervention stack, the live run and the parts that
-hold sweeps, generation, the pin, steering vectors, the prompt set and features.
+"""The Workbench controller: owns the inputs and the live run, and holds the parts that own the
+intervention list, sweeps, generation, the pin, steering vectors, the prompt set and features.
 
 Commands update state and return the request to run next (or None). `accept(outcome)` stores an
 outcome and records exactly the request it carries; an outcome whose request no longer matches the
@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
 
 from mechscope.engine.interventions import (
-    ActivationPatch,
-    AttentionKnockout,
-    HeadAblation,
     Intervention,
-    SteeringVector,
 )
 from mechscope.engine.metric import Metric
 from mechscope.engine.results import RunResult
@@ -43,37 +38,16 @@ from mechscope.requests.kinds import (
 from mechscope.workbench.feature_attribution import FeatureAttributionState
 from mechscope.workbench.features import FeatureTab
 from mechscope.workbench.generation import Generations
+from mechscope.workbench.intervention_edits import InterventionEdits
 from mechscope.workbench.pin import PinnedRun
 from mechscope.workbench.recorder import SessionRecorder
 from mechscope.workbench.sets import PromptSets
-from mechscope.workbench.stack import Change, Entry, InterventionStack
 from mechscope.workbench.state import Generation, GenerationSettings, Inputs, Lane, SweepState
 from mechscope.workbench.sweeps import Sweeps
 from mechscope.workbench.typed_values import check_position, parse_position, parse_reference_prompts
 from mechscope.workbench.vectors import SteeringVectors
 
 __all__ = ["Generation", "GenerationSettings", "Inputs", "Lane", "SweepState", "Workbench"]
-
-@dataclass(frozen=True)
-class _Check:
-    """An intervention waiting for the engine's dry run, and what to do with it once accepted."""
-
-    request: ValidateRequest
-    intervention: Intervention
-    replace_id: int | None
-    toggle: bool
-    follows: bool
-
-
-def positions_note(intervention: Intervention) -> str:
-    """` @3,4` or ` @last` when an intervention acts on some positions only ("" for all of them)."""
-    positions = getattr(intervention, "positions", None)
-    if positions is None or positions == "all":
-        return ""
-    if isinstance(positions, str):
-        return f" @{positions}"
-    return " @" + ",".join(str(p) for p in positions)
-
 
 class Workbench:
     """The UI-free state of one workbench; the TUI renders it and runs the requests it returns."""
@@ -82,9 +56,8 @@ class Workbench:
                  generation: GenerationSettings | None = None) -> None:
         self.inputs = inputs
         self.recorder = recorder or SessionRecorder()
-        self.recorder.current = self.resolved_entries
-        self.stack = InterventionStack()
-        self.follows: set[int] = set()  # ids of patches whose source is the corrupted prompt
+        self.edits = InterventionEdits(self)  # the intervention list and the edits waiting for a dry run
+        self.recorder.current = self.edits.resolved_entries
         self.top_k = top_k
         self.selected: tuple[int, int] | None = None
         self.run: Outcome | None = None  # the latest shown run (its request and result)
@@ -94,7 +67,6 @@ class Workbench:
         self.info = ""
         self._issued_run: RunRequest | None = None
         self._issued_attention: RunRequest | None = None
-        self._checks: list[_Check] = []
         self.metric_position = -1  # the token the metric reads (-1: the last)
         self.reference_prompts: tuple[str, ...] | None = None  # what mean ablations average over (None: the engine's)
         self.sweeps = Sweeps(self)  # the latest sweep of each kind and the scale grids show
@@ -108,7 +80,7 @@ class Workbench:
         # place outcomes are told apart, by the type of the request they carry.
         self._acceptors: dict[type, Callable[[Outcome], Request | None]] = {
             RunRequest: self._accept_run, SweepRequest: self.sweeps.accept, PathSweepRequest: self.sweeps.accept,
-            GenerateRequest: self.generations.accept, ValidateRequest: self._accept_check,
+            GenerateRequest: self.generations.accept, ValidateRequest: self.edits.accept_check,
             ReferencePromptsRequest: self._accept_reference, BuildVectorRequest: self.vectors.accept,
             AddVectorRequest: self.vectors.accept, FeatureActivationsRequest: self.features.accept,
             FeatureCardRequest: self.features.accept_card,
@@ -135,26 +107,16 @@ class Workbench:
             return metric
         return dataclasses.replace(metric, position=self.metric_position)
 
+    def interventions(self) -> tuple[Intervention, ...]:
+        """The enabled interventions, resolved, in list order: what the next request carries."""
+        return self.edits.interventions()
+
     def n_tokens(self) -> int | None:
         """Tokens of the clean prompt, when the shown run is of it."""
         result = self.result
         if result is None or result.prompt != self.inputs.clean:
             return None
         return len(result.tokens)
-
-    def resolved(self, entry: Entry) -> Intervention:
-        """The intervention an entry runs as: a following patch takes the corrupted prompt now."""
-        intervention = entry.intervention
-        if entry.id in self.follows and isinstance(intervention, ActivationPatch):
-            return dataclasses.replace(intervention, source_prompt=self.inputs.corrupted)
-        return intervention
-
-    def resolved_entries(self) -> tuple[Entry, ...]:
-        return tuple(Entry(e.id, self.resolved(e)) for e in self.stack.entries)
-
-    def interventions(self) -> tuple[Intervention, ...]:
-        """The enabled interventions, resolved, in list order: what the next request carries."""
-        return tuple(iv for e in self.stack.entries if (iv := self.resolved(e)).enabled)
 
     def is_current(self, request: RunRequest) -> bool:
         """The request was built from the inputs and interventions as they are now."""
@@ -168,25 +130,6 @@ class Workbench:
     def result_is_current(self) -> bool:
         return self.run is not None and self.run_error is None \
             and self.is_current(cast(RunRequest, self.run.request))
-
-    def label(self, entry: Entry) -> str:
-        """An entry as the list shows it: a patch says where its source comes from."""
-        intervention = self.resolved(entry)
-        label = intervention.label + positions_note(intervention)
-        if getattr(intervention, "mode", None) == "mean":  # the label says what the mean is over
-            label += f" ({self.sets.mean_origin(short=True)})"
-        if isinstance(intervention, ActivationPatch):
-            if entry.id in self.follows:
-                return f"{label} ← corrupted"
-            source = intervention.source_prompt
-            return f"{label} ← pinned {source[:24]!r}" + ("…" if len(source) > 24 else "")
-        return label
-
-    def list_label(self, entry: Entry) -> str:
-        """An entry as the interventions list shows it: a steering vector adds its norm beside the residual's."""
-        intervention = self.resolved(entry)
-        note = self.vectors.note(intervention) if isinstance(intervention, SteeringVector) else ""
-        return self.label(entry) + note
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -268,151 +211,6 @@ class Workbench:
         self.error = None
         return ReferencePromptsRequest(prompts)
 
-    # -- interventions --------------------------------------------------------------------------
-
-    def _changed(self, changes: list[Change] | None) -> RunRequest | None:
-        if not changes:
-            return None
-        self.recorder.changes(changes)
-        return self.next_run()
-
-    def toggle_head(self, make: Intervention, follows: bool = False) -> RunRequest | None:
-        before = {e.id for e in self.stack.entries}
-        changes = self.stack.toggle_head(make)
-        for change in changes:
-            if follows and change.action == "added" and change.id not in before:
-                self.follows.add(change.id)
-        return self._changed(changes)
-
-    def ablate(self, mode: str) -> RunRequest | None:
-        if self.selected is None:
-            return None
-        if mode == "resample" and not self.inputs.corrupted.strip():
-            self.error = "resample ablation needs a corrupted prompt"
-            return None
-        return self.toggle_head(HeadAblation(*self.selected, mode=mode))  # type: ignore[arg-type]
-
-    def patch_selected(self) -> RunRequest | None:
-        """`p`: patch the selected head from the corrupted prompt, following later edits of it."""
-        if self.selected is None:
-            return None
-        if not self.inputs.corrupted.strip():
-            self.error = "p patches from the corrupted prompt: type one first"
-            return None
-        layer, head = self.selected
-        patch = ActivationPatch(f"L{layer}.H{head}", self.inputs.corrupted)
-        for entry in self.stack.on_head(layer, head):
-            # The following twin of this patch, whatever source it was created with.
-            if entry.id in self.follows and isinstance(entry.intervention, ActivationPatch) \
-                    and entry.intervention.address == patch.address and entry.intervention.positions is None:
-                if entry.intervention.enabled:
-                    return self._changed(self.stack.remove(entry.id))
-                return self._changed(self.stack.set_enabled(entry.id, True))
-        return self.toggle_head(patch, follows=True)
-
-    def add(self, intervention: Intervention) -> RunRequest | None:
-        return self._changed(self.stack.add(intervention))
-
-    def replace(self, entry_id: int, intervention: Intervention, follows: bool | None = None) -> RunRequest | None:
-        """Replace an entry; an edited patch source pins it unless `follows` says otherwise."""
-        entry = self.stack.get(entry_id)
-        if entry is None:
-            return None
-        if follows is None:
-            follows = entry_id in self.follows and isinstance(intervention, ActivationPatch) \
-                and intervention.source_prompt == self.inputs.corrupted
-        if follows:
-            self.follows.add(entry_id)
-        else:
-            self.follows.discard(entry_id)
-        return self._changed(self.stack.replace(entry_id, intervention))
-
-    def set_enabled(self, entry_id: int, enabled: bool) -> RunRequest | None:
-        return self._changed(self.stack.set_enabled(entry_id, enabled))
-
-    def toggle(self, entry_id: int) -> RunRequest | None:
-        entry = self.stack.get(entry_id)
-        return None if entry is None else self.set_enabled(entry_id, not entry.intervention.enabled)
-
-    def remove(self, entry_id: int) -> RunRequest | None:
-        return self._changed(self.stack.remove(entry_id))
-
-    def clear(self) -> RunRequest | None:
-        changes = self.stack.clear()
-        if not changes:
-            self.info = "no interventions to remove"
-        return self._changed(changes)
-
-    def undo(self) -> RunRequest | None:
-        changes = self.stack.undo()
-        if changes is None:
-            self.error = "nothing to undo"
-            return None
-        self.error = None
-        self.info = "undone"
-        return self._changed(changes)
-
-    def propose(self, intervention: Intervention, replace_id: int | None = None, toggle: bool = False,
-                follows: bool = False) -> Request | None:
-        """Add (or replace `replace_id` with) an intervention once the engine's dry run accepts it.
-
-        Returns the ValidateRequest to run (its accepted outcome applies the change), or, when there
-        is nothing to check against (no prompt, a disabled intervention), applies it at once.
-        """
-        request = self.dry_run_request(intervention, replace_id)
-        if request is None:
-            return self._apply(intervention, replace_id, toggle, follows)
-        self._checks.append(_Check(request, intervention, replace_id, toggle, follows))
-        return request
-
-    def dry_run_request(self, intervention: Intervention, replace_id: int | None = None) -> ValidateRequest | None:
-        """The check `propose` would run for this edit, without queueing it (a dialog asks it first, so a
-        value the engine refuses keeps the dialog open); None when there is nothing to check against."""
-        if not self.inputs.clean.strip() or not intervention.enabled:
-            return None
-        others = tuple(self.resolved(e) for e in self.stack.entries
-                       if e.intervention.enabled and e.id != replace_id)
-        return ValidateRequest(self.inputs.clean, self.inputs.corrupted or None, (*others, intervention))
-
-    def _apply(self, intervention: Intervention, replace_id: int | None, toggle: bool,
-               follows: bool) -> RunRequest | None:
-        if replace_id is not None:
-            return self.replace(replace_id, intervention, follows or None)
-        if toggle:
-            return self.toggle_head(intervention)
-        return self.add(intervention)
-
-    def toggle_feature_ablation(self) -> Request | None:
-        """Ablate the features tab's selected feature at its selected token, or take that ablation away."""
-        ablation = self.features.edit("ablate")
-        if ablation is None:
-            self.error = "no feature selected: read an SAE's features first (features tab)"
-            return None
-        if ablation in self.interventions():
-            return self.toggle_head(ablation)  # switching it off needs no check
-        return self.propose(ablation, toggle=True)
-
-    def set_feature_edit(self, edit: Intervention) -> RunRequest | None:
-        """A clamp or steer of the selected feature (checked by the dialog): it replaces one of the same
-        kind on the same feature and tokens, else it is added."""
-        for entry in self.stack.entries:
-            old = entry.intervention
-            if type(old) is type(edit) and old.with_enabled(True) == dataclasses.replace(
-                    edit, **{name: getattr(old, name) for name in ("value", "coeff") if hasattr(old, name)}):
-                return self.replace(entry.id, edit)
-        return self.add(edit)
-
-    def knockout_marks(self, layer: int, head: int) -> dict[tuple[int, int], str]:
-        """(query, key) -> mark for the enabled knockouts on one head."""
-        return {(iv.query_pos, iv.key_pos): "×" for iv in self.interventions()
-                if isinstance(iv, AttentionKnockout) and (iv.layer, iv.head) == (layer, head)}
-
-    def toggle_knockout(self, layer: int, head: int, query: int, key: int) -> Request | None:
-        knockout = AttentionKnockout(layer, head, query, key)
-        if knockout in self.interventions():
-            return self.toggle_head(knockout)  # switching it off needs no check
-        return self.propose(knockout, toggle=True)
-
     # -- outcomes -------------------------------------------------------------------------------
 
     def accept(self, outcome: Outcome) -> Request | None:
@@ -467,7 +265,7 @@ class Workbench:
         self.run_error = None
         self.error = None
         self.attention = {}
-        self._sync_followers()
+        self.edits.sync_followers()
         self.recorder.prompt_and_metric(request.prompt, request.corrupted, request.metric)
         self.recorder.work(outcome, "run", keep=False)  # a later run supersedes a lost one
         return None
@@ -475,34 +273,6 @@ class Workbench:
     def is_attention_current(self, request: RunRequest) -> bool:
         return request.prompt == self.inputs.clean and request.interventions == self.interventions() \
             and request.corrupted == (self.inputs.corrupted or None)
-
-    def _sync_followers(self) -> None:
-        """Record a following patch's new source before a run that used it, so the log's list is what ran."""
-        changes = []
-        for entry in self.stack.entries:
-            if entry.id not in self.follows:
-                continue
-            resolved = self.resolved(entry)
-            if self.recorder.recorded_intervention(entry.id) not in (None, resolved):
-                changes.append(Change("changed", entry.id, resolved))
-        if changes:
-            self.recorder.changes(changes)
-
-    def _accept_check(self, outcome: Outcome) -> RunRequest | None:
-        request = outcome.request
-        check = next((c for c in self._checks if c.request is request), None)
-        if check is None:
-            return None
-        self._checks.remove(check)
-        if not outcome.ok:
-            if outcome.error:
-                prefix = "not added" if check.replace_id is None else "not changed"
-                self.error = f"{prefix}: {outcome.error}"
-            return None
-        if check.replace_id is not None and self.stack.get(check.replace_id) is None:
-            return None  # deleted while it was being checked
-        self.error = None
-        return self._apply(check.intervention, check.replace_id, check.toggle, check.follows)
 
     # -- sessions ---------------------------------------------------------------------------------
 
@@ -513,11 +283,7 @@ class Workbench:
                              (metric.foil or "") if metric is not None else "",
                              metric.kind if metric is not None else "logit_diff")
         self.metric_position = metric.position if metric is not None else -1
-        self.stack = InterventionStack(Entry(int(i), iv) for i, iv in interventions)
-        self.stack.next_id = max(self.stack.next_id, self.recorder.used_intervention_ids() + 1)
-        # A head patch from the corrupted prompt follows it, as `p` made it.
-        self.follows = {i for i, iv in interventions if isinstance(iv, ActivationPatch)
-                        and iv.source_prompt == (corrupted or "") and iv.positions is None}
+        self.edits.restore(interventions, corrupted)
         self.recorder.remember_state(clean, corrupted, metric, interventions)
         self.run = None
         self.run_error = None
@@ -551,4 +317,4 @@ class Workbench:
     def switch_recorder(self, recorder: SessionRecorder) -> None:
         self.recorder.close()
         self.recorder = recorder
-        recorder.current = self.resolved_entries
+        recorder.current = self.edits.resolved_entries

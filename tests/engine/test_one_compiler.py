@@ -195,4 +195,4 @@ async def test_the_plus_chooser_offers_a_kind_defined_in_a_test(negation):
         app.screen.query_one("#field-layer", Input).focus()
         await pilot.press("enter")
         await settle(pilot)
-        assert [e.intervention for e in app.bench.stack.entries] == [negation(0, 0)]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [negation(0, 0)]

@@ -130,7 +130,7 @@ async def test_sigkilled_server_is_reconnected_and_the_session_resumes(tmp_path,
         async with app.run_test(size=(160, 40)) as pilot:
             await _until(pilot, lambda: app.bench.run is not None)
             await pilot.press("j", "l", "space")  # ablate a head: a new run, recorded in s1
-            await _until(pilot, lambda: len(app.bench.stack.entries) == 1
+            await _until(pilot, lambda: len(app.bench.edits.stack.entries) == 1
                          and len(app.bench.run.request.interventions) == 1)
             before = app.bench.run.result.prediction.top[0].text
 
@@ -153,7 +153,7 @@ async def test_sigkilled_server_is_reconnected_and_the_session_resumes(tmp_path,
         async with again.run_test(size=(160, 40)) as pilot:
             await _until(pilot, lambda: again.bench.run is not None)
             await settle(pilot)
-            entries = again.bench.stack.entries
+            entries = again.bench.edits.stack.entries
             assert len(entries) == 1 and entries[0].intervention.enabled
             assert again.bench.run.result.prediction.top[0].text == before
             again.exit()

@@ -45,7 +45,7 @@ def test_a_served_toggle_of_the_demos_shape_stays_under_32_kib(demo_shaped):
     bench = Workbench(IOI)
     bench.select(1, 4)
     first = bench.next_run()
-    toggle = bench.ablate("zero")
+    toggle = bench.edits.ablate("zero")
     assert first is not None and toggle is not None and toggle.views.attention == ("L1.H4",)
     for request in (first, toggle):
         result = demo_shaped.run(request.prompt, request.interventions, views=request.views,
@@ -62,7 +62,7 @@ def test_what_the_workbench_reads_from_compact_predictions_is_exact(demo_shaped)
     bench = Workbench(IOI)
     bench.select(2, 3)
     base_request = bench.next_run()
-    toggle = bench.ablate("zero")
+    toggle = bench.edits.ablate("zero")
     results = []
     for request in (base_request, toggle):
         result = demo_shaped.run(request.prompt, request.interventions, views=request.views,

@@ -132,7 +132,8 @@ def test_an_attached_client_imports_neither_torch_nor_transformers(pair):
     code = (
         "import sys, json\n"
         "from mechscope.serve import connect\n"
-        "from mechscope.engine.interventions import HeadAblation, Metric\n"
+        "from mechscope.engine.interventions import HeadAblation\n"
+        "from mechscope.engine.metric import Metric\n"
         "from mechscope.engine.views import Views\n"
         f"engine = connect({str(runtime / 'eq.sock')!r})\n"
         f"engine.run({PROMPT!r}, [HeadAblation(1, 2)], views=Views.all(), metric=Metric('prob', target=' Mary'))\n"

@@ -191,7 +191,7 @@ def test_a_client_killed_mid_sweep_has_its_job_cancelled_and_the_server_keeps_se
     code = (
         "import sys\n"
         "from mechscope.serve import connect\n"
-        "from mechscope.engine.interventions import Metric\n"
+        "from mechscope.engine.metric import Metric\n"
         f"engine = connect({str(runtime / 'shared.sock')!r}, client_name='victim')\n"
         "def progress(partial):\n"
         "    print('partial', flush=True)\n"

@@ -45,7 +45,7 @@ async def test_non_finite_or_huge_numbers_keep_the_dialog_open_with_the_reason()
         app.screen.query_one("#ask-input", Input).value = "3"
         await pilot.press("enter")
         await settle(pilot)
-        assert [e.intervention for e in app.bench.stack.entries] == [HeadScale(0, 0, 3.0)]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [HeadScale(0, 0, 3.0)]
         await pilot.press("enter")  # edit it as a form: Infinity is refused there too
         await pilot.pause()
         app.screen.query_one("#field-factor", Input).value = "Infinity"

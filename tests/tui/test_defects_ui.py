@@ -75,13 +75,13 @@ async def test_a_too_small_terminal_says_so_and_acts_on_nothing():
         await press_each(pilot, "space", "g", "w", "slash", "x", "ctrl+p")
         await settle(pilot)
         assert isinstance(app.screen, TooSmallScreen)
-        assert app.bench.stack.entries == () and app.bench.generations.latest is None and not app.bench.sweeps.states
+        assert app.bench.edits.stack.entries == () and app.bench.generations.latest is None and not app.bench.sweeps.states
         await pilot.resize_terminal(80, 24)
         await settle(pilot)
         assert not isinstance(app.screen, TooSmallScreen)
         await press_each(pilot, "space")
         await settle(pilot)
-        assert len(app.bench.stack.entries) == 1
+        assert len(app.bench.edits.stack.entries) == 1
         await pilot.resize_terminal(40, 12)
         await settle(pilot)
         assert "terminal too small: 80×24 needed (now 40×12)" in screen_text(app)
@@ -110,12 +110,12 @@ async def test_a_form_stays_open_on_a_value_the_engine_refuses_with_the_error_be
             beside = str(app.screen.query_one(f"#error-{field}").render())
             assert reason in beside, (typed, beside)
             assert app.screen.query_one(f"#field-{field}", Input).has_class("-invalid")
-        assert app.bench.stack.entries == ()
+        assert app.bench.edits.stack.entries == ()
         app.screen.query_one("#field-positions", Input).value = ""
         await pilot.press("enter")
         await settle(pilot)
         assert not isinstance(app.screen, EditInterventionScreen)
-        assert [e.intervention.label for e in app.bench.stack.entries] == ["zero L0.H1"]
+        assert [e.intervention.label for e in app.bench.edits.stack.entries] == ["zero L0.H1"]
 
 
 @asynccontextmanager
@@ -236,7 +236,7 @@ async def test_the_list_shows_positions_and_the_grid_every_mark_of_a_head():
         app.screen.query_one("#ask-input", Input).value = "3"
         await pilot.press("enter")
         await settle(pilot)
-        assert [e.intervention for e in app.bench.stack.entries] == [HeadAblation(0, 0, "mean"),
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [HeadAblation(0, 0, "mean"),
                                                                      HeadScale(0, 0, 3.0)]
         assert app.query_one(HeadGrid).marks[(0, 0)] == "ms"
         await press_each(pilot, "enter")  # edit the scale: positions 12,13 only

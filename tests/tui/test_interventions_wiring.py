@@ -72,7 +72,7 @@ async def test_build_steering_vector_steers_toggles_off_exactly_and_is_saved():
         expected = tiny_engine("llama").build_steering_vector("check", 1, [POSITIVE], [NEGATIVE])
         np.testing.assert_allclose(engine.vectors["love-hate"], expected, rtol=1e-6)
         steer = SteeringVector(1, "love-hate", 6.0, "all")
-        assert [e.intervention for e in app.bench.stack.entries] == [steer]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [steer]
         steered = app.bench.result
         assert not np.array_equal(steered.prediction.logits, baseline.logits)
         np.testing.assert_allclose(steered.prediction.logits,
@@ -123,7 +123,7 @@ async def test_steering_dialog_refuses_bad_fields_and_positions_last_steers_only
         await pilot.press("enter")
         await settle(pilot)
         steer = SteeringVector(2, "love-hate", -3.0, "last")
-        assert [e.intervention for e in app.bench.stack.entries] == [steer]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [steer]
         result = app.bench.result
         np.testing.assert_allclose(result.prediction.logits,
                                    direct_run(engine, [steer]).prediction.logits, atol=1e-5)
@@ -160,19 +160,19 @@ async def test_load_vector_from_files_and_bad_files_go_to_the_status_bar(tmp_pat
 
         await load(str(tmp_path / "good.npy"))  # the name defaults to the file's stem
         np.testing.assert_array_equal(engine.vectors["good"], good)
-        assert [e.intervention for e in app.bench.stack.entries] == [SteeringVector(0, "good", 4.0)]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [SteeringVector(0, "good", 4.0)]
         assert app.bench.result.metric != app.bench.result.baseline.metric
 
         await load(str(tmp_path / "honest.safetensors"), coeff="1")
         np.testing.assert_array_equal(engine.vectors["honest"], 2 * good)
-        assert len(app.bench.stack.entries) == 2
+        assert len(app.bench.edits.stack.entries) == 2
 
         for file, message in (("narrow.npy", "steering vector 'narrow' has width 3, the model needs 32"),
                               ("pickled.npy", "pickled.npy is not a readable .npy array"),
                               ("broken.safetensors", "broken.safetensors is not a readable .safetensors")):
             await load(str(tmp_path / file))
             assert message in status(app), status(app)
-            assert len(app.bench.stack.entries) == 2 and app.is_running
+            assert len(app.bench.edits.stack.entries) == 2 and app.is_running
         assert "narrow" not in engine.vectors and "pickled" not in engine.vectors
 
         await pilot.press("V")
@@ -183,7 +183,7 @@ async def test_load_vector_from_files_and_bad_files_go_to_the_status_bar(tmp_pat
         assert "file: no such file" in screen_text(app)
         await pilot.press("escape")
         await settle(pilot)
-        assert len(app.bench.stack.entries) == 2
+        assert len(app.bench.edits.stack.entries) == 2
 
 
 async def test_knockout_from_the_attention_map_zeroes_the_cell_and_rows_still_sum_to_one():
@@ -200,7 +200,7 @@ async def test_knockout_from_the_attention_map_zeroes_the_cell_and_rows_still_su
         await pilot.press("up", "right", "right", "k")  # edge 12 -> 2 of L0.H0
         await settle(pilot)
         knockout = AttentionKnockout(0, 0, 12, 2)
-        assert [e.intervention for e in app.bench.stack.entries] == [knockout]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [knockout]
         pattern = app.bench.result.attention["L0.H0"]
         assert baseline_pattern[12, 2] > 0 and pattern[12, 2] == 0.0
         np.testing.assert_allclose(pattern.sum(axis=1), 1.0, atol=1e-5)
@@ -211,13 +211,13 @@ async def test_knockout_from_the_attention_map_zeroes_the_cell_and_rows_still_su
 
         await pilot.press("enter")  # the same edge again: the knockout goes, the pattern comes back
         await settle(pilot)
-        assert app.bench.stack.entries == ()
+        assert app.bench.edits.stack.entries == ()
         np.testing.assert_array_equal(app.bench.result.attention["L0.H0"], baseline_pattern)
 
         await pilot.press("home", "pageup", "pageup", "left", "left", "left", "k")  # edge 0 -> 0
         await settle(pilot)
         assert attention_map.cursor == (0, 0)
-        assert app.bench.stack.entries == ()
+        assert app.bench.edits.stack.entries == ()
         assert "not added: knockout L0.H0 0->0: the first token attends only to itself" in status(app)
         await pilot.press("escape")
         assert app.query_one(HeadGrid).has_focus
@@ -237,7 +237,7 @@ async def test_knockout_by_positions_from_the_palette():
         app.screen.query_one("#ask-input", Input).value = "9,3"
         await pilot.press("enter")
         await settle(pilot)
-        assert [e.intervention for e in app.bench.stack.entries] == [AttentionKnockout(1, 1, 9, 3)]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [AttentionKnockout(1, 1, 9, 3)]
         assert app.bench.result.attention["L1.H1"][9, 3] == 0.0
 
 
@@ -255,7 +255,7 @@ async def test_component_ablation_and_neuron_clamp_forms_change_the_metric():
         await pilot.press("enter")
         await settle(pilot)
         attn = ComponentAblation(1, "attn", "mean")
-        assert [e.intervention for e in app.bench.stack.entries] == [attn]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [attn]
         assert app.bench.result.metric != base_metric
         assert app.bench.result.metric == pytest.approx(direct_run(engine, [attn]).metric, abs=1e-5)
 
@@ -275,7 +275,7 @@ async def test_component_ablation_and_neuron_clamp_forms_change_the_metric():
         await settle(pilot)
         # the engine refuses it: the form stays open with the reason under the field
         assert "clamp L2.N999=8: neuron 999 is out of range 0..63" in str(app.screen.query_one("#error-neuron").render())
-        assert [e.intervention for e in app.bench.stack.entries] == [attn, mlp]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [attn, mlp]
 
         await fill(pilot, **{"field-neuron": "5", "field-value": "8"})
         app.screen.query_one("#field-value", Input).focus()
@@ -283,7 +283,7 @@ async def test_component_ablation_and_neuron_clamp_forms_change_the_metric():
         await settle(pilot)
         clamp = NeuronClamp(2, 5, 8.0)
         stack = [attn, mlp, clamp]
-        assert [e.intervention for e in app.bench.stack.entries] == stack
+        assert [e.intervention for e in app.bench.edits.stack.entries] == stack
         assert app.bench.result.metric == pytest.approx(direct_run(engine, stack).metric, abs=1e-5)
         assert app.bench.result.metric != direct_run(engine, stack[:2]).metric
         assert list_lines(app) == ["[x] mean L1.attn (ref)", "[x] resample L2.mlp", "[x] clamp L2.N5=8"]
@@ -305,7 +305,7 @@ async def test_resample_key_ablates_from_the_corrupted_prompt():
         await pilot.press("j", "j", "l", "R")
         await settle(pilot)
         ablation = HeadAblation(2, 1, mode="resample")
-        assert [e.intervention for e in app.bench.stack.entries] == [ablation]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [ablation]
         assert app.query_one(HeadGrid).marks == {(2, 1): "r"}
         assert app.bench.result.metric == pytest.approx(direct_run(engine, [ablation]).metric, abs=1e-5)
         assert app.bench.result.metric != app.bench.result.baseline.metric
@@ -327,7 +327,7 @@ async def test_add_intervention_chooses_a_kind_and_fills_its_form():
         app.screen.query_one("#field-value", Input).focus()
         await pilot.press("enter")
         await settle(pilot)
-        assert [e.intervention for e in app.bench.stack.entries] == [NeuronClamp(0, 0, -4.0)]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [NeuronClamp(0, 0, -4.0)]
 
         await pilot.press("plus")  # a steering vector with none built yet: the build dialog opens
         await pilot.pause()
@@ -336,7 +336,7 @@ async def test_add_intervention_chooses_a_kind_and_fills_its_form():
         assert isinstance(app.screen, SteeringScreen)
         await pilot.press("escape")
         await settle(pilot)
-        assert len(app.bench.stack.entries) == 1
+        assert len(app.bench.edits.stack.entries) == 1
 
 
 async def test_editing_to_an_impossible_value_is_refused():
@@ -349,7 +349,7 @@ async def test_editing_to_an_impossible_value_is_refused():
         app.screen.query_one("#field-head", Input).focus()
         await pilot.press("enter")
         await settle(pilot)
-        assert [e.intervention for e in app.bench.stack.entries] == [HeadAblation(0, 0)]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [HeadAblation(0, 0)]
         # the dry run refuses it before the form closes: the reason stays beside the field
         assert "zero L0.H99: head 99 is out of range 0..3" in str(app.screen.query_one("#error-head").render())
 
@@ -370,7 +370,7 @@ async def test_workbench_keys_are_inert_and_hidden_under_the_sessions_screen():
         assert not any("Zero-ablate" in title or "steering" in title for title in titles)
         await pilot.press("v", "g", "K")
         await settle(pilot)
-        assert app.bench.stack.entries == () and app.screen is not app.workbench
+        assert app.bench.edits.stack.entries == () and app.screen is not app.workbench
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is app.workbench

@@ -103,7 +103,7 @@ async def test_opening_a_session_restores_its_state_and_records_into_it(engine):
         assert app.bench.recorder.name == A_NAME
         assert header(app).startswith(f"session {A_NAME} saved")
         assert app.bench.inputs == A_VALUES
-        assert [(e.id, e.intervention) for e in app.bench.stack.entries] == A_INTERVENTIONS
+        assert [(e.id, e.intervention) for e in app.bench.edits.stack.entries] == A_INTERVENTIONS
         assert app.query_one(InterventionList).border_title == "interventions 2/3"
         assert app.query_one(HeadGrid).marks == {(1, 2): "x"}  # the disabled scale leaves no mark
         np.testing.assert_array_equal(engine.vectors["toward-park"], A_VECTOR)
@@ -140,7 +140,7 @@ async def test_opening_a_session_restores_its_state_and_records_into_it(engine):
         assert app.query_one(InterventionList).selected_entry_id == 2
         await pilot.press("space")
         await settle(pilot)
-        assert app.bench.stack.get(2).intervention.enabled
+        assert app.bench.edits.stack.get(2).intervention.enabled
         toggles = [e for e in event_lines(A_NAME) if e["kind"] == "intervention" and e["id"] == 2]
         assert toggles[-1]["action"] == "toggled" and toggles[-1]["enabled"] is True
         assert event_lines(B_NAME) == b_events
@@ -161,7 +161,7 @@ async def test_new_intervention_after_opening_continues_a_ids(engine):
         app.query_one(HeadGrid).focus()
         await pilot.press("space")  # ablate the head under the cursor
         await settle(pilot)
-        assert [e.id for e in app.bench.stack.entries] == [1, 2, 3, 4]
+        assert [e.id for e in app.bench.edits.stack.entries] == [1, 2, 3, 4]
         added = [e for e in event_lines(A_NAME) if e["kind"] == "intervention"][-1]
         assert (added["action"], added["id"]) == ("added", 4)
         assert not [e for e in event_lines(B_NAME) if e["kind"] == "intervention"]
@@ -173,7 +173,7 @@ async def test_opening_the_session_being_recorded_changes_nothing(engine):
         await settle(pilot)
         await pilot.press("space")  # one ablation, so there is state to keep
         await settle(pilot)
-        before_entries = app.bench.stack.entries
+        before_entries = app.bench.edits.stack.entries
         before_result, before_calls = app.bench.result, app.workbench.engine_calls
         b_events = event_lines(B_NAME)
 
@@ -188,7 +188,7 @@ async def test_opening_the_session_being_recorded_changes_nothing(engine):
 
         assert app.screen is app.workbench
         assert app.bench.recorder.name == B_NAME
-        assert app.bench.stack.entries == before_entries
+        assert app.bench.edits.stack.entries == before_entries
         assert app.bench.result is before_result and app.workbench.engine_calls == before_calls
         assert app.bench.inputs == IOI_PAIR
         assert "opened session" not in app.bench.info
@@ -212,7 +212,7 @@ async def test_escape_leaves_the_sessions_screen_with_nothing_changed(engine):
         assert app.bench.recorder.name == B_NAME
         assert header(app).startswith(f"session {B_NAME} saved")
         assert app.bench.inputs == IOI_PAIR
-        assert app.bench.stack.entries == ()
+        assert app.bench.edits.stack.entries == ()
         assert app.bench.result is before_result and app.workbench.engine_calls == before_calls
         assert "toward-park" not in engine.vectors
         assert event_lines(A_NAME) == a_events and event_lines(B_NAME) == b_events
@@ -228,7 +228,7 @@ async def test_switching_back_and_forth_keeps_recording_both(engine):
         assert app.bench.recorder.name == B_NAME
         assert header(app).startswith(f"session {B_NAME} saved")
         assert app.bench.inputs == IOI_PAIR
-        assert app.bench.stack.entries == ()
+        assert app.bench.edits.stack.entries == ()
         app.query_one(HeadGrid).focus()
         await pilot.press("space")
         await settle(pilot)

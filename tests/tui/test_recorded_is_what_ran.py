@@ -94,7 +94,7 @@ async def test_toggling_during_a_generation_records_what_it_ran_with():
         await pilot.pause()
         engine.release()
         await settle(pilot)
-        assert app.bench.stack.entries == ()
+        assert app.bench.edits.stack.entries == ()
         assert app.query_one("#gen-intervened-box").border_subtitle == "stale: g to rerun"
     generated = recorded("generate", ("prompt", "corrupted", "interventions"))
     assert generated == [engine.received("generate")[-1]]

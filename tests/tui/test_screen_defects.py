@@ -34,7 +34,7 @@ async def state_after(keys: str, *, together: bool, session: str) -> tuple:
         else:
             await one_by_one(pilot, keys)
         await settle(pilot)
-        shown = app.bench.selected, tuple(e.intervention for e in app.bench.stack.entries)
+        shown = app.bench.selected, tuple(e.intervention for e in app.bench.edits.stack.entries)
         app.bench.recorder.close()
     return shown, Session.open(session).state().interventions
 
@@ -137,7 +137,7 @@ def test_every_sweep_entry_point_follows_one_rule_and_the_header_says_so():
     from mechscope.engine.interventions import HeadAblation
 
     bench = plain_bench()
-    bench.add(HeadAblation(0, 1))
+    bench.edits.add(HeadAblation(0, 1))
     assert bench.sweeps.on_top_default() is False
     for kind in ("head", "attn", "mlp", "resid", "atp"):
         request = bench.sweeps.start(kind, "denoising")
@@ -295,7 +295,7 @@ async def test_addresses_chooser_metric_and_ctrl_c_from_the_keys():
         assert app.bench.selected == (1, 2)
         await pilot.press("space")
         await settle(pilot)
-        assert [e.intervention.head for e in app.bench.stack.entries] == [2]
+        assert [e.intervention.head for e in app.bench.edits.stack.entries] == [2]
         await pilot.press("C")
         await settle(pilot)
         assert isinstance(app.screen, ChooseScreen)
@@ -383,7 +383,7 @@ def test_the_short_sweep_header_keeps_every_fact_in_two_short_lines():
     from mechscope.engine.interventions import HeadAblation
 
     bench = plain_bench()
-    bench.add(HeadAblation(0, 1))
+    bench.edits.add(HeadAblation(0, 1))
     request = bench.sweeps.start("head", "denoising")
     short = bench.sweeps.header(request, sweep_result(-5.485, 6.120), short=True)
     assert short == "head denoising · unedited (1 not applied)\ncorrupted -5.485 ← clean +6.120 · gap +11.605"

@@ -35,15 +35,15 @@ async def test_session_records_and_resumes():
     async with resumed.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         assert resumed.bench.inputs.target == " John"
-        assert [e.intervention for e in resumed.bench.stack.entries] == [HeadAblation(0, 0)]
+        assert [e.intervention for e in resumed.bench.edits.stack.entries] == [HeadAblation(0, 0)]
         assert resumed.query_one(HeadGrid).marks == {(0, 0): "x"}
         assert resumed.bench.result.metric != resumed.bench.result.baseline.metric
         await pilot.press("s")
         await pilot.pause()
         await pilot.press("enter")  # the default factor 2
         await settle(pilot)
-        assert [e.id for e in resumed.bench.stack.entries] == [1, 3]  # new ids continue after the old
-        assert resumed.bench.stack.entries[1].intervention == HeadScale(0, 0, factor=2.0)
+        assert [e.id for e in resumed.bench.edits.stack.entries] == [1, 3]  # new ids continue after the old
+        assert resumed.bench.edits.stack.entries[1].intervention == HeadScale(0, 0, factor=2.0)
 
 
 async def test_unwritable_session_folder_still_runs(tmp_path, monkeypatch):

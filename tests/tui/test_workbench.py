@@ -50,7 +50,7 @@ async def test_toggling_an_ablation_changes_predictions_and_off_restores_baselin
         baseline = app.bench.result.prediction
         await pilot.press("down", "right", "space")  # zero-ablate L1.H1
         await settle(pilot)
-        assert [e.intervention for e in app.bench.stack.entries] == [HeadAblation(1, 1, mode="zero")]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [HeadAblation(1, 1, mode="zero")]
         ablated = app.bench.result
         assert not np.array_equal(ablated.prediction.logits, baseline.logits)
         assert ablated.metric != baseline.metric
@@ -63,7 +63,7 @@ async def test_toggling_an_ablation_changes_predictions_and_off_restores_baselin
         app.query_one(InterventionList).focus()
         await pilot.press("space")
         await settle(pilot)
-        assert app.bench.stack.entries[0].intervention.enabled is False
+        assert app.bench.edits.stack.entries[0].intervention.enabled is False
         np.testing.assert_array_equal(app.bench.result.prediction.logits, baseline.logits)
         assert app.bench.result.metric == baseline.metric
         assert [t.id for t in app.bench.result.top] == [t.id for t in baseline.top]
@@ -74,11 +74,11 @@ async def test_toggling_an_ablation_changes_predictions_and_off_restores_baselin
         app.query_one(HeadGrid).focus()
         await pilot.press("space")
         await settle(pilot)
-        assert len(app.bench.stack.entries) == 1 and app.bench.stack.entries[0].intervention.enabled
+        assert len(app.bench.edits.stack.entries) == 1 and app.bench.edits.stack.entries[0].intervention.enabled
         np.testing.assert_array_equal(app.bench.result.prediction.logits, ablated.prediction.logits)
         await pilot.press("space")
         await settle(pilot)
-        assert app.bench.stack.entries == ()
+        assert app.bench.edits.stack.entries == ()
         np.testing.assert_array_equal(app.bench.result.prediction.logits, baseline.logits)
 
 
@@ -107,7 +107,7 @@ async def test_palette_runs_an_action():
         await pilot.pause(0.3)  # the palette searches asynchronously
         await pilot.press("enter")
         await settle(pilot)
-        assert [e.intervention for e in app.bench.stack.entries] == [HeadAblation(0, 0)]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [HeadAblation(0, 0)]
         assert app.bench.result.metric != app.bench.result.baseline.metric
 
 
@@ -132,12 +132,12 @@ async def test_scale_asks_the_factor():
         assert "not a number" in screen_text(app)
         await pilot.press("backspace", "0", ".", "5", "enter")
         await settle(pilot)
-        assert [e.intervention for e in app.bench.stack.entries] == [HeadScale(1, 0, factor=0.5)]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [HeadScale(1, 0, factor=0.5)]
         await pilot.press("s")  # again on the same head: the factor is changed, not duplicated
         await pilot.pause()
         await pilot.press("3", "enter")
         await settle(pilot)
-        assert [e.intervention for e in app.bench.stack.entries] == [HeadScale(1, 0, factor=3.0)]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [HeadScale(1, 0, factor=3.0)]
         assert app.query_one(HeadGrid).marks == {(1, 0): "s"}
 
 
@@ -151,7 +151,7 @@ async def test_enter_edits_the_selected_heads_intervention():
         app.screen.query_one("#field-mode").focus()
         await pilot.press("enter")
         await settle(pilot)
-        assert [e.intervention for e in app.bench.stack.entries] == [HeadAblation(0, 0, mode="mean")]
+        assert [e.intervention for e in app.bench.edits.stack.entries] == [HeadAblation(0, 0, mode="mean")]
 
 
 async def test_engine_error_shows_in_status_bar_and_app_keeps_running():
@@ -304,7 +304,7 @@ async def test_patch_needs_a_corrupted_prompt():
         await settle(pilot)
         await pilot.press("p")
         await settle(pilot)
-        assert app.bench.stack.entries == ()
+        assert app.bench.edits.stack.entries == ()
         assert "corrupted prompt" in text_of(app, "#status-bar")
 
 

@@ -89,9 +89,9 @@ def test_the_workbench_sets_abc_means_and_every_label_says_so(engine):
     assert bench.sets.mean_rows() == "corrupted"
     assert "ABC: the 2 corrupted prompts of set 'abc'" in bench.info
     bench.select(LAYER, HEAD)
-    bench.ablate("mean")
-    entry = bench.stack.entries[-1]
-    assert bench.label(entry).endswith("(ABC)")
+    bench.edits.ablate("mean")
+    entry = bench.edits.stack.entries[-1]
+    assert bench.edits.label(entry).endswith("(ABC)")
     assert bench.sets.run_request().means == "corrupted"
     recorded = [e for e in bench.recorder.session.events if e.kind == "reference_prompts"]
     assert recorded[-1]["prompts"] == list(ROWS.column("corrupted"))

@@ -28,14 +28,14 @@ def test_toggle_runs_the_stack_and_off_restores_the_baseline_exactly(engine):
     bench.select(1, 1)
     drive(bench, engine, bench.next_run())
     baseline = bench.result
-    request = bench.ablate("zero")
+    request = bench.edits.ablate("zero")
     assert isinstance(request, RunRequest) and request.interventions == (HeadAblation(1, 1),)
     assert request.metric == Metric("logit_diff", " Mary", " John")
     drive(bench, engine, request)
     assert bench.result.metric != baseline.metric
     expected = engine.run(IOI.clean, [HeadAblation(1, 1)], metric=request.metric, corrupted=IOI.corrupted)
     assert bench.result.metric == pytest.approx(expected.metric, abs=1e-6)
-    drive(bench, engine, bench.toggle(bench.stack.entries[0].id))
+    drive(bench, engine, bench.edits.toggle(bench.edits.stack.entries[0].id))
     np.testing.assert_array_equal(bench.result.prediction.logits, baseline.prediction.logits)
     assert bench.next_run() is None  # nothing changed: no second request for the same state
 
@@ -43,25 +43,25 @@ def test_toggle_runs_the_stack_and_off_restores_the_baseline_exactly(engine):
 def test_undo_steps_back_and_says_when_there_is_nothing(engine):
     bench = Workbench(IOI)
     bench.select(0, 0)
-    bench.ablate("zero")
+    bench.edits.ablate("zero")
     bench.select(0, 1)
-    bench.ablate("mean")
+    bench.edits.ablate("mean")
     bench.select(1, 1)
-    bench.patch_selected()
-    assert [e.intervention for e in bench.stack.entries] == [
+    bench.edits.patch_selected()
+    assert [e.intervention for e in bench.edits.stack.entries] == [
         HeadAblation(0, 0), HeadAblation(0, 1, mode="mean"), ActivationPatch("L1.H1", IOI.corrupted)]
-    request = bench.undo()
+    request = bench.edits.undo()
     assert request.interventions == (HeadAblation(0, 0), HeadAblation(0, 1, mode="mean"))
-    bench.undo()
-    assert bench.undo().interventions == ()
-    assert bench.undo() is None and bench.error == "nothing to undo"
+    bench.edits.undo()
+    assert bench.edits.undo().interventions == ()
+    assert bench.edits.undo() is None and bench.error == "nothing to undo"
 
 
 def test_superseded_run_is_neither_shown_nor_recorded(engine):
     bench = recorded_bench(engine)
     drive(bench, engine, bench.next_run())
     first = bench.run
-    in_flight = bench.ablate("zero")
+    in_flight = bench.edits.ablate("zero")
     outcome = execute(engine, in_flight)
     bench.set_inputs(dataclasses.replace(IOI, clean=IOI.clean + " her"))  # typed while it ran
     assert bench.accept(outcome) is None
@@ -75,11 +75,11 @@ def test_failed_run_keeps_the_last_result_but_not_as_current(engine):
     drive(bench, engine, bench.next_run())
     shown = bench.run
     bench.select(0, 99)  # a head the model does not have
-    drive(bench, engine, bench.ablate("zero"))
+    drive(bench, engine, bench.edits.ablate("zero"))
     assert bench.run is shown and not bench.result_is_current
     assert bench.error.startswith("run failed: ") and "99" in bench.error
     bench.select(0, 0)
-    drive(bench, engine, bench.undo())  # back to the inputs that ran before: they run again
+    drive(bench, engine, bench.edits.undo())  # back to the inputs that ran before: they run again
     assert bench.run is not shown and bench.result_is_current and bench.error is None
 
 
@@ -88,22 +88,22 @@ def test_work_that_succeeds_clears_an_earlier_error_but_not_a_failed_runs(engine
     bench = Workbench(IOI)
     drive(bench, engine, bench.next_run())
     sweep = bench.sweeps.start("head")
-    bench.undo()
+    bench.edits.undo()
     assert bench.error == "nothing to undo"
     drive(bench, engine, sweep)
     assert bench.error is None
     sweep = bench.sweeps.start("head")
     bench.select(0, 99)  # a head the model does not have: the live run fails while the sweep runs
-    drive(bench, engine, bench.ablate("zero"))
+    drive(bench, engine, bench.edits.ablate("zero"))
     failed = bench.error
     assert failed.startswith("run failed: ")
     drive(bench, engine, sweep)
     assert bench.sweeps.states["head"].result is not None
     assert bench.error == failed  # the panes still say the last run failed: E must show why
     bench.select(0, 0)
-    drive(bench, engine, bench.undo())
+    drive(bench, engine, bench.edits.undo())
     assert bench.error is None and bench.result_is_current
-    bench.undo()
+    bench.edits.undo()
     drive(bench, engine, bench.attention_request())  # the cursor moved: not work the user asked for
     assert bench.attention and bench.error == "nothing to undo"
 
@@ -135,40 +135,40 @@ def test_sweep_needs_both_prompts_and_a_metric():
 
 def test_proposed_intervention_is_checked_before_it_enters_the_list(engine):
     bench = Workbench(IOI)
-    request = bench.propose(HeadScale(0, 9, 2.0))
+    request = bench.edits.propose(HeadScale(0, 9, 2.0))
     assert isinstance(request, ValidateRequest)
     drive(bench, engine, request)
-    assert bench.stack.entries == () and bench.error.startswith("not added: ")
-    request = bench.propose(HeadScale(0, 1, 2.0))
+    assert bench.edits.stack.entries == () and bench.error.startswith("not added: ")
+    request = bench.edits.propose(HeadScale(0, 1, 2.0))
     follow_up = bench.accept(execute(engine, request))
-    assert [e.intervention for e in bench.stack.entries] == [HeadScale(0, 1, 2.0)]
+    assert [e.intervention for e in bench.edits.stack.entries] == [HeadScale(0, 1, 2.0)]
     assert isinstance(follow_up, RunRequest) and follow_up.interventions == (HeadScale(0, 1, 2.0),)
 
 
 def test_patch_follows_the_corrupted_prompt_until_pinned(engine):
     bench = Workbench(IOI)
     bench.select(1, 1)
-    bench.patch_selected()
-    entry = bench.stack.entries[0]
-    assert bench.label(entry) == "patch L1.H1 ← corrupted"
+    bench.edits.patch_selected()
+    entry = bench.edits.stack.entries[0]
+    assert bench.edits.label(entry) == "patch L1.H1 ← corrupted"
     edited = dataclasses.replace(IOI, corrupted=IOI.corrupted.replace("Mary and John", "John and Mary"))
     request = bench.set_inputs(edited)
     assert request.interventions == (ActivationPatch("L1.H1", edited.corrupted),)
-    drive(bench, engine, bench.replace(entry.id, ActivationPatch("L1.H1", "Pinned source")))
-    assert bench.label(bench.stack.entries[0]) == "patch L1.H1 ← pinned 'Pinned source'"
+    drive(bench, engine, bench.edits.replace(entry.id, ActivationPatch("L1.H1", "Pinned source")))
+    assert bench.edits.label(bench.edits.stack.entries[0]) == "patch L1.H1 ← pinned 'Pinned source'"
     request = bench.set_inputs(IOI)
     assert request.interventions == (ActivationPatch("L1.H1", "Pinned source"),)
 
 
 def test_generation_records_the_interventions_it_ran_with(engine):
     bench = recorded_bench(engine)
-    bench.ablate("zero")
+    bench.edits.ablate("zero")
     request = bench.generations.start()
     assert isinstance(request, GenerateRequest) and request.interventions == (HeadAblation(0, 0),)
     baseline = bench.generations.latest.baseline
     assert baseline.interventions == () and baseline.prompt == request.prompt
     bench.accept(execute(engine, baseline))
-    bench.undo()  # while the intervened lane runs
+    bench.edits.undo()  # while the intervened lane runs
     bench.accept(execute(engine, request))
     assert bench.generations.latest.done and not bench.generations.is_current()
     generated = work("generate")
@@ -210,7 +210,7 @@ def test_recorder_status_never_contradicts_itself_and_lost_sweeps_can_be_retried
     assert recorder.retry_unsaved() == 1  # still failing: kept
     flaky.failing = False
     bench.select(0, 0)
-    drive(bench, engine, bench.ablate("zero"))  # a later write works: the status clears
+    drive(bench, engine, bench.edits.ablate("zero"))  # a later write works: the status clears
     assert recorder.status == "saved" and recorder.reason is None
     assert [u.what for u in recorder.unsaved] == ["head sweep"]  # but the lost sweep is still listed
     assert recorder.describe() == "session study saved · unwritten: head sweep (Retry saving)"
@@ -230,7 +230,7 @@ def test_without_a_session_nothing_is_recorded_and_it_says_so():
 def test_restore_puts_a_session_back_and_following_patches_follow(engine):
     bench = recorded_bench(engine)
     bench.select(1, 1)
-    drive(bench, engine, bench.patch_selected())
+    drive(bench, engine, bench.edits.patch_selected())
     edited = dataclasses.replace(IOI, corrupted=IOI.corrupted.replace("Mary and John", "John and Mary"))
     drive(bench, engine, bench.set_inputs(edited))
     bench.recorder.close()
@@ -238,8 +238,8 @@ def test_restore_puts_a_session_back_and_following_patches_follow(engine):
     assert state.interventions == [(1, ActivationPatch("L1.H1", edited.corrupted))]  # what ran last
     resumed = Workbench(IOI, SessionRecorder(Session.open("study")))
     resumed.restore(state.clean, state.corrupted, state.metric, state.interventions)
-    assert resumed.inputs == edited and resumed.follows == {1}
-    assert resumed.stack.next_id == 2
+    assert resumed.inputs == edited and resumed.edits.follows == {1}
+    assert resumed.edits.stack.next_id == 2
 
 
 def test_feature_edits_from_the_features_tab_toggle_replace_and_need_a_selection(engine, tmp_path):
@@ -250,22 +250,22 @@ def test_feature_edits_from_the_features_tab_toggle_replace_and_need_a_selection
     folder = str(save_saelens(random_sae("L1.resid_post", seed=2), tmp_path / "sae"))
     bench = Workbench(IOI)
     drive(bench, engine, bench.next_run())
-    assert bench.toggle_feature_ablation() is None and "no feature selected" in bench.error
+    assert bench.edits.toggle_feature_ablation() is None and "no feature selected" in bench.error
     drive(bench, engine, bench.features.use_folder(folder))
     drive(bench, engine, bench.features.card_request())
     features = bench.features
     last, feature = features.token(), features.selected()
     assert features.card_result().feature == feature and features.card_request() is None  # in hand
-    drive(bench, engine, bench.toggle_feature_ablation())  # checked by a dry run, then added
+    drive(bench, engine, bench.edits.toggle_feature_ablation())  # checked by a dry run, then added
     ablation = FeatureAblation("L1.resid_post", folder, feature, positions=(last,))
     assert bench.interventions() == (ablation,)
-    drive(bench, engine, bench.toggle_feature_ablation())  # again: taken away
+    drive(bench, engine, bench.edits.toggle_feature_ablation())  # again: taken away
     assert bench.interventions() == ()
-    drive(bench, engine, bench.set_feature_edit(features.edit("clamp", 1.0)))
-    drive(bench, engine, bench.set_feature_edit(features.edit("clamp", 3.0)))  # the same feature and token: replaced
+    drive(bench, engine, bench.edits.set_feature_edit(features.edit("clamp", 1.0)))
+    drive(bench, engine, bench.edits.set_feature_edit(features.edit("clamp", 3.0)))  # the same feature and token: replaced
     assert bench.interventions() == (FeatureClamp("L1.resid_post", folder, feature, 3.0, positions=(last,)),)
     features.move_token(-1)
-    drive(bench, engine, bench.set_feature_edit(features.edit("clamp", 3.0)))  # another token: added
+    drive(bench, engine, bench.edits.set_feature_edit(features.edit("clamp", 3.0)))  # another token: added
     assert len(bench.interventions()) == 2 and bench.interventions()[1].positions == (last - 1,)
     expected = engine.run(IOI.clean, list(bench.interventions()), metric=bench.metric(), corrupted=IOI.corrupted)
     assert bench.result.metric == pytest.approx(expected.metric, abs=1e-6)

@@ -36,7 +36,7 @@ def test_typing_while_a_run_is_in_flight():
     engine = LoggingEngine()
     bench = recorded_bench(engine)
     drive(bench, engine, bench.next_run())
-    in_flight = bench.ablate("zero")
+    in_flight = bench.edits.ablate("zero")
     typed = dataclasses.replace(IOI, clean=IOI.clean + " her")
     bench.edit(typed)  # the key press lands before the run finishes...
     outcome = run(engine, in_flight)
@@ -53,10 +53,10 @@ def test_typing_while_a_run_is_in_flight():
 def test_toggling_an_intervention_during_a_generation():
     engine = LoggingEngine()
     bench = recorded_bench(engine)
-    drive(bench, engine, bench.ablate("zero"))
+    drive(bench, engine, bench.edits.ablate("zero"))
     request = bench.generations.start()
     bench.accept(run(engine, bench.generations.latest.baseline))
-    drive(bench, engine, bench.toggle(bench.stack.entries[0].id))  # off while the intervened lane runs
+    drive(bench, engine, bench.edits.toggle(bench.edits.stack.entries[0].id))  # off while the intervened lane runs
     bench.accept(run(engine, request))
     generated = recorded_inputs("generate")
     assert generated == [engine.received("generate")[-1]]
@@ -69,7 +69,7 @@ def test_editing_the_corrupted_prompt_after_adding_a_patch():
     engine = LoggingEngine()
     bench = recorded_bench(engine)
     bench.select(1, 1)
-    drive(bench, engine, bench.patch_selected())
+    drive(bench, engine, bench.edits.patch_selected())
     drive(bench, engine, bench.set_inputs(dataclasses.replace(IOI, corrupted=SWAPPED)))
     runs = recorded_inputs("run")
     assert runs[-1]["corrupted"] == SWAPPED

@@ -52,7 +52,7 @@ def test_kl_metric_needs_no_target_and_is_zero_without_interventions(engine):
     bench = recorded_bench(engine, inputs=dataclasses.replace(IOI, target="", foil="", metric_kind="kl"))
     drive(bench, engine, bench.next_run())
     assert bench.result.metric == pytest.approx(0.0, abs=1e-6)
-    drive(bench, engine, bench.add(HeadScale(0, 0, 3.0)))
+    drive(bench, engine, bench.edits.add(HeadScale(0, 0, 3.0)))
     assert bench.result.metric > 0
 
 
@@ -60,7 +60,7 @@ def test_kl_metric_needs_no_target_and_is_zero_without_interventions(engine):
 @pytest.mark.parametrize("direction", ["noising", "denoising"])
 def test_sweeps_on_top_of_interventions_match_the_engine_and_replay(engine, kind, direction):
     bench = recorded_bench(engine)
-    drive(bench, engine, bench.add(HeadAblation(0, 1)))
+    drive(bench, engine, bench.edits.add(HeadAblation(0, 1)))
     request = bench.sweeps.start(kind, direction, on_top=True)
     assert request.interventions == (HeadAblation(0, 1),) and request.direction == direction
     assert "on top of 1 intervention: zero L0.H1" in bench.sweeps.header(request)
@@ -105,11 +105,11 @@ def test_pinned_baseline_deltas(engine):
     bench = recorded_bench(engine)
     assert bench.pinned.pin() is False and "nothing to pin" in bench.error
     drive(bench, engine, bench.next_run())
-    drive(bench, engine, bench.add(HeadScale(0, 0, 3.0)))
+    drive(bench, engine, bench.edits.add(HeadScale(0, 0, 3.0)))
     assert bench.pinned.pin()
     pinned = bench.result
     assert "PINNED (scale L0.H0" in bench.pinned.label()
-    drive(bench, engine, bench.add(HeadAblation(1, 1)))
+    drive(bench, engine, bench.edits.add(HeadAblation(1, 1)))
     deltas = bench.pinned.deltas()
     assert deltas.metric == pytest.approx(bench.result.metric - pinned.metric)
     logits = pinned.logits.astype(np.float64)
@@ -125,7 +125,7 @@ def test_pinned_baseline_deltas(engine):
 
 def test_reference_prompts_are_validated_sent_and_recorded(engine):
     bench = recorded_bench(engine)
-    drive(bench, engine, bench.add(HeadAblation(0, 1, mode="mean")))
+    drive(bench, engine, bench.edits.add(HeadAblation(0, 1, mode="mean")))
     assert bench.set_reference_prompts("\n  \n") is None and "at least one" in bench.error
     request = bench.set_reference_prompts("The cat sat\n\nA dog ran home")
     assert request.prompts == ("The cat sat", "A dog ran home")
@@ -161,11 +161,11 @@ def test_steering_norm_beside_residual_norm(engine):
     bench = recorded_bench(engine)
     drive(bench, engine, bench.vectors.request("v", 1, ("I love it",), ("I hate it",)))
     steer = SteeringVector(1, "v", 2.0)
-    drive(bench, engine, bench.add(steer))
+    drive(bench, engine, bench.edits.add(steer))
     added, resid = bench.vectors.norm(steer)
     assert added == pytest.approx(2.0 * float(np.linalg.norm(engine.inner.vectors["v"])), rel=1e-5)
     assert resid == pytest.approx(float(np.median(bench.result.stats.resid_norm[0][1:])), rel=1e-6)
-    assert f"|Δ| {added:.3g} vs median resid {resid:.3g} after pos 0" in bench.list_label(bench.stack.entries[-1])
+    assert f"|Δ| {added:.3g} vs median resid {resid:.3g} after pos 0" in bench.edits.list_label(bench.edits.stack.entries[-1])
 
 
 def test_exports_hold_the_values_and_labels(engine, tmp_path):

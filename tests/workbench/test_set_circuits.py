@@ -55,7 +55,7 @@ def test_function_vector_is_recorded_and_steers(engine):
     assert recorded["outcome"]["heads"] == [list(h) for h in result.heads]
     np.testing.assert_array_equal(Session.open("study").vector("fv-icl"), result.vector)
     assert "fv-icl" in bench.vectors.norms
-    run = bench.add(SteeringVector(1, "fv-icl", 2.0, positions="last"))
+    run = bench.edits.add(SteeringVector(1, "fv-icl", 2.0, positions="last"))
     outcome = execute(engine, run)
     assert outcome.ok, outcome.error
 

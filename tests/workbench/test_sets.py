@@ -60,7 +60,7 @@ def test_rows_become_the_inputs(engine):
 def test_set_numbers_with_and_without_interventions(engine):
     bench = Workbench(IOI)
     drive(bench, engine, bench.sets.use(ROWS))
-    drive(bench, engine, bench.add(HeadAblation(0, 1, "zero")))
+    drive(bench, engine, bench.edits.add(HeadAblation(0, 1, "zero")))
     drive(bench, engine, bench.sets.run_request())
     result = bench.sets.run.result
     direct = engine.run_set(ROWS, "logit_diff", (HeadAblation(0, 1, "zero"),))
@@ -69,7 +69,7 @@ def test_set_numbers_with_and_without_interventions(engine):
     line = bench.sets.describe()
     assert f"logit diff baseline {np.mean(direct.baseline):+.3f}" in line and "with 1 intervention" in line
     assert "stale" not in line
-    bench.remove(bench.stack.entries[0].id)
+    bench.edits.remove(bench.edits.stack.entries[0].id)
     assert "stale" in bench.sets.describe()
 
 
@@ -171,7 +171,7 @@ def test_a_bad_set_in_a_request_dict_names_the_field():
 def test_set_run_and_sweep_are_recorded_and_replay(engine):
     bench = recorded_bench(engine)
     drive(bench, engine, bench.sets.use(ROWS))
-    drive(bench, engine, bench.add(HeadAblation(1, 0, "zero")))
+    drive(bench, engine, bench.edits.add(HeadAblation(1, 0, "zero")))
     drive(bench, engine, bench.sets.run_request())
     drive(bench, engine, bench.sets.sweep_request())
     drive(bench, engine, bench.sets.run_request())  # the same set: recorded once
