@@ -137,6 +137,12 @@ def _run(args: argparse.Namespace, body) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if getattr(args, "out", None):  # a folder that cannot be made fails in a second, not after training
+        try:
+            Path(args.out).expanduser().mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"error: --out: cannot make the folder ({_os_error(exc)})", file=sys.stderr)
+            return 2
     engine = _engine(args)
     if engine is None:
         return 2
@@ -186,12 +192,6 @@ def run_train(args: argparse.Namespace) -> int:
         print(out)
         return 0
 
-    if args.out:  # before the model loads: a folder that cannot be made fails in a second, not after training
-        try:
-            Path(args.out).expanduser().mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            print(f"error: --out: cannot make the folder ({_os_error(exc)})", file=sys.stderr)
-            return 2
     return _run(args, body)
 
 

@@ -150,11 +150,12 @@ class ResearchPart:
             if done is None:
                 self.screen.show_error(f"no set sweep to export yet ({key_of('set_sweep')} runs one on the set)")
                 return None
+            fmt = "csv" if choice == "set-sweep-csv" else "safetensors"
+            name = exports.default_name("sweep", f"set-{done.direction}", fmt)
             grid = exports.set_sweep_grid(done)
-            if choice == "set-sweep-csv":
-                return (exports.default_name("sweep", f"set-{done.direction}", "csv"),
-                        exports.sweep_to_csv(grid, direction=done.direction))
-            return exports.default_name("sweep", f"set-{done.direction}", "safetensors"), (grid, done.direction)
+            if fmt == "csv":
+                return name, exports.sweep_to_csv(grid, direction=done.direction)
+            return name, (grid, done.direction)
         result = bench.result
         if choice == "attribution-csv":
             if result is None or result.attribution is None:
