@@ -22,7 +22,9 @@ import gc
 import itertools
 import os
 import statistics
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,11 +49,11 @@ SERVED_NOTE = "the served toggle needs mechscope.serve (outside this benchmark's
 
 
 def _llama(layers: int, heads: int, kv_heads: int, d_model: int, d_mlp: int, vocab: int, rope_theta: float,
-           tied: bool, rope_scaling: dict | None = None) -> transformers.LlamaConfig:
+           tied: bool, rope_scaling: dict | None = None, max_positions: int = 8192) -> transformers.LlamaConfig:
     return transformers.LlamaConfig(
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads, hidden_size=d_model,
         intermediate_size=d_mlp, vocab_size=vocab, rope_theta=rope_theta, rope_scaling=rope_scaling,
-        tie_word_embeddings=tied, max_position_embeddings=8192, head_dim=d_model // heads,
+        tie_word_embeddings=tied, max_position_embeddings=max_positions, head_dim=d_model // heads,
         bos_token_id=0, eos_token_id=0, pad_token_id=0)
 
 
@@ -64,8 +66,8 @@ SHAPES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "gpt2-small": lambda: transformers.GPT2Config(n_layer=12, n_head=12, n_embd=768, vocab_size=50257,
                                                   n_positions=1024, bos_token_id=0, eos_token_id=0),
     "smollm2-135m (demo)": lambda: _llama(30, 9, 3, 576, 1536, 49152, 100000.0, True),
-    "llama-3.2-1b": lambda: _llama(16, 32, 8, 2048, 8192, 128256, 500000.0, True, _llama3_rope(32.0)),
-    "llama-3.1-8b": lambda: _llama(32, 32, 8, 4096, 14336, 128256, 500000.0, False, _llama3_rope(8.0)),
+    "llama-3.2-1b": lambda: _llama(16, 32, 8, 2048, 8192, 128256, 500000.0, True, _llama3_rope(32.0), 131072),
+    "llama-3.1-8b": lambda: _llama(32, 32, 8, 4096, 14336, 128256, 500000.0, False, _llama3_rope(8.0), 131072),
 }
 QUICK_SHAPES: dict[str, Callable[[], transformers.PretrainedConfig]] = {"tiny-llama": lambda: tiny_config("llama")}
 
@@ -179,6 +181,7 @@ class Bench:
         self.op_seconds = op_seconds
         self.max_repeats = max_repeats
         self.rows: list[Row] = []
+        self.check = "not run"
 
     def plain(self, batch_kwargs: dict) -> PlainForward:
         return PlainForward(self.engine.model, batch_kwargs)
@@ -188,6 +191,7 @@ class Bench:
         if time.perf_counter() > self.deadline:
             self.rows.append(Row(self.name, operation, note="skipped: out of time"))
             return
+        print(f"{self.name}: {operation}", file=sys.stderr, flush=True)  # progress while the table waits
         try:
             plain.timed(self.dev)  # warm-up
             if setup is not None:
@@ -209,6 +213,10 @@ class Bench:
             self.dev.release()
             self.rows.append(Row(self.name, operation, note="out of memory"))
             return
+        except Exception as error:  # one broken operation must not cost the figures of the others
+            traceback.print_exc()
+            self.rows.append(Row(self.name, operation, note=f"failed: {type(error).__name__}: {first_line(error)}"))
+            return
         seconds, plain_seconds = statistics.median(times), statistics.median(plain_times)
         self.rows.append(Row(self.name, operation, seconds * 1e3, seconds / plain_seconds, peak))
 
@@ -219,6 +227,7 @@ class Bench:
         plain_pair = self.plain({"input_ids": ids})
         n_pos = ids.shape[1]
 
+        self.check = logits_check(engine, plain_pair)
         plain_ms = statistics.median(plain_pair.timed(self.dev) for _ in range(5)) * 1e3
         self.rows.append(Row(self.name, f"plain forward, pair ({n_pos} tokens)", plain_ms, 1.0))
         self.measure("run, uncached", lambda: engine.run(CLEAN), plain_pair, setup=engine.clear_caches)
@@ -243,6 +252,22 @@ class Bench:
         self.measure(f"set sweep ({set_rows} rows)", lambda: sweep_set(engine, pset), plain_set)
         self.measure(f"estimate+verify, set ({set_rows} rows)", lambda: estimate_and_verify(engine, pset),
                      plain_set)
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:100]
+
+
+def logits_check(engine: Engine, plain: PlainForward) -> str:
+    """How far the engine's run with no interventions is from the plain forward with the same attention
+    (the engine's), at the last position: the engine's hooks must not change the model."""
+    with torch.no_grad():
+        plain_logits = plain.model(**plain.inputs).logits[0, -1].float().cpu().numpy()  # [vocab]
+    engine_logits = engine.run(CLEAN).prediction.logits  # [vocab]
+    diff = float(abs(engine_logits - plain_logits).max())
+    scale = float(abs(plain_logits).max())
+    same_top = int(engine_logits.argmax()) == int(plain_logits.argmax())
+    return f"largest difference {diff:.3g} (largest logit magnitude {scale:.3g}), same top token: {same_top}"
 
 
 def _cell(value: float | None, fmt: str) -> str:
@@ -293,6 +318,7 @@ def main() -> None:
     deadline = started + args.seconds
     rows: list[Row] = []
     fits: list[str] = []
+    checks: list[str] = []
     for i, (name, make_config) in enumerate(shapes.items()):
         config = make_config()
         n_params = parameter_count(config)
@@ -318,8 +344,13 @@ def main() -> None:
         bench = Bench(dev, label, engine, min(deadline, time.perf_counter() + share),
                       op_seconds=share / 10, max_repeats=3 if args.quick else 20)
         # the set figures of an 8B-sized model would take most of the five minutes at 20 rows
-        bench.run(4 if args.quick else args.set_rows if n_params < 4e9 else min(args.set_rows, 8))
+        try:
+            bench.run(4 if args.quick else args.set_rows if n_params < 4e9 else min(args.set_rows, 8))
+        except Exception as error:  # the next model's figures still come
+            traceback.print_exc()
+            bench.rows.append(Row(label, "-", note=f"failed: {type(error).__name__}: {first_line(error)}"))
         rows += bench.rows
+        checks.append(f"{label}: {bench.check}")
         fits.append(name)
         del engine, model, bench
         dev.release()
@@ -327,6 +358,9 @@ def main() -> None:
     print_table(rows, f"mechscope engine on {where}, {args.dtype}; ratios against a plain forward of the same "
                       f"tokens in the same run; {time.perf_counter() - started:.0f} s in all")
     print(f"fit and ran: {', '.join(fits) or 'none'}")
+    print("engine run with no interventions against the plain forward (same attention), last-position logits:")
+    for line in checks:
+        print(f"  {line}")
     print(SERVED_NOTE)
 
 

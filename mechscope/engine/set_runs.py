@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from mechscope.engine.adapters import Adapter
 from mechscope.engine.errors import PromptError
 from mechscope.engine.hooks import Hook
 from mechscope.engine.interventions import Intervention
@@ -36,12 +37,83 @@ from mechscope.engine.set_batches import (
 from mechscope.engine.set_edits import MeanRows, set_edit_hooks
 
 CPU_BATCH_TOKENS = 640  # and on a CPU, tokens: a batch that stays in cache is 10-15% faster per token than 1,280
+# Elsewhere, tokens per pass: an H200 ran the demo's 100-row sweep bound by kernel launches at 256 rows a pass.
+ACCELERATOR_BATCH_TOKENS = 32_768
+PASS_MEMORY_SHARE = 0.25  # of the accelerator's free memory, what one pass of a sweep may take
+# What an accelerator computes in the time one layer call's fixed cost (kernel launches, hooks) takes:
+# on an H200 about 1 ms a layer at a few hundred TFLOP/s. A pass's padding is worth cutting only past it.
+ACCELERATOR_PASS_OVERHEAD_FLOPS = 2e11
 
 
-def sweep_batch_tokens(device: torch.device) -> int | None:
-    """Tokens (sequences x positions) one pass of a set sweep carries at most on `device`: a few
-    hundred on a CPU, no limit beyond MAX_BATCH_ROWS elsewhere (None)."""
-    return CPU_BATCH_TOKENS if device.type == "cpu" else None
+def pass_variant_bytes(a: Adapter, suffix: int, prefix: int, element_size: int) -> int:
+    """Bytes one (row, head) variant of a sweep pass needs, over-estimated: the base run's keys and values
+    of its prefix for every later layer, its layers' cut masks and rotary tables, and one layer's work
+    on its suffix (residual and MLP activations, attention scores and probabilities in float32)."""
+    width = prefix + suffix
+    kv = a.n_layers * 2 * a.n_kv_heads * a.d_head * prefix
+    calls = a.n_layers * (suffix * width + 2 * suffix * a.d_head)
+    layer = suffix * (8 * a.d_model + 3 * a.d_mlp) + 2 * a.n_heads * suffix * width * 4 // element_size
+    return (kv + calls + layer) * element_size
+
+
+def free_device_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on a CUDA device, counting what torch holds cached but unused."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def sweep_pass_variants(engine: ResidentModel, suffix: int, prefix: int, max_batch: int | None = None) -> int:
+    """How many (row, head) variants one pass of a set sweep carries when its longest suffix (the
+    positions it computes) is `suffix` and its prefix `prefix`: on a CPU at most MAX_BATCH_ROWS and
+    CPU_BATCH_TOKENS tokens; on an accelerator up to ACCELERATOR_BATCH_TOKENS tokens within
+    PASS_MEMORY_SHARE of its free memory; never more than `max_batch`."""
+    if engine.device.type == "cpu":
+        size = min(MAX_BATCH_ROWS, CPU_BATCH_TOKENS // suffix)
+    else:
+        size = ACCELERATOR_BATCH_TOKENS // suffix
+        free = free_device_bytes(engine.device)
+        if free is None:
+            size = min(size, MAX_BATCH_ROWS)
+        else:
+            per_variant = pass_variant_bytes(engine.adapter, suffix, prefix, engine.dtype.itemsize)
+            size = min(size, int(free * PASS_MEMORY_SHARE) // per_variant)
+    if max_batch is not None:
+        size = min(size, max_batch)
+    return max(1, size)
+
+
+def pass_overhead_tokens(engine: ResidentModel) -> int | None:
+    """Tokens of one layer whose compute costs what a pass's fixed overhead does on an accelerator
+    (None on a CPU, where passes are small and compute is all that counts)."""
+    if engine.device.type == "cpu":
+        return None
+    a = engine.adapter
+    layer_params = a.d_model * (2 * (a.n_heads + a.n_kv_heads) * a.d_head + 3 * a.d_mlp)
+    return int(ACCELERATOR_PASS_OVERHEAD_FLOPS / (2 * layer_params))
+
+
+def plan_passes(variant_starts: list[int], capacity: Callable[[int], int],
+                overhead_tokens: int | None) -> list[tuple[int, int]]:
+    """Cut variants sorted by their start into passes [begin, end). A pass computes every position from
+    its first (smallest) start, so its later variants compute padding (positions before their own
+    start). A pass holds at most capacity(its first start) variants and, with `overhead_tokens`,
+    ends before its padding would pass them: beyond that a new pass costs less than the padding."""
+    passes = []
+    begin = 0
+    while begin < len(variant_starts):
+        first = variant_starts[begin]
+        cap = max(1, capacity(first))
+        end, padding = begin + 1, 0
+        while end < len(variant_starts) and end - begin < cap:
+            padding += variant_starts[end] - first
+            if overhead_tokens is not None and padding > overhead_tokens:
+                break
+            end += 1
+        passes.append((begin, end))
+        begin = end
+    return passes
 
 
 def run_set(engine: ResidentModel, pset: PromptSet, kind: SetMetricKind = "logit_diff",
@@ -103,14 +175,16 @@ def sweep_set(engine: ResidentModel, pset: PromptSet, kind: SetMetricKind = "log
               direction: str = "noising", padding: Padding = "left",
               on_progress: Callable[[SetSweepResult], None] | None = None,
               should_stop: ShouldStop | None = None,
-              max_batch: int = MAX_BATCH_ROWS, source: Literal["prompts", "mean"] = "prompts") -> SetSweepResult:
+              max_batch: int | None = None, source: Literal["prompts", "mean"] = "prompts") -> SetSweepResult:
     """Patch each head's output from the source rows into the base rows, every row at once: for each
     layer, rows x heads variants resume from the base run's residual at that layer.
 
     Only what can change is computed: a variant runs the layers from the patched one on, and only
     the positions from its row's first differing token on (`shared_prefixes`; with left padding the
     padding is before it), attending to the base run's keys and values for the earlier positions.
-    Rows are batched in order of that position, so a batch's rows share most of their prefix.
+    Rows are batched in order of that position, so a batch's rows share most of their prefix; a
+    batch holds as many variants as `sweep_pass_variants` allows (`max_batch`: at most that many) and,
+    on an accelerator, ends where its padding would cost more than another pass (`plan_passes`).
 
     source "mean": a mean-ablation sweep instead: each head's output is replaced by its mean over
     every real position of the set's clean rows (the base rows are the clean prompts; `direction`
@@ -148,21 +222,18 @@ def sweep_set(engine: ResidentModel, pset: PromptSet, kind: SetMetricKind = "log
                                   source_metric.cpu().numpy().astype(np.float64), complete,
                                   time.perf_counter() - started)
 
-        # variants (row, head), rows in order of their first differing position; batches of max_batch
+        # variants (row, head), rows in order of their first differing position, in batches
         order = sorted(range(rows), key=lambda r: starts[r])
         pairs = torch.tensor([(r, h) for r in order for h in range(n_heads)], device=engine.device)
-        chunks = []
         width = base_batch.ids.shape[1]
-        budget = sweep_batch_tokens(engine.device)
-        begin = 0
-        while begin < len(pairs):
-            size = max(1, max_batch)
-            if budget is not None:  # the first variant of a chunk has its smallest start, so the most positions
-                size = max(1, min(size, budget // (width - starts[int(pairs[begin, 0])])))
-            index, heads = pairs[begin:begin + size, 0], pairs[begin:begin + size, 1]
-            start = min(starts[r] for r in index.tolist())
-            chunks.append((index, heads, start, _rows_after(base.calls, index, start)))
-            begin += size
+        passes = plan_passes([starts[r] for r in order for _ in range(n_heads)],
+                             lambda first: sweep_pass_variants(engine, width - first, first, max_batch),
+                             pass_overhead_tokens(engine))
+        chunks = []
+        for begin, end in passes:
+            index, heads = pairs[begin:end, 0], pairs[begin:end, 1]
+            first = starts[int(index[0])]  # the smallest start of the pass, so its most positions
+            chunks.append((index, heads, first, _rows_after(base.calls, index, first)))
         for layer in range(a.n_layers):
             for index, heads, start, calls in chunks:
                 src = source_z[layer].reshape(rows, -1, n_heads, d_head)[index, start:, heads]  # [n, suffix, d_head]

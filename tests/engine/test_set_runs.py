@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
-from mechscope.engine import HeadAblation, HeadScale, Metric
+from mechscope.engine import HeadAblation, HeadScale, Metric, set_runs
 from mechscope.engine.interventions import ComponentAblation
 from mechscope.engine.prompt_sets import PromptRow, PromptSet
+from mechscope.engine.set_batches import MAX_BATCH_ROWS
 from mechscope.engine.set_runs import paired_batches, run_set, shared_prefixes, sweep_set
 from mechscope.engine.testing import FAMILIES, tiny_engine
 
@@ -122,3 +126,43 @@ def test_set_errors_name_the_row():
     for refused in (AttentionKnockout(0, 1, 2, 1), ActivationPatch("L0.attn", "One two three")):
         with pytest.raises(InterventionError, match=f"{refused.kind} is not supported over a prompt set"):
             run_set(engine, ROWS, interventions=[refused])
+
+
+def test_a_sweep_pass_on_a_cpu_stays_within_its_token_budget():
+    engine = tiny_engine("llama")
+    assert set_runs.sweep_pass_variants(engine, suffix=10, prefix=40) == set_runs.CPU_BATCH_TOKENS // 10
+    assert set_runs.sweep_pass_variants(engine, suffix=1, prefix=40) == MAX_BATCH_ROWS
+    assert set_runs.sweep_pass_variants(engine, suffix=10, prefix=40, max_batch=5) == 5
+    assert set_runs.sweep_pass_variants(engine, suffix=10_000, prefix=0) == 1
+
+
+def test_a_sweep_pass_on_an_accelerator_fills_it_within_a_share_of_its_free_memory(monkeypatch):
+    engine = tiny_engine("llama")
+    on_gpu = SimpleNamespace(device=torch.device("cuda"), adapter=engine.adapter, dtype=torch.bfloat16)
+    per_variant = set_runs.pass_variant_bytes(engine.adapter, 18, 34, 2)
+    assert per_variant > set_runs.pass_variant_bytes(engine.adapter, 18, 10, 2)  # a longer prefix holds more keys
+    monkeypatch.setattr(set_runs, "free_device_bytes", lambda device: 1 << 40)  # plenty: tokens bound it
+    assert set_runs.sweep_pass_variants(on_gpu, 18, 34) == set_runs.ACCELERATOR_BATCH_TOKENS // 18 > MAX_BATCH_ROWS
+    monkeypatch.setattr(set_runs, "free_device_bytes", lambda device: 40 * per_variant)
+    assert set_runs.sweep_pass_variants(on_gpu, 18, 34) == 10  # a quarter of the free memory
+    assert set_runs.sweep_pass_variants(on_gpu, 18, 34, max_batch=3) == 3
+    monkeypatch.setattr(set_runs, "free_device_bytes", lambda device: 0)
+    assert set_runs.sweep_pass_variants(on_gpu, 18, 34) == 1  # still makes progress, one variant a pass
+
+
+def test_passes_end_where_their_padding_would_cost_more_than_another_pass():
+    starts = [3, 3, 4, 4, 9, 9, 10, 10]
+    unlimited = lambda first: 100  # noqa: E731
+    assert set_runs.plan_passes(starts, unlimited, None) == [(0, 8)]  # a CPU: capacity alone cuts
+    assert set_runs.plan_passes(starts, lambda first: 3, None) == [(0, 3), (3, 6), (6, 8)]
+    # padding of the first pass: 0, 1, 1, then 6 more at the fifth variant: past 5, so it starts a pass
+    assert set_runs.plan_passes(starts, unlimited, 5) == [(0, 4), (4, 8)]
+    assert set_runs.plan_passes(starts, unlimited, 0) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    assert set_runs.plan_passes([], unlimited, 0) == []
+
+
+@pytest.mark.parametrize("overhead_tokens", [0, 7])
+def test_a_sweep_cut_into_passes_by_padding_equals_one_cut_by_capacity(engine, monkeypatch, overhead_tokens):
+    by_capacity = sweep_set(engine, ROWS).per_row
+    monkeypatch.setattr(set_runs, "pass_overhead_tokens", lambda engine: overhead_tokens)
+    np.testing.assert_allclose(sweep_set(engine, ROWS).per_row, by_capacity, atol=1e-5)

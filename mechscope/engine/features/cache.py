@@ -19,8 +19,10 @@ def trained_folder(weights_digest: str | None, site: str, width: int, k: int, co
 
 def trained_saes(weights_digest: str | None) -> tuple[str, ...]:
     """Folders of finished SAEs trained here on the model with this digest, newest first."""
+    if not weights_digest:  # a model built in memory (tests, benchmarks) has no SAEs trained on it
+        return ()
     root = cache_dir() / "features"
-    if not weights_digest or not root.is_dir():
+    if not root.is_dir():
         return ()
     found: list[tuple[int, str]] = []
     for folder in root.glob(f"{weights_digest[:12]}-*"):
