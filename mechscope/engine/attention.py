@@ -75,7 +75,7 @@ def _eager(module, query, key, value, attention_mask, scaling, softcap, control)
             if weights.shape[-2] > 1:
                 control.sink = weights[:, :, 1:, 0].mean(dim=-1).detach()  # [batch, head]
             else:
-                control.sink = torch.zeros(weights.shape[:2], dtype=weights.dtype)
+                control.sink = torch.zeros(weights.shape[:2], dtype=weights.dtype, device=weights.device)
     out = torch.matmul(weights, value).transpose(1, 2).contiguous()  # [batch, q, head, d_head]
     return out, weights
 
