@@ -34,6 +34,7 @@ import transformers
 from mechscope.engine import Engine, HeadAblation, Metric
 from mechscope.engine.attention import ATTN_IMPLEMENTATION
 from mechscope.engine.errors import OutOfMemory
+from mechscope.engine.model_cache import first_line
 from mechscope.engine.prompt_sets import PromptRow, PromptSet, ioi_set
 from mechscope.engine.set_batches import encode
 from mechscope.engine.set_runs import sweep_set
@@ -252,10 +253,6 @@ class Bench:
         self.measure(f"set sweep ({set_rows} rows)", lambda: sweep_set(engine, pset), plain_set)
         self.measure(f"estimate+verify, set ({set_rows} rows)", lambda: estimate_and_verify(engine, pset),
                      plain_set)
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [""])[0][:100]
 
 
 def logits_check(engine: Engine, plain: PlainForward) -> str:

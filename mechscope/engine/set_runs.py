@@ -226,13 +226,14 @@ def sweep_set(engine: ResidentModel, pset: PromptSet, kind: SetMetricKind = "log
         order = sorted(range(rows), key=lambda r: starts[r])
         pairs = torch.tensor([(r, h) for r in order for h in range(n_heads)], device=engine.device)
         width = base_batch.ids.shape[1]
-        passes = plan_passes([starts[r] for r in order for _ in range(n_heads)],
+        variant_starts = [starts[r] for r in order for _ in range(n_heads)]
+        passes = plan_passes(variant_starts,
                              lambda first: sweep_pass_variants(engine, width - first, first, max_batch),
                              pass_overhead_tokens(engine))
         chunks = []
         for begin, end in passes:
             index, heads = pairs[begin:end, 0], pairs[begin:end, 1]
-            first = starts[int(index[0])]  # the smallest start of the pass, so its most positions
+            first = variant_starts[begin]  # the smallest start of the pass, so its most positions
             chunks.append((index, heads, first, _rows_after(base.calls, index, first)))
         for layer in range(a.n_layers):
             for index, heads, start, calls in chunks:
